@@ -1,0 +1,1 @@
+//! Configuration of one shouwang gateway (work in progress).
