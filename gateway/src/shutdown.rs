@@ -7,7 +7,8 @@
 //! is already durable); the database last. Each stage has its own cancellation token, so a
 //! processing task keeps running while inputs stop, and a [`TaskTracker`] whose per-task
 //! token is the completion guard: the stage is finished when every guard is dropped.
-//! The whole sequence has one deadline; stages still running when it expires are reported.
+//! The whole sequence has one deadline; stages still running when it expires are reported,
+//! and each later stage still gets [`STAGE_GRACE`] to stop.
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,1 +1,145 @@
-//! Helpers shared by the end-to-end scenarios.
+//! Helpers shared by the end-to-end scenarios: locate the built binaries, start a gateway
+//! as a real child process, read its JSON log lines, signal it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The workspace root (where `Cargo.toml` of the workspace lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Path of a binary built by this workspace (`gateway`, `sim`) in the same profile as the
+/// running test. Cargo builds every workspace binary before `cargo test --workspace` runs.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// The demo configuration shipped with edge-config.
+pub fn demo_config() -> PathBuf {
+    workspace_root().join("edge-config/examples/demo.toml")
+}
+
+/// A gateway running as a child process with JSON logs captured line by line.
+pub struct Gateway {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every log line seen so far (for assertions and failure messages).
+    pub seen: Vec<String>,
+}
+
+impl Gateway {
+    /// Starts `gateway --log-format json run --config CONFIG --data-dir DATA`.
+    pub fn start(config: &Path, data_dir: &Path) -> Gateway {
+        Self::start_with(config, data_dir, &[])
+    }
+
+    /// Like [`Gateway::start`] with extra `run` arguments.
+    pub fn start_with(config: &Path, data_dir: &Path, extra: &[&str]) -> Gateway {
+        let mut child = Command::new(bin("gateway"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gateway");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Gateway {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line whose `message` field equals `message`; returns it parsed.
+    pub fn wait_for_message(&mut self, message: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["message"] == message {
+                            return v;
+                        }
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line {message:?} within {timeout:?}; log so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Drains the log lines that arrived so far.
+    pub fn drain_log(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.drain_log();
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The daemon starts on a real configuration, says it is ready, and stops in order on the
+//! one shutdown signal.
+
+use std::time::{Duration, Instant};
+
+use e2e::{demo_config, Gateway};
+
+#[test]
+fn gateway_starts_logs_readiness_and_exits_cleanly_within_5s_of_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(&demo_config(), data.path());
+    let ready = gw.wait_for_message("gateway ready", Duration::from_secs(30));
+    assert_eq!(ready["site"], "sw-demo-001");
+
+    let stop = Instant::now();
+    gw.signal(libc::SIGTERM);
+    let status = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("gateway still running 5 s after SIGTERM");
+    assert!(status.success(), "exit status {status:?}; log:\n{}", gw.seen.join("\n"));
+    assert!(stop.elapsed() < Duration::from_secs(5));
+    assert!(
+        gw.seen.iter().any(|l| l.contains("gateway stopped cleanly")),
+        "no clean-stop line; log:\n{}",
+        gw.seen.join("\n")
+    );
+    assert!(data.path().join("shouwang.db").exists());
+}
+
+#[test]
+fn sigint_stops_the_gateway_as_cleanly_as_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(&demo_config(), data.path());
+    gw.wait_for_message("gateway ready", Duration::from_secs(30));
+    gw.signal(libc::SIGINT);
+    let status = gw.wait_exit(Duration::from_secs(5)).expect("still running");
+    assert!(status.success());
+}
+
+#[test]
+fn two_gateways_cannot_share_one_data_directory() {
+    let data = tempfile::tempdir().unwrap();
+    let mut first = Gateway::start(&demo_config(), data.path());
+    first.wait_for_message("gateway ready", Duration::from_secs(30));
+    let mut second = Gateway::start(&demo_config(), data.path());
+    let status = second
+        .wait_exit(Duration::from_secs(10))
+        .expect("second gateway should refuse to start");
+    assert!(!status.success());
+    assert!(
+        second.seen.iter().any(|l| l.contains("in use by another gateway")),
+        "log:\n{}",
+        second.seen.join("\n")
+    );
+}
