@@ -1,0 +1,348 @@
+//! Payload decoding: topic → device, bytes → [`Values`], both payload formats.
+//!
+//! Pure functions, no I/O: the ingest task calls [`Router::route`] then [`decode`] for every
+//! MQTT publish, and counts whatever they reject.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, FixedOffset};
+use edge_config::{Config, DeviceKind, PayloadFormat};
+use serde::{Deserialize, Serialize};
+
+/// Payloads larger than this are rejected before parsing.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+
+/// Why a message was not accepted. Counted per reason and per device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum Reject {
+    #[error("payload larger than 16 KiB")]
+    Oversized,
+    #[error("payload is not valid JSON")]
+    InvalidJson,
+    #[error("payload is not a JSON object")]
+    NotAnObject,
+    #[error("a field has the wrong type")]
+    WrongType,
+    #[error("topic belongs to no configured device")]
+    UnknownDevice,
+    #[error("device exceeded its message rate")]
+    Throttled,
+}
+
+impl Reject {
+    /// All reasons, for reports.
+    pub const ALL: [Reject; 6] = [
+        Reject::Oversized,
+        Reject::InvalidJson,
+        Reject::NotAnObject,
+        Reject::WrongType,
+        Reject::UnknownDevice,
+        Reject::Throttled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::Oversized => "oversized",
+            Reject::InvalidJson => "invalid_json",
+            Reject::NotAnObject => "not_an_object",
+            Reject::WrongType => "wrong_type",
+            Reject::UnknownDevice => "unknown_device",
+            Reject::Throttled => "throttled",
+        }
+    }
+}
+
+/// What a topic means for its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The device's state/readings topic.
+    State,
+    /// `sensors/{id}/heartbeat` (native): alive, no readings.
+    Heartbeat,
+    /// `zigbee2mqtt/{name}/availability`: `online` / `offline`.
+    Availability,
+}
+
+/// Maps topics to devices, built once from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    /// Exact topic → (device index in `Config::devices`, role).
+    topics: HashMap<String, (usize, Role)>,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Self {
+        let mut topics = HashMap::new();
+        for (i, d) in config.devices.iter().enumerate() {
+            topics.insert(d.state_topic(), (i, Role::State));
+            let extra = match d.format {
+                PayloadFormat::Native => (format!("sensors/{}/heartbeat", d.id), Role::Heartbeat),
+                PayloadFormat::Zigbee2mqtt => (
+                    format!("zigbee2mqtt/{}/availability", d.friendly_name()),
+                    Role::Availability,
+                ),
+            };
+            topics.entry(extra.0).or_insert((i, extra.1));
+        }
+        Router { topics }
+    }
+
+    /// The device and role of a topic, if any device owns it.
+    pub fn route(&self, topic: &str) -> Option<(usize, Role)> {
+        self.topics.get(topic).copied()
+    }
+
+    /// Topic filters the ingest client subscribes to: every device topic exactly (so a
+    /// foreign topic never reaches the gateway) — plus nothing else.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
+        self.topics.keys().map(String::as_str)
+    }
+}
+
+/// One decoded message's values. Every field is optional: a message carries what the
+/// device measured. Units are in the names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Values {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoke: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gas_lel_pct: Option<f64>,
+    /// Boolean gas alarm (zigbee2mqtt `gas`): counts as a high alarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gas: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub water_leak: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_low: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tamper: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_temp_c: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voltage_v: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_a: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charging: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressed: Option<bool>,
+    /// Actuator state report, e.g. `closed`, `open`, `on`, `off`, `playing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linkquality: Option<f64>,
+}
+
+/// A decoded message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub values: Values,
+    /// The sensor's own timestamp, if it sent one (native `ts`).
+    pub sensor_ts: Option<DateTime<FixedOffset>>,
+    /// `Some(false)` for an `offline` availability message.
+    pub online: Option<bool>,
+}
+
+/// shouwang's native JSON: `Values` plus an optional `ts`. Unknown keys are ignored so
+/// newer sensors can add fields; known keys must have the right type.
+#[derive(Deserialize)]
+struct Native {
+    #[serde(default)]
+    ts: Option<DateTime<FixedOffset>>,
+    #[serde(flatten)]
+    values: Values,
+}
+
+/// Zigbee2MQTT's field names (see zigbee-herdsman-converters' `exposes`).
+#[derive(Deserialize)]
+struct Z2m {
+    smoke: Option<bool>,
+    gas: Option<bool>,
+    /// Some gas detectors report a density in % LEL.
+    gas_density: Option<f64>,
+    water_leak: Option<bool>,
+    tamper: Option<bool>,
+    battery_low: Option<bool>,
+    battery: Option<f64>,
+    temperature: Option<f64>,
+    linkquality: Option<f64>,
+    /// Valves and sirens report `state` ("ON"/"OFF", "OPEN"/"CLOSE").
+    state: Option<String>,
+}
+
+impl From<Z2m> for Values {
+    fn from(z: Z2m) -> Values {
+        Values {
+            smoke: z.smoke,
+            gas: z.gas,
+            gas_lel_pct: z.gas_density,
+            water_leak: z.water_leak,
+            tamper: z.tamper,
+            battery_low: z.battery_low,
+            battery_pct: z.battery,
+            temperature_c: z.temperature,
+            linkquality: z.linkquality,
+            state: z.state.map(|s| s.to_ascii_lowercase()),
+            ..Values::default()
+        }
+    }
+}
+
+/// Decodes one payload for a device of `kind` in `format`, arriving on a topic of `role`.
+pub fn decode(
+    payload: &[u8],
+    format: PayloadFormat,
+    role: Role,
+    kind: DeviceKind,
+) -> Result<Decoded, Reject> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Reject::Oversized);
+    }
+    match role {
+        Role::Heartbeat => Ok(Decoded {
+            values: Values::default(),
+            sensor_ts: None,
+            online: Some(true),
+        }),
+        Role::Availability => decode_availability(payload),
+        Role::State => decode_state(payload, format, kind),
+    }
+}
+
+fn decode_state(payload: &[u8], format: PayloadFormat, _kind: DeviceKind) -> Result<Decoded, Reject> {
+    let json: serde_json::Value = serde_json::from_slice(payload).map_err(|_| Reject::InvalidJson)?;
+    if !json.is_object() {
+        return Err(Reject::NotAnObject);
+    }
+    let (values, sensor_ts) = match format {
+        PayloadFormat::Native => {
+            let n: Native = serde_json::from_value(json).map_err(|_| Reject::WrongType)?;
+            (n.values, n.ts)
+        }
+        PayloadFormat::Zigbee2mqtt => {
+            let z: Z2m = serde_json::from_value(json).map_err(|_| Reject::WrongType)?;
+            (Values::from(z), None)
+        }
+    };
+    if !values_are_finite(&values) {
+        return Err(Reject::WrongType);
+    }
+    Ok(Decoded {
+        values,
+        sensor_ts,
+        online: Some(true),
+    })
+}
+
+/// `online` / `offline`, or `{"state":"online"}`.
+fn decode_availability(payload: &[u8]) -> Result<Decoded, Reject> {
+    let text = std::str::from_utf8(payload).map_err(|_| Reject::InvalidJson)?.trim();
+    let state = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => map
+            .get("state")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned)
+            .ok_or(Reject::WrongType)?,
+        Ok(serde_json::Value::String(s)) => s,
+        _ => text.to_owned(),
+    };
+    let online = match state.as_str() {
+        "online" => true,
+        "offline" => false,
+        _ => return Err(Reject::WrongType),
+    };
+    Ok(Decoded {
+        values: Values::default(),
+        sensor_ts: None,
+        online: Some(online),
+    })
+}
+
+fn values_are_finite(v: &Values) -> bool {
+    [
+        v.temperature_c,
+        v.gas_lel_pct,
+        v.battery_pct,
+        v.battery_temp_c,
+        v.voltage_v,
+        v.current_a,
+        v.linkquality,
+    ]
+    .into_iter()
+    .flatten()
+    .all(f64::is_finite)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn native(payload: &str, kind: DeviceKind) -> Result<Decoded, Reject> {
+        decode(payload.as_bytes(), PayloadFormat::Native, Role::State, kind)
+    }
+
+    #[test]
+    fn native_smoke_payload_with_timestamp_decodes() {
+        let d = native(
+            r#"{"ts":"2026-11-23T03:12:45.120+08:00","smoke":true,"temperature_c":31.5,"battery_pct":87}"#,
+            DeviceKind::Smoke,
+        )
+        .unwrap();
+        assert_eq!(d.values.smoke, Some(true));
+        assert_eq!(d.values.temperature_c, Some(31.5));
+        assert_eq!(d.values.battery_pct, Some(87.0));
+        assert_eq!(d.sensor_ts.unwrap().timestamp_millis(), 1_763_838_765_120);
+    }
+
+    #[test]
+    fn native_ebike_battery_payload_decodes() {
+        let d = native(
+            r#"{"battery_temp_c":48.2,"voltage_v":53.1,"current_a":4.2,"charging":true,"present":true}"#,
+            DeviceKind::EbikeBattery,
+        )
+        .unwrap();
+        assert_eq!(d.values.battery_temp_c, Some(48.2));
+        assert_eq!(d.values.charging, Some(true));
+    }
+
+    #[test]
+    fn zigbee2mqtt_water_leak_payload_maps_field_names() {
+        let d = decode(
+            br#"{"battery":100,"battery_low":false,"tamper":false,"voltage":3015,"water_leak":true,"linkquality":73}"#,
+            PayloadFormat::Zigbee2mqtt,
+            Role::State,
+            DeviceKind::WaterLeak,
+        )
+        .unwrap();
+        assert_eq!(d.values.water_leak, Some(true));
+        assert_eq!(d.values.battery_pct, Some(100.0));
+        assert_eq!(d.values.linkquality, Some(73.0));
+    }
+
+    #[test]
+    fn bad_payloads_are_rejected_with_their_reason() {
+        let smoke = DeviceKind::Smoke;
+        assert_eq!(native("{not json", smoke), Err(Reject::InvalidJson));
+        assert_eq!(native("[1,2]", smoke), Err(Reject::NotAnObject));
+        assert_eq!(native(r#"{"smoke":"yes"}"#, smoke), Err(Reject::WrongType));
+        assert_eq!(native(r#"{"ts":"yesterday"}"#, smoke), Err(Reject::WrongType));
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_PAYLOAD_BYTES));
+        assert_eq!(native(&big, smoke), Err(Reject::Oversized));
+    }
+
+    #[test]
+    fn availability_accepts_plain_and_json_forms() {
+        let a = |p: &str| decode(p.as_bytes(), PayloadFormat::Zigbee2mqtt, Role::Availability, DeviceKind::Gas);
+        assert_eq!(a("online").unwrap().online, Some(true));
+        assert_eq!(a("offline").unwrap().online, Some(false));
+        assert_eq!(a(r#"{"state":"offline"}"#).unwrap().online, Some(false));
+        assert_eq!(a("maybe"), Err(Reject::WrongType));
+    }
+}
