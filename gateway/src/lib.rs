@@ -1,1 +1,38 @@
+//! # shouwang gateway
+//!
+//! One gateway per residential compound or street police station: hazard sensors over MQTT
+//! and camera streams in, graded alerts out to station staff, residents and the central
+//! platform — durably, in order, through WAN outages and power cuts.
+//!
 //! # Layout
+//!
+//! The daemon reads top-down as two pipelines joined by typed, bounded channels; data flows
+//! one way and no module imports a later stage:
+//!
+//! ```text
+//! ingest → rules → alerts → outbox → uplink
+//! video (capture → motion → detect → track → zones) → rules
+//! ```
+//!
+//! Modules present today:
+//!
+//! - [`cli`] — the command line (`run`, `config check`, `config init`).
+//! - [`logging`] — `tracing` set-up: human format on a terminal, JSON lines on request.
+//! - [`shutdown`] — the one shutdown signal, per-stage cancellation and completion guards,
+//!   stopping inputs → processing → outbox flush → database within a deadline.
+//! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
+//! - [`db`] — the single SQLite (WAL) database shared by alerts and the outbox.
+//! - [`outbox`] — the durable store-and-forward queue; its design is at the top of the module.
+//!
+//! Configuration types, parsing and validation live in the `edge-config` crate.
+
+pub mod alerts;
+pub mod cli;
+pub mod daemon;
+pub mod broker;
+pub mod db;
+pub mod ingest;
+pub mod logging;
+pub mod outbox;
+pub mod rules;
+pub mod shutdown;

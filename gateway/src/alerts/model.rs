@@ -1,0 +1,182 @@
+//! The alert record: one JSON shape for the store, the console and the platform.
+
+use edge_config::{AlertKind, Config, Level, LocationRef};
+use serde::{Deserialize, Serialize};
+
+/// Where an alert is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Raised,
+    Updated,
+    Escalated,
+    Acknowledged,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn is_active(self) -> bool {
+        self != AlertState::Resolved
+    }
+}
+
+/// What changed in one event (each event is one outbox message upstream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Raised,
+    Updated,
+    Escalated,
+    Acknowledged,
+    Resolved,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Raised => "raised",
+            EventKind::Updated => "updated",
+            EventKind::Escalated => "escalated",
+            EventKind::Acknowledged => "acknowledged",
+            EventKind::Resolved => "resolved",
+        }
+    }
+}
+
+/// What raised the alert.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", content = "id", rename_all = "snake_case")]
+pub enum Source {
+    Device(String),
+    Camera(String),
+    /// The gateway itself (e.g. `buffer_full`).
+    Gateway(String),
+}
+
+impl Source {
+    /// `device:ID`, `camera:ID` or `gateway:ID`: the key of "one active alert per
+    /// (source, kind)".
+    pub fn key(&self) -> String {
+        match self {
+            Source::Device(id) => format!("device:{id}"),
+            Source::Camera(id) => format!("camera:{id}"),
+            Source::Gateway(id) => format!("gateway:{id}"),
+        }
+    }
+}
+
+/// The alert's place, with display names resolved from the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub building: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub area: Option<String>,
+    /// Human-readable, e.g. `1号楼 2单元 12层 1201` or `充电棚`.
+    pub label: String,
+}
+
+impl Location {
+    /// Resolves a configuration location reference.
+    pub fn resolve(config: &Config, r: &LocationRef) -> Location {
+        let mut loc = Location {
+            building: r.building.clone(),
+            unit: r.unit.clone(),
+            floor: r.floor,
+            room: r.room.clone(),
+            area: r.area.clone(),
+            label: String::new(),
+        };
+        if let Some(area) = r.area.as_deref().and_then(|a| config.area(a)) {
+            loc.building = loc.building.or_else(|| area.building.clone());
+            loc.unit = loc.unit.or_else(|| area.unit.clone());
+            loc.floor = loc.floor.or(area.floor);
+        }
+        loc.label = label(config, r);
+        loc
+    }
+}
+
+fn label(config: &Config, r: &LocationRef) -> String {
+    let mut parts = Vec::new();
+    if let Some(b) = r.building.as_deref() {
+        let building = config.building(b);
+        parts.push(building.map_or(b.to_owned(), |b| b.name.clone()));
+        if let Some(u) = r.unit.as_deref() {
+            let unit = building.and_then(|b| b.units.iter().find(|x| x.id == u));
+            parts.push(unit.map_or(u.to_owned(), |u| u.name.clone()));
+        }
+    }
+    if let Some(f) = r.floor {
+        parts.push(format!("{f}F"));
+    }
+    if let Some(room) = r.room.as_deref() {
+        parts.push(room.to_owned());
+    }
+    if let Some(a) = r.area.as_deref() {
+        parts.push(config.area(a).map_or(a.to_owned(), |a| a.name.clone()));
+    }
+    parts.join(" ")
+}
+
+/// Text in the site's languages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Localized {
+    #[serde(rename = "zh-CN")]
+    pub zh_cn: String,
+    pub en: String,
+}
+
+/// One action taken on actuators for this alert (linkage) and its outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub action: String,
+    pub target: String,
+    pub sent_at: String,
+    /// `pending`, `confirmed`, `timed_out`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<String>,
+}
+
+/// An alert, as stored, shown and sent upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable id (ULID) for the alert's whole life.
+    pub id: String,
+    /// Sequence number of this alert's latest event; per site, strictly increasing, no gaps.
+    pub seq: u64,
+    /// What the latest event was.
+    pub event: EventKind,
+    pub site: String,
+    pub kind: AlertKind,
+    pub level: Level,
+    pub state: AlertState,
+    pub source: Source,
+    pub location: Location,
+    /// RFC 3339 with milliseconds.
+    pub raised_at: String,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
+    /// The evidence: causes and the source's latest values.
+    pub readings: serde_json::Value,
+    pub message: Localized,
+    pub advice: Localized,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionRecord>,
+}

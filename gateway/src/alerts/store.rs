@@ -1,0 +1,211 @@
+//! Alert persistence: the alert record, its event history and its outbox row commit in one
+//! SQLite transaction, before the alert is published anywhere.
+//!
+//! ```sql
+//! CREATE TABLE alerts (
+//!     id TEXT PRIMARY KEY,            -- ULID
+//!     source TEXT NOT NULL,           -- Source::key(), e.g. device:b1-smoke-1
+//!     kind TEXT NOT NULL,
+//!     active INTEGER NOT NULL,        -- 1 until resolved
+//!     level TEXT NOT NULL, state TEXT NOT NULL,
+//!     raised_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+//!     body TEXT NOT NULL              -- the Alert as JSON (what the console and platform get)
+//! );
+//! CREATE UNIQUE INDEX alerts_one_active ON alerts (source, kind) WHERE active = 1;
+//! CREATE TABLE alert_events (seq INTEGER PRIMARY KEY, alert_id TEXT NOT NULL,
+//!     event TEXT NOT NULL, at TEXT NOT NULL, body TEXT NOT NULL);
+//! CREATE TABLE alerts_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- next_seq
+//! ```
+//!
+//! The partial unique index enforces "one active alert per (source, kind)" in the database
+//! itself. `seq` comes from `alerts_meta.next_seq`, incremented in the same transaction, so
+//! it is strictly increasing and gap-free per site even across crashes.
+
+use std::path::Path;
+
+use edge_config::Level;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::model::{Alert, EventKind};
+use crate::outbox::{self, Class, Durability, NewMessage};
+
+/// Errors of the alert store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("alert store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("alert store: {0}")]
+    Outbox(#[from] outbox::OutboxError),
+    #[error("alert store: cannot encode alert {id}: {source}")]
+    Encode {
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error("alert store: stored alert {id} is unreadable: {source}")]
+    Decode {
+        id: String,
+        source: serde_json::Error,
+    },
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    state TEXT NOT NULL,
+    raised_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_one_active ON alerts (source, kind) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (raised_at);
+CREATE TABLE IF NOT EXISTS alert_events (
+    seq INTEGER PRIMARY KEY,
+    alert_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO alerts_meta (name, value) VALUES ('next_seq', 1);
+";
+
+/// Maps an alert level to its outbox class (drain priority and eviction order).
+pub fn class_of(level: Level) -> Class {
+    match level {
+        Level::Red | Level::Orange => Class::Alarm,
+        Level::Yellow => Class::Warning,
+        Level::Blue => Class::Notice,
+    }
+}
+
+/// The alert store. Owns the database's writer connection.
+pub struct AlertStore {
+    /// The single writer: alert records and outbox rows are written only through it, so
+    /// `next_seq` needs no further locking.
+    conn: Connection,
+}
+
+impl AlertStore {
+    /// Opens the gateway database and creates the alert and outbox tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::from_connection(conn)
+    }
+
+    pub fn from_connection(conn: Connection) -> Result<Self, StoreError> {
+        outbox::configure_connection(&conn)?;
+        conn.execute_batch(SCHEMA)?;
+        outbox::migrate(&conn)?;
+        Ok(AlertStore { conn })
+    }
+
+    /// The underlying connection (for read-only queries such as status).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Records an event of `alert`: assigns the next `seq`, stores the alert and the event,
+    /// and enqueues it for the platform — all in one transaction, with `synchronous=FULL`.
+    /// On error nothing is written and `alert` keeps its previous `seq`.
+    pub fn record(&mut self, alert: &mut Alert, event: EventKind) -> Result<u64, StoreError> {
+        let mut staged = alert.clone();
+        staged.event = event;
+        let seq = outbox::commit_with(&mut self.conn, Durability::Full, |tx| {
+            let seq = next_seq(tx)?;
+            staged.seq = seq;
+            write(tx, &staged)?;
+            Ok::<u64, StoreError>(seq)
+        })?;
+        *alert = staged;
+        Ok(seq)
+    }
+
+    /// All alerts not yet resolved (reloaded at start-up).
+    pub fn active(&self) -> Result<Vec<Alert>, StoreError> {
+        self.query("SELECT id, body FROM alerts WHERE active = 1 ORDER BY raised_at", [])
+    }
+
+    /// One alert by id.
+    pub fn get(&self, id: &str) -> Result<Option<Alert>, StoreError> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row("SELECT id, body FROM alerts WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        row.map(|(id, body)| decode(&id, &body)).transpose()
+    }
+
+    /// The most recent alerts, newest first.
+    pub fn recent(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(
+            "SELECT id, body FROM alerts ORDER BY raised_at DESC, id DESC LIMIT ?1",
+            [limit],
+        )
+    }
+
+    fn query<P: rusqlite::Params>(&self, sql: &str, params: P) -> Result<Vec<Alert>, StoreError> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map(params, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|row| {
+            let (id, body) = row?;
+            decode(&id, &body)
+        })
+        .collect()
+    }
+}
+
+fn next_seq(tx: &Transaction<'_>) -> Result<u64, StoreError> {
+    let seq: i64 = tx.query_row(
+        "UPDATE alerts_meta SET value = value + 1 WHERE name = 'next_seq' RETURNING value - 1",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+fn write(tx: &Transaction<'_>, alert: &Alert) -> Result<(), StoreError> {
+    let body = serde_json::to_string(alert).map_err(|source| StoreError::Encode {
+        id: alert.id.clone(),
+        source,
+    })?;
+    let active = alert.state.is_active();
+    tx.execute(
+        "INSERT INTO alerts (id, source, kind, active, level, state, raised_at, updated_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (id) DO UPDATE SET active = ?4, level = ?5, state = ?6, updated_at = ?8, body = ?9",
+        params![
+            alert.id,
+            alert.source.key(),
+            alert.kind.as_str(),
+            active,
+            alert.level.as_str(),
+            serde_json::to_value(alert.state).ok().and_then(|v| v.as_str().map(str::to_owned)),
+            alert.raised_at,
+            alert.updated_at,
+            body
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO alert_events (seq, alert_id, event, at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![alert.seq as i64, alert.id, alert.event.as_str(), alert.updated_at, body],
+    )?;
+    let created_ms = chrono::DateTime::parse_from_rfc3339(&alert.updated_at)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis());
+    let msg = NewMessage::alert(class_of(alert.level), ulid::Ulid::generate().to_string(), alert.seq, body, created_ms);
+    outbox::enqueue(tx, &msg)?;
+    Ok(())
+}
+
+fn decode(id: &str, body: &str) -> Result<Alert, StoreError> {
+    serde_json::from_str(body).map_err(|source| StoreError::Decode {
+        id: id.to_owned(),
+        source,
+    })
+}
