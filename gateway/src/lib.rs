@@ -34,5 +34,6 @@ pub mod db;
 pub mod ingest;
 pub mod logging;
 pub mod outbox;
+pub mod publish;
 pub mod rules;
 pub mod shutdown;

@@ -5,6 +5,7 @@ pub mod lifecycle;
 pub mod messages;
 pub mod model;
 pub mod store;
+pub mod task;
 
 pub use lifecycle::Lifecycle;
 pub use model::{Alert, AlertState, EventKind, Location, Source};

@@ -1,0 +1,1060 @@
+//! The embedded MQTT broker: sensors connect to the gateway itself, so installers need no
+//! extra software.
+//!
+//! [`EmbeddedBroker::start`] runs [rumqttd] 0.20 inside the gateway process and returns once
+//! every listener really accepts MQTT connections, with the addresses actually bound.
+//!
+//! # What it gives
+//!
+//! - An MQTT 3.1.1 listener ([`BrokerSettings::bind`]), optionally an MQTT 5 listener
+//!   ([`BrokerSettings::v5_bind`]) and an MQTT 3.1.1-over-TLS listener ([`BrokerSettings::tls`]),
+//!   all sharing one router: a message published on any of them reaches subscribers on all.
+//! - QoS 0, 1 and 2, last wills, retained messages, persistent sessions (in memory).
+//! - Username/password authentication from [`BrokerSettings::credentials`] (compared in
+//!   constant time by rumqttd). A refused login gets **no** CONNACK: rumqttd just closes the
+//!   connection. With credentials configured, a random internal user is added for the
+//!   gateway's own ingest client ([`EmbeddedBroker::internal_credentials`]).
+//! - A packet size limit and a connection limit ([`BrokerSettings::max_payload_bytes`],
+//!   [`BrokerSettings::max_connections`]).
+//!
+//! # What it does NOT give
+//!
+//! - **No topic ACLs**: any authenticated client may publish or subscribe to any topic, so a
+//!   sensor can impersonate another sensor. The gateway must validate what it ingests.
+//! - **No persistence**: retained messages, persistent sessions and queued QoS 1 messages
+//!   live in memory and vanish when the process exits. Retained alert/state messages must be
+//!   republished by the gateway after a restart; sensors must resubscribe.
+//! - No client certificate authentication (the TLS listener authenticates the server only;
+//!   clients still log in with username/password).
+//! - Bounded in-memory logs: rumqttd keeps, per subscription filter (and per topic published
+//!   before anyone subscribed to it), a commit log of [`LOG_SEGMENT_COUNT`] segments of
+//!   [`LOG_SEGMENT_BYTES`] (or more if one packet is larger). A subscriber that falls further
+//!   behind than that silently skips the oldest messages.
+//! - A client beyond the connection limit (plus [`RESERVED_CONNECTIONS`]) gets no CONNACK
+//!   either: rumqttd closes its connection.
+//!
+//! # Threads and shutdown
+//!
+//! rumqttd's own `Broker::start()` blocks forever and has no stop API. This module therefore
+//! drives rumqttd's public building blocks (`Router` and `Server`) itself:
+//!
+//! - rumqttd's router runs on its own thread (named `router-0` by rumqttd);
+//! - each listener runs on its own named thread with a single-threaded tokio runtime, as
+//!   rumqttd does: `mqtt-broker` (MQTT 3.1.1), `mqtt-broker-v5`, `mqtt-broker-tls`. They are
+//!   plain OS threads, so the broker keeps serving sensors whatever happens to the gateway's
+//!   own async runtime.
+//!
+//! [`EmbeddedBroker::shutdown`] (or dropping the handle) stops the listeners: their ports are
+//! freed and every client connection is closed (sensors see a dropped connection; their last
+//! wills are not published). The **router thread has no stop API**: it stays parked, idle, with
+//! its in-memory state until the process exits. For the daemon's graceful shutdown this means:
+//! the inputs stage first stops the ingest client's subscription, then drops (or shuts down)
+//! the broker handle; nothing is lost that a restart would not lose anyway (see "No
+//! persistence").
+//!
+//! # Port 0 and bind errors
+//!
+//! rumqttd binds inside its listener future and cannot report the port it got, so:
+//!
+//! 1. each requested address with port 0 is resolved by binding a std `TcpListener` to the
+//!    requested IP and port 0, reading the port the OS chose, and closing it just before
+//!    rumqttd binds it (all picks are held open together, so two listeners never get the same
+//!    port). A requested fixed port is checked the same way, so a busy one fails fast with
+//!    [`BrokerError::AddressInUse`] before any thread is started;
+//! 2. the listener thread polls rumqttd's `Server::start` future once: rumqttd 0.20 binds
+//!    synchronously on that first poll, so an immediate `Ready(Err)` is the bind error (the
+//!    OS error is recovered from rumqttd's error chain) and `Pending` means it is listening;
+//! 3. if another process took a picked port in between (a lost race), the pick is retried
+//!    with a new port, up to [`PORT_PICK_ATTEMPTS`] times;
+//! 4. finally `start` **probes** each listener: an MQTT CONNECT (with the internal
+//!    credentials when authentication is on) must get a successful CONNACK on the MQTT 3.1.1
+//!    and MQTT 5 listeners; the TLS listener must accept a TCP connection. Only then does
+//!    `start` return.
+//!
+//! # Clients
+//!
+//! The gateway's ingest is a `rumqttc` client like any sensor (it must receive QoS 1, and
+//! follows the same code path as with an external broker): [`EmbeddedBroker::client_options`]
+//! fills in host, port, credentials, keep-alive and packet size. Its event loop must have
+//! `TCP_NODELAY` set — without it QoS 1 delivery of 1 KB messages stalls at ~5–7 k msg/s —
+//! with [`enable_tcp_nodelay`], or use [`EmbeddedBroker::async_client`] which does both.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::future::Future;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::task::Poll;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::Protocol;
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use tokio_rustls::rustls;
+
+/// Size of one segment of rumqttd's per-filter in-memory commit log (raised to the packet
+/// limit if that is larger).
+pub const LOG_SEGMENT_BYTES: usize = 1024 * 1024;
+/// Number of segments rumqttd keeps per filter before dropping the oldest.
+pub const LOG_SEGMENT_COUNT: usize = 4;
+/// How many fresh ports are tried when a port picked for port 0 was taken by another
+/// process before rumqttd could bind it.
+pub const PORT_PICK_ATTEMPTS: u32 = 5;
+/// Room for the topic and packet headers on top of [`BrokerSettings::max_payload_bytes`]: the
+/// rumqttd (and rumqttc) limit applies to the whole MQTT packet body.
+pub const PACKET_OVERHEAD_BYTES: usize = 1024;
+/// Connections allowed on top of [`BrokerSettings::max_connections`]: headroom for the
+/// gateway's own ingest client and the start-up probe (rumqttd cannot reserve them, so this
+/// only keeps a full house of sensors from locking the gateway out).
+pub const RESERVED_CONNECTIONS: usize = 2;
+/// Keep-alive the [`EmbeddedBroker::client_options`] use (rumqttd refuses keep-alive 0).
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// MQTT's largest encodable packet body (remaining length).
+const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
+/// How long `start` waits for a listener thread to report its bind result.
+const BIND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `start` keeps probing a listener that reported it is bound.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time a client has between TCP accept and its CONNECT packet (slow-loris guard).
+const CONNECT_TIMEOUT_MS: u16 = 5_000;
+/// Unacknowledged QoS 1/2 messages per connection (rumqttc's default inflight too).
+const MAX_INFLIGHT: usize = 100;
+/// QoS 0 messages rumqttd reads from a log for one connection in one go.
+const MAX_OUTGOING_PACKETS: u64 = 200;
+
+/// Settings of the embedded broker (mapped from the gateway configuration by the caller).
+#[derive(Clone)]
+pub struct BrokerSettings {
+    /// MQTT 3.1.1 listener; port 0 picks a free port ([`EmbeddedBroker::local_addr`] tells it).
+    pub bind: SocketAddr,
+    /// Optional MQTT 5 listener (rumqttd serves MQTT 5 only on a listener of its own).
+    pub v5_bind: Option<SocketAddr>,
+    /// Optional MQTT 3.1.1-over-TLS listener.
+    pub tls: Option<TlsFiles>,
+    /// Username → password. Empty: anonymous clients are allowed.
+    pub credentials: HashMap<String, String>,
+    /// Largest payload accepted at the transport; a bigger packet closes the connection.
+    /// [`PACKET_OVERHEAD_BYTES`] are added for topic and headers.
+    pub max_payload_bytes: usize,
+    /// Sensor connections at once ([`RESERVED_CONNECTIONS`] more are kept for the gateway).
+    pub max_connections: usize,
+}
+
+impl BrokerSettings {
+    /// Anonymous MQTT 3.1.1 broker on `bind`, 64 KiB payloads, 1024 connections.
+    pub fn new(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            v5_bind: None,
+            tls: None,
+            credentials: HashMap::new(),
+            max_payload_bytes: 64 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut users: Vec<&String> = self.credentials.keys().collect();
+        users.sort();
+        f.debug_struct("BrokerSettings")
+            .field("bind", &self.bind)
+            .field("v5_bind", &self.v5_bind)
+            .field("tls", &self.tls)
+            .field("users (passwords redacted)", &users)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// The TLS listener: its address and the server certificate and key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Address of the TLS listener (conventionally port 8883); port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Server certificate chain, PEM, leaf first.
+    pub cert_pem: PathBuf,
+    /// Server private key, PEM (PKCS#8, PKCS#1/RSA or SEC1/EC).
+    pub key_pem: PathBuf,
+}
+
+/// Why the embedded broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The settings cannot work (empty username, zero limits, same address twice, …).
+    #[error("invalid MQTT broker settings: {0}")]
+    InvalidSettings(String),
+    /// Another socket already listens on this fixed address.
+    #[error("MQTT broker address {0} is already in use")]
+    AddressInUse(SocketAddr),
+    /// Listening failed for another reason (permission for ports < 1024, address not local, …).
+    #[error("MQTT broker cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// Port 0 was asked but every picked port was taken before rumqttd could bind it.
+    #[error("no free port for the MQTT broker on {ip} after {attempts} attempts")]
+    NoFreePort { ip: IpAddr, attempts: u32 },
+    /// A TLS certificate or key file is missing, unreadable or unusable.
+    #[error("MQTT broker TLS file {path}: {reason}")]
+    Tls { path: PathBuf, reason: String },
+    /// A broker thread could not be created.
+    #[error("cannot start MQTT broker thread {name}: {source}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// A listener was started but does not serve MQTT (timeout, refused probe, thread died).
+    #[error("MQTT broker {listener} listener on {addr} is not ready: {reason}")]
+    NotReady {
+        listener: &'static str,
+        addr: SocketAddr,
+        reason: String,
+    },
+}
+
+/// A running embedded broker; see the [module docs](self).
+///
+/// Dropping it (or [`shutdown`](Self::shutdown)) closes the listeners and client connections.
+pub struct EmbeddedBroker {
+    local_addr: SocketAddr,
+    v5_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    internal: Option<(String, String)>,
+    max_packet_bytes: usize,
+    listeners: Vec<Listener>,
+}
+
+impl fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("local_addr", &self.local_addr)
+            .field("v5_addr", &self.v5_addr)
+            .field("tls_addr", &self.tls_addr)
+            .field("internal_user", &self.internal.as_ref().map(|(u, _)| u))
+            .field("max_packet_bytes", &self.max_packet_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedBroker {
+    /// Starts the broker and returns once every listener accepts MQTT connections.
+    pub fn start(settings: BrokerSettings) -> Result<EmbeddedBroker, BrokerError> {
+        validate(&settings)?;
+        let tls = settings.tls.as_ref().map(rumqttd_tls_config).transpose()?;
+        let max_packet_bytes = settings
+            .max_payload_bytes
+            .saturating_add(PACKET_OVERHEAD_BYTES)
+            .min(MQTT_MAX_PACKET_BYTES);
+
+        let mut credentials = settings.credentials.clone();
+        let internal = if credentials.is_empty() {
+            None
+        } else {
+            let (user, password) = internal_login(&credentials);
+            credentials.insert(user.clone(), password.clone());
+            Some((user, password))
+        };
+        let connections =
+            connection_settings(max_packet_bytes, internal.as_ref().map(|_| credentials));
+
+        // Reserve every address before starting any thread: a busy fixed port fails here.
+        let mut reserved = Vec::new();
+        let v4 = reserve(settings.bind)?;
+        reserved.push(v4.1);
+        let v5 = match settings.v5_bind {
+            Some(addr) => {
+                let r = reserve(addr)?;
+                reserved.push(r.1);
+                Some(r.0)
+            }
+            None => None,
+        };
+        let tls_bind = match (&settings.tls, tls) {
+            (Some(files), Some(config)) => {
+                let r = reserve(files.bind)?;
+                reserved.push(r.1);
+                Some((r.0, config))
+            }
+            _ => None,
+        };
+        drop(reserved);
+
+        let router = Router::new(
+            0,
+            RouterConfig {
+                max_connections: settings
+                    .max_connections
+                    .saturating_add(RESERVED_CONNECTIONS),
+                max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
+                max_segment_size: LOG_SEGMENT_BYTES.max(max_packet_bytes),
+                max_segment_count: LOG_SEGMENT_COUNT,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Default::default(),
+            },
+        );
+        // rumqttd names this thread `router-0`; it has no stop API (see module docs).
+        let router_tx = router.spawn();
+
+        let server_settings =
+            |kind, listen, tls| server_settings(kind, listen, tls, connections.clone());
+
+        let mut listeners = Vec::new();
+        let v4_listener = start_listener(Kind::V4, settings.bind, v4.0, |addr| {
+            Server::new(server_settings(Kind::V4, addr, None), router_tx.clone(), V4)
+        })?;
+        let local_addr = v4_listener.addr;
+        listeners.push(v4_listener);
+        let mut v5_addr = None;
+        if let (Some(requested), Some(addr)) = (settings.v5_bind, v5) {
+            let listener = start_listener(Kind::V5, requested, addr, |addr| {
+                Server::new(server_settings(Kind::V5, addr, None), router_tx.clone(), V5)
+            })?;
+            v5_addr = Some(listener.addr);
+            listeners.push(listener);
+        }
+        let mut tls_addr = None;
+        if let (Some(files), Some((addr, config))) = (&settings.tls, tls_bind) {
+            let listener = start_listener(Kind::Tls, files.bind, addr, |addr| {
+                let settings = server_settings(Kind::Tls, addr, Some(config.clone()));
+                Server::new(settings, router_tx.clone(), V4)
+            })?;
+            tls_addr = Some(listener.addr);
+            listeners.push(listener);
+        }
+
+        let login = internal.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+        for listener in &listeners {
+            let deadline = Instant::now() + PROBE_TIMEOUT;
+            let result = match listener.kind {
+                Kind::V4 => probe_mqtt(listener.addr, 4, login, deadline),
+                Kind::V5 => probe_mqtt(listener.addr, 5, login, deadline),
+                Kind::Tls => probe_tcp(listener.addr, deadline).map(drop),
+            };
+            if let Err(reason) = result {
+                return Err(BrokerError::NotReady {
+                    listener: listener.kind.label(),
+                    addr: listener.addr,
+                    reason,
+                });
+            }
+        }
+
+        tracing::info!(
+            addr = %local_addr,
+            v5_addr = ?v5_addr,
+            tls_addr = ?tls_addr,
+            authentication = internal.is_some(),
+            max_connections = settings.max_connections,
+            max_payload_bytes = settings.max_payload_bytes,
+            "embedded MQTT broker listening"
+        );
+        Ok(EmbeddedBroker {
+            local_addr,
+            v5_addr,
+            tls_addr,
+            internal,
+            max_packet_bytes,
+            listeners,
+        })
+    }
+
+    /// The MQTT 3.1.1 listener's address, with the real port even if port 0 was asked.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The MQTT 5 listener's address, if one was configured.
+    pub fn v5_addr(&self) -> Option<SocketAddr> {
+        self.v5_addr
+    }
+
+    /// The TLS listener's address, if one was configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Username and password of the gateway's own clients when authentication is on
+    /// (generated at each start, never written anywhere); `None` when anonymous.
+    pub fn internal_credentials(&self) -> Option<(String, String)> {
+        self.internal.clone()
+    }
+
+    /// rumqttc options to reach the MQTT 3.1.1 listener: host and port (loopback if the broker
+    /// listens on all interfaces), internal credentials, [`CLIENT_KEEP_ALIVE`], packet limits.
+    ///
+    /// Remember [`enable_tcp_nodelay`] on the event loop (or use [`Self::async_client`]).
+    pub fn client_options(&self, client_id: &str) -> rumqttc::MqttOptions {
+        let addr = connect_addr(self.local_addr);
+        let host = match addr.ip() {
+            IpAddr::V4(ip) => ip.to_string(),
+            // rumqttc joins host and port as "{host}:{port}".
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let mut options = rumqttc::MqttOptions::new(client_id, host, addr.port());
+        options.set_keep_alive(CLIENT_KEEP_ALIVE);
+        options.set_max_packet_size(self.max_packet_bytes, self.max_packet_bytes);
+        if let Some((user, password)) = &self.internal {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        options
+    }
+
+    /// A rumqttc client from [`Self::client_options`] with `TCP_NODELAY` already set.
+    /// `cap` is the request channel capacity (see `rumqttc::AsyncClient::new`).
+    pub fn async_client(
+        &self,
+        client_id: &str,
+        cap: usize,
+    ) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+        let (client, mut event_loop) =
+            rumqttc::AsyncClient::new(self.client_options(client_id), cap);
+        enable_tcp_nodelay(&mut event_loop);
+        (client, event_loop)
+    }
+
+    /// Closes the listeners and every client connection and waits for their threads (a few
+    /// milliseconds; from async code prefer `spawn_blocking`). Clients see their connection
+    /// drop; last wills are not published. The router thread stays parked until the process
+    /// exits (rumqttd has no stop for it).
+    pub fn shutdown(mut self) {
+        self.stop_listeners();
+    }
+
+    fn stop_listeners(&mut self) {
+        for mut listener in self.listeners.drain(..) {
+            listener.stop();
+        }
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.stop_listeners();
+    }
+}
+
+/// Sets `TCP_NODELAY` on a rumqttc event loop's future connections. Without it, QoS 1
+/// delivery of ~1 KB messages stalls at ~5–7 k msg/s (Nagle's algorithm delays the acks).
+/// Works for any broker, embedded or external.
+pub fn enable_tcp_nodelay(event_loop: &mut rumqttc::EventLoop) {
+    let mut network = event_loop.network_options();
+    network.set_tcp_nodelay(true);
+    event_loop.set_network_options(network);
+}
+
+/// Per-connection limits and authentication shared by all listeners. Every field is set:
+/// rumqttd has no defaults for them.
+fn connection_settings(
+    max_packet_bytes: usize,
+    auth: Option<HashMap<String, String>>,
+) -> ConnectionSettings {
+    ConnectionSettings {
+        connection_timeout_ms: CONNECT_TIMEOUT_MS,
+        max_payload_size: max_packet_bytes,
+        max_inflight_count: MAX_INFLIGHT,
+        auth,
+        external_auth: None,
+        // Without dynamic filters rumqttd refuses publishes to topics nobody subscribed to.
+        dynamic_filters: true,
+    }
+}
+
+fn server_settings(
+    kind: Kind,
+    listen: SocketAddr,
+    tls: Option<rumqttd::TlsConfig>,
+    connections: ConnectionSettings,
+) -> ServerSettings {
+    ServerSettings {
+        name: kind.thread_name().to_owned(),
+        listen,
+        tls,
+        // Pause after each accept: smooths a reconnect storm of hundreds of sensors.
+        next_connection_delay_ms: 1,
+        connections,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    V4,
+    V5,
+    Tls,
+}
+
+impl Kind {
+    fn thread_name(self) -> &'static str {
+        match self {
+            Kind::V4 => "mqtt-broker",
+            Kind::V5 => "mqtt-broker-v5",
+            Kind::Tls => "mqtt-broker-tls",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::V4 => "MQTT 3.1.1",
+            Kind::V5 => "MQTT 5",
+            Kind::Tls => "MQTT over TLS",
+        }
+    }
+}
+
+/// One listener thread; dropping it stops the listener and joins the thread.
+struct Listener {
+    kind: Kind,
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    fn stop(&mut self) {
+        // Dropping the sender wakes the listener thread, which drops its runtime: the
+        // listening socket and every connection task go with it.
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!(
+                    listener = self.kind.label(),
+                    "MQTT broker listener thread panicked"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Why a listener thread did not start listening.
+enum BindFailure {
+    Io(io::Error),
+    Other(String),
+}
+
+/// Starts a listener on `addr` (already reserved); if that port was picked for a requested
+/// port 0 and got taken meanwhile, retries with freshly picked ports.
+fn start_listener<P, F>(
+    kind: Kind,
+    requested: SocketAddr,
+    mut addr: SocketAddr,
+    make_server: F,
+) -> Result<Listener, BrokerError>
+where
+    P: Protocol + Clone + Send + 'static,
+    F: Fn(SocketAddr) -> Server<P>,
+{
+    let mut attempt = 1;
+    loop {
+        match spawn_listener(kind, addr, make_server(addr))? {
+            Ok(listener) => return Ok(listener),
+            Err(BindFailure::Io(e)) if e.kind() == io::ErrorKind::AddrInUse => {
+                if requested.port() != 0 {
+                    return Err(BrokerError::AddressInUse(requested));
+                }
+                if attempt >= PORT_PICK_ATTEMPTS {
+                    return Err(BrokerError::NoFreePort {
+                        ip: requested.ip(),
+                        attempts: attempt,
+                    });
+                }
+                tracing::debug!(%addr, attempt, "picked MQTT broker port was taken; picking another");
+                attempt += 1;
+                addr = reserve(requested)?.0;
+            }
+            Err(BindFailure::Io(source)) => return Err(BrokerError::Bind { addr, source }),
+            Err(BindFailure::Other(reason)) => {
+                return Err(BrokerError::NotReady {
+                    listener: kind.label(),
+                    addr,
+                    reason,
+                })
+            }
+        }
+    }
+}
+
+/// Spawns the listener thread and waits for rumqttd's bind result (see module docs).
+fn spawn_listener<P>(
+    kind: Kind,
+    addr: SocketAddr,
+    server: Server<P>,
+) -> Result<Result<Listener, BindFailure>, BrokerError>
+where
+    P: Protocol + Clone + Send + 'static,
+{
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), BindFailure>>(1);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = thread::Builder::new()
+        .name(kind.thread_name().to_owned())
+        .spawn(move || serve(kind, server, ready_tx, stop_rx))
+        .map_err(|source| BrokerError::Thread {
+            name: kind.thread_name(),
+            source,
+        })?;
+    let mut listener = Listener {
+        kind,
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    };
+    let outcome = match ready_rx.recv_timeout(BIND_TIMEOUT) {
+        Ok(Ok(())) => return Ok(Ok(listener)),
+        Ok(Err(failure)) => failure,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            // Do not join a thread that did not answer: detach it (it stops when it can).
+            listener.thread.take();
+            BindFailure::Other(format!("no bind result within {BIND_TIMEOUT:?}"))
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            BindFailure::Other("listener thread exited before listening".to_owned())
+        }
+    };
+    drop(listener);
+    Ok(Err(outcome))
+}
+
+/// Body of a listener thread: binds, reports, serves until stopped.
+fn serve<P>(
+    kind: Kind,
+    mut server: Server<P>,
+    ready: mpsc::SyncSender<Result<(), BindFailure>>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) where
+    P: Protocol + Clone + Send + 'static,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = ready.send(Err(BindFailure::Other(format!("tokio runtime: {e}"))));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let serving = server.start(LinkType::Remote);
+        let mut serving = std::pin::pin!(serving);
+        // rumqttd 0.20 binds on the first poll: Ready(Err) is the bind error, Pending means
+        // it is listening (accept loop).
+        let first = std::future::poll_fn(|cx| Poll::Ready(serving.as_mut().poll(cx))).await;
+        match first {
+            Poll::Ready(result) => {
+                let _ = ready.send(Err(bind_failure(result)));
+                return;
+            }
+            Poll::Pending => {
+                if ready.send(Ok(())).is_err() {
+                    return; // `start` gave up waiting
+                }
+            }
+        }
+        tokio::select! {
+            result = serving => {
+                tracing::error!(
+                    listener = kind.label(),
+                    error = %bind_failure_text(result),
+                    "MQTT broker listener stopped"
+                );
+            }
+            _ = stop => {}
+        }
+    });
+    // Dropping the runtime here closes the listening socket and every connection.
+}
+
+/// Recovers the OS error from rumqttd's (unnameable) server error, if there is one.
+fn bind_failure<E: std::error::Error + 'static>(result: Result<(), E>) -> BindFailure {
+    match result {
+        Ok(()) => BindFailure::Other("listener returned without an error".to_owned()),
+        Err(e) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cause {
+                if let Some(io_error) = c.downcast_ref::<io::Error>() {
+                    return BindFailure::Io(io::Error::new(io_error.kind(), io_error.to_string()));
+                }
+                cause = c.source();
+            }
+            BindFailure::Other(e.to_string())
+        }
+    }
+}
+
+fn bind_failure_text<E: std::error::Error + 'static>(result: Result<(), E>) -> String {
+    match bind_failure(result) {
+        BindFailure::Io(e) => e.to_string(),
+        BindFailure::Other(s) => s,
+    }
+}
+
+/// Resolves `requested` to a free address (port 0 → an OS-picked port) and returns it with the
+/// std listener holding it; drop the listener right before rumqttd binds the address.
+fn reserve(requested: SocketAddr) -> Result<(SocketAddr, TcpListener), BrokerError> {
+    match TcpListener::bind(requested) {
+        Ok(listener) => {
+            let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
+                addr: requested,
+                source,
+            })?;
+            Ok((addr, listener))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(BrokerError::AddressInUse(requested)),
+        Err(source) => Err(BrokerError::Bind {
+            addr: requested,
+            source,
+        }),
+    }
+}
+
+fn validate(settings: &BrokerSettings) -> Result<(), BrokerError> {
+    let invalid = |s: String| Err(BrokerError::InvalidSettings(s));
+    if settings.max_connections == 0 {
+        return invalid("max_connections must be at least 1".to_owned());
+    }
+    if settings.max_payload_bytes == 0 || settings.max_payload_bytes > MQTT_MAX_PACKET_BYTES {
+        return invalid(format!(
+            "max_payload_bytes must be between 1 and {MQTT_MAX_PACKET_BYTES}"
+        ));
+    }
+    for (user, password) in &settings.credentials {
+        if user.is_empty() {
+            return invalid("credentials contain an empty username".to_owned());
+        }
+        if user.len() > usize::from(u16::MAX) || password.len() > usize::from(u16::MAX) {
+            return invalid(format!(
+                "username or password of {user:?} exceeds 65535 bytes"
+            ));
+        }
+    }
+    let mut fixed: Vec<SocketAddr> = Vec::new();
+    let addrs = [
+        Some(settings.bind),
+        settings.v5_bind,
+        settings.tls.as_ref().map(|t| t.bind),
+    ];
+    for addr in addrs.into_iter().flatten().filter(|a| a.port() != 0) {
+        if fixed
+            .iter()
+            .any(|f| f.port() == addr.port() && overlaps(f.ip(), addr.ip()))
+        {
+            return invalid(format!("two listeners on {addr}"));
+        }
+        fixed.push(addr);
+    }
+    Ok(())
+}
+
+fn overlaps(a: IpAddr, b: IpAddr) -> bool {
+    a == b || a.is_unspecified() || b.is_unspecified()
+}
+
+/// Checks the certificate and key exactly as rumqttd's rustls listener will load them (it
+/// reloads them on every TLS connection and only logs failures), so bad files fail `start`.
+fn rumqttd_tls_config(files: &TlsFiles) -> Result<rumqttd::TlsConfig, BrokerError> {
+    let tls_error = |path: &Path, reason: String| BrokerError::Tls {
+        path: path.to_owned(),
+        reason,
+    };
+    let open = |path: &Path| {
+        File::open(path)
+            .map(BufReader::new)
+            .map_err(|e| tls_error(path, format!("cannot open: {e}")))
+    };
+    let certs = rustls_pemfile::certs(&mut open(&files.cert_pem)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(&files.cert_pem, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(tls_error(
+            &files.cert_pem,
+            "no CERTIFICATE in the file".to_owned(),
+        ));
+    }
+    let key = rustls_pemfile::private_key(&mut open(&files.key_pem)?)
+        .map_err(|e| tls_error(&files.key_pem, format!("not a PEM key file: {e}")))?
+        .ok_or_else(|| tls_error(&files.key_pem, "no PRIVATE KEY in the file".to_owned()))?;
+    rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| tls_error(&files.key_pem, format!("unusable key or certificate: {e}")))?;
+    let utf8 = |path: &Path| {
+        path.to_str().map(str::to_owned).ok_or_else(|| {
+            tls_error(
+                path,
+                "path is not valid UTF-8 (rumqttd needs a string)".to_owned(),
+            )
+        })
+    };
+    Ok(rumqttd::TlsConfig::Rustls {
+        capath: None,
+        certpath: utf8(&files.cert_pem)?,
+        keypath: utf8(&files.key_pem)?,
+    })
+}
+
+/// A random internal login not clashing with a configured user. Randomness: ULIDs carry 80
+/// bits from `rand`'s thread-local CSPRNG (seeded by the OS); the password takes 160 bits.
+fn internal_login(existing: &HashMap<String, String>) -> (String, String) {
+    loop {
+        let user = format!(
+            "shouwang-gateway-{}",
+            ulid::Ulid::generate().to_string().to_lowercase()
+        );
+        if existing.contains_key(&user) {
+            continue;
+        }
+        let password = format!(
+            "{:020x}{:020x}",
+            ulid::Ulid::generate().random(),
+            ulid::Ulid::generate().random()
+        );
+        return (user, password);
+    }
+}
+
+/// Where a local client connects to reach a listener bound to `addr`.
+fn connect_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// Connects over TCP, retrying briefly until `deadline`.
+fn probe_tcp(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, String> {
+    let target = connect_addr(addr);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match TcpStream::connect_timeout(
+            &target,
+            remaining
+                .min(Duration::from_millis(500))
+                .max(Duration::from_millis(50)),
+        ) {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() + Duration::from_millis(20) < deadline => {
+                tracing::debug!(%target, error = %e, "MQTT broker probe: not accepting yet");
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("TCP connect to {target}: {e}")),
+        }
+    }
+}
+
+/// An MQTT CONNECT (3.1.1 when `level` is 4, 5 when 5) must get a successful CONNACK.
+fn probe_mqtt(
+    addr: SocketAddr,
+    level: u8,
+    login: Option<(&str, &str)>,
+    deadline: Instant,
+) -> Result<(), String> {
+    let mut stream = probe_tcp(addr, deadline)?;
+    let timeout = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    let io_error = |e: io::Error| format!("MQTT probe: {e}");
+    stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
+    stream.set_nodelay(true).map_err(io_error)?;
+    let client_id = format!(
+        "shouwang-probe-{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    );
+    stream
+        .write_all(&connect_packet(level, &client_id, login))
+        .map_err(io_error)?;
+    let mut header = [0u8; 1];
+    stream
+        .read_exact(&mut header)
+        .map_err(|e| format!("no CONNACK (login refused?): {e}"))?;
+    if header[0] != 0x20 {
+        return Err(format!(
+            "expected CONNACK, got packet type byte {:#04x}",
+            header[0]
+        ));
+    }
+    let len = read_remaining_length(&mut stream).map_err(io_error)?;
+    if !(2..=1024).contains(&len) {
+        return Err(format!("malformed CONNACK of {len} bytes"));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).map_err(io_error)?;
+    if body[1] != 0 {
+        return Err(format!("CONNACK refused with code {}", body[1]));
+    }
+    // DISCONNECT (MQTT 5 accepts the 2-byte form: reason 0, no properties).
+    let _ = stream.write_all(&[0xE0, 0x00]);
+    Ok(())
+}
+
+fn connect_packet(level: u8, client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
+    fn put_str(buf: &mut Vec<u8>, s: &str) {
+        // Lengths were validated to fit in u16.
+        let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
+    }
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', level];
+    let flags = 0x02 | if login.is_some() { 0xC0 } else { 0x00 }; // clean session (+ user, pass)
+    body.push(flags);
+    body.extend_from_slice(&10u16.to_be_bytes()); // keep-alive (rumqttd refuses 0)
+    if level == 5 {
+        body.push(0x00); // no properties
+    }
+    put_str(&mut body, client_id);
+    if let Some((user, password)) = login {
+        put_str(&mut body, user);
+        put_str(&mut body, password);
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
+fn read_remaining_length(stream: &mut impl Read) -> io::Result<usize> {
+    let mut value = 0usize;
+    for shift in [0, 7, 14, 21] {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte)?;
+        value |= usize::from(byte[0] & 0x7F) << shift;
+        if byte[0] & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "remaining length over 4 bytes",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_router() -> RouterConfig {
+        RouterConfig {
+            max_connections: 10,
+            max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
+            max_segment_size: LOG_SEGMENT_BYTES,
+            max_segment_count: LOG_SEGMENT_COUNT,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        }
+    }
+
+    #[test]
+    fn rumqttd_failing_to_bind_a_fixed_port_is_reported_as_address_in_use() {
+        // Bypasses `reserve` to hit the race: the port is taken when rumqttd binds it.
+        let occupied = TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = occupied.local_addr().unwrap();
+        let router_tx = Router::new(0, test_router()).spawn();
+        let began = Instant::now();
+        let result = start_listener(Kind::V4, busy, busy, |addr| {
+            let settings = server_settings(Kind::V4, addr, None, connection_settings(4096, None));
+            Server::new(settings, router_tx.clone(), V4)
+        });
+        assert!(began.elapsed() < Duration::from_secs(2));
+        match result {
+            Err(BrokerError::AddressInUse(addr)) => assert_eq!(addr, busy),
+            Err(e) => panic!("expected AddressInUse, got {e}"),
+            Ok(_) => panic!("expected AddressInUse, got a listener"),
+        }
+    }
+
+    #[test]
+    fn a_picked_port_taken_before_rumqttd_binds_it_is_replaced_by_another() {
+        let occupied = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = occupied.local_addr().unwrap();
+        let router_tx = Router::new(0, test_router()).spawn();
+        let requested: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let listener = start_listener(Kind::V4, requested, taken, |addr| {
+            let settings = server_settings(Kind::V4, addr, None, connection_settings(4096, None));
+            Server::new(settings, router_tx.clone(), V4)
+        })
+        .unwrap_or_else(|e| panic!("retry with a new port failed: {e}"));
+        assert_ne!(listener.addr, taken);
+        assert_ne!(listener.addr.port(), 0);
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        probe_mqtt(listener.addr, 4, None, deadline).unwrap();
+    }
+
+    #[test]
+    fn connect_packet_encodes_a_long_login_with_a_two_byte_length() {
+        let password = "p".repeat(200);
+        let packet = connect_packet(4, "id", Some(("user", &password)));
+        assert_eq!(packet[0], 0x10);
+        let len = read_remaining_length(&mut &packet[1..]).unwrap();
+        assert_eq!(len, packet.len() - 3, "two length bytes expected");
+        assert_eq!(packet[3..10], [0, 4, b'M', b'Q', b'T', b'T', 4]);
+        assert_eq!(packet[10], 0xC2);
+    }
+
+    #[test]
+    fn settings_with_two_listeners_on_one_port_are_refused() {
+        let mut settings = BrokerSettings::new("127.0.0.1:18830".parse().unwrap());
+        settings.v5_bind = Some("0.0.0.0:18830".parse().unwrap());
+        assert!(matches!(
+            validate(&settings),
+            Err(BrokerError::InvalidSettings(_))
+        ));
+        settings.v5_bind = Some("127.0.0.1:0".parse().unwrap());
+        assert!(validate(&settings).is_ok());
+    }
+
+    #[test]
+    fn internal_login_is_random_and_avoids_configured_users() {
+        let existing = HashMap::from([("sensor".to_owned(), "pw".to_owned())]);
+        let (u1, p1) = internal_login(&existing);
+        let (u2, p2) = internal_login(&existing);
+        assert_ne!(u1, u2);
+        assert_ne!(p1, p2);
+        assert_eq!(p1.len(), 40);
+        assert!(!existing.contains_key(&u1));
+    }
+
+    #[test]
+    fn settings_debug_output_hides_passwords() {
+        let mut settings = BrokerSettings::new("127.0.0.1:0".parse().unwrap());
+        settings
+            .credentials
+            .insert("sensor-1".to_owned(), "hunter2".to_owned());
+        let text = format!("{settings:?}");
+        assert!(text.contains("sensor-1"));
+        assert!(!text.contains("hunter2"));
+    }
+}
