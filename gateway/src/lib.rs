@@ -34,6 +34,7 @@ pub mod db;
 pub mod ingest;
 pub mod logging;
 pub mod outbox;
+pub mod pipeline;
 pub mod publish;
 pub mod rules;
 pub mod shutdown;

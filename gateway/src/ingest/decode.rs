@@ -298,7 +298,7 @@ mod tests {
         assert_eq!(d.values.smoke, Some(true));
         assert_eq!(d.values.temperature_c, Some(31.5));
         assert_eq!(d.values.battery_pct, Some(87.0));
-        assert_eq!(d.sensor_ts.unwrap().timestamp_millis(), 1_763_838_765_120);
+        assert_eq!(d.sensor_ts.unwrap().timestamp_millis(), 1_795_374_765_120);
     }
 
     #[test]

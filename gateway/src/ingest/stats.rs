@@ -12,13 +12,25 @@ use super::decode::Reject;
 
 /// Log at most one line per (device, reason) in this period.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Log a device's clock skew at most this often.
+const SKEW_LOG_EVERY: Duration = Duration::from_secs(600);
+
+/// Rejections of one (device, reason): how many, and when one was last logged.
+#[derive(Debug, Default, Clone, Copy)]
+struct Rejections {
+    count: u64,
+    logged_at: Option<Instant>,
+}
 
 /// Counters shared between the ingest task and the status API.
 #[derive(Debug, Default)]
 pub struct IngestStats {
     accepted: AtomicU64,
-    /// (device id or "-" for unknown topics, reason) → count, and when it was last logged.
-    rejected: Mutex<BTreeMap<(String, Reject), (u64, Option<Instant>)>>,
+    /// (device id or "-" for unknown topics, reason) → rejections. A mutex is fine: it is
+    /// taken only on the rejection path and by status reads.
+    rejected: Mutex<BTreeMap<(String, Reject), Rejections>>,
+    /// Device → when its clock skew was last logged.
+    skew_logged: Mutex<BTreeMap<String, Instant>>,
 }
 
 /// A copy of the counters.
@@ -41,16 +53,16 @@ impl IngestStats {
         let Ok(mut map) = self.rejected.lock() else {
             return;
         };
-        let entry = map.entry(key).or_insert((0, None));
-        entry.0 += 1;
+        let entry = map.entry(key).or_default();
+        entry.count += 1;
         let now = Instant::now();
-        if entry.1.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
-            entry.1 = Some(now);
+        if entry.logged_at.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
+            entry.logged_at = Some(now);
             tracing::warn!(
                 device = device.unwrap_or("-"),
                 reason = reason.as_str(),
                 topic,
-                count = entry.0,
+                count = entry.count,
                 "sensor message rejected"
             );
         }
@@ -58,7 +70,15 @@ impl IngestStats {
 
     /// Logs a sensor whose clock is far from the gateway's (rate-limited with rejections).
     pub fn clock_skew(&self, device: &str, sensor: DateTime<FixedOffset>, gateway: DateTime<Utc>) {
-        tracing::debug!(device, %sensor, %gateway, "sensor clock is off; using the gateway's receive time");
+        let Ok(mut logged) = self.skew_logged.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let last = logged.get(device).copied();
+        if last.is_none_or(|t| now.duration_since(t) >= SKEW_LOG_EVERY) {
+            logged.insert(device.to_owned(), now);
+            tracing::warn!(device, %sensor, %gateway, "sensor clock is off; using the gateway's receive time");
+        }
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -67,7 +87,8 @@ impl IngestStats {
             ..StatsSnapshot::default()
         };
         if let Ok(map) = self.rejected.lock() {
-            for ((device, reason), (n, _)) in map.iter() {
+            for ((device, reason), r) in map.iter() {
+                let n = &r.count;
                 s.rejected_total += n;
                 *s.rejected_by_reason.entry(reason.as_str().to_owned()).or_default() += n;
                 *s.rejected_by_device.entry(device.clone()).or_default() += n;

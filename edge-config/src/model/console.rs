@@ -1,0 +1,65 @@
+//! `[console]`: the duty staff's web console.
+
+use super::redact_required;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// `[console]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Console {
+    /// Listen address. Default `"0.0.0.0:8080"`.
+    pub bind: SocketAddr,
+    /// Sessions expire after this many minutes (5..=10080). Default 480.
+    pub session_timeout_min: u32,
+    /// Lock an account after this many failed logins (1..=100). Default 5.
+    pub lockout_after_failures: u32,
+    /// `[[console.staff]]`: who may log in.
+    pub staff: Vec<Staff>,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            session_timeout_min: 480,
+            lockout_after_failures: 5,
+            staff: Vec::new(),
+        }
+    }
+}
+
+impl Console {
+    /// The staff account with this user name.
+    pub fn staff(&self, username: &str) -> Option<&Staff> {
+        self.staff.iter().find(|s| s.username == username)
+    }
+}
+
+/// `[[console.staff]]`: one console account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Staff {
+    /// Unique login name: lowercase ASCII letters, digits, `.`, `-`, `_`.
+    pub username: String,
+    /// Name shown on the console, e.g. `"值班员 (Duty officer)"`.
+    pub display_name: String,
+    /// Argon2 PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`); shown as
+    /// `********` when serialized.
+    #[serde(serialize_with = "redact_required")]
+    pub password_hash: String,
+    /// `staff` (default) or `admin`.
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// What a console account may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Acknowledge and handle alerts.
+    #[default]
+    Staff,
+    /// Also manage accounts and settings.
+    Admin,
+}

@@ -1,0 +1,177 @@
+//! `[[cameras]]`: URLs, zones, masks and detection rules.
+
+use super::places::check_location;
+use super::Problems;
+use crate::hints::{did_you_mean, list};
+use crate::model::{Camera, CameraRule, CameraRuleKind, Config, Point, COCO_CLASSES};
+use crate::path::KeyPath;
+
+const SCHEMES: [&str; 5] = ["rtsp", "rtsps", "http", "https", "file"];
+
+pub(super) fn check_cameras(config: &Config, p: &mut Problems) {
+    let at = KeyPath::of("cameras");
+    for (i, cam) in config.cameras.iter().enumerate() {
+        check_camera(config, cam, at.index(i), p);
+    }
+    p.unique(
+        "camera id",
+        config
+            .cameras
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (at.index(i).key("id"), c.id.as_str())),
+    );
+}
+
+fn check_camera(config: &Config, cam: &Camera, at: KeyPath, p: &mut Problems) {
+    p.id(at.key("id"), &cam.id);
+    if let Some(problem) = url_problem(&cam.url) {
+        p.push(at.key("url"), problem);
+    }
+    check_location(config, &cam.location, &at.key("location"), p);
+    p.range(at.key("analyse_fps"), cam.analyse_fps, 0.1, 30.0);
+    for (j, z) in cam.zones.iter().enumerate() {
+        let here = at.key("zones").index(j);
+        p.id(here.key("id"), &z.id);
+        check_polygon(&z.polygon, here.key("polygon"), p);
+    }
+    p.unique(
+        "zone id",
+        cam.zones
+            .iter()
+            .enumerate()
+            .map(|(j, z)| (at.key("zones").index(j).key("id"), z.id.as_str())),
+    );
+    for (j, m) in cam.masks.iter().enumerate() {
+        check_polygon(&m.polygon, at.key("masks").index(j).key("polygon"), p);
+    }
+    for (j, r) in cam.rules.iter().enumerate() {
+        check_rule(cam, r, at.key("rules").index(j), p);
+    }
+}
+
+fn url_problem(url: &str) -> Option<String> {
+    let fix = "use rtsp://, rtsps://, http://, https://, file:// or a file path";
+    match url.split_once("://") {
+        _ if url.trim().is_empty() => Some(format!("url must not be empty; {fix}")),
+        Some((scheme, rest)) => {
+            if !SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+                Some(format!("unsupported URL scheme \"{scheme}\"; {fix}"))
+            } else if rest.is_empty() {
+                Some(format!("URL \"{url}\" has nothing after the scheme; write e.g. rtsp://127.0.0.1:8554/lobby"))
+            } else {
+                None
+            }
+        }
+        None => None,
+    }
+}
+
+fn check_polygon(points: &[Point], at: KeyPath, p: &mut Problems) {
+    if points.len() < 3 {
+        p.push(
+            at,
+            format!(
+                "a polygon needs at least 3 points [x, y], got {}; e.g. [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]]",
+                points.len()
+            ),
+        );
+        return;
+    }
+    let mut inside = true;
+    for (k, pt) in points.iter().enumerate() {
+        if !pt.iter().all(|c| (0.0..=1.0).contains(c)) {
+            inside = false;
+            p.push(
+                at.index(k),
+                format!(
+                    "point [{}, {}] is outside the frame: coordinates are fractions of the frame size, from 0.0 to 1.0",
+                    pt[0], pt[1]
+                ),
+            );
+        }
+    }
+    if inside && area(points) < 1e-6 {
+        p.push(at, "the polygon has no area (its points are on one line); spread the points out");
+    }
+}
+
+/// Absolute area by the shoelace formula.
+fn area(points: &[Point]) -> f64 {
+    let n = points.len();
+    let twice: f64 = (0..n)
+        .map(|i| {
+            let (a, b) = (points[i], points[(i + 1) % n]);
+            a[0] * b[1] - b[0] * a[1]
+        })
+        .sum();
+    twice.abs() / 2.0
+}
+
+fn check_rule(cam: &Camera, r: &CameraRule, at: KeyPath, p: &mut Problems) {
+    if cam.zone(&r.zone).is_none() {
+        let ids = cam.zones.iter().map(|z| z.id.as_str());
+        p.push(
+            at.key("zone"),
+            format!(
+                "camera \"{}\" has no zone \"{}\"{}; its zones: {} (add a [[cameras.zones]] or fix the name)",
+                cam.id,
+                r.zone,
+                did_you_mean(&r.zone, ids.clone()),
+                list(ids)
+            ),
+        );
+    }
+    check_rule_keys(r, &at, p);
+    if let Some(objects) = &r.objects {
+        if objects.is_empty() {
+            p.push(at.key("objects"), "list at least one COCO class, e.g. [\"person\"]");
+        }
+        for (k, o) in objects.iter().enumerate() {
+            if !COCO_CLASSES.contains(&o.as_str()) {
+                p.push(
+                    at.key("objects").index(k),
+                    format!(
+                        "\"{o}\" is not a COCO class name{}; e.g. person, bicycle, motorcycle, car",
+                        did_you_mean(o, COCO_CLASSES)
+                    ),
+                );
+            }
+        }
+    }
+    p.positive(at.key("min_score"), r.min_score, 1.0);
+    p.below(at.key("min_area"), r.min_area, 0.0, 1.0);
+    if let Some(n) = r.min_persons {
+        p.range(at.key("min_persons"), n, 2, 1000);
+    }
+    if let Some(s) = r.min_duration_s {
+        p.range(at.key("min_duration_s"), s, 1, 86_400);
+    }
+    if let Some(s) = r.dwell_s {
+        p.range(at.key("dwell_s"), s, 1, 86_400);
+    }
+}
+
+fn check_rule_keys(r: &CameraRule, at: &KeyPath, p: &mut Problems) {
+    use CameraRuleKind::*;
+    let specific = [
+        ("min_persons", r.min_persons.is_some(), Crowd),
+        ("min_duration_s", r.min_duration_s.is_some(), Crowd),
+        ("dwell_s", r.dwell_s.is_some(), Loitering),
+        ("window", r.window.is_some(), Intrusion),
+    ];
+    for (key, set, kind) in specific {
+        if set && r.kind != kind {
+            p.push(
+                at.key(key),
+                format!("`{key}` only applies to kind = \"{}\"; remove it", kind.as_str()),
+            );
+        }
+    }
+    if r.kind == Intrusion && r.window.is_none() {
+        p.push(
+            at.key("kind"),
+            "an intrusion rule needs window = { from = \"HH:MM\", to = \"HH:MM\" }, e.g. { from = \"22:00\", to = \"06:00\" }",
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! `[broker]` and `[[devices]]`.
+
+use super::places::check_location;
+use super::{topic_problem, Problems};
+use crate::model::{BrokerMode, Config, Device, PayloadFormat};
+use crate::path::KeyPath;
+use std::collections::HashMap;
+
+pub(super) fn check_broker(config: &Config, p: &mut Problems) {
+    let b = &config.broker;
+    let at = KeyPath::of("broker");
+    match b.mode {
+        BrokerMode::Embedded => {
+            if b.external.is_some() {
+                p.push(
+                    at.key("external"),
+                    "[broker.external] is only used with mode = \"external\"; set broker.mode = \"external\" or remove this table",
+                );
+            }
+            if let Some(tls) = &b.tls {
+                p.file(at.key("tls").key("cert"), &tls.cert);
+                p.file(at.key("tls").key("key"), &tls.key);
+            }
+            if b.v5_bind.is_some() && b.v5_bind == Some(b.bind_addr()) {
+                p.push(at.key("v5_bind"), "v5_bind is the same address as bind; use another port, e.g. 0.0.0.0:1884");
+            }
+        }
+        BrokerMode::External => check_external(config, p),
+    }
+}
+
+fn check_external(config: &Config, p: &mut Problems) {
+    let b = &config.broker;
+    let at = KeyPath::of("broker");
+    let embedded_only = [
+        ("bind", b.bind.is_some()),
+        ("v5_bind", b.v5_bind.is_some()),
+        ("tls", b.tls.is_some()),
+        ("require_auth", b.require_auth),
+    ];
+    for (key, set) in embedded_only {
+        if set {
+            p.push(
+                at.key(key),
+                format!("`{key}` only applies to the embedded broker; remove it (mode = \"external\") or set mode = \"embedded\""),
+            );
+        }
+    }
+    let Some(ext) = &b.external else {
+        p.push(
+            at.key("mode"),
+            "mode = \"external\" needs a [broker.external] table with at least host = \"…\"",
+        );
+        return;
+    };
+    let at = at.key("external");
+    p.not_blank(at.key("host"), &ext.host, "\"192.0.2.10\"");
+    if ext.password.is_some() && ext.password_file.is_some() {
+        p.push(at.key("password_file"), "set either `password` or `password_file`, not both");
+    } else if let Some(file) = &ext.password_file {
+        p.file(at.key("password_file"), file);
+    }
+    if let Some(tls) = &ext.tls {
+        p.file(at.key("tls").key("ca"), &tls.ca);
+    }
+}
+
+pub(super) fn check_devices(config: &Config, p: &mut Problems) {
+    for (i, d) in config.devices.iter().enumerate() {
+        check_device(config, d, &KeyPath::of("devices").index(i), p);
+    }
+    let ids = config.devices.iter().enumerate();
+    p.unique(
+        "device id",
+        ids.map(|(i, d)| (KeyPath::of("devices").index(i).key("id"), d.id.as_str())),
+    );
+    check_topics_unique(config, p);
+}
+
+fn check_device(config: &Config, d: &Device, at: &KeyPath, p: &mut Problems) {
+    p.id(at.key("id"), &d.id);
+    check_location(config, &d.location, &at.key("location"), p);
+    if let Some(topic) = &d.topic {
+        if let Some(problem) = topic_problem(topic) {
+            p.push(at.key("topic"), problem);
+        }
+    }
+    if let Some(name) = &d.friendly_name {
+        if d.format != PayloadFormat::Zigbee2mqtt {
+            p.push(
+                at.key("friendly_name"),
+                "friendly_name only applies to format = \"zigbee2mqtt\"; remove it or set the format",
+            );
+        } else if name.trim().is_empty() || name.contains(['+', '#']) {
+            p.push(at.key("friendly_name"), "write the device's zigbee2mqtt friendly name, without '+' or '#'");
+        }
+    }
+    if let Some(hb) = d.heartbeat_s {
+        p.range(at.key("heartbeat_s"), hb, 10, 86_400);
+    }
+    check_credentials(config, d, at, p);
+}
+
+fn check_credentials(config: &Config, d: &Device, at: &KeyPath, p: &mut Problems) {
+    let external = config.broker.mode == BrokerMode::External;
+    match (&d.username, &d.password) {
+        (Some(_), Some(_)) | (None, None) => {}
+        (Some(_), None) => p.push(at.key("username"), "username without password; add password = \"…\""),
+        (None, Some(_)) => p.push(at.key("password"), "password without username; add username = \"…\""),
+    }
+    let has_any = d.username.is_some() || d.password.is_some();
+    if external && has_any {
+        let key = if d.username.is_some() { "username" } else { "password" };
+        p.push(
+            at.key(key),
+            "device credentials are for the embedded broker; remove them (mode = \"external\") or use the embedded broker",
+        );
+    } else if !external && config.broker.require_auth && !has_any {
+        p.push(
+            at.clone(),
+            "broker.require_auth is true: give this device username = \"…\" and password = \"…\"",
+        );
+    }
+}
+
+fn check_topics_unique(config: &Config, p: &mut Problems) {
+    let mut first: HashMap<String, (usize, &str)> = HashMap::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        let topic = d.state_topic();
+        let at = KeyPath::of("devices").index(i);
+        if let Some((j, other)) = first.get(&topic) {
+            if *other == d.id && d.topic.is_none() {
+                continue; // reported as a duplicate id
+            }
+            let key = if d.topic.is_some() { at.key("topic") } else { at.key("id") };
+            p.push(
+                key,
+                format!(
+                    "topic \"{topic}\" is also used by device \"{other}\" (devices[{j}]); give this device its own `topic`"
+                ),
+            );
+        } else {
+            first.insert(topic, (i, &d.id));
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `[detector]`, `[uplink]`, `[console]` and `[storage]`.
+
+use super::{topic_problem, Problems};
+use crate::model::{Config, Uplink};
+use crate::path::KeyPath;
+
+pub(super) fn check_detector(config: &Config, p: &mut Problems) {
+    let d = &config.detector;
+    let at = KeyPath::of("detector");
+    if d.model.is_empty() || d.model.contains(['/', '\\']) || d.model.ends_with(".onnx") {
+        p.push(
+            at.key("model"),
+            format!(
+                "model \"{}\" must be a bare model name without directory or .onnx, e.g. \"yolox_nano\"",
+                d.model
+            ),
+        );
+    }
+    if let Some(lib) = &d.onnxruntime {
+        p.file(at.key("onnxruntime"), lib);
+    }
+    p.range(at.key("intra_threads"), d.intra_threads, 1, 64);
+}
+
+pub(super) fn check_uplink(config: &Config, p: &mut Problems) {
+    let Some(up) = &config.uplink else { return };
+    let at = KeyPath::of("uplink");
+    p.not_blank(at.key("host"), &up.host, "\"platform.example.org\"");
+    if up.port == Some(0) {
+        p.push(at.key("port"), "port 0 is not a valid port; use e.g. 8883 (TLS) or 1883");
+    }
+    if let Some(id) = &up.client_id {
+        if id.trim().is_empty() || id.contains(['+', '#', '/']) {
+            p.push(at.key("client_id"), "write a client id without '/', '+' or '#', e.g. \"shouwang-sw-demo-001\"");
+        }
+    }
+    check_uplink_tls(up, &at, p);
+    check_uplink_auth(up, &at, p);
+    let prefix = &up.topic_prefix;
+    if let Some(problem) = topic_problem(prefix) {
+        p.push(at.key("topic_prefix"), format!("{problem} (topic_prefix, e.g. \"shouwang\")"));
+    }
+    match up.qos {
+        1 | 2 => {}
+        0 => p.push(
+            at.key("qos"),
+            "qos 0 may silently lose alerts; use qos = 1 (at least once, default) or 2 (exactly once)",
+        ),
+        q => p.push(at.key("qos"), format!("MQTT QoS is 0, 1 or 2, got {q}; use 1 or 2")),
+    }
+    p.range(at.key("keep_alive_s"), up.keep_alive_s, 5, 3600);
+    let o = &up.outbox;
+    let at = at.key("outbox");
+    p.range(at.key("max_inflight"), o.max_inflight, 1, 65_535);
+    p.range(at.key("batch"), o.batch, 1, 10_000);
+    p.range(at.key("retry_backoff_max_s"), o.retry_backoff_max_s, 1, 3600);
+}
+
+fn check_uplink_tls(up: &Uplink, at: &KeyPath, p: &mut Problems) {
+    let Some(tls) = &up.tls else { return };
+    let at = at.key("tls");
+    for (key, file) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+        if let Some(file) = file {
+            p.file(at.key(key), file);
+        }
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => p.push(at.key("cert"), "a client `cert` needs its `key`; add key = \"…\" or remove cert"),
+        (None, Some(_)) => p.push(at.key("key"), "a client `key` needs its `cert`; add cert = \"…\" or remove key"),
+        _ => {}
+    }
+}
+
+fn check_uplink_auth(up: &Uplink, at: &KeyPath, p: &mut Problems) {
+    let has_password = up.password.is_some() || up.password_file.is_some();
+    if up.password.is_some() && up.password_file.is_some() {
+        p.push(
+            at.key("password_file"),
+            "set either `password` or `password_file`, not both; prefer password_file and remove password",
+        );
+    } else if let Some(file) = &up.password_file {
+        p.file(at.key("password_file"), file);
+    }
+    if has_password && up.username.is_none() {
+        p.push(at.key("username"), "a password needs a username; add username = \"…\"");
+    }
+}
+
+pub(super) fn check_console(config: &Config, p: &mut Problems) {
+    let c = &config.console;
+    let at = KeyPath::of("console");
+    p.range(at.key("session_timeout_min"), c.session_timeout_min, 5, 10_080);
+    p.range(at.key("lockout_after_failures"), c.lockout_after_failures, 1, 100);
+    for (i, s) in c.staff.iter().enumerate() {
+        let here = at.key("staff").index(i);
+        if let Some(problem) = username_problem(&s.username) {
+            p.push(here.key("username"), problem);
+        }
+        p.not_blank(here.key("display_name"), &s.display_name, "\"值班员 (Duty officer)\"");
+        if let Err(problem) = check_phc(&s.password_hash) {
+            p.push(
+                here.key("password_hash"),
+                format!(
+                    "{problem}; generate one with e.g. `echo -n 'PASSWORD' | argon2 \"$(openssl rand -base64 16)\" -id -e`"
+                ),
+            );
+        }
+    }
+    p.unique(
+        "staff username",
+        c.staff
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (at.key("staff").index(i).key("username"), s.username.as_str())),
+    );
+}
+
+fn username_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    (!ok).then(|| {
+        format!("username \"{name}\" must be 1 to 64 lowercase letters, digits, '.', '-' or '_'")
+    })
+}
+
+fn is_b64(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
+}
+
+/// Check an argon2 PHC string:
+/// `$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH` (version optional).
+pub(crate) fn check_phc(phc: &str) -> Result<(), String> {
+    let shape = "expected an argon2 PHC string like $argon2id$v=19$m=19456,t=2,p=1$SALT$HASH";
+    let parts: Vec<&str> = phc.split('$').collect();
+    let (Some(&""), Some(alg)) = (parts.first(), parts.get(1)) else {
+        return Err(format!("not a PHC string ({shape})"));
+    };
+    if !["argon2id", "argon2i", "argon2d"].contains(alg) {
+        return Err(format!(
+            "password_hash must start with $argon2id$, $argon2i$ or $argon2d$ ({shape})"
+        ));
+    }
+    let mut rest = &parts[2..];
+    if let Some(v) = rest.first().and_then(|v| v.strip_prefix("v=")) {
+        if v != "16" && v != "19" {
+            return Err(format!("unknown argon2 version v={v} (use v=19)"));
+        }
+        rest = &rest[1..];
+    }
+    let [params, salt, hash] = rest else {
+        return Err(format!("wrong number of '$' sections ({shape})"));
+    };
+    check_params(params).map_err(|e| format!("{e} ({shape})"))?;
+    if salt.len() < 11 || !is_b64(salt) {
+        return Err("the salt must be at least 8 bytes of unpadded base64".to_string());
+    }
+    if hash.len() < 16 || !is_b64(hash) {
+        return Err("the hash must be at least 12 bytes of unpadded base64".to_string());
+    }
+    Ok(())
+}
+
+fn check_params(params: &str) -> Result<(), String> {
+    let mut seen = Vec::new();
+    for kv in params.split(',') {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("bad parameter \"{kv}\""))?;
+        if ["m", "t", "p"].contains(&k) {
+            let n: u32 = v
+                .parse()
+                .map_err(|_| format!("parameter {k}={v} is not a number"))?;
+            if n == 0 {
+                return Err(format!("parameter {k} must be at least 1"));
+            }
+            seen.push(k);
+        } else if !["keyid", "data"].contains(&k) {
+            return Err(format!("unknown parameter \"{k}\""));
+        }
+    }
+    match ["m", "t", "p"].iter().find(|k| !seen.contains(k)) {
+        Some(k) => Err(format!("parameter {k}= is missing")),
+        None => Ok(()),
+    }
+}
+
+pub(super) fn check_storage(config: &Config, p: &mut Problems) {
+    let s = &config.storage;
+    let at = KeyPath::of("storage");
+    if s.data_dir.as_os_str().is_empty() {
+        p.push(at.key("data_dir"), "data_dir must not be empty; e.g. \"/var/lib/shouwang\"");
+    }
+    if s.quota_mb < 16 {
+        p.push(at.key("quota_mb"), format!("quota_mb {} is too small; use at least 16 (default 1024)", s.quota_mb));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_phc;
+
+    #[test]
+    fn real_argon2id_hashes_are_accepted() {
+        let h = "$argon2id$v=19$m=19456,t=2,p=1$c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZaTelU1nfxz3/8UfuGG6UrIxQfDFnKLoYXNk";
+        assert_eq!(check_phc(h), Ok(()));
+    }
+
+    #[test]
+    fn bcrypt_and_truncated_hashes_are_rejected() {
+        assert!(check_phc("$2b$12$abcdefghijklmnopqrstuv").is_err());
+        assert!(check_phc("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ").is_err());
+        assert!(check_phc("$argon2id$v=19$m=19456,t=2$c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZaTelU1nfxz3/8Q").is_err());
+        assert!(check_phc("plaintext").is_err());
+    }
+}

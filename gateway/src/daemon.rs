@@ -1,0 +1,119 @@
+//! `gateway run`: prepares the data directory, starts every stage, waits for the one
+//! shutdown signal and stops the stages in order.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edge_config::Config;
+
+use std::sync::Arc;
+
+use crate::db;
+use crate::pipeline::{self, Running};
+use crate::shutdown::{self, Lifecycle, Stage};
+
+/// How the daemon runs, from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the database and evidence live (`--data-dir` or `storage.data_dir`).
+    pub data_dir: PathBuf,
+    /// The whole ordered shutdown must finish within this time.
+    pub shutdown_deadline: Duration,
+}
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data directory {0} is in use by another gateway (lock file held)")]
+    Locked(PathBuf),
+    #[error(transparent)]
+    Database(#[from] db::DbError),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error("cannot listen for shutdown signals: {0}")]
+    Signal(std::io::Error),
+    #[error("shutdown deadline passed with stages still running: {0:?}")]
+    ShutdownTimedOut(Vec<Stage>),
+}
+
+/// Runs the gateway until SIGINT/SIGTERM.
+pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
+    let _lock = lock_data_dir(&options.data_dir)?;
+    let db_path = options.data_dir.join(db::FILE_NAME);
+    let conn = db::open(&db_path)?;
+
+    let life = Lifecycle::new();
+    spawn_database(&life, conn, db_path.clone());
+    let config = Arc::new(config);
+    let running = pipeline::start(config.clone(), &db_path, &life)?;
+
+    tracing::info!(
+        site = %config.site.id,
+        data_dir = %options.data_dir.display(),
+        broker = %running.broker_addr.map(|a| a.to_string()).unwrap_or_else(|| "external".into()),
+        devices = config.devices.len(),
+        cameras = config.cameras.len(),
+        "gateway ready"
+    );
+
+    let signal = shutdown::signal().await.map_err(DaemonError::Signal)?;
+    tracing::info!(signal, "shutting down");
+    // Staff-action senders must go too, or the alert task would wait for them forever.
+    let Running { broker, alert_inputs, events, .. } = running;
+    drop((alert_inputs, events));
+    let report = life.shutdown(options.shutdown_deadline).await;
+    drop(broker);
+    if !report.clean() {
+        return Err(DaemonError::ShutdownTimedOut(report.timed_out));
+    }
+    tracing::info!("gateway stopped cleanly");
+    Ok(())
+}
+
+/// The database stage: owns the connection until every writer has stopped, then
+/// checkpoints and closes it.
+fn spawn_database(life: &Lifecycle, conn: rusqlite::Connection, path: PathBuf) {
+    life.spawn(Stage::Database, move |token| async move {
+        token.cancelled().await;
+        match db::close(conn, &path) {
+            Ok(()) => tracing::info!(path = %path.display(), "database closed"),
+            Err(e) => tracing::error!(error = %e, "database close failed"),
+        }
+    });
+}
+
+/// Creates the data directory and takes an exclusive lock on `gateway.lock` inside it, so two
+/// gateways never share one outbox. The lock is released when the returned file is dropped
+/// (or the process dies).
+fn lock_data_dir(dir: &Path) -> Result<File, DaemonError> {
+    let io = |source| DaemonError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = File::create(dir.join("gateway.lock")).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_gateway_cannot_take_the_same_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = lock_data_dir(dir.path()).unwrap();
+        let second = lock_data_dir(dir.path());
+        assert!(matches!(second, Err(DaemonError::Locked(_))));
+    }
+}

@@ -1,0 +1,228 @@
+//! Wires the stages of the sensor pipeline together:
+//!
+//! ```text
+//! broker ─▶ ingest ─(readings)─▶ rules ─(signals, ticks)─▶ alerts (SQLite + outbox) ─(events)─▶ local publish
+//!  Inputs      Inputs                Processing                Processing                         Processing
+//! ```
+//!
+//! Channels are bounded: a slow stage back-pressures the one before it instead of growing
+//! memory. The alert task is the single database writer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_config::{BrokerMode, Config};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+use crate::alerts::task::{self as alert_task, AlertInput};
+use crate::alerts::{AlertStore, Lifecycle, Source};
+use crate::broker::{self, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles};
+use crate::ingest::{self, Ingest, IngestStats};
+use crate::rules::{Engine, Reading};
+use crate::shutdown::{Lifecycle as Stages, Stage};
+use crate::publish;
+
+/// Readings waiting for the rules.
+const READINGS_CAPACITY: usize = 4096;
+/// Rule edges and staff actions waiting for the alert task.
+const ALERT_INPUT_CAPACITY: usize = 1024;
+/// Committed alert events waiting for publishers (console, residents, local MQTT).
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Errors starting the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] crate::alerts::store::StoreError),
+    #[error("external broker: {0}")]
+    External(String),
+}
+
+/// Handles the daemon keeps: where the broker is, counters, the way to send staff actions.
+pub struct Running {
+    /// Kept alive for the process: dropping it closes the listeners.
+    pub broker: Option<EmbeddedBroker>,
+    /// Where sensors connect (the embedded broker's real address).
+    pub broker_addr: Option<SocketAddr>,
+    pub ingest_stats: Arc<IngestStats>,
+    pub alert_inputs: mpsc::Sender<AlertInput>,
+    pub events: broadcast::Sender<crate::alerts::Alert>,
+}
+
+/// Starts broker, ingest, rules, alerts and local publication as tasks of `stages`.
+pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Running, PipelineError> {
+    let (broker, options) = connect(&config)?;
+    let broker_addr = broker.as_ref().map(EmbeddedBroker::local_addr);
+
+    let lifecycle = Lifecycle::new(config.clone(), AlertStore::open(db_path)?)?;
+    let mut engine = Engine::new(config.clone(), Instant::now());
+    let republish: Vec<_> = lifecycle.active().cloned().collect();
+    restore_conditions(&config, &mut engine, &republish);
+
+    let (reading_tx, reading_rx) = mpsc::channel::<Reading>(READINGS_CAPACITY);
+    let (input_tx, input_rx) = mpsc::channel::<AlertInput>(ALERT_INPUT_CAPACITY);
+    let (events_tx, _) = broadcast::channel(EVENTS_CAPACITY);
+
+    // Processing: alert task (thread), rules, local publisher.
+    let published = events_tx.clone();
+    stages.spawn_blocking(Stage::Processing, move |_token| {
+        alert_task::run(lifecycle, input_rx, published)
+    });
+    let rules_inputs = input_tx.clone();
+    stages.spawn(Stage::Processing, move |_token| run_rules(engine, reading_rx, rules_inputs));
+    let (pub_client, pub_loop) = client(&options, &format!("shouwang-{}-publisher", config.site.id));
+    let events_rx = events_tx.subscribe();
+    stages.spawn(Stage::Processing, move |token| async move {
+        let driver = tokio::spawn(drive(pub_loop, token.clone()));
+        for alert in &republish {
+            let _ = publish::publish(&pub_client, alert).await;
+        }
+        publish::run(pub_client, events_rx).await;
+        // Give the last QoS 1 publishes a moment to be acknowledged.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        token.cancel();
+        let _ = driver.await;
+    });
+
+    // Inputs: ingest.
+    let ingest = Ingest::new(config.clone());
+    let ingest_stats = ingest.stats.clone();
+    let (ing_client, ing_loop) = client(&options, &format!("shouwang-{}-ingest", config.site.id));
+    stages.spawn(Stage::Inputs, move |token| {
+        ingest::run(ingest, ing_client, ing_loop, reading_tx, token)
+    });
+
+    Ok(Running {
+        broker,
+        broker_addr,
+        ingest_stats,
+        alert_inputs: input_tx,
+        events: events_tx,
+    })
+}
+
+/// The rules stage: applies readings, ticks once a second, forwards edges to the alert task.
+/// Ends when ingest has stopped (its sender dropped) — after draining every reading.
+async fn run_rules(mut engine: Engine, mut readings: mpsc::Receiver<Reading>, out: mpsc::Sender<AlertInput>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let signals = tokio::select! {
+            reading = readings.recv() => match reading {
+                Some(r) => engine.on_reading(&r),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let s = engine.on_tick(Instant::now());
+                if out.send(AlertInput::Tick).await.is_err() { break; }
+                s
+            }
+        };
+        for s in signals {
+            if out.send(AlertInput::Signal(s)).await.is_err() {
+                return;
+            }
+        }
+    }
+    tracing::info!("rules stopped");
+}
+
+fn restore_conditions(config: &Config, engine: &mut Engine, active: &[crate::alerts::Alert]) {
+    let index: HashMap<&str, usize> = config.devices.iter().enumerate().map(|(i, d)| (d.id.as_str(), i)).collect();
+    for alert in active {
+        if let Source::Device(id) = &alert.source {
+            if let Some(&i) = index.get(id.as_str()) {
+                engine.restore(i, alert.kind, alert.level);
+            }
+        }
+    }
+    if !active.is_empty() {
+        tracing::info!(active = active.len(), "reloaded active alerts");
+    }
+}
+
+/// Starts the embedded broker, or prepares options for the external one.
+fn connect(config: &Config) -> Result<(Option<EmbeddedBroker>, MqttOptions), PipelineError> {
+    match config.broker.mode {
+        BrokerMode::Embedded => {
+            let broker = EmbeddedBroker::start(broker_settings(config))?;
+            tracing::info!(addr = %broker.local_addr(), "embedded MQTT broker listening");
+            let options = broker.client_options("unused");
+            Ok((Some(broker), options))
+        }
+        BrokerMode::External => external_options(config).map(|o| (None, o)),
+    }
+}
+
+fn broker_settings(config: &Config) -> BrokerSettings {
+    let b = &config.broker;
+    let mut s = BrokerSettings::new(b.bind_addr());
+    s.v5_bind = b.v5_bind;
+    s.tls = b.tls.as_ref().map(|t| TlsFiles {
+        bind: SocketAddr::new(b.bind_addr().ip(), 8883),
+        cert_pem: t.cert.clone(),
+        key_pem: t.key.clone(),
+    });
+    s.credentials = config
+        .devices
+        .iter()
+        .filter_map(|d| Some((d.username.clone()?, d.password.clone()?)))
+        .collect();
+    s.max_connections = (config.devices.len() * 2).max(64);
+    s
+}
+
+fn external_options(config: &Config) -> Result<MqttOptions, PipelineError> {
+    let Some(ext) = config.broker.external.as_ref() else {
+        return Err(PipelineError::External("broker.mode = \"external\" needs [broker.external]".into()));
+    };
+    if ext.tls.is_some() {
+        return Err(PipelineError::External(
+            "TLS to an external sensor broker is not supported yet; use a plain loopback listener".into(),
+        ));
+    }
+    let mut o = MqttOptions::new(ext.client_id(&config.site.id), ext.host.clone(), ext.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let password = match (&ext.password, &ext.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| PipelineError::External(format!("{}: {e}", f.display())))?
+                .trim()
+                .to_owned(),
+        ),
+        _ => None,
+    };
+    if let (Some(user), Some(password)) = (&ext.username, password) {
+        o.set_credentials(user.clone(), password);
+    }
+    Ok(o)
+}
+
+/// A client with the given id on the same broker as `options`, with TCP_NODELAY.
+fn client(options: &MqttOptions, id: &str) -> (AsyncClient, EventLoop) {
+    let mut o = options.clone();
+    o.set_client_id(id.to_owned());
+    let (client, mut event_loop) = AsyncClient::new(o, 256);
+    broker::enable_tcp_nodelay(&mut event_loop);
+    (client, event_loop)
+}
+
+/// Polls a client's event loop (reconnecting on error) until cancelled.
+async fn drive(mut events: EventLoop, token: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            e = events.poll() => if e.is_err() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
