@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end scenarios: locate the built binaries, start a gateway
 //! as a real child process, read its JSON log lines, signal it.
 
+pub mod mqtt;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -36,6 +38,18 @@ pub fn bin(name: &str) -> PathBuf {
 /// The demo configuration shipped with edge-config.
 pub fn demo_config() -> PathBuf {
     workspace_root().join("edge-config/examples/demo.toml")
+}
+
+/// Writes a test configuration into `dir` and returns its path. `body` is TOML appended after
+/// a `[site]` table (id `test-site`) and `[broker] bind = "127.0.0.1:0"`, so tests never clash
+/// on ports.
+pub fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let text = format!(
+        "[site]\nid = \"test-site\"\nname = \"Test compound\"\nkind = \"compound\"\n\n[broker]\nbind = \"127.0.0.1:0\"\n\n{body}\n"
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).expect("write test config");
+    path
 }
 
 /// A gateway running as a child process with JSON logs captured line by line.
@@ -102,6 +116,16 @@ impl Gateway {
                 ),
             }
         }
+    }
+
+    /// Waits for the readiness line and returns the embedded broker's real address (the
+    /// config may ask for port 0).
+    pub fn wait_ready(&mut self) -> std::net::SocketAddr {
+        let ready = self.wait_for_message("gateway ready", Duration::from_secs(30));
+        ready["broker"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("readiness line has no broker address: {ready}"))
     }
 
     /// Drains the log lines that arrived so far.
