@@ -1,0 +1,97 @@
+//! Arbitrary bytes on any topic: ingest rejects or accepts, never panics.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use gateway::ingest::decode::{decode, Role};
+use gateway::ingest::Ingest;
+use gateway::rules::Engine;
+use edge_config::{DeviceKind, PayloadFormat};
+use proptest::prelude::*;
+
+const CONFIG: &str = r#"
+[site]
+id = "fuzz"
+name = "Fuzz"
+kind = "compound"
+[[locations.buildings]]
+id = "b1"
+name = "1"
+floors = 3
+[[devices]]
+id = "s"
+kind = "smoke"
+location = { building = "b1" }
+[[devices]]
+id = "g"
+kind = "gas"
+format = "zigbee2mqtt"
+location = { building = "b1" }
+[[devices]]
+id = "e"
+kind = "ebike_battery"
+location = { building = "b1" }
+[[devices]]
+id = "h"
+kind = "heat"
+location = { building = "b1" }
+"#;
+
+fn json_like() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..2048),
+        "[{}\\[\\]\":,0-9a-z_.eE+-]{0,200}".prop_map(String::into_bytes),
+        (
+            prop::sample::select(vec![
+                "smoke", "gas", "gas_lel_pct", "gas_density", "temperature_c", "battery_temp_c",
+                "voltage_v", "charging", "present", "pressed", "ts", "state", "battery",
+            ]),
+            prop_oneof![
+                any::<f64>().prop_map(|f| f.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                "\"[a-z0-9:+.-]{0,30}\"".prop_map(|s| s),
+                Just("null".to_string()),
+                Just("1e999".to_string()),
+            ],
+        )
+            .prop_map(|(k, v)| format!("{{\"{k}\":{v}}}").into_bytes()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn decode_never_panics_on_arbitrary_payloads(payload in json_like(), z2m in any::<bool>(), role in 0u8..3) {
+        let format = if z2m { PayloadFormat::Zigbee2mqtt } else { PayloadFormat::Native };
+        let role = [Role::State, Role::Heartbeat, Role::Availability][role as usize];
+        for kind in DeviceKind::ALL {
+            let _ = decode(&payload, format, role, kind);
+        }
+    }
+
+    #[test]
+    fn ingest_and_rules_never_panic_on_arbitrary_topics_and_payloads(
+        msgs in proptest::collection::vec(
+            (prop::sample::select(vec![
+                "sensors/s/state", "zigbee2mqtt/g", "zigbee2mqtt/g/availability",
+                "sensors/e/state", "sensors/h/state", "sensors/h/heartbeat", "other/topic", "",
+            ]), json_like()),
+            1..40,
+        )
+    ) {
+        let config = Arc::new(edge_config::parse(CONFIG, "fuzz.toml", Path::new(".")).unwrap());
+        let mut ingest = Ingest::new(config.clone());
+        let t0 = tokio::time::Instant::now();
+        let mut engine = Engine::new(config, t0);
+        for (i, (topic, payload)) in msgs.iter().enumerate() {
+            let now = t0 + std::time::Duration::from_millis(i as u64 * 700);
+            if let Ok(reading) = ingest.handle(topic, payload, now) {
+                engine.on_reading(&reading);
+            }
+            engine.on_tick(now);
+        }
+        let s = ingest.stats.snapshot();
+        prop_assert_eq!(s.accepted + s.rejected_total, msgs.len() as u64);
+    }
+}
