@@ -1,6 +1,7 @@
 //! The errors a configuration can have: each one names a file, a 1-based
 //! line and column, a key path and a message that says how to fix it.
 
+use serde::Serialize;
 use std::fmt;
 
 /// One problem in a configuration file.
@@ -10,7 +11,7 @@ use std::fmt;
 /// Lines and columns are 1-based; columns count characters, not bytes.
 /// An I/O error reading the file is reported at line 1, column 1 with an
 /// empty path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigError {
     /// The file name as given to [`crate::parse`] or [`crate::load`].
     pub file: String,
@@ -38,7 +39,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// All the problems found in one configuration file, sorted by position.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl ConfigErrors {
@@ -59,7 +60,9 @@ impl ConfigErrors {
 
     /// Sort by line then column and drop exact duplicates.
     pub(crate) fn sorted(mut errors: Vec<ConfigError>) -> Self {
-        errors.sort_by(|a, b| (a.line, a.col).cmp(&(b.line, b.col)));
+        errors.sort_by(|a, b| {
+            (a.line, a.col, &a.path, &a.message).cmp(&(b.line, b.col, &b.path, &b.message))
+        });
         errors.dedup();
         Self(errors)
     }

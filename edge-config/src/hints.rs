@@ -2,21 +2,43 @@
 //! "did you mean" suggestions and rewording of `toml`/serde errors.
 
 /// The candidate closest to `word`, if it is close enough to be a likely
-/// misspelling.
-pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+/// misspelling: one that extends `word` (e.g. `low_lel` → `low_lel_pct`),
+/// else the one at the smallest edit distance (ties: most similar start).
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let all: Vec<&str> = candidates.into_iter().filter(|c| *c != word).collect();
+    let extends = all
+        .iter()
+        .filter(|c| word.chars().count() >= 3 && c.starts_with(word))
+        .min_by_key(|c| c.len());
+    if let Some(c) = extends {
+        return Some(c);
+    }
     let limit = (word.chars().count() / 3).max(2);
-    candidates
-        .into_iter()
+    all.into_iter()
         .map(|c| (strsim::levenshtein(word, c), c))
-        .filter(|&(d, _)| d > 0 && d <= limit)
-        .min_by_key(|&(d, _)| d)
+        .filter(|&(d, _)| d <= limit)
+        .min_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| {
+                let (ja, jb) = (
+                    strsim::jaro_winkler(word, a.1),
+                    strsim::jaro_winkler(word, b.1),
+                );
+                jb.total_cmp(&ja)
+            })
+        })
         .map(|(_, c)| c)
 }
 
-/// `"; did you mean \"x\"?"` or nothing.
-pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+/// ` (did you mean "x"?)` or nothing.
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> String {
     closest(word, candidates)
-        .map(|c| format!("; did you mean \"{c}\"?"))
+        .map(|c| format!(" (did you mean \"{c}\"?)"))
         .unwrap_or_default()
 }
 
@@ -42,13 +64,18 @@ pub(crate) fn missing_field(message: &str) -> Option<&str> {
         .and_then(|rest| rest.split('`').next())
 }
 
-/// Reword a deserialization error; `value` is the source text it points at.
-pub(crate) fn schema_message(message: &str, value: &str) -> String {
+/// Reword a deserialization error; `value` is the source text it points
+/// at and `present` the keys already written in its table (never
+/// suggested as the intended spelling).
+pub(crate) fn schema_message(message: &str, value: &str, present: &[String]) -> String {
     if let Some(rest) = message.strip_prefix("unknown field ") {
-        return unknown("key", rest, "remove it or fix its spelling");
+        return unknown("key", rest, "remove it or fix its spelling", present);
     }
     if let Some(rest) = message.strip_prefix("unknown variant ") {
-        return unknown("value", rest, "use one of the allowed values");
+        return unknown("value", rest, "use one of the allowed values", &[]);
+    }
+    if message == "wanted string or table" {
+        return "expected one of the allowed names in double quotes, e.g. \"red\"".to_string();
     }
     if message.contains("invalid socket address syntax") {
         return format!(
@@ -61,7 +88,17 @@ pub(crate) fn schema_message(message: &str, value: &str) -> String {
     format!("{message}{}", type_hint(message))
 }
 
-fn unknown(what: &str, rest: &str, fix: &str) -> String {
+/// The likely intended spelling of the unknown `word` among the allowed
+/// names listed in a serde message, skipping names in `present`.
+pub(crate) fn intended<'a>(word: &str, allowed: &[&'a str], present: &[String]) -> Option<&'a str> {
+    let free = allowed
+        .iter()
+        .copied()
+        .filter(|a| !present.iter().any(|p| p == a));
+    closest(word, free)
+}
+
+fn unknown(what: &str, rest: &str, fix: &str, present: &[String]) -> String {
     let words = backticked(rest);
     let Some((name, allowed)) = words.split_first() else {
         return format!("unknown {what} {rest}");
@@ -69,12 +106,15 @@ fn unknown(what: &str, rest: &str, fix: &str) -> String {
     if allowed.is_empty() {
         return format!("unknown {what} `{name}`: this table takes no keys; remove it");
     }
-    match closest(name, allowed.iter().copied()) {
+    match intended(name, allowed, present) {
         Some(c) => format!(
             "unknown {what} `{name}`: did you mean `{c}`? (allowed: {})",
             allowed.join(", ")
         ),
-        None => format!("unknown {what} `{name}`: {fix} (allowed: {})", allowed.join(", ")),
+        None => format!(
+            "unknown {what} `{name}`: {fix} (allowed: {})",
+            allowed.join(", ")
+        ),
     }
 }
 
@@ -83,9 +123,11 @@ fn type_hint(message: &str) -> &'static str {
         return "";
     };
     let expected = rest.split(", expected ").nth(1).unwrap_or("");
-    let numeric = ["u8", "u16", "u32", "u64", "i32", "i64", "f64", "integer", "float"]
-        .iter()
-        .any(|t| expected.contains(t));
+    let numeric = [
+        "u8", "u16", "u32", "u64", "i32", "i64", "f64", "integer", "float",
+    ]
+    .iter()
+    .any(|t| expected.contains(t));
     if rest.starts_with("string") && (numeric || expected.contains("bool")) {
         "; write the value without quotes"
     } else if expected.contains("string") && !rest.starts_with("string") {
@@ -103,20 +145,51 @@ mod tests {
 
     #[test]
     fn misspelt_keys_get_a_suggestion() {
-        let m = schema_message("unknown field `naem`, expected one of `id`, `name`, `kind`", "naem");
-        assert_eq!(m, "unknown key `naem`: did you mean `name`? (allowed: id, name, kind)");
+        let m = schema_message(
+            "unknown field `naem`, expected one of `id`, `name`, `kind`",
+            "naem",
+            &[],
+        );
+        assert_eq!(
+            m,
+            "unknown key `naem`: did you mean `name`? (allowed: id, name, kind)"
+        );
     }
 
     #[test]
     fn unrelated_keys_are_told_to_be_removed() {
-        let m = schema_message("unknown field `colour`, expected `id` or `name`", "colour");
+        let m = schema_message(
+            "unknown field `colour`, expected `id` or `name`",
+            "colour",
+            &[],
+        );
         assert!(m.starts_with("unknown key `colour`: remove it"), "{m}");
     }
 
     #[test]
     fn quoted_numbers_are_told_to_lose_their_quotes() {
-        let m = schema_message("invalid type: string \"18\", expected u32", "\"18\"");
+        let m = schema_message("invalid type: string \"18\", expected u32", "\"18\"", &[]);
         assert!(m.ends_with("write the value without quotes"), "{m}");
+    }
+
+    #[test]
+    fn keys_already_written_are_not_suggested() {
+        let m = schema_message(
+            "unknown field `kid`, expected one of `id`, `kind`",
+            "kid",
+            &["id".to_string()],
+        );
+        assert!(m.contains("did you mean `kind`?"), "{m}");
+    }
+
+    #[test]
+    fn a_truncated_key_suggests_its_completion() {
+        assert_eq!(
+            closest("low_lel", ["low_level", "low_lel_pct"]),
+            Some("low_lel_pct")
+        );
+        assert_eq!(closest("timezon", ["timezone", "name"]), Some("timezone"));
+        assert_eq!(closest("colour", ["id", "name"]), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! The source is parsed into `toml`'s spanned tree ([`toml::de::DeTable`]);
 //! [`SpanTree`] flattens it into one [`Node`] per key or array element.
 
-use crate::path::KeyPath;
+use crate::path::{KeyPath, Segment};
 use std::collections::HashMap;
 use std::ops::Range;
 use toml::de::{DeTable, DeValue};
@@ -65,7 +65,9 @@ impl Node {
     }
 
     fn spans(&self) -> impl Iterator<Item = &Range<usize>> {
-        self.key_span.iter().chain(std::iter::once(&self.value_span))
+        self.key_span
+            .iter()
+            .chain(std::iter::once(&self.value_span))
     }
 }
 
@@ -99,7 +101,10 @@ impl SpanTree {
         exact.or_else(|| {
             self.nodes
                 .iter()
-                .filter(|n| n.spans().any(|s| s.start <= span.start && span.end <= s.end))
+                .filter(|n| {
+                    n.spans()
+                        .any(|s| s.start <= span.start && span.end <= s.end)
+                })
                 .min_by_key(|n| (n.value_span.len(), usize::MAX - depth(n)))
         })
     }
@@ -115,6 +120,20 @@ impl SpanTree {
                 self.by_path.get(&prefix).map(|&i| self.nodes[i].offset())
             })
             .unwrap_or(0)
+    }
+
+    /// The keys written beside `path` in its table.
+    pub(crate) fn sibling_keys(&self, path: &KeyPath) -> Vec<String> {
+        let Some((parent, _)) = path.split_last() else {
+            return Vec::new();
+        };
+        self.nodes
+            .iter()
+            .filter_map(|n| match n.path.split_last() {
+                Some((p, Segment::Key(k))) if p == parent => Some(k.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Whether `path` is written in the source.
@@ -168,7 +187,12 @@ fn walk_value(value: &DeValue<'_>, at: &KeyPath, source: &str, out: &mut Vec<Nod
     }
 }
 
-fn node(path: &KeyPath, key_span: Option<Range<usize>>, value: &Spanned<DeValue<'_>>, source: &str) -> Node {
+fn node(
+    path: &KeyPath,
+    key_span: Option<Range<usize>>,
+    value: &Spanned<DeValue<'_>>,
+    source: &str,
+) -> Node {
     let value_span = value.span();
     let header = matches!(value.get_ref(), DeValue::Table(_))
         && source.as_bytes().get(value_span.start) == Some(&b'[');

@@ -5,9 +5,9 @@
 use crate::error::{ConfigError, ConfigErrors};
 use crate::hints;
 use crate::locate::{LineIndex, Node, SpanTree};
-use crate::repair::{self, Edit};
 use crate::model::Config;
 use crate::path::{KeyPath, Segment};
+use crate::repair::{self, Edit};
 use crate::resolve;
 use crate::validate;
 use serde::Deserialize;
@@ -39,7 +39,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             line: 1,
             col: 1,
             path: String::new(),
-            message: format!("cannot read the configuration file: {e}; check the path and its permissions"),
+            message: format!(
+                "cannot read the configuration file: {e}; check the path and its permissions"
+            ),
         }])
     })?;
     let base = match path.parent() {
@@ -97,7 +99,11 @@ fn to_errors(issues: Vec<Issue>, file: &str, lines: &LineIndex<'_>) -> ConfigErr
     ConfigErrors::sorted(errors)
 }
 
-fn syntax_issues(errors: &[toml::de::Error], spans: &SpanTree, lines: &LineIndex<'_>) -> Vec<Issue> {
+fn syntax_issues(
+    errors: &[toml::de::Error],
+    spans: &SpanTree,
+    lines: &LineIndex<'_>,
+) -> Vec<Issue> {
     errors
         .iter()
         .map(|e| {
@@ -114,7 +120,11 @@ fn syntax_issues(errors: &[toml::de::Error], spans: &SpanTree, lines: &LineIndex
 /// Deserialize the typed config. On an error, record it, repair a working
 /// copy of the tree (drop the key, rename a misspelt key, pick an allowed
 /// value) and try again, so one run reports many schema errors.
-fn deserialize_all(tree: &Spanned<DeTable<'_>>, spans: &SpanTree, source: &str) -> Result<Config, Vec<Issue>> {
+fn deserialize_all(
+    tree: &Spanned<DeTable<'_>>,
+    spans: &SpanTree,
+    source: &str,
+) -> Result<Config, Vec<Issue>> {
     let mut work = tree.clone();
     let mut issues = Vec::new();
     let mut removed: HashSet<KeyPath> = HashSet::new();
@@ -135,14 +145,19 @@ fn deserialize_all(tree: &Spanned<DeTable<'_>>, spans: &SpanTree, source: &str) 
                 issues.push(missing(span.start, full, field));
             }
             Edit::Remove
+        } else if renamed.contains(&path) {
+            Edit::Remove // the value of a key we renamed: a consequence of our guess
         } else {
             let text = source.get(span.clone()).unwrap_or("");
+            let present = spans.sibling_keys(&path);
+            let mut text = hints::schema_message(message, text, &present);
+            text.push_str(&misplaced_section_hint(message, &path));
             issues.push(Issue {
                 offset: span.start,
                 path: path.clone(),
-                message: hints::schema_message(message, text),
+                message: text,
             });
-            repair_for(message, node)
+            repair_for(message, node, &present)
         };
         if let Edit::RenameKey(_) = edit {
             renamed.push(path.clone());
@@ -165,14 +180,51 @@ fn deserialize_all(tree: &Spanned<DeTable<'_>>, spans: &SpanTree, source: &str) 
     Err(issues)
 }
 
+/// Top-level sections of the file.
+const SECTIONS: [&str; 10] = [
+    "site",
+    "locations",
+    "broker",
+    "devices",
+    "rules",
+    "cameras",
+    "detector",
+    "uplink",
+    "console",
+    "storage",
+];
+
+/// A hint when an unknown key inside a table is really a top-level
+/// section (a key written below another table's header belongs to it).
+fn misplaced_section_hint(message: &str, path: &KeyPath) -> String {
+    let is_unknown = message.starts_with("unknown field");
+    match path.split_last() {
+        Some((parent, Segment::Key(key)))
+            if is_unknown && !parent.is_root() && SECTIONS.contains(&key.as_str()) =>
+        {
+            format!(
+                "; `{key}` is a top-level section: keys below a [header] belong to that table, so write [{key}] (or [[{key}]]) as its own header or move the line above the first header"
+            )
+        }
+        _ => String::new(),
+    }
+}
+
 /// How to get past an error: rename a misspelt key to its likely intended
 /// name, replace an unknown enum value by an allowed one, else drop it.
-fn repair_for(message: &str, node: Option<&Node>) -> Edit {
-    let allowed = |rest: &str| -> Vec<String> { hints::backticked(rest).iter().skip(1).map(|s| s.to_string()).collect() };
+fn repair_for(message: &str, node: Option<&Node>, present: &[String]) -> Edit {
+    let allowed = |rest: &str| -> Vec<String> {
+        hints::backticked(rest)
+            .iter()
+            .skip(1)
+            .map(|s| s.to_string())
+            .collect()
+    };
     if let Some(rest) = message.strip_prefix("unknown field ") {
         let word = hints::backticked(rest).first().copied().unwrap_or("");
         let options = allowed(rest);
-        if let Some(best) = hints::closest(word, options.iter().map(String::as_str)) {
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        if let Some(best) = hints::intended(word, &options, present) {
             if node.is_some_and(|n| n.key_span.is_some()) {
                 return Edit::RenameKey(best.to_string());
             }
@@ -181,7 +233,8 @@ fn repair_for(message: &str, node: Option<&Node>) -> Edit {
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         let word = hints::backticked(rest).first().copied().unwrap_or("");
         let options = allowed(rest);
-        let pick = hints::closest(word, options.iter().map(String::as_str)).or(options.first().map(String::as_str));
+        let pick = hints::closest(word, options.iter().map(String::as_str))
+            .or(options.first().map(String::as_str));
         if let Some(value) = pick {
             return Edit::ReplaceWithString(value.to_string());
         }
@@ -193,16 +246,103 @@ fn repair_for(message: &str, node: Option<&Node>) -> Edit {
 /// the missing `field`'s neighbour: then the missing field is a consequence.
 fn misspelt(renamed: &[KeyPath], table: &KeyPath, field: &str) -> bool {
     renamed.iter().any(|k| match k.split_last() {
-        Some((parent, Segment::Key(key))) => &parent == table && hints::closest(key, [field]).is_some(),
+        Some((parent, Segment::Key(key))) => {
+            &parent == table && hints::closest(key, [field]).is_some()
+        }
         _ => false,
     })
 }
 
 fn missing(offset: usize, path: KeyPath, field: &str) -> Issue {
     let message = if path.segments().len() == 1 {
-        format!("missing required table [{field}]; add it (see `gateway config init` for an example)")
+        format!(
+            "missing required table [{field}]; add it (see `gateway config init` for an example)"
+        )
     } else {
         format!("missing required key `{field}`; add `{field} = …` to this table")
     };
-    Issue { offset, path, message }
+    Issue {
+        offset,
+        path,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(src: &str) -> Vec<String> {
+        match parse(src, "t.toml", Path::new("/tmp")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .iter()
+                .map(|e| format!("{}:{} {} | {}", e.line, e.col, e.path, e.message))
+                .collect(),
+        }
+    }
+
+    const SITE: &str = "[site]\nid = \"s\"\nname = \"S\"\nkind = \"compound\"\n";
+
+    #[test]
+    fn empty_file_asks_for_the_site_table() {
+        let e = errors("");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("1:1 site | missing required table [site]"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_table_of_the_wrong_type_is_one_error() {
+        let e = errors(&format!("devices = 3\n{SITE}"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("1:11 devices | invalid type"), "{e:?}");
+    }
+
+    #[test]
+    fn a_section_written_inside_another_table_is_explained() {
+        let e = errors(&format!("{SITE}devices = []\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("5:1 site.devices | unknown key"), "{e:?}");
+        assert!(e[0].contains("top-level section"), "{e:?}");
+    }
+
+    #[test]
+    fn a_bad_required_value_does_not_also_report_it_missing() {
+        let src = format!("{SITE}[[devices]]\nid = \"d\"\nkind = \"smoke\"\nlocation = \"b1\"\n[[devices]]\nid = \"e\"\nkind = \"smoke\"\nlocation = {{ area = \"a\" }}\ncolour = 1\n");
+        let e = errors(&src);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("8:12 devices[0].location | invalid type"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("13:1 devices[1].colour | unknown key"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_language_is_replaced_and_reading_goes_on() {
+        let src = "[site]\nid = \"s\"\nname = \"S\"\nkind = \"compund\"\nlanguages = [\"zh-CN\", \"fr\"]\n";
+        let e = errors(src);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("4:8 site.kind | unknown value `compund`: did you mean `compound`?"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("5:23 site.languages[1] | unknown value `fr`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn many_errors_stop_after_the_round_limit() {
+        let keys: String = (0..80).map(|i| format!("bogus{i} = 1\n")).collect();
+        let e = errors(&format!("{SITE}{keys}"));
+        assert_eq!(e.len(), MAX_SCHEMA_ROUNDS);
+    }
 }

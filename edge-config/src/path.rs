@@ -123,7 +123,10 @@ mod tests {
 
     #[test]
     fn paths_display_like_toml_keys_with_indexes() {
-        let p = KeyPath::of("devices").index(3).key("location").key("building");
+        let p = KeyPath::of("devices")
+            .index(3)
+            .key("location")
+            .key("building");
         assert_eq!(p.to_string(), "devices[3].location.building");
         assert_eq!(KeyPath::root().key("a.b").to_string(), "\"a.b\"");
         assert_eq!(KeyPath::root().to_string(), "");

@@ -34,15 +34,21 @@ pub(crate) fn apply(table: &mut DeTable<'_>, node: &Node, edit: &Edit) -> bool {
 fn edit_entry(table: &mut DeTable<'_>, key: &str, node: &Node, edit: &Edit) -> bool {
     match edit {
         Edit::Remove => table.remove(key).is_some(),
+        Edit::RenameKey(new) if table.contains_key(new.as_str()) => table.remove(key).is_some(),
         Edit::RenameKey(new) => {
-            let Some((old, value)) = table.remove_entry(key) else { return false };
+            let Some((old, value)) = table.remove_entry(key) else {
+                return false;
+            };
             let renamed = Spanned::new(old.span(), Cow::Owned(new.clone()));
             table.insert(renamed, value);
             true
         }
         Edit::ReplaceWithString(s) => match table.get_mut(key) {
             Some(value) => {
-                *value = Spanned::new(node.value_span.clone(), DeValue::String(Cow::Owned(s.clone())));
+                *value = Spanned::new(
+                    node.value_span.clone(),
+                    DeValue::String(Cow::Owned(s.clone())),
+                );
                 true
             }
             None => false,
@@ -69,7 +75,11 @@ fn apply_in_array(items: &mut DeArray<'_>, node: &Node, edit: &Edit) -> bool {
     };
     match edit {
         Edit::ReplaceWithString(s) => {
-            items[i] = Spanned::new(node.value_span.clone(), DeValue::String(Cow::Owned(s.clone())));
+            let slice: &mut [Spanned<DeValue<'_>>] = items;
+            slice[i] = Spanned::new(
+                node.value_span.clone(),
+                DeValue::String(Cow::Owned(s.clone())),
+            );
         }
         Edit::Remove | Edit::RenameKey(_) => {
             let mut kept = DeArray::new();

@@ -74,9 +74,18 @@ mod tests {
     #[test]
     fn camera_files_resolve_against_the_config_directory() {
         let base = Path::new("/etc/shouwang");
-        assert_eq!(camera_url(base, "footage/a.mp4"), "/etc/shouwang/footage/a.mp4");
-        assert_eq!(camera_url(base, "file://footage/a.mp4"), "file:///etc/shouwang/footage/a.mp4");
+        assert_eq!(
+            camera_url(base, "footage/a.mp4"),
+            "/etc/shouwang/footage/a.mp4"
+        );
+        assert_eq!(
+            camera_url(base, "file://footage/a.mp4"),
+            "file:///etc/shouwang/footage/a.mp4"
+        );
         assert_eq!(camera_url(base, "file:///srv/a.mp4"), "file:///srv/a.mp4");
-        assert_eq!(camera_url(base, "rtsp://127.0.0.1:8554/lobby"), "rtsp://127.0.0.1:8554/lobby");
+        assert_eq!(
+            camera_url(base, "rtsp://127.0.0.1:8554/lobby"),
+            "rtsp://127.0.0.1:8554/lobby"
+        );
     }
 }

@@ -20,8 +20,8 @@ fn site(id: &str, kind: &str) -> String {
     format!(
         r#"[site]
 id = {id}
-name = {id}                    # TODO: the site's name, e.g. "幸福里小区 (Xingfuli compound)"
-kind = "{kind}"            # compound | street_station
+name = {id}  # TODO: the site's name, e.g. "幸福里小区 (Xingfuli compound)"
+kind = "{kind}"  # compound | street_station
 timezone = "Asia/Shanghai"
 languages = ["zh-CN", "en"]
 

@@ -27,36 +27,64 @@ fn demo_config_loads_with_no_errors() {
     assert_eq!(config.site.kind, SiteKind::Compound);
     assert_eq!(config.locations.buildings.len(), 2);
     assert_eq!(config.cameras.len(), 4);
-    assert!(config.devices.len() >= 20, "{} devices", config.devices.len());
+    assert!(
+        config.devices.len() >= 20,
+        "{} devices",
+        config.devices.len()
+    );
     assert_eq!(config.console.staff[0].username, "duty");
     let uplink = config.uplink.as_ref().expect("demo has an uplink");
     assert!(uplink.tls.is_none());
     assert_eq!((uplink.host.as_str(), uplink.port()), ("127.0.0.1", 1884));
-    assert_eq!(config.uplink_client_id().as_deref(), Some("shouwang-sw-demo-001"));
+    assert_eq!(
+        config.uplink_client_id().as_deref(),
+        Some("shouwang-sw-demo-001")
+    );
 }
 
 #[test]
 fn demo_config_covers_every_device_kind_and_both_formats() {
     let config = load(&demo_path()).expect("demo loads");
     for kind in DeviceKind::ALL {
-        assert!(config.devices_of(kind).count() > 0, "no {kind} device in the demo");
+        assert!(
+            config.devices_of(kind).count() > 0,
+            "no {kind} device in the demo"
+        );
     }
     assert_eq!(config.devices_of(DeviceKind::EbikeBattery).count(), 3);
     let formats: Vec<PayloadFormat> = config.devices.iter().map(|d| d.format).collect();
     assert!(formats.contains(&PayloadFormat::Native));
     assert!(formats.contains(&PayloadFormat::Zigbee2mqtt));
-    let gas_formats: Vec<PayloadFormat> = config.devices_of(DeviceKind::Gas).map(|d| d.format).collect();
-    assert!(gas_formats.contains(&PayloadFormat::Native) && gas_formats.contains(&PayloadFormat::Zigbee2mqtt));
+    let gas_formats: Vec<PayloadFormat> = config
+        .devices_of(DeviceKind::Gas)
+        .map(|d| d.format)
+        .collect();
+    assert!(
+        gas_formats.contains(&PayloadFormat::Native)
+            && gas_formats.contains(&PayloadFormat::Zigbee2mqtt)
+    );
 }
 
 #[test]
 fn demo_linkage_closes_valves_on_gas_and_announces_battery_alarms() {
     let config = load(&demo_path()).expect("demo loads");
-    let gas: Vec<&Linkage> = config.rules.linkages_for(AlertKind::Gas, Level::Orange).collect();
+    let gas: Vec<&Linkage> = config
+        .rules
+        .linkages_for(AlertKind::Gas, Level::Orange)
+        .collect();
     assert_eq!(gas.len(), 1);
     assert_eq!(gas[0].action, LinkageAction::CloseValve);
-    assert_eq!(config.rules.linkages_for(AlertKind::Gas, Level::Yellow).count(), 0);
-    let pa: Vec<&Linkage> = config.rules.linkages_for(AlertKind::EbikeBattery, Level::Red).collect();
+    assert_eq!(
+        config
+            .rules
+            .linkages_for(AlertKind::Gas, Level::Yellow)
+            .count(),
+        0
+    );
+    let pa: Vec<&Linkage> = config
+        .rules
+        .linkages_for(AlertKind::EbikeBattery, Level::Red)
+        .collect();
     assert_eq!(pa[0].action, LinkageAction::PlayPa);
     assert!(pa[0].message.is_some());
     for kind in [AlertKind::Smoke, AlertKind::Heat] {
@@ -68,7 +96,9 @@ fn demo_linkage_closes_valves_on_gas_and_announces_battery_alarms() {
 #[test]
 fn demo_staff_hash_is_argon2id() {
     let config = load(&demo_path()).expect("demo loads");
-    assert!(config.console.staff[0].password_hash.starts_with("$argon2id$v=19$"));
+    assert!(config.console.staff[0]
+        .password_hash
+        .starts_with("$argon2id$v=19$"));
 }
 
 #[test]
@@ -82,19 +112,29 @@ fn charging_shed_hazards_warn_both_buildings() {
         .collect();
     assert_eq!(warned, ["b1", "b2"]);
     let smoke = config.device("b2-u1-1502-smoke").expect("device");
-    let warned: Vec<&str> = config.warned_buildings(&smoke.location).iter().map(|b| b.id.as_str()).collect();
+    let warned: Vec<&str> = config
+        .warned_buildings(&smoke.location)
+        .iter()
+        .map(|b| b.id.as_str())
+        .collect();
     assert_eq!(warned, ["b2"]);
 }
 
 #[test]
 fn device_thresholds_override_the_kind_rule() {
     let config = load(&demo_path()).expect("demo loads");
-    let gas = config.rules.gas_for(config.device("b2-u1-0601-gas").expect("device"));
+    let gas = config
+        .rules
+        .gas_for(config.device("b2-u1-0601-gas").expect("device"));
     assert_eq!((gas.low_lel_pct, gas.high_lel_pct), (8.0, 20.0));
     assert_eq!(gas.hysteresis_lel_pct, 2.0);
-    let plain = config.rules.gas_for(config.device("b1-u1-1201-gas").expect("device"));
+    let plain = config
+        .rules
+        .gas_for(config.device("b1-u1-1201-gas").expect("device"));
     assert_eq!((plain.low_lel_pct, plain.high_lel_pct), (10.0, 25.0));
-    let battery = config.rules.ebike_battery_for(config.device("shed-bay-03-battery").expect("device"));
+    let battery = config
+        .rules
+        .ebike_battery_for(config.device("shed-bay-03-battery").expect("device"));
     assert_eq!(battery.temp_c, 55.0);
     assert_eq!(battery.max_charging_h, 8.0);
 }
@@ -106,7 +146,13 @@ fn compound_starter_parses_and_validates() {
     assert_eq!(config.site.id, "xingfuli-01");
     assert_eq!(config.site.kind, SiteKind::Compound);
     assert!(!config.devices.is_empty());
-    assert!(text.lines().filter(|l| l.trim_start().starts_with('#')).count() > 10, "starter is commented");
+    assert!(
+        text.lines()
+            .filter(|l| l.trim_start().starts_with('#'))
+            .count()
+            > 10,
+        "starter is commented"
+    );
 }
 
 #[test]
@@ -118,8 +164,12 @@ fn street_station_starter_parses_and_validates() {
 
 #[test]
 fn starter_with_a_bad_site_id_still_parses_but_reports_the_id() {
-    let errors = parse(&starter("Bad \"Id\"", SiteKind::Compound), "s.toml", Path::new("."))
-        .expect_err("invalid id");
+    let errors = parse(
+        &starter("Bad \"Id\"", SiteKind::Compound),
+        "s.toml",
+        Path::new("."),
+    )
+    .expect_err("invalid id");
     let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["site.id"]);
 }
@@ -130,21 +180,69 @@ fn minimal_config_has_the_documented_defaults() {
     assert_eq!(c.site.timezone, "Asia/Shanghai");
     assert_eq!(c.site.languages, [Language::ZhCn, Language::En]);
     let r = &c.rules;
-    assert_eq!((r.gas.low_lel_pct, r.gas.high_lel_pct, r.gas.hysteresis_lel_pct), (10.0, 25.0, 2.0));
-    assert_eq!((r.gas.low_level, r.gas.high_level), (Level::Orange, Level::Red));
-    assert_eq!((r.heat.fixed_c, r.heat.rate_c_per_min, r.heat.rate_window_s), (57.0, 8.0, 60));
+    assert_eq!(
+        (
+            r.gas.low_lel_pct,
+            r.gas.high_lel_pct,
+            r.gas.hysteresis_lel_pct
+        ),
+        (10.0, 25.0, 2.0)
+    );
+    assert_eq!(
+        (r.gas.low_level, r.gas.high_level),
+        (Level::Orange, Level::Red)
+    );
+    assert_eq!(
+        (r.heat.fixed_c, r.heat.rate_c_per_min, r.heat.rate_window_s),
+        (57.0, 8.0, 60)
+    );
     assert_eq!(r.heat.hysteresis_c, 3.0);
     let e = &r.ebike_battery;
-    assert_eq!((e.temp_c, e.rise_c_per_min, e.rise_window_s, e.max_charging_h), (60.0, 1.0, 300, 8.0));
+    assert_eq!(
+        (
+            e.temp_c,
+            e.rise_c_per_min,
+            e.rise_window_s,
+            e.max_charging_h
+        ),
+        (60.0, 1.0, 300, 8.0)
+    );
     assert_eq!((e.runaway_c_per_s, e.voltage_drop_pct), (1.0, 25.0));
-    assert_eq!((e.theft_window.from.to_string(), e.theft_window.to.to_string()), ("22:00".into(), "06:00".into()));
+    assert_eq!(
+        (
+            e.theft_window.from.to_string(),
+            e.theft_window.to.to_string()
+        ),
+        ("22:00".into(), "06:00".into())
+    );
     assert_eq!((e.level, e.runaway_level), (Level::Orange, Level::Red));
-    assert_eq!((r.smoke.level, r.heat.level, r.sos.level, r.water_leak.level), (Level::Red, Level::Red, Level::Red, Level::Orange));
+    assert_eq!(
+        (r.smoke.level, r.heat.level, r.sos.level, r.water_leak.level),
+        (Level::Red, Level::Red, Level::Red, Level::Orange)
+    );
     assert_eq!(r.water_leak.escalate_within_min, 10);
-    assert_eq!((r.device.offline_after_heartbeats, r.device.battery_low_pct), (3, 15));
-    assert_eq!((r.device.offline_level, r.device.battery_low_level, r.device.tamper_level), (Level::Yellow, Level::Blue, Level::Yellow));
+    assert_eq!(
+        (r.device.offline_after_heartbeats, r.device.battery_low_pct),
+        (3, 15)
+    );
+    assert_eq!(
+        (
+            r.device.offline_level,
+            r.device.battery_low_level,
+            r.device.tamper_level
+        ),
+        (Level::Yellow, Level::Blue, Level::Yellow)
+    );
     let t = &r.timing;
-    assert_eq!((t.debounce_s, t.clear_hold_s, t.escalate_after_s, t.actuator_confirm_s), (2, 30, 180, 10));
+    assert_eq!(
+        (
+            t.debounce_s,
+            t.clear_hold_s,
+            t.escalate_after_s,
+            t.actuator_confirm_s
+        ),
+        (2, 30, 180, 10)
+    );
 }
 
 #[test]
@@ -155,13 +253,26 @@ fn minimal_config_defaults_the_services() {
     assert!(!c.broker.require_auth);
     assert!(c.uplink.is_none());
     assert_eq!(c.console.bind.to_string(), "0.0.0.0:8080");
-    assert_eq!((c.console.session_timeout_min, c.console.lockout_after_failures), (480, 5));
+    assert_eq!(
+        (
+            c.console.session_timeout_min,
+            c.console.lockout_after_failures
+        ),
+        (480, 5)
+    );
     assert_eq!(c.storage.data_dir, Path::new("/var/lib/shouwang"));
     assert_eq!(c.storage.quota_mb, 1024);
     assert_eq!(c.detector.model, "yolox_nano");
-    assert_eq!(c.detector.models_dir, Path::new("models"), "the default stays relative");
+    assert_eq!(
+        c.detector.models_dir,
+        Path::new("models"),
+        "the default stays relative"
+    );
     assert_eq!(c.detector.model_path(), Path::new("models/yolox_nano.onnx"));
-    assert_eq!((c.detector.onnxruntime.as_ref(), c.detector.intra_threads), (None, 2));
+    assert_eq!(
+        (c.detector.onnxruntime.as_ref(), c.detector.intra_threads),
+        (None, 2)
+    );
 }
 
 #[test]
@@ -171,16 +282,30 @@ fn uplink_defaults_depend_on_tls_and_site() {
     let plain = format!("{MINIMAL}[uplink]\nhost = \"up.example\"\n");
     let c = parse_ok(&plain);
     let u = c.uplink.as_ref().expect("uplink");
-    assert_eq!((u.port(), u.qos, u.keep_alive_s, u.topic_prefix.as_str()), (1883, 1, 30, "shouwang"));
+    assert_eq!(
+        (u.port(), u.qos, u.keep_alive_s, u.topic_prefix.as_str()),
+        (1883, 1, 30, "shouwang")
+    );
     assert_eq!(u.client_id(&c.site.id), "shouwang-s1");
-    assert_eq!((u.outbox.max_inflight, u.outbox.batch, u.outbox.retry_backoff_max_s), (64, 256, 60));
+    assert_eq!(
+        (
+            u.outbox.max_inflight,
+            u.outbox.batch,
+            u.outbox.retry_backoff_max_s
+        ),
+        (64, 256, 60)
+    );
     let tls = format!("{plain}tls = {{ ca = \"ca.pem\" }}\n");
     let c = parse(&tls, "t.toml", dir.path()).expect("valid");
     let u = c.uplink.expect("uplink");
     assert_eq!(u.port(), 8883);
     let t = u.tls.expect("tls");
     assert!(t.verify);
-    assert_eq!(t.ca.as_deref(), Some(dir.path().join("ca.pem").as_path()), "resolved against base_dir");
+    assert_eq!(
+        t.ca.as_deref(),
+        Some(dir.path().join("ca.pem").as_path()),
+        "resolved against base_dir"
+    );
 }
 
 #[test]
@@ -189,7 +314,10 @@ fn relative_paths_resolve_against_the_config_directory() {
     let c = parse_ok(&src);
     assert_eq!(c.storage.data_dir, Path::new("/etc/shouwang/data"));
     assert_eq!(c.detector.models_dir, Path::new("/etc/shouwang/m"));
-    assert_eq!(c.cameras[0].source(), CameraSource::File("/etc/shouwang/footage/a.mp4".into()));
+    assert_eq!(
+        c.cameras[0].source(),
+        CameraSource::File("/etc/shouwang/footage/a.mp4".into())
+    );
 }
 
 #[test]
@@ -207,10 +335,25 @@ fn device_topics_default_by_format() {
     assert_eq!(topic("z1"), "zigbee2mqtt/z1");
     assert_eq!(topic("z2"), "zigbee2mqtt/Kitchen Valve");
     assert_eq!(topic("t1"), "custom/siren/state");
-    assert_eq!(c.device("z2").expect("device").command_topic(), "zigbee2mqtt/Kitchen Valve/set");
-    assert_eq!(c.device("t1").expect("device").command_topic(), "custom/siren/set");
-    assert_eq!(c.device_by_topic("zigbee2mqtt/z1").map(|d| d.id.as_str()), Some("z1"));
-    assert_eq!((c.device("n1").expect("d").heartbeat_s(), c.device("t1").expect("d").heartbeat_s()), (300, 60));
+    assert_eq!(
+        c.device("z2").expect("device").command_topic(),
+        "zigbee2mqtt/Kitchen Valve/set"
+    );
+    assert_eq!(
+        c.device("t1").expect("device").command_topic(),
+        "custom/siren/set"
+    );
+    assert_eq!(
+        c.device_by_topic("zigbee2mqtt/z1").map(|d| d.id.as_str()),
+        Some("z1")
+    );
+    assert_eq!(
+        (
+            c.device("n1").expect("d").heartbeat_s(),
+            c.device("t1").expect("d").heartbeat_s()
+        ),
+        (300, 60)
+    );
 }
 
 #[test]
@@ -219,15 +362,31 @@ fn camera_rules_have_kind_specific_defaults() {
     let lobby = config.camera("cam-b1-lobby").expect("camera");
     let rule = &lobby.rules[0];
     assert_eq!(rule.objects(), ["bicycle", "motorcycle"]);
-    assert_eq!((rule.level(), rule.min_score, rule.min_area), (Level::Orange, 0.5, 0.002));
+    assert_eq!(
+        (rule.level(), rule.min_score, rule.min_area),
+        (Level::Orange, 0.5, 0.002)
+    );
     assert_eq!(lobby.analyse_fps, 5.0);
     assert!(lobby.enabled);
     let shed = config.camera("cam-shed").expect("camera");
-    assert_eq!((shed.rules[0].kind, shed.rules[0].level()), (CameraRuleKind::Intrusion, Level::Orange));
-    assert_eq!((shed.rules[1].dwell_s(), shed.rules[1].level()), (120, Level::Blue));
+    assert_eq!(
+        (shed.rules[0].kind, shed.rules[0].level()),
+        (CameraRuleKind::Intrusion, Level::Orange)
+    );
+    assert_eq!(
+        (shed.rules[1].dwell_s(), shed.rules[1].level()),
+        (120, Level::Blue)
+    );
     assert_eq!(shed.rules[1].objects(), ["person"]);
     let gate = config.camera("cam-kindergarten-gate").expect("camera");
-    assert_eq!((gate.rules[0].min_persons(), gate.rules[0].min_duration_s(), gate.rules[0].level()), (12, 30, Level::Yellow));
+    assert_eq!(
+        (
+            gate.rules[0].min_persons(),
+            gate.rules[0].min_duration_s(),
+            gate.rules[0].level()
+        ),
+        (12, 30, Level::Yellow)
+    );
 }
 
 #[test]
@@ -253,7 +412,11 @@ fn unreadable_file_is_one_error_at_line_one() {
     assert_eq!(errors.len(), 1);
     let e = &errors.0[0];
     assert_eq!((e.line, e.col, e.path.as_str()), (1, 1, ""));
-    assert!(e.to_string().starts_with("/nonexistent/shouwang.toml:1:1: cannot read"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/shouwang.toml:1:1: cannot read"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -38,3 +38,4 @@ pub mod pipeline;
 pub mod publish;
 pub mod rules;
 pub mod shutdown;
+pub mod telemetry;

@@ -82,7 +82,11 @@ pub struct ExternalBroker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Password (shown as `********` when serialized). Not with `password_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
     pub password: Option<String>,
     /// File holding the password (first line). Not with `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

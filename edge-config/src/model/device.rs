@@ -35,7 +35,11 @@ pub struct Device {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Embedded-broker password (shown as `********` when serialized).
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
     pub password: Option<String>,
     /// Per-device overrides of this kind's rule (`[rules.<kind>]`); only
     /// that rule's keys are accepted.
@@ -180,7 +184,6 @@ pub enum PayloadFormat {
 /// `hysteresis_lel_pct`, `low_level`, `high_level`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct Thresholds {
     /// Smoke, heat, water_leak, sos, ebike_battery (warning level).
     #[serde(skip_serializing_if = "Option::is_none")]

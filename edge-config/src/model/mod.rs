@@ -104,7 +104,11 @@ impl Config {
     /// Buildings whose residents are warned of a hazard at `loc`: the
     /// area's `warns` list, or else the building the location is in.
     pub fn warned_buildings(&self, loc: &LocationRef) -> Vec<&Building> {
-        let warns = loc.area.as_deref().and_then(|a| self.area(a)).map(|a| &a.warns);
+        let warns = loc
+            .area
+            .as_deref()
+            .and_then(|a| self.area(a))
+            .map(|a| &a.warns);
         match warns {
             Some(ids) if !ids.is_empty() => ids.iter().filter_map(|id| self.building(id)).collect(),
             _ => self.building_of(loc).into_iter().collect(),

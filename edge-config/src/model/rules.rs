@@ -311,7 +311,10 @@ impl Default for EbikeBatteryRule {
             voltage_drop_pct: 25.0,
             max_charging_h: 8.0,
             theft_window: TimeWindow {
-                from: HhMm { hour: 22, minute: 0 },
+                from: HhMm {
+                    hour: 22,
+                    minute: 0,
+                },
                 to: HhMm { hour: 6, minute: 0 },
             },
             level: Level::Orange,

@@ -29,7 +29,11 @@ pub struct Uplink {
     pub username: Option<String>,
     /// Password (shown as `********` when serialized). Not with
     /// `password_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
     pub password: Option<String>,
     /// File whose first line is the password (relative = against the
     /// config file's directory; must exist). Not with `password`.

@@ -92,7 +92,10 @@ fn check_polygon(points: &[Point], at: KeyPath, p: &mut Problems) {
         }
     }
     if inside && area(points) < 1e-6 {
-        p.push(at, "the polygon has no area (its points are on one line); spread the points out");
+        p.push(
+            at,
+            "the polygon has no area (its points are on one line); spread the points out",
+        );
     }
 }
 
@@ -125,7 +128,10 @@ fn check_rule(cam: &Camera, r: &CameraRule, at: KeyPath, p: &mut Problems) {
     check_rule_keys(r, &at, p);
     if let Some(objects) = &r.objects {
         if objects.is_empty() {
-            p.push(at.key("objects"), "list at least one COCO class, e.g. [\"person\"]");
+            p.push(
+                at.key("objects"),
+                "list at least one COCO class, e.g. [\"person\"]",
+            );
         }
         for (k, o) in objects.iter().enumerate() {
             if !COCO_CLASSES.contains(&o.as_str()) {
@@ -164,7 +170,10 @@ fn check_rule_keys(r: &CameraRule, at: &KeyPath, p: &mut Problems) {
         if set && r.kind != kind {
             p.push(
                 at.key(key),
-                format!("`{key}` only applies to kind = \"{}\"; remove it", kind.as_str()),
+                format!(
+                    "`{key}` only applies to kind = \"{}\"; remove it",
+                    kind.as_str()
+                ),
             );
         }
     }

@@ -22,7 +22,10 @@ pub(super) fn check_broker(config: &Config, p: &mut Problems) {
                 p.file(at.key("tls").key("key"), &tls.key);
             }
             if b.v5_bind.is_some() && b.v5_bind == Some(b.bind_addr()) {
-                p.push(at.key("v5_bind"), "v5_bind is the same address as bind; use another port, e.g. 0.0.0.0:1884");
+                p.push(
+                    at.key("v5_bind"),
+                    "v5_bind is the same address as bind; use another port, e.g. 0.0.0.0:1884",
+                );
             }
         }
         BrokerMode::External => check_external(config, p),
@@ -56,7 +59,10 @@ fn check_external(config: &Config, p: &mut Problems) {
     let at = at.key("external");
     p.not_blank(at.key("host"), &ext.host, "\"192.0.2.10\"");
     if ext.password.is_some() && ext.password_file.is_some() {
-        p.push(at.key("password_file"), "set either `password` or `password_file`, not both");
+        p.push(
+            at.key("password_file"),
+            "set either `password` or `password_file`, not both",
+        );
     } else if let Some(file) = &ext.password_file {
         p.file(at.key("password_file"), file);
     }
@@ -92,7 +98,10 @@ fn check_device(config: &Config, d: &Device, at: &KeyPath, p: &mut Problems) {
                 "friendly_name only applies to format = \"zigbee2mqtt\"; remove it or set the format",
             );
         } else if name.trim().is_empty() || name.contains(['+', '#']) {
-            p.push(at.key("friendly_name"), "write the device's zigbee2mqtt friendly name, without '+' or '#'");
+            p.push(
+                at.key("friendly_name"),
+                "write the device's zigbee2mqtt friendly name, without '+' or '#'",
+            );
         }
     }
     if let Some(hb) = d.heartbeat_s {
@@ -105,12 +114,22 @@ fn check_credentials(config: &Config, d: &Device, at: &KeyPath, p: &mut Problems
     let external = config.broker.mode == BrokerMode::External;
     match (&d.username, &d.password) {
         (Some(_), Some(_)) | (None, None) => {}
-        (Some(_), None) => p.push(at.key("username"), "username without password; add password = \"…\""),
-        (None, Some(_)) => p.push(at.key("password"), "password without username; add username = \"…\""),
+        (Some(_), None) => p.push(
+            at.key("username"),
+            "username without password; add password = \"…\"",
+        ),
+        (None, Some(_)) => p.push(
+            at.key("password"),
+            "password without username; add username = \"…\"",
+        ),
     }
     let has_any = d.username.is_some() || d.password.is_some();
     if external && has_any {
-        let key = if d.username.is_some() { "username" } else { "password" };
+        let key = if d.username.is_some() {
+            "username"
+        } else {
+            "password"
+        };
         p.push(
             at.key(key),
             "device credentials are for the embedded broker; remove them (mode = \"external\") or use the embedded broker",
@@ -132,7 +151,11 @@ fn check_topics_unique(config: &Config, p: &mut Problems) {
             if *other == d.id && d.topic.is_none() {
                 continue; // reported as a duplicate id
             }
-            let key = if d.topic.is_some() { at.key("topic") } else { at.key("id") };
+            let key = if d.topic.is_some() {
+                at.key("topic")
+            } else {
+                at.key("id")
+            };
             p.push(
                 key,
                 format!(

@@ -40,23 +40,40 @@ impl Problems {
     }
 
     /// `lo <= value <= hi` (also rejects NaN).
-    pub(crate) fn range<T: PartialOrd + Display + Copy>(&mut self, at: KeyPath, value: T, lo: T, hi: T) {
+    pub(crate) fn range<T: PartialOrd + Display + Copy>(
+        &mut self,
+        at: KeyPath,
+        value: T,
+        lo: T,
+        hi: T,
+    ) {
         if !(lo <= value && value <= hi) {
-            self.push(at, format!("{value} is out of range: use a value from {lo} to {hi}"));
+            self.push(
+                at,
+                format!("{value} is out of range: use a value from {lo} to {hi}"),
+            );
         }
     }
 
     /// `0 < value <= hi` (also rejects NaN).
     pub(crate) fn positive(&mut self, at: KeyPath, value: f64, hi: f64) {
         if !(value > 0.0 && value <= hi) {
-            self.push(at, format!("{value} is out of range: use a value above 0 and at most {hi}"));
+            self.push(
+                at,
+                format!("{value} is out of range: use a value above 0 and at most {hi}"),
+            );
         }
     }
 
     /// `lo <= value < hi` (also rejects NaN).
     pub(crate) fn below(&mut self, at: KeyPath, value: f64, lo: f64, hi: f64) {
         if !(lo <= value && value < hi) {
-            self.push(at, format!("{value} is out of range: use a value from {lo} up to (not including) {hi}"));
+            self.push(
+                at,
+                format!(
+                    "{value} is out of range: use a value from {lo} up to (not including) {hi}"
+                ),
+            );
         }
     }
 
@@ -68,13 +85,17 @@ impl Problems {
     }
 
     /// Report every repeat of an id after its first use.
-    pub(crate) fn unique<'a>(&mut self, what: &str, items: impl IntoIterator<Item = (KeyPath, &'a str)>) {
+    pub(crate) fn unique<'a>(
+        &mut self,
+        what: &str,
+        items: impl IntoIterator<Item = (KeyPath, &'a str)>,
+    ) {
         let mut first: HashMap<&str, KeyPath> = HashMap::new();
         for (at, id) in items {
             match first.get(id) {
                 Some(prev) => self.push(
                     at,
-                    format!("duplicate {what} \"{id}\" (already used at {prev}); give each {what} its own"),
+                    format!("duplicate {what} \"{id}\" (already used at {prev}); each {what} must be unique"),
                 ),
                 None => {
                     first.insert(id, at);
@@ -107,10 +128,14 @@ impl Problems {
 /// Why `id` is not a valid id, if it is not.
 pub fn id_problem(id: &str) -> Option<String> {
     if id.is_empty() {
-        return Some("id must not be empty; use lowercase letters, digits, '-' and '_'".to_string());
+        return Some(
+            "id must not be empty; use lowercase letters, digits, '-' and '_'".to_string(),
+        );
     }
     if id.len() > 64 {
-        return Some(format!("id \"{id}\" is longer than 64 characters; shorten it"));
+        return Some(format!(
+            "id \"{id}\" is longer than 64 characters; shorten it"
+        ));
     }
     let bad: String = id
         .chars()
@@ -126,8 +151,11 @@ pub(crate) fn topic_problem(topic: &str) -> Option<String> {
     if topic.is_empty() {
         Some("topic must not be empty".to_string())
     } else if topic.contains(['+', '#', '\0']) {
-        Some(format!("topic \"{topic}\" contains a wildcard ('+' or '#'); write a concrete topic"))
-    } else if topic.starts_with('/') || topic.ends_with('/') || topic.contains(char::is_whitespace) {
+        Some(format!(
+            "topic \"{topic}\" contains a wildcard ('+' or '#'); write a concrete topic"
+        ))
+    } else if topic.starts_with('/') || topic.ends_with('/') || topic.contains(char::is_whitespace)
+    {
         Some(format!(
             "topic \"{topic}\" starts or ends with '/' or contains spaces; write e.g. \"sensors/b1-smoke-01/state\""
         ))

@@ -10,9 +10,16 @@ pub(super) fn check_site(config: &Config, p: &mut Problems) {
     let site = &config.site;
     let at = KeyPath::of("site");
     p.id(at.key("id"), &site.id);
-    p.not_blank(at.key("name"), &site.name, "\"幸福里小区 (Xingfuli compound)\"");
+    p.not_blank(
+        at.key("name"),
+        &site.name,
+        "\"幸福里小区 (Xingfuli compound)\"",
+    );
     if site.timezone.parse::<chrono_tz::Tz>().is_err() {
-        let hint = did_you_mean(&site.timezone, chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()));
+        let hint = did_you_mean(
+            &site.timezone,
+            chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()),
+        );
         p.push(
             at.key("timezone"),
             format!(
@@ -22,12 +29,18 @@ pub(super) fn check_site(config: &Config, p: &mut Problems) {
         );
     }
     if site.languages.is_empty() {
-        p.push(at.key("languages"), "list at least one language, e.g. [\"zh-CN\", \"en\"]");
+        p.push(
+            at.key("languages"),
+            "list at least one language, e.g. [\"zh-CN\", \"en\"]",
+        );
     }
     let mut seen = HashSet::new();
     for (i, lang) in site.languages.iter().enumerate() {
         if !seen.insert(lang) {
-            p.push(at.key("languages").index(i), "language listed twice; remove the repeat");
+            p.push(
+                at.key("languages").index(i),
+                "language listed twice; remove the repeat",
+            );
         }
     }
 }
@@ -49,7 +62,11 @@ pub(super) fn check_locations(config: &Config, p: &mut Problems) {
     for (i, area) in areas.iter().enumerate() {
         let here = at.key("areas").index(i);
         p.id(here.key("id"), &area.id);
-        p.not_blank(here.key("name"), &area.name, "\"1号楼大堂 (Building 1 lobby)\"");
+        p.not_blank(
+            here.key("name"),
+            &area.name,
+            "\"1号楼大堂 (Building 1 lobby)\"",
+        );
         let loc = LocationRef {
             building: area.building.clone(),
             unit: area.unit.clone(),
@@ -60,7 +77,10 @@ pub(super) fn check_locations(config: &Config, p: &mut Problems) {
         if area.building.is_some() {
             check_building_ref(config, &loc, &here, p);
         } else if area.unit.is_some() || area.floor.is_some() {
-            p.push(here.key("building"), "`unit` and `floor` need `building`; add building = \"…\"");
+            p.push(
+                here.key("building"),
+                "`unit` and `floor` need `building`; add building = \"…\"",
+            );
         }
         for (j, b) in area.warns.iter().enumerate() {
             if config.building(b).is_none() {
@@ -178,7 +198,10 @@ fn check_floor(floor: i32, top: u32, b: &Building, at: KeyPath, p: &mut Problems
     let ok = (floor >= 1 && floor as i64 <= i64::from(top))
         || (floor <= -1 && i64::from(-floor) <= i64::from(b.basements));
     if floor == 0 {
-        p.push(at, "there is no floor 0: the ground floor is 1 and the first basement -1");
+        p.push(
+            at,
+            "there is no floor 0: the ground floor is 1 and the first basement -1",
+        );
     } else if !ok {
         let basements = match b.basements {
             0 => String::new(),
@@ -186,7 +209,10 @@ fn check_floor(floor: i32, top: u32, b: &Building, at: KeyPath, p: &mut Problems
         };
         p.push(
             at,
-            format!("floor {floor} does not exist in building \"{}\": use 1 to {top}{basements}", b.id),
+            format!(
+                "floor {floor} does not exist in building \"{}\": use 1 to {top}{basements}",
+                b.id
+            ),
         );
     }
 }

@@ -42,7 +42,10 @@ impl Origin<'_> {
 
 pub(super) fn check_rules(config: &Config, p: &mut Problems) {
     let rules = &config.rules;
-    let base = |k: &str| Origin { base: KeyPath::of("rules").key(k), device: None };
+    let base = |k: &str| Origin {
+        base: KeyPath::of("rules").key(k),
+        device: None,
+    };
     check_gas(&rules.gas, &base("gas"), p);
     check_heat(&rules.heat, &base("heat"), p);
     check_ebike(&rules.ebike_battery, &base("ebike_battery"), p);
@@ -50,7 +53,13 @@ pub(super) fn check_rules(config: &Config, p: &mut Problems) {
     check_timing_and_health(rules, p);
     for (i, d) in config.devices.iter().enumerate() {
         if let Some(t) = &d.thresholds {
-            check_overrides(rules, d, t, KeyPath::of("devices").index(i).key("thresholds"), p);
+            check_overrides(
+                rules,
+                d,
+                t,
+                KeyPath::of("devices").index(i).key("thresholds"),
+                p,
+            );
         }
     }
     for (i, l) in rules.linkage.iter().enumerate() {
@@ -91,7 +100,12 @@ fn check_gas(g: &GasRule, o: &Origin<'_>, p: &mut Problems) {
             ),
         );
     }
-    check_levels(("low_level", g.low_level), ("high_level", g.high_level), o, p);
+    check_levels(
+        ("low_level", g.low_level),
+        ("high_level", g.high_level),
+        o,
+        p,
+    );
 }
 
 fn check_heat(h: &HeatRule, o: &Origin<'_>, p: &mut Problems) {
@@ -109,7 +123,10 @@ fn check_ebike(e: &EbikeBatteryRule, o: &Origin<'_>, p: &mut Problems) {
     if !(e.voltage_drop_pct > 0.0 && e.voltage_drop_pct < 100.0) {
         p.push(
             o.at("voltage_drop_pct"),
-            format!("{} is out of range: use a percentage above 0 and below 100", e.voltage_drop_pct),
+            format!(
+                "{} is out of range: use a percentage above 0 and below 100",
+                e.voltage_drop_pct
+            ),
         );
     }
     p.positive(o.at("max_charging_h"), e.max_charging_h, 48.0);
@@ -118,7 +135,12 @@ fn check_ebike(e: &EbikeBatteryRule, o: &Origin<'_>, p: &mut Problems) {
 
 fn check_water(w: &WaterLeakRule, o: &Origin<'_>, p: &mut Problems) {
     p.range(o.at("escalate_within_min"), w.escalate_within_min, 1, 1440);
-    check_levels(("level", w.level), ("escalate_level", w.escalate_level), o, p);
+    check_levels(
+        ("level", w.level),
+        ("escalate_level", w.escalate_level),
+        o,
+        p,
+    );
 }
 
 fn check_timing_and_health(rules: &Rules, p: &mut Problems) {
@@ -130,7 +152,12 @@ fn check_timing_and_health(rules: &Rules, p: &mut Problems) {
     p.range(at.key("actuator_confirm_s"), t.actuator_confirm_s, 1, 300);
     let d = &rules.device;
     let at = KeyPath::of("rules.device");
-    p.range(at.key("offline_after_heartbeats"), d.offline_after_heartbeats, 1, 100);
+    p.range(
+        at.key("offline_after_heartbeats"),
+        d.offline_after_heartbeats,
+        1,
+        100,
+    );
     p.range(at.key("battery_low_pct"), d.battery_low_pct, 1, 99);
 }
 
@@ -155,7 +182,10 @@ fn check_overrides(rules: &Rules, d: &Device, t: &Thresholds, at: KeyPath, p: &m
             } else {
                 format!("a {} device accepts: {}", d.kind, accepted.join(", "))
             };
-            p.push(at.key(key), format!("`{key}` does not apply to a {} device; {fix}", d.kind));
+            p.push(
+                at.key(key),
+                format!("`{key}` does not apply to a {} device; {fix}", d.kind),
+            );
         }
     }
     let o = Origin {
@@ -177,7 +207,10 @@ fn check_linkage(config: &Config, l: &Linkage, at: KeyPath, p: &mut Problems) {
     if l.targets.is_empty() {
         p.push(
             at.key("targets"),
-            format!("list at least one {want} device; {want} devices: {}", list(fitting.iter().copied())),
+            format!(
+                "list at least one {want} device; {want} devices: {}",
+                list(fitting.iter().copied())
+            ),
         );
     }
     for (j, id) in l.targets.iter().enumerate() {

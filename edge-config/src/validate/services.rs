@@ -27,18 +27,27 @@ pub(super) fn check_uplink(config: &Config, p: &mut Problems) {
     let at = KeyPath::of("uplink");
     p.not_blank(at.key("host"), &up.host, "\"platform.example.org\"");
     if up.port == Some(0) {
-        p.push(at.key("port"), "port 0 is not a valid port; use e.g. 8883 (TLS) or 1883");
+        p.push(
+            at.key("port"),
+            "port 0 is not a valid port; use e.g. 8883 (TLS) or 1883",
+        );
     }
     if let Some(id) = &up.client_id {
         if id.trim().is_empty() || id.contains(['+', '#', '/']) {
-            p.push(at.key("client_id"), "write a client id without '/', '+' or '#', e.g. \"shouwang-sw-demo-001\"");
+            p.push(
+                at.key("client_id"),
+                "write a client id without '/', '+' or '#', e.g. \"shouwang-sw-demo-001\"",
+            );
         }
     }
     check_uplink_tls(up, &at, p);
     check_uplink_auth(up, &at, p);
     let prefix = &up.topic_prefix;
     if let Some(problem) = topic_problem(prefix) {
-        p.push(at.key("topic_prefix"), format!("{problem} (topic_prefix, e.g. \"shouwang\")"));
+        p.push(
+            at.key("topic_prefix"),
+            format!("{problem} (topic_prefix, e.g. \"shouwang\")"),
+        );
     }
     match up.qos {
         1 | 2 => {}
@@ -53,7 +62,12 @@ pub(super) fn check_uplink(config: &Config, p: &mut Problems) {
     let at = at.key("outbox");
     p.range(at.key("max_inflight"), o.max_inflight, 1, 65_535);
     p.range(at.key("batch"), o.batch, 1, 10_000);
-    p.range(at.key("retry_backoff_max_s"), o.retry_backoff_max_s, 1, 3600);
+    p.range(
+        at.key("retry_backoff_max_s"),
+        o.retry_backoff_max_s,
+        1,
+        3600,
+    );
 }
 
 fn check_uplink_tls(up: &Uplink, at: &KeyPath, p: &mut Problems) {
@@ -65,8 +79,14 @@ fn check_uplink_tls(up: &Uplink, at: &KeyPath, p: &mut Problems) {
         }
     }
     match (&tls.cert, &tls.key) {
-        (Some(_), None) => p.push(at.key("cert"), "a client `cert` needs its `key`; add key = \"…\" or remove cert"),
-        (None, Some(_)) => p.push(at.key("key"), "a client `key` needs its `cert`; add cert = \"…\" or remove key"),
+        (Some(_), None) => p.push(
+            at.key("cert"),
+            "a client `cert` needs its `key`; add key = \"…\" or remove cert",
+        ),
+        (None, Some(_)) => p.push(
+            at.key("key"),
+            "a client `key` needs its `cert`; add cert = \"…\" or remove key",
+        ),
         _ => {}
     }
 }
@@ -82,21 +102,38 @@ fn check_uplink_auth(up: &Uplink, at: &KeyPath, p: &mut Problems) {
         p.file(at.key("password_file"), file);
     }
     if has_password && up.username.is_none() {
-        p.push(at.key("username"), "a password needs a username; add username = \"…\"");
+        p.push(
+            at.key("username"),
+            "a password needs a username; add username = \"…\"",
+        );
     }
 }
 
 pub(super) fn check_console(config: &Config, p: &mut Problems) {
     let c = &config.console;
     let at = KeyPath::of("console");
-    p.range(at.key("session_timeout_min"), c.session_timeout_min, 5, 10_080);
-    p.range(at.key("lockout_after_failures"), c.lockout_after_failures, 1, 100);
+    p.range(
+        at.key("session_timeout_min"),
+        c.session_timeout_min,
+        5,
+        10_080,
+    );
+    p.range(
+        at.key("lockout_after_failures"),
+        c.lockout_after_failures,
+        1,
+        100,
+    );
     for (i, s) in c.staff.iter().enumerate() {
         let here = at.key("staff").index(i);
         if let Some(problem) = username_problem(&s.username) {
             p.push(here.key("username"), problem);
         }
-        p.not_blank(here.key("display_name"), &s.display_name, "\"值班员 (Duty officer)\"");
+        p.not_blank(
+            here.key("display_name"),
+            &s.display_name,
+            "\"值班员 (Duty officer)\"",
+        );
         if let Err(problem) = check_phc(&s.password_hash) {
             p.push(
                 here.key("password_hash"),
@@ -108,10 +145,12 @@ pub(super) fn check_console(config: &Config, p: &mut Problems) {
     }
     p.unique(
         "staff username",
-        c.staff
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (at.key("staff").index(i).key("username"), s.username.as_str())),
+        c.staff.iter().enumerate().map(|(i, s)| {
+            (
+                at.key("staff").index(i).key("username"),
+                s.username.as_str(),
+            )
+        }),
     );
 }
 
@@ -192,10 +231,19 @@ pub(super) fn check_storage(config: &Config, p: &mut Problems) {
     let s = &config.storage;
     let at = KeyPath::of("storage");
     if s.data_dir.as_os_str().is_empty() {
-        p.push(at.key("data_dir"), "data_dir must not be empty; e.g. \"/var/lib/shouwang\"");
+        p.push(
+            at.key("data_dir"),
+            "data_dir must not be empty; e.g. \"/var/lib/shouwang\"",
+        );
     }
     if s.quota_mb < 16 {
-        p.push(at.key("quota_mb"), format!("quota_mb {} is too small; use at least 16 (default 1024)", s.quota_mb));
+        p.push(
+            at.key("quota_mb"),
+            format!(
+                "quota_mb {} is too small; use at least 16 (default 1024)",
+                s.quota_mb
+            ),
+        );
     }
 }
 
@@ -213,7 +261,10 @@ mod tests {
     fn bcrypt_and_truncated_hashes_are_rejected() {
         assert!(check_phc("$2b$12$abcdefghijklmnopqrstuv").is_err());
         assert!(check_phc("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ").is_err());
-        assert!(check_phc("$argon2id$v=19$m=19456,t=2$c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZaTelU1nfxz3/8Q").is_err());
+        assert!(check_phc(
+            "$argon2id$v=19$m=19456,t=2$c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZaTelU1nfxz3/8Q"
+        )
+        .is_err());
         assert!(check_phc("plaintext").is_err());
     }
 }
