@@ -44,6 +44,7 @@ pub enum DaemonError {
 
 /// Runs the gateway until SIGINT/SIGTERM.
 pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
+    let mut signals = shutdown::Signals::new().map_err(DaemonError::Signal)?;
     let _lock = lock_data_dir(&options.data_dir)?;
     let db_path = options.data_dir.join(db::FILE_NAME);
     let conn = db::open(&db_path)?;
@@ -62,7 +63,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
         "gateway ready"
     );
 
-    let signal = shutdown::signal().await.map_err(DaemonError::Signal)?;
+    let signal = signals.recv().await;
     tracing::info!(signal, "shutting down");
     // Staff-action senders must go too, or the alert task would wait for them forever.
     let Running { broker, alert_inputs, events, .. } = running;

@@ -52,6 +52,18 @@ pub fn write_config(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
+/// A copy of the demo configuration in `dir` with every listener on a free loopback port,
+/// so tests can run the demo compound side by side.
+pub fn demo_config_on_free_ports(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(demo_config()).expect("read demo.toml");
+    let text = text
+        .replace("\"0.0.0.0:1883\"", "\"127.0.0.1:0\"")
+        .replace("\"127.0.0.1:8080\"", "\"127.0.0.1:0\"");
+    let path = dir.join("demo.toml");
+    std::fs::write(&path, text).expect("write demo copy");
+    path
+}
+
 /// A gateway running as a child process with JSON logs captured line by line.
 pub struct Gateway {
     child: Child,

@@ -3,12 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{demo_config, Gateway};
+use e2e::{demo_config_on_free_ports, Gateway};
 
 #[test]
 fn gateway_starts_logs_readiness_and_exits_cleanly_within_5s_of_sigterm() {
     let data = tempfile::tempdir().unwrap();
-    let mut gw = Gateway::start(&demo_config(), data.path());
+    let config = demo_config_on_free_ports(data.path());
+    let mut gw = Gateway::start(&config, &data.path().join("data"));
     let ready = gw.wait_for_message("gateway ready", Duration::from_secs(30));
     assert_eq!(ready["site"], "sw-demo-001");
 
@@ -24,13 +25,14 @@ fn gateway_starts_logs_readiness_and_exits_cleanly_within_5s_of_sigterm() {
         "no clean-stop line; log:\n{}",
         gw.seen.join("\n")
     );
-    assert!(data.path().join("shouwang.db").exists());
+    assert!(data.path().join("data/shouwang.db").exists());
 }
 
 #[test]
 fn sigint_stops_the_gateway_as_cleanly_as_sigterm() {
     let data = tempfile::tempdir().unwrap();
-    let mut gw = Gateway::start(&demo_config(), data.path());
+    let config = demo_config_on_free_ports(data.path());
+    let mut gw = Gateway::start(&config, &data.path().join("data"));
     gw.wait_for_message("gateway ready", Duration::from_secs(30));
     gw.signal(libc::SIGINT);
     let status = gw.wait_exit(Duration::from_secs(5)).expect("still running");
@@ -40,9 +42,10 @@ fn sigint_stops_the_gateway_as_cleanly_as_sigterm() {
 #[test]
 fn two_gateways_cannot_share_one_data_directory() {
     let data = tempfile::tempdir().unwrap();
-    let mut first = Gateway::start(&demo_config(), data.path());
+    let config = demo_config_on_free_ports(data.path());
+    let mut first = Gateway::start(&config, data.path());
     first.wait_for_message("gateway ready", Duration::from_secs(30));
-    let mut second = Gateway::start(&demo_config(), data.path());
+    let mut second = Gateway::start(&config, data.path());
     let status = second
         .wait_exit(Duration::from_secs(10))
         .expect("second gateway should refuse to start");
