@@ -26,11 +26,14 @@ use crate::ingest::{self, Ingest, IngestStats};
 use crate::rules::{Engine, Reading};
 use crate::shutdown::{Lifecycle as Stages, Stage};
 use crate::publish;
+use crate::telemetry::{self, TelemetryError, TelemetryStats};
 
 /// Readings waiting for the rules.
 const READINGS_CAPACITY: usize = 4096;
 /// Rule edges and staff actions waiting for the alert task.
 const ALERT_INPUT_CAPACITY: usize = 1024;
+/// Readings waiting for the telemetry writer (it commits up to 1000 per transaction).
+const TELEMETRY_CAPACITY: usize = 16_384;
 /// Committed alert events waiting for publishers (console, residents, local MQTT).
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -41,6 +44,8 @@ pub enum PipelineError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Store(#[from] crate::alerts::store::StoreError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
     #[error("external broker: {0}")]
     External(String),
 }
@@ -52,6 +57,7 @@ pub struct Running {
     /// Where sensors connect (the embedded broker's real address).
     pub broker_addr: Option<SocketAddr>,
     pub ingest_stats: Arc<IngestStats>,
+    pub telemetry_stats: Arc<TelemetryStats>,
     pub alert_inputs: mpsc::Sender<AlertInput>,
     pub events: broadcast::Sender<crate::alerts::Alert>,
 }
@@ -75,8 +81,22 @@ pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Run
     stages.spawn_blocking(Stage::Processing, move |_token| {
         alert_task::run(lifecycle, input_rx, published)
     });
+    let telemetry_stats = Arc::new(TelemetryStats::default());
+    let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_CAPACITY);
+    let telemetry_conn = telemetry::open(db_path)?;
+    let writer_stats = telemetry_stats.clone();
+    stages.spawn_blocking(Stage::Processing, move |_token| {
+        telemetry::run(telemetry_conn, telemetry_rx, writer_stats)
+    });
     let rules_inputs = input_tx.clone();
-    stages.spawn(Stage::Processing, move |_token| run_rules(engine, reading_rx, rules_inputs));
+    let to_telemetry = TelemetrySink {
+        tx: telemetry_tx,
+        stats: telemetry_stats.clone(),
+        config: config.clone(),
+    };
+    stages.spawn(Stage::Processing, move |_token| {
+        run_rules(engine, reading_rx, rules_inputs, to_telemetry)
+    });
     let (pub_client, pub_loop) = client(&options, &format!("shouwang-{}-publisher", config.site.id));
     let events_rx = events_tx.subscribe();
     stages.spawn(Stage::Processing, move |token| async move {
@@ -103,6 +123,7 @@ pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Run
         broker,
         broker_addr,
         ingest_stats,
+        telemetry_stats,
         alert_inputs: input_tx,
         events: events_tx,
     })
@@ -110,13 +131,21 @@ pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Run
 
 /// The rules stage: applies readings, ticks once a second, forwards edges to the alert task.
 /// Ends when ingest has stopped (its sender dropped) — after draining every reading.
-async fn run_rules(mut engine: Engine, mut readings: mpsc::Receiver<Reading>, out: mpsc::Sender<AlertInput>) {
+async fn run_rules(
+    mut engine: Engine,
+    mut readings: mpsc::Receiver<Reading>,
+    out: mpsc::Sender<AlertInput>,
+    telemetry: TelemetrySink,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let signals = tokio::select! {
             reading = readings.recv() => match reading {
-                Some(r) => engine.on_reading(&r),
+                Some(r) => {
+                    telemetry.offer(&r);
+                    engine.on_reading(&r)
+                }
                 None => break,
             },
             _ = tick.tick() => {
@@ -132,6 +161,25 @@ async fn run_rules(mut engine: Engine, mut readings: mpsc::Receiver<Reading>, ou
         }
     }
     tracing::info!("rules stopped");
+}
+
+/// The rules stage's hand-over to the telemetry writer: never waits.
+struct TelemetrySink {
+    tx: mpsc::Sender<telemetry::Record>,
+    stats: Arc<TelemetryStats>,
+    config: Arc<Config>,
+}
+
+impl TelemetrySink {
+    fn offer(&self, r: &Reading) {
+        let Some(device) = self.config.devices.get(r.device) else {
+            return;
+        };
+        let record = telemetry::Record::new(&self.config.site.id, &device.id, r);
+        if self.tx.try_send(record).is_err() {
+            self.stats.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 fn restore_conditions(config: &Config, engine: &mut Engine, active: &[crate::alerts::Alert]) {

@@ -151,6 +151,16 @@ async fn smoke_alarm_raises_one_red_alert_at_its_location_and_clears_when_the_sm
     let events = stored_events(&site.data, "smoke");
     let names: Vec<_> = events.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(names, ["raised", "resolved"]);
+    // Every accepted reading is durable as telemetry (4 readings from this sensor).
+    let telemetry: i64 = rusqlite::Connection::open(site.data.join("shouwang.db"))
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM outbox WHERE stream = 1 AND json_extract(payload, '$.device') = 'b1-smoke'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(telemetry, 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]
