@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::alerts::task::{self as alert_task, AlertInput};
+use crate::alerts::linkage::Command;
 use crate::alerts::{AlertStore, Lifecycle, Source};
 use crate::broker::{self, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles};
 use crate::ingest::{self, Ingest, IngestStats};
@@ -32,6 +33,8 @@ use crate::telemetry::{self, TelemetryError, TelemetryStats};
 const READINGS_CAPACITY: usize = 4096;
 /// Rule edges and staff actions waiting for the alert task.
 const ALERT_INPUT_CAPACITY: usize = 1024;
+/// Actuator commands waiting to be published.
+const COMMANDS_CAPACITY: usize = 256;
 /// Readings waiting for the telemetry writer (it commits up to 1000 per transaction).
 const TELEMETRY_CAPACITY: usize = 16_384;
 /// Committed alert events waiting for publishers (console, residents, local MQTT).
@@ -67,7 +70,9 @@ pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Run
     let (broker, options) = connect(&config)?;
     let broker_addr = broker.as_ref().map(EmbeddedBroker::local_addr);
 
-    let lifecycle = Lifecycle::new(config.clone(), AlertStore::open(db_path)?)?;
+    let mut lifecycle = Lifecycle::new(config.clone(), AlertStore::open(db_path)?)?;
+    let (command_tx, command_rx) = mpsc::channel::<Command>(COMMANDS_CAPACITY);
+    lifecycle.set_command_sink(command_tx);
     let mut engine = Engine::new(config.clone(), Instant::now());
     let republish: Vec<_> = lifecycle.active().cloned().collect();
     restore_conditions(&config, &mut engine, &republish);
@@ -99,7 +104,8 @@ pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Run
     });
     let (pub_client, pub_loop) = client(&options, &format!("shouwang-{}-publisher", config.site.id));
     let events_rx = events_tx.subscribe();
-    stages.spawn(Stage::Processing, move |token| async move {
+    stages.spawn(Stage::Processing, move |_token| async move {
+        let token = tokio_util::sync::CancellationToken::new();
         let driver = tokio::spawn(drive(pub_loop, token.clone()));
         for alert in &republish {
             let _ = publish::publish(&pub_client, alert).await;
@@ -110,6 +116,9 @@ pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Run
         token.cancel();
         let _ = driver.await;
     });
+
+    let (cmd_client, cmd_loop) = client(&options, &format!("shouwang-{}-actuators", config.site.id));
+    stages.spawn(Stage::Processing, move |_token| run_commands(cmd_client, cmd_loop, command_rx));
 
     // Inputs: ingest.
     let ingest = Ingest::new(config.clone());
@@ -144,6 +153,9 @@ async fn run_rules(
             reading = readings.recv() => match reading {
                 Some(r) => {
                     telemetry.offer(&r);
+                    if let Some(state) = telemetry.actuator_state(&r) {
+                        if out.send(state).await.is_err() { break; }
+                    }
                     engine.on_reading(&r)
                 }
                 None => break,
@@ -163,6 +175,25 @@ async fn run_rules(
     tracing::info!("rules stopped");
 }
 
+/// Publishes actuator commands (QoS 1) until the alert task is gone.
+async fn run_commands(
+    client: AsyncClient,
+    events: EventLoop,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let driver_token = tokio_util::sync::CancellationToken::new();
+    let driver = tokio::spawn(drive(events, driver_token.clone()));
+    while let Some(c) = commands.recv().await {
+        tracing::info!(topic = %c.topic, "actuator command");
+        if let Err(e) = client.publish(&c.topic, rumqttc::QoS::AtLeastOnce, false, c.payload).await {
+            tracing::error!(error = %e, "actuator command publish failed");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    driver_token.cancel();
+    let _ = driver.await;
+}
+
 /// The rules stage's hand-over to the telemetry writer: never waits.
 struct TelemetrySink {
     tx: mpsc::Sender<telemetry::Record>,
@@ -171,6 +202,16 @@ struct TelemetrySink {
 }
 
 impl TelemetrySink {
+    /// An actuator's state report, as an input for the alert task (linkage confirmation).
+    fn actuator_state(&self, r: &Reading) -> Option<AlertInput> {
+        let device = self.config.devices.get(r.device)?;
+        let state = r.decoded.values.state.clone()?;
+        device.kind.is_actuator().then(|| AlertInput::ActuatorState {
+            device: device.id.clone(),
+            state,
+        })
+    }
+
     fn offer(&self, r: &Reading) {
         let Some(device) = self.config.devices.get(r.device) else {
             return;

@@ -364,3 +364,65 @@ async fn active_alerts_survive_a_restart_are_republished_and_still_escalate() {
     assert_eq!(escalated[0]["id"], id);
     assert_eq!(escalated[0]["state"], "escalated");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gas_alarm_closes_the_valve_and_the_confirmation_or_its_absence_is_recorded() {
+    let site = start(
+        r#"
+[[devices]]
+id = "b2-u3-valve"
+kind = "valve"
+location = { building = "b2", unit = "u3", floor = 5 }
+[[devices]]
+id = "b2-siren"
+kind = "siren"
+location = { building = "b2" }
+[[rules.linkage]]
+on = "gas"
+min_level = "orange"
+action = "close_valve"
+targets = ["b2-u3-valve"]
+[[rules.linkage]]
+on = "gas"
+min_level = "red"
+action = "sound_siren"
+targets = ["b2-siren"]
+"#,
+    );
+    // rules.timing.actuator_confirm_s is left at its default (10 s) for the siren.
+    let mut w = watcher(site.broker, "w-linkage").await;
+    let mut valve = Mqtt::connect(site.broker, "b2-u3-valve").await;
+    valve.subscribe("sensors/b2-u3-valve/set").await;
+    let sensor = Mqtt::connect(site.broker, "b2-u3-gas").await;
+    sensor.publish("sensors/b2-u3-gas/state", r#"{"gas_lel_pct":30}"#).await;
+
+    let raised = w.collect(1, WAIT, is("gas", "raised")).await;
+    assert_eq!(raised.len(), 1);
+    let actions = raised[0]["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 2, "valve and siren actions recorded pending: {actions:?}");
+    assert!(actions.iter().all(|a| a["outcome"] == "pending"));
+
+    let command = valve.next(WAIT).await.expect("valve receives a command");
+    assert_eq!(command.json()["command"], "close");
+    assert_eq!(command.json()["alert_id"], raised[0]["id"]);
+    valve.publish("sensors/b2-u3-valve/state", r#"{"state":"closed"}"#).await;
+
+    let confirmed = w
+        .collect(1, WAIT, |v| {
+            v["kind"] == "gas"
+                && v["actions"].as_array().is_some_and(|a| {
+                    a.iter().any(|x| x["target"] == "b2-u3-valve" && x["outcome"] == "confirmed")
+                })
+        })
+        .await;
+    assert_eq!(confirmed.len(), 1, "valve confirmation recorded on the alert");
+    let timed_out = w
+        .collect(1, Duration::from_secs(15), |v| {
+            v["kind"] == "gas"
+                && v["actions"].as_array().is_some_and(|a| {
+                    a.iter().any(|x| x["target"] == "b2-siren" && x["outcome"] == "timed_out")
+                })
+        })
+        .await;
+    assert_eq!(timed_out.len(), 1, "the silent siren is recorded as timed out");
+}

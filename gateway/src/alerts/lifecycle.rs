@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use edge_config::{AlertKind, Config, Level};
 
+use super::linkage::{self, Command};
 use super::messages;
 use super::model::{Alert, AlertState, EventKind, Location, Source};
 use super::store::{AlertStore, StoreError};
@@ -39,14 +40,21 @@ pub struct Lifecycle {
     /// `alerts_one_active` index, so a signal needs no query.
     active: HashMap<(String, AlertKind), Alert>,
     escalate_after: chrono::Duration,
+    actuator_timeout: chrono::Duration,
+    /// Where actuator commands go once their intent is committed. Bounded and never waited
+    /// on: if it is full the action stays `pending`, times out and is shown as such.
+    commands: Option<tokio::sync::mpsc::Sender<Command>>,
 }
 
 impl Lifecycle {
     /// Wraps a store and reloads its active alerts.
     pub fn new(config: Arc<Config>, store: AlertStore) -> Result<Self, StoreError> {
         let escalate = Duration::from_secs(config.rules.timing.escalate_after_s.into());
+        let confirm = chrono::Duration::seconds(config.rules.timing.actuator_confirm_s.into());
         let mut me = Lifecycle {
             escalate_after: chrono::Duration::from_std(escalate).unwrap_or(chrono::Duration::MAX),
+            actuator_timeout: confirm,
+            commands: None,
             config,
             store,
             active: HashMap::new(),
@@ -55,6 +63,11 @@ impl Lifecycle {
             me.active.insert((alert.source.key(), alert.kind), alert);
         }
         Ok(me)
+    }
+
+    /// Sends actuator commands (linkage) to `sink` from now on.
+    pub fn set_command_sink(&mut self, sink: tokio::sync::mpsc::Sender<Command>) {
+        self.commands = Some(sink);
     }
 
     /// The active alerts (e.g. to restore rule conditions and republish after a restart).
@@ -94,6 +107,7 @@ impl Lifecycle {
     ) -> Result<Alert, StoreError> {
         let key = (source.key(), kind);
         let now = timestamp(at);
+        let previous_level = self.active.get(&key).map(|a| a.level);
         let (mut alert, event) = match self.active.get(&key) {
             Some(current) => {
                 let mut a = current.clone();
@@ -108,9 +122,67 @@ impl Lifecycle {
             }
             None => (self.new_alert(source, location, kind, level, readings, now), EventKind::Raised),
         };
+        let commands = if previous_level.is_none_or(|p| level > p) {
+            linkage::plan(&self.config, &mut alert, at)
+        } else {
+            Vec::new()
+        };
         self.store.record(&mut alert, event)?;
         self.active.insert(key, alert.clone());
+        self.send(commands);
         Ok(alert)
+    }
+
+    fn send(&self, commands: Vec<Command>) {
+        let Some(sink) = &self.commands else {
+            return;
+        };
+        for c in commands {
+            if let Err(e) = sink.try_send(c) {
+                tracing::error!(error = %e, "actuator command not sent; the action will time out");
+            }
+        }
+    }
+
+    /// An actuator reported its state: confirms matching pending actions.
+    pub fn on_actuator_state(&mut self, device: &str, state: &str, at: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
+        let keys: Vec<_> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.actions.iter().any(|x| x.target == device && x.outcome == linkage::PENDING))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for key in keys {
+            let mut alert = self.active[&key].clone();
+            if linkage::confirm(&mut alert, device, state, at) {
+                alert.updated_at = timestamp(at);
+                self.store.record(&mut alert, EventKind::Updated)?;
+                self.active.insert(key, alert.clone());
+                out.push(alert);
+            }
+        }
+        Ok(out)
+    }
+
+    fn expire_actions(&mut self, at: DateTime<Utc>, out: &mut Vec<Alert>) -> Result<(), StoreError> {
+        let keys: Vec<_> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.actions.iter().any(|x| x.outcome == linkage::PENDING))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let mut alert = self.active[&key].clone();
+            if linkage::expire(&mut alert, self.actuator_timeout, at) {
+                tracing::warn!(id = %alert.id, "actuator did not confirm in time");
+                alert.updated_at = timestamp(at);
+                self.store.record(&mut alert, EventKind::Updated)?;
+                self.active.insert(key, alert.clone());
+                out.push(alert);
+            }
+        }
+        Ok(())
     }
 
     fn new_alert(
@@ -223,6 +295,7 @@ impl Lifecycle {
             self.active.insert(key, alert.clone());
             out.push(alert);
         }
+        self.expire_actions(at, &mut out)?;
         Ok(out)
     }
 }

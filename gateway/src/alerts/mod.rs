@@ -2,6 +2,7 @@
 //! outbox ([`store`]) and its lifecycle ([`lifecycle`]).
 
 pub mod lifecycle;
+pub mod linkage;
 pub mod messages;
 pub mod model;
 pub mod store;

@@ -6,7 +6,8 @@ use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::lifecycle::{Lifecycle, LifecycleError};
-use super::model::Alert;
+use super::model::{Alert, Location, Source};
+use edge_config::{AlertKind, Level};
 use crate::rules::Signal;
 
 /// What the alert task is asked to do.
@@ -28,6 +29,19 @@ pub enum AlertInput {
         by: String,
         reply: oneshot::Sender<Result<Alert, String>>,
     },
+    /// A gateway-originated condition (e.g. `buffer_full` from the uplink): raise it, or
+    /// update the active alert of the same (source, kind).
+    Raise {
+        source: Source,
+        location: Location,
+        kind: AlertKind,
+        level: Level,
+        readings: serde_json::Value,
+    },
+    /// A gateway-originated condition is over: resolve its active alert, if any.
+    ResolveSource { source: Source, kind: AlertKind, by: String },
+    /// An actuator reported its state (confirms linkage actions).
+    ActuatorState { device: String, state: String },
 }
 
 /// Runs until `inputs` is closed. Every committed alert event is sent on `published`.
@@ -44,6 +58,17 @@ pub fn run(mut lifecycle: Lifecycle, mut inputs: mpsc::Receiver<AlertInput>, pub
                 answer(lifecycle.acknowledge(&id, &by, at), reply)
             }
             AlertInput::Resolve { id, by, reply } => answer(lifecycle.resolve(&id, &by, at), reply),
+            AlertInput::Raise { source, location, kind, level, readings } => lifecycle
+                .raise_or_update(source, location, kind, level, readings, at)
+                .map(|a| vec![a])
+                .map_err(|e| e.to_string()),
+            AlertInput::ResolveSource { source, kind, by } => lifecycle
+                .resolve_source(&source, kind, &by, at)
+                .map(|a| a.into_iter().collect())
+                .map_err(|e| e.to_string()),
+            AlertInput::ActuatorState { device, state } => lifecycle
+                .on_actuator_state(&device, &state, at)
+                .map_err(|e| e.to_string()),
         };
         match committed {
             Ok(alerts) => {

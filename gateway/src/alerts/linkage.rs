@@ -1,0 +1,122 @@
+//! Linkage: alerts drive actuators (close a gas valve, sound a siren, play a PA message).
+//!
+//! When an alert is raised or its level rises, every `[[rules.linkage]]` that matches its
+//! kind and level adds one [`ActionRecord`] per target to the alert, `pending`, in the same
+//! transaction that records the alert — so the intent is durable before the command is
+//! sent. The command is then published on the actuator's command topic. The actuator's
+//! state report (`{"state":"closed"}` …) confirms the action; no confirmation within
+//! `rules.timing.actuator_confirm_s` marks it `timed_out`. Both outcomes are recorded on the
+//! alert (an `updated` event) so staff and the platform see whether the valve really closed.
+//!
+//! Command payloads (JSON on `Device::command_topic()`):
+//!
+//! | action | native | zigbee2mqtt |
+//! |---|---|---|
+//! | `close_valve` | `{"command":"close","alert_id":…}` | `{"state":"OFF"}` |
+//! | `sound_siren` | `{"command":"on","alert_id":…}` | `{"warning":{"mode":"emergency","duration":600}}` |
+//! | `play_pa` | `{"command":"play","alert_id":…,"message":{"zh-CN":…,"en":…}}` | (not supported: PA speakers are native) |
+
+use chrono::{DateTime, Utc};
+use edge_config::{Config, Device, LinkageAction, PayloadFormat};
+use serde_json::json;
+
+use super::lifecycle::timestamp;
+use super::model::{ActionRecord, Alert};
+
+/// A command to publish to an actuator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+pub const PENDING: &str = "pending";
+pub const CONFIRMED: &str = "confirmed";
+pub const TIMED_OUT: &str = "timed_out";
+
+/// Adds pending actions for every matching linkage target not yet actioned on this alert;
+/// returns the commands to send.
+pub fn plan(config: &Config, alert: &mut Alert, at: DateTime<Utc>) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for linkage in config.rules.linkages_for(alert.kind, alert.level) {
+        for target in &linkage.targets {
+            let action = linkage.action.as_str();
+            if alert.actions.iter().any(|a| a.action == action && &a.target == target) {
+                continue;
+            }
+            let Some(device) = config.device(target) else {
+                continue;
+            };
+            let message = linkage.message.clone();
+            commands.push(command(device, linkage.action, alert, message.as_deref()));
+            alert.actions.push(ActionRecord {
+                action: action.to_owned(),
+                target: target.clone(),
+                sent_at: timestamp(at),
+                outcome: PENDING.to_owned(),
+                confirmed_at: None,
+            });
+        }
+    }
+    commands
+}
+
+fn command(device: &Device, action: LinkageAction, alert: &Alert, message: Option<&str>) -> Command {
+    let payload = match (device.format, action) {
+        (PayloadFormat::Zigbee2mqtt, LinkageAction::CloseValve) => json!({"state": "OFF"}),
+        (PayloadFormat::Zigbee2mqtt, LinkageAction::SoundSiren) => {
+            json!({"warning": {"mode": "emergency", "duration": 600}})
+        }
+        (_, LinkageAction::CloseValve) => json!({"command": "close", "alert_id": alert.id}),
+        (_, LinkageAction::SoundSiren) => json!({"command": "on", "alert_id": alert.id}),
+        (_, LinkageAction::PlayPa) => {
+            let text = match message {
+                Some(m) => json!({"zh-CN": m, "en": m}),
+                None => json!({"zh-CN": format!("{} {}", alert.message.zh_cn, alert.advice.zh_cn),
+                               "en": format!("{} {}", alert.message.en, alert.advice.en)}),
+            };
+            json!({"command": "play", "alert_id": alert.id, "message": text})
+        }
+    };
+    Command {
+        topic: device.command_topic(),
+        payload: payload.to_string().into_bytes(),
+    }
+}
+
+/// Whether an actuator state report confirms an action.
+pub fn confirms(action: &str, state: &str) -> bool {
+    let state = state.to_ascii_lowercase();
+    match action {
+        "close_valve" => matches!(state.as_str(), "closed" | "close" | "off"),
+        "sound_siren" => matches!(state.as_str(), "on" | "sounding" | "alarm"),
+        "play_pa" => matches!(state.as_str(), "playing" | "played" | "on"),
+        _ => false,
+    }
+}
+
+/// Marks pending actions on `target` confirmed by `state`; true if any changed.
+pub fn confirm(alert: &mut Alert, target: &str, state: &str, at: DateTime<Utc>) -> bool {
+    let mut changed = false;
+    for a in alert.actions.iter_mut().filter(|a| a.target == target && a.outcome == PENDING) {
+        if confirms(&a.action, state) {
+            a.outcome = CONFIRMED.to_owned();
+            a.confirmed_at = Some(timestamp(at));
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Marks pending actions older than `timeout` timed out; true if any changed.
+pub fn expire(alert: &mut Alert, timeout: chrono::Duration, at: DateTime<Utc>) -> bool {
+    let mut changed = false;
+    for a in alert.actions.iter_mut().filter(|a| a.outcome == PENDING) {
+        let sent = DateTime::parse_from_rfc3339(&a.sent_at).map(|t| t.with_timezone(&Utc));
+        if sent.is_ok_and(|t| at.signed_duration_since(t) >= timeout) {
+            a.outcome = TIMED_OUT.to_owned();
+            changed = true;
+        }
+    }
+    changed
+}
