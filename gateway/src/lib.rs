@@ -23,6 +23,10 @@
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
 //! - [`db`] — the single SQLite (WAL) database shared by alerts and the outbox.
 //! - [`outbox`] — the durable store-and-forward queue; its design is at the top of the module.
+//! - [`video`] — camera pipelines: capture (FFmpeg) → motion → detect (ONNX Runtime) → track
+//!   → zones → evidence, into the same alert lifecycle; `gateway detect` for installers.
+//! - [`uplink`] — store-and-forward to the platform's MQTT broker: TLS, backoff, in-flight
+//!   window, quota and `buffer_full`, status (`status_report`); design at the top of the module.
 //!
 //! Configuration types, parsing and validation live in the `edge-config` crate.
 
@@ -38,4 +42,6 @@ pub mod pipeline;
 pub mod publish;
 pub mod rules;
 pub mod shutdown;
+pub mod video;
 pub mod telemetry;
+pub mod uplink;

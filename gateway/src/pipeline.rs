@@ -51,6 +51,8 @@ pub enum PipelineError {
     Telemetry(#[from] TelemetryError),
     #[error("external broker: {0}")]
     External(String),
+    #[error(transparent)]
+    Uplink(#[from] crate::uplink::UplinkError),
 }
 
 /// Handles the daemon keeps: where the broker is, counters, the way to send staff actions.
@@ -63,6 +65,8 @@ pub struct Running {
     pub telemetry_stats: Arc<TelemetryStats>,
     pub alert_inputs: mpsc::Sender<AlertInput>,
     pub events: broadcast::Sender<crate::alerts::Alert>,
+    /// Live uplink state and counters (also written to `status.json` every second).
+    pub uplink: Arc<crate::uplink::UplinkStatus>,
 }
 
 /// Starts broker, ingest, rules, alerts and local publication as tasks of `stages`.
@@ -120,6 +124,9 @@ pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Run
     let (cmd_client, cmd_loop) = client(&options, &format!("shouwang-{}-actuators", config.site.id));
     stages.spawn(Stage::Processing, move |_token| run_commands(cmd_client, cmd_loop, command_rx));
 
+    // Outbox: housekeeping (quota, buffer_full, status.json) and the uplink.
+    let uplink = crate::uplink::start(&config, db_path, stages, &input_tx, events_tx.subscribe())?;
+
     // Inputs: ingest.
     let ingest = Ingest::new(config.clone());
     let ingest_stats = ingest.stats.clone();
@@ -135,6 +142,7 @@ pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Run
         telemetry_stats,
         alert_inputs: input_tx,
         events: events_tx,
+        uplink,
     })
 }
 

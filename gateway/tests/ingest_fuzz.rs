@@ -86,7 +86,7 @@ proptest! {
         let mut engine = Engine::new(config, t0);
         for (i, (topic, payload)) in msgs.iter().enumerate() {
             let now = t0 + std::time::Duration::from_millis(i as u64 * 700);
-            if let Ok(reading) = ingest.handle(topic, payload, now) {
+            if let Ok(Some(reading)) = ingest.handle(topic, payload, now) {
                 engine.on_reading(&reading);
             }
             engine.on_tick(now);

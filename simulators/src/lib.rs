@@ -1,1 +1,17 @@
-//! Simulators for shouwang.
+//! Simulators for shouwang demos and tests.
+//!
+//! - [`sensors`]: one MQTT client per configured device, normal behaviour and hazard
+//!   scenarios (`sim sensors`).
+//! - [`link`]: a TCP proxy standing in for the WAN link, cut and restored on a schedule or
+//!   on command (`sim link`).
+//! - [`upstream`]: a real upstream broker (mosquitto) with optional throwaway TLS
+//!   (`sim upstream`).
+//! - [`verify`]: counts the alerts that reached the platform — gaps, duplicates, latency
+//!   (`sim verify`).
+//! - [`mqtt`]: the client settings every simulator uses.
+
+pub mod link;
+pub mod mqtt;
+pub mod sensors;
+pub mod upstream;
+pub mod verify;

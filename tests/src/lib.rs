@@ -2,6 +2,8 @@
 //! as a real child process, read its JSON log lines, signal it.
 
 pub mod mqtt;
+pub mod sim;
+pub mod upstream;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

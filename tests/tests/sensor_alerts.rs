@@ -331,7 +331,7 @@ async fn malformed_messages_are_counted_and_rejected_while_a_real_smoke_alarm_st
         .filter(|v| v["message"] == "sensor message rejected")
         .map(|v| v["reason"].as_str().unwrap_or("").to_owned())
         .collect();
-    for reason in ["invalid_json", "wrong_type", "oversized"] {
+    for reason in ["invalid_json", "wrong_type", "oversized", "unknown_device"] {
         assert!(reasons.iter().any(|r| r == reason), "no {reason} rejection logged: {reasons:?}");
     }
 }
@@ -425,4 +425,22 @@ targets = ["b2-siren"]
         })
         .await;
     assert_eq!(timed_out.len(), 1, "the silent siren is recorded as timed out");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_with_three_thousand_devices_hears_the_last_one() {
+    let mut devices = String::new();
+    for i in 0..3000 {
+        devices.push_str(&format!(
+            "[[devices]]\nid = \"many-{i}\"\nkind = \"smoke\"\nlocation = {{ building = \"b1\" }}\n"
+        ));
+    }
+    let site = start(&devices);
+    let mut w = watcher(site.broker, "w-many").await;
+    let s = Mqtt::connect(site.broker, "many-2999").await;
+    // The gateway subscribes in chunks after connecting; give it a moment on a slow machine.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.publish("sensors/many-2999/state", r#"{"smoke":true}"#).await;
+    let raised = w.collect(1, WAIT, |v| v["source"]["id"] == "many-2999").await;
+    assert_eq!(raised.len(), 1);
 }

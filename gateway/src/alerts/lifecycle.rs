@@ -394,6 +394,31 @@ escalate_after_s = 180
     }
 
     #[test]
+    fn alert_json_matches_the_documented_schema() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!("../../../docs/alert.schema.json")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Lifecycle::new(config(), AlertStore::open(&dir.path().join("db")).unwrap()).unwrap();
+        let a = l.on_signal(&signal(Change::Raise(Level::Orange)), t(0)).unwrap().unwrap();
+        let json = serde_json::to_value(&a).unwrap();
+        for key in schema["required"].as_array().unwrap() {
+            assert!(json.get(key.as_str().unwrap()).is_some(), "missing required {key}");
+        }
+        let props = &schema["properties"];
+        for key in json.as_object().unwrap().keys() {
+            assert!(props.get(key).is_some(), "{key} is not documented in the schema");
+        }
+        for field in ["event", "kind", "level", "state"] {
+            let allowed = props[field]["enum"].as_array().unwrap();
+            assert!(allowed.contains(&json[field]), "{field} = {} not in the schema", json[field]);
+        }
+        // Every alert kind the gateway knows is documented.
+        let kinds = props["kind"]["enum"].as_array().unwrap();
+        for kind in [AlertKind::Smoke, AlertKind::BatteryRemoved, AlertKind::CameraDown, AlertKind::BufferFull, AlertKind::Loitering] {
+            assert!(kinds.contains(&serde_json::to_value(kind).unwrap()), "{kind:?}");
+        }
+    }
+
+    #[test]
     fn active_alerts_and_their_escalation_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");

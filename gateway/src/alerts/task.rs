@@ -7,8 +7,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::lifecycle::{Lifecycle, LifecycleError};
 use super::model::{Alert, Location, Source};
-use edge_config::{AlertKind, Level};
 use crate::rules::Signal;
+use edge_config::{AlertKind, Level};
 
 /// What the alert task is asked to do.
 #[derive(Debug)]
@@ -39,7 +39,11 @@ pub enum AlertInput {
         readings: serde_json::Value,
     },
     /// A gateway-originated condition is over: resolve its active alert, if any.
-    ResolveSource { source: Source, kind: AlertKind, by: String },
+    ResolveSource {
+        source: Source,
+        kind: AlertKind,
+        by: String,
+    },
     /// An actuator reported its state (confirms linkage actions).
     ActuatorState { device: String, state: String },
 }

@@ -93,11 +93,40 @@ impl Router {
         self.topics.get(topic).copied()
     }
 
-    /// Topic filters the ingest client subscribes to: every device topic exactly (so a
-    /// foreign topic never reaches the gateway) — plus nothing else.
-    pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
-        self.topics.keys().map(String::as_str)
+    /// Topic filters the ingest client subscribes to: the standard topic families with
+    /// wildcards (`sensors/+/state`, `sensors/+/heartbeat`, `zigbee2mqtt/#`) plus every custom
+    /// device topic outside them. Wildcards keep the broker's subscription table small on a
+    /// site with thousands of devices, and let the gateway see — and count — publishes on
+    /// topics no device owns.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut filters: Vec<String> = WILDCARDS.iter().map(|f| f.to_string()).collect();
+        let mut custom: Vec<String> = self
+            .topics
+            .keys()
+            .filter(|t| !covered_by_wildcards(t))
+            .cloned()
+            .collect();
+        custom.sort();
+        filters.extend(custom);
+        filters
     }
+
+    /// Topics that arrive through the wildcards but are not sensor traffic: the zigbee2mqtt
+    /// bridge's own topics and command topics (ours included). Skipped without counting.
+    pub fn is_ignorable(&self, topic: &str) -> bool {
+        self.route(topic).is_none()
+            && (topic.starts_with("zigbee2mqtt/bridge/")
+                || topic.ends_with("/set")
+                || topic.ends_with("/get"))
+    }
+}
+
+/// The standard topic families, subscribed with wildcards.
+const WILDCARDS: [&str; 3] = ["sensors/+/state", "sensors/+/heartbeat", "zigbee2mqtt/#"];
+
+fn covered_by_wildcards(topic: &str) -> bool {
+    let parts: Vec<&str> = topic.split('/').collect();
+    matches!(parts.as_slice(), ["sensors", _, "state" | "heartbeat"]) || parts.first() == Some(&"zigbee2mqtt")
 }
 
 /// One decoded message's values. Every field is optional: a message carries what the
@@ -283,6 +312,28 @@ fn values_are_finite(v: &Values) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscriptions_use_wildcards_plus_custom_topics() {
+        let config = edge_config::parse(
+            "[site]\nid='s'\nname='s'\nkind='compound'\n[[locations.buildings]]\nid='b'\nname='b'\nfloors=2\n\
+             [[devices]]\nid='a'\nkind='smoke'\nlocation={building='b'}\n\
+             [[devices]]\nid='c'\nkind='gas'\ntopic='legacy/kitchen/gas'\nlocation={building='b'}\n",
+            "t.toml",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let router = Router::new(&config);
+        assert_eq!(
+            router.subscriptions(),
+            ["sensors/+/state", "sensors/+/heartbeat", "zigbee2mqtt/#", "legacy/kitchen/gas"]
+        );
+        assert!(router.route("sensors/a/state").is_some());
+        assert!(router.route("sensors/zz/state").is_none());
+        assert!(router.is_ignorable("zigbee2mqtt/bridge/state"));
+        assert!(router.is_ignorable("zigbee2mqtt/valve/set"));
+        assert!(!router.is_ignorable("sensors/zz/state"));
+    }
 
     fn native(payload: &str, kind: DeviceKind) -> Result<Decoded, Reject> {
         decode(payload.as_bytes(), PayloadFormat::Native, Role::State, kind)

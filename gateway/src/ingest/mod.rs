@@ -1,7 +1,8 @@
 //! Sensor ingest: MQTT publishes in, decoded [`Reading`]s out.
 //!
-//! One rumqttc client — to the embedded broker, or to an external one — subscribes to every
-//! configured device's topics exactly (QoS 1), so a foreign topic never reaches the gateway.
+//! One rumqttc client — to the embedded broker, or to an external one — subscribes (QoS 1) to
+//! the sensor topic families with wildcards plus any custom device topics, so a publish on a
+//! topic no device owns is seen, rejected and counted (`unknown_device`).
 //! Each publish is routed to its device, rate-limited per device, size-checked and decoded;
 //! whatever is rejected is counted per reason and per device and logged at a limited rate.
 //! A flooding device is throttled on its own bucket, so other devices' alarms pass.
@@ -24,6 +25,9 @@ use crate::rules::Reading;
 use decode::{decode, Reject, Router};
 pub use stats::{IngestStats, StatsSnapshot};
 use throttle::Throttle;
+
+/// Topic filters per SUBSCRIBE packet.
+const SUBSCRIBE_CHUNK: usize = 64;
 
 /// A sensor clock further off than this is logged (the gateway's time is used anyway).
 const CLOCK_SKEW_WARN: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
@@ -51,16 +55,19 @@ impl Ingest {
 
     /// Topic filters to subscribe to.
     pub fn subscriptions(&self) -> Vec<SubscribeFilter> {
-        let mut topics: Vec<_> = self.router.subscriptions().map(str::to_owned).collect();
-        topics.sort();
-        topics
+        self.router
+            .subscriptions()
             .into_iter()
             .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
             .collect()
     }
 
-    /// Handles one publish; `Ok` carries the reading to hand to the rules.
-    pub fn handle(&mut self, topic: &str, payload: &[u8], now: Instant) -> Result<Reading, Reject> {
+    /// Handles one publish; `Ok` carries the reading to hand to the rules. `Ok(None)` for
+    /// traffic that is not sensor data (bridge topics, commands) and is skipped uncounted.
+    pub fn handle(&mut self, topic: &str, payload: &[u8], now: Instant) -> Result<Option<Reading>, Reject> {
+        if self.router.is_ignorable(topic) {
+            return Ok(None);
+        }
         let Some((device, role)) = self.router.route(topic) else {
             self.stats.reject(None, Reject::UnknownDevice, topic);
             return Err(Reject::UnknownDevice);
@@ -84,12 +91,12 @@ impl Ingest {
             }
         }
         self.stats.accept();
-        Ok(Reading {
+        Ok(Some(Reading {
             device,
             at,
             now,
             decoded,
-        })
+        }))
     }
 }
 
@@ -111,12 +118,16 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!(topics = subscriptions.len(), "ingest connected, subscribing");
-                if let Err(e) = client.subscribe_many(subscriptions.clone()).await {
-                    tracing::error!(error = %e, "ingest subscribe failed");
+                // Many small SUBSCRIBE packets: one packet for thousands of devices would
+                // exceed the broker's packet size limit and get the connection closed.
+                for chunk in subscriptions.chunks(SUBSCRIBE_CHUNK) {
+                    if let Err(e) = client.subscribe_many(chunk.to_vec()).await {
+                        tracing::error!(error = %e, "ingest subscribe failed");
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Ok(reading) = ingest.handle(&p.topic, &p.payload, Instant::now()) {
+                if let Ok(Some(reading)) = ingest.handle(&p.topic, &p.payload, Instant::now()) {
                     if out.send(reading).await.is_err() {
                         break;
                     }

@@ -1,0 +1,334 @@
+//! Uplink benchmark, one run, one machine, one real Debian mosquitto on a free loopback port:
+//!
+//! 1. outbox insert rate: 100,000 alarm rows committed with `synchronous=FULL` in batches of
+//!    1,000, and 2,000 rows one transaction each (the alert store's path);
+//! 2. mosquitto's own QoS 1 accept rate: a plain rumqttc publisher with no store and the same
+//!    in-flight window, 100,000 messages of the same size, first publish → last PUBACK; and
+//!    `mosquitto_pub -q 1 -l` publishing the same number of lines;
+//! 3. backlog drain rate: the gateway's uplink (`Link`) draining 100,000 buffered rows, first
+//!    connect → last row deleted, over plain TCP and over TLS with a password, with the
+//!    default window (64) and a wider one (512).
+//!
+//! Run: `cargo bench -p gateway --bench uplink_drain` (release build). Needs `mosquitto`,
+//! `mosquitto_passwd` and `mosquitto_pub` (`./x deps`). Figures go in the README.
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway::outbox::{self, Class, Durability, NewMessage, Outbox};
+use gateway::uplink::{Link, LinkSettings, SharedOutbox, UplinkStatus};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+
+const ROWS: u64 = 100_000;
+const PAYLOAD: usize = 512;
+
+struct Mosquitto {
+    child: Child,
+    plain: u16,
+    tls: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn mosquitto(dir: &Path) -> Mosquitto {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let status = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(dir.join("passwd"))
+        .args(["bench", "bench-pw"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(status.success());
+    let (plain, tls) = (free_port(), free_port());
+    // SAFETY: geteuid has no preconditions.
+    let user = if unsafe { libc_geteuid() } == 0 {
+        "user root\n"
+    } else {
+        ""
+    };
+    let conf = format!(
+        "{user}per_listener_settings false\nallow_anonymous false\npassword_file {d}/passwd\n\
+         persistence false\nmax_queued_messages 0\nlog_dest none\n\
+         listener {plain} 127.0.0.1\n\
+         listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto (./x deps)");
+    for port in [plain, tls] {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Mosquitto {
+        child,
+        plain,
+        tls,
+        dir: dir.to_owned(),
+    }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn payload(seq: u64) -> Vec<u8> {
+    let mut p = format!("{{\"id\":\"bench-{seq}\",\"seq\":{seq},\"level\":\"red\",\"pad\":\"");
+    while p.len() < PAYLOAD - 2 {
+        p.push('x');
+    }
+    p.push_str("\"}");
+    p.into_bytes()
+}
+
+fn messages(from: u64, n: u64) -> Vec<NewMessage> {
+    (from..from + n)
+        .map(|seq| {
+            NewMessage::alert(
+                Class::Alarm,
+                ulid::Ulid::generate().to_string(),
+                seq,
+                payload(seq),
+                0,
+            )
+        })
+        .collect()
+}
+
+/// Seeds `ROWS` rows in batches of 1,000 (FULL); returns rows/s.
+fn seed(db: &Path) -> f64 {
+    drop(Outbox::open(db).unwrap());
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    outbox::configure_connection(&conn).unwrap();
+    let msgs = messages(1, ROWS);
+    let t = Instant::now();
+    for chunk in msgs.chunks(1000) {
+        outbox::commit_with(&mut conn, Durability::Full, |tx| {
+            outbox::enqueue_batch(tx, chunk)
+        })
+        .unwrap();
+    }
+    ROWS as f64 / t.elapsed().as_secs_f64()
+}
+
+/// 2,000 rows, one FULL transaction each (as the alert store commits); returns rows/s.
+fn single_inserts(db: &Path) -> f64 {
+    drop(Outbox::open(db).unwrap());
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    outbox::configure_connection(&conn).unwrap();
+    let msgs = messages(1, 2000);
+    let t = Instant::now();
+    for m in &msgs {
+        outbox::commit_with(&mut conn, Durability::Full, |tx| outbox::enqueue(tx, m)).unwrap();
+    }
+    2000.0 / t.elapsed().as_secs_f64()
+}
+
+/// A plain rumqttc publisher, no store, `window` in flight: msgs/s first publish → last PUBACK.
+async fn raw_publisher(port: u16, window: u16) -> f64 {
+    let mut o = MqttOptions::new(format!("raw-{window}"), "127.0.0.1", port);
+    o.set_credentials("bench", "bench-pw")
+        .set_inflight(window)
+        .set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, usize::from(window) + 16);
+    let mut net = events.network_options();
+    net.set_tcp_nodelay(true);
+    events.set_network_options(net);
+    loop {
+        if let Ok(Event::Incoming(Packet::ConnAck(_))) = events.poll().await {
+            break;
+        }
+    }
+    let topic = "bench/raw/alerts";
+    let bodies: Vec<Vec<u8>> = (1..=ROWS).map(payload).collect();
+    let t = Instant::now();
+    let mut sent = 0_u64;
+    let mut acked = 0_u64;
+    let mut inflight = 0_u64;
+    let mut bodies = bodies.into_iter();
+    while acked < ROWS {
+        while inflight < u64::from(window) && sent < ROWS {
+            let body = bodies.next().unwrap_or_default();
+            client
+                .try_publish(topic, QoS::AtLeastOnce, false, body)
+                .unwrap();
+            sent += 1;
+            inflight += 1;
+        }
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                acked += 1;
+                inflight -= 1;
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(_))) | Ok(_) => {}
+            Err(e) => panic!("raw publisher: {e}"),
+        }
+    }
+    ROWS as f64 / t.elapsed().as_secs_f64()
+}
+
+/// `mosquitto_pub -q 1 -l`: one message per stdin line, QoS 1.
+fn mosquitto_pub(port: u16) -> f64 {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            "bench",
+            "-P",
+            "bench-pw",
+        ])
+        .args(["-q", "1", "-t", "bench/mosquitto_pub/alerts", "-l"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub");
+    let mut lines = Vec::with_capacity(ROWS as usize * (PAYLOAD + 1));
+    for seq in 1..=ROWS {
+        lines.extend_from_slice(&payload(seq));
+        lines.push(b'\n');
+    }
+    let t = Instant::now();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&lines).unwrap();
+    }
+    child.wait().unwrap();
+    ROWS as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The uplink draining `ROWS` seeded rows: msgs/s first connect attempt → all rows deleted.
+async fn drain(m: &Mosquitto, db: &Path, tls: bool, window: u16) -> (f64, u64) {
+    let tls_line = if tls {
+        format!("tls = {{ ca = \"{}\" }}\n", m.dir.join("ca.pem").display())
+    } else {
+        String::new()
+    };
+    let toml = format!(
+        "[site]\nid = \"bench\"\nname = \"Bench\"\nkind = \"compound\"\n\
+         [uplink]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"bench\"\npassword = \"bench-pw\"\n\
+         client_id = \"drain-{window}-{tls}\"\n{tls_line}\
+         [uplink.outbox]\nmax_inflight = {window}\nbatch = 1000\n",
+        port = if tls { m.tls } else { m.plain },
+    );
+    let config = edge_config::parse(&toml, "bench.toml", &m.dir).expect("bench config");
+    let settings: LinkSettings = LinkSettings::from_config(&config).unwrap().unwrap();
+    let status = Arc::new(UplinkStatus::new(Some(&settings)));
+    let link = Link::new(
+        settings,
+        SharedOutbox::new(Outbox::open(db).unwrap()),
+        status.clone(),
+    );
+    let token = CancellationToken::new();
+    let t = Instant::now();
+    let task = tokio::spawn(link.run(token.clone()));
+    while status.acked_total.load(Ordering::Relaxed) < ROWS {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(t.elapsed() < Duration::from_secs(600), "drain stalled");
+    }
+    let rate = ROWS as f64 / t.elapsed().as_secs_f64();
+    token.cancel();
+    let _ = task.await;
+    let left = outbox::stats(&rusqlite::Connection::open(db).unwrap())
+        .unwrap()
+        .backlog_total;
+    (rate, left)
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mosquitto(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut out = String::new();
+    let mut line = |s: String| {
+        println!("{s}");
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!(
+        "uplink drain benchmark: {ROWS} rows of {PAYLOAD} B, mosquitto {} on loopback, {} CPUs",
+        mosquitto_version(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    ));
+    let single = single_inserts(&dir.path().join("single.db"));
+    line(format!(
+        "outbox insert, 1 row per FULL commit (alert path): {single:>10.0} rows/s"
+    ));
+    let mut seeded = Vec::new();
+    for (tls, window) in [(false, 64), (false, 512), (true, 64), (true, 512)] {
+        let db = dir.path().join(format!("drain-{tls}-{window}.db"));
+        let rate = seed(&db);
+        seeded.push(rate);
+        let raw = runtime.block_on(raw_publisher(m.plain, window));
+        let (drained, left) = runtime.block_on(drain(&m, &db, tls, window));
+        assert_eq!(left, 0, "rows left after the drain");
+        line(format!(
+            "window {window:>3}, {}: raw rumqttc QoS 1 accept {raw:>8.0} msg/s (plain TCP) | uplink drain {drained:>8.0} msg/s",
+            if tls { "TLS+password" } else { "TCP+password" },
+        ));
+    }
+    let insert = seeded.iter().sum::<f64>() / seeded.len() as f64;
+    line(format!(
+        "outbox insert, batches of 1000 per FULL commit: {insert:>10.0} rows/s"
+    ));
+    let pub_rate = mosquitto_pub(m.plain);
+    line(format!(
+        "mosquitto_pub -q 1 -l (plain TCP):          {pub_rate:>10.0} msg/s"
+    ));
+}
+
+fn mosquitto_version() -> String {
+    Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.replace("mosquitto version ", ""))
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,405 @@
+//! The link task: connect, drain the outbox through a bounded in-flight window, match
+//! PUBACKs to rows, reconnect with backoff. See the module docs for the protocol.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
+    Packet, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::commands;
+use super::status::UplinkStatus;
+use super::{LinkSettings, SharedOutbox, UplinkError, FLUSH_GRACE};
+use crate::alerts::task::AlertInput;
+use crate::alerts::Alert;
+use crate::outbox::{Delivery, OutboxRow, RowId, Stream, MAX_PAYLOAD_BYTES};
+
+/// Largest MQTT packet either way: the largest outbox payload plus room for topic and header.
+const MAX_PACKET: usize = MAX_PAYLOAD_BYTES + 64 * 1024;
+
+/// The uplink's connection to the platform broker.
+pub struct Link {
+    settings: LinkSettings,
+    outbox: SharedOutbox,
+    status: Arc<UplinkStatus>,
+    /// Weak, so that the alert task can stop during shutdown even while the link runs.
+    commands: Option<mpsc::WeakSender<AlertInput>>,
+    /// Committed alert events: wake an idle link at once instead of at its next poll.
+    wake: Option<broadcast::Receiver<Alert>>,
+}
+
+/// How a connection ended.
+enum End {
+    Cancelled,
+    Failed { error: String, connected: bool },
+}
+
+/// Rows between the outbox and the broker during one connection.
+#[derive(Default)]
+struct Window {
+    /// Fetched from the outbox (so marked in flight there) but not yet handed to the client:
+    /// a PUBACK frees a slot and the next row goes out at once, without waiting for SQLite,
+    /// so the link never stops sending while the window refills. (A publisher that pauses
+    /// between batches meets Nagle + delayed-ACK stalls of ~10 ms on brokers that do not set
+    /// TCP_NODELAY — mosquitto's default.)
+    ready: VecDeque<OutboxRow>,
+    /// Handed to the rumqttc client; their packet ids are not known yet. rumqttc reports
+    /// `Outgoing::Publish(pkid)` in the order the requests were queued, so the front of this
+    /// queue is the row the next such event belongs to.
+    queued: VecDeque<RowId>,
+    /// Published, waiting for PUBACK (PUBCOMP with QoS 2).
+    by_pkid: HashMap<u16, RowId>,
+    /// Acknowledged by the broker, not yet deleted from the outbox.
+    acked: Vec<RowId>,
+}
+
+impl Window {
+    fn inflight(&self) -> usize {
+        self.queued.len() + self.by_pkid.len()
+    }
+}
+
+impl Link {
+    pub fn new(settings: LinkSettings, outbox: SharedOutbox, status: Arc<UplinkStatus>) -> Self {
+        Self {
+            settings,
+            outbox,
+            status,
+            commands: None,
+            wake: None,
+        }
+    }
+
+    /// Apply upstream `commands/ack` through the alert task.
+    pub fn with_commands(mut self, inputs: mpsc::WeakSender<AlertInput>) -> Self {
+        self.commands = Some(inputs);
+        self
+    }
+
+    /// Wake up on committed alert events.
+    pub fn with_wake(mut self, events: broadcast::Receiver<Alert>) -> Self {
+        self.wake = Some(events);
+        self
+    }
+
+    /// Connects, drains and reconnects until `token` is cancelled; then waits up to
+    /// [`FLUSH_GRACE`] for the PUBACKs of rows already published.
+    pub async fn run(mut self, token: CancellationToken) {
+        let mut backoff = Backoff::new(self.settings.backoff_base, self.settings.backoff_max);
+        loop {
+            self.status.set_connecting();
+            let end = self.session(&token).await;
+            match self.outbox.call(|o| Ok(o.requeue_inflight())).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    requeued = n,
+                    "uplink: unacknowledged rows will be re-sent first"
+                ),
+                Err(e) => tracing::error!(error = %e, "uplink: requeue failed"),
+            }
+            let (error, connected) = match end {
+                End::Cancelled => break,
+                End::Failed { error, connected } => (error, connected),
+            };
+            if connected {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                error = %error,
+                host = %self.settings.host,
+                port = self.settings.port,
+                attempt = backoff.attempts(),
+                retry_in_ms = delay.as_millis() as u64,
+                "uplink connection failed"
+            );
+            self.status.set_backoff(error, delay);
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.status.set_stopped();
+        tracing::info!("uplink stopped");
+    }
+
+    fn options(&self) -> MqttOptions {
+        let s = &self.settings;
+        let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        o.set_keep_alive(s.keep_alive)
+            .set_clean_session(true)
+            .set_inflight(s.max_inflight)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        if let Some((user, password)) = &s.credentials {
+            o.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(tls) = &s.tls {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        o
+    }
+
+    async fn session(&mut self, token: &CancellationToken) -> End {
+        let window = usize::from(self.settings.max_inflight);
+        // Room for the whole window plus the subscribe: `try_publish` never finds it full.
+        let (client, mut events) = AsyncClient::new(self.options(), window + 16);
+        let mut net = events.network_options();
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(self.settings.connect_timeout.as_secs().max(1));
+        events.set_network_options(net);
+
+        let first = tokio::select! {
+            _ = token.cancelled() => return End::Cancelled,
+            first = events.poll() => first,
+        };
+        match first {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {}
+            Ok(other) => {
+                return End::Failed {
+                    error: format!("expected CONNACK, got {other:?}"),
+                    connected: false,
+                }
+            }
+            Err(e) => {
+                return End::Failed {
+                    error: describe(&e, &self.settings),
+                    connected: false,
+                }
+            }
+        }
+        self.status.set_connected();
+        tracing::info!(
+            host = %self.settings.host, port = self.settings.port,
+            tls = self.settings.tls.is_some(), "uplink connected"
+        );
+        let commands_topic = self.settings.ack_command_topic();
+        if let Err(e) = client.try_subscribe(commands_topic.clone(), QoS::AtLeastOnce) {
+            tracing::warn!(error = %e, "uplink: cannot subscribe to upstream commands");
+        }
+        let mut w = Window::default();
+        let end = self
+            .drain(&client, &mut events, &mut w, &commands_topic, token)
+            .await;
+        // Whatever the broker acknowledged is deleted before the rest is requeued.
+        if !w.acked.is_empty() {
+            let ids = std::mem::take(&mut w.acked);
+            match self.outbox.call(move |o| o.ack_batch(&ids)).await {
+                Ok(outcomes) => self.count_acks(&outcomes),
+                Err(e) => tracing::error!(error = %e, "uplink: cannot delete acknowledged rows"),
+            }
+        }
+        if matches!(end, End::Cancelled) {
+            let _ = client.try_disconnect();
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(200), events.poll()).await;
+        }
+        end
+    }
+
+    fn count_acks(&self, outcomes: &[Delivery]) {
+        let acked = outcomes.iter().filter(|d| **d == Delivery::Acked).count() as u64;
+        self.status.acked_total.fetch_add(acked, Ordering::Relaxed);
+    }
+
+    /// One connection's drain loop. Returns with no outbox job running.
+    async fn drain(
+        &mut self,
+        client: &AsyncClient,
+        events: &mut EventLoop,
+        w: &mut Window,
+        commands_topic: &str,
+        token: &CancellationToken,
+    ) -> End {
+        let s = self.settings.clone();
+        let window = usize::from(s.max_inflight);
+        // Keep up to `prefetch` rows ready; refill when half of them went out.
+        let prefetch = window.max(s.batch);
+        let refill_at = (prefetch / 2).max(1);
+        let alerts_topic = Stream::Alerts.topic(&s.topic_prefix, &s.site);
+        let telemetry_topic = Stream::Telemetry.topic(&s.topic_prefix, &s.site);
+        let mut fetch: Option<JoinHandle<Result<Vec<OutboxRow>, UplinkError>>> = None;
+        let mut asked = 0;
+        let mut ack_job: Option<JoinHandle<Result<Vec<Delivery>, UplinkError>>> = None;
+        let mut idle = false;
+        let mut idle_timer = tokio::time::interval(s.idle_poll);
+        idle_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping: Option<Instant> = None;
+        let mut failed: Option<String> = None;
+
+        let end = loop {
+            if stopping.is_none() {
+                while w.inflight() < window {
+                    let Some(row) = w.ready.pop_front() else {
+                        break;
+                    };
+                    let topic = match row.stream {
+                        Stream::Alerts => &alerts_topic,
+                        Stream::Telemetry => &telemetry_topic,
+                    };
+                    if let Err(e) = client.try_publish(topic.as_str(), s.qos, false, row.payload) {
+                        failed = Some(UplinkError::Client(e.to_string()).to_string());
+                        break;
+                    }
+                    w.queued.push_back(row.id);
+                    self.status.published_total.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(error) = failed.take() {
+                    break End::Failed {
+                        error,
+                        connected: true,
+                    };
+                }
+            }
+            if stopping.is_none() && fetch.is_none() && !idle {
+                let missing = prefetch.saturating_sub(w.ready.len());
+                if missing >= refill_at {
+                    asked = missing;
+                    fetch = Some(self.outbox.spawn(move |o| o.next_batch(missing)));
+                }
+            }
+            if ack_job.is_none() && !w.acked.is_empty() {
+                let ids = std::mem::take(&mut w.acked);
+                ack_job = Some(self.outbox.spawn(move |o| o.ack_batch(&ids)));
+            }
+            if let Some(since) = stopping {
+                let flushed = w.inflight() == 0 && w.acked.is_empty() && ack_job.is_none();
+                if flushed || since.elapsed() >= FLUSH_GRACE {
+                    break End::Cancelled;
+                }
+            }
+            let grace_left = stopping
+                .map(|since| FLUSH_GRACE.saturating_sub(since.elapsed()))
+                .unwrap_or(FLUSH_GRACE);
+
+            tokio::select! {
+                _ = token.cancelled(), if stopping.is_none() => {
+                    stopping = Some(Instant::now());
+                }
+                event = events.poll() => match event {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(row) = w.queued.pop_front() {
+                            w.by_pkid.insert(pkid, row);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) if s.qos != QoS::ExactlyOnce => {
+                        if let Some(row) = w.by_pkid.remove(&ack.pkid) {
+                            w.acked.push(row);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubComp(comp))) if s.qos == QoS::ExactlyOnce => {
+                        if let Some(row) = w.by_pkid.remove(&comp.pkid) {
+                            w.acked.push(row);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if p.topic == commands_topic {
+                            self.status.commands_total.fetch_add(1, Ordering::Relaxed);
+                            commands::apply_ack(self.commands.as_ref(), &p.topic, &p.payload);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                            tracing::warn!(topic = commands_topic, "upstream broker refused the commands subscription");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => break End::Failed { error: describe(&e, &s), connected: true },
+                },
+                rows = join(&mut fetch), if fetch.is_some() => {
+                    fetch = None;
+                    match rows {
+                        Ok(rows) => {
+                            idle = rows.len() < asked;
+                            w.ready.extend(rows);
+                        }
+                        Err(e) => break End::Failed { error: e.to_string(), connected: true },
+                    }
+                }
+                outcomes = join(&mut ack_job), if ack_job.is_some() => {
+                    ack_job = None;
+                    match outcomes {
+                        Ok(outcomes) => self.count_acks(&outcomes),
+                        Err(e) => tracing::error!(error = %e, "uplink: cannot delete acknowledged rows; they will be re-sent"),
+                    }
+                }
+                _ = wake(&mut self.wake), if idle => idle = false,
+                _ = idle_timer.tick(), if idle => idle = false,
+                _ = tokio::time::sleep(grace_left), if stopping.is_some() => {}
+            }
+        };
+        // No job may outlive the connection: requeue must see the final in-flight set.
+        if let Some(job) = fetch.take() {
+            let _ = job.await;
+        }
+        if let Some(job) = ack_job.take() {
+            match job.await {
+                Ok(Ok(outcomes)) => self.count_acks(&outcomes),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "uplink: cannot delete acknowledged rows")
+                }
+                Err(e) => tracing::error!(error = %e, "uplink: ack job failed"),
+            }
+        }
+        end
+    }
+}
+
+/// Awaits an outbox job that is known to be running.
+async fn join<T>(job: &mut Option<JoinHandle<Result<T, UplinkError>>>) -> Result<T, UplinkError> {
+    match job {
+        Some(handle) => handle.await.map_err(|e| UplinkError::Join(e.to_string()))?,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves on the next committed alert event (or when events lag); never if there is no
+/// event channel (any more).
+async fn wake(events: &mut Option<broadcast::Receiver<Alert>>) {
+    let Some(rx) = events else {
+        return std::future::pending().await;
+    };
+    match rx.recv().await {
+        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+        Err(broadcast::error::RecvError::Closed) => {
+            *events = None;
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A connection error in words an installer can act on.
+fn describe(e: &ConnectionError, s: &LinkSettings) -> String {
+    let at = format!("{}:{}", s.host, s.port);
+    match e {
+        ConnectionError::ConnectionRefused(
+            code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+        ) => format!(
+            "the upstream broker at {at} refused the login ({code:?}): check uplink.username and \
+             uplink.password / uplink.password_file"
+        ),
+        ConnectionError::ConnectionRefused(code) => {
+            format!("the upstream broker at {at} refused the connection ({code:?})")
+        }
+        ConnectionError::Tls(e) => format!(
+            "TLS with {at} failed: {e} (the server certificate must be signed by uplink.tls.ca \
+             and name the host {})",
+            s.host
+        ),
+        ConnectionError::Io(e) => format!("cannot reach {at}: {e}"),
+        ConnectionError::NetworkTimeout => format!(
+            "no answer from {at} within {} s",
+            s.connect_timeout.as_secs()
+        ),
+        other => format!("connection to {at} lost: {other}"),
+    }
+}

@@ -1,0 +1,364 @@
+//! Store-and-forward uplink: drains the durable [`outbox`](crate::outbox) to the platform's
+//! MQTT broker, in order, and deletes a row only after the broker acknowledged it.
+//!
+//! ```text
+//!   outbox (SQLite) ──next_batch──▶ link task ──QoS 1 PUBLISH──▶ upstream broker
+//!        ▲   ▲                          │  ◀──────── PUBACK ──────────┘
+//!        │   └──────── ack_batch ───────┘
+//!        └── enforce_quota / stats ── housekeeping task ──▶ status.json, buffer_full alert
+//! ```
+//!
+//! Two tasks of [`Stage::Outbox`](crate::shutdown::Stage::Outbox) share one
+//! [`Outbox`](crate::outbox::Outbox) (its own SQLite connection) behind a mutex; every SQLite
+//! call runs on a blocking thread (`spawn_blocking`), never on the async workers.
+//!
+//! # Connection states
+//!
+//! ```text
+//!              ┌──────── error (I/O, TLS, refused login, keep-alive timeout) ────────┐
+//!              ▼                                                                      │
+//!   Backoff{retry_in} ──delay──▶ Connecting ──CONNACK──▶ Connected ──────────────────┘
+//!        ▲                            │ error
+//!        └────────────────────────────┘
+//! ```
+//!
+//! [`LinkState`] is what the status API reports (plus `disabled` when there is no `[uplink]`).
+//! Every connection is a *fresh* rumqttc `EventLoop` with `clean_session = true`: the outbox,
+//! not the broker's session, is the source of truth, so nothing is replayed by rumqttc behind
+//! the uplink's back and nothing stale is replayed by the broker. The commands subscription
+//! is re-made on every CONNACK (a command sent while the link is down is lost; the platform
+//! re-sends it if it got no acknowledged event back).
+//!
+//! # Backoff
+//!
+//! After a failed attempt or a dropped connection the link waits
+//! `min(cap, base · 2^attempt)` with *equal jitter* (a uniform draw from the upper half), so a
+//! whole district of gateways coming back after a WAN outage does not reconnect in lock-step;
+//! `cap` is `uplink.outbox.retry_backoff_max_s`, `base` 0.5 s. The attempt counter resets
+//! after a CONNACK. A refused login (wrong password) or a refused certificate is logged with
+//! a clear reason and retried like any other failure: the gateway never exits because the
+//! platform is unreachable or misconfigured.
+//!
+//! # In-flight window and ack matching
+//!
+//! At most `uplink.outbox.max_inflight` rows are published and unacknowledged at once (the
+//! rumqttc `inflight` limit is set to the same number). Behind the window the link keeps up
+//! to `max(batch, max_inflight)` rows *ready*, fetched with `Outbox::next_batch` (which marks
+//! them in flight so they are not handed out twice) whenever half of them have gone out: each
+//! PUBACK frees a slot that is refilled at once from memory, so the link never pauses to
+//! wait for SQLite. (Pausing between batches costs ~10 ms per batch against brokers that
+//! leave Nagle on — mosquitto's default — because their PUBACKs then wait for our delayed
+//! TCP ACK.) Rows go to the rumqttc client in drain
+//! order; rumqttc assigns each QoS 1 publish a packet id and reports it as
+//! `Outgoing::Publish(pkid)` in the same FIFO order in which the requests were queued, so the
+//! link pops the next queued row id and records `pkid → row`. `PUBACK(pkid)` (QoS 1) or
+//! `PUBCOMP(pkid)` (QoS 2) looks the row up; acknowledged rows are deleted with one
+//! `Outbox::ack_batch` per batch of PUBACKs (while one delete transaction runs, the next
+//! PUBACKs accumulate). A PUBACK for an unknown packet id is ignored.
+//!
+//! # Reconnect and requeue
+//!
+//! When a connection ends, the link first waits for its outstanding fetch and delete jobs,
+//! deletes the rows whose PUBACK did arrive, then calls `Outbox::requeue_inflight`: every
+//! row that was published but not acknowledged is pending again and, because the drain order
+//! is a property of the rows (class, seq, id), is re-sent first on the next connection.
+//! Upstream therefore sees `5 6 7 | reconnect | 6 7 8`: at-least-once, in order, with
+//! duplicates the platform drops on the payload's `id` + `seq` (and the row's key). A crash
+//! (SIGKILL, power cut) is the same case: the in-flight set lived only in memory. (The
+//! outbox's `requeued_total` also counts rows that were ready but not yet published when
+//! the connection ended.)
+//!
+//! # Priority
+//!
+//! The outbox hands rows out by class — red/orange (alarm), yellow, blue, telemetry — then by
+//! `seq`; so when a backlog drains after an outage, alarms go first.
+//!
+//! # Disk quota and `buffer_full`
+//!
+//! The housekeeping task calls `enforce_quota(storage.quota_mb)` every second, whatever the
+//! link state (a backlog grows precisely while the link is down), so the overshoot is bounded
+//! by one second of enqueues. Eviction order and counting are the outbox's (telemetry, then
+//! blue, then yellow; red/orange never). When only alarm rows remain and they alone exceed
+//! the quota, housekeeping raises a local `buffer_full` alert (orange, source
+//! `gateway:outbox`) through the alert task — the single database writer — and resolves it
+//! once the outbox fits again. It holds only a *weak* sender to the alert task, so the
+//! ordered shutdown is not held up by it.
+//!
+//! # Status
+//!
+//! The housekeeping task also writes [`STATUS_FILE`] (`status.json`) into the data directory
+//! every second (atomically: temp file + rename): link state, counters, quota. The
+//! [`status_report`] function (`gateway status`) combines it with outbox figures read
+//! from the database read-only; a status file older than [`STALE_AFTER`] means the daemon is
+//! not running, and the link state is then reported as unknown.
+//!
+//! # Upstream commands
+//!
+//! The link subscribes (QoS 1) to `{prefix}/{site}/commands/ack`. A payload
+//! `{"id":"<alert id>","by":"<who>"}` acknowledges that alert through the alert task, exactly
+//! as a staff member on the console would; malformed commands are logged and ignored.
+
+mod backoff;
+mod commands;
+mod housekeeping;
+mod link;
+mod status;
+mod tls;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edge_config::Config;
+use rumqttc::QoS;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::alerts::task::AlertInput;
+use crate::alerts::Alert;
+use crate::outbox::{Outbox, OutboxError};
+use crate::shutdown::{Lifecycle as Stages, Stage};
+
+pub use backoff::Backoff;
+pub use commands::{parse_ack, AckCommand};
+pub use housekeeping::HousekeepingSettings;
+pub use link::Link;
+pub use status::{
+    status_report, LinkSnapshot, LinkState, StatusFile, StatusReport, UplinkStatus, STALE_AFTER,
+    STATUS_FILE,
+};
+
+/// First reconnect delay; doubled per failed attempt up to `retry_backoff_max_s`.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
+
+/// How long the link keeps waiting for PUBACKs of rows already published once shutdown
+/// reaches the outbox stage (no new rows are published then).
+pub const FLUSH_GRACE: Duration = Duration::from_millis(1500);
+
+/// Everything that can go wrong in the uplink module.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("uplink: cannot read {what} {path}: {source}")]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("uplink: {path} contains no PEM certificate ({what})")]
+    NoCertificate { what: &'static str, path: PathBuf },
+    #[error("uplink: {path} contains no PEM private key (uplink.tls.key)")]
+    NoPrivateKey { path: PathBuf },
+    #[error(
+        "uplink: no trusted CA certificates: set uplink.tls.ca or install the system CA store"
+    )]
+    NoTrustAnchors,
+    #[error("uplink TLS set-up: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("uplink: outbox: {0}")]
+    Outbox(#[from] OutboxError),
+    #[error("uplink: the outbox lock was poisoned by a panic")]
+    Poisoned,
+    #[error("uplink: a blocking outbox job failed: {0}")]
+    Join(String),
+    #[error("uplink: cannot open the database {path} read-only: {source}")]
+    Database {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("uplink: status file {path}: {source}")]
+    StatusFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("uplink: status file {path} is not valid JSON: {source}")]
+    StatusJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("uplink: the MQTT client's request queue refused a publish: {0}")]
+    Client(String),
+}
+
+/// Connection settings of the link, resolved from `[uplink]` (files read, defaults applied).
+#[derive(Clone)]
+pub struct LinkSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    /// TLS client configuration (ring provider); `None` = plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// (username, password).
+    pub credentials: Option<(String, String)>,
+    pub site: String,
+    pub topic_prefix: String,
+    pub qos: QoS,
+    pub keep_alive: Duration,
+    /// Unacknowledged publishes at once; also rumqttc's `inflight` limit.
+    pub max_inflight: u16,
+    /// Rows read from the outbox per fetch.
+    pub batch: usize,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How often an idle link (empty backlog) looks for new rows when no alert event woke it.
+    pub idle_poll: Duration,
+    /// TCP + TLS + CONNACK must complete within this time.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for LinkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("tls", &self.tls.is_some())
+            .field("username", &self.credentials.as_ref().map(|c| &c.0))
+            .field("topic_prefix", &self.topic_prefix)
+            .field("qos", &self.qos)
+            .field("max_inflight", &self.max_inflight)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkSettings {
+    /// Resolves `config.uplink`; `Ok(None)` when there is no `[uplink]` or it is disabled.
+    /// Reads the password file and the TLS files now, so a broken file is a start-up error.
+    pub fn from_config(config: &Config) -> Result<Option<LinkSettings>, UplinkError> {
+        let Some(up) = config.uplink.as_ref().filter(|u| u.enabled) else {
+            return Ok(None);
+        };
+        let password = match (&up.password, &up.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => Some(read_password(path)?),
+            (None, None) => None,
+        };
+        let credentials = up
+            .username
+            .clone()
+            .map(|user| (user, password.unwrap_or_default()));
+        let tls = up.tls.as_ref().map(tls::client_config).transpose()?;
+        Ok(Some(LinkSettings {
+            host: up.host.clone(),
+            port: up.port(),
+            client_id: up.client_id(&config.site.id),
+            tls,
+            credentials,
+            site: config.site.id.clone(),
+            topic_prefix: up.topic_prefix.clone(),
+            qos: if up.qos >= 2 {
+                QoS::ExactlyOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+            keep_alive: Duration::from_secs(u64::from(up.keep_alive_s.max(5))),
+            max_inflight: u16::try_from(up.outbox.max_inflight.clamp(1, 65_535)).unwrap_or(64),
+            batch: usize::try_from(up.outbox.batch.max(1)).unwrap_or(256),
+            backoff_base: BACKOFF_BASE,
+            backoff_max: Duration::from_secs(u64::from(up.outbox.retry_backoff_max_s.max(1))),
+            idle_poll: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(5),
+        }))
+    }
+
+    /// `{prefix}/{site}/commands/ack`.
+    pub fn ack_command_topic(&self) -> String {
+        format!("{}/{}/commands/ack", self.topic_prefix, self.site)
+    }
+}
+
+/// First line of a password file, without the line end.
+fn read_password(path: &Path) -> Result<String, UplinkError> {
+    let text = std::fs::read_to_string(path).map_err(|source| UplinkError::ReadFile {
+        what: "uplink.password_file",
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.lines().next().unwrap_or("").trim_end().to_owned())
+}
+
+/// The outbox shared by the link and housekeeping tasks. Every call runs on a blocking thread.
+#[derive(Clone)]
+pub struct SharedOutbox {
+    /// One `Outbox` (one connection, one in-flight set) for both tasks: the in-flight set
+    /// must be the link's, and quota eviction must see the same connection's view. A std
+    /// mutex is right here: it is only ever locked on blocking threads, for one SQLite call.
+    inner: Arc<Mutex<Outbox>>,
+}
+
+impl SharedOutbox {
+    pub fn new(outbox: Outbox) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(outbox)),
+        }
+    }
+
+    /// Runs `f` on the outbox on a blocking thread.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, UplinkError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Outbox) -> Result<T, OutboxError> + Send + 'static,
+    {
+        self.spawn(f)
+            .await
+            .map_err(|e| UplinkError::Join(e.to_string()))?
+    }
+
+    /// Like [`SharedOutbox::call`] but returns the join handle, so the caller can keep
+    /// polling its MQTT connection while the job runs.
+    pub fn spawn<T, F>(&self, f: F) -> tokio::task::JoinHandle<Result<T, UplinkError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Outbox) -> Result<T, OutboxError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut outbox = inner.lock().map_err(|_| UplinkError::Poisoned)?;
+            f(&mut outbox).map_err(UplinkError::from)
+        })
+    }
+}
+
+/// Starts the outbox housekeeping (quota, `buffer_full`, status file) and, when `[uplink]` is
+/// configured and enabled, the link, as tasks of [`Stage::Outbox`]. Returns the live status.
+///
+/// `alert_inputs` is only kept as a weak sender (see the module docs); `events` wakes an
+/// idle link as soon as a new alert event is committed.
+pub fn start(
+    config: &Config,
+    db_path: &Path,
+    stages: &Stages,
+    alert_inputs: &mpsc::Sender<AlertInput>,
+    events: broadcast::Receiver<Alert>,
+) -> Result<Arc<UplinkStatus>, UplinkError> {
+    let link_settings = LinkSettings::from_config(config)?;
+    let outbox = SharedOutbox::new(Outbox::open(db_path)?);
+    let status = Arc::new(UplinkStatus::new(link_settings.as_ref()));
+    let data_dir = db_path.parent().unwrap_or(Path::new(".")).to_owned();
+    let housekeeping = HousekeepingSettings {
+        quota_bytes: config.storage.quota_mb.saturating_mul(1024 * 1024),
+        status_file: Some(data_dir.join(STATUS_FILE)),
+        every: Duration::from_secs(1),
+    };
+    let weak_inputs = alert_inputs.downgrade();
+    {
+        let (outbox, status) = (outbox.clone(), status.clone());
+        stages.spawn(Stage::Outbox, move |token| {
+            housekeeping::run(housekeeping, outbox, status, weak_inputs, token)
+        });
+    }
+    match link_settings {
+        Some(settings) => {
+            tracing::info!(
+                host = %settings.host, port = settings.port, tls = settings.tls.is_some(),
+                client_id = %settings.client_id, max_inflight = settings.max_inflight,
+                "uplink starting"
+            );
+            let link = Link::new(settings, outbox, status.clone())
+                .with_commands(alert_inputs.downgrade())
+                .with_wake(events);
+            stages.spawn(Stage::Outbox, move |token| link.run(token));
+        }
+        None => tracing::info!("no [uplink] configured: alerts stay in the local outbox"),
+    }
+    Ok(status)
+}

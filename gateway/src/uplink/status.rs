@@ -1,0 +1,481 @@
+//! Link state and counters: live ([`UplinkStatus`]), persisted every second
+//! ([`StatusFile`], `status.json`) and read back for `gateway status` ([`status_report`]).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{LinkSettings, UplinkError};
+use crate::outbox::{self, OutboxStats};
+
+/// File name of the status snapshot in the data directory.
+pub const STATUS_FILE: &str = "status.json";
+
+/// A status file older than this means the daemon is not running (it rewrites it every
+/// second).
+pub const STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// Where the link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// No `[uplink]` (or `enabled = false`): alerts stay in the local outbox.
+    Disabled,
+    /// TCP/TLS/MQTT handshake in progress.
+    Connecting,
+    /// CONNACK received; draining.
+    Connected,
+    /// Waiting before the next attempt after a failure.
+    Backoff,
+    /// The link task has stopped (shutdown).
+    Stopped,
+}
+
+impl LinkState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Disabled => "disabled",
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Backoff => "backoff",
+            LinkState::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A copy of the link's state and counters (counters are since the daemon started; the
+/// outbox's own counters in [`OutboxStats`] are persistent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkSnapshot {
+    pub state: LinkState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// When the current state began, ms since the Unix epoch.
+    pub since_ms: i64,
+    /// The last connection error, kept after a reconnect for diagnosis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// In `backoff`: when the next attempt is due, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<i64>,
+    pub connects_total: u64,
+    pub failures_total: u64,
+    pub published_total: u64,
+    pub acked_total: u64,
+    pub commands_total: u64,
+    /// Only alarm rows remain and they exceed the quota.
+    pub buffer_full: bool,
+    pub quota_bytes: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: LinkState,
+    since_ms: i64,
+    last_error: Option<String>,
+    retry_at_ms: Option<i64>,
+}
+
+/// Live link status, shared by the link and housekeeping tasks and the daemon.
+#[derive(Debug)]
+pub struct UplinkStatus {
+    host: Option<String>,
+    port: Option<u16>,
+    /// State transitions are rare (connect, fail); a mutex keeps state, time and error
+    /// consistent with each other, counters are separate atomics on the hot path.
+    inner: Mutex<Inner>,
+    pub connects_total: AtomicU64,
+    pub failures_total: AtomicU64,
+    /// Rows handed to the MQTT client (re-sends included).
+    pub published_total: AtomicU64,
+    /// PUBACKs (PUBCOMPs for QoS 2) matched to a row.
+    pub acked_total: AtomicU64,
+    pub commands_total: AtomicU64,
+    pub buffer_full: AtomicBool,
+    pub quota_bytes: AtomicU64,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl UplinkStatus {
+    pub fn new(settings: Option<&LinkSettings>) -> Self {
+        Self {
+            host: settings.map(|s| s.host.clone()),
+            port: settings.map(|s| s.port),
+            inner: Mutex::new(Inner {
+                state: if settings.is_some() {
+                    LinkState::Connecting
+                } else {
+                    LinkState::Disabled
+                },
+                since_ms: now_ms(),
+                last_error: None,
+                retry_at_ms: None,
+            }),
+            connects_total: AtomicU64::new(0),
+            failures_total: AtomicU64::new(0),
+            published_total: AtomicU64::new(0),
+            acked_total: AtomicU64::new(0),
+            commands_total: AtomicU64::new(0),
+            buffer_full: AtomicBool::new(false),
+            quota_bytes: AtomicU64::new(0),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Inner)) {
+        if let Ok(mut inner) = self.inner.lock() {
+            f(&mut inner);
+        }
+    }
+
+    pub fn set_connecting(&self) {
+        self.update(|i| {
+            i.state = LinkState::Connecting;
+            i.since_ms = now_ms();
+            i.retry_at_ms = None;
+        });
+    }
+
+    pub fn set_connected(&self) {
+        self.connects_total.fetch_add(1, Ordering::Relaxed);
+        self.update(|i| {
+            i.state = LinkState::Connected;
+            i.since_ms = now_ms();
+            i.retry_at_ms = None;
+        });
+    }
+
+    pub fn set_backoff(&self, error: String, retry_in: Duration) {
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
+        self.update(|i| {
+            let now = now_ms();
+            i.state = LinkState::Backoff;
+            i.since_ms = now;
+            i.last_error = Some(error);
+            i.retry_at_ms = Some(now + i64::try_from(retry_in.as_millis()).unwrap_or(i64::MAX / 2));
+        });
+    }
+
+    pub fn set_stopped(&self) {
+        self.update(|i| {
+            if i.state != LinkState::Disabled {
+                i.state = LinkState::Stopped;
+                i.since_ms = now_ms();
+                i.retry_at_ms = None;
+            }
+        });
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.inner
+            .lock()
+            .map(|i| i.state)
+            .unwrap_or(LinkState::Stopped)
+    }
+
+    pub fn snapshot(&self) -> LinkSnapshot {
+        let (state, since_ms, last_error, retry_at_ms) = self
+            .inner
+            .lock()
+            .map(|i| (i.state, i.since_ms, i.last_error.clone(), i.retry_at_ms))
+            .unwrap_or((LinkState::Stopped, now_ms(), None, None));
+        LinkSnapshot {
+            state,
+            host: self.host.clone(),
+            port: self.port,
+            since_ms,
+            last_error,
+            retry_at_ms,
+            connects_total: self.connects_total.load(Ordering::Relaxed),
+            failures_total: self.failures_total.load(Ordering::Relaxed),
+            published_total: self.published_total.load(Ordering::Relaxed),
+            acked_total: self.acked_total.load(Ordering::Relaxed),
+            commands_total: self.commands_total.load(Ordering::Relaxed),
+            buffer_full: self.buffer_full.load(Ordering::Relaxed),
+            quota_bytes: self.quota_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the daemon writes to `status.json` every second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusFile {
+    pub pid: u32,
+    pub updated_at_ms: i64,
+    pub link: LinkSnapshot,
+}
+
+impl StatusFile {
+    /// Writes atomically (temp file in the same directory, then rename), so a reader never
+    /// sees half a file.
+    pub fn write(&self, path: &Path) -> Result<(), UplinkError> {
+        let io = |source| UplinkError::StatusFile {
+            path: path.to_owned(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(self).map_err(|source| UplinkError::StatusJson {
+            path: path.to_owned(),
+            source,
+        })?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    pub fn read(path: &Path) -> Result<StatusFile, UplinkError> {
+        let bytes = std::fs::read(path).map_err(|source| UplinkError::StatusFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| UplinkError::StatusJson {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// What `gateway status` shows: the outbox as stored (read-only from the database) and the
+/// link as the running daemon last reported it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusReport {
+    pub data_dir: PathBuf,
+    /// The daemon wrote its status file within [`STALE_AFTER`].
+    pub running: bool,
+    /// When the daemon last wrote `status.json` (absent: never).
+    pub status_updated_at_ms: Option<i64>,
+    /// The link as last reported (absent when there is no status file).
+    pub link: Option<LinkSnapshot>,
+    /// Backlog, bytes, delivered/evicted/requeued counters: always read from the database.
+    pub outbox: OutboxStats,
+    /// Age of the oldest undelivered row, seconds.
+    pub oldest_undelivered_age_s: Option<f64>,
+}
+
+/// Reads the status of the gateway whose data directory is `data_dir`, without disturbing a
+/// running daemon: the database is opened read-only (WAL readers never block the writer) and
+/// `status.json` is read if present.
+pub fn status_report(data_dir: &Path) -> Result<StatusReport, UplinkError> {
+    let db_path = data_dir.join(crate::db::FILE_NAME);
+    let db_err = |source| UplinkError::Database {
+        path: db_path.clone(),
+        source,
+    };
+    let conn = rusqlite::Connection::open_with_flags(
+        &db_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db_err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+    let stats = outbox::stats(&conn)?;
+    let now = now_ms();
+    let file = match StatusFile::read(&data_dir.join(STATUS_FILE)) {
+        Ok(file) => Some(file),
+        Err(UplinkError::StatusFile { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let running = file.as_ref().is_some_and(|f| {
+        now.saturating_sub(f.updated_at_ms) <= i64::try_from(STALE_AFTER.as_millis()).unwrap_or(0)
+    });
+    Ok(StatusReport {
+        data_dir: data_dir.to_owned(),
+        running,
+        status_updated_at_ms: file.as_ref().map(|f| f.updated_at_ms),
+        link: file.map(|f| f.link),
+        oldest_undelivered_age_s: stats
+            .oldest_undelivered_ms
+            .map(|t| (now.saturating_sub(t)).max(0) as f64 / 1000.0),
+        outbox: stats,
+    })
+}
+
+fn ago(ms: i64) -> String {
+    let s = ms.max(0) as f64 / 1000.0;
+    if s < 120.0 {
+        format!("{s:.1} s")
+    } else if s < 7200.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let now = now_ms();
+        writeln!(f, "data dir:    {}", self.data_dir.display())?;
+        match (self.running, self.status_updated_at_ms) {
+            (true, _) => writeln!(f, "daemon:      running")?,
+            (false, Some(t)) => writeln!(
+                f,
+                "daemon:      not running (last status {} ago)",
+                ago(now - t)
+            )?,
+            (false, None) => writeln!(f, "daemon:      not running (no status file)")?,
+        }
+        match (&self.link, self.running) {
+            (Some(link), true) => {
+                let target = match (&link.host, link.port) {
+                    (Some(h), Some(p)) => format!(" {h}:{p}"),
+                    _ => String::new(),
+                };
+                let mut line = format!("{}{target}, for {}", link.state, ago(now - link.since_ms));
+                if let Some(at) = link.retry_at_ms {
+                    line.push_str(&format!(", next attempt in {}", ago(at - now)));
+                }
+                writeln!(f, "uplink:      {line}")?;
+                if let Some(e) = &link.last_error {
+                    writeln!(f, "last error:  {e}")?;
+                }
+                writeln!(
+                    f,
+                    "this run:    {} connects, {} failures, {} published, {} acknowledged, {} commands",
+                    link.connects_total,
+                    link.failures_total,
+                    link.published_total,
+                    link.acked_total,
+                    link.commands_total
+                )?;
+            }
+            _ => writeln!(f, "uplink:      unknown (daemon not running)")?,
+        }
+        let o = &self.outbox;
+        let b = &o.backlog_by_class;
+        write!(
+            f,
+            "backlog:     {} rows (alarm {}, warning {}, notice {}, telemetry {}), {}",
+            o.backlog_total,
+            b.alarm,
+            b.warning,
+            b.notice,
+            b.telemetry,
+            mb(o.bytes)
+        )?;
+        match self.link.as_ref().map(|l| l.quota_bytes).filter(|q| *q > 0) {
+            Some(q) => writeln!(f, " of {} quota", mb(q))?,
+            None => writeln!(f)?,
+        }
+        match self.oldest_undelivered_age_s {
+            Some(s) => writeln!(
+                f,
+                "oldest:      undelivered for {}",
+                ago((s * 1000.0) as i64)
+            )?,
+            None => writeln!(f, "oldest:      nothing undelivered")?,
+        }
+        let e = &o.evicted_by_class;
+        writeln!(
+            f,
+            "delivered:   {}   re-sent: {}   evicted: {} (telemetry {}, notice {}, warning {})",
+            o.delivered_total, o.requeued_total, o.evicted_total, e.telemetry, e.notice, e.warning
+        )?;
+        let full = self.running && self.link.as_ref().is_some_and(|l| l.buffer_full);
+        write!(f, "buffer_full: {}", if full { "YES" } else { "no" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{commit_with, enqueue_batch, Class, Durability, NewMessage, Outbox};
+
+    const KEY: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+    #[test]
+    fn status_reads_the_backlog_from_the_database_and_the_link_from_the_status_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(crate::db::FILE_NAME);
+        let mut conn = rusqlite::Connection::open(&db).unwrap();
+        drop(Outbox::open(&db).unwrap());
+        commit_with(&mut conn, Durability::Full, |tx| {
+            let now = now_ms();
+            enqueue_batch(
+                tx,
+                &[
+                    NewMessage::alert(Class::Alarm, KEY, 1, b"{}".to_vec(), now - 5_000),
+                    NewMessage::telemetry(KEY, b"{}".to_vec(), now),
+                ],
+            )
+        })
+        .unwrap();
+
+        let before = status_report(dir.path()).unwrap();
+        assert!(!before.running);
+        assert_eq!(before.link, None);
+        assert_eq!(before.outbox.backlog_total, 2);
+        assert!(before.oldest_undelivered_age_s.unwrap() >= 4.9);
+        assert!(
+            before.to_string().contains("not running (no status file)"),
+            "{before}"
+        );
+
+        let status = UplinkStatus::new(None);
+        status.buffer_full.store(true, Ordering::Relaxed);
+        StatusFile {
+            pid: std::process::id(),
+            updated_at_ms: now_ms(),
+            link: status.snapshot(),
+        }
+        .write(&dir.path().join(STATUS_FILE))
+        .unwrap();
+        let after = status_report(dir.path()).unwrap();
+        assert!(after.running);
+        assert_eq!(
+            after.link.as_ref().map(|l| l.state),
+            Some(LinkState::Disabled)
+        );
+        let text = after.to_string();
+        assert!(text.contains("backlog:     2 rows (alarm 1"), "{text}");
+        assert!(text.contains("buffer_full: YES"), "{text}");
+        let json = serde_json::to_value(&after).unwrap();
+        assert_eq!(json["outbox"]["backlog_total"], 2);
+        assert_eq!(json["link"]["state"], "disabled");
+    }
+
+    #[test]
+    fn a_stale_status_file_means_the_daemon_is_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Outbox::open(dir.path().join(crate::db::FILE_NAME)).unwrap());
+        StatusFile {
+            pid: 1,
+            updated_at_ms: now_ms() - 60_000,
+            link: UplinkStatus::new(None).snapshot(),
+        }
+        .write(&dir.path().join(STATUS_FILE))
+        .unwrap();
+        let report = status_report(dir.path()).unwrap();
+        assert!(!report.running);
+        assert!(
+            report.to_string().contains("uplink:      unknown"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn a_missing_database_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = status_report(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(crate::db::FILE_NAME), "{err}");
+    }
+}

@@ -1,0 +1,528 @@
+//! Evidence: a JPEG snapshot with boxes and labels per video alert (FFmpeg's mjpeg encoder),
+//! and an event clip from a few seconds before to a few seconds after, remuxed from the
+//! camera's original packets without re-encoding. The capture thread keeps a ring of packets
+//! starting at a keyframe, so a clip always starts decodable. Files are written under a
+//! temporary name and renamed, so a reader never sees half a file. Retention prunes by age,
+//! then oldest first down to a size budget.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use ffmpeg::format::Pixel;
+use ffmpeg::software::scaling;
+use ffmpeg::{codec, encoder, format, Packet, Rational};
+use ffmpeg_next as ffmpeg;
+
+use super::detect::BoxF;
+use super::BgrImage;
+
+/// Errors writing evidence (logged and counted; the alert is raised regardless).
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("FFmpeg: {0}")]
+    Ffmpeg(#[from] ffmpeg::Error),
+    #[error("this FFmpeg has no {0} encoder")]
+    NoEncoder(&'static str),
+    #[error("no packets for the clip")]
+    Empty,
+}
+
+/// One box to draw.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub bbox: BoxF,
+    pub label: String,
+    /// Drawn in red (the object that triggered the alert).
+    pub highlight: bool,
+}
+
+/// Writes `image` with `marks` as a JPEG at `path`.
+pub fn snapshot(image: &BgrImage, marks: &[Mark], path: &Path) -> Result<(), EvidenceError> {
+    let mut canvas = image.clone();
+    for m in marks {
+        draw(&mut canvas, m);
+    }
+    let jpeg = encode_jpeg(&canvas)?;
+    write_atomically(path, &jpeg)
+}
+
+/// Encodes a BGR image with FFmpeg's mjpeg encoder.
+pub fn encode_jpeg(image: &BgrImage) -> Result<Vec<u8>, EvidenceError> {
+    // 4:2:0 wants even sizes: drop a last odd row/column.
+    let (w, h) = (image.width & !1, image.height & !1);
+    if w == 0 || h == 0 {
+        return Err(EvidenceError::Ffmpeg(ffmpeg::Error::InvalidData));
+    }
+    let mut src = ffmpeg::frame::Video::new(Pixel::BGR24, w, h);
+    let stride = src.stride(0);
+    let row = w as usize * 3;
+    {
+        let dst = src.data_mut(0);
+        for y in 0..h as usize {
+            let from = y * image.width as usize * 3;
+            dst[y * stride..y * stride + row].copy_from_slice(&image.data[from..from + row]);
+        }
+    }
+    let mut yuv = ffmpeg::frame::Video::empty();
+    scaling::Context::get(
+        Pixel::BGR24,
+        w,
+        h,
+        Pixel::YUVJ420P,
+        w,
+        h,
+        scaling::Flags::BILINEAR,
+    )?
+    .run(&src, &mut yuv)?;
+    let codec = encoder::find(codec::Id::MJPEG).ok_or(EvidenceError::NoEncoder("mjpeg"))?;
+    let mut enc = codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .video()?;
+    enc.set_width(w);
+    enc.set_height(h);
+    enc.set_format(Pixel::YUVJ420P);
+    enc.set_time_base(Rational(1, 25));
+    enc.set_flags(codec::Flags::QSCALE);
+    // qscale 3 (like `ffmpeg -q:v 3`): FF_QP2LAMBDA = 118.
+    let lambda = 3 * 118;
+    enc.set_quality(lambda);
+    let mut enc = enc.open_as(codec)?;
+    yuv.set_pts(Some(0));
+    // SAFETY: `yuv` owns a valid AVFrame; `quality` is a plain int field the encoder reads
+    // for fixed-quality encoding (ffmpeg-next has no setter for it).
+    unsafe {
+        (*yuv.as_mut_ptr()).quality = lambda as i32;
+    }
+    enc.send_frame(&yuv)?;
+    enc.send_eof()?;
+    let mut packet = Packet::empty();
+    enc.receive_packet(&mut packet)?;
+    packet
+        .data()
+        .map(<[u8]>::to_vec)
+        .ok_or(EvidenceError::Empty)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
+    let io = |error| EvidenceError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = partial(path);
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// `dir/.name.partial.ext`: same extension, so FFmpeg still picks the muxer from it.
+fn partial(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (stem, ext) = name.rsplit_once('.').unwrap_or((&name, "bin"));
+    path.with_file_name(format!(".{stem}.partial.{ext}"))
+}
+
+fn colour(m: &Mark) -> [u8; 3] {
+    if m.highlight {
+        [0, 0, 255]
+    } else if m.label.starts_with("person") {
+        [0, 200, 0]
+    } else {
+        [0, 165, 255]
+    }
+}
+
+fn draw(img: &mut BgrImage, m: &Mark) {
+    let c = colour(m);
+    let thick = (img.width / 320).max(2) as i32;
+    let (x1, y1, x2, y2) = (
+        m.bbox.x1 as i32,
+        m.bbox.y1 as i32,
+        m.bbox.x2 as i32,
+        m.bbox.y2 as i32,
+    );
+    fill(img, x1, y1, x2, y1 + thick, c);
+    fill(img, x1, y2 - thick, x2, y2, c);
+    fill(img, x1, y1, x1 + thick, y2, c);
+    fill(img, x2 - thick, y1, x2, y2, c);
+    let scale = (img.height / 240).max(2) as i32;
+    let text: Vec<char> = m.label.to_uppercase().chars().collect();
+    let tw = text.len() as i32 * 4 * scale + scale;
+    let th = 7 * scale;
+    let ty = if y1 - th >= 0 { y1 - th } else { y1 };
+    fill(img, x1, ty, x1 + tw, ty + th, c);
+    for (i, ch) in text.iter().enumerate() {
+        let glyph = glyph(*ch);
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in 0..3 {
+                if bits & (4 >> col) != 0 {
+                    let px = x1 + scale + (i as i32 * 4 + col) * scale;
+                    let py = ty + scale + row as i32 * scale;
+                    fill(img, px, py, px + scale, py + scale, [0, 0, 0]);
+                }
+            }
+        }
+    }
+}
+
+fn fill(img: &mut BgrImage, x1: i32, y1: i32, x2: i32, y2: i32, c: [u8; 3]) {
+    let (w, h) = (img.width as i32, img.height as i32);
+    let (x1, x2) = (x1.clamp(0, w), x2.clamp(0, w));
+    let (y1, y2) = (y1.clamp(0, h), y2.clamp(0, h));
+    for y in y1..y2 {
+        for x in x1..x2 {
+            let i = (y as usize * img.width as usize + x as usize) * 3;
+            img.data[i..i + 3].copy_from_slice(&c);
+        }
+    }
+}
+
+/// A 3×5 pixel font for labels (upper case, digits, a little punctuation).
+fn glyph(c: char) -> [u8; 5] {
+    match c {
+        'A' => [2, 5, 7, 5, 5],
+        'B' => [6, 5, 6, 5, 6],
+        'C' => [3, 4, 4, 4, 3],
+        'D' => [6, 5, 5, 5, 6],
+        'E' => [7, 4, 6, 4, 7],
+        'F' => [7, 4, 6, 4, 4],
+        'G' => [3, 4, 5, 5, 3],
+        'H' => [5, 5, 7, 5, 5],
+        'I' => [7, 2, 2, 2, 7],
+        'J' => [1, 1, 1, 5, 2],
+        'K' => [5, 5, 6, 5, 5],
+        'L' => [4, 4, 4, 4, 7],
+        'M' => [5, 7, 7, 5, 5],
+        'N' => [6, 5, 5, 5, 5],
+        'O' => [2, 5, 5, 5, 2],
+        'P' => [6, 5, 6, 4, 4],
+        'Q' => [2, 5, 5, 6, 3],
+        'R' => [6, 5, 6, 5, 5],
+        'S' => [3, 4, 2, 1, 6],
+        'T' => [7, 2, 2, 2, 2],
+        'U' => [5, 5, 5, 5, 7],
+        'V' => [5, 5, 5, 5, 2],
+        'W' => [5, 5, 7, 7, 5],
+        'X' => [5, 5, 2, 5, 5],
+        'Y' => [5, 5, 2, 2, 2],
+        'Z' => [7, 1, 2, 4, 7],
+        '0' => [7, 5, 5, 5, 7],
+        '1' => [2, 6, 2, 2, 7],
+        '2' => [6, 1, 2, 4, 7],
+        '3' => [6, 1, 2, 1, 6],
+        '4' => [5, 5, 7, 1, 1],
+        '5' => [7, 4, 6, 1, 6],
+        '6' => [3, 4, 7, 5, 7],
+        '7' => [7, 1, 2, 2, 2],
+        '8' => [7, 5, 7, 5, 7],
+        '9' => [7, 5, 7, 1, 6],
+        '.' => [0, 0, 0, 0, 2],
+        '#' => [5, 7, 5, 7, 5],
+        '-' => [0, 0, 7, 0, 0],
+        ':' => [0, 2, 0, 2, 0],
+        _ => [0; 5],
+    }
+}
+
+/// Asks the capture thread for a clip around now, written to `path` (`.mkv`).
+#[derive(Debug, Clone)]
+pub struct ClipRequest {
+    pub path: PathBuf,
+}
+
+struct Pending {
+    path: PathBuf,
+    until: f64,
+    packets: Vec<Packet>,
+}
+
+/// The capture thread's packet ring and the clips being collected.
+pub struct ClipRecorder {
+    pre_s: f64,
+    post_s: f64,
+    max_ring_bytes: usize,
+    session: Option<(codec::Parameters, Rational)>,
+    /// (packet, media seconds); starts at a keyframe once one was seen.
+    ring: VecDeque<(Packet, f64)>,
+    ring_bytes: usize,
+    last_t: f64,
+    pending: Vec<Pending>,
+    /// Clips written and failed, for the camera's counters.
+    pub written: u64,
+    pub failed: u64,
+}
+
+impl ClipRecorder {
+    /// Clips cover `pre_s` before to `post_s` after a request; the ring holds at most
+    /// `max_ring_bytes` (whole GOPs are dropped beyond it).
+    pub fn new(pre_s: f64, post_s: f64, max_ring_bytes: usize) -> Self {
+        ClipRecorder {
+            pre_s,
+            post_s,
+            max_ring_bytes,
+            session: None,
+            ring: VecDeque::new(),
+            ring_bytes: 0,
+            last_t: 0.0,
+            pending: Vec::new(),
+            written: 0,
+            failed: 0,
+        }
+    }
+
+    /// A new stream was opened: its packets now fill the ring.
+    pub fn start_session(&mut self, params: codec::Parameters, time_base: Rational) {
+        self.end_session();
+        self.session = Some((params, time_base));
+    }
+
+    /// The stream ended: pending clips are written with what they have.
+    pub fn end_session(&mut self) {
+        for p in std::mem::take(&mut self.pending) {
+            self.finish(p);
+        }
+        self.ring.clear();
+        self.ring_bytes = 0;
+    }
+
+    /// Adds a packet of the video stream at media time `t` (seconds).
+    pub fn push(&mut self, packet: &Packet, t: f64) {
+        if self.session.is_none() {
+            return;
+        }
+        self.last_t = t;
+        if self.ring.is_empty() && !packet.is_key() {
+            return;
+        }
+        self.ring.push_back((packet.clone(), t));
+        self.ring_bytes += packet.size();
+        let mut i = 0;
+        while i < self.pending.len() {
+            self.pending[i].packets.push(packet.clone());
+            if t >= self.pending[i].until {
+                let p = self.pending.swap_remove(i);
+                self.finish(p);
+            } else {
+                i += 1;
+            }
+        }
+        self.trim(t);
+    }
+
+    /// Drops GOPs that are entirely older than `pre_s` (or over the byte budget).
+    fn trim(&mut self, now: f64) {
+        loop {
+            let next_key = self
+                .ring
+                .iter()
+                .skip(1)
+                .position(|(p, _)| p.is_key())
+                .map(|i| i + 1);
+            let Some(k) = next_key else { return };
+            let old = self.ring[k].1 <= now - self.pre_s;
+            if !old && self.ring_bytes <= self.max_ring_bytes {
+                return;
+            }
+            for (p, _) in self.ring.drain(..k) {
+                self.ring_bytes -= p.size();
+            }
+        }
+    }
+
+    /// Starts collecting a clip: the ring (from its keyframe) plus `post_s` more seconds.
+    pub fn request(&mut self, req: ClipRequest) {
+        let packets: Vec<Packet> = self.ring.iter().map(|(p, _)| p.clone()).collect();
+        self.pending.push(Pending {
+            path: req.path,
+            until: self.last_t + self.post_s,
+            packets,
+        });
+    }
+
+    fn finish(&mut self, p: Pending) {
+        let Some((params, tb)) = self.session.as_ref() else {
+            return;
+        };
+        match write_clip(&p.path, params, *tb, &p.packets) {
+            Ok(()) => {
+                self.written += 1;
+                tracing::info!(path = %p.path.display(), packets = p.packets.len(), "event clip written");
+            }
+            Err(e) => {
+                self.failed += 1;
+                tracing::warn!(path = %p.path.display(), error = %e, "event clip failed");
+            }
+        }
+    }
+}
+
+/// Remuxes `packets` (time base `tb`) into a new file, timestamps starting at zero.
+pub fn write_clip(
+    path: &Path,
+    params: &codec::Parameters,
+    tb: Rational,
+    packets: &[Packet],
+) -> Result<(), EvidenceError> {
+    let first = packets
+        .iter()
+        .filter_map(|p| p.dts().or(p.pts()))
+        .min()
+        .ok_or(EvidenceError::Empty)?;
+    let io = |error| EvidenceError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = partial(path);
+    let mut out = format::output(&tmp)?;
+    {
+        let mut stream = out.add_stream(encoder::find(codec::Id::None))?;
+        stream.set_parameters(params.clone());
+        // SAFETY: the stream's codecpar was just allocated by FFmpeg; clearing the codec tag
+        // lets the muxer choose its own (the standard remux recipe).
+        unsafe {
+            (*stream.parameters().as_mut_ptr()).codec_tag = 0;
+        }
+        stream.set_time_base(tb);
+    }
+    out.write_header()?;
+    let out_tb = out.stream(0).map(|s| s.time_base()).unwrap_or(tb);
+    for p in packets {
+        let mut q = p.clone();
+        let dts = p.dts().map(|v| v - first);
+        let pts = p.pts().map(|v| v - first).or(dts);
+        q.set_dts(dts);
+        q.set_pts(pts);
+        q.rescale_ts(tb, out_tb);
+        q.set_position(-1);
+        q.set_stream(0);
+        q.write_interleaved(&mut out)?;
+    }
+    out.write_trailer()?;
+    drop(out);
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Deletes evidence older than `max_age`, then the oldest files until the directory tree
+/// holds at most `max_bytes`.
+pub fn prune(dir: &Path, max_age: Duration, max_bytes: u64) -> Result<Pruned, EvidenceError> {
+    let io = |error| EvidenceError::Io {
+        path: dir.to_path_buf(),
+        error,
+    };
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(e)),
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                files.push((
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    meta.len(),
+                    entry.path(),
+                ));
+            }
+        }
+    }
+    files.sort();
+    let now = SystemTime::now();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    let mut pruned = Pruned::default();
+    for (modified, len, path) in files {
+        let expired = now.duration_since(modified).is_ok_and(|age| age > max_age);
+        if !expired && total <= max_bytes {
+            continue;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            pruned.files += 1;
+            pruned.bytes += len;
+        }
+    }
+    Ok(pruned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_removes_the_oldest_files_beyond_the_size_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let p = dir.path().join("cam").join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, vec![0u8; 100]).unwrap();
+            let t = SystemTime::now() - Duration::from_secs(100 - i as u64 * 10);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        let pruned = prune(dir.path(), Duration::from_secs(3600), 200).unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                files: 1,
+                bytes: 100
+            }
+        );
+        assert!(!dir.path().join("cam/a").exists());
+        assert!(dir.path().join("cam/c").exists());
+        let pruned = prune(dir.path(), Duration::from_secs(85), 1000).unwrap();
+        assert_eq!(pruned.files, 1, "b is older than 85 s");
+    }
+
+    #[test]
+    fn a_snapshot_is_a_jpeg() {
+        ffmpeg::init().unwrap();
+        let img = BgrImage {
+            width: 64,
+            height: 48,
+            data: vec![128; 64 * 48 * 3],
+        };
+        let mark = Mark {
+            bbox: BoxF {
+                x1: 5.0,
+                y1: 20.0,
+                x2: 40.0,
+                y2: 45.0,
+            },
+            label: "person 0.9 #1".into(),
+            highlight: true,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jpg");
+        snapshot(&img, &[mark], &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..3], &[0xFF, 0xD8, 0xFF]);
+    }
+}

@@ -1,0 +1,770 @@
+//! The video pipeline: one per camera, two threads joined by typed bounded channels.
+//!
+//! ```text
+//! capture thread (Inputs stage)                    analysis thread (Processing stage)
+//! capture → motion → letterbox ─(Frame, cap. 1)─▶ detect → track → zones → evidence ─(AlertInput)─▶ alerts
+//!    ▲  packet ring for clips    ◀─(ClipRequest)──────────────────────────┘
+//!    └─ watchdog: reconnect with backoff, camera_down / resolved ─(AlertInput)─▶ alerts
+//! ```
+//!
+//! Frames are dropped (and counted) at capture when the analysis is still busy — never
+//! queued without bound. The detector (model loaded once, warmed up) is shared by all cameras
+//! behind a mutex; pre-processing runs on each camera's capture thread, outside the lock.
+//! Motion gates the detector: it runs only when something moves, on the moving region, plus
+//! a periodic full-frame pass.
+
+pub mod capture;
+pub mod detect;
+pub mod detect_cli;
+pub mod evidence;
+pub mod motion;
+pub mod track;
+pub mod zones;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use edge_config::{AlertKind, Camera, CameraRuleKind, Config, Level};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::alerts::task::AlertInput;
+use crate::alerts::{Location, Source};
+use crate::shutdown::{Lifecycle as Stages, Stage};
+use capture::{CaptureError, CaptureOptions, CaptureSink, Captured, Pace};
+use detect::{DetectError, Detector, InputSpec, OrtDetector, Prepared};
+use evidence::{ClipRecorder, ClipRequest, Mark};
+use motion::MotionDetector;
+use track::{Tracker, TrackerOptions};
+use zones::{RuleEdge, ZoneError, ZoneRules};
+
+/// Errors starting the video pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum VideoError {
+    /// No detector: the camera pipeline is unavailable (sensors keep working).
+    #[error("video pipeline unavailable: {0}")]
+    Detector(#[from] DetectError),
+    #[error("video pipeline unavailable: {0}")]
+    Capture(#[from] CaptureError),
+    #[error("camera {camera}: {error}")]
+    Zones { camera: String, error: ZoneError },
+    #[error("cannot start a camera thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A BGR24 image, rows packed without padding.
+#[derive(Debug, Clone)]
+pub struct BgrImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+/// An 8-bit grey image (for motion), rows packed.
+#[derive(Debug, Clone)]
+pub struct GreyImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+/// Per-camera counters, shared by its two threads and readable by the console.
+#[derive(Debug, Default)]
+pub struct CameraStats {
+    /// Frames decoded (every frame of the stream).
+    pub decoded: AtomicU64,
+    /// Sampled frames that reached the analysis.
+    pub analysed: AtomicU64,
+    /// Analysed frames the detector ran on (the rest had no motion).
+    pub detected: AtomicU64,
+    /// Sampled frames dropped because the analysis was busy.
+    pub dropped: AtomicU64,
+    /// Open, read, decode, conversion, inference and evidence errors.
+    pub errors: AtomicU64,
+    /// Reconnection attempts.
+    pub reconnects: AtomicU64,
+    /// Rule triggers sent to the alert lifecycle.
+    pub alerts: AtomicU64,
+}
+
+/// A copy of [`CameraStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    pub decoded: u64,
+    pub analysed: u64,
+    pub detected: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub reconnects: u64,
+    pub alerts: u64,
+}
+
+impl CameraStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            decoded: g(&self.decoded),
+            analysed: g(&self.analysed),
+            detected: g(&self.detected),
+            dropped: g(&self.dropped),
+            errors: g(&self.errors),
+            reconnects: g(&self.reconnects),
+            alerts: g(&self.alerts),
+        }
+    }
+}
+
+/// The detector shared by every camera of the gateway.
+pub type SharedDetector = Arc<Mutex<Box<dyn Detector>>>;
+
+/// A frame on its way from capture to analysis.
+pub struct Frame {
+    pub seq: u64,
+    pub t: f64,
+    pub image: BgrImage,
+    /// The detector input, or `None` when motion gating skipped this frame.
+    pub input: Option<Prepared>,
+}
+
+/// What the analysis saw on one frame (printed by `gateway detect`, checked by tests).
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameReport {
+    pub seq: u64,
+    /// Camera seconds.
+    pub t: f64,
+    pub width: u32,
+    pub height: u32,
+    /// Whether the detector ran on this frame.
+    pub detected: bool,
+    pub objects: Vec<ObjectReport>,
+}
+
+/// One detection of a frame.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectReport {
+    pub class: &'static str,
+    pub score: f32,
+    /// `[x1, y1, x2, y2]` in source pixels.
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    pub track: Option<u64>,
+    pub zones: Vec<String>,
+}
+
+/// How a camera pipeline runs.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub capture: CaptureOptions,
+    /// Run the detector only on motion (plus the periodic pass); `false` = every frame.
+    pub motion_gating: bool,
+    /// Full-frame detector pass at least this often (camera seconds).
+    pub full_pass_every_s: f64,
+    /// Event clips: seconds before / after the trigger.
+    pub clip_pre_s: f64,
+    pub clip_post_s: f64,
+    /// Where snapshots and clips go (`<dir>/<camera>/…`); `None` = no evidence.
+    pub evidence_dir: Option<PathBuf>,
+    /// Evidence retention: maximum age and total size.
+    pub retention_age: Duration,
+    pub retention_bytes: u64,
+    /// Detections below this score are left out of [`FrameReport`]s.
+    pub report_min_score: f32,
+    /// Write the latest frame with reported detections, boxes drawn, to this JPEG (the CLI).
+    pub annotate: Option<PathBuf>,
+    pub tracker: TrackerOptions,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            capture: CaptureOptions::default(),
+            motion_gating: true,
+            full_pass_every_s: 5.0,
+            clip_pre_s: 5.0,
+            clip_post_s: 5.0,
+            evidence_dir: None,
+            retention_age: Duration::from_secs(30 * 24 * 3600),
+            retention_bytes: 256 << 20,
+            report_min_score: 0.3,
+            annotate: None,
+            tracker: TrackerOptions::default(),
+        }
+    }
+}
+
+/// Where a camera pipeline's results go.
+#[derive(Clone)]
+pub struct Outputs {
+    /// Rule edges and camera down/up, as alert inputs.
+    pub alerts: Option<mpsc::Sender<AlertInput>>,
+    /// Per-frame reports (the CLI, tests); a bounded channel: the analysis waits for it.
+    pub reports: Option<Sender<FrameReport>>,
+}
+
+/// The two halves of one camera pipeline, ready to run on their threads.
+pub struct CameraJobs {
+    pub stats: Arc<CameraStats>,
+    capture: CaptureJob,
+    analysis: AnalysisJob,
+}
+
+impl CameraJobs {
+    /// Prepares a camera: zones, tracker, channels. Nothing runs yet.
+    pub fn new(
+        camera: &Camera,
+        config: &Config,
+        detector: SharedDetector,
+        outputs: Outputs,
+        options: PipelineOptions,
+    ) -> Result<Self, VideoError> {
+        let stats = Arc::new(CameraStats::default());
+        let zones = ZoneRules::new(camera, options.tracker.min_hits).map_err(|error| {
+            VideoError::Zones {
+                camera: camera.id.clone(),
+                error,
+            }
+        })?;
+        let spec = detector
+            .lock()
+            .map(|d| d.input_spec())
+            .unwrap_or(InputSpec {
+                width: 416,
+                height: 416,
+                pad: 114.0,
+            });
+        let (frame_tx, frame_rx) = crossbeam_channel::bounded::<Frame>(1);
+        let (clip_tx, clip_rx) = crossbeam_channel::bounded::<ClipRequest>(8);
+        let mut capture_options = options.capture.clone();
+        capture_options.analyse_fps = camera.analyse_fps;
+        let capture = CaptureJob {
+            source: camera.source(),
+            options: capture_options,
+            stats: stats.clone(),
+            recorder: ClipRecorder::new(options.clip_pre_s, options.clip_post_s, 64 << 20),
+            sink: CaptureStage {
+                camera: camera.id.clone(),
+                location: Location::resolve(config, &camera.location),
+                frames: frame_tx,
+                clips: clip_rx,
+                alerts: outputs.alerts.clone(),
+                motion: MotionDetector::new(
+                    &camera
+                        .masks
+                        .iter()
+                        .map(|m| m.polygon.clone())
+                        .collect::<Vec<_>>(),
+                ),
+                spec,
+                gating: options.motion_gating,
+                full_pass_every_s: options.full_pass_every_s,
+                last_full: None,
+                blocking: options.capture.pace == Pace::AsFastAsAnalysed
+                    && matches!(camera.source(), edge_config::CameraSource::File(_)),
+                cancel: CancellationToken::new(),
+            },
+        };
+        let analysis = AnalysisJob {
+            camera: camera.id.clone(),
+            location: Location::resolve(config, &camera.location),
+            tz: config.site.tz(),
+            frames: frame_rx,
+            clips: clip_tx,
+            detector,
+            tracker: Tracker::new(options.tracker),
+            zones,
+            outputs,
+            stats: stats.clone(),
+            options,
+            last_prune: None,
+        };
+        Ok(CameraJobs {
+            stats,
+            capture,
+            analysis,
+        })
+    }
+
+    /// Runs both halves to the end on this thread and a helper thread (tests, CLI, bench):
+    /// until the input ends (files without looping), or `cancel`.
+    pub fn run(self, cancel: CancellationToken) -> Result<StatsSnapshot, VideoError> {
+        let CameraJobs {
+            stats,
+            capture,
+            analysis,
+        } = self;
+        let token = cancel.clone();
+        let handle = std::thread::Builder::new()
+            .name("video-capture".into())
+            .spawn(move || capture.run(token))
+            .map_err(VideoError::Thread)?;
+        analysis.run();
+        let _ = handle.join();
+        Ok(stats.snapshot())
+    }
+}
+
+struct CaptureJob {
+    source: edge_config::CameraSource,
+    options: CaptureOptions,
+    stats: Arc<CameraStats>,
+    recorder: ClipRecorder,
+    sink: CaptureStage,
+}
+
+impl CaptureJob {
+    fn run(mut self, cancel: CancellationToken) {
+        self.sink.cancel = cancel.clone();
+        capture::run(
+            &self.source,
+            &self.options,
+            &self.stats,
+            &mut self.recorder,
+            &mut self.sink,
+            &cancel,
+        );
+        self.recorder.end_session();
+        self.stats
+            .errors
+            .fetch_add(self.recorder.failed, Ordering::Relaxed);
+        tracing::info!(camera = %self.sink.camera, stats = ?self.stats.snapshot(), "capture stopped");
+    }
+}
+
+/// The capture thread's side: motion gating, letterbox, hand-over, camera status.
+struct CaptureStage {
+    camera: String,
+    location: Location,
+    frames: Sender<Frame>,
+    clips: Receiver<ClipRequest>,
+    alerts: Option<mpsc::Sender<AlertInput>>,
+    motion: MotionDetector,
+    spec: InputSpec,
+    gating: bool,
+    full_pass_every_s: f64,
+    last_full: Option<f64>,
+    /// Files analysed as fast as possible wait for the analysis instead of dropping frames
+    /// (deterministic tests and benchmarks); live sources never wait.
+    blocking: bool,
+    cancel: CancellationToken,
+}
+
+impl CaptureSink for CaptureStage {
+    fn ready(&mut self) -> bool {
+        self.blocking || !self.frames.is_full()
+    }
+
+    fn frame(&mut self, c: Captured) -> bool {
+        let motion = self.motion.update(&c.grey);
+        let full_due = self
+            .last_full
+            .is_none_or(|last| c.t - last >= self.full_pass_every_s);
+        let input = if !self.gating || full_due {
+            self.last_full = Some(c.t);
+            Some(detect::letterbox(&c.image, None, self.spec))
+        } else {
+            motion.map(|m| {
+                let region = motion::region_for(
+                    &m,
+                    c.image.width,
+                    c.image.height,
+                    (self.spec.width, self.spec.height),
+                );
+                if region.is_none() {
+                    self.last_full = Some(c.t);
+                }
+                detect::letterbox(&c.image, region, self.spec)
+            })
+        };
+        let mut frame = Frame {
+            seq: c.seq,
+            t: c.t,
+            image: c.image,
+            input,
+        };
+        loop {
+            match self.frames.send_timeout(frame, Duration::from_millis(100)) {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Timeout(f)) => {
+                    if self.cancel.is_cancelled() {
+                        return false;
+                    }
+                    frame = f;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    fn status(&mut self, down: Option<String>) {
+        tracing::warn!(camera = %self.camera, down = down.is_some(), reason = down.as_deref().unwrap_or("recovered"), "camera status");
+        let readings = match &down {
+            Some(reason) => serde_json::json!({ "reason": reason }),
+            None => serde_json::json!({ "recovered": true }),
+        };
+        send_alert(
+            &self.alerts,
+            camera_input(
+                &self.camera,
+                AlertKind::CameraDown,
+                Level::Yellow,
+                &self.location,
+                down.is_some(),
+                readings,
+            ),
+        );
+    }
+
+    fn poll_clips(&mut self, recorder: &mut ClipRecorder, _t: f64) {
+        while let Ok(req) = self.clips.try_recv() {
+            recorder.request(req);
+        }
+    }
+}
+
+fn send_alert(alerts: &Option<mpsc::Sender<AlertInput>>, input: AlertInput) {
+    if let Some(tx) = alerts {
+        // Only fails when the alert task is gone (shutdown): nothing left to tell.
+        let _ = tx.blocking_send(input);
+    }
+}
+
+/// A camera edge as an alert input: `active` raises (or updates) the alert of
+/// (`camera:ID`, kind), otherwise resolves it.
+fn camera_input(
+    camera: &str,
+    kind: AlertKind,
+    level: Level,
+    location: &Location,
+    active: bool,
+    readings: serde_json::Value,
+) -> AlertInput {
+    let source = Source::Camera(camera.to_owned());
+    if active {
+        AlertInput::Raise {
+            source,
+            location: location.clone(),
+            kind,
+            level,
+            readings,
+        }
+    } else {
+        AlertInput::ResolveSource {
+            source,
+            kind,
+            by: "auto".into(),
+        }
+    }
+}
+
+fn alert_kind(kind: CameraRuleKind) -> AlertKind {
+    match kind {
+        CameraRuleKind::EbikeEntry => AlertKind::EbikeEntry,
+        CameraRuleKind::Crowd => AlertKind::Crowd,
+        CameraRuleKind::Intrusion => AlertKind::Intrusion,
+        CameraRuleKind::Loitering => AlertKind::Loitering,
+    }
+}
+
+struct AnalysisJob {
+    camera: String,
+    location: Location,
+    tz: chrono_tz::Tz,
+    frames: Receiver<Frame>,
+    clips: Sender<ClipRequest>,
+    detector: SharedDetector,
+    tracker: Tracker,
+    zones: ZoneRules,
+    outputs: Outputs,
+    stats: Arc<CameraStats>,
+    options: PipelineOptions,
+    last_prune: Option<Instant>,
+}
+
+impl AnalysisJob {
+    /// Drains frames until the capture side has stopped.
+    fn run(mut self) {
+        loop {
+            match self.frames.recv_timeout(Duration::from_millis(500)) {
+                Ok(frame) => self.analyse(frame),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        tracing::info!(camera = %self.camera, stats = ?self.stats.snapshot(), "analysis stopped");
+    }
+
+    fn analyse(&mut self, frame: Frame) {
+        self.stats.analysed.fetch_add(1, Ordering::Relaxed);
+        let (w, h) = (frame.image.width, frame.image.height);
+        let detections = frame.input.as_ref().and_then(|input| {
+            let result = match self.detector.lock() {
+                Ok(mut d) => d.infer(input),
+                Err(_) => Err(DetectError::Inference("detector lock poisoned".into())),
+            };
+            match result {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n <= 5 || n.is_multiple_of(100) {
+                        tracing::warn!(camera = %self.camera, error = %e, "detection failed");
+                    }
+                    None
+                }
+            }
+        });
+        let mut report_objects = Vec::new();
+        match &detections {
+            Some(dets) => {
+                self.stats.detected.fetch_add(1, Ordering::Relaxed);
+                let dets: Vec<_> = dets
+                    .iter()
+                    .filter(|d| !self.zones.masked(&d.bbox, w, h))
+                    .cloned()
+                    .collect();
+                let ids = self.tracker.update(frame.t, &dets);
+                if self.outputs.reports.is_some() || self.options.annotate.is_some() {
+                    for (d, id) in dets.iter().zip(ids) {
+                        if d.score >= self.options.report_min_score {
+                            report_objects.push(ObjectReport {
+                                class: d.label(),
+                                score: d.score,
+                                bbox: [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2],
+                                track: id,
+                                zones: self.zones.zones_at(&d.bbox, w, h),
+                            });
+                        }
+                    }
+                }
+            }
+            None => self.tracker.coast(frame.t),
+        }
+        let local = Utc::now().with_timezone(&self.tz).time();
+        let edges = self
+            .zones
+            .update(frame.t, local, self.tracker.tracks(), w, h);
+        for edge in edges {
+            self.on_edge(&edge, &frame);
+        }
+        if let (Some(path), false) = (&self.options.annotate, report_objects.is_empty()) {
+            let marks: Vec<Mark> = report_objects
+                .iter()
+                .map(|o| Mark {
+                    bbox: detect::BoxF {
+                        x1: o.bbox[0],
+                        y1: o.bbox[1],
+                        x2: o.bbox[2],
+                        y2: o.bbox[3],
+                    },
+                    label: match o.track {
+                        Some(id) => format!("{} {:.2} #{id}", o.class, o.score),
+                        None => format!("{} {:.2}", o.class, o.score),
+                    },
+                    highlight: false,
+                })
+                .collect();
+            if let Err(e) = evidence::snapshot(&frame.image, &marks, path) {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "annotated frame not written");
+            }
+        }
+        if let Some(tx) = &self.outputs.reports {
+            let report = FrameReport {
+                seq: frame.seq,
+                t: frame.t,
+                width: w,
+                height: h,
+                detected: detections.is_some(),
+                objects: report_objects,
+            };
+            let _ = tx.send(report);
+        }
+        self.prune();
+    }
+
+    fn on_edge(&mut self, edge: &RuleEdge, frame: &Frame) {
+        let kind = alert_kind(edge.kind);
+        if !edge.active {
+            tracing::info!(camera = %self.camera, kind = %kind, "camera rule cleared");
+            send_alert(
+                &self.outputs.alerts,
+                camera_input(
+                    &self.camera,
+                    kind,
+                    edge.level,
+                    &self.location,
+                    false,
+                    serde_json::Value::Null,
+                ),
+            );
+            return;
+        }
+        self.stats.alerts.fetch_add(1, Ordering::Relaxed);
+        let min_hits = self.tracker.options().min_hits;
+        let objects: Vec<serde_json::Value> = self
+            .tracker
+            .tracks()
+            .iter()
+            .filter(|tr| edge.tracks.contains(&tr.id))
+            .map(|tr| {
+                serde_json::json!({
+                    "track": tr.id,
+                    "class": detect::LABELS.get(tr.class).copied().unwrap_or("?"),
+                    "score": (tr.best_score * 100.0).round() / 100.0,
+                    "box": [tr.bbox.x1.round(), tr.bbox.y1.round(), tr.bbox.x2.round(), tr.bbox.y2.round()],
+                })
+            })
+            .collect();
+        let mut readings = serde_json::json!({
+            "rule": edge.kind.as_str(),
+            "zone": edge.zone,
+            "camera_time_s": (frame.t * 100.0).round() / 100.0,
+            "objects": objects,
+        });
+        if let Some(dir) = &self.options.evidence_dir {
+            let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3f");
+            let base = dir.join(sanitize(&self.camera)).join(format!(
+                "{stamp}-{}-{}",
+                edge.kind.as_str(),
+                frame.seq
+            ));
+            let jpg = base.with_extension("jpg");
+            let marks: Vec<Mark> = self
+                .tracker
+                .tracks()
+                .iter()
+                .filter(|tr| tr.confirmed(min_hits))
+                .map(|tr| Mark {
+                    bbox: tr.bbox,
+                    label: format!(
+                        "{} {:.2} #{}",
+                        detect::LABELS.get(tr.class).copied().unwrap_or("?"),
+                        tr.score,
+                        tr.id
+                    ),
+                    highlight: edge.tracks.contains(&tr.id),
+                })
+                .collect();
+            match evidence::snapshot(&frame.image, &marks, &jpg) {
+                Ok(()) => readings["snapshot"] = serde_json::json!(jpg),
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(camera = %self.camera, error = %e, "snapshot failed");
+                }
+            }
+            let mkv = base.with_extension("mkv");
+            match self.clips.try_send(ClipRequest { path: mkv.clone() }) {
+                Ok(()) => readings["clip"] = serde_json::json!(mkv),
+                Err(_) => {
+                    tracing::warn!(camera = %self.camera, "clip request dropped (capture busy or stopped)")
+                }
+            }
+        }
+        tracing::info!(camera = %self.camera, kind = %kind, zone = %edge.zone, tracks = ?edge.tracks, "camera rule triggered");
+        send_alert(
+            &self.outputs.alerts,
+            camera_input(
+                &self.camera,
+                kind,
+                edge.level,
+                &self.location,
+                true,
+                readings,
+            ),
+        );
+    }
+
+    /// Evidence retention, at most once a minute.
+    fn prune(&mut self) {
+        let Some(dir) = &self.options.evidence_dir else {
+            return;
+        };
+        if self
+            .last_prune
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        match evidence::prune(
+            dir,
+            self.options.retention_age,
+            self.options.retention_bytes,
+        ) {
+            Ok(p) if p.files > 0 => {
+                tracing::info!(files = p.files, bytes = p.bytes, "evidence pruned")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "evidence retention failed"),
+        }
+    }
+}
+
+/// A camera id as a directory name.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The running cameras, for the daemon and console.
+pub struct VideoHandle {
+    /// `(camera id, counters)` of every running camera.
+    pub cameras: Vec<(String, Arc<CameraStats>)>,
+}
+
+/// Loads the detector once and starts every enabled camera: capture threads in the Inputs
+/// stage, analysis threads in the Processing stage. Evidence goes to `<data_dir>/evidence`
+/// (a quarter of `storage.quota_mb`, 30 days). With no enabled camera nothing is loaded.
+/// A missing ONNX Runtime or model is an error here (the caller logs it and runs without
+/// cameras), never a panic.
+pub fn spawn(
+    config: Arc<Config>,
+    stages: &Stages,
+    alerts: mpsc::Sender<AlertInput>,
+    data_dir: &Path,
+) -> Result<VideoHandle, VideoError> {
+    let cameras: Vec<&Camera> = config.cameras.iter().filter(|c| c.enabled).collect();
+    if cameras.is_empty() {
+        return Ok(VideoHandle {
+            cameras: Vec::new(),
+        });
+    }
+    capture::init_ffmpeg()?;
+    let detector: SharedDetector = Arc::new(Mutex::new(Box::new(OrtDetector::from_config(
+        &config.detector,
+    )?)));
+    let options = PipelineOptions {
+        evidence_dir: Some(data_dir.join("evidence")),
+        retention_bytes: config.storage.quota_mb.saturating_mul(1 << 20) / 4,
+        ..PipelineOptions::default()
+    };
+    let mut handle = VideoHandle {
+        cameras: Vec::new(),
+    };
+    for camera in cameras {
+        let outputs = Outputs {
+            alerts: Some(alerts.clone()),
+            reports: None,
+        };
+        let jobs = CameraJobs::new(camera, &config, detector.clone(), outputs, options.clone())?;
+        handle.cameras.push((camera.id.clone(), jobs.stats.clone()));
+        let CameraJobs {
+            capture, analysis, ..
+        } = jobs;
+        stages.spawn_blocking(Stage::Inputs, move |token| capture.run(token));
+        stages.spawn_blocking(Stage::Processing, move |_token| analysis.run());
+        tracing::info!(camera = %camera.id, url = %capture::redact_url(&camera.url), fps = camera.analyse_fps, "camera started");
+    }
+    Ok(handle)
+}

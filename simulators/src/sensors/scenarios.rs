@@ -1,0 +1,606 @@
+//! The scenario scripts: which devices a scenario uses ([`plan`]) and what they do
+//! ([`play`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_config::{Config, Device, DeviceKind, PayloadFormat};
+use rand::Rng;
+use rumqttc::QoS;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::device::{rng_for, SimDevice};
+use super::{Fleet, Handle, Mode, Options, Report, Scenario, SensorsError};
+
+/// Why a script ended early.
+#[derive(Debug)]
+pub(crate) enum Halt {
+    /// `stop` was cancelled: not an error.
+    Stopped,
+    Failed(SensorsError),
+}
+
+impl From<SensorsError> for Halt {
+    fn from(e: SensorsError) -> Self {
+        Halt::Failed(e)
+    }
+}
+
+/// The devices a scenario acts on (indices into `Config::devices`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Plan {
+    pub targets: Vec<String>,
+    /// The device that floods (gets a larger request queue).
+    pub flooder: Option<String>,
+    primary: Vec<usize>,
+    secondary: Option<usize>,
+}
+
+fn index_of(config: &Config, id: &str) -> Result<usize, SensorsError> {
+    config
+        .devices
+        .iter()
+        .position(|d| d.id == id)
+        .ok_or_else(|| SensorsError::NoSuchDevice(id.to_owned()))
+}
+
+/// The `--device` if it has one of `kinds`, else the first device of those kinds.
+fn pick(config: &Config, options: &Options, kinds: &[DeviceKind]) -> Result<usize, SensorsError> {
+    let wanted = kinds
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let missing = || SensorsError::MissingDevice {
+        scenario: options.scenario,
+        kind: leak_str(wanted.clone()),
+    };
+    if let Some(id) = &options.device {
+        let i = index_of(config, id)?;
+        return if kinds.contains(&config.devices[i].kind) {
+            Ok(i)
+        } else {
+            Err(missing())
+        };
+    }
+    config
+        .devices
+        .iter()
+        .position(|d| kinds.contains(&d.kind))
+        .ok_or_else(missing)
+}
+
+/// Error messages want a `&'static str`; the few kind lists are tiny and built once.
+fn leak_str(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// A device of `kind` near device `of`: same room, else same area or building (and unit),
+/// else — if `anywhere` — the first of that kind.
+fn near(config: &Config, of: usize, kind: DeviceKind, anywhere: bool) -> Option<usize> {
+    let here = &config.devices[of].location;
+    let score = |d: &Device| {
+        let l = &d.location;
+        let same_place = (l.area.is_some() && l.area == here.area)
+            || (l.building.is_some() && l.building == here.building && l.unit == here.unit);
+        match (same_place, l.room == here.room) {
+            (true, true) => 3,
+            (true, false) => 2,
+            _ if anywhere => 1,
+            _ => 0,
+        }
+    };
+    let mut best: Option<(usize, i32)> = None;
+    for (i, d) in config.devices.iter().enumerate() {
+        if i == of || d.kind != kind {
+            continue;
+        }
+        let s = score(d);
+        if s > 0 && best.is_none_or(|(_, b)| s > b) {
+            best = Some((i, s));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+const SENSORS: [DeviceKind; 6] = [
+    DeviceKind::Smoke,
+    DeviceKind::Heat,
+    DeviceKind::WaterLeak,
+    DeviceKind::Gas,
+    DeviceKind::EbikeBattery,
+    DeviceKind::Sos,
+];
+
+/// Chooses the scenario's devices before anything connects, so a missing one is reported
+/// at once.
+pub(crate) fn plan(config: &Config, options: &Options) -> Result<Plan, SensorsError> {
+    use DeviceKind as K;
+    let mut plan = Plan::default();
+    match options.scenario {
+        Scenario::Normal | Scenario::Soak => {}
+        Scenario::KitchenFire => {
+            let heat = pick(config, options, &[K::Heat])?;
+            plan.primary = vec![heat];
+            plan.secondary = near(config, heat, K::Smoke, true);
+        }
+        Scenario::GasLeak => {
+            let gas = pick(config, options, &[K::Gas])?;
+            plan.primary = vec![gas];
+            plan.secondary = near(config, gas, K::Valve, true);
+        }
+        Scenario::WaterLeak => plan.primary = vec![pick(config, options, &[K::WaterLeak])?],
+        Scenario::EbikeThermalRunaway => {
+            let bike = pick(config, options, &[K::EbikeBattery])?;
+            plan.primary = vec![bike];
+            plan.secondary = near(config, bike, K::Smoke, false);
+        }
+        Scenario::BatteryTheft => plan.primary = vec![pick(config, options, &[K::EbikeBattery])?],
+        Scenario::Sos => plan.primary = vec![pick(config, options, &[K::Sos])?],
+        Scenario::DeviceOffline => plan.primary = vec![pick(config, options, &DeviceKind::ALL)?],
+        Scenario::Malformed => {
+            if options.device.is_some() {
+                plan.primary = vec![pick(config, options, &DeviceKind::ALL)?];
+            } else {
+                for format in [PayloadFormat::Native, PayloadFormat::Zigbee2mqtt] {
+                    let first = config
+                        .devices
+                        .iter()
+                        .position(|d| d.format == format && d.kind.is_sensor());
+                    plan.primary.extend(first);
+                }
+                if plan.primary.is_empty() {
+                    plan.primary = vec![pick(config, options, &DeviceKind::ALL)?];
+                }
+            }
+        }
+        Scenario::Flood => {
+            // A chatty sensor floods; a smoke detector elsewhere must still be heard.
+            let flooder = match &options.device {
+                Some(_) => pick(config, options, &DeviceKind::ALL)?,
+                None => config
+                    .devices
+                    .iter()
+                    .position(|d| d.kind.is_sensor() && d.kind != K::Smoke)
+                    .map_or_else(|| pick(config, options, &SENSORS), Ok)?,
+            };
+            plan.primary = vec![flooder];
+            plan.secondary = config
+                .devices
+                .iter()
+                .enumerate()
+                .position(|(i, d)| i != flooder && d.kind == K::Smoke);
+            plan.flooder = Some(config.devices[flooder].id.clone());
+        }
+    }
+    plan.targets = plan
+        .primary
+        .iter()
+        .chain(plan.secondary.iter())
+        .map(|&i| config.devices[i].id.clone())
+        .collect();
+    Ok(plan)
+}
+
+/// Scenario time: nominal seconds are divided by `speed`.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    speed: f64,
+}
+
+impl Pace {
+    /// How often a device in a hazard reports: every 2 s at speed 1, down to 5 per second.
+    fn sample(self) -> Duration {
+        Duration::from_secs_f64((2.0 / self.speed).clamp(0.2, 2.0))
+    }
+
+    fn real(self, nominal_s: f64) -> Duration {
+        Duration::from_secs_f64(nominal_s / self.speed)
+    }
+}
+
+async fn pause(stop: &CancellationToken, d: Duration) -> Result<(), Halt> {
+    tokio::select! {
+        _ = stop.cancelled() => Err(Halt::Stopped),
+        _ = tokio::time::sleep(d) => Ok(()),
+    }
+}
+
+/// Publishes `h`'s state every `sample` (real) for `total` units of scenario time, where a
+/// real second is `scale` units; `step(device, dt, elapsed)` (in units) evolves the state
+/// before each publication and returns false to end early.
+async fn animate(
+    h: &Handle,
+    stop: &CancellationToken,
+    sample: Duration,
+    scale: f64,
+    total: f64,
+    mut step: impl FnMut(&mut SimDevice, f64, f64) -> bool,
+) -> Result<(), Halt> {
+    let mut elapsed = 0.0;
+    let mut last = Instant::now();
+    while elapsed < total {
+        pause(stop, sample).await?;
+        let now = Instant::now();
+        let dt = (now - last).as_secs_f64() * scale;
+        last = now;
+        elapsed += dt;
+        let mut go_on = true;
+        h.update(|d| go_on = step(d, dt, elapsed)).await?;
+        if !go_on {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Plays the scenario.
+pub(crate) async fn play(
+    fleet: Arc<Fleet>,
+    options: Options,
+    plan: Plan,
+    stop: CancellationToken,
+    report: &mut Report,
+) -> Result<(), Halt> {
+    let pace = Pace {
+        speed: options.speed,
+    };
+    let h = |i: usize| fleet.handles[i].clone();
+    let primary: Vec<Arc<Handle>> = plan.primary.iter().map(|&i| h(i)).collect();
+    let secondary = plan.secondary.map(h);
+    for d in primary.iter().chain(secondary.iter()) {
+        if options.scenario != Scenario::DeviceOffline && options.scenario != Scenario::Malformed {
+            d.set_mode(Mode::Scripted);
+        }
+    }
+    let mut rng = rng_for(options.seed, options.scenario.as_str());
+    let s = &stop;
+    match options.scenario {
+        Scenario::Normal | Scenario::Soak => Ok(()),
+        Scenario::KitchenFire => {
+            let heat = &primary[0];
+            let rate = rng.gen_range(10.0..14.0); // °C per minute
+            let heats = |d: &mut SimDevice, dt: f64, _: f64| {
+                d.temperature_c += rate / 60.0 * dt + d.jitter(0.05);
+                true
+            };
+            animate(heat, s, pace.sample(), pace.speed, 30.0, |d, _, _| {
+                d.temperature_c += (d.ambient_c - d.temperature_c) * 0.2 + d.jitter(0.03);
+                true
+            })
+            .await?;
+            report
+                .notes
+                .push(format!("{}: fire starts, {rate:.1} °C/min", heat.id()));
+            animate(heat, s, pace.sample(), pace.speed, 60.0, heats).await?;
+            if let Some(smoke) = &secondary {
+                smoke.update(|d| d.smoke = true).await?;
+                report.notes.push(format!("{}: smoke", smoke.id()));
+            }
+            animate(heat, s, pace.sample(), pace.speed, 120.0, heats).await?;
+            animate(heat, s, pace.sample(), pace.speed, 20.0, |d, _, _| {
+                d.temperature_c += d.jitter(0.1);
+                true
+            })
+            .await
+        }
+        Scenario::GasLeak => {
+            let gas = &primary[0];
+            let rate = rng.gen_range(12.0..18.0); // %LEL per minute
+            animate(gas, s, pace.sample(), pace.speed, 30.0, |d, _, _| {
+                d.gas_lel_pct = (0.5 + d.jitter(0.3)).max(0.0);
+                true
+            })
+            .await?;
+            report
+                .notes
+                .push(format!("{}: leak starts, {rate:.1} %LEL/min", gas.id()));
+            animate(gas, s, pace.sample(), pace.speed, 300.0, |d, dt, _| {
+                d.gas_lel_pct += rate / 60.0 * dt;
+                d.gas_lel_pct < 32.0
+            })
+            .await?;
+            let valve = secondary.clone();
+            let closed = move || {
+                valve
+                    .as_ref()
+                    .is_some_and(|v| v.lock().actuator == "closed")
+            };
+            animate(gas, s, pace.sample(), pace.speed, 300.0, |d, _, _| {
+                d.gas_lel_pct = (d.gas_lel_pct + d.jitter(0.4)).clamp(30.0, 36.0);
+                !closed()
+            })
+            .await?;
+            if !closed() {
+                report
+                    .notes
+                    .push("the valve was not closed: the leak goes on".to_owned());
+                return Ok(());
+            }
+            if let Some(v) = &secondary {
+                report
+                    .notes
+                    .push(format!("{}: closed on command; the gas disperses", v.id()));
+            }
+            animate(gas, s, pace.sample(), pace.speed, 300.0, |d, dt, _| {
+                d.gas_lel_pct = (d.gas_lel_pct - 20.0 / 60.0 * dt).max(0.5);
+                d.gas_lel_pct > 0.5
+            })
+            .await?;
+            animate(gas, s, pace.sample(), pace.speed, 30.0, |d, _, _| {
+                d.gas_lel_pct = (0.5 + d.jitter(0.3)).max(0.0);
+                true
+            })
+            .await
+        }
+        Scenario::WaterLeak => {
+            let w = &primary[0];
+            for (leak, nominal_s) in [
+                (false, 10.0),
+                (true, 60.0),
+                (false, 60.0),
+                (true, 60.0),
+                (false, 60.0),
+            ] {
+                report.notes.push(format!("{}: water_leak={leak}", w.id()));
+                animate(w, s, pace.sample(), pace.speed, nominal_s, |d, _, _| {
+                    d.water_leak = leak;
+                    true
+                })
+                .await?;
+            }
+            Ok(())
+        }
+        Scenario::EbikeThermalRunaway => {
+            let b = &primary[0];
+            let rise = rng.gen_range(1.0..3.0); // °C per minute, while charging
+            let runaway = rng.gen_range(1.5..2.5); // °C per second
+            {
+                let mut d = b.lock();
+                d.start_charging();
+                d.battery_temp_c = d.ambient_c + 3.0;
+                d.voltage_v = 50.0;
+            }
+            animate(b, s, pace.sample(), pace.speed, 30.0, |d, dt, _| {
+                d.voltage_v += 0.005 * dt;
+                d.battery_temp_c += d.jitter(0.02);
+                true
+            })
+            .await?;
+            report.notes.push(format!(
+                "{}: temperature rising {rise:.1} °C/min while charging",
+                b.id()
+            ));
+            animate(b, s, pace.sample(), pace.speed, 240.0, |d, dt, _| {
+                d.voltage_v += 0.005 * dt;
+                d.battery_temp_c += rise / 60.0 * dt;
+                true
+            })
+            .await?;
+            if let Some(smoke) = &secondary {
+                smoke.update(|d| d.smoke = true).await?;
+                report
+                    .notes
+                    .push(format!("{}: smoke (off-gassing)", smoke.id()));
+            }
+            // Thermal runaway is seconds-scale in reality: never compressed.
+            report
+                .notes
+                .push(format!("{}: thermal runaway, {runaway:.1} °C/s", b.id()));
+            let v0 = b.lock().voltage_v;
+            animate(b, s, Duration::from_millis(500), 1.0, 8.0, |d, dt, t| {
+                d.battery_temp_c += runaway * dt;
+                d.voltage_v = v0 * (1.0 - 0.3 * (t / 5.0).min(1.0));
+                true
+            })
+            .await
+        }
+        Scenario::BatteryTheft => {
+            let b = &primary[0];
+            b.lock().stop_charging();
+            animate(b, s, pace.sample(), pace.speed, 20.0, |d, _, _| {
+                d.present = true;
+                true
+            })
+            .await?;
+            report.notes.push(format!("{}: battery removed", b.id()));
+            animate(b, s, pace.sample(), pace.speed, 30.0, |d, _, _| {
+                d.present = false;
+                true
+            })
+            .await
+        }
+        Scenario::Sos => {
+            let p = &primary[0];
+            pause(s, pace.real(5.0)).await?;
+            p.update(|d| d.pressed = true).await?;
+            report.notes.push(format!("{}: pressed", p.id()));
+            pause(s, Duration::from_millis(800)).await?;
+            p.update(|d| d.pressed = false).await?;
+            pause(s, pace.real(10.0)).await
+        }
+        Scenario::DeviceOffline => {
+            let d = &primary[0];
+            pause(s, pace.real(10.0)).await?;
+            let (native, heartbeat) = {
+                let dev = d.lock();
+                (dev.format == PayloadFormat::Native, dev.heartbeat)
+            };
+            d.availability(false).await?;
+            d.set_mode(Mode::Muted);
+            // A native device is noticed only by its missing heartbeats.
+            let missed = fleet.config.rules.device.offline_after_heartbeats;
+            let by_heartbeat = if native {
+                heartbeat * missed + Duration::from_secs(3)
+            } else {
+                Duration::from_secs(2)
+            };
+            let silence = pace.real(120.0).max(by_heartbeat);
+            report.notes.push(format!(
+                "{}: offline for {:.0} s",
+                d.id(),
+                silence.as_secs_f64()
+            ));
+            pause(s, silence).await?;
+            d.set_mode(Mode::Normal);
+            d.availability(true).await?;
+            d.heartbeat().await?;
+            d.update(|_| {}).await?;
+            report.notes.push(format!("{}: back online", d.id()));
+            pause(s, pace.real(10.0)).await
+        }
+        Scenario::Malformed => {
+            for round in 0..3 {
+                for d in &primary {
+                    let messages = malformed(&d.lock());
+                    for (topic, payload, reason) in messages {
+                        d.publish(topic, QoS::AtLeastOnce, false, payload).await?;
+                        *report
+                            .malformed
+                            .entry((d.id(), reason.to_owned()))
+                            .or_default() += 1;
+                    }
+                }
+                for (topic, payload) in foreign() {
+                    primary[0]
+                        .publish(topic, QoS::AtLeastOnce, false, payload)
+                        .await?;
+                    *report
+                        .malformed
+                        .entry(("-".to_owned(), "foreign_topic".to_owned()))
+                        .or_default() += 1;
+                }
+                if round < 2 {
+                    pause(s, pace.real(5.0).max(Duration::from_millis(200))).await?;
+                }
+            }
+            pause(s, Duration::from_millis(500)).await
+        }
+        Scenario::Flood => {
+            let f = &primary[0];
+            let rate = options.rate.unwrap_or(10_000.0);
+            let length = options.duration.unwrap_or(Duration::from_secs(10));
+            let start = Instant::now();
+            let mut alarm_sent = secondary.is_none();
+            let mut sent: u64 = 0;
+            let tick = Duration::from_millis(10);
+            report.notes.push(format!(
+                "{}: flooding at {rate:.0} msg/s for {:.0} s",
+                f.id(),
+                length.as_secs_f64()
+            ));
+            while start.elapsed() < length {
+                pause(s, tick).await?;
+                let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                while sent < due {
+                    let (topic, payload) = {
+                        let mut d = f.lock();
+                        d.step_normal(Duration::from_secs_f64(1.0 / rate));
+                        (d.state_topic.clone(), d.payload())
+                    };
+                    f.publish(topic, QoS::AtMostOnce, false, payload).await?;
+                    sent += 1;
+                }
+                if !alarm_sent && start.elapsed() >= length / 2 {
+                    if let Some(smoke) = &secondary {
+                        smoke.update(|d| d.smoke = true).await?;
+                        report
+                            .notes
+                            .push(format!("{}: smoke during the flood", smoke.id()));
+                    }
+                    alarm_sent = true;
+                }
+            }
+            report
+                .notes
+                .push(format!("{}: {sent} flood messages sent", f.id()));
+            Ok(())
+        }
+    }
+}
+
+/// Bad messages from one device, each with the reason the gateway must reject it for.
+fn malformed(d: &SimDevice) -> Vec<(String, Vec<u8>, &'static str)> {
+    let topic = d.state_topic.clone();
+    let field = match (d.format, d.kind) {
+        (_, DeviceKind::Smoke) => "smoke",
+        (PayloadFormat::Native, DeviceKind::Heat) => "temperature_c",
+        (PayloadFormat::Zigbee2mqtt, DeviceKind::Heat | DeviceKind::EbikeBattery) => "temperature",
+        (PayloadFormat::Native, DeviceKind::Gas) => "gas_lel_pct",
+        (PayloadFormat::Zigbee2mqtt, DeviceKind::Gas) => "gas_density",
+        (_, DeviceKind::WaterLeak) => "water_leak",
+        (PayloadFormat::Native, DeviceKind::EbikeBattery) => "battery_temp_c",
+        (PayloadFormat::Native, DeviceKind::Sos) => "pressed",
+        (PayloadFormat::Zigbee2mqtt, DeviceKind::Sos) => "battery",
+        (_, DeviceKind::Siren | DeviceKind::Valve | DeviceKind::PaSpeaker) => "state",
+    };
+    let wrong = if field == "state" {
+        format!(r#"{{"{field}":42}}"#)
+    } else {
+        format!(r#"{{"{field}":"yes"}}"#)
+    };
+    let mut out = vec![
+        (topic.clone(), br#"{"smoke": tru"#.to_vec(), "invalid_json"),
+        (topic.clone(), vec![0xff, 0xfe, 0x00, 0x01], "invalid_json"),
+        (topic.clone(), b"[1,2,3]".to_vec(), "not_an_object"),
+        (topic.clone(), b"\"smoke\"".to_vec(), "not_an_object"),
+        (topic.clone(), wrong.into_bytes(), "wrong_type"),
+        (
+            topic.clone(),
+            format!(r#"{{"pad":"{}"}}"#, "x".repeat(20 * 1024)).into_bytes(),
+            "oversized",
+        ),
+    ];
+    match d.format {
+        PayloadFormat::Native => out.push((topic, br#"{"ts":"yesterday"}"#.to_vec(), "wrong_type")),
+        PayloadFormat::Zigbee2mqtt => {
+            out.push((topic, br#"{"battery":"full"}"#.to_vec(), "wrong_type"));
+            if let Some(avail) = &d.availability_topic {
+                out.push((avail.clone(), b"maybe".to_vec(), "wrong_type"));
+            }
+        }
+    }
+    out
+}
+
+/// Valid-looking alarms on topics no configured device owns: the gateway never subscribes
+/// to them.
+fn foreign() -> Vec<(String, Vec<u8>)> {
+    vec![
+        (
+            "sensors/ghost-9999/state".to_owned(),
+            br#"{"smoke":true}"#.to_vec(),
+        ),
+        (
+            "zigbee2mqtt/ghost_9999".to_owned(),
+            br#"{"smoke":true,"battery":90}"#.to_vec(),
+        ),
+        (
+            "zigbee2mqtt/bridge/state".to_owned(),
+            br#"{"state":"online"}"#.to_vec(),
+        ),
+        ("sensors/ghost-9999/heartbeat".to_owned(), b"{}".to_vec()),
+    ]
+}
+
+/// `n` normal messages (topic, payload) of one device, as the `flood` scenario sends them:
+/// for benchmarks that feed the gateway's ingest directly.
+pub fn flood_messages(
+    config: &Config,
+    device_id: &str,
+    seed: u64,
+    n: usize,
+) -> Option<Vec<(String, Vec<u8>)>> {
+    let device = config.device(device_id)?;
+    let mut d = SimDevice::new(config, device, seed);
+    let dt = Duration::from_micros(100);
+    Some(
+        (0..n)
+            .map(|_| {
+                d.step_normal(dt);
+                (d.state_topic.clone(), d.payload())
+            })
+            .collect(),
+    )
+}

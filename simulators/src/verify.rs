@@ -1,0 +1,285 @@
+//! `sim verify`: the end-to-end check a demo prints. Subscribes to the platform side
+//! (`{prefix}/{site}/alerts` on the upstream broker) and reports how many alert events
+//! arrived, duplicates, gaps in the per-site `seq`, and latency from the event's
+//! `updated_at` to its arrival.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rumqttc::{Event, Packet, QoS};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::mqtt::{self, Endpoint};
+
+/// Errors of `sim verify`.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot connect to the upstream broker at {broker}: {reason}")]
+    Connect { broker: String, reason: String },
+    #[error("MQTT client error: {0}")]
+    Client(#[from] rumqttc::ClientError),
+}
+
+/// What to check.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub upstream: Endpoint,
+    pub site: String,
+    /// Topic prefix (`uplink.topic_prefix`). Default `shouwang`.
+    pub prefix: String,
+    /// How many distinct alert events must arrive.
+    pub expect: u64,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Once `expect` arrived, keep listening this long for duplicates.
+    pub settle: Duration,
+}
+
+impl VerifyOptions {
+    pub fn new(upstream: Endpoint, site: &str, expect: u64) -> VerifyOptions {
+        VerifyOptions {
+            upstream,
+            site: site.to_owned(),
+            prefix: "shouwang".to_owned(),
+            expect,
+            timeout: Duration::from_secs(60),
+            settle: Duration::from_secs(1),
+        }
+    }
+
+    /// `{prefix}/{site}/alerts`.
+    pub fn topic(&self) -> String {
+        format!("{}/{}/alerts", self.prefix, self.site)
+    }
+}
+
+/// Latency percentiles, milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub min: i64,
+    pub p50: i64,
+    pub p95: i64,
+    pub max: i64,
+}
+
+/// Counts alert events as they arrive.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// seq → times received.
+    seen: BTreeMap<u64, u64>,
+    received: u64,
+    unreadable: u64,
+    out_of_order: u64,
+    last_seq: Option<u64>,
+    latencies: Vec<i64>,
+}
+
+impl Tally {
+    /// Adds one received payload.
+    pub fn add(&mut self, payload: &[u8], received_at: DateTime<Utc>) {
+        self.received += 1;
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            self.unreadable += 1;
+            return;
+        };
+        let Some(seq) = v["seq"].as_u64() else {
+            self.unreadable += 1;
+            return;
+        };
+        *self.seen.entry(seq).or_default() += 1;
+        if self.last_seq.is_some_and(|last| seq < last) {
+            self.out_of_order += 1;
+        }
+        self.last_seq = Some(seq);
+        if let Some(at) = v["updated_at"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        {
+            self.latencies
+                .push((received_at - at.with_timezone(&Utc)).num_milliseconds());
+        }
+    }
+
+    /// Distinct alert events (by `seq`).
+    pub fn unique(&self) -> u64 {
+        self.seen.len() as u64
+    }
+
+    /// The verdict against `expect` distinct events.
+    pub fn verdict(&self, expect: u64) -> Verdict {
+        let duplicates = self.seen.values().map(|n| n - 1).sum();
+        let gaps = match (self.seen.keys().next(), self.seen.keys().next_back()) {
+            (Some(&lo), Some(&hi)) => (lo..=hi).filter(|s| !self.seen.contains_key(s)).collect(),
+            _ => Vec::new(),
+        };
+        let mut l = self.latencies.clone();
+        l.sort_unstable();
+        let pick = |q: f64| l[((l.len() - 1) as f64 * q).round() as usize];
+        Verdict {
+            expected: expect,
+            received: self.received,
+            unique: self.unique(),
+            duplicates,
+            missing: expect.saturating_sub(self.unique()),
+            gaps,
+            out_of_order: self.out_of_order,
+            unreadable: self.unreadable,
+            latency_ms: (!l.is_empty()).then(|| Latency {
+                min: l[0],
+                p50: pick(0.5),
+                p95: pick(0.95),
+                max: l[l.len() - 1],
+            }),
+        }
+    }
+}
+
+/// The outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub expected: u64,
+    /// Messages received, duplicates included.
+    pub received: u64,
+    /// Distinct `seq` values.
+    pub unique: u64,
+    pub duplicates: u64,
+    /// `expected - unique`, at least 0.
+    pub missing: u64,
+    /// `seq` values absent between the lowest and the highest received.
+    pub gaps: Vec<u64>,
+    /// Arrivals with a lower `seq` than the previous one (the outbox sends alarms first, so
+    /// this is not an error by itself).
+    pub out_of_order: u64,
+    /// Payloads without a readable `seq`.
+    pub unreadable: u64,
+    pub latency_ms: Option<Latency>,
+}
+
+impl Verdict {
+    /// Nothing missing and no gap.
+    pub fn ok(&self) -> bool {
+        self.missing == 0 && self.gaps.is_empty()
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "alerts: {} of {} expected arrived ({} messages, {} duplicates, {} missing)",
+            self.unique, self.expected, self.received, self.duplicates, self.missing
+        )?;
+        if self.gaps.is_empty() {
+            writeln!(f, "seq gaps: none")?;
+        } else {
+            writeln!(f, "seq gaps: {:?}", self.gaps)?;
+        }
+        writeln!(
+            f,
+            "out of order: {}, unreadable: {}",
+            self.out_of_order, self.unreadable
+        )?;
+        match self.latency_ms {
+            Some(l) => writeln!(
+                f,
+                "latency ms: min {} p50 {} p95 {} max {}",
+                l.min, l.p50, l.p95, l.max
+            )?,
+            None => writeln!(f, "latency: no timestamps")?,
+        }
+        write!(f, "{}", if self.ok() { "OK" } else { "FAILED" })
+    }
+}
+
+/// Subscribes to the alerts topic and tallies until `expect` distinct events arrived (plus
+/// `settle`), `timeout` passed, or `stop` is cancelled. `ready` is cancelled once the
+/// subscription is in place.
+pub async fn verify(
+    options: &VerifyOptions,
+    ready: CancellationToken,
+    stop: CancellationToken,
+) -> Result<Verdict, VerifyError> {
+    let id = format!("sim-verify-{}", std::process::id());
+    let (client, mut events) = mqtt::client(&id, &options.upstream, 64);
+    client.subscribe(options.topic(), QoS::AtLeastOnce).await?;
+    let started = Instant::now();
+    let deadline = started + options.timeout;
+    let mut done_at: Option<Instant> = None;
+    let mut connected = false;
+    let mut tally = Tally::default();
+    loop {
+        let until = done_at.map_or(deadline, |d| d.min(deadline));
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(until) => break,
+            e = events.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => connected = true,
+            Ok(Event::Incoming(Packet::SubAck(_))) => ready.cancel(),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                tally.add(&p.payload, Utc::now());
+                if done_at.is_none() && tally.unique() >= options.expect {
+                    done_at = Some(Instant::now() + options.settle);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if !connected && started.elapsed() > Duration::from_secs(10) {
+                    return Err(VerifyError::Connect {
+                        broker: options.upstream.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    Ok(tally.verdict(options.expect))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, at: &str) -> Vec<u8> {
+        serde_json::json!({ "seq": seq, "kind": "smoke", "updated_at": at })
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn the_tally_counts_duplicates_gaps_disorder_and_latency() {
+        let now: DateTime<Utc> = "2026-01-01T00:00:01.000Z".parse().unwrap();
+        let mut t = Tally::default();
+        for seq in [1, 2, 2, 5, 4, 7] {
+            t.add(&event(seq, "2026-01-01T00:00:00.750Z"), now);
+        }
+        t.add(b"not json", now);
+        let v = t.verdict(7);
+        assert_eq!((v.received, v.unique, v.duplicates), (7, 5, 1));
+        assert_eq!(v.gaps, [3, 6]);
+        assert_eq!(v.missing, 2);
+        assert_eq!(v.out_of_order, 1);
+        assert_eq!(v.unreadable, 1);
+        assert_eq!(v.latency_ms.unwrap().p50, 250);
+        assert!(!v.ok());
+        assert!(v.to_string().contains("FAILED"));
+    }
+
+    #[test]
+    fn everything_once_is_ok() {
+        let now = Utc::now();
+        let mut t = Tally::default();
+        for seq in 10..20 {
+            t.add(&event(seq, &now.to_rfc3339()), now);
+        }
+        let v = t.verdict(10);
+        assert!(v.ok(), "{v}");
+        assert_eq!(v.duplicates, 0);
+    }
+}

@@ -1,0 +1,183 @@
+//! `sim link` and `sim verify` against a real mosquitto started by the test: alerts
+//! published through the link, the link cut in the middle and restored, and the verdict.
+
+use std::time::Duration;
+
+use rumqttc::{Event, Packet, QoS};
+use simulators::link;
+use simulators::mqtt::{self, Endpoint};
+use simulators::upstream::{self, UpstreamOptions};
+use simulators::verify::{verify, VerifyOptions};
+use tokio_util::sync::CancellationToken;
+
+fn alert(seq: u64) -> Vec<u8> {
+    serde_json::json!({
+        "id": format!("alert-{seq}"),
+        "seq": seq,
+        "kind": "smoke",
+        "level": "red",
+        "updated_at": chrono::Utc::now().to_rfc3339(),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn endpoint(port: u16) -> Endpoint {
+    Endpoint::parse(&format!("127.0.0.1:{port}")).unwrap()
+}
+
+/// A publisher that keeps polling (and reconnecting) in the background; returns its client
+/// and a counter of PUBACKs. Its session persists (clean_session = false): rumqttc drops
+/// the publishes queued during an outage when it reconnects to a *new* session.
+fn publisher(
+    at: &Endpoint,
+    id: &str,
+) -> (
+    rumqttc::AsyncClient,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut options = mqtt::options(id, at);
+    options.set_clean_session(false);
+    let (client, mut events) = mqtt::connect(options, 256);
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = acks.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    (client, acks)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_reports_duplicates_gaps_and_missing_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = upstream::start(&UpstreamOptions {
+        dir: dir.path().to_owned(),
+        port: 0,
+        tls_port: None,
+    })
+    .unwrap();
+    let mut options = VerifyOptions::new(endpoint(broker.port), "site-7", 5);
+    options.timeout = Duration::from_secs(3);
+    let ready = CancellationToken::new();
+    let checking = {
+        let (options, ready) = (options.clone(), ready.clone());
+        tokio::spawn(async move { verify(&options, ready, CancellationToken::new()).await })
+    };
+    tokio::time::timeout(Duration::from_secs(5), ready.cancelled())
+        .await
+        .expect("subscribed");
+    let (client, _) = publisher(&endpoint(broker.port), "platform-test-pub");
+    for seq in [1, 2, 2, 3, 5] {
+        client
+            .publish(
+                "shouwang/site-7/alerts",
+                QoS::AtLeastOnce,
+                false,
+                alert(seq),
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .publish(
+            "shouwang/other-site/alerts",
+            QoS::AtLeastOnce,
+            false,
+            alert(4),
+        )
+        .await
+        .unwrap();
+    let verdict = checking.await.unwrap().unwrap();
+    assert_eq!(
+        (verdict.received, verdict.unique, verdict.duplicates),
+        (5, 4, 1),
+        "{verdict}"
+    );
+    assert_eq!(verdict.gaps, [4]);
+    assert_eq!(verdict.missing, 1);
+    assert!(!verdict.ok());
+    assert!(verdict.latency_ms.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_sent_through_a_link_cut_in_the_middle_all_arrive_once_it_is_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = upstream::start(&UpstreamOptions {
+        dir: dir.path().to_owned(),
+        port: 0,
+        tls_port: None,
+    })
+    .unwrap();
+    let stop = CancellationToken::new();
+    let wan = link::start(
+        "127.0.0.1:0",
+        &format!("127.0.0.1:{}", broker.port),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+
+    let mut options = VerifyOptions::new(endpoint(broker.port), "site-7", 10);
+    options.timeout = Duration::from_secs(20);
+    options.settle = Duration::from_millis(500);
+    let ready = CancellationToken::new();
+    let checking = {
+        let (options, ready) = (options.clone(), ready.clone());
+        tokio::spawn(async move { verify(&options, ready, CancellationToken::new()).await })
+    };
+    tokio::time::timeout(Duration::from_secs(5), ready.cancelled())
+        .await
+        .expect("subscribed");
+
+    let (gateway, acks) = publisher(&endpoint(wan.listen.port()), "gateway-through-link");
+    for seq in 1..=5 {
+        gateway
+            .publish(
+                "shouwang/site-7/alerts",
+                QoS::AtLeastOnce,
+                false,
+                alert(seq),
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while acks.load(std::sync::atomic::Ordering::Relaxed) < 5
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wan.down();
+    // Published while the WAN is down: queued by the client, delivered after the restore.
+    for seq in 6..=10 {
+        gateway
+            .publish(
+                "shouwang/site-7/alerts",
+                QoS::AtLeastOnce,
+                false,
+                alert(seq),
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        wan.stats.cut.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the open connection was cut"
+    );
+    wan.up();
+
+    let verdict = checking.await.unwrap().unwrap();
+    assert_eq!(verdict.missing, 0, "{verdict}");
+    assert!(verdict.gaps.is_empty(), "{verdict}");
+    assert!(verdict.ok(), "{verdict}");
+    stop.cancel();
+}
