@@ -11,7 +11,8 @@ Examples:
   gateway config init --site-id xingfuli-01 --kind compound > /etc/shouwang/gateway.toml
   gateway config check /etc/shouwang/gateway.toml
   gateway run --config /etc/shouwang/gateway.toml
-  gateway run --config edge-config/examples/demo.toml --data-dir /tmp/shouwang-demo --log-format json";
+  gateway run --config edge-config/examples/demo.toml --data-dir /tmp/shouwang-demo --log-format json
+  gateway status --data-dir /tmp/shouwang-demo";
 
 /// shouwang (守望) edge gateway for residential compounds and street police stations.
 #[derive(Debug, Parser)]
@@ -32,6 +33,22 @@ pub enum Command {
     /// Check or create configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Show the uplink link state, outbox backlog and delivery counters of a gateway.
+    #[command(after_help = "Examples:\n  gateway status --data-dir /var/lib/shouwang\n  gateway status --config /etc/shouwang/gateway.toml --json")]
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The gateway's data directory.
+    #[arg(long, conflicts_with = "config")]
+    pub data_dir: Option<PathBuf>,
+    /// Or the configuration file, whose `storage.data_dir` is used.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use gateway::cli::{Cli, Command, ConfigCommand, RunArgs};
+use gateway::cli::{Cli, Command, ConfigCommand, RunArgs, StatusArgs};
 use gateway::{daemon, logging};
 
 /// sysexits.h EX_CONFIG: the configuration is invalid.
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Config(ConfigCommand::Check { file }) => check(&file),
+        Command::Status(args) => status(args),
         Command::Config(ConfigCommand::Init { site_id, kind }) => {
             print!("{}", edge_config::starter(&site_id, kind.into()));
             ExitCode::SUCCESS
@@ -57,6 +58,40 @@ fn check(file: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    let data_dir = match (args.data_dir, args.config) {
+        (Some(dir), _) => dir,
+        (None, Some(config)) => match load_config(&config) {
+            Ok(c) => c.storage.data_dir,
+            Err(code) => return code,
+        },
+        (None, None) => {
+            eprintln!("gateway status: give --data-dir DIR or --config FILE");
+            return ExitCode::from(64);
+        }
+    };
+    match gateway::uplink::status_report(&data_dir) {
+        Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway status: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway status: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

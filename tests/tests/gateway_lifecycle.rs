@@ -56,3 +56,31 @@ fn two_gateways_cannot_share_one_data_directory() {
         second.seen.join("\n")
     );
 }
+
+#[test]
+fn gateway_status_reports_a_running_daemon_and_its_outbox() {
+    let data = tempfile::tempdir().unwrap();
+    let config = demo_config_on_free_ports(data.path());
+    let dir = data.path().join("data");
+    let mut gw = Gateway::start(&config, &dir);
+    gw.wait_ready();
+    // The daemon refreshes status.json every second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = std::process::Command::new(e2e::bin("gateway"))
+        .args(["status", "--json", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["running"], true);
+    assert!(report["outbox"]["backlog_total"].is_u64(), "{report}");
+    let text = std::process::Command::new(e2e::bin("gateway"))
+        .args(["status", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("daemon:      running"), "{text}");
+    assert!(text.contains("backlog:"), "{text}");
+}
