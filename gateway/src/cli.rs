@@ -33,6 +33,8 @@ pub enum Command {
     /// Check or create configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the detector on an image, clip or stream and print detections per frame.
+    Detect(crate::video::detect_cli::DetectArgs),
     /// Show the uplink link state, outbox backlog and delivery counters of a gateway.
     #[command(after_help = "Examples:\n  gateway status --data-dir /var/lib/shouwang\n  gateway status --config /etc/shouwang/gateway.toml --json")]
     Status(StatusArgs),

@@ -53,6 +53,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     spawn_database(&life, conn, db_path.clone());
     let config = Arc::new(config);
     let running = pipeline::start(config.clone(), &db_path, &life)?;
+    let video = start_video(&config, &life, &running, &options.data_dir).await;
 
     tracing::info!(
         site = %config.site.id,
@@ -60,6 +61,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
         broker = %running.broker_addr.map(|a| a.to_string()).unwrap_or_else(|| "external".into()),
         devices = config.devices.len(),
         cameras = config.cameras.len(),
+        cameras_analysed = video.as_ref().map_or(0, |v| v.cameras.len()),
         "gateway ready"
     );
 
@@ -70,11 +72,39 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     drop((alert_inputs, events));
     let report = life.shutdown(options.shutdown_deadline).await;
     drop(broker);
+    drop(video);
     if !report.clean() {
         return Err(DaemonError::ShutdownTimedOut(report.timed_out));
     }
     tracing::info!("gateway stopped cleanly");
     Ok(())
+}
+
+/// Starts the camera pipelines. A missing ONNX Runtime or model leaves the cameras
+/// unanalysed with a clear error; sensors keep working.
+async fn start_video(
+    config: &Arc<Config>,
+    life: &Lifecycle,
+    running: &Running,
+    data_dir: &Path,
+) -> Option<crate::video::VideoHandle> {
+    if config.cameras.iter().all(|c| !c.enabled) {
+        return None;
+    }
+    let (config, life, inputs, dir) = (config.clone(), life.clone(), running.alert_inputs.clone(), data_dir.to_owned());
+    // Loading and warming up the model blocks for a moment.
+    let spawned = tokio::task::spawn_blocking(move || crate::video::spawn(config, &life, inputs, &dir)).await;
+    match spawned {
+        Ok(Ok(video)) => Some(video),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cameras are not analysed; sensors keep working");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "camera start-up failed; sensors keep working");
+            None
+        }
+    }
 }
 
 /// The database stage: owns the connection until every writer has stopped, then

@@ -19,6 +19,13 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Config(ConfigCommand::Check { file }) => check(&file),
         Command::Status(args) => status(args),
+        Command::Detect(args) => match gateway::video::detect_cli::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gateway detect: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Config(ConfigCommand::Init { site_id, kind }) => {
             print!("{}", edge_config::starter(&site_id, kind.into()));
             ExitCode::SUCCESS

@@ -5,10 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rumqttc::{Event, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -194,6 +198,118 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// A subscription on the platform side that tallies alert events in the background from the
+/// moment [`Verifier::subscribe`] returns; judge it later with [`Verifier::finish`], once
+/// the number of events to expect is known (e.g. counted in the gateway's database).
+pub struct Verifier {
+    client: AsyncClient,
+    tally: Arc<Mutex<Tally>>,
+    unique: watch::Receiver<u64>,
+    task: JoinHandle<()>,
+}
+
+impl Verifier {
+    /// Connects to `options.upstream`, subscribes to [`VerifyOptions::topic`] (QoS 1) and
+    /// returns once the broker acknowledged the subscription. Fails if no connection is
+    /// made within 10 s.
+    pub async fn subscribe(options: &VerifyOptions) -> Result<Verifier, VerifyError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = format!(
+            "sim-verify-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let (client, mut events) = mqtt::client(&id, &options.upstream, 64);
+        client.subscribe(options.topic(), QoS::AtLeastOnce).await?;
+        let started = Instant::now();
+        let mut connected = false;
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => connected = true,
+                Ok(Event::Incoming(Packet::SubAck(_))) => break,
+                Ok(Event::Incoming(Packet::Publish(p))) => lock(&tally).add(&p.payload, Utc::now()),
+                Ok(_) => {}
+                Err(e) => {
+                    if !connected && started.elapsed() > Duration::from_secs(10) {
+                        return Err(VerifyError::Connect {
+                            broker: options.upstream.to_string(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+        let (unique_tx, unique) = watch::channel(lock(&tally).unique());
+        let sink = tally.clone();
+        let (resubscriber, topic) = (client.clone(), options.topic());
+        let task = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let mut t = lock(&sink);
+                        t.add(&p.payload, Utc::now());
+                        unique_tx.send_replace(t.unique());
+                    }
+                    // A clean session: after a reconnect the subscription is made again.
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = resubscriber.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+                }
+            }
+        });
+        Ok(Verifier {
+            client,
+            tally,
+            unique,
+            task,
+        })
+    }
+
+    /// The tally so far.
+    pub fn tally(&self) -> Tally {
+        lock(&self.tally).clone()
+    }
+
+    /// Waits until `expect` distinct events arrived (then `settle` more for duplicates),
+    /// `timeout` passed, or `stop` is cancelled; returns the verdict against `expect`.
+    pub async fn finish(
+        mut self,
+        expect: u64,
+        timeout: Duration,
+        settle: Duration,
+        stop: CancellationToken,
+    ) -> Verdict {
+        let reached = self.unique.wait_for(|n| *n >= expect);
+        let complete = tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(timeout) => false,
+            r = reached => r.is_ok(),
+        };
+        if complete {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(settle) => {}
+            }
+        }
+        let _ = self.client.try_disconnect();
+        self.tally().verdict(expect)
+    }
+}
+
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    tally.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Subscribes to the alerts topic and tallies until `expect` distinct events arrived (plus
 /// `settle`), `timeout` passed, or `stop` is cancelled. `ready` is cancelled once the
 /// subscription is in place.
@@ -202,44 +318,16 @@ pub async fn verify(
     ready: CancellationToken,
     stop: CancellationToken,
 ) -> Result<Verdict, VerifyError> {
-    let id = format!("sim-verify-{}", std::process::id());
-    let (client, mut events) = mqtt::client(&id, &options.upstream, 64);
-    client.subscribe(options.topic(), QoS::AtLeastOnce).await?;
     let started = Instant::now();
-    let deadline = started + options.timeout;
-    let mut done_at: Option<Instant> = None;
-    let mut connected = false;
-    let mut tally = Tally::default();
-    loop {
-        let until = done_at.map_or(deadline, |d| d.min(deadline));
-        let event = tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep_until(until) => break,
-            e = events.poll() => e,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => connected = true,
-            Ok(Event::Incoming(Packet::SubAck(_))) => ready.cancel(),
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                tally.add(&p.payload, Utc::now());
-                if done_at.is_none() && tally.unique() >= options.expect {
-                    done_at = Some(Instant::now() + options.settle);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if !connected && started.elapsed() > Duration::from_secs(10) {
-                    return Err(VerifyError::Connect {
-                        broker: options.upstream.to_string(),
-                        reason: e.to_string(),
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }
-    }
-    let _ = client.try_disconnect();
-    Ok(tally.verdict(options.expect))
+    let verifier = tokio::select! {
+        _ = stop.cancelled() => return Ok(Tally::default().verdict(options.expect)),
+        v = Verifier::subscribe(options) => v?,
+    };
+    ready.cancel();
+    let left = options.timeout.saturating_sub(started.elapsed());
+    Ok(verifier
+        .finish(options.expect, left, options.settle, stop)
+        .await)
 }
 
 #[cfg(test)]
