@@ -101,7 +101,7 @@ use tokio_rustls::rustls;
 /// limit if that is larger).
 pub const LOG_SEGMENT_BYTES: usize = 1024 * 1024;
 /// Number of segments rumqttd keeps per filter before dropping the oldest.
-pub const LOG_SEGMENT_COUNT: usize = 4;
+pub const LOG_SEGMENT_COUNT: usize = 16;
 /// How many fresh ports are tried when a port picked for port 0 was taken by another
 /// process before rumqttd could bind it.
 pub const PORT_PICK_ATTEMPTS: u32 = 5;

@@ -237,9 +237,9 @@ impl GasRule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WaterLeakRule {
-    /// When a second water-leak sensor of the same building reports a leak
-    /// within this many minutes of the first, the alert is raised to
-    /// `escalate_level` (1..=1440). Default 10.
+    /// When the same sensor reports a leak again within this many minutes of
+    /// its previous leak clearing (water keeps coming back), the new alert is
+    /// raised at `escalate_level` (1..=1440). Default 10.
     pub escalate_within_min: u32,
     /// Level of a leak. Default orange.
     pub level: Level,

@@ -204,6 +204,8 @@ struct Z2m {
     linkquality: Option<f64>,
     /// Valves and sirens report `state` ("ON"/"OFF", "OPEN"/"CLOSE").
     state: Option<String>,
+    /// Buttons report what was done (`emergency`, `sos`, `single`, …).
+    action: Option<String>,
 }
 
 impl From<Z2m> for Values {
@@ -245,7 +247,7 @@ pub fn decode(
     }
 }
 
-fn decode_state(payload: &[u8], format: PayloadFormat, _kind: DeviceKind) -> Result<Decoded, Reject> {
+fn decode_state(payload: &[u8], format: PayloadFormat, kind: DeviceKind) -> Result<Decoded, Reject> {
     let json: serde_json::Value = serde_json::from_slice(payload).map_err(|_| Reject::InvalidJson)?;
     if !json.is_object() {
         return Err(Reject::NotAnObject);
@@ -257,7 +259,10 @@ fn decode_state(payload: &[u8], format: PayloadFormat, _kind: DeviceKind) -> Res
         }
         PayloadFormat::Zigbee2mqtt => {
             let z: Z2m = serde_json::from_value(json).map_err(|_| Reject::WrongType)?;
-            (Values::from(z), None)
+            let pressed = sos_pressed(kind, z.action.as_deref());
+            let mut values = Values::from(z);
+            values.pressed = values.pressed.or(pressed);
+            (values, None)
         }
     };
     if !values_are_finite(&values) {
@@ -268,6 +273,13 @@ fn decode_state(payload: &[u8], format: PayloadFormat, _kind: DeviceKind) -> Res
         sensor_ts,
         online: Some(true),
     })
+}
+
+/// A zigbee2mqtt SOS/emergency button's `action`: any press counts (`emergency`, `sos`,
+/// `single`, `double`, `hold`…), a release or an empty action does not.
+fn sos_pressed(kind: DeviceKind, action: Option<&str>) -> Option<bool> {
+    let action = action?.trim();
+    (kind == DeviceKind::Sos && !action.is_empty() && !action.contains("release")).then_some(true)
 }
 
 /// `online` / `offline`, or `{"state":"online"}`.
@@ -375,6 +387,15 @@ mod tests {
         assert_eq!(d.values.water_leak, Some(true));
         assert_eq!(d.values.battery_pct, Some(100.0));
         assert_eq!(d.values.linkquality, Some(73.0));
+    }
+
+    #[test]
+    fn a_zigbee2mqtt_emergency_button_action_is_an_sos_press() {
+        let z = |p: &str, kind| decode(p.as_bytes(), PayloadFormat::Zigbee2mqtt, Role::State, kind).unwrap();
+        assert_eq!(z(r#"{"action":"emergency"}"#, DeviceKind::Sos).values.pressed, Some(true));
+        assert_eq!(z(r#"{"action":"single","battery":90}"#, DeviceKind::Sos).values.pressed, Some(true));
+        assert_eq!(z(r#"{"action":"release"}"#, DeviceKind::Sos).values.pressed, None);
+        assert_eq!(z(r#"{"action":"single"}"#, DeviceKind::Smoke).values.pressed, None);
     }
 
     #[test]
