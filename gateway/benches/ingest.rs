@@ -32,7 +32,10 @@ fn config() -> String {
          [rules.timing]\ndebounce_s = 0\n",
     );
     for i in 0..DEVICES {
-        let _ = write!(c, "[[devices]]\nid = \"heat-{i}\"\nkind = \"heat\"\nlocation = {{ building = \"b1\" }}\n");
+        let _ = write!(
+            c,
+            "[[devices]]\nid = \"heat-{i}\"\nkind = \"heat\"\nlocation = {{ building = \"b1\" }}\n"
+        );
     }
     for i in 0..SMOKES {
         let _ = write!(c, "[[devices]]\nid = \"smoke-{i}\"\nkind = \"smoke\"\nlocation = {{ building = \"b1\" }}\n");
@@ -80,7 +83,9 @@ async fn raw_routing(addr: std::net::SocketAddr) -> f64 {
     let start = Instant::now();
     tokio::spawn(async move {
         for _ in 0..RAW {
-            publ.publish("bench/raw", QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+            publ.publish("bench/raw", QoS::AtLeastOnce, false, payload.clone())
+                .await
+                .unwrap();
         }
     });
     let mut got = 0;
@@ -97,7 +102,12 @@ async fn raw_routing(addr: std::net::SocketAddr) -> f64 {
 
 /// Publishes `rate` readings per second for `secs` seconds from 4 clients across all devices,
 /// then waits until every one is durable. Returns (readings lost, seconds until durable).
-async fn paced(addr: std::net::SocketAddr, running: &pipeline::Running, rate: usize, secs: usize) -> (u64, f64) {
+async fn paced(
+    addr: std::net::SocketAddr,
+    running: &pipeline::Running,
+    rate: usize,
+    secs: usize,
+) -> (u64, f64) {
     let before = running.telemetry_stats.committed.load(Ordering::Relaxed);
     let total = rate * secs;
     let publishers = 4;
@@ -116,8 +126,18 @@ async fn paced(addr: std::net::SocketAddr, running: &pipeline::Running, rate: us
                         break;
                     }
                     let device = i % DEVICES;
-                    let payload = format!(r#"{{"temperature_c":{:.1},"battery_pct":88}}"#, 24.0 + (i % 7) as f64 * 0.1);
-                    let _ = c.publish(format!("sensors/heat-{device}/state"), QoS::AtLeastOnce, false, payload).await;
+                    let payload = format!(
+                        r#"{{"temperature_c":{:.1},"battery_pct":88}}"#,
+                        24.0 + (i % 7) as f64 * 0.1
+                    );
+                    let _ = c
+                        .publish(
+                            format!("sensors/heat-{device}/state"),
+                            QoS::AtLeastOnce,
+                            false,
+                            payload,
+                        )
+                        .await;
                     i += publishers;
                 }
             }
@@ -139,14 +159,20 @@ async fn paced(addr: std::net::SocketAddr, running: &pipeline::Running, rate: us
 }
 
 /// Steps the offered rate up; returns rows (rate, lost, durable rate) for each step.
-async fn sustained(addr: std::net::SocketAddr, running: &pipeline::Running) -> Vec<(usize, u64, f64)> {
+async fn sustained(
+    addr: std::net::SocketAddr,
+    running: &pipeline::Running,
+) -> Vec<(usize, u64, f64)> {
     let mut rows = Vec::new();
     for rate in [2_000, 5_000, 10_000, 20_000, 40_000] {
         let secs = 5;
         let (lost, took) = paced(addr, running, rate, secs).await;
         let durable = (rate * secs) as f64 - lost as f64;
         rows.push((rate, lost, durable / took));
-        eprintln!("  offered {rate}/s: lost {lost}, durable {:.0}/s", durable / took);
+        eprintln!(
+            "  offered {rate}/s: lost {lost}, durable {:.0}/s",
+            durable / took
+        );
         if lost > 0 {
             break;
         }
@@ -154,11 +180,19 @@ async fn sustained(addr: std::net::SocketAddr, running: &pipeline::Running) -> V
     rows
 }
 
-async fn alarm_latency(addr: std::net::SocketAddr, first: usize, count: usize, flood: bool) -> (Duration, Duration) {
+async fn alarm_latency(
+    addr: std::net::SocketAddr,
+    first: usize,
+    count: usize,
+    flood: bool,
+) -> (Duration, Duration) {
     let (watch, watch_loop) = client(addr, &format!("latency-watch-{first}"));
     let (tx, mut rx) = mpsc::unbounded_channel();
     spawn_loop(watch_loop, Some(tx));
-    watch.subscribe("shouwang/bench/alerts/#", QoS::AtLeastOnce).await.unwrap();
+    watch
+        .subscribe("shouwang/bench/alerts/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (sensor, sensor_loop) = client(addr, &format!("latency-sensor-{first}"));
     spawn_loop(sensor_loop, None);
@@ -169,7 +203,14 @@ async fn alarm_latency(addr: std::net::SocketAddr, first: usize, count: usize, f
         let stop = stop.clone();
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let _ = f.publish("sensors/heat-0/state", QoS::AtMostOnce, false, r#"{"temperature_c":25}"#).await;
+                let _ = f
+                    .publish(
+                        "sensors/heat-0/state",
+                        QoS::AtMostOnce,
+                        false,
+                        r#"{"temperature_c":25}"#,
+                    )
+                    .await;
             }
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -179,7 +220,12 @@ async fn alarm_latency(addr: std::net::SocketAddr, first: usize, count: usize, f
         let id = format!("smoke-{i}");
         let t0 = Instant::now();
         sensor
-            .publish(format!("sensors/{id}/state"), QoS::AtLeastOnce, false, r#"{"smoke":true}"#)
+            .publish(
+                format!("sensors/{id}/state"),
+                QoS::AtLeastOnce,
+                false,
+                r#"{"smoke":true}"#,
+            )
             .await
             .unwrap();
         loop {

@@ -28,7 +28,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the gateway daemon.
-    #[command(after_help = "Example:\n  gateway run --config /etc/shouwang/gateway.toml --data-dir /var/lib/shouwang")]
+    #[command(
+        after_help = "Example:\n  gateway run --config /etc/shouwang/gateway.toml --data-dir /var/lib/shouwang"
+    )]
     Run(RunArgs),
     /// Check or create configuration files.
     #[command(subcommand)]
@@ -36,7 +38,9 @@ pub enum Command {
     /// Run the detector on an image, clip or stream and print detections per frame.
     Detect(crate::video::detect_cli::DetectArgs),
     /// Show the uplink link state, outbox backlog and delivery counters of a gateway.
-    #[command(after_help = "Examples:\n  gateway status --data-dir /var/lib/shouwang\n  gateway status --config /etc/shouwang/gateway.toml --json")]
+    #[command(
+        after_help = "Examples:\n  gateway status --data-dir /var/lib/shouwang\n  gateway status --config /etc/shouwang/gateway.toml --json"
+    )]
     Status(StatusArgs),
 }
 
@@ -71,13 +75,17 @@ pub struct RunArgs {
 pub enum ConfigCommand {
     /// Validate a configuration file; exit 0 when valid, 78 (EX_CONFIG) with every error on
     /// stderr otherwise.
-    #[command(after_help = "Examples:\n  gateway config check /etc/shouwang/gateway.toml\n  gateway config init --site-id demo --kind compound | gateway config check /dev/stdin")]
+    #[command(
+        after_help = "Examples:\n  gateway config check /etc/shouwang/gateway.toml\n  gateway config init --site-id demo --kind compound | gateway config check /dev/stdin"
+    )]
     Check {
         /// The file to check (`/dev/stdin` or `-` reads standard input).
         file: PathBuf,
     },
     /// Print a commented, valid starter configuration to stdout.
-    #[command(after_help = "Example:\n  gateway config init --site-id xingfuli-01 --kind compound > gateway.toml")]
+    #[command(
+        after_help = "Example:\n  gateway config init --site-id xingfuli-01 --kind compound > gateway.toml"
+    )]
     Init {
         /// Site id: lowercase letters, digits, `-` and `_` (used in MQTT topics upstream).
         #[arg(long)]

@@ -68,7 +68,12 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     let signal = signals.recv().await;
     tracing::info!(signal, "shutting down");
     // Staff-action senders must go too, or the alert task would wait for them forever.
-    let Running { broker, alert_inputs, events, .. } = running;
+    let Running {
+        broker,
+        alert_inputs,
+        events,
+        ..
+    } = running;
     drop((alert_inputs, events));
     let report = life.shutdown(options.shutdown_deadline).await;
     drop(broker);
@@ -91,9 +96,15 @@ async fn start_video(
     if config.cameras.iter().all(|c| !c.enabled) {
         return None;
     }
-    let (config, life, inputs, dir) = (config.clone(), life.clone(), running.alert_inputs.clone(), data_dir.to_owned());
+    let (config, life, inputs, dir) = (
+        config.clone(),
+        life.clone(),
+        running.alert_inputs.clone(),
+        data_dir.to_owned(),
+    );
     // Loading and warming up the model blocks for a moment.
-    let spawned = tokio::task::spawn_blocking(move || crate::video::spawn(config, &life, inputs, &dir)).await;
+    let spawned =
+        tokio::task::spawn_blocking(move || crate::video::spawn(config, &life, inputs, &dir)).await;
     match spawned {
         Ok(Ok(video)) => Some(video),
         Ok(Err(e)) => {

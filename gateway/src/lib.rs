@@ -31,9 +31,9 @@
 //! Configuration types, parsing and validation live in the `edge-config` crate.
 
 pub mod alerts;
+pub mod broker;
 pub mod cli;
 pub mod daemon;
-pub mod broker;
 pub mod db;
 pub mod ingest;
 pub mod logging;
@@ -42,6 +42,6 @@ pub mod pipeline;
 pub mod publish;
 pub mod rules;
 pub mod shutdown;
-pub mod video;
 pub mod telemetry;
 pub mod uplink;
+pub mod video;

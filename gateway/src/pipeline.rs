@@ -19,14 +19,14 @@ use rumqttc::{AsyncClient, EventLoop, MqttOptions};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use crate::alerts::task::{self as alert_task, AlertInput};
 use crate::alerts::linkage::Command;
+use crate::alerts::task::{self as alert_task, AlertInput};
 use crate::alerts::{AlertStore, Lifecycle, Source};
 use crate::broker::{self, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles};
 use crate::ingest::{self, Ingest, IngestStats};
+use crate::publish;
 use crate::rules::{Engine, Reading};
 use crate::shutdown::{Lifecycle as Stages, Stage};
-use crate::publish;
 use crate::telemetry::{self, TelemetryError, TelemetryStats};
 
 /// Readings waiting for the rules.
@@ -70,7 +70,11 @@ pub struct Running {
 }
 
 /// Starts broker, ingest, rules, alerts and local publication as tasks of `stages`.
-pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Running, PipelineError> {
+pub fn start(
+    config: Arc<Config>,
+    db_path: &Path,
+    stages: &Stages,
+) -> Result<Running, PipelineError> {
     let (broker, options) = connect(&config)?;
     let broker_addr = broker.as_ref().map(EmbeddedBroker::local_addr);
 
@@ -106,7 +110,8 @@ pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Run
     stages.spawn(Stage::Processing, move |_token| {
         run_rules(engine, reading_rx, rules_inputs, to_telemetry)
     });
-    let (pub_client, pub_loop) = client(&options, &format!("shouwang-{}-publisher", config.site.id));
+    let (pub_client, pub_loop) =
+        client(&options, &format!("shouwang-{}-publisher", config.site.id));
     let events_rx = events_tx.subscribe();
     stages.spawn(Stage::Processing, move |_token| async move {
         let token = tokio_util::sync::CancellationToken::new();
@@ -121,8 +126,11 @@ pub fn start(config: Arc<Config>, db_path: &Path, stages: &Stages) -> Result<Run
         let _ = driver.await;
     });
 
-    let (cmd_client, cmd_loop) = client(&options, &format!("shouwang-{}-actuators", config.site.id));
-    stages.spawn(Stage::Processing, move |_token| run_commands(cmd_client, cmd_loop, command_rx));
+    let (cmd_client, cmd_loop) =
+        client(&options, &format!("shouwang-{}-actuators", config.site.id));
+    stages.spawn(Stage::Processing, move |_token| {
+        run_commands(cmd_client, cmd_loop, command_rx)
+    });
 
     // Outbox: housekeeping (quota, buffer_full, status.json) and the uplink.
     let uplink = crate::uplink::start(&config, db_path, stages, &input_tx, events_tx.subscribe())?;
@@ -193,7 +201,10 @@ async fn run_commands(
     let driver = tokio::spawn(drive(events, driver_token.clone()));
     while let Some(c) = commands.recv().await {
         tracing::info!(topic = %c.topic, "actuator command");
-        if let Err(e) = client.publish(&c.topic, rumqttc::QoS::AtLeastOnce, false, c.payload).await {
+        if let Err(e) = client
+            .publish(&c.topic, rumqttc::QoS::AtLeastOnce, false, c.payload)
+            .await
+        {
             tracing::error!(error = %e, "actuator command publish failed");
         }
     }
@@ -214,10 +225,13 @@ impl TelemetrySink {
     fn actuator_state(&self, r: &Reading) -> Option<AlertInput> {
         let device = self.config.devices.get(r.device)?;
         let state = r.decoded.values.state.clone()?;
-        device.kind.is_actuator().then(|| AlertInput::ActuatorState {
-            device: device.id.clone(),
-            state,
-        })
+        device
+            .kind
+            .is_actuator()
+            .then(|| AlertInput::ActuatorState {
+                device: device.id.clone(),
+                state,
+            })
     }
 
     fn offer(&self, r: &Reading) {
@@ -226,13 +240,20 @@ impl TelemetrySink {
         };
         let record = telemetry::Record::new(&self.config.site.id, &device.id, r);
         if self.tx.try_send(record).is_err() {
-            self.stats.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
 
 fn restore_conditions(config: &Config, engine: &mut Engine, active: &[crate::alerts::Alert]) {
-    let index: HashMap<&str, usize> = config.devices.iter().enumerate().map(|(i, d)| (d.id.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = config
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.as_str(), i))
+        .collect();
     for alert in active {
         if let Source::Device(id) = &alert.source {
             if let Some(&i) = index.get(id.as_str()) {
@@ -278,11 +299,14 @@ fn broker_settings(config: &Config) -> BrokerSettings {
 
 fn external_options(config: &Config) -> Result<MqttOptions, PipelineError> {
     let Some(ext) = config.broker.external.as_ref() else {
-        return Err(PipelineError::External("broker.mode = \"external\" needs [broker.external]".into()));
+        return Err(PipelineError::External(
+            "broker.mode = \"external\" needs [broker.external]".into(),
+        ));
     };
     if ext.tls.is_some() {
         return Err(PipelineError::External(
-            "TLS to an external sensor broker is not supported yet; use a plain loopback listener".into(),
+            "TLS to an external sensor broker is not supported yet; use a plain loopback listener"
+                .into(),
         ));
     }
     let mut o = MqttOptions::new(ext.client_id(&config.site.id), ext.host.clone(), ext.port());

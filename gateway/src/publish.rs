@@ -21,8 +21,12 @@ pub async fn publish(client: &AsyncClient, alert: &Alert) -> Result<(), rumqttc:
     let topic = topic(&alert.site, &alert.id);
     let body = serde_json::to_vec(alert).unwrap_or_default();
     if alert.state == AlertState::Resolved {
-        client.publish(&topic, QoS::AtLeastOnce, false, body).await?;
-        client.publish(&topic, QoS::AtLeastOnce, true, Vec::new()).await
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, body)
+            .await?;
+        client
+            .publish(&topic, QoS::AtLeastOnce, true, Vec::new())
+            .await
     } else {
         client.publish(&topic, QoS::AtLeastOnce, true, body).await
     }
@@ -38,7 +42,10 @@ pub async fn run(client: AsyncClient, mut events: broadcast::Receiver<Alert>) {
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "local publisher lagged; alerts are in the store");
+                tracing::warn!(
+                    missed = n,
+                    "local publisher lagged; alerts are in the store"
+                );
             }
             Err(broadcast::error::RecvError::Closed) => break,
         }

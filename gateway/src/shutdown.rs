@@ -159,7 +159,12 @@ mod tests {
     async fn stages_stop_in_order_inputs_first_database_last() {
         let life = Lifecycle::new();
         let log = Arc::new(Mutex::new(Vec::new()));
-        for stage in [Stage::Database, Stage::Outbox, Stage::Processing, Stage::Inputs] {
+        for stage in [
+            Stage::Database,
+            Stage::Outbox,
+            Stage::Processing,
+            Stage::Inputs,
+        ] {
             let log = log.clone();
             life.spawn(stage, move |token| async move {
                 token.cancelled().await;

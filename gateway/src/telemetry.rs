@@ -102,7 +102,8 @@ fn commit(conn: &mut Connection, batch: &[Record]) -> Result<(), TelemetryError>
     let msgs: Vec<NewMessage> = batch
         .iter()
         .map(|r| {
-            let ms = chrono::DateTime::parse_from_rfc3339(&r.at).map_or(0, |t| t.timestamp_millis());
+            let ms =
+                chrono::DateTime::parse_from_rfc3339(&r.at).map_or(0, |t| t.timestamp_millis());
             let payload = serde_json::to_vec(r).unwrap_or_default();
             NewMessage::telemetry(ulid::Ulid::generate().to_string(), payload, ms)
         })

@@ -42,12 +42,7 @@ fn config_init_output_passes_config_check_on_stdin() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        check
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&init.stdout)
-            .unwrap();
+        check.stdin.take().unwrap().write_all(&init.stdout).unwrap();
         let out = check.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -66,12 +61,22 @@ fn config_check_exits_78_and_prints_every_error_with_its_position() {
         "[site]\nid = \"x\"\nname = \"x\"\nkind = \"compound\"\ncolour = \"red\"\n\n[storage]\nquota_mbb = 3\n",
     )
     .unwrap();
-    let out = gateway().args(["config", "check"]).arg(&path).output().unwrap();
+    let out = gateway()
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = path.display().to_string();
-    assert!(stderr.contains(&format!("{file}:5:1: site.colour")), "stderr: {stderr}");
-    assert!(stderr.contains(&format!("{file}:8:1: storage.quota_mbb")), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:5:1: site.colour")),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{file}:8:1: storage.quota_mbb")),
+        "stderr: {stderr}"
+    );
 }
 
 #[test]
@@ -87,7 +92,10 @@ fn run_with_a_broken_config_exits_78_without_starting() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
-    assert!(!dir.path().join("data").exists(), "must not touch the data dir");
+    assert!(
+        !dir.path().join("data").exists(),
+        "must not touch the data dir"
+    );
 }
 
 #[test]

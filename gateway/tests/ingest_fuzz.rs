@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use edge_config::{DeviceKind, PayloadFormat};
 use gateway::ingest::decode::{decode, Role};
 use gateway::ingest::Ingest;
 use gateway::rules::Engine;
-use edge_config::{DeviceKind, PayloadFormat};
 use proptest::prelude::*;
 
 const CONFIG: &str = r#"
@@ -43,8 +43,19 @@ fn json_like() -> impl Strategy<Value = Vec<u8>> {
         "[{}\\[\\]\":,0-9a-z_.eE+-]{0,200}".prop_map(String::into_bytes),
         (
             prop::sample::select(vec![
-                "smoke", "gas", "gas_lel_pct", "gas_density", "temperature_c", "battery_temp_c",
-                "voltage_v", "charging", "present", "pressed", "ts", "state", "battery",
+                "smoke",
+                "gas",
+                "gas_lel_pct",
+                "gas_density",
+                "temperature_c",
+                "battery_temp_c",
+                "voltage_v",
+                "charging",
+                "present",
+                "pressed",
+                "ts",
+                "state",
+                "battery",
             ]),
             prop_oneof![
                 any::<f64>().prop_map(|f| f.to_string()),

@@ -48,7 +48,11 @@ impl Mqtt {
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let m = Message { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain };
+                        let m = Message {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                        };
                         if tx.send(m).is_err() {
                             break;
                         }
@@ -64,12 +68,19 @@ impl Mqtt {
         timeout(Duration::from_secs(10), connected.recv())
             .await
             .expect("MQTT CONNACK within 10 s");
-        Mqtt { client, messages, connected }
+        Mqtt {
+            client,
+            messages,
+            connected,
+        }
     }
 
     /// Subscribes (QoS 1) and gives the broker a moment to register it.
     pub async fn subscribe(&self, filter: &str) {
-        self.client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe");
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 

@@ -18,10 +18,16 @@ fn gateway_starts_logs_readiness_and_exits_cleanly_within_5s_of_sigterm() {
     let status = gw
         .wait_exit(Duration::from_secs(5))
         .expect("gateway still running 5 s after SIGTERM");
-    assert!(status.success(), "exit status {status:?}; log:\n{}", gw.seen.join("\n"));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        gw.seen.join("\n")
+    );
     assert!(stop.elapsed() < Duration::from_secs(5));
     assert!(
-        gw.seen.iter().any(|l| l.contains("gateway stopped cleanly")),
+        gw.seen
+            .iter()
+            .any(|l| l.contains("gateway stopped cleanly")),
         "no clean-stop line; log:\n{}",
         gw.seen.join("\n")
     );
@@ -51,7 +57,10 @@ fn two_gateways_cannot_share_one_data_directory() {
         .expect("second gateway should refuse to start");
     assert!(!status.success());
     assert!(
-        second.seen.iter().any(|l| l.contains("in use by another gateway")),
+        second
+            .seen
+            .iter()
+            .any(|l| l.contains("in use by another gateway")),
         "log:\n{}",
         second.seen.join("\n")
     );
@@ -71,7 +80,11 @@ fn gateway_status_reports_a_running_daemon_and_its_outbox() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["running"], true);
     assert!(report["outbox"]["backlog_total"].is_u64(), "{report}");

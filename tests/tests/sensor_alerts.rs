@@ -94,7 +94,12 @@ fn start(extra: &str) -> Site {
     let data = dir.path().join("data");
     let mut gateway = Gateway::start(&config, &data);
     let broker = gateway.wait_ready();
-    Site { _dir: dir, data, gateway, broker }
+    Site {
+        _dir: dir,
+        data,
+        gateway,
+        broker,
+    }
 }
 
 async fn watcher(broker: SocketAddr, id: &str) -> Mqtt {
@@ -131,7 +136,12 @@ async fn smoke_alarm_raises_one_red_alert_at_its_location_and_clears_when_the_sm
     let mut w = watcher(site.broker, "w-smoke").await;
     let sensor = Mqtt::connect(site.broker, "b1-smoke").await;
     for _ in 0..3 {
-        sensor.publish("sensors/b1-smoke/state", r#"{"smoke":true,"battery_pct":90}"#).await;
+        sensor
+            .publish(
+                "sensors/b1-smoke/state",
+                r#"{"smoke":true,"battery_pct":90}"#,
+            )
+            .await;
     }
     let raised = w.collect(1, WAIT, is("smoke", "raised")).await;
     assert_eq!(raised.len(), 1, "one raised smoke alert");
@@ -143,7 +153,9 @@ async fn smoke_alarm_raises_one_red_alert_at_its_location_and_clears_when_the_sm
     assert!(a["message"]["zh-CN"].as_str().unwrap().contains("烟雾报警"));
     assert!(a["message"]["en"].as_str().unwrap().contains("Smoke alarm"));
 
-    sensor.publish("sensors/b1-smoke/state", r#"{"smoke":false}"#).await;
+    sensor
+        .publish("sensors/b1-smoke/state", r#"{"smoke":false}"#)
+        .await;
     let resolved = w.collect(1, WAIT, is("smoke", "resolved")).await;
     assert_eq!(resolved.len(), 1);
     assert_eq!(resolved[0]["id"], a["id"]);
@@ -180,7 +192,9 @@ async fn gas_goes_orange_then_red_then_clears_and_hovering_does_not_spam() {
     assert_eq!(orange[0]["location"]["building"], "b2");
     assert_eq!(orange[0]["location"]["unit"], "u3");
     sensor.publish("sensors/b2-u3-gas/state", gas(30.0)).await;
-    let red = w.collect(1, WAIT, |v| v["kind"] == "gas" && v["level"] == "red").await;
+    let red = w
+        .collect(1, WAIT, |v| v["kind"] == "gas" && v["level"] == "red")
+        .await;
     assert_eq!(red.len(), 1);
     assert_eq!(red[0]["id"], orange[0]["id"], "same alert, updated");
     sensor.publish("sensors/b2-u3-gas/state", gas(2.0)).await;
@@ -201,9 +215,12 @@ async fn each_hazard_kind_raises_its_alert_kind_and_level() {
     let site = start("");
     let mut w = watcher(site.broker, "w-kinds").await;
     let s = Mqtt::connect(site.broker, "kinds").await;
-    s.publish("sensors/b1-heat/state", r#"{"temperature_c":61.0}"#).await;
-    s.publish("sensors/b1-leak/state", r#"{"water_leak":true}"#).await;
-    s.publish("sensors/b1-sos/state", r#"{"pressed":true}"#).await;
+    s.publish("sensors/b1-heat/state", r#"{"temperature_c":61.0}"#)
+        .await;
+    s.publish("sensors/b1-leak/state", r#"{"water_leak":true}"#)
+        .await;
+    s.publish("sensors/b1-sos/state", r#"{"pressed":true}"#)
+        .await;
     s.publish(
         "sensors/shed-bat-1/state",
         r#"{"battery_temp_c":66.0,"voltage_v":53.1,"current_a":4.2,"charging":true,"present":true}"#,
@@ -212,7 +229,12 @@ async fn each_hazard_kind_raises_its_alert_kind_and_level() {
     let raised = w.collect(4, WAIT, |v| v["event"] == "raised").await;
     let mut got: Vec<(String, String)> = raised
         .iter()
-        .map(|v| (v["kind"].as_str().unwrap().to_owned(), v["level"].as_str().unwrap().to_owned()))
+        .map(|v| {
+            (
+                v["kind"].as_str().unwrap().to_owned(),
+                v["level"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     got.sort();
     assert_eq!(
@@ -231,8 +253,16 @@ async fn zigbee2mqtt_smoke_gas_and_leak_messages_raise_the_same_alerts() {
     let site = start("");
     let mut w = watcher(site.broker, "w-z2m").await;
     let z = Mqtt::connect(site.broker, "zigbee2mqtt-bridge").await;
-    z.publish("zigbee2mqtt/kitchen_smoke", r#"{"smoke":true,"battery":97,"linkquality":80}"#).await;
-    z.publish("zigbee2mqtt/kitchen_gas", r#"{"gas":true,"linkquality":60}"#).await;
+    z.publish(
+        "zigbee2mqtt/kitchen_smoke",
+        r#"{"smoke":true,"battery":97,"linkquality":80}"#,
+    )
+    .await;
+    z.publish(
+        "zigbee2mqtt/kitchen_gas",
+        r#"{"gas":true,"linkquality":60}"#,
+    )
+    .await;
     z.publish(
         "zigbee2mqtt/bathroom_leak",
         r#"{"battery":100,"battery_low":false,"tamper":false,"voltage":3015,"water_leak":true,"linkquality":73}"#,
@@ -277,16 +307,24 @@ location = { building = "b1" }
     let mut w = watcher(site.broker, "w-offline").await;
     let offline = w
         .collect(1, Duration::from_secs(20), |v| {
-            v["kind"] == "device_offline" && v["event"] == "raised" && v["source"]["id"] == "quiet-smoke"
+            v["kind"] == "device_offline"
+                && v["event"] == "raised"
+                && v["source"]["id"] == "quiet-smoke"
         })
         .await;
-    assert_eq!(offline.len(), 1, "quiet-smoke offline after one missed 10 s heartbeat");
+    assert_eq!(
+        offline.len(),
+        1,
+        "quiet-smoke offline after one missed 10 s heartbeat"
+    );
     assert_eq!(offline[0]["level"], "yellow");
     let s = Mqtt::connect(site.broker, "quiet-smoke").await;
     s.publish("sensors/quiet-smoke/heartbeat", "").await;
     let back = w
         .collect(1, WAIT, |v| {
-            v["kind"] == "device_offline" && v["event"] == "resolved" && v["source"]["id"] == "quiet-smoke"
+            v["kind"] == "device_offline"
+                && v["event"] == "resolved"
+                && v["source"]["id"] == "quiet-smoke"
         })
         .await;
     assert_eq!(back.len(), 1);
@@ -303,15 +341,25 @@ async fn malformed_messages_are_counted_and_rejected_while_a_real_smoke_alarm_st
         for i in 0..200 {
             match i % 4 {
                 0 => bad.publish("sensors/b2-u3-gas/state", "{not json").await,
-                1 => bad.publish("sensors/b1-heat/state", r#"{"temperature_c":"hot"}"#).await,
-                2 => bad.publish("sensors/b1-leak/state", oversized.clone()).await,
-                _ => bad.publish("sensors/nobody/state", r#"{"smoke":true}"#).await,
+                1 => {
+                    bad.publish("sensors/b1-heat/state", r#"{"temperature_c":"hot"}"#)
+                        .await
+                }
+                2 => {
+                    bad.publish("sensors/b1-leak/state", oversized.clone())
+                        .await
+                }
+                _ => {
+                    bad.publish("sensors/nobody/state", r#"{"smoke":true}"#)
+                        .await
+                }
             }
         }
     };
     let alarm = async {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        good.publish("sensors/b1-smoke/state", r#"{"smoke":true}"#).await;
+        good.publish("sensors/b1-smoke/state", r#"{"smoke":true}"#)
+            .await;
     };
     tokio::join!(flood, alarm);
     let raised = w.collect(1, WAIT, is("smoke", "raised")).await;
@@ -332,7 +380,10 @@ async fn malformed_messages_are_counted_and_rejected_while_a_real_smoke_alarm_st
         .map(|v| v["reason"].as_str().unwrap_or("").to_owned())
         .collect();
     for reason in ["invalid_json", "wrong_type", "oversized", "unknown_device"] {
-        assert!(reasons.iter().any(|r| r == reason), "no {reason} rejection logged: {reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "no {reason} rejection logged: {reasons:?}"
+        );
     }
 }
 
@@ -342,13 +393,18 @@ async fn active_alerts_survive_a_restart_are_republished_and_still_escalate() {
     let raised = {
         let mut w = watcher(site.broker, "w-restart-1").await;
         let s = Mqtt::connect(site.broker, "b1-sos").await;
-        s.publish("sensors/b1-sos/state", r#"{"pressed":true}"#).await;
+        s.publish("sensors/b1-sos/state", r#"{"pressed":true}"#)
+            .await;
         w.collect(1, WAIT, is("sos", "raised")).await
     };
     assert_eq!(raised.len(), 1);
     let id = raised[0]["id"].clone();
     site.gateway.signal(libc::SIGTERM);
-    assert!(site.gateway.wait_exit(Duration::from_secs(5)).unwrap().success());
+    assert!(site
+        .gateway
+        .wait_exit(Duration::from_secs(5))
+        .unwrap()
+        .success());
 
     let config = site.data.parent().unwrap().join("gateway.toml");
     let mut again = Gateway::start(&config, &site.data);
@@ -359,7 +415,9 @@ async fn active_alerts_survive_a_restart_are_republished_and_still_escalate() {
     assert_eq!(republished.len(), 1);
     assert_eq!(republished[0]["id"], id);
     // Escalation (10 s after raising, unacknowledged) still fires after the restart.
-    let escalated = w.collect(1, Duration::from_secs(15), is("sos", "escalated")).await;
+    let escalated = w
+        .collect(1, Duration::from_secs(15), is("sos", "escalated"))
+        .await;
     assert_eq!(escalated.len(), 1);
     assert_eq!(escalated[0]["id"], id);
     assert_eq!(escalated[0]["state"], "escalated");
@@ -394,37 +452,55 @@ targets = ["b2-siren"]
     let mut valve = Mqtt::connect(site.broker, "b2-u3-valve").await;
     valve.subscribe("sensors/b2-u3-valve/set").await;
     let sensor = Mqtt::connect(site.broker, "b2-u3-gas").await;
-    sensor.publish("sensors/b2-u3-gas/state", r#"{"gas_lel_pct":30}"#).await;
+    sensor
+        .publish("sensors/b2-u3-gas/state", r#"{"gas_lel_pct":30}"#)
+        .await;
 
     let raised = w.collect(1, WAIT, is("gas", "raised")).await;
     assert_eq!(raised.len(), 1);
     let actions = raised[0]["actions"].as_array().unwrap();
-    assert_eq!(actions.len(), 2, "valve and siren actions recorded pending: {actions:?}");
+    assert_eq!(
+        actions.len(),
+        2,
+        "valve and siren actions recorded pending: {actions:?}"
+    );
     assert!(actions.iter().all(|a| a["outcome"] == "pending"));
 
     let command = valve.next(WAIT).await.expect("valve receives a command");
     assert_eq!(command.json()["command"], "close");
     assert_eq!(command.json()["alert_id"], raised[0]["id"]);
-    valve.publish("sensors/b2-u3-valve/state", r#"{"state":"closed"}"#).await;
+    valve
+        .publish("sensors/b2-u3-valve/state", r#"{"state":"closed"}"#)
+        .await;
 
     let confirmed = w
         .collect(1, WAIT, |v| {
             v["kind"] == "gas"
                 && v["actions"].as_array().is_some_and(|a| {
-                    a.iter().any(|x| x["target"] == "b2-u3-valve" && x["outcome"] == "confirmed")
+                    a.iter()
+                        .any(|x| x["target"] == "b2-u3-valve" && x["outcome"] == "confirmed")
                 })
         })
         .await;
-    assert_eq!(confirmed.len(), 1, "valve confirmation recorded on the alert");
+    assert_eq!(
+        confirmed.len(),
+        1,
+        "valve confirmation recorded on the alert"
+    );
     let timed_out = w
         .collect(1, Duration::from_secs(15), |v| {
             v["kind"] == "gas"
                 && v["actions"].as_array().is_some_and(|a| {
-                    a.iter().any(|x| x["target"] == "b2-siren" && x["outcome"] == "timed_out")
+                    a.iter()
+                        .any(|x| x["target"] == "b2-siren" && x["outcome"] == "timed_out")
                 })
         })
         .await;
-    assert_eq!(timed_out.len(), 1, "the silent siren is recorded as timed out");
+    assert_eq!(
+        timed_out.len(),
+        1,
+        "the silent siren is recorded as timed out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -440,7 +516,10 @@ async fn a_site_with_three_thousand_devices_hears_the_last_one() {
     let s = Mqtt::connect(site.broker, "many-2999").await;
     // The gateway subscribes in chunks after connecting; give it a moment on a slow machine.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    s.publish("sensors/many-2999/state", r#"{"smoke":true}"#).await;
-    let raised = w.collect(1, WAIT, |v| v["source"]["id"] == "many-2999").await;
+    s.publish("sensors/many-2999/state", r#"{"smoke":true}"#)
+        .await;
+    let raised = w
+        .collect(1, WAIT, |v| v["source"]["id"] == "many-2999")
+        .await;
     assert_eq!(raised.len(), 1);
 }

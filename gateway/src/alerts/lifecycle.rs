@@ -80,7 +80,11 @@ impl Lifecycle {
     }
 
     /// Applies a rule signal; returns the committed alert event, if any.
-    pub fn on_signal(&mut self, s: &Signal, at: DateTime<Utc>) -> Result<Option<Alert>, StoreError> {
+    pub fn on_signal(
+        &mut self,
+        s: &Signal,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Alert>, StoreError> {
         let Some(device) = self.config.devices.get(s.device) else {
             return Ok(None);
         };
@@ -89,7 +93,8 @@ impl Lifecycle {
         match s.change {
             Change::Raise(level) | Change::Update(level) => {
                 let location = Location::resolve(&self.config, &device.location);
-                self.raise_or_update(source, location, s.kind, level, readings, at).map(Some)
+                self.raise_or_update(source, location, s.kind, level, readings, at)
+                    .map(Some)
             }
             Change::Clear => self.resolve_source(&source, s.kind, "auto", at),
         }
@@ -120,7 +125,10 @@ impl Lifecycle {
                 a.message = messages::message(kind, level, &a.location.label);
                 (a, EventKind::Updated)
             }
-            None => (self.new_alert(source, location, kind, level, readings, now), EventKind::Raised),
+            None => (
+                self.new_alert(source, location, kind, level, readings, now),
+                EventKind::Raised,
+            ),
         };
         let commands = if previous_level.is_none_or(|p| level > p) {
             linkage::plan(&self.config, &mut alert, at)
@@ -145,11 +153,20 @@ impl Lifecycle {
     }
 
     /// An actuator reported its state: confirms matching pending actions.
-    pub fn on_actuator_state(&mut self, device: &str, state: &str, at: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
+    pub fn on_actuator_state(
+        &mut self,
+        device: &str,
+        state: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Alert>, StoreError> {
         let keys: Vec<_> = self
             .active
             .iter()
-            .filter(|(_, a)| a.actions.iter().any(|x| x.target == device && x.outcome == linkage::PENDING))
+            .filter(|(_, a)| {
+                a.actions
+                    .iter()
+                    .any(|x| x.target == device && x.outcome == linkage::PENDING)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         let mut out = Vec::new();
@@ -165,7 +182,11 @@ impl Lifecycle {
         Ok(out)
     }
 
-    fn expire_actions(&mut self, at: DateTime<Utc>, out: &mut Vec<Alert>) -> Result<(), StoreError> {
+    fn expire_actions(
+        &mut self,
+        at: DateTime<Utc>,
+        out: &mut Vec<Alert>,
+    ) -> Result<(), StoreError> {
         let keys: Vec<_> = self
             .active
             .iter()
@@ -240,7 +261,12 @@ impl Lifecycle {
     }
 
     /// A staff member (or the platform) acknowledges an alert.
-    pub fn acknowledge(&mut self, id: &str, by: &str, at: DateTime<Utc>) -> Result<Alert, LifecycleError> {
+    pub fn acknowledge(
+        &mut self,
+        id: &str,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Alert, LifecycleError> {
         let key = self.key_of(id)?;
         let mut alert = self.active[&key].clone();
         if alert.state == AlertState::Acknowledged {
@@ -256,7 +282,12 @@ impl Lifecycle {
     }
 
     /// A staff member resolves an alert by hand.
-    pub fn resolve(&mut self, id: &str, by: &str, at: DateTime<Utc>) -> Result<Alert, LifecycleError> {
+    pub fn resolve(
+        &mut self,
+        id: &str,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Alert, LifecycleError> {
         let (source, kind) = self.key_of(id)?;
         let source = self.active[&(source.clone(), kind)].source.clone();
         self.resolve_source(&source, kind, by, at)?
@@ -330,7 +361,9 @@ escalate_after_s = 180
 "#;
 
     fn config() -> Arc<Config> {
-        Arc::new(edge_config::parse(CONFIG, "test.toml", Path::new(".")).expect("valid test config"))
+        Arc::new(
+            edge_config::parse(CONFIG, "test.toml", Path::new(".")).expect("valid test config"),
+        )
     }
 
     use std::path::Path;
@@ -344,13 +377,22 @@ escalate_after_s = 180
             device: 0,
             kind: AlertKind::Gas,
             change,
-            causes: vec![Cause::GasLowStage { lel_pct: 12.5, threshold_pct: 10.0 }],
-            values: Values { gas_lel_pct: Some(12.5), ..Values::default() },
+            causes: vec![Cause::GasLowStage {
+                lel_pct: 12.5,
+                threshold_pct: 10.0,
+            }],
+            values: Values {
+                gas_lel_pct: Some(12.5),
+                ..Values::default()
+            },
         }
     }
 
     fn outbox_rows(l: &Lifecycle) -> i64 {
-        l.store().connection().query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)).unwrap()
+        l.store()
+            .connection()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .unwrap()
     }
 
     #[test]
@@ -358,19 +400,37 @@ escalate_after_s = 180
         let dir = tempfile::tempdir().unwrap();
         let store = AlertStore::open(&dir.path().join("db")).unwrap();
         let mut l = Lifecycle::new(config(), store).unwrap();
-        let raised = l.on_signal(&signal(Change::Raise(Level::Orange)), t(0)).unwrap().unwrap();
-        assert_eq!((raised.seq, raised.event, raised.level), (1, EventKind::Raised, Level::Orange));
+        let raised = l
+            .on_signal(&signal(Change::Raise(Level::Orange)), t(0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (raised.seq, raised.event, raised.level),
+            (1, EventKind::Raised, Level::Orange)
+        );
         assert_eq!(raised.location.label, "2号楼 3单元 5F 501");
-        assert_eq!(raised.message.zh_cn, "【橙色】燃气泄漏报警：2号楼 3单元 5F 501");
-        let updated = l.on_signal(&signal(Change::Update(Level::Red)), t(5)).unwrap().unwrap();
+        assert_eq!(
+            raised.message.zh_cn,
+            "【橙色】燃气泄漏报警：2号楼 3单元 5F 501"
+        );
+        let updated = l
+            .on_signal(&signal(Change::Update(Level::Red)), t(5))
+            .unwrap()
+            .unwrap();
         assert_eq!(updated.id, raised.id);
-        assert_eq!((updated.seq, updated.event, updated.level), (2, EventKind::Updated, Level::Red));
+        assert_eq!(
+            (updated.seq, updated.event, updated.level),
+            (2, EventKind::Updated, Level::Red)
+        );
         let resolved = l.on_signal(&signal(Change::Clear), t(60)).unwrap().unwrap();
         assert_eq!((resolved.seq, resolved.state), (3, AlertState::Resolved));
         assert_eq!(l.active().count(), 0);
         assert_eq!(outbox_rows(&l), 3);
         // A new hazard after resolution is a new alert.
-        let again = l.on_signal(&signal(Change::Raise(Level::Orange)), t(100)).unwrap().unwrap();
+        let again = l
+            .on_signal(&signal(Change::Raise(Level::Orange)), t(100))
+            .unwrap()
+            .unwrap();
         assert_ne!(again.id, raised.id);
         assert_eq!(again.seq, 4);
     }
@@ -378,8 +438,12 @@ escalate_after_s = 180
     #[test]
     fn unacknowledged_orange_escalates_after_the_configured_time_acknowledged_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let mut l = Lifecycle::new(config(), AlertStore::open(&dir.path().join("db")).unwrap()).unwrap();
-        let a = l.on_signal(&signal(Change::Raise(Level::Orange)), t(0)).unwrap().unwrap();
+        let mut l =
+            Lifecycle::new(config(), AlertStore::open(&dir.path().join("db")).unwrap()).unwrap();
+        let a = l
+            .on_signal(&signal(Change::Raise(Level::Orange)), t(0))
+            .unwrap()
+            .unwrap();
         assert!(l.on_tick(t(179)).unwrap().is_empty());
         let escalated = l.on_tick(t(180)).unwrap();
         assert_eq!(escalated.len(), 1);
@@ -390,31 +454,58 @@ escalate_after_s = 180
         assert_eq!(acked.acknowledged_by.as_deref(), Some("duty"));
         let resolved = l.resolve(&a.id, "duty", t(402)).unwrap();
         assert_eq!(resolved.resolved_by.as_deref(), Some("duty"));
-        assert!(matches!(l.acknowledge(&a.id, "duty", t(403)), Err(LifecycleError::NotActive(_))));
+        assert!(matches!(
+            l.acknowledge(&a.id, "duty", t(403)),
+            Err(LifecycleError::NotActive(_))
+        ));
     }
 
     #[test]
     fn alert_json_matches_the_documented_schema() {
-        let schema: serde_json::Value = serde_json::from_str(include_str!("../../../docs/alert.schema.json")).unwrap();
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/alert.schema.json")).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut l = Lifecycle::new(config(), AlertStore::open(&dir.path().join("db")).unwrap()).unwrap();
-        let a = l.on_signal(&signal(Change::Raise(Level::Orange)), t(0)).unwrap().unwrap();
+        let mut l =
+            Lifecycle::new(config(), AlertStore::open(&dir.path().join("db")).unwrap()).unwrap();
+        let a = l
+            .on_signal(&signal(Change::Raise(Level::Orange)), t(0))
+            .unwrap()
+            .unwrap();
         let json = serde_json::to_value(&a).unwrap();
         for key in schema["required"].as_array().unwrap() {
-            assert!(json.get(key.as_str().unwrap()).is_some(), "missing required {key}");
+            assert!(
+                json.get(key.as_str().unwrap()).is_some(),
+                "missing required {key}"
+            );
         }
         let props = &schema["properties"];
         for key in json.as_object().unwrap().keys() {
-            assert!(props.get(key).is_some(), "{key} is not documented in the schema");
+            assert!(
+                props.get(key).is_some(),
+                "{key} is not documented in the schema"
+            );
         }
         for field in ["event", "kind", "level", "state"] {
             let allowed = props[field]["enum"].as_array().unwrap();
-            assert!(allowed.contains(&json[field]), "{field} = {} not in the schema", json[field]);
+            assert!(
+                allowed.contains(&json[field]),
+                "{field} = {} not in the schema",
+                json[field]
+            );
         }
         // Every alert kind the gateway knows is documented.
         let kinds = props["kind"]["enum"].as_array().unwrap();
-        for kind in [AlertKind::Smoke, AlertKind::BatteryRemoved, AlertKind::CameraDown, AlertKind::BufferFull, AlertKind::Loitering] {
-            assert!(kinds.contains(&serde_json::to_value(kind).unwrap()), "{kind:?}");
+        for kind in [
+            AlertKind::Smoke,
+            AlertKind::BatteryRemoved,
+            AlertKind::CameraDown,
+            AlertKind::BufferFull,
+            AlertKind::Loitering,
+        ] {
+            assert!(
+                kinds.contains(&serde_json::to_value(kind).unwrap()),
+                "{kind:?}"
+            );
         }
     }
 
@@ -424,10 +515,16 @@ escalate_after_s = 180
         let path = dir.path().join("db");
         let id = {
             let mut l = Lifecycle::new(config(), AlertStore::open(&path).unwrap()).unwrap();
-            l.on_signal(&signal(Change::Raise(Level::Red)), t(0)).unwrap().unwrap().id
+            l.on_signal(&signal(Change::Raise(Level::Red)), t(0))
+                .unwrap()
+                .unwrap()
+                .id
         };
         let mut l = Lifecycle::new(config(), AlertStore::open(&path).unwrap()).unwrap();
-        assert_eq!(l.active().map(|a| a.id.clone()).collect::<Vec<_>>(), vec![id.clone()]);
+        assert_eq!(
+            l.active().map(|a| a.id.clone()).collect::<Vec<_>>(),
+            vec![id.clone()]
+        );
         let escalated = l.on_tick(t(200)).unwrap();
         assert_eq!(escalated.len(), 1);
         assert_eq!(escalated[0].id, id);

@@ -41,7 +41,11 @@ pub fn plan(config: &Config, alert: &mut Alert, at: DateTime<Utc>) -> Vec<Comman
     for linkage in config.rules.linkages_for(alert.kind, alert.level) {
         for target in &linkage.targets {
             let action = linkage.action.as_str();
-            if alert.actions.iter().any(|a| a.action == action && &a.target == target) {
+            if alert
+                .actions
+                .iter()
+                .any(|a| a.action == action && &a.target == target)
+            {
                 continue;
             }
             let Some(device) = config.device(target) else {
@@ -61,7 +65,12 @@ pub fn plan(config: &Config, alert: &mut Alert, at: DateTime<Utc>) -> Vec<Comman
     commands
 }
 
-fn command(device: &Device, action: LinkageAction, alert: &Alert, message: Option<&str>) -> Command {
+fn command(
+    device: &Device,
+    action: LinkageAction,
+    alert: &Alert,
+    message: Option<&str>,
+) -> Command {
     let payload = match (device.format, action) {
         (PayloadFormat::Zigbee2mqtt, LinkageAction::CloseValve) => json!({"state": "OFF"}),
         (PayloadFormat::Zigbee2mqtt, LinkageAction::SoundSiren) => {
@@ -98,7 +107,11 @@ pub fn confirms(action: &str, state: &str) -> bool {
 /// Marks pending actions on `target` confirmed by `state`; true if any changed.
 pub fn confirm(alert: &mut Alert, target: &str, state: &str, at: DateTime<Utc>) -> bool {
     let mut changed = false;
-    for a in alert.actions.iter_mut().filter(|a| a.target == target && a.outcome == PENDING) {
+    for a in alert
+        .actions
+        .iter_mut()
+        .filter(|a| a.target == target && a.outcome == PENDING)
+    {
         if confirms(&a.action, state) {
             a.outcome = CONFIRMED.to_owned();
             a.confirmed_at = Some(timestamp(at));

@@ -126,7 +126,10 @@ impl AlertStore {
 
     /// All alerts not yet resolved (reloaded at start-up).
     pub fn active(&self) -> Result<Vec<Alert>, StoreError> {
-        self.query("SELECT id, body FROM alerts WHERE active = 1 ORDER BY raised_at", [])
+        self.query(
+            "SELECT id, body FROM alerts WHERE active = 1 ORDER BY raised_at",
+            [],
+        )
     }
 
     /// One alert by id.
@@ -151,7 +154,9 @@ impl AlertStore {
 
     fn query<P: rusqlite::Params>(&self, sql: &str, params: P) -> Result<Vec<Alert>, StoreError> {
         let mut stmt = self.conn.prepare(sql)?;
-        let rows = stmt.query_map(params, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let rows = stmt.query_map(params, |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         rows.map(|row| {
             let (id, body) = row?;
             decode(&id, &body)
@@ -193,12 +198,24 @@ fn write(tx: &Transaction<'_>, alert: &Alert) -> Result<(), StoreError> {
     )?;
     tx.execute(
         "INSERT INTO alert_events (seq, alert_id, event, at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![alert.seq as i64, alert.id, alert.event.as_str(), alert.updated_at, body],
+        params![
+            alert.seq as i64,
+            alert.id,
+            alert.event.as_str(),
+            alert.updated_at,
+            body
+        ],
     )?;
     let created_ms = chrono::DateTime::parse_from_rfc3339(&alert.updated_at)
         .map(|t| t.timestamp_millis())
         .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis());
-    let msg = NewMessage::alert(class_of(alert.level), ulid::Ulid::generate().to_string(), alert.seq, body, created_ms);
+    let msg = NewMessage::alert(
+        class_of(alert.level),
+        ulid::Ulid::generate().to_string(),
+        alert.seq,
+        body,
+        created_ms,
+    );
     outbox::enqueue(tx, &msg)?;
     Ok(())
 }

@@ -49,7 +49,11 @@ pub enum AlertInput {
 }
 
 /// Runs until `inputs` is closed. Every committed alert event is sent on `published`.
-pub fn run(mut lifecycle: Lifecycle, mut inputs: mpsc::Receiver<AlertInput>, published: broadcast::Sender<Alert>) {
+pub fn run(
+    mut lifecycle: Lifecycle,
+    mut inputs: mpsc::Receiver<AlertInput>,
+    published: broadcast::Sender<Alert>,
+) {
     while let Some(input) = inputs.blocking_recv() {
         let at = Utc::now();
         let committed: Result<Vec<Alert>, String> = match input {
@@ -62,7 +66,13 @@ pub fn run(mut lifecycle: Lifecycle, mut inputs: mpsc::Receiver<AlertInput>, pub
                 answer(lifecycle.acknowledge(&id, &by, at), reply)
             }
             AlertInput::Resolve { id, by, reply } => answer(lifecycle.resolve(&id, &by, at), reply),
-            AlertInput::Raise { source, location, kind, level, readings } => lifecycle
+            AlertInput::Raise {
+                source,
+                location,
+                kind,
+                level,
+                readings,
+            } => lifecycle
                 .raise_or_update(source, location, kind, level, readings, at)
                 .map(|a| vec![a])
                 .map_err(|e| e.to_string()),

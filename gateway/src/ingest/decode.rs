@@ -126,7 +126,8 @@ const WILDCARDS: [&str; 3] = ["sensors/+/state", "sensors/+/heartbeat", "zigbee2
 
 fn covered_by_wildcards(topic: &str) -> bool {
     let parts: Vec<&str> = topic.split('/').collect();
-    matches!(parts.as_slice(), ["sensors", _, "state" | "heartbeat"]) || parts.first() == Some(&"zigbee2mqtt")
+    matches!(parts.as_slice(), ["sensors", _, "state" | "heartbeat"])
+        || parts.first() == Some(&"zigbee2mqtt")
 }
 
 /// One decoded message's values. Every field is optional: a message carries what the
@@ -247,8 +248,13 @@ pub fn decode(
     }
 }
 
-fn decode_state(payload: &[u8], format: PayloadFormat, kind: DeviceKind) -> Result<Decoded, Reject> {
-    let json: serde_json::Value = serde_json::from_slice(payload).map_err(|_| Reject::InvalidJson)?;
+fn decode_state(
+    payload: &[u8],
+    format: PayloadFormat,
+    kind: DeviceKind,
+) -> Result<Decoded, Reject> {
+    let json: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|_| Reject::InvalidJson)?;
     if !json.is_object() {
         return Err(Reject::NotAnObject);
     }
@@ -284,7 +290,9 @@ fn sos_pressed(kind: DeviceKind, action: Option<&str>) -> Option<bool> {
 
 /// `online` / `offline`, or `{"state":"online"}`.
 fn decode_availability(payload: &[u8]) -> Result<Decoded, Reject> {
-    let text = std::str::from_utf8(payload).map_err(|_| Reject::InvalidJson)?.trim();
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| Reject::InvalidJson)?
+        .trim();
     let state = match serde_json::from_str::<serde_json::Value>(text) {
         Ok(serde_json::Value::Object(map)) => map
             .get("state")
@@ -338,7 +346,12 @@ mod tests {
         let router = Router::new(&config);
         assert_eq!(
             router.subscriptions(),
-            ["sensors/+/state", "sensors/+/heartbeat", "zigbee2mqtt/#", "legacy/kitchen/gas"]
+            [
+                "sensors/+/state",
+                "sensors/+/heartbeat",
+                "zigbee2mqtt/#",
+                "legacy/kitchen/gas"
+            ]
         );
         assert!(router.route("sensors/a/state").is_some());
         assert!(router.route("sensors/zz/state").is_none());
@@ -391,11 +404,31 @@ mod tests {
 
     #[test]
     fn a_zigbee2mqtt_emergency_button_action_is_an_sos_press() {
-        let z = |p: &str, kind| decode(p.as_bytes(), PayloadFormat::Zigbee2mqtt, Role::State, kind).unwrap();
-        assert_eq!(z(r#"{"action":"emergency"}"#, DeviceKind::Sos).values.pressed, Some(true));
-        assert_eq!(z(r#"{"action":"single","battery":90}"#, DeviceKind::Sos).values.pressed, Some(true));
-        assert_eq!(z(r#"{"action":"release"}"#, DeviceKind::Sos).values.pressed, None);
-        assert_eq!(z(r#"{"action":"single"}"#, DeviceKind::Smoke).values.pressed, None);
+        let z = |p: &str, kind| {
+            decode(p.as_bytes(), PayloadFormat::Zigbee2mqtt, Role::State, kind).unwrap()
+        };
+        assert_eq!(
+            z(r#"{"action":"emergency"}"#, DeviceKind::Sos)
+                .values
+                .pressed,
+            Some(true)
+        );
+        assert_eq!(
+            z(r#"{"action":"single","battery":90}"#, DeviceKind::Sos)
+                .values
+                .pressed,
+            Some(true)
+        );
+        assert_eq!(
+            z(r#"{"action":"release"}"#, DeviceKind::Sos).values.pressed,
+            None
+        );
+        assert_eq!(
+            z(r#"{"action":"single"}"#, DeviceKind::Smoke)
+                .values
+                .pressed,
+            None
+        );
     }
 
     #[test]
@@ -404,14 +437,24 @@ mod tests {
         assert_eq!(native("{not json", smoke), Err(Reject::InvalidJson));
         assert_eq!(native("[1,2]", smoke), Err(Reject::NotAnObject));
         assert_eq!(native(r#"{"smoke":"yes"}"#, smoke), Err(Reject::WrongType));
-        assert_eq!(native(r#"{"ts":"yesterday"}"#, smoke), Err(Reject::WrongType));
+        assert_eq!(
+            native(r#"{"ts":"yesterday"}"#, smoke),
+            Err(Reject::WrongType)
+        );
         let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_PAYLOAD_BYTES));
         assert_eq!(native(&big, smoke), Err(Reject::Oversized));
     }
 
     #[test]
     fn availability_accepts_plain_and_json_forms() {
-        let a = |p: &str| decode(p.as_bytes(), PayloadFormat::Zigbee2mqtt, Role::Availability, DeviceKind::Gas);
+        let a = |p: &str| {
+            decode(
+                p.as_bytes(),
+                PayloadFormat::Zigbee2mqtt,
+                Role::Availability,
+                DeviceKind::Gas,
+            )
+        };
         assert_eq!(a("online").unwrap().online, Some(true));
         assert_eq!(a("offline").unwrap().online, Some(false));
         assert_eq!(a(r#"{"state":"offline"}"#).unwrap().online, Some(false));

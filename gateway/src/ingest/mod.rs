@@ -64,7 +64,12 @@ impl Ingest {
 
     /// Handles one publish; `Ok` carries the reading to hand to the rules. `Ok(None)` for
     /// traffic that is not sensor data (bridge topics, commands) and is skipped uncounted.
-    pub fn handle(&mut self, topic: &str, payload: &[u8], now: Instant) -> Result<Option<Reading>, Reject> {
+    pub fn handle(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<Option<Reading>, Reject> {
         if self.router.is_ignorable(topic) {
             return Ok(None);
         }
@@ -117,7 +122,10 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                tracing::info!(topics = subscriptions.len(), "ingest connected, subscribing");
+                tracing::info!(
+                    topics = subscriptions.len(),
+                    "ingest connected, subscribing"
+                );
                 // Many small SUBSCRIBE packets: one packet for thousands of devices would
                 // exceed the broker's packet size limit and get the connection closed.
                 for chunk in subscriptions.chunks(SUBSCRIBE_CHUNK) {

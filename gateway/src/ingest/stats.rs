@@ -56,7 +56,10 @@ impl IngestStats {
         let entry = map.entry(key).or_default();
         entry.count += 1;
         let now = Instant::now();
-        if entry.logged_at.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
+        if entry
+            .logged_at
+            .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+        {
             entry.logged_at = Some(now);
             tracing::warn!(
                 device = device.unwrap_or("-"),
@@ -90,7 +93,9 @@ impl IngestStats {
             for ((device, reason), r) in map.iter() {
                 let n = &r.count;
                 s.rejected_total += n;
-                *s.rejected_by_reason.entry(reason.as_str().to_owned()).or_default() += n;
+                *s.rejected_by_reason
+                    .entry(reason.as_str().to_owned())
+                    .or_default() += n;
                 *s.rejected_by_device.entry(device.clone()).or_default() += n;
             }
         }

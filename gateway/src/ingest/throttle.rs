@@ -24,7 +24,13 @@ pub struct Throttle {
 impl Throttle {
     pub fn new(devices: usize) -> Self {
         Throttle {
-            buckets: vec![Bucket { tokens: BURST, last: None }; devices],
+            buckets: vec![
+                Bucket {
+                    tokens: BURST,
+                    last: None
+                };
+                devices
+            ],
         }
     }
 
@@ -33,7 +39,9 @@ impl Throttle {
         let Some(b) = self.buckets.get_mut(device) else {
             return false;
         };
-        let elapsed = b.last.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let elapsed = b
+            .last
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         b.tokens = (b.tokens + elapsed.as_secs_f64() * RATE_PER_S).min(BURST);
         b.last = Some(now);
         if b.tokens >= 1.0 {

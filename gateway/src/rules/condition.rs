@@ -112,7 +112,9 @@ impl Condition {
     /// Advances timers without a new reading (called periodically).
     pub fn tick(&mut self, now: Instant) -> Option<Change> {
         let (next, change) = match self.state {
-            State::Pending { since, level } if now.duration_since(since) >= self.timing.debounce => {
+            State::Pending { since, level }
+                if now.duration_since(since) >= self.timing.debounce =>
+            {
                 (State::Active { level }, Some(Change::Raise(level)))
             }
             State::Clearing { since, level } => self.clearing(since, level, now),
@@ -160,7 +162,13 @@ mod tests {
             changes.extend(c.observe(None, false, at(t0, s)));
         }
         assert_eq!(changes.first(), Some(&Change::Raise(Level::Orange)));
-        assert_eq!(changes.iter().filter(|c| matches!(c, Change::Raise(_))).count(), 1);
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|c| matches!(c, Change::Raise(_)))
+                .count(),
+            1
+        );
         assert_eq!(changes.last(), Some(&Change::Clear));
         assert_eq!(changes.len(), 2);
     }
@@ -202,9 +210,15 @@ mod tests {
             debounce: Duration::ZERO,
             ..T
         });
-        assert_eq!(c.observe(Some(Level::Orange), false, t0), Some(Change::Raise(Level::Orange)));
+        assert_eq!(
+            c.observe(Some(Level::Orange), false, t0),
+            Some(Change::Raise(Level::Orange))
+        );
         assert_eq!(c.observe(Some(Level::Orange), false, t0), None);
-        assert_eq!(c.observe(Some(Level::Red), false, t0), Some(Change::Update(Level::Red)));
+        assert_eq!(
+            c.observe(Some(Level::Red), false, t0),
+            Some(Change::Update(Level::Red))
+        );
         assert_eq!(c.level(), Some(Level::Red));
     }
 
@@ -215,7 +229,10 @@ mod tests {
             debounce: Duration::from_secs(2),
             clear_hold: Duration::ZERO,
         });
-        assert_eq!(c.observe(Some(Level::Red), true, t0), Some(Change::Raise(Level::Red)));
+        assert_eq!(
+            c.observe(Some(Level::Red), true, t0),
+            Some(Change::Raise(Level::Red))
+        );
         assert_eq!(c.observe(None, false, t0), Some(Change::Clear));
     }
 }

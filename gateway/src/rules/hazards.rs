@@ -18,22 +18,54 @@ use tokio::time::Instant;
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum Cause {
     SmokeDetected,
-    TempAboveFixed { temp_c: f64, threshold_c: f64 },
-    RateOfRise { c_per_min: f64, threshold_c_per_min: f64 },
-    GasLowStage { lel_pct: f64, threshold_pct: f64 },
-    GasHighStage { lel_pct: f64, threshold_pct: f64 },
+    TempAboveFixed {
+        temp_c: f64,
+        threshold_c: f64,
+    },
+    RateOfRise {
+        c_per_min: f64,
+        threshold_c_per_min: f64,
+    },
+    GasLowStage {
+        lel_pct: f64,
+        threshold_pct: f64,
+    },
+    GasHighStage {
+        lel_pct: f64,
+        threshold_pct: f64,
+    },
     GasAlarmFlag,
     WaterLeak,
-    WaterLeakRepeated { within_min: u32 },
-    BatteryOverTemp { temp_c: f64, threshold_c: f64 },
-    BatteryTempRising { c_per_min: f64, threshold_c_per_min: f64 },
-    ThermalRunaway { c_per_s: f64 },
-    VoltageCollapse { drop_pct: f64, threshold_pct: f64 },
-    ChargingTooLong { hours: f64, limit_h: f64 },
+    WaterLeakRepeated {
+        within_min: u32,
+    },
+    BatteryOverTemp {
+        temp_c: f64,
+        threshold_c: f64,
+    },
+    BatteryTempRising {
+        c_per_min: f64,
+        threshold_c_per_min: f64,
+    },
+    ThermalRunaway {
+        c_per_s: f64,
+    },
+    VoltageCollapse {
+        drop_pct: f64,
+        threshold_pct: f64,
+    },
+    ChargingTooLong {
+        hours: f64,
+        limit_h: f64,
+    },
     BatteryRemoved,
     SosPressed,
-    Offline { silent_s: u64 },
-    BatteryLow { battery_pct: Option<f64> },
+    Offline {
+        silent_s: u64,
+    },
+    BatteryLow {
+        battery_pct: Option<f64>,
+    },
     Tamper,
 }
 
@@ -122,15 +154,28 @@ impl HeatEval {
         let window = Duration::from_secs(rule.rate_window_s.into());
         self.samples.push(now, temp_c, window);
         let mut w = Wish::normal();
-        let fixed = if active { rule.fixed_c - rule.hysteresis_c } else { rule.fixed_c };
+        let fixed = if active {
+            rule.fixed_c - rule.hysteresis_c
+        } else {
+            rule.fixed_c
+        };
         if temp_c >= fixed {
-            w.add(rule.level, Cause::TempAboveFixed { temp_c, threshold_c: rule.fixed_c });
+            w.add(
+                rule.level,
+                Cause::TempAboveFixed {
+                    temp_c,
+                    threshold_c: rule.fixed_c,
+                },
+            );
         }
         if let Some(rate) = self.samples.rate_per_min(window / 3) {
             if rate >= rule.rate_c_per_min {
                 w.add(
                     rule.level,
-                    Cause::RateOfRise { c_per_min: round1(rate), threshold_c_per_min: rule.rate_c_per_min },
+                    Cause::RateOfRise {
+                        c_per_min: round1(rate),
+                        threshold_c_per_min: rule.rate_c_per_min,
+                    },
                 );
             }
         }
@@ -155,9 +200,21 @@ pub fn gas(rule: &GasRule, lel: Option<f64>, flag: Option<bool>, active: Option<
             }
         };
         if lel >= hyst(rule.high_level, rule.high_lel_pct) {
-            w.add(rule.high_level, Cause::GasHighStage { lel_pct: lel, threshold_pct: rule.high_lel_pct });
+            w.add(
+                rule.high_level,
+                Cause::GasHighStage {
+                    lel_pct: lel,
+                    threshold_pct: rule.high_lel_pct,
+                },
+            );
         } else if lel >= hyst(rule.low_level, rule.low_lel_pct) {
-            w.add(rule.low_level, Cause::GasLowStage { lel_pct: lel, threshold_pct: rule.low_lel_pct });
+            w.add(
+                rule.low_level,
+                Cause::GasLowStage {
+                    lel_pct: lel,
+                    threshold_pct: rule.low_lel_pct,
+                },
+            );
         }
         w.urgent |= w.level == Some(Level::Red);
     }
@@ -190,7 +247,13 @@ pub struct EbikeEval {
 
 impl EbikeEval {
     /// Updates the battery's history; returns the `ebike_battery` wish.
-    pub fn eval(&mut self, rule: &EbikeBatteryRule, r: BatteryReading, active: bool, now: Instant) -> Wish {
+    pub fn eval(
+        &mut self,
+        rule: &EbikeBatteryRule,
+        r: BatteryReading,
+        active: bool,
+        now: Instant,
+    ) -> Wish {
         self.track_session(r, now);
         if let Some(t) = r.temp_c {
             self.track_temp(rule, t, now);
@@ -223,7 +286,8 @@ impl EbikeEval {
     }
 
     fn track_temp(&mut self, rule: &EbikeBatteryRule, t: f64, now: Instant) {
-        self.temps.push(now, t, Duration::from_secs(rule.rise_window_s.into()));
+        self.temps
+            .push(now, t, Duration::from_secs(rule.rise_window_s.into()));
         self.last_temp = Some(t);
         match self.temps.last_step_per_s() {
             Some((rate, from)) if rate >= rule.runaway_c_per_s => {
@@ -240,10 +304,20 @@ impl EbikeEval {
 
     fn wish(&self, rule: &EbikeBatteryRule, active: bool, now: Instant) -> Wish {
         let mut w = Wish::normal();
-        let hot_threshold = if active { rule.temp_c - 2.0 } else { rule.temp_c };
+        let hot_threshold = if active {
+            rule.temp_c - 2.0
+        } else {
+            rule.temp_c
+        };
         let hot = self.last_temp.filter(|t| *t >= hot_threshold);
         if let Some(t) = hot {
-            w.add(rule.level, Cause::BatteryOverTemp { temp_c: t, threshold_c: rule.temp_c });
+            w.add(
+                rule.level,
+                Cause::BatteryOverTemp {
+                    temp_c: t,
+                    threshold_c: rule.temp_c,
+                },
+            );
         }
         let window = Duration::from_secs(rule.rise_window_s.into());
         if self.charging {
@@ -251,14 +325,25 @@ impl EbikeEval {
                 if rate >= rule.rise_c_per_min {
                     w.add(
                         rule.level,
-                        Cause::BatteryTempRising { c_per_min: round1(rate), threshold_c_per_min: rule.rise_c_per_min },
+                        Cause::BatteryTempRising {
+                            c_per_min: round1(rate),
+                            threshold_c_per_min: rule.rise_c_per_min,
+                        },
                     );
                 }
             }
         }
-        let drop = self.voltage_drop_pct().filter(|d| self.charging && *d >= rule.voltage_drop_pct);
+        let drop = self
+            .voltage_drop_pct()
+            .filter(|d| self.charging && *d >= rule.voltage_drop_pct);
         if let Some(d) = drop {
-            w.add(rule.level, Cause::VoltageCollapse { drop_pct: round1(d), threshold_pct: rule.voltage_drop_pct });
+            w.add(
+                rule.level,
+                Cause::VoltageCollapse {
+                    drop_pct: round1(d),
+                    threshold_pct: rule.voltage_drop_pct,
+                },
+            );
         }
         // GB 38031: dT/dt >= 1 °C/s for more than 3 s, with a voltage drop or over-temperature.
         let sustained = self
@@ -271,7 +356,13 @@ impl EbikeEval {
         if let Some(since) = self.charging_since {
             let hours = now.duration_since(since).as_secs_f64() / 3600.0;
             if hours >= rule.max_charging_h {
-                w.add(rule.level, Cause::ChargingTooLong { hours: round1(hours), limit_h: rule.max_charging_h });
+                w.add(
+                    rule.level,
+                    Cause::ChargingTooLong {
+                        hours: round1(hours),
+                        limit_h: rule.max_charging_h,
+                    },
+                );
             }
         }
         w.urgent = w.level == Some(Level::Red);
@@ -305,13 +396,25 @@ mod tests {
     fn gas_two_stages_with_hysteresis() {
         let rule = GasRule::default();
         assert_eq!(gas(&rule, Some(5.0), None, None).level, None);
-        assert_eq!(gas(&rule, Some(12.5), None, None).level, Some(Level::Orange));
+        assert_eq!(
+            gas(&rule, Some(12.5), None, None).level,
+            Some(Level::Orange)
+        );
         assert_eq!(gas(&rule, Some(30.0), None, None).level, Some(Level::Red));
         // Active at red: 24 %LEL is still red (hysteresis 2), 22 drops to orange.
-        assert_eq!(gas(&rule, Some(24.0), None, Some(Level::Red)).level, Some(Level::Red));
-        assert_eq!(gas(&rule, Some(22.0), None, Some(Level::Red)).level, Some(Level::Orange));
+        assert_eq!(
+            gas(&rule, Some(24.0), None, Some(Level::Red)).level,
+            Some(Level::Red)
+        );
+        assert_eq!(
+            gas(&rule, Some(22.0), None, Some(Level::Red)).level,
+            Some(Level::Orange)
+        );
         // Active at orange: 9 %LEL stays orange, 7 is normal.
-        assert_eq!(gas(&rule, Some(9.0), None, Some(Level::Orange)).level, Some(Level::Orange));
+        assert_eq!(
+            gas(&rule, Some(9.0), None, Some(Level::Orange)).level,
+            Some(Level::Orange)
+        );
         assert_eq!(gas(&rule, Some(7.0), None, Some(Level::Orange)).level, None);
     }
 
@@ -340,7 +443,12 @@ mod tests {
 
         let mut steady = HeatEval::default();
         for i in 0..=12 {
-            assert_eq!(steady.eval(&rule, 30.0 + (i % 2) as f64 * 0.5, false, s(t0, i * 10)).level, None);
+            assert_eq!(
+                steady
+                    .eval(&rule, 30.0 + (i % 2) as f64 * 0.5, false, s(t0, i * 10))
+                    .level,
+                None
+            );
         }
     }
 
@@ -358,17 +466,33 @@ mod tests {
         // 35 °C, rising 2 °C/min for 4 minutes: a warning, not red.
         let mut last = Wish::normal();
         for i in 0..=24 {
-            last = e.eval(&rule, read(35.0 + i as f64 * 2.0 / 6.0, 54.0), false, s(t0, i * 10));
+            last = e.eval(
+                &rule,
+                read(35.0 + i as f64 * 2.0 / 6.0, 54.0),
+                false,
+                s(t0, i * 10),
+            );
         }
         assert_eq!(last.level, Some(Level::Orange));
-        assert!(last.causes.iter().any(|c| matches!(c, Cause::BatteryTempRising { .. })));
+        assert!(last
+            .causes
+            .iter()
+            .any(|c| matches!(c, Cause::BatteryTempRising { .. })));
         // Then +1.5 °C/s for 6 s past 60 °C: thermal runaway.
         let base = s(t0, 250);
         for i in 0..=6 {
-            last = e.eval(&rule, read(58.0 + i as f64 * 1.5, 54.0), true, base + Duration::from_secs(i));
+            last = e.eval(
+                &rule,
+                read(58.0 + i as f64 * 1.5, 54.0),
+                true,
+                base + Duration::from_secs(i),
+            );
         }
         assert_eq!(last.level, Some(Level::Red));
-        assert!(last.causes.iter().any(|c| matches!(c, Cause::ThermalRunaway { .. })));
+        assert!(last
+            .causes
+            .iter()
+            .any(|c| matches!(c, Cause::ThermalRunaway { .. })));
     }
 
     #[test]
@@ -376,7 +500,10 @@ mod tests {
         let rule = EbikeBatteryRule::default();
         let t0 = Instant::now();
         let mut e = EbikeEval::default();
-        let on = BatteryReading { charging: Some(true), ..Default::default() };
+        let on = BatteryReading {
+            charging: Some(true),
+            ..Default::default()
+        };
         assert_eq!(e.eval(&rule, on, false, t0).level, None);
         assert_eq!(e.tick(&rule, false, s(t0, 7 * 3600)).level, None);
         let w = e.tick(&rule, false, s(t0, 8 * 3600 + 1));
@@ -388,10 +515,17 @@ mod tests {
         let rule = EbikeBatteryRule::default();
         let t0 = Instant::now();
         let mut e = EbikeEval::default();
-        let at = |v: f64| BatteryReading { voltage_v: Some(v), charging: Some(true), ..Default::default() };
+        let at = |v: f64| BatteryReading {
+            voltage_v: Some(v),
+            charging: Some(true),
+            ..Default::default()
+        };
         e.eval(&rule, at(54.0), false, t0);
         let w = e.eval(&rule, at(38.0), false, s(t0, 5));
-        assert!(w.causes.iter().any(|c| matches!(c, Cause::VoltageCollapse { .. })));
+        assert!(w
+            .causes
+            .iter()
+            .any(|c| matches!(c, Cause::VoltageCollapse { .. })));
     }
 
     #[test]

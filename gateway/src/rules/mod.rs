@@ -72,7 +72,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: Arc<Config>, now: Instant) -> Self {
-        let devices = config.devices.iter().map(|_| DeviceState::default()).collect();
+        let devices = config
+            .devices
+            .iter()
+            .map(|_| DeviceState::default())
+            .collect();
         Engine {
             config,
             devices,
@@ -144,7 +148,13 @@ impl Engine {
             let active = self.is_active(r.device, AlertKind::BatteryLow);
             let limit = f64::from(rule.battery_low_pct) + if active { 5.0 } else { 0.0 };
             let low = v.battery_low == Some(true) || v.battery_pct.is_some_and(|p| p < limit);
-            let wish = Wish::flag(low, rule.battery_low_level, Cause::BatteryLow { battery_pct: v.battery_pct });
+            let wish = Wish::flag(
+                low,
+                rule.battery_low_level,
+                Cause::BatteryLow {
+                    battery_pct: v.battery_pct,
+                },
+            );
             self.apply(r.device, AlertKind::BatteryLow, wish, r.now, out);
         }
         if let Some(t) = v.tamper {
@@ -161,14 +171,18 @@ impl Engine {
         match device.kind {
             DeviceKind::Smoke => {
                 if let Some(smoke) = v.smoke {
-                    let wish = Wish::flag(smoke, rules.smoke_for(device).level, Cause::SmokeDetected);
+                    let wish =
+                        Wish::flag(smoke, rules.smoke_for(device).level, Cause::SmokeDetected);
                     self.apply(r.device, AlertKind::Smoke, wish, r.now, out);
                 }
             }
             DeviceKind::Heat => {
                 if let Some(t) = v.temperature_c {
                     let active = self.is_active(r.device, AlertKind::Heat);
-                    let wish = self.devices[r.device].heat.eval(&rules.heat_for(device), t, active, r.now);
+                    let wish =
+                        self.devices[r.device]
+                            .heat
+                            .eval(&rules.heat_for(device), t, active, r.now);
                     self.apply(r.device, AlertKind::Heat, wish, r.now, out);
                 }
             }
@@ -204,7 +218,10 @@ impl Engine {
     }
 
     fn water_leak(&self, device: usize, leak: bool, now: Instant) -> Wish {
-        let rule = self.config.rules.water_leak_for(&self.config.devices[device]);
+        let rule = self
+            .config
+            .rules
+            .water_leak_for(&self.config.devices[device]);
         let mut wish = Wish::flag(leak, rule.level, Cause::WaterLeak);
         let window = Duration::from_secs(u64::from(rule.escalate_within_min) * 60);
         let recent = self.devices[device]
@@ -214,7 +231,9 @@ impl Engine {
             && rule.escalate_level != rule.level;
         if leak && (recent || escalated) {
             wish.level = Some(rule.escalate_level);
-            wish.causes.push(Cause::WaterLeakRepeated { within_min: rule.escalate_within_min });
+            wish.causes.push(Cause::WaterLeakRepeated {
+                within_min: rule.escalate_within_min,
+            });
         }
         wish
     }
@@ -231,7 +250,9 @@ impl Engine {
             present: v.present,
         };
         let active = self.is_active(r.device, AlertKind::EbikeBattery);
-        let wish = self.devices[r.device].ebike.eval(&rule, reading, active, r.now);
+        let wish = self.devices[r.device]
+            .ebike
+            .eval(&rule, reading, active, r.now);
         self.apply(r.device, AlertKind::EbikeBattery, wish, r.now, out);
         if let Some(present) = v.present {
             let local = r.at.with_timezone(&config.site.tz()).time();
@@ -247,7 +268,9 @@ impl Engine {
             return;
         }
         let active = self.is_active(i, AlertKind::EbikeBattery);
-        let wish = self.devices[i].ebike.tick(&config.rules.ebike_battery_for(device), active, now);
+        let wish = self.devices[i]
+            .ebike
+            .tick(&config.rules.ebike_battery_for(device), active, now);
         // Only time-based causes can appear on a tick; don't clear on a tick.
         if wish.level.is_some() {
             self.apply(i, AlertKind::EbikeBattery, wish, now, out);
@@ -257,19 +280,37 @@ impl Engine {
     fn check_offline(&mut self, i: usize, now: Instant, out: &mut Vec<Signal>) {
         let device = &self.config.devices[i];
         let rule = &self.config.rules.device;
-        let limit = Duration::from_secs(u64::from(device.heartbeat_s()) * u64::from(rule.offline_after_heartbeats));
+        let limit = Duration::from_secs(
+            u64::from(device.heartbeat_s()) * u64::from(rule.offline_after_heartbeats),
+        );
         let since = self.devices[i].last_seen.unwrap_or(self.started);
         let silent = now.duration_since(since);
         if silent >= limit && !self.is_active(i, AlertKind::DeviceOffline) {
-            let wish = Wish::flag(true, rule.offline_level, Cause::Offline { silent_s: silent.as_secs() });
+            let wish = Wish::flag(
+                true,
+                rule.offline_level,
+                Cause::Offline {
+                    silent_s: silent.as_secs(),
+                },
+            );
             self.apply(i, AlertKind::DeviceOffline, wish, now, out);
         }
     }
 
-    fn apply(&mut self, device: usize, kind: AlertKind, wish: Wish, now: Instant, out: &mut Vec<Signal>) {
+    fn apply(
+        &mut self,
+        device: usize,
+        kind: AlertKind,
+        wish: Wish,
+        now: Instant,
+        out: &mut Vec<Signal>,
+    ) {
         let timing = self.timing_for(kind);
         let state = &mut self.devices[device];
-        let cond = state.conditions.entry(kind).or_insert_with(|| Condition::new(timing));
+        let cond = state
+            .conditions
+            .entry(kind)
+            .or_insert_with(|| Condition::new(timing));
         if let Some(change) = cond.observe(wish.level, wish.urgent, now) {
             let signal = Signal {
                 device,
@@ -295,8 +336,14 @@ impl Engine {
         let clear_hold = Duration::from_secs(t.clear_hold_s.into());
         match kind {
             // Back online = resolved at once.
-            AlertKind::DeviceOffline => Timing { debounce: Duration::ZERO, clear_hold: Duration::ZERO },
-            _ => Timing { debounce, clear_hold },
+            AlertKind::DeviceOffline => Timing {
+                debounce: Duration::ZERO,
+                clear_hold: Duration::ZERO,
+            },
+            _ => Timing {
+                debounce,
+                clear_hold,
+            },
         }
     }
 
@@ -315,7 +362,21 @@ fn merge(into: &mut Values, from: &Values) {
         ($($f:ident),*) => { $( if from.$f.is_some() { into.$f = from.$f.clone(); } )* };
     }
     take!(
-        smoke, temperature_c, gas_lel_pct, gas, water_leak, battery_pct, battery_low, tamper,
-        battery_temp_c, voltage_v, current_a, charging, present, pressed, state, linkquality
+        smoke,
+        temperature_c,
+        gas_lel_pct,
+        gas,
+        water_leak,
+        battery_pct,
+        battery_low,
+        tamper,
+        battery_temp_c,
+        voltage_v,
+        current_a,
+        charging,
+        present,
+        pressed,
+        state,
+        linkquality
     );
 }
