@@ -271,7 +271,7 @@ fn minimal_config_defaults_the_services() {
     assert_eq!(c.detector.model_path(), Path::new("models/yolox_nano.onnx"));
     assert_eq!(
         (c.detector.onnxruntime.as_ref(), c.detector.intra_threads),
-        (None, 2)
+        (None, 1)
     );
 }
 
