@@ -523,3 +523,145 @@ async fn a_site_with_three_thousand_devices_hears_the_last_one() {
         .await;
     assert_eq!(raised.len(), 1);
 }
+
+/// One hazard per kind: the reading that raises it, a reading hovering around the
+/// threshold, and the reading that recovers.
+struct Case {
+    device: &'static str,
+    kind: &'static str,
+    level: &'static str,
+    building: &'static str,
+    raise: &'static str,
+    hover: &'static [&'static str],
+    recover: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        device: "b1-smoke",
+        kind: "smoke",
+        level: "red",
+        building: "b1",
+        raise: r#"{"smoke":true}"#,
+        hover: &[r#"{"smoke":true}"#, r#"{"smoke":true,"battery_pct":80}"#],
+        recover: r#"{"smoke":false}"#,
+    },
+    Case {
+        device: "b1-heat",
+        kind: "heat",
+        level: "red",
+        building: "b1",
+        raise: r#"{"temperature_c":58.0}"#,
+        // Fixed 57 °C with 3 °C hysteresis: 55–58 stays one alert.
+        hover: &[
+            r#"{"temperature_c":56.0}"#,
+            r#"{"temperature_c":57.5}"#,
+            r#"{"temperature_c":55.0}"#,
+        ],
+        recover: r#"{"temperature_c":30.0}"#,
+    },
+    Case {
+        device: "b2-u3-gas",
+        kind: "gas",
+        level: "orange",
+        building: "b2",
+        raise: r#"{"gas_lel_pct":11.0}"#,
+        hover: &[
+            r#"{"gas_lel_pct":9.0}"#,
+            r#"{"gas_lel_pct":10.5}"#,
+            r#"{"gas_lel_pct":8.5}"#,
+        ],
+        recover: r#"{"gas_lel_pct":1.0}"#,
+    },
+    Case {
+        device: "b1-leak",
+        kind: "water_leak",
+        level: "orange",
+        building: "b1",
+        raise: r#"{"water_leak":true}"#,
+        hover: &[r#"{"water_leak":true}"#, r#"{"water_leak":true}"#],
+        recover: r#"{"water_leak":false}"#,
+    },
+    Case {
+        device: "shed-bat-1",
+        kind: "ebike_battery",
+        level: "orange",
+        building: "",
+        raise: r#"{"battery_temp_c":61.0,"charging":true,"present":true}"#,
+        hover: &[
+            r#"{"battery_temp_c":59.5,"charging":true}"#,
+            r#"{"battery_temp_c":60.5,"charging":true}"#,
+        ],
+        recover: r#"{"battery_temp_c":35.0,"charging":false}"#,
+    },
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_kind_raises_once_at_its_location_in_store_and_topic_hovering_does_not_spam_recovery_resolves(
+) {
+    let site = start("");
+    let mut w = watcher(site.broker, "w-per-kind").await;
+    let s = Mqtt::connect(site.broker, "per-kind").await;
+    for case in CASES {
+        let topic = format!("sensors/{}/state", case.device);
+        s.publish(&topic, case.raise).await;
+        for h in case.hover {
+            s.publish(&topic, *h).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let raised = w.collect(1, WAIT, is(case.kind, "raised")).await;
+        assert_eq!(raised.len(), 1, "{}: one raised alert", case.kind);
+        let a = &raised[0];
+        assert_eq!(a["level"], case.level, "{}", case.kind);
+        assert_eq!(a["source"]["id"], case.device);
+        if case.building.is_empty() {
+            assert_eq!(a["location"]["area"], "shed");
+        } else {
+            assert_eq!(a["location"]["building"], case.building);
+        }
+        s.publish(&topic, case.recover).await;
+        // Everything until the resolution belongs to this one alert and is not a new raise.
+        let mut seen = Vec::new();
+        while let Some(m) = w.next(WAIT).await {
+            let v = m.json();
+            if v.is_null() || v["kind"] != case.kind {
+                continue;
+            }
+            seen.push(v["event"].as_str().unwrap_or("").to_owned());
+            if v["event"] == "resolved" {
+                assert_eq!(v["id"], a["id"]);
+                break;
+            }
+        }
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("resolved"),
+            "{}: {seen:?}",
+            case.kind
+        );
+        assert!(
+            !seen.iter().any(|e| e == "raised"),
+            "{}: hovering raised again: {seen:?}",
+            case.kind
+        );
+        let stored = stored_events(&site.data, case.kind);
+        assert_eq!(
+            stored.first().map(|(e, _)| e.as_str()),
+            Some("raised"),
+            "{}",
+            case.kind
+        );
+        assert_eq!(
+            stored.last().map(|(e, _)| e.as_str()),
+            Some("resolved"),
+            "{}",
+            case.kind
+        );
+        assert_eq!(
+            stored.iter().filter(|(e, _)| e == "raised").count(),
+            1,
+            "{}: {stored:?}",
+            case.kind
+        );
+    }
+}
