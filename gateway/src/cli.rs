@@ -35,6 +35,9 @@ pub enum Command {
     /// Check or create configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Resident links: QR codes per unit (issuing a unit's link revokes its old one).
+    #[command(subcommand)]
+    Residents(crate::residents::cli::ResidentsCommand),
     /// Run the detector on an image, clip or stream and print detections per frame.
     Detect(crate::video::detect_cli::DetectArgs),
     /// Show the uplink link state, outbox backlog and delivery counters of a gateway.

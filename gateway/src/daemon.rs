@@ -36,6 +36,8 @@ pub enum DaemonError {
     Database(#[from] db::DbError),
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(std::io::Error),
     #[error("shutdown deadline passed with stages still running: {0:?}")]
@@ -54,6 +56,21 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let running = pipeline::start(config.clone(), &db_path, &life)?;
     let video = start_video(&config, &life, &running, &options.data_dir).await;
+    if let Some(broker) = running.broker_addr {
+        crate::residents::spawn_publisher(config.clone(), broker, running.events.subscribe(), &life);
+    }
+    let console = crate::console::spawn(
+        crate::console::ConsoleDeps {
+            config: config.clone(),
+            data_dir: options.data_dir.clone(),
+            alert_inputs: running.alert_inputs.clone(),
+            events: Arc::new(running.events.subscribe()),
+            uplink: running.uplink.clone(),
+            cameras: video.as_ref().map(|v| v.cameras.clone()).unwrap_or_default(),
+            broker: running.broker_addr,
+        },
+        &life,
+    )?;
 
     tracing::info!(
         site = %config.site.id,
@@ -62,6 +79,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
         devices = config.devices.len(),
         cameras = config.cameras.len(),
         cameras_analysed = video.as_ref().map_or(0, |v| v.cameras.len()),
+        console = %console.local_addr,
         "gateway ready"
     );
 

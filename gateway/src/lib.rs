@@ -27,12 +27,18 @@
 //!   → zones → evidence, into the same alert lifecycle; `gateway detect` for installers.
 //! - [`uplink`] — store-and-forward to the platform's MQTT broker: TLS, backoff, in-flight
 //!   window, quota and `buffer_full`, status (`status_report`); design at the top of the module.
+//! - [`console`] — the station staff's web console and JSON API (axum): session login with
+//!   lock-out, live alert feed (SSE), acknowledge/resolve, devices, cameras, uplink, response
+//!   times; also serves the resident pages.
+//! - [`residents`] — hazard notices for residents on `residents/{building}/{unit}/alerts` and
+//!   `residents/{building}/all`, per-unit secret links (rotatable) with a live page, QR codes.
 //!
 //! Configuration types, parsing and validation live in the `edge-config` crate.
 
 pub mod alerts;
 pub mod broker;
 pub mod cli;
+pub mod console;
 pub mod daemon;
 pub mod db;
 pub mod ingest;
@@ -40,6 +46,7 @@ pub mod logging;
 pub mod outbox;
 pub mod pipeline;
 pub mod publish;
+pub mod residents;
 pub mod rules;
 pub mod shutdown;
 pub mod telemetry;

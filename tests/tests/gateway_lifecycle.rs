@@ -97,3 +97,31 @@ fn gateway_status_reports_a_running_daemon_and_its_outbox() {
     assert!(text.contains("daemon:      running"), "{text}");
     assert!(text.contains("backlog:"), "{text}");
 }
+
+/// A minimal HTTP/1.1 GET over loopback; returns the status code.
+fn http_status(addr: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_daemon_serves_the_console_health_probe_and_refuses_the_api_without_a_session() {
+    let data = tempfile::tempdir().unwrap();
+    let config = demo_config_on_free_ports(data.path());
+    let mut gw = Gateway::start(&config, &data.path().join("data"));
+    let ready = gw.wait_for_message("gateway ready", Duration::from_secs(30));
+    let console = ready["console"].as_str().expect("console address in the ready line").to_owned();
+    assert_eq!(http_status(&console, "/healthz"), 200);
+    assert_eq!(http_status(&console, "/api/alerts"), 401);
+    assert_eq!(http_status(&console, "/api/devices"), 401);
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(5)).unwrap().success());
+}

@@ -1,0 +1,541 @@
+//! Routes of the console: pages, login/logout and the JSON API (documented in the README).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::auth::{self, LoginRefused, Session};
+use super::store::{self, AlertQuery};
+use super::{pages, ConsoleError, State};
+use crate::alerts::task::AlertInput;
+use crate::alerts::Alert;
+
+type St = Arc<State>;
+
+/// Every API route behind the session check, as `(method, path)` (tests enumerate it).
+pub const API_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/logout"),
+    ("GET", "/api/me"),
+    ("GET", "/api/alerts"),
+    ("GET", "/api/alerts/{id}"),
+    ("POST", "/api/alerts/{id}/ack"),
+    ("POST", "/api/alerts/{id}/resolve"),
+    ("GET", "/api/alerts/{id}/snapshot"),
+    ("GET", "/api/alerts/{id}/clip"),
+    ("GET", "/api/events"),
+    ("GET", "/api/devices"),
+    ("GET", "/api/cameras"),
+    ("GET", "/api/uplink"),
+    ("GET", "/api/stats/response-times"),
+    ("GET", "/api/residents/links"),
+];
+
+pub(crate) fn routes(state: St) -> Router {
+    let guarded = Router::new()
+        .route("/logout", post(logout))
+        .route("/api/me", get(me))
+        .route("/api/alerts", get(list_alerts))
+        .route("/api/alerts/{id}", get(get_alert))
+        .route("/api/alerts/{id}/ack", post(ack))
+        .route("/api/alerts/{id}/resolve", post(resolve))
+        .route("/api/alerts/{id}/snapshot", get(snapshot))
+        .route("/api/alerts/{id}/clip", get(clip))
+        .route("/api/events", get(events))
+        .route("/api/devices", get(devices))
+        .route("/api/cameras", get(cameras))
+        .route("/api/uplink", get(uplink))
+        .route("/api/stats/response-times", get(response_times))
+        .route("/api/residents/links", get(resident_links))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_session,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/login", get(login_page).post(login))
+        .route("/", get(console_page))
+        .merge(guarded)
+        .with_state(state)
+}
+
+/// An API error: status and a JSON `{ "error": … }`.
+pub(crate) struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<ConsoleError> for ApiError {
+    fn from(e: ConsoleError) -> Self {
+        tracing::warn!(error = %e, "console request failed");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn session_of(state: &State, headers: &HeaderMap) -> Option<(String, Session)> {
+    let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
+    let token = auth::token_from_cookies(cookies)?;
+    let s = state.auth.session(token, Instant::now())?;
+    Some((token.to_owned(), s))
+}
+
+async fn require_session(AxState(state): AxState<St>, mut req: Request, next: Next) -> Response {
+    match session_of(&state, req.headers()) {
+        Some((token, session)) => {
+            req.extensions_mut().insert(session);
+            req.extensions_mut().insert(SessionToken(token));
+            next.run(req).await
+        }
+        None => ApiError(StatusCode::UNAUTHORIZED, "log in first".into()).into_response(),
+    }
+}
+
+#[derive(Clone)]
+struct SessionToken(String);
+
+/// Runs a read-only database query off the runtime.
+async fn with_db<T: Send + 'static>(
+    state: &St,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, ConsoleError> + Send + 'static,
+) -> ApiResult<T> {
+    let path = state.db_path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let conn = store::open(&path)?;
+        f(&conn)
+    })
+    .await
+    .map_err(ConsoleError::from)??;
+    Ok(out)
+}
+
+async fn console_page(AxState(state): AxState<St>, headers: HeaderMap) -> Response {
+    match session_of(&state, &headers) {
+        Some(_) => Html(pages::CONSOLE).into_response(),
+        None => Redirect::to("/login").into_response(),
+    }
+}
+
+async fn login_page() -> Html<&'static str> {
+    Html(pages::LOGIN)
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// `POST /login`: a form (browser: redirect to `/`) or JSON (tools: the session as JSON).
+async fn login(AxState(state): AxState<St>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let creds: Option<Credentials> = if is_json {
+        serde_json::from_slice(&body).ok()
+    } else {
+        serde_urlencoded_form(&body)
+    };
+    let Some(creds) = creds else {
+        return ApiError(
+            StatusCode::BAD_REQUEST,
+            "username and password required".into(),
+        )
+        .into_response();
+    };
+    let st = state.clone();
+    let username = creds.username.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        st.auth
+            .login(&creds.username, &creds.password, Instant::now())
+    })
+    .await;
+    let timeout = state.auth.timeout();
+    match result {
+        Ok(Ok((token, session))) => {
+            tracing::info!(username = %session.username, "console login");
+            let cookie = auth::set_cookie(&token, timeout);
+            let mut resp = if is_json {
+                Json(json!({
+                    "username": session.username,
+                    "display_name": session.display_name,
+                    "role": session.role,
+                    "expires_in_s": timeout.as_secs(),
+                }))
+                .into_response()
+            } else {
+                Redirect::to("/").into_response()
+            };
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Ok(Err(LoginRefused::BadCredentials)) => {
+            tracing::info!(username = %username, "console login refused");
+            if is_json {
+                ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "wrong user name or password".into(),
+                )
+                .into_response()
+            } else {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    Html(pages::login_with_error(false)),
+                )
+                    .into_response()
+            }
+        }
+        Ok(Err(LoginRefused::Locked(left))) => {
+            let mut resp = if is_json {
+                ApiError(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("account locked for {} s", left.as_secs()),
+                )
+                .into_response()
+            } else {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Html(pages::login_with_error(true)),
+                )
+                    .into_response()
+            };
+            if let Ok(v) = HeaderValue::from_str(&left.as_secs().to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
+        }
+        Err(e) => ApiError::from(ConsoleError::from(e)).into_response(),
+    }
+}
+
+fn serde_urlencoded_form(body: &[u8]) -> Option<Credentials> {
+    let mut username = None;
+    let mut password = None;
+    for (k, v) in form_pairs(body) {
+        match k.as_str() {
+            "username" => username = Some(v),
+            "password" => password = Some(v),
+            _ => {}
+        }
+    }
+    Some(Credentials {
+        username: username?,
+        password: password?,
+    })
+}
+
+/// `application/x-www-form-urlencoded` pairs.
+fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    let hex = |b: u8| (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let decode = |s: &str| -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let escaped = (bytes[i] == b'%')
+                .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+                .flatten();
+            match (bytes[i], escaped) {
+                (_, Some((hi, lo))) => {
+                    out.push(hi * 16 + lo);
+                    i += 3;
+                }
+                (b'+', None) => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                (b, None) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+async fn logout(
+    AxState(state): AxState<St>,
+    Extension(token): Extension<SessionToken>,
+) -> Response {
+    state.auth.logout(&token.0);
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&auth::clear_cookie()) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+async fn me(Extension(s): Extension<Session>) -> Json<serde_json::Value> {
+    Json(json!({ "username": s.username, "display_name": s.display_name, "role": s.role }))
+}
+
+async fn list_alerts(
+    AxState(state): AxState<St>,
+    Query(q): Query<AlertQuery>,
+) -> ApiResult<Json<Vec<Alert>>> {
+    Ok(Json(with_db(&state, move |c| store::alerts(c, &q)).await?))
+}
+
+async fn find(state: &St, id: String) -> ApiResult<Alert> {
+    with_db(state, move |c| store::alert(c, &id))
+        .await?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no such alert".into()))
+}
+
+async fn get_alert(AxState(state): AxState<St>, Path(id): Path<String>) -> ApiResult<Json<Alert>> {
+    Ok(Json(find(&state, id).await?))
+}
+
+async fn act(state: &St, id: String, who: &Session, resolve: bool) -> ApiResult<Json<Alert>> {
+    find(state, id.clone()).await?;
+    let (reply, answer) = oneshot::channel();
+    let by = who.username.clone();
+    let input = if resolve {
+        AlertInput::Resolve { id, by, reply }
+    } else {
+        AlertInput::Acknowledge { id, by, reply }
+    };
+    let unavailable = || {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "alert task is stopping".into(),
+        )
+    };
+    state
+        .deps
+        .alert_inputs
+        .send(input)
+        .await
+        .map_err(|_| unavailable())?;
+    match tokio::time::timeout(Duration::from_secs(10), answer).await {
+        Ok(Ok(Ok(alert))) => {
+            tracing::info!(id = %alert.id, by = %who.username, resolve, "staff action recorded");
+            Ok(Json(alert))
+        }
+        Ok(Ok(Err(e))) => Err(ApiError(StatusCode::CONFLICT, e)),
+        Ok(Err(_)) | Err(_) => Err(unavailable()),
+    }
+}
+
+async fn ack(
+    AxState(state): AxState<St>,
+    Extension(s): Extension<Session>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Alert>> {
+    act(&state, id, &s, false).await
+}
+
+async fn resolve(
+    AxState(state): AxState<St>,
+    Extension(s): Extension<Session>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Alert>> {
+    act(&state, id, &s, true).await
+}
+
+/// Serves an evidence file named in the alert's readings, only from `<data_dir>/evidence`.
+async fn evidence(state: St, id: String, key: &'static str, mime: &'static str) -> Response {
+    let alert = match find(&state, id).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let Some(path) = alert.readings.get(key).and_then(|v| v.as_str()) else {
+        return ApiError(StatusCode::NOT_FOUND, format!("this alert has no {key}")).into_response();
+    };
+    let root = state.deps.data_dir.join("evidence");
+    let file = match (
+        tokio::fs::canonicalize(&root).await,
+        tokio::fs::canonicalize(path).await,
+    ) {
+        (Ok(r), Ok(f)) if f.starts_with(&r) => f,
+        _ => {
+            return ApiError(StatusCode::NOT_FOUND, format!("{key} not available")).into_response()
+        }
+    };
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, mime)], bytes).into_response(),
+        Err(_) => ApiError(StatusCode::NOT_FOUND, format!("{key} not available")).into_response(),
+    }
+}
+
+async fn snapshot(AxState(state): AxState<St>, Path(id): Path<String>) -> Response {
+    evidence(state, id, "snapshot", "image/jpeg").await
+}
+
+async fn clip(AxState(state): AxState<St>, Path(id): Path<String>) -> Response {
+    evidence(state, id, "clip", "video/x-matroska").await
+}
+
+/// `GET /api/events`: every committed alert event as an SSE `alert` event; `resync` when
+/// this client fell behind (reload the list).
+async fn events(
+    AxState(state): AxState<St>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let rx = state.deps.events.resubscribe();
+    let stop = state.stop.clone();
+    let stream = alert_stream(rx, |_| true).take_until(stop.cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// SSE events of a broadcast of alerts, filtered by `keep`.
+pub(crate) fn alert_stream(
+    rx: tokio::sync::broadcast::Receiver<Alert>,
+    keep: impl Fn(&Alert) -> bool + Send + 'static,
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send {
+    use tokio::sync::broadcast::error::RecvError;
+    let hello =
+        futures_util::stream::once(async { Ok(Event::default().event("hello").data("{}")) });
+    let rest = futures_util::stream::unfold((rx, keep), |(mut rx, keep)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(alert) if keep(&alert) => {
+                    let data = serde_json::to_string(&alert).unwrap_or_default();
+                    return Some((Ok(Event::default().event("alert").data(data)), (rx, keep)));
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => {
+                    return Some((Ok(Event::default().event("resync").data("{}")), (rx, keep)))
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    hello.chain(rest)
+}
+
+async fn devices(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value>> {
+    let active = with_db(&state, |c| {
+        store::alerts(
+            c,
+            &AlertQuery {
+                state: Some("active".into()),
+                limit: Some(500),
+                ..AlertQuery::default()
+            },
+        )
+    })
+    .await?;
+    let rows = state.board.rows(&state.deps.config, &active);
+    Ok(Json(json!({ "devices": rows })))
+}
+
+async fn cameras(AxState(state): AxState<St>) -> Json<serde_json::Value> {
+    let fps = state.fps.lock().map(|f| f.clone()).unwrap_or_default();
+    let evidence = state.deps.data_dir.join("evidence");
+    let rows: Vec<_> = state
+        .deps
+        .config
+        .cameras
+        .iter()
+        .map(|c| {
+            let stats = state
+                .deps
+                .cameras
+                .iter()
+                .find(|(id, _)| *id == c.id)
+                .map(|(_, s)| s.snapshot());
+            let status = match (c.enabled, stats) {
+                (false, _) => "disabled",
+                (true, None) => "unavailable",
+                (true, Some(_)) => "running",
+            };
+            json!({
+                "id": c.id,
+                "status": status,
+                "analysis_fps": fps.get(&c.id).copied(),
+                "stats": stats,
+                "last_snapshot": latest_file(&evidence.join(&c.id), "jpg"),
+            })
+        })
+        .collect();
+    Json(json!({ "cameras": rows }))
+}
+
+fn latest_file(dir: &std::path::Path, ext: &str) -> Option<String> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.file_name())))
+        .max()
+        .map(|(_, name)| name.to_string_lossy().into_owned())
+}
+
+async fn uplink(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value>> {
+    let dir = state.deps.data_dir.clone();
+    let report = tokio::task::spawn_blocking(move || crate::uplink::status_report(&dir))
+        .await
+        .map_err(ConsoleError::from)?
+        .map_err(ConsoleError::from)?;
+    Ok(Json(json!({
+        "link": state.deps.uplink.snapshot(),
+        "backlog_total": report.outbox.backlog_total,
+        "oldest_undelivered_age_s": report.oldest_undelivered_age_s,
+        "outbox": report.outbox,
+    })))
+}
+
+async fn response_times(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value>> {
+    let now = chrono::Utc::now();
+    let week = store::ago(now, chrono::Duration::days(7));
+    let day = store::ago(now, chrono::Duration::hours(24));
+    let alerts = with_db(&state, move |c| store::raised_since(c, &week)).await?;
+    let last_day: Vec<Alert> = alerts
+        .iter()
+        .filter(|a| a.raised_at >= day)
+        .cloned()
+        .collect();
+    Ok(Json(json!({
+        "last_24h": store::response_times(&last_day),
+        "last_7d": store::response_times(&alerts),
+    })))
+}
+
+async fn resident_links(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value>> {
+    let path = state.db_path.clone();
+    let links = tokio::task::spawn_blocking(move || crate::residents::links::list(&path))
+        .await
+        .map_err(ConsoleError::from)?
+        .map_err(ConsoleError::from)?;
+    Ok(Json(json!({ "units": links })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_bodies_are_decoded() {
+        let c = serde_urlencoded_form(b"username=duty&password=shouwang%2Ddemo+x").unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("duty", "shouwang-demo x")
+        );
+        assert!(serde_urlencoded_form(b"username=duty").is_none());
+    }
+}

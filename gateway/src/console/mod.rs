@@ -1,0 +1,179 @@
+//! The station staff console: a local web UI and its JSON API, served by the gateway with
+//! axum on `[console] bind`.
+//!
+//! ```text
+//! browser ──HTTP──▶ router ─┬─ /healthz, /login (open)
+//!                           ├─ /, /api/* (session cookie) ─▶ read-only SQLite (alerts, outbox)
+//!                           │                              ─▶ AlertInput::{Acknowledge,Resolve} ─▶ alert task
+//!                           ├─ /api/events (SSE) ◀── broadcast of committed alert events
+//!                           └─ /r/{token}… resident pages (see crate::residents)
+//! ```
+//!
+//! The console runs in the Inputs stage: staff actions are inputs, so it stops first and
+//! the alert task still records what it already accepted. Sessions live in memory (a
+//! restart logs everyone out); see [`auth`].
+
+pub mod api;
+pub mod auth;
+pub mod devices;
+pub mod pages;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use edge_config::Config;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::alerts::task::AlertInput;
+use crate::alerts::Alert;
+use crate::shutdown::{Lifecycle as Stages, Stage};
+use crate::uplink::UplinkStatus;
+use crate::video::CameraStats;
+
+/// Errors of the console.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("console: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("console: database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("console: stored alert is unreadable: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("console: {0}")]
+    Uplink(#[from] crate::uplink::UplinkError),
+    #[error("console: {0}")]
+    Residents(#[from] crate::residents::ResidentsError),
+    #[error("console: background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What the console needs from the running gateway.
+#[derive(Clone)]
+pub struct ConsoleDeps {
+    pub config: Arc<Config>,
+    /// `<data_dir>`: the database (`shouwang.db`) and evidence live there.
+    pub data_dir: PathBuf,
+    /// Staff actions go to the alert task through this.
+    pub alert_inputs: mpsc::Sender<AlertInput>,
+    /// Committed alert events (a receiver, so the console never keeps the channel open).
+    pub events: Arc<broadcast::Receiver<Alert>>,
+    pub uplink: Arc<UplinkStatus>,
+    /// `(camera id, counters)` of the analysed cameras (empty without video).
+    pub cameras: Vec<(String, Arc<CameraStats>)>,
+    /// The sensor broker, for the devices board (`None`: no last-seen data).
+    pub broker: Option<SocketAddr>,
+}
+
+/// The running console.
+#[derive(Debug, Clone)]
+pub struct ConsoleHandle {
+    /// The real listening address (port 0 in the configuration picks a free one).
+    pub local_addr: SocketAddr,
+}
+
+/// Shared state of the handlers.
+pub(crate) struct State {
+    pub deps: ConsoleDeps,
+    pub auth: auth::Auth,
+    pub board: Arc<devices::Board>,
+    /// Analysis fps per camera, sampled once a second.
+    pub fps: Mutex<std::collections::HashMap<String, f64>>,
+    /// Cancelled when the console stops: ends the SSE streams.
+    pub stop: CancellationToken,
+    pub db_path: PathBuf,
+}
+
+/// Binds `config.console.bind`, logs the real address and serves the console (and the
+/// resident pages) as a task of the Inputs stage until shutdown.
+pub fn spawn(deps: ConsoleDeps, stages: &Stages) -> Result<ConsoleHandle, ConsoleError> {
+    let addr = deps.config.console.bind;
+    let bind_err = |source| ConsoleError::Bind { addr, source };
+    let std_listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    std_listener.set_nonblocking(true).map_err(bind_err)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
+    let local_addr = listener.local_addr().map_err(bind_err)?;
+    let token = stages.token(Stage::Inputs);
+    let state = Arc::new(State {
+        auth: auth::Auth::new(deps.config.console.clone()),
+        board: Arc::new(devices::Board::default()),
+        fps: Mutex::new(Default::default()),
+        stop: token.child_token(),
+        db_path: deps.data_dir.join(crate::db::FILE_NAME),
+        deps,
+    });
+    if let Some(broker) = state.deps.broker {
+        let (config, board, t) = (
+            state.deps.config.clone(),
+            state.board.clone(),
+            state.stop.clone(),
+        );
+        stages.spawn(Stage::Inputs, move |_| {
+            devices::observe(config, broker, board, t)
+        });
+    }
+    let sampler = state.clone();
+    stages.spawn(Stage::Inputs, move |_| sample_fps(sampler));
+    let app = router(state.clone());
+    stages.spawn(Stage::Inputs, move |token| async move {
+        let stop = state.stop.clone();
+        let shutdown = async move {
+            token.cancelled().await;
+            stop.cancel();
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "console stopped with an error");
+        }
+        tracing::info!("console stopped");
+    });
+    tracing::info!(console = %local_addr, "console listening");
+    Ok(ConsoleHandle { local_addr })
+}
+
+/// The whole HTTP surface (console + resident pages), for tests and [`spawn`].
+pub(crate) fn router(state: Arc<State>) -> axum::Router {
+    api::routes(state.clone()).merge(crate::residents::web::routes(state))
+}
+
+/// Builds the router without binding (for in-process tests with `tower::ServiceExt`).
+pub fn test_router(deps: ConsoleDeps) -> axum::Router {
+    router(Arc::new(State {
+        auth: auth::Auth::new(deps.config.console.clone()),
+        board: Arc::new(devices::Board::default()),
+        fps: Mutex::new(Default::default()),
+        stop: CancellationToken::new(),
+        db_path: deps.data_dir.join(crate::db::FILE_NAME),
+        deps,
+    }))
+}
+
+async fn sample_fps(state: Arc<State>) {
+    let mut last: std::collections::HashMap<String, (std::time::Instant, u64)> = Default::default();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = state.stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::Instant::now();
+        for (id, stats) in &state.deps.cameras {
+            let analysed = stats.snapshot().analysed;
+            if let Some((t, n)) = last.insert(id.clone(), (now, analysed)) {
+                let dt = (now - t).as_secs_f64();
+                if dt > 0.0 {
+                    if let Ok(mut fps) = state.fps.lock() {
+                        fps.insert(id.clone(), analysed.saturating_sub(n) as f64 / dt);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Read-only queries for the console on its own SQLite connection (WAL: readers never
+//! block the alert task, the single writer).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+
+use super::ConsoleError;
+use crate::alerts::Alert;
+
+/// Filters of `GET /api/alerts`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct AlertQuery {
+    /// `active` (not resolved), or one state: raised, updated, escalated, acknowledged, resolved.
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub building: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Opens the database read-only.
+pub fn open(db: &Path) -> Result<Connection, ConsoleError> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn decode(body: &str) -> Result<Alert, ConsoleError> {
+    Ok(serde_json::from_str(body)?)
+}
+
+/// Alerts matching `q`, newest first (at most 500).
+pub fn alerts(conn: &Connection, q: &AlertQuery) -> Result<Vec<Alert>, ConsoleError> {
+    let limit = i64::try_from(q.limit.unwrap_or(100).clamp(1, 500)).unwrap_or(100);
+    let (active_only, state) = match q.state.as_deref().filter(|s| !s.is_empty()) {
+        Some("active") => (true, None),
+        other => (false, other),
+    };
+    let mut stmt = conn.prepare(
+        "SELECT body FROM alerts
+         WHERE (?1 = 0 OR active = 1)
+           AND (?2 IS NULL OR state = ?2)
+           AND (?3 IS NULL OR kind = ?3)
+           AND (?4 IS NULL OR json_extract(body, '$.location.building') = ?4)
+         ORDER BY raised_at DESC, id DESC LIMIT ?5",
+    )?;
+    let rows = stmt.query_map(
+        rusqlite::params![
+            active_only,
+            state,
+            q.kind.as_deref().filter(|s| !s.is_empty()),
+            q.building.as_deref().filter(|s| !s.is_empty()),
+            limit
+        ],
+        |r| r.get::<_, String>(0),
+    )?;
+    rows.map(|b| decode(&b?)).collect()
+}
+
+/// One alert by id.
+pub fn alert(conn: &Connection, id: &str) -> Result<Option<Alert>, ConsoleError> {
+    let body: Option<String> = conn
+        .query_row("SELECT body FROM alerts WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    body.map(|b| decode(&b)).transpose()
+}
+
+/// Alerts raised at or after `since` (RFC 3339), any state.
+pub fn raised_since(conn: &Connection, since: &str) -> Result<Vec<Alert>, ConsoleError> {
+    let mut stmt = conn.prepare("SELECT body FROM alerts WHERE raised_at >= ?1")?;
+    let rows = stmt.query_map([since], |r| r.get::<_, String>(0))?;
+    rows.map(|b| decode(&b?)).collect()
+}
+
+/// Median and 90th percentile of a set of durations, seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Figures {
+    pub count: usize,
+    pub median_s: Option<f64>,
+    pub p90_s: Option<f64>,
+}
+
+impl Figures {
+    fn of(mut v: Vec<f64>) -> Figures {
+        v.sort_by(f64::total_cmp);
+        // Nearest-rank percentile.
+        let rank = |p: f64| -> Option<f64> {
+            let n = v.len();
+            (n > 0).then(|| {
+                let i = ((p * n as f64).ceil() as usize).clamp(1, n) - 1;
+                v[i]
+            })
+        };
+        Figures {
+            count: v.len(),
+            median_s: rank(0.5),
+            p90_s: rank(0.9),
+        }
+    }
+}
+
+/// Time to acknowledge and to resolve, for one kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct KindFigures {
+    pub raised: usize,
+    pub acknowledge: Figures,
+    pub resolve: Figures,
+}
+
+fn secs_between(a: &str, b: Option<&str>) -> Option<f64> {
+    let a = DateTime::parse_from_rfc3339(a).ok()?;
+    let b = DateTime::parse_from_rfc3339(b?).ok()?;
+    Some(((b - a).num_milliseconds().max(0)) as f64 / 1000.0)
+}
+
+/// Response-time figures per kind over the alerts raised since `since`.
+pub fn response_times(alerts: &[Alert]) -> BTreeMap<String, KindFigures> {
+    let mut acc: BTreeMap<String, (usize, Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for a in alerts {
+        let e = acc.entry(a.kind.as_str().to_owned()).or_default();
+        e.0 += 1;
+        if let Some(s) = secs_between(&a.raised_at, a.acknowledged_at.as_deref()) {
+            e.1.push(s);
+        }
+        if let Some(s) = secs_between(&a.raised_at, a.resolved_at.as_deref()) {
+            e.2.push(s);
+        }
+    }
+    acc.into_iter()
+        .map(|(k, (raised, ack, res))| {
+            (
+                k,
+                KindFigures {
+                    raised,
+                    acknowledge: Figures::of(ack),
+                    resolve: Figures::of(res),
+                },
+            )
+        })
+        .collect()
+}
+
+/// RFC 3339 (ms) of `now - d`.
+pub fn ago(now: DateTime<Utc>, d: chrono::Duration) -> String {
+    (now - d).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let f = Figures::of((1..=10).map(f64::from).collect());
+        assert_eq!((f.count, f.median_s, f.p90_s), (10, Some(5.0), Some(9.0)));
+        assert_eq!(Figures::of(vec![]).median_s, None);
+        assert_eq!(Figures::of(vec![3.0]).p90_s, Some(3.0));
+    }
+}

@@ -1,0 +1,329 @@
+//! Residents: hazard notices on MQTT and a per-unit web page.
+//!
+//! - [`spawn_publisher`] turns committed hazard alerts into notices on
+//!   `residents/{building}/{unit}/alerts` (the alert's own unit) and `residents/{building}/all`
+//!   (building-wide hazards — fire, smoke, heat, gas, e-bike battery — for every building the
+//!   location warns, e.g. a charging shed warns its nearest buildings), with zh-CN/en message
+//!   and advice, and an "all clear" notice when the alert is resolved.
+//! - [`links`]: per-unit secret links (`/r/{token}`), stored as SHA-256 hashes, rotatable.
+//! - [`web`]: the resident page and its SSE stream, showing only that unit's alerts.
+//! - [`qr`]: `gateway residents qr` writes one QR code (SVG) per unit plus an index.
+
+pub mod cli;
+pub mod links;
+pub mod qr;
+pub mod web;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_config::{AlertKind, Config, LocationRef};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::alerts::model::Localized;
+use crate::alerts::{Alert, AlertState, EventKind};
+use crate::shutdown::{Lifecycle as Stages, Stage};
+
+/// Errors of the resident features.
+#[derive(Debug, thiserror::Error)]
+pub enum ResidentsError {
+    #[error("residents: database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("residents: no secure random numbers: {0}")]
+    Random(getrandom::Error),
+    #[error("residents: {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("residents: QR code: {0}")]
+    Qr(#[from] qrcode::types::QrError),
+    #[error("residents: unknown unit {0} (expected BUILDING/UNIT from [locations])")]
+    UnknownUnit(String),
+}
+
+/// Hazards residents are told about.
+pub fn is_hazard(kind: AlertKind) -> bool {
+    matches!(
+        kind,
+        AlertKind::Smoke
+            | AlertKind::Heat
+            | AlertKind::Gas
+            | AlertKind::EbikeBattery
+            | AlertKind::WaterLeak
+    )
+}
+
+/// Hazards that concern a whole building (and the buildings the place warns).
+pub fn is_building_wide(kind: AlertKind) -> bool {
+    matches!(
+        kind,
+        AlertKind::Smoke | AlertKind::Heat | AlertKind::Gas | AlertKind::EbikeBattery
+    )
+}
+
+/// The buildings warned of an alert (by the area's `warns`, else its own building).
+pub fn warned_buildings(config: &Config, alert: &Alert) -> Vec<String> {
+    let loc = LocationRef {
+        building: alert.location.building.clone(),
+        unit: alert.location.unit.clone(),
+        area: alert.location.area.clone(),
+        ..LocationRef::default()
+    };
+    let mut out: Vec<String> = config
+        .warned_buildings(&loc)
+        .into_iter()
+        .map(|b| b.id.clone())
+        .collect();
+    if out.is_empty() {
+        out.extend(alert.location.building.clone());
+    }
+    out
+}
+
+/// The resident topics of an alert.
+pub fn topics(config: &Config, alert: &Alert) -> Vec<String> {
+    if !is_hazard(alert.kind) {
+        return Vec::new();
+    }
+    let mut t = Vec::new();
+    if let (Some(b), Some(u)) = (&alert.location.building, &alert.location.unit) {
+        t.push(format!("residents/{b}/{u}/alerts"));
+    }
+    if is_building_wide(alert.kind) {
+        t.extend(
+            warned_buildings(config, alert)
+                .into_iter()
+                .map(|b| format!("residents/{b}/all")),
+        );
+    }
+    t
+}
+
+/// Does `alert` concern the residents of `building`/`unit`?
+pub fn concerns(config: &Config, alert: &Alert, building: &str, unit: &str) -> bool {
+    if !is_hazard(alert.kind) {
+        return false;
+    }
+    let own = alert.location.building.as_deref() == Some(building)
+        && alert.location.unit.as_deref() == Some(unit);
+    own || (is_building_wide(alert.kind)
+        && warned_buildings(config, alert)
+            .iter()
+            .any(|b| b == building))
+}
+
+/// What residents receive (MQTT payload and the page's SSE data).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notice {
+    pub id: String,
+    pub kind: String,
+    pub level: String,
+    /// `active` or `all_clear`.
+    pub status: &'static str,
+    pub location: String,
+    pub message: Localized,
+    pub advice: Localized,
+    pub at: String,
+}
+
+fn kind_names(kind: AlertKind) -> (&'static str, &'static str) {
+    match kind {
+        AlertKind::Smoke => ("烟雾", "smoke"),
+        AlertKind::Heat => ("高温", "heat"),
+        AlertKind::Gas => ("燃气泄漏", "gas leak"),
+        AlertKind::EbikeBattery => ("电动车电池", "e-bike battery"),
+        AlertKind::WaterLeak => ("漏水", "water leak"),
+        _ => ("警报", "alert"),
+    }
+}
+
+/// The resident notice of an alert's current state.
+pub fn notice(alert: &Alert) -> Notice {
+    let clear = alert.state == AlertState::Resolved;
+    let (message, advice) = if clear {
+        let (zh, en) = kind_names(alert.kind);
+        (
+            Localized {
+                zh_cn: format!("【解除】{} 的{zh}警报已解除。", alert.location.label),
+                en: format!("[ALL CLEAR] The {en} alert at {} is over.", alert.location.label),
+            },
+            Localized {
+                zh_cn: "险情已解除，可恢复正常活动。如仍闻到异味或看到烟雾，请立即拨打119。".into(),
+                en: "The danger is over; you may resume normal activity. If you still smell gas or see smoke, call 119.".into(),
+            },
+        )
+    } else {
+        (alert.message.clone(), alert.advice.clone())
+    };
+    Notice {
+        id: alert.id.clone(),
+        kind: alert.kind.as_str().to_owned(),
+        level: alert.level.as_str().to_owned(),
+        status: if clear { "all_clear" } else { "active" },
+        location: alert.location.label.clone(),
+        message,
+        advice,
+        at: alert.updated_at.clone(),
+    }
+}
+
+/// Decides which events residents hear about: raise, a change of level, resolution.
+#[derive(Debug, Default)]
+pub struct Filter {
+    published: HashMap<String, String>,
+}
+
+impl Filter {
+    pub fn should_publish(&mut self, alert: &Alert) -> bool {
+        if !is_hazard(alert.kind) {
+            return false;
+        }
+        let level = alert.level.as_str().to_owned();
+        match alert.event {
+            EventKind::Resolved => self.published.remove(&alert.id).is_some(),
+            EventKind::Acknowledged => false,
+            _ => self.published.insert(alert.id.clone(), level.clone()) != Some(level),
+        }
+    }
+}
+
+/// Publishes resident notices on the sensor broker (QoS 1) until the events channel closes.
+pub fn spawn_publisher(
+    config: Arc<Config>,
+    broker: SocketAddr,
+    mut events: broadcast::Receiver<Alert>,
+    stages: &Stages,
+) {
+    let mut o = MqttOptions::new(
+        format!("shouwang-{}-residents", config.site.id),
+        broker.ip().to_string(),
+        broker.port(),
+    );
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut event_loop) = AsyncClient::new(o, 256);
+    stages.spawn(Stage::Processing, move |_token| async move {
+        let driver_token = tokio_util::sync::CancellationToken::new();
+        let t = driver_token.clone();
+        let driver = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = t.cancelled() => break,
+                    e = event_loop.poll() => if e.is_err() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        let mut filter = Filter::default();
+        loop {
+            let alert = match events.recv().await {
+                Ok(a) => a,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "resident notices fell behind");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            };
+            if !filter.should_publish(&alert) {
+                continue;
+            }
+            let Ok(payload) = serde_json::to_vec(&notice(&alert)) else {
+                continue;
+            };
+            for topic in topics(&config, &alert) {
+                if let Err(e) = client
+                    .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+                    .await
+                {
+                    tracing::warn!(topic, error = %e, "resident notice not published");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        driver_token.cancel();
+        let _ = driver.await;
+        tracing::info!("resident notices stopped");
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> Config {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../edge-config/examples/demo.toml"
+        );
+        edge_config::load(std::path::Path::new(path)).unwrap()
+    }
+
+    fn alert(
+        kind: AlertKind,
+        building: Option<&str>,
+        unit: Option<&str>,
+        area: Option<&str>,
+    ) -> Alert {
+        serde_json::from_value(serde_json::json!({
+            "id": "01KAV7Q2XK4T5J0ZC3M8W6E1PB", "seq": 1, "event": "raised", "site": "s",
+            "kind": kind, "level": "red", "state": "raised",
+            "source": { "type": "device", "id": "d" },
+            "location": { "building": building, "unit": unit, "area": area, "label": "L" },
+            "raised_at": "2026-01-01T00:00:00.000Z", "updated_at": "2026-01-01T00:00:00.000Z",
+            "readings": {}, "message": { "zh-CN": "z", "en": "e" }, "advice": { "zh-CN": "z", "en": "e" }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_gas_alert_goes_to_its_unit_and_its_whole_building() {
+        let c = demo();
+        let a = alert(AlertKind::Gas, Some("b2"), Some("u2"), None);
+        assert_eq!(
+            topics(&c, &a),
+            ["residents/b2/u2/alerts", "residents/b2/all"]
+        );
+        assert!(concerns(&c, &a, "b2", "u1"));
+        assert!(!concerns(&c, &a, "b1", "u2"));
+    }
+
+    #[test]
+    fn a_charging_shed_fire_warns_the_configured_buildings() {
+        let c = demo();
+        let a = alert(AlertKind::EbikeBattery, None, None, Some("charging-shed"));
+        assert_eq!(topics(&c, &a), ["residents/b1/all", "residents/b2/all"]);
+    }
+
+    #[test]
+    fn a_water_leak_stays_in_its_unit_and_sos_is_never_published() {
+        let c = demo();
+        let leak = alert(AlertKind::WaterLeak, Some("b1"), Some("u1"), None);
+        assert_eq!(topics(&c, &leak), ["residents/b1/u1/alerts"]);
+        assert!(!concerns(&c, &leak, "b1", "u2"));
+        assert!(topics(&c, &alert(AlertKind::Sos, Some("b1"), Some("u1"), None)).is_empty());
+    }
+
+    #[test]
+    fn residents_hear_the_raise_a_level_change_and_the_all_clear_only() {
+        let mut f = Filter::default();
+        let mut a = alert(AlertKind::Gas, Some("b2"), Some("u2"), None);
+        assert!(f.should_publish(&a));
+        a.event = EventKind::Updated;
+        assert!(!f.should_publish(&a));
+        a.level = edge_config::Level::Orange;
+        assert!(f.should_publish(&a));
+        a.event = EventKind::Acknowledged;
+        assert!(!f.should_publish(&a));
+        a.event = EventKind::Resolved;
+        a.state = AlertState::Resolved;
+        assert!(f.should_publish(&a));
+        let n = notice(&a);
+        assert_eq!(n.status, "all_clear");
+        assert!(n.message.zh_cn.contains("解除") && n.message.en.contains("ALL CLEAR"));
+    }
+}

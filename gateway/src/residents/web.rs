@@ -1,0 +1,130 @@
+//! The resident page: `GET /r/{token}` (HTML), `/r/{token}/alerts` (JSON: current notices of
+//! the unit) and `/r/{token}/events` (SSE: new notices). A token opens exactly one unit; an
+//! unknown or rotated token gets 404 on all three.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+
+use super::{concerns, links, notice};
+use crate::console::{store, State};
+
+type St = Arc<State>;
+
+pub(crate) fn routes(state: St) -> Router {
+    Router::new()
+        .route("/r/{token}", get(page))
+        .route("/r/{token}/alerts", get(current))
+        .route("/r/{token}/events", get(events))
+        .with_state(state)
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "link not valid / 链接无效").into_response()
+}
+
+async fn unit_of(state: &St, token: String) -> Option<(String, String)> {
+    let db = state.db_path.clone();
+    match tokio::task::spawn_blocking(move || links::lookup(&db, &token)).await {
+        Ok(Ok(unit)) => unit,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "resident link lookup failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+async fn page(AxState(state): AxState<St>, Path(token): Path<String>) -> Response {
+    match unit_of(&state, token).await {
+        Some(_) => Html(crate::console::pages::RESIDENT).into_response(),
+        None => not_found(),
+    }
+}
+
+async fn current(AxState(state): AxState<St>, Path(token): Path<String>) -> Response {
+    let Some((b, u)) = unit_of(&state, token).await else {
+        return not_found();
+    };
+    let db = state.db_path.clone();
+    let config = state.deps.config.clone();
+    let q = store::AlertQuery {
+        state: Some("active".into()),
+        limit: Some(500),
+        ..store::AlertQuery::default()
+    };
+    let unit_name = label(&config, &b, &u);
+    let alerts = tokio::task::spawn_blocking(move || {
+        let conn = store::open(&db)?;
+        store::alerts(&conn, &q)
+    })
+    .await;
+    match alerts {
+        Ok(Ok(alerts)) => {
+            let notices: Vec<_> = alerts
+                .iter()
+                .filter(|a| concerns(&config, a, &b, &u))
+                .map(notice)
+                .collect();
+            Json(serde_json::json!({ "unit": unit_name, "alerts": notices })).into_response()
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "try again").into_response(),
+    }
+}
+
+fn label(config: &edge_config::Config, b: &str, u: &str) -> String {
+    let building = config.building(b);
+    let unit = building.and_then(|x| x.unit(u));
+    format!(
+        "{} {}",
+        building.map_or(b, |x| x.name.as_str()),
+        unit.map_or(u, |x| x.name.as_str())
+    )
+}
+
+async fn events(AxState(state): AxState<St>, Path(token): Path<String>) -> Response {
+    let Some((b, u)) = unit_of(&state, token).await else {
+        return not_found();
+    };
+    let config = state.deps.config.clone();
+    let mut filter = super::Filter::default();
+    let rx = state.deps.events.resubscribe();
+    let keep =
+        move |a: &crate::alerts::Alert| concerns(&config, a, &b, &u) && filter.should_publish(a);
+    let stream = notice_stream(rx, keep).take_until(state.stop.clone().cancelled_owned());
+    axum::response::sse::Sse::new(stream)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response()
+}
+
+fn notice_stream(
+    rx: tokio::sync::broadcast::Receiver<crate::alerts::Alert>,
+    keep: impl FnMut(&crate::alerts::Alert) -> bool + Send + 'static,
+) -> impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> + Send
+{
+    use axum::response::sse::Event;
+    use tokio::sync::broadcast::error::RecvError;
+    let hello =
+        futures_util::stream::once(async { Ok(Event::default().event("hello").data("{}")) });
+    let rest = futures_util::stream::unfold((rx, keep), |(mut rx, mut keep)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(a) if keep(&a) => {
+                    let data = serde_json::to_string(&notice(&a)).unwrap_or_default();
+                    return Some((Ok(Event::default().event("notice").data(data)), (rx, keep)));
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => {
+                    return Some((Ok(Event::default().event("resync").data("{}")), (rx, keep)))
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    hello.chain(rest)
+}
