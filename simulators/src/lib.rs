@@ -2,6 +2,8 @@
 //!
 //! - [`sensors`]: one MQTT client per configured device, normal behaviour and hazard
 //!   scenarios (`sim sensors`).
+//! - [`camera`]: footage served as live RTSP cameras, re-encoded to H.264 by GStreamer's
+//!   RTSP server (`sim camera`).
 //! - [`link`]: a TCP proxy standing in for the WAN link, cut and restored on a schedule or
 //!   on command (`sim link`).
 //! - [`upstream`]: a real upstream broker (mosquitto) with optional throwaway TLS
@@ -10,6 +12,7 @@
 //!   (`sim verify`).
 //! - [`mqtt`]: the client settings every simulator uses.
 
+pub mod camera;
 pub mod link;
 pub mod mqtt;
 pub mod sensors;

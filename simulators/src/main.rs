@@ -37,6 +37,51 @@ enum Command {
     /// Start a real upstream broker (mosquitto, with a generated configuration) for the demo.
     #[command(after_help = UPSTREAM_EXAMPLES)]
     Upstream(UpstreamArgs),
+    /// Serve video files as live RTSP cameras (GStreamer's RTSP server, re-encoded to H.264
+    /// with a keyframe every second), as many as given, until Ctrl-C.
+    #[command(after_help = CAMERA_EXAMPLES)]
+    Camera(CameraArgs),
+}
+
+const CAMERA_EXAMPLES: &str = "\
+Examples:
+  # two cameras, /cam0 and /cam1, restarting at the end of their clip
+  sim camera --footage vendor/footage/vtest.avi --footage vendor/footage/bikes.mp4 --loop
+
+  # the demo compound's cameras on their configured URLs (rtsp://127.0.0.1:8554/lobby, ...)
+  sim camera --port 8554 --loop --mount /lobby=vendor/footage/vtest.avi \\
+      --mount /shed=vendor/footage/bikes.mp4
+
+  # any free port (printed), then look at it
+  sim camera --footage vendor/footage/vtest.avi --port 0 --loop
+  ffprobe -rtsp_transport tcp rtsp://127.0.0.1:PORT/cam0";
+
+#[derive(clap::Args)]
+struct CameraArgs {
+    /// A video file; the first is served on /cam0, the next on /cam1, ... Repeatable.
+    #[arg(long, value_name = "FILE")]
+    footage: Vec<PathBuf>,
+    /// A video file on a path of your choice, /PATH=FILE. Repeatable.
+    #[arg(long, value_name = "/PATH=FILE", value_parser = parse_mount)]
+    mount: Vec<simulators::camera::Mount>,
+    /// RTSP port (0 = any free port; the URLs printed say which).
+    #[arg(long, default_value_t = 8554, value_name = "P")]
+    port: u16,
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    address: String,
+    /// Restart each clip at its end: a live camera every client shares. Without it, every
+    /// client gets the clip once from its start.
+    #[arg(long = "loop")]
+    looping: bool,
+    /// Frames per second of the streams.
+    #[arg(long, default_value_t = 15, value_name = "N")]
+    fps: u32,
+}
+
+fn parse_mount(spec: &str) -> Result<simulators::camera::Mount, String> {
+    simulators::camera::Mount::parse(spec)
+        .ok_or_else(|| format!("--mount wants /PATH=FILE, not {spec:?}"))
 }
 
 const LINK_EXAMPLES: &str = "\
@@ -127,8 +172,12 @@ Examples:
   sim sensors --broker 127.0.0.1:1883 --config edge-config/examples/demo.toml \\
       --scenario kitchen_fire --speed 10 --seed 42
 
+  # the demo: normal behaviour, and every 30 s the next hazard, ten times faster than life
+  sim sensors --broker 127.0.0.1:1883 --config edge-config/examples/demo.toml \\
+      --scenario demo --every 30 --speed 10
+
 Scenarios: normal, kitchen_fire, gas_leak, water_leak, ebike_thermal_runaway, battery_theft,
-sos, device_offline, malformed, flood, soak.";
+sos, device_offline, malformed, flood, soak, demo.";
 
 #[derive(clap::Args)]
 struct SensorsArgs {
@@ -159,6 +208,9 @@ struct SensorsArgs {
     /// The device the scenario acts on (default: the first suitable one).
     #[arg(long, value_name = "ID")]
     device: Option<String>,
+    /// `demo`: seconds of normal behaviour before each hazard.
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    every: f64,
 }
 
 fn main() -> Result<()> {
@@ -177,6 +229,7 @@ fn main() -> Result<()> {
             Command::Link(args) => link_cmd(args).await,
             Command::Verify(args) => verify_cmd(args).await,
             Command::Upstream(args) => upstream_cmd(args).await,
+            Command::Camera(args) => camera_cmd(args).await,
         }
     })
 }
@@ -216,6 +269,7 @@ async fn sensors_cmd(args: SensorsArgs) -> Result<()> {
     options.seed = args.seed;
     options.speed = args.speed;
     options.device = args.device;
+    options.every = seconds(Some(args.every), "--every")?.unwrap_or_default();
     let report = sensors::run(&config, &options, stop_on_signal()).await?;
     print!("{report}");
     Ok(())
@@ -308,5 +362,40 @@ async fn upstream_cmd(args: UpstreamArgs) -> Result<()> {
     );
     stop_on_signal().cancelled().await;
     broker.stop();
+    Ok(())
+}
+
+async fn camera_cmd(args: CameraArgs) -> Result<()> {
+    use simulators::camera::{self, CameraOptions, Mount};
+    let mut mounts = Mount::numbered(&args.footage);
+    mounts.extend(args.mount);
+    if mounts.is_empty() {
+        return Err(anyhow!(
+            "give at least one --footage FILE or --mount /PATH=FILE"
+        ));
+    }
+    let options = CameraOptions {
+        mounts,
+        address: args.address,
+        port: args.port,
+        looping: args.looping,
+        fps: args.fps,
+    };
+    let server = camera::serve_with(&options)?;
+    for m in &server.mounts {
+        let size = m
+            .size
+            .map(|(w, h)| format!(", {w}x{h}"))
+            .unwrap_or_default();
+        println!(
+            "camera ready: {} ({}{size}, H.264 {} fps{})",
+            m.url,
+            m.footage.display(),
+            options.fps,
+            if options.looping { ", looping" } else { "" }
+        );
+    }
+    stop_on_signal().cancelled().await;
+    server.stop();
     Ok(())
 }

@@ -78,7 +78,21 @@ pub struct Tally {
     unreadable: u64,
     out_of_order: u64,
     last_seq: Option<u64>,
+    /// Highest `seq` of a first arrival per priority class (see [`priority`]).
+    class_max: [Option<u64>; 4],
+    reordered: Vec<u64>,
     latencies: Vec<i64>,
+}
+
+/// The outbox's drain classes: red/orange alarms, yellow warnings, blue notices, anything
+/// else. Within a class, first arrivals must come in `seq` order.
+fn priority(level: &serde_json::Value) -> usize {
+    match level.as_str() {
+        Some("red" | "orange") => 0,
+        Some("yellow") => 1,
+        Some("blue") => 2,
+        _ => 3,
+    }
 }
 
 impl Tally {
@@ -93,7 +107,15 @@ impl Tally {
             self.unreadable += 1;
             return;
         };
-        *self.seen.entry(seq).or_default() += 1;
+        let count = self.seen.entry(seq).or_default();
+        *count += 1;
+        if *count == 1 {
+            let max = &mut self.class_max[priority(&v["level"])];
+            if max.is_some_and(|m| seq < m) {
+                self.reordered.push(seq);
+            }
+            *max = (*max).max(Some(seq));
+        }
         if self.last_seq.is_some_and(|last| seq < last) {
             self.out_of_order += 1;
         }
@@ -130,6 +152,7 @@ impl Tally {
             missing: expect.saturating_sub(self.unique()),
             gaps,
             out_of_order: self.out_of_order,
+            reordered: self.reordered.clone(),
             unreadable: self.unreadable,
             latency_ms: (!l.is_empty()).then(|| Latency {
                 min: l[0],
@@ -157,15 +180,18 @@ pub struct Verdict {
     /// Arrivals with a lower `seq` than the previous one (the outbox sends alarms first, so
     /// this is not an error by itself).
     pub out_of_order: u64,
+    /// First arrivals of a `seq` lower than an earlier first arrival of the same priority
+    /// (red/orange, yellow, blue): the order the gateway guarantees was broken.
+    pub reordered: Vec<u64>,
     /// Payloads without a readable `seq`.
     pub unreadable: u64,
     pub latency_ms: Option<Latency>,
 }
 
 impl Verdict {
-    /// Nothing missing and no gap.
+    /// Nothing missing, no gap, and `seq` in order within each priority class.
     pub fn ok(&self) -> bool {
-        self.missing == 0 && self.gaps.is_empty()
+        self.missing == 0 && self.gaps.is_empty() && self.reordered.is_empty()
     }
 }
 
@@ -183,8 +209,10 @@ impl fmt::Display for Verdict {
         }
         writeln!(
             f,
-            "out of order: {}, unreadable: {}",
-            self.out_of_order, self.unreadable
+            "out of order: {} (re-sends and alarms first), reordered within a level: {}, unreadable: {}",
+            self.out_of_order,
+            if self.reordered.is_empty() { "none".to_owned() } else { format!("{:?}", self.reordered) },
+            self.unreadable
         )?;
         match self.latency_ms {
             Some(l) => writeln!(
@@ -353,10 +381,39 @@ mod tests {
         assert_eq!(v.gaps, [3, 6]);
         assert_eq!(v.missing, 2);
         assert_eq!(v.out_of_order, 1);
+        assert_eq!(v.reordered, [4]);
         assert_eq!(v.unreadable, 1);
         assert_eq!(v.latency_ms.unwrap().p50, 250);
         assert!(!v.ok());
         assert!(v.to_string().contains("FAILED"));
+    }
+
+    #[test]
+    fn alarms_overtaking_yellow_alerts_are_not_reordering_but_re_sends_are_duplicates() {
+        let now = Utc::now();
+        let at = now.to_rfc3339();
+        let mut t = Tally::default();
+        let leveled = |seq: u64, level: &str| {
+            serde_json::json!({ "seq": seq, "level": level, "updated_at": at })
+                .to_string()
+                .into_bytes()
+        };
+        // Backlog drain: red 2 and 4 first, then yellow 1 and 3; then a re-send of 3, 4.
+        for (seq, level) in [
+            (2, "red"),
+            (4, "orange"),
+            (1, "yellow"),
+            (3, "yellow"),
+            (3, "yellow"),
+            (4, "orange"),
+        ] {
+            t.add(&leveled(seq, level), now);
+        }
+        let v = t.verdict(4);
+        assert!(v.ok(), "{v}");
+        assert!(v.reordered.is_empty());
+        assert_eq!(v.duplicates, 2);
+        assert!(v.out_of_order >= 1);
     }
 
     #[test]

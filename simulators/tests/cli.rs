@@ -58,7 +58,7 @@ fn line_with(out: &mut BufReader<ChildStdout>, marker: &str) -> String {
 
 #[test]
 fn every_subcommand_help_shows_an_example() {
-    for sub in ["sensors", "link", "verify", "upstream"] {
+    for sub in ["sensors", "link", "verify", "upstream", "camera"] {
         let out = Command::new(SIM).args([sub, "--help"]).output().unwrap();
         assert!(out.status.success());
         let text = String::from_utf8(out.stdout).unwrap();

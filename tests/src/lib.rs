@@ -43,11 +43,11 @@ pub fn demo_config() -> PathBuf {
 }
 
 /// Writes a test configuration into `dir` and returns its path. `body` is TOML appended after
-/// a `[site]` table (id `test-site`) and `[broker] bind = "127.0.0.1:0"`, so tests never clash
-/// on ports.
+/// a `[site]` table (id `test-site`), `[broker]` and `[console]` both bound to 127.0.0.1:0, so
+/// tests never clash on ports.
 pub fn write_config(dir: &Path, body: &str) -> PathBuf {
     let text = format!(
-        "[site]\nid = \"test-site\"\nname = \"Test compound\"\nkind = \"compound\"\n\n[broker]\nbind = \"127.0.0.1:0\"\n\n{body}\n"
+        "[site]\nid = \"test-site\"\nname = \"Test compound\"\nkind = \"compound\"\n\n[broker]\nbind = \"127.0.0.1:0\"\n\n[console]\nbind = \"127.0.0.1:0\"\n\n{body}\n"
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).expect("write test config");

@@ -230,3 +230,33 @@ impl Events {
 fn s(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_owned()
 }
+
+/// A copy of `config` keeping only the devices named in `ids`, so that several `sim sensors`
+/// runs can play side by side on distinct devices (each run connects every device of its
+/// configuration).
+pub fn only_devices(config: &edge_config::Config, ids: &[&str]) -> edge_config::Config {
+    let mut part = config.clone();
+    part.devices.retain(|d| ids.contains(&d.id.as_str()));
+    assert_eq!(
+        part.devices.len(),
+        ids.len(),
+        "every device of {ids:?} is in the configuration"
+    );
+    part
+}
+
+/// Alert events the gateway has recorded in its database under `data_dir`.
+pub fn recorded_alert_events(data_dir: &std::path::Path) -> u64 {
+    let db = data_dir.join("shouwang.db");
+    let conn = rusqlite::Connection::open_with_flags(
+        &db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    conn.query_row("SELECT COUNT(*) FROM alert_events", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap_or_else(|e| panic!("count alert_events in {}: {e}", db.display())) as u64
+}

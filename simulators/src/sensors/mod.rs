@@ -32,6 +32,7 @@
 //! | `malformed` | a native and a zigbee2mqtt sensor | none: rejections only |
 //! | `flood` | one device at 10,000 msg/s, a smoke detector | smoke red from the bystander; the flooder throttled |
 //! | `soak` | all, at `rate` msg/s each | none |
+//! | `demo` | all | every `every` (default 30 s) the next hazard of kitchen_fire, gas_leak, water_leak, ebike_thermal_runaway, battery_theft, sos; its devices then recover |
 
 mod device;
 mod scenarios;
@@ -97,10 +98,23 @@ pub enum Scenario {
     Malformed,
     Flood,
     Soak,
+    /// Normal behaviour with a hazard every [`Options::every`], cycling through
+    /// [`Scenario::DEMO_CYCLE`]; after each, its devices return to normal.
+    Demo,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    /// The hazards `demo` plays in turn.
+    pub const DEMO_CYCLE: [Scenario; 6] = [
+        Scenario::KitchenFire,
+        Scenario::GasLeak,
+        Scenario::WaterLeak,
+        Scenario::EbikeThermalRunaway,
+        Scenario::BatteryTheft,
+        Scenario::Sos,
+    ];
+
+    pub const ALL: [Scenario; 12] = [
         Scenario::Normal,
         Scenario::KitchenFire,
         Scenario::GasLeak,
@@ -112,6 +126,7 @@ impl Scenario {
         Scenario::Malformed,
         Scenario::Flood,
         Scenario::Soak,
+        Scenario::Demo,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +142,7 @@ impl Scenario {
             Scenario::Malformed => "malformed",
             Scenario::Flood => "flood",
             Scenario::Soak => "soak",
+            Scenario::Demo => "demo",
         }
     }
 
@@ -137,7 +153,7 @@ impl Scenario {
     /// Whether the scenario runs until its duration ends (or forever) rather than to the end
     /// of a script.
     pub fn is_open_ended(self) -> bool {
-        matches!(self, Scenario::Normal | Scenario::Soak)
+        matches!(self, Scenario::Normal | Scenario::Soak | Scenario::Demo)
     }
 }
 
@@ -175,6 +191,8 @@ pub struct Options {
     pub seed: u64,
     /// The device a scenario acts on, instead of the first suitable one.
     pub device: Option<String>,
+    /// `demo`: the pause before each hazard. Default 30 s.
+    pub every: Duration,
 }
 
 impl Options {
@@ -187,6 +205,7 @@ impl Options {
             duration: None,
             seed: 0,
             device: None,
+            every: Duration::from_secs(30),
         }
     }
 }
@@ -408,7 +427,20 @@ pub async fn run(
             targets: plan.targets.clone(),
             ..Report::default()
         };
-        let script = scenarios::play(fleet.clone(), options.clone(), plan, stop.clone(), &mut report).await;
+        let script = if options.scenario == Scenario::Demo {
+            // The demo cycles until stopped or, with a duration, until that elapsed.
+            let script_stop = stop.child_token();
+            if let Some(d) = options.duration {
+                let t = script_stop.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    t.cancel();
+                });
+            }
+            scenarios::demo(fleet.clone(), options.clone(), script_stop, &mut report).await
+        } else {
+            scenarios::play(fleet.clone(), options.clone(), plan, stop.clone(), &mut report).await
+        };
         // Scripted devices keep reporting their last values for the rest of the run.
         for h in &fleet.handles {
             if h.mode() == Mode::Scripted {

@@ -119,7 +119,7 @@ pub(crate) fn plan(config: &Config, options: &Options) -> Result<Plan, SensorsEr
     use DeviceKind as K;
     let mut plan = Plan::default();
     match options.scenario {
-        Scenario::Normal | Scenario::Soak => {}
+        Scenario::Normal | Scenario::Soak | Scenario::Demo => {}
         Scenario::KitchenFire => {
             let heat = pick(config, options, &[K::Heat])?;
             plan.primary = vec![heat];
@@ -235,6 +235,62 @@ async fn animate(
     Ok(())
 }
 
+/// `demo`: after every `options.every`, the next hazard of [`Scenario::DEMO_CYCLE`] on
+/// the first suitable devices (a hazard whose devices the configuration lacks is skipped);
+/// 5 s after its script ended its devices start afresh in normal behaviour, so the gateway
+/// sees them recover and the next round can raise them again.
+pub(crate) async fn demo(
+    fleet: Arc<Fleet>,
+    options: Options,
+    stop: CancellationToken,
+    report: &mut Report,
+) -> Result<(), Halt> {
+    let mut skipped = 0;
+    for round in 0_u64.. {
+        let scenario = Scenario::DEMO_CYCLE[(round % Scenario::DEMO_CYCLE.len() as u64) as usize];
+        let mut o = options.clone();
+        o.scenario = scenario;
+        o.device = None;
+        o.seed = options.seed.wrapping_add(round);
+        let plan = match plan(&fleet.config, &o) {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::warn!(%scenario, error = %e, "demo: hazard skipped");
+                skipped += 1;
+                if skipped >= Scenario::DEMO_CYCLE.len() {
+                    // Nothing to play: behave like `normal`.
+                    stop.cancelled().await;
+                    return Err(Halt::Stopped);
+                }
+                continue;
+            }
+        };
+        skipped = 0;
+        pause(&stop, options.every).await?;
+        let targets: Vec<usize> = plan
+            .primary
+            .iter()
+            .chain(plan.secondary.iter())
+            .copied()
+            .collect();
+        tracing::info!(%scenario, devices = %plan.targets.join(", "), "demo: hazard starts");
+        report
+            .notes
+            .push(format!("demo: {scenario} on {}", plan.targets.join(", ")));
+        play(fleet.clone(), o.clone(), plan, stop.clone(), report).await?;
+        pause(&stop, Duration::from_secs(5)).await?;
+        for &i in &targets {
+            let h = &fleet.handles[i];
+            let fresh = SimDevice::new(&fleet.config, &fleet.config.devices[i], o.seed);
+            *h.lock() = fresh;
+            h.set_mode(Mode::Normal);
+            h.update(|_| {}).await?;
+        }
+        tracing::info!(%scenario, "demo: hazard over, its devices are back to normal");
+    }
+    Ok(())
+}
+
 /// Plays the scenario.
 pub(crate) async fn play(
     fleet: Arc<Fleet>,
@@ -257,7 +313,7 @@ pub(crate) async fn play(
     let mut rng = rng_for(options.seed, options.scenario.as_str());
     let s = &stop;
     match options.scenario {
-        Scenario::Normal | Scenario::Soak => Ok(()),
+        Scenario::Normal | Scenario::Soak | Scenario::Demo => Ok(()),
         Scenario::KitchenFire => {
             let heat = &primary[0];
             let rate = rng.gen_range(10.0..14.0); // °C per minute

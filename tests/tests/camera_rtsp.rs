@@ -1,0 +1,103 @@
+//! A camera over real RTSP: `sim camera` (GStreamer's RTSP server) streams real footage,
+//! the real gateway analyses it; killing the server raises `camera_down`, restarting it on
+//! the same port resolves it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use e2e::mqtt::Mqtt;
+use e2e::{bin, workspace_root, write_config, Gateway};
+
+/// A process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_camera(port: u16) -> Proc {
+    let footage = workspace_root().join("vendor/footage/vtest.avi");
+    assert!(footage.exists(), "run ./x deps to fetch the footage");
+    let camera = Proc(Command::new(bin("sim"))
+        .args(["camera", "--loop", "--port", &port.to_string(), "--footage"])
+        .arg(&footage)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sim camera"));
+    // Wait until the RTSP port accepts connections.
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return camera;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("sim camera did not listen on {port}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_rtsp_camera_is_analysed_and_killing_its_server_raises_then_resolves_camera_down() {
+    let port = free_port();
+    let mut camera = Some(start_camera(port));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[[locations.areas]]
+id = "square"
+name = "广场"
+kind = "other"
+
+[[cameras]]
+id = "cam-square"
+url = "rtsp://127.0.0.1:{port}/cam0"
+location = {{ area = "square" }}
+analyse_fps = 2
+[[cameras.zones]]
+id = "all"
+polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+[[cameras.rules]]
+kind = "intrusion"
+zone = "all"
+window = {{ from = "00:00", to = "00:00" }}
+level = "orange"
+"#
+        ),
+    );
+    let mut gw = Gateway::start(&config, &dir.path().join("data"));
+    let broker: SocketAddr = gw.wait_ready();
+    let mut w = Mqtt::connect(broker, "w-camera").await;
+    w.subscribe("shouwang/test-site/alerts/#").await;
+
+    // People walk through vtest.avi: the all-day intrusion rule proves frames are analysed.
+    let intrusion = w
+        .collect(1, Duration::from_secs(60), |v| v["kind"] == "intrusion" && v["event"] == "raised")
+        .await;
+    assert_eq!(intrusion.len(), 1, "a person detected in the RTSP stream");
+    assert_eq!(intrusion[0]["source"]["id"], "cam-square");
+
+    camera.take();
+    let down = w
+        .collect(1, Duration::from_secs(60), |v| v["kind"] == "camera_down" && v["event"] == "raised")
+        .await;
+    assert_eq!(down.len(), 1, "killing the RTSP server raises camera_down");
+    assert_eq!(down[0]["source"]["id"], "cam-square");
+
+    let _camera = start_camera(port);
+    let up = w
+        .collect(1, Duration::from_secs(60), |v| v["kind"] == "camera_down" && v["event"] == "resolved")
+        .await;
+    assert_eq!(up.len(), 1, "the restarted server resolves camera_down");
+    assert_eq!(up[0]["id"], down[0]["id"]);
+    drop(gw);
+}
