@@ -57,7 +57,12 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     let running = pipeline::start(config.clone(), &db_path, &life)?;
     let video = start_video(&config, &life, &running, &options.data_dir).await;
     if let Some(broker) = running.broker_addr {
-        crate::residents::spawn_publisher(config.clone(), broker, running.events.subscribe(), &life);
+        crate::residents::spawn_publisher(
+            config.clone(),
+            broker,
+            running.events.subscribe(),
+            &life,
+        );
     }
     let console = crate::console::spawn(
         crate::console::ConsoleDeps {
@@ -66,7 +71,10 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
             alert_inputs: running.alert_inputs.clone(),
             events: Arc::new(running.events.subscribe()),
             uplink: running.uplink.clone(),
-            cameras: video.as_ref().map(|v| v.cameras.clone()).unwrap_or_default(),
+            cameras: video
+                .as_ref()
+                .map(|v| v.cameras.clone())
+                .unwrap_or_default(),
             broker: running.broker_addr,
         },
         &life,

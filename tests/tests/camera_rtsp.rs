@@ -20,20 +20,26 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_camera(port: u16) -> Proc {
     let footage = workspace_root().join("vendor/footage/vtest.avi");
     assert!(footage.exists(), "run ./x deps to fetch the footage");
-    let camera = Proc(Command::new(bin("sim"))
-        .args(["camera", "--loop", "--port", &port.to_string(), "--footage"])
-        .arg(&footage)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sim camera"));
+    let camera = Proc(
+        Command::new(bin("sim"))
+            .args(["camera", "--loop", "--port", &port.to_string(), "--footage"])
+            .arg(&footage)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sim camera"),
+    );
     // Wait until the RTSP port accepts connections.
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -81,21 +87,27 @@ level = "orange"
 
     // People walk through vtest.avi: the all-day intrusion rule proves frames are analysed.
     let intrusion = w
-        .collect(1, Duration::from_secs(60), |v| v["kind"] == "intrusion" && v["event"] == "raised")
+        .collect(1, Duration::from_secs(60), |v| {
+            v["kind"] == "intrusion" && v["event"] == "raised"
+        })
         .await;
     assert_eq!(intrusion.len(), 1, "a person detected in the RTSP stream");
     assert_eq!(intrusion[0]["source"]["id"], "cam-square");
 
     camera.take();
     let down = w
-        .collect(1, Duration::from_secs(60), |v| v["kind"] == "camera_down" && v["event"] == "raised")
+        .collect(1, Duration::from_secs(60), |v| {
+            v["kind"] == "camera_down" && v["event"] == "raised"
+        })
         .await;
     assert_eq!(down.len(), 1, "killing the RTSP server raises camera_down");
     assert_eq!(down[0]["source"]["id"], "cam-square");
 
     let _camera = start_camera(port);
     let up = w
-        .collect(1, Duration::from_secs(60), |v| v["kind"] == "camera_down" && v["event"] == "resolved")
+        .collect(1, Duration::from_secs(60), |v| {
+            v["kind"] == "camera_down" && v["event"] == "resolved"
+        })
         .await;
     assert_eq!(up.len(), 1, "the restarted server resolves camera_down");
     assert_eq!(up[0]["id"], down[0]["id"]);

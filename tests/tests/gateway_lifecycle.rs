@@ -102,7 +102,11 @@ fn gateway_status_reports_a_running_daemon_and_its_outbox() {
 fn http_status(addr: &str, path: &str) -> u16 {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     response
@@ -118,7 +122,10 @@ fn the_daemon_serves_the_console_health_probe_and_refuses_the_api_without_a_sess
     let config = demo_config_on_free_ports(data.path());
     let mut gw = Gateway::start(&config, &data.path().join("data"));
     let ready = gw.wait_for_message("gateway ready", Duration::from_secs(30));
-    let console = ready["console"].as_str().expect("console address in the ready line").to_owned();
+    let console = ready["console"]
+        .as_str()
+        .expect("console address in the ready line")
+        .to_owned();
     assert_eq!(http_status(&console, "/healthz"), 200);
     assert_eq!(http_status(&console, "/api/alerts"), 401);
     assert_eq!(http_status(&console, "/api/devices"), 401);
