@@ -182,6 +182,7 @@ async fn sustained(
 
 async fn alarm_latency(
     addr: std::net::SocketAddr,
+    config: &edge_config::Config,
     first: usize,
     count: usize,
     flood: bool,
@@ -201,15 +202,16 @@ async fn alarm_latency(
         let (f, fl) = client(addr, "flooder");
         spawn_loop(fl, None);
         let stop = stop.clone();
+        // The simulators' `flood` scenario traffic for one device, replayed at full speed.
+        let messages = simulators::sensors::flood_messages(config, "heat-0", 7, 10_000)
+            .expect("heat-0 is in the bench config");
         tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
+            for (topic, payload) in messages.iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let _ = f
-                    .publish(
-                        "sensors/heat-0/state",
-                        QoS::AtMostOnce,
-                        false,
-                        r#"{"temperature_c":25}"#,
-                    )
+                    .publish(topic.as_str(), QoS::AtMostOnce, false, payload.clone())
                     .await;
             }
         });
@@ -249,7 +251,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let config = Arc::new(edge_config::parse(&config(), "bench.toml", Path::new(".")).unwrap());
         let stages = Lifecycle::new();
-        let running = pipeline::start(config, &dir.path().join("shouwang.db"), &stages).unwrap();
+        let running = pipeline::start(config.clone(), &dir.path().join("shouwang.db"), &stages).unwrap();
         let addr = running.broker_addr.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -258,9 +260,9 @@ fn main() {
         eprintln!("sustained ingest…");
         let ingest = sustained(addr, &running).await;
         eprintln!("alarm latency…");
-        let (idle_p50, idle_p99) = alarm_latency(addr, 0, SMOKES / 2, false).await;
+        let (idle_p50, idle_p99) = alarm_latency(addr, &config, 0, SMOKES / 2, false).await;
         eprintln!("alarm latency under flood…");
-        let (flood_p50, flood_p99) = alarm_latency(addr, SMOKES / 2, SMOKES / 2, true).await;
+        let (flood_p50, flood_p99) = alarm_latency(addr, &config, SMOKES / 2, SMOKES / 2, true).await;
         let stats = running.ingest_stats.snapshot();
         println!("## ingest benchmark ({} cores)", std::thread::available_parallelism().map_or(0, |n| n.get()));
         println!("| measure | result |");
