@@ -75,15 +75,32 @@ fn qr_cmd(args: &QrArgs) -> Result<(), String> {
         )
     };
     let written = qr::write(&config, &db, &args.out, &base, units).map_err(|e| e.to_string())?;
+    let mut tsv = String::from("unit\turl\n");
     for w in &written {
         println!("{}/{}\t{}", w.building, w.unit, w.file.display());
+        tsv.push_str(&format!("{}/{}\t{}\n", w.building, w.unit, w.url));
     }
+    // The links as text too (to send by other means); secret, so readable by the owner only.
+    let tsv_path = args.out.join("links.tsv");
+    write_private(&tsv_path, &tsv).map_err(|e| format!("{}: {e}", tsv_path.display()))?;
     println!(
         "{} link(s) issued; previous links of these units no longer work. Print {}",
         written.len(),
         args.out.join("index.html").display()
     );
     Ok(())
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 #[cfg(test)]
