@@ -183,3 +183,51 @@ async fn a_gas_leak_in_building_2_unit_3_warns_that_unit_in_both_languages_and_t
     let parsed: Value = serde_json::from_str(&notice[0].to_string()).unwrap();
     assert!(parsed.is_object());
 }
+
+#[test]
+fn rotating_a_units_link_ends_its_open_live_stream_and_refuses_the_old_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), BODY);
+    let data = dir.path().join("data");
+    let (u3_link, _) = issue_links(&config_path, &data, &dir.path().join("qr"));
+    let mut gw = Gateway::start(&config_path, &data);
+    let ready = gw.wait_for_message("gateway ready", Duration::from_secs(30));
+    let console = ready["console"].as_str().unwrap().to_owned();
+
+    let mut stream = std::net::TcpStream::connect(&console).unwrap();
+    write!(
+        stream,
+        "GET {u3_link}/events HTTP/1.1\r\nHost: {console}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut first = [0u8; 512];
+    let n = stream.read(&mut first).unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"),
+        "stream opened"
+    );
+
+    // The installer rotates unit 3's link.
+    issue_links(&config_path, &data, &dir.path().join("qr2"));
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let ended = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            // The chunked body's last chunk.
+            Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("0\r\n\r\n") => break true,
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the open stream of a rotated link ends");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(
+        http_get(&console, &format!("{u3_link}/alerts")).0,
+        404,
+        "the old link is refused"
+    );
+}

@@ -24,6 +24,9 @@ pub(crate) fn routes(state: St) -> Router {
         .with_state(state)
 }
 
+/// How often an open resident stream re-checks that its link is still valid.
+const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "link not valid / 链接无效").into_response()
 }
@@ -88,15 +91,30 @@ fn label(config: &edge_config::Config, b: &str, u: &str) -> String {
 }
 
 async fn events(AxState(state): AxState<St>, Path(token): Path<String>) -> Response {
-    let Some((b, u)) = unit_of(&state, token).await else {
+    let Some((b, u)) = unit_of(&state, token.clone()).await else {
         return not_found();
+    };
+    // A rotated link must stop working for streams already open too: re-check it
+    // periodically and end the stream once it is revoked.
+    let revoked = {
+        let state = state.clone();
+        Box::pin(async move {
+            loop {
+                tokio::time::sleep(REVOCATION_CHECK).await;
+                if unit_of(&state, token.clone()).await.is_none() {
+                    break;
+                }
+            }
+        })
     };
     let config = state.deps.config.clone();
     let mut filter = super::Filter::default();
     let rx = state.deps.events.resubscribe();
     let keep =
         move |a: &crate::alerts::Alert| concerns(&config, a, &b, &u) && filter.should_publish(a);
-    let stream = notice_stream(rx, keep).take_until(state.stop.clone().cancelled_owned());
+    let stream = notice_stream(rx, keep)
+        .take_until(state.stop.clone().cancelled_owned())
+        .take_until(revoked);
     axum::response::sse::Sse::new(stream)
         .keep_alive(axum::response::sse::KeepAlive::default())
         .into_response()
