@@ -13,6 +13,7 @@
 //! - [`mqtt`]: the client settings every simulator uses.
 
 pub mod camera;
+pub mod http_ts;
 pub mod link;
 pub mod mqtt;
 pub mod sensors;

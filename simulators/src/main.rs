@@ -54,7 +54,11 @@ Examples:
 
   # any free port (printed), then look at it
   sim camera --footage vendor/footage/vtest.avi --port 0 --loop
-  ffprobe -rtsp_transport tcp rtsp://127.0.0.1:PORT/cam0";
+  ffprobe -rtsp_transport tcp rtsp://127.0.0.1:PORT/cam0
+
+  # the same footage as HTTP MPEG-TS too
+  sim camera --footage vendor/footage/vtest.avi --loop --http-port 8081
+  ffprobe http://127.0.0.1:8081/cam0.ts";
 
 #[derive(clap::Args)]
 struct CameraArgs {
@@ -77,6 +81,9 @@ struct CameraArgs {
     /// Frames per second of the streams.
     #[arg(long, default_value_t = 15, value_name = "N")]
     fps: u32,
+    /// Also serve every mount as HTTP MPEG-TS on this port (`/cam0.ts`; 0 = any free port).
+    #[arg(long, value_name = "P")]
+    http_port: Option<u16>,
 }
 
 fn parse_mount(spec: &str) -> Result<simulators::camera::Mount, String> {
@@ -374,6 +381,10 @@ async fn camera_cmd(args: CameraArgs) -> Result<()> {
             "give at least one --footage FILE or --mount /PATH=FILE"
         ));
     }
+    let http_streams: Vec<(String, PathBuf)> = mounts
+        .iter()
+        .map(|m| (m.path.clone(), m.footage.clone()))
+        .collect();
     let options = CameraOptions {
         mounts,
         address: args.address,
@@ -395,6 +406,16 @@ async fn camera_cmd(args: CameraArgs) -> Result<()> {
             if options.looping { ", looping" } else { "" }
         );
     }
+    let _http = match args.http_port {
+        Some(port) => {
+            let http = simulators::http_ts::serve(&options.address, port, http_streams).await?;
+            for (_, url) in &http.urls {
+                println!("camera ready: {url} (HTTP MPEG-TS)");
+            }
+            Some(http)
+        }
+        None => None,
+    };
     stop_on_signal().cancelled().await;
     server.stop();
     Ok(())

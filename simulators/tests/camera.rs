@@ -178,3 +178,54 @@ fn a_play_once_mount_streams_the_clip_to_its_end_and_two_cameras_share_one_port(
     let (codec, w, _, _) = probe(server.url("/lobby").unwrap(), None);
     assert_eq!((codec.as_str(), w), ("h264", 768));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_footage_is_also_served_as_http_mpeg_ts_that_ffprobe_reads_as_h264() {
+    let http = simulators::http_ts::serve(
+        "127.0.0.1",
+        0,
+        vec![("/cam0".to_owned(), footage("bikes.mp4"))],
+    )
+    .await
+    .unwrap();
+    let url = http.urls[0].1.clone();
+    assert!(url.ends_with("/cam0.ts"), "{url}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=codec_name,width,height",
+                "-of",
+                "json",
+                &url,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ffprobe (install ffmpeg: ./x deps)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stream = &v["streams"][0];
+    assert_eq!(stream["codec_name"], "h264");
+    assert_eq!(
+        (stream["width"].as_u64(), stream["height"].as_u64()),
+        (Some(640), Some(272))
+    );
+    // An unknown path is a 404, not a hang.
+    let mut s = std::net::TcpStream::connect(http.addr).unwrap();
+    use std::io::{Read, Write};
+    write!(s, "GET /nope.ts HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+}

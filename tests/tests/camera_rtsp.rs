@@ -113,3 +113,61 @@ level = "orange"
     assert_eq!(up[0]["id"], down[0]["id"]);
     drop(gw);
 }
+
+#[test]
+fn the_installer_tool_detects_cyclists_in_an_http_mpeg_ts_camera_stream() {
+    let http_port = free_port();
+    let footage = workspace_root().join("vendor/footage/bikes.mp4");
+    let _camera = Proc(
+        Command::new(bin("sim"))
+            .args([
+                "camera",
+                "--loop",
+                "--port",
+                "0",
+                "--http-port",
+                &http_port.to_string(),
+                "--footage",
+            ])
+            .arg(&footage)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sim camera"),
+    );
+    let mut listening = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", http_port)).is_ok() {
+            listening = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(listening, "sim camera's HTTP port");
+    let out = Command::new(bin("gateway"))
+        .args([
+            "detect",
+            "--json",
+            "--fps",
+            "2",
+            "--max-seconds",
+            "6",
+            "--input",
+        ])
+        .arg(format!("http://127.0.0.1:{http_port}/cam0.ts"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"bicycle\"")
+            || text.contains("\"motorcycle\"")
+            || text.contains("\"person\""),
+        "objects detected in the HTTP stream: {text}"
+    );
+}
