@@ -469,6 +469,15 @@ impl OrtDetector {
 
     /// Runs the model only and returns the raw output (for the benchmark's raw figure).
     pub fn run_raw(&mut self, input: &Prepared) -> Result<usize, DetectError> {
+        self.run_session(input, |data| Ok(data.len()))
+    }
+
+    /// Runs the session on a prepared input and hands the raw output to `read`.
+    fn run_session<T>(
+        &mut self,
+        input: &Prepared,
+        read: impl FnOnce(&[f32]) -> Result<T, DetectError>,
+    ) -> Result<T, DetectError> {
         let shape = [
             1usize,
             3,
@@ -484,7 +493,7 @@ impl OrtDetector {
         let (_, data) = outputs[self.output_name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| DetectError::Output(e.to_string()))?;
-        Ok(data.len())
+        read(data)
     }
 }
 
@@ -498,22 +507,9 @@ impl Detector for OrtDetector {
     }
 
     fn infer(&mut self, input: &Prepared) -> Result<Vec<Detection>, DetectError> {
-        let shape = [
-            1usize,
-            3,
-            input.spec.height as usize,
-            input.spec.width as usize,
-        ];
-        let tensor = TensorRef::from_array_view((shape, input.tensor.as_slice()))
-            .map_err(|e| DetectError::Inference(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| DetectError::Inference(e.to_string()))?;
-        let (_, data) = outputs[self.output_name.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| DetectError::Output(e.to_string()))?;
-        decode_yolox(data, input.spec, input.ratio, input.origin, CANDIDATE_SCORE)
+        self.run_session(input, |data| {
+            decode_yolox(data, input.spec, input.ratio, input.origin, CANDIDATE_SCORE)
+        })
     }
 }
 
