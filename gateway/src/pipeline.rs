@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::alerts::linkage::Command;
 use crate::alerts::task::{self as alert_task, AlertInput};
 use crate::alerts::{AlertStore, Lifecycle, Source};
-use crate::broker::{self, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles};
+use crate::broker::{self, BrokerError, BrokerSettings, EmbeddedBroker, LocalSubscriber, TlsFiles};
 use crate::ingest::{self, Ingest, IngestStats};
 use crate::publish;
 use crate::rules::{Engine, Reading};
@@ -75,7 +75,8 @@ pub fn start(
     db_path: &Path,
     stages: &Stages,
 ) -> Result<Running, PipelineError> {
-    let (broker, options) = connect(&config)?;
+    let ingest = Ingest::new(config.clone());
+    let (mut broker, options) = connect(&config, &ingest)?;
     let broker_addr = broker.as_ref().map(EmbeddedBroker::local_addr);
 
     let mut lifecycle = Lifecycle::new(config.clone(), AlertStore::open(db_path)?)?;
@@ -135,13 +136,26 @@ pub fn start(
     // Outbox: housekeeping (quota, buffer_full, status.json) and the uplink.
     let uplink = crate::uplink::start(&config, db_path, stages, &input_tx, events_tx.subscribe())?;
 
-    // Inputs: ingest.
-    let ingest = Ingest::new(config.clone());
+    // Inputs: ingest (in-process links on the embedded broker, a client on an external one).
     let ingest_stats = ingest.stats.clone();
-    let (ing_client, ing_loop) = client(&options, &format!("shouwang-{}-ingest", config.site.id));
-    stages.spawn(Stage::Inputs, move |token| {
-        ingest::run(ingest, ing_client, ing_loop, reading_tx, token)
+    let (devices_id, watch_id) = ingest::local_link_ids(&config.site.id);
+    let links = broker.as_mut().and_then(|b| {
+        Some((
+            b.take_local_link(&devices_id)?,
+            b.take_local_link(&watch_id)?,
+        ))
     });
+    if let Some((devices, watch)) = links {
+        stages.spawn(Stage::Inputs, move |token| {
+            ingest::run_local(ingest, devices, watch, reading_tx, token)
+        });
+    } else {
+        let (ing_client, ing_loop) =
+            client(&options, &format!("shouwang-{}-ingest", config.site.id));
+        stages.spawn(Stage::Inputs, move |token| {
+            ingest::run(ingest, ing_client, ing_loop, reading_tx, token)
+        });
+    }
 
     Ok(Running {
         broker,
@@ -266,11 +280,27 @@ fn restore_conditions(config: &Config, engine: &mut Engine, active: &[crate::ale
     }
 }
 
-/// Starts the embedded broker, or prepares options for the external one.
-fn connect(config: &Config) -> Result<(Option<EmbeddedBroker>, MqttOptions), PipelineError> {
+/// Starts the embedded broker (with the ingest's in-process links attached before any
+/// sensor can connect), or prepares options for the external one.
+fn connect(
+    config: &Config,
+    ingest: &Ingest,
+) -> Result<(Option<EmbeddedBroker>, MqttOptions), PipelineError> {
     match config.broker.mode {
         BrokerMode::Embedded => {
-            let broker = EmbeddedBroker::start(broker_settings(config))?;
+            let mut settings = broker_settings(config);
+            let (devices, watch) = ingest::local_link_ids(&config.site.id);
+            settings.local_subscribers = vec![
+                LocalSubscriber {
+                    client_id: devices,
+                    filters: ingest.device_filters(),
+                },
+                LocalSubscriber {
+                    client_id: watch,
+                    filters: ingest.watch_filters(),
+                },
+            ];
+            let broker = EmbeddedBroker::start(settings)?;
             tracing::info!(addr = %broker.local_addr(), "embedded MQTT broker listening");
             let options = broker.client_options("unused");
             Ok((Some(broker), options))

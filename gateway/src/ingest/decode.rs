@@ -93,11 +93,11 @@ impl Router {
         self.topics.get(topic).copied()
     }
 
-    /// Topic filters the ingest client subscribes to: the standard topic families with
-    /// wildcards (`sensors/+/state`, `sensors/+/heartbeat`, `zigbee2mqtt/#`) plus every custom
-    /// device topic outside them. Wildcards keep the broker's subscription table small on a
-    /// site with thousands of devices, and let the gateway see — and count — publishes on
-    /// topics no device owns.
+    /// Topic filters an MQTT client subscribes to (external broker): the standard topic
+    /// families with wildcards (`sensors/+/state`, `sensors/+/heartbeat`, `zigbee2mqtt/#`)
+    /// plus every custom device topic outside them. Wildcards keep the broker's subscription
+    /// table small on a site with thousands of devices, and let the gateway see — and count —
+    /// publishes on topics no device owns.
     pub fn subscriptions(&self) -> Vec<String> {
         let mut filters: Vec<String> = WILDCARDS.iter().map(|f| f.to_string()).collect();
         let mut custom: Vec<String> = self
@@ -109,6 +109,22 @@ impl Router {
         custom.sort();
         filters.extend(custom);
         filters
+    }
+
+    /// Every topic a device owns, sorted: the embedded broker's in-process device link
+    /// subscribes each one exactly, so every device has a broker log of its own and a
+    /// flooding device cannot push another device's alarm out of a shared log.
+    pub fn device_filters(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.topics.keys().cloned().collect();
+        topics.sort();
+        topics
+    }
+
+    /// The topic families the embedded broker's in-process *watch* link subscribes to, so
+    /// publishes on topics no device owns are still seen and counted. Its log is shared, so
+    /// under a flood these counts are lower bounds; device topics never depend on it.
+    pub fn watch_filters(&self) -> Vec<String> {
+        WATCH_WILDCARDS.iter().map(|f| f.to_string()).collect()
     }
 
     /// Topics that arrive through the wildcards but are not sensor traffic: the zigbee2mqtt
@@ -123,6 +139,11 @@ impl Router {
 
 /// The standard topic families, subscribed with wildcards.
 const WILDCARDS: [&str; 3] = ["sensors/+/state", "sensors/+/heartbeat", "zigbee2mqtt/#"];
+
+/// The families the watch link covers: wider than [`WILDCARDS`], so a device's stray topics
+/// (`sensors/{id}/debug`) are counted too, and every such topic matches a filter — rumqttd
+/// caches the filters of a topic only when at least one matches.
+const WATCH_WILDCARDS: [&str; 2] = ["sensors/#", "zigbee2mqtt/#"];
 
 fn covered_by_wildcards(topic: &str) -> bool {
     let parts: Vec<&str> = topic.split('/').collect();

@@ -1,8 +1,16 @@
 //! Sensor ingest: MQTT publishes in, decoded [`Reading`]s out.
 //!
-//! One rumqttc client — to the embedded broker, or to an external one — subscribes (QoS 1) to
-//! the sensor topic families with wildcards plus any custom device topics, so a publish on a
-//! topic no device owns is seen, rejected and counted (`unknown_device`).
+//! Two ways in, one [`Ingest::handle`]:
+//!
+//! - **Embedded broker** ([`run_local`]): two in-process links to rumqttd's router. The
+//!   *device* link subscribes every device topic exactly, so each device has a broker log of
+//!   its own: a device flooding at full speed can only overrun its own log, never push a smoke
+//!   detector's alarm out of a shared one (see `broker::local`). The *watch* link subscribes
+//!   the topic families (`sensors/#`, `zigbee2mqtt/#`) and only counts what no device owns
+//!   (`unknown_device`); the device link is always served first.
+//! - **External broker** ([`run`]): one rumqttc client subscribes (QoS 1) to the families
+//!   with wildcards plus any custom device topics. Flood isolation is then up to that broker.
+//!
 //! Each publish is routed to its device, rate-limited per device, size-checked and decoded;
 //! whatever is rejected is counted per reason and per device and logged at a limited rate.
 //! A flooding device is throttled on its own bucket, so other devices' alarms pass.
@@ -21,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::LocalLink;
 use crate::rules::Reading;
 use decode::{decode, Reject, Router};
 pub use stats::{IngestStats, StatsSnapshot};
@@ -60,6 +69,21 @@ impl Ingest {
             .into_iter()
             .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
             .collect()
+    }
+
+    /// Topics the embedded broker's device link subscribes to, one per device topic.
+    pub fn device_filters(&self) -> Vec<String> {
+        self.router.device_filters()
+    }
+
+    /// Topic families the embedded broker's watch link subscribes to.
+    pub fn watch_filters(&self) -> Vec<String> {
+        self.router.watch_filters()
+    }
+
+    /// Whether a device owns `topic` (then the device link delivers it, not the watch link).
+    pub fn owns(&self, topic: &str) -> bool {
+        self.router.route(topic).is_some()
     }
 
     /// Handles one publish; `Ok` carries the reading to hand to the rules. `Ok(None)` for
@@ -103,6 +127,52 @@ impl Ingest {
             decoded,
         }))
     }
+}
+
+/// Client ids of the embedded broker's in-process links for site `site`.
+pub fn local_link_ids(site: &str) -> (String, String) {
+    (
+        format!("shouwang-{site}-ingest-devices"),
+        format!("shouwang-{site}-ingest-watch"),
+    )
+}
+
+/// Runs ingest on the embedded broker's in-process links until `token` is cancelled (or a
+/// link fails, which only happens if the router is gone). The device link always goes first.
+pub async fn run_local(
+    mut ingest: Ingest,
+    mut devices: LocalLink,
+    mut watch: LocalLink,
+    out: mpsc::Sender<Reading>,
+    token: CancellationToken,
+) {
+    loop {
+        let (publish, from_watch) = tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            p = devices.next() => (p, false),
+            p = watch.next() => (p, true),
+        };
+        let publish = match publish {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "ingest link to the embedded broker failed");
+                break;
+            }
+        };
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            continue;
+        };
+        if from_watch && ingest.owns(topic) {
+            continue;
+        }
+        if let Ok(Some(reading)) = ingest.handle(topic, &publish.payload, Instant::now()) {
+            if out.send(reading).await.is_err() {
+                break;
+            }
+        }
+    }
+    tracing::info!("ingest stopped");
 }
 
 /// Runs the MQTT side of ingest until `token` is cancelled: (re)subscribes on every

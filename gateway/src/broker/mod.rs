@@ -91,11 +91,15 @@ use std::task::Poll;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use rumqttd::local::LinkBuilder;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::Protocol;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio_rustls::rustls;
+
+mod local;
+pub use local::{LocalLink, LocalLinkError, LocalPublish, LocalSubscriber};
 
 /// Size of one segment of rumqttd's per-filter in-memory commit log (raised to the packet
 /// limit if that is larger).
@@ -144,6 +148,14 @@ pub struct BrokerSettings {
     pub max_payload_bytes: usize,
     /// Sensor connections at once ([`RESERVED_CONNECTIONS`] more are kept for the gateway).
     pub max_connections: usize,
+    /// In-process subscribers attached (and subscribed) before any listener opens; take
+    /// them with [`EmbeddedBroker::take_local_link`].
+    pub local_subscribers: Vec<LocalSubscriber>,
+    /// Size of one segment of each filter's commit log ([`LOG_SEGMENT_BYTES`]; raised to
+    /// the packet limit if smaller).
+    pub log_segment_bytes: usize,
+    /// Segments kept per filter before the oldest is dropped ([`LOG_SEGMENT_COUNT`]).
+    pub log_segment_count: usize,
 }
 
 impl BrokerSettings {
@@ -156,6 +168,9 @@ impl BrokerSettings {
             credentials: HashMap::new(),
             max_payload_bytes: 64 * 1024,
             max_connections: 1024,
+            local_subscribers: Vec::new(),
+            log_segment_bytes: LOG_SEGMENT_BYTES,
+            log_segment_count: LOG_SEGMENT_COUNT,
         }
     }
 }
@@ -171,6 +186,9 @@ impl fmt::Debug for BrokerSettings {
             .field("users (passwords redacted)", &users)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("max_connections", &self.max_connections)
+            .field("local_subscribers", &self.local_subscribers)
+            .field("log_segment_bytes", &self.log_segment_bytes)
+            .field("log_segment_count", &self.log_segment_count)
             .finish()
     }
 }
@@ -215,6 +233,9 @@ pub enum BrokerError {
         #[source]
         source: io::Error,
     },
+    /// An in-process subscriber could not be attached to the router.
+    #[error(transparent)]
+    LocalLink(#[from] LocalLinkError),
     /// A listener was started but does not serve MQTT (timeout, refused probe, thread died).
     #[error("MQTT broker {listener} listener on {addr} is not ready: {reason}")]
     NotReady {
@@ -234,6 +255,8 @@ pub struct EmbeddedBroker {
     internal: Option<(String, String)>,
     max_packet_bytes: usize,
     listeners: Vec<Listener>,
+    /// Links attached before the listeners opened, waiting for their owner to take them.
+    local_links: HashMap<String, LocalLink>,
 }
 
 impl fmt::Debug for EmbeddedBroker {
@@ -298,8 +321,8 @@ impl EmbeddedBroker {
                     .max_connections
                     .saturating_add(RESERVED_CONNECTIONS),
                 max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
-                max_segment_size: LOG_SEGMENT_BYTES.max(max_packet_bytes),
-                max_segment_count: LOG_SEGMENT_COUNT,
+                max_segment_size: settings.log_segment_bytes.max(max_packet_bytes),
+                max_segment_count: settings.log_segment_count,
                 custom_segment: None,
                 initialized_filters: None,
                 shared_subscriptions_strategy: Default::default(),
@@ -307,6 +330,16 @@ impl EmbeddedBroker {
         );
         // rumqttd names this thread `router-0`; it has no stop API (see module docs).
         let router_tx = router.spawn();
+        let mut local_links = HashMap::new();
+        for spec in &settings.local_subscribers {
+            let (tx, rx, _connack) = LinkBuilder::new(&spec.client_id, router_tx.clone())
+                .build()
+                .map_err(|source| LocalLinkError::Router {
+                    client_id: spec.client_id.clone(),
+                    source,
+                })?;
+            local_links.insert(spec.client_id.clone(), LocalLink::subscribe(spec, tx, rx)?);
+        }
 
         let server_settings =
             |kind, listen, tls| server_settings(kind, listen, tls, connections.clone());
@@ -368,7 +401,13 @@ impl EmbeddedBroker {
             internal,
             max_packet_bytes,
             listeners,
+            local_links,
         })
+    }
+
+    /// Takes the in-process link attached for [`LocalSubscriber`] `client_id` (once).
+    pub fn take_local_link(&mut self, client_id: &str) -> Option<LocalLink> {
+        self.local_links.remove(client_id)
     }
 
     /// The MQTT 3.1.1 listener's address, with the real port even if port 0 was asked.
@@ -728,6 +767,20 @@ fn validate(settings: &BrokerSettings) -> Result<(), BrokerError> {
     let invalid = |s: String| Err(BrokerError::InvalidSettings(s));
     if settings.max_connections == 0 {
         return invalid("max_connections must be at least 1".to_owned());
+    }
+    if settings.log_segment_bytes == 0 || settings.log_segment_count < 2 {
+        return invalid(
+            "the filter log needs a non-empty segment size and at least 2 segments".to_owned(),
+        );
+    }
+    let mut ids: Vec<&str> = settings
+        .local_subscribers
+        .iter()
+        .map(|s| s.client_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return invalid("two local subscribers share a client id".to_owned());
     }
     if settings.max_payload_bytes == 0 || settings.max_payload_bytes > MQTT_MAX_PACKET_BYTES {
         return invalid(format!(

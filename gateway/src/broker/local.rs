@@ -1,0 +1,140 @@
+//! In-process subscribers of the embedded broker: the gateway's own ingest reads the router
+//! directly instead of through a TCP client.
+//!
+//! # Why
+//!
+//! rumqttd stores every publish in a bounded commit log **per subscription filter** and
+//! a subscriber that falls further behind than that log silently skips the oldest messages.
+//! With one wildcard filter for every sensor, a single device flooding at full speed shares
+//! that log with every smoke detector of the compound: one alarm in a flood could be skipped.
+//!
+//! A [`LocalSubscriber`] therefore names its filters exactly (the ingest gives one per
+//! device topic), so each device gets a log of its own and a flood can only overrun the
+//! flooder's own log. Reading through an in-process link also removes the TCP hop, the MQTT
+//! encode/decode and the QoS 1 in-flight window (100 messages) between router and ingest.
+//!
+//! # Ordering with the listeners
+//!
+//! [`super::EmbeddedBroker::start`] attaches and subscribes every local subscriber **before**
+//! any listener opens, so the first publish of the first sensor to connect already has a
+//! reader: nothing is published into the void while the gateway starts.
+//!
+//! # Flow control
+//!
+//! Subscriptions are QoS 0 (in-process, nothing can be lost on the way). The router pushes at
+//! most its outgoing capacity into the link, then marks it unscheduled; [`LocalLink::next`]
+//! wakes it again when it meets that mark, as rumqttd's own network links do.
+
+use bytes::Bytes;
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::Notification;
+
+/// An in-process subscriber to attach when the broker starts.
+#[derive(Debug, Clone)]
+pub struct LocalSubscriber {
+    /// The router's client id for the link (must not collide with a sensor's).
+    pub client_id: String,
+    /// Topic filters, subscribed at QoS 0 before any listener opens.
+    pub filters: Vec<String>,
+}
+
+/// Why a local link failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalLinkError {
+    /// The router refused or dropped the link (it only does so when it is gone).
+    #[error("in-process link {client_id} to the MQTT router failed: {source}")]
+    Router {
+        client_id: String,
+        #[source]
+        source: LinkError,
+    },
+    /// The router disconnected the link (a duplicate client id takes over the session).
+    #[error("in-process link {0} was disconnected by the MQTT router")]
+    Disconnected(String),
+}
+
+/// One message the router forwarded to a local link.
+#[derive(Debug, Clone)]
+pub struct LocalPublish {
+    pub topic: Bytes,
+    pub payload: Bytes,
+}
+
+/// A subscriber attached to the router in-process; see the [module docs](self).
+pub struct LocalLink {
+    client_id: String,
+    /// Kept so the router keeps the connection (dropping both halves ends it).
+    _tx: LinkTx,
+    rx: LinkRx,
+}
+
+impl std::fmt::Debug for LocalLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalLink")
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalLink {
+    /// Wraps a freshly built link and subscribes every filter of `spec`.
+    pub(super) fn subscribe(
+        spec: &LocalSubscriber,
+        mut tx: LinkTx,
+        rx: LinkRx,
+    ) -> Result<LocalLink, LocalLinkError> {
+        for filter in &spec.filters {
+            tx.subscribe(filter.as_str())
+                .map_err(|source| LocalLinkError::Router {
+                    client_id: spec.client_id.clone(),
+                    source,
+                })?;
+        }
+        Ok(LocalLink {
+            client_id: spec.client_id.clone(),
+            _tx: tx,
+            rx,
+        })
+    }
+
+    /// The link's client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The next forwarded publish. Cancel-safe: a dropped call loses nothing.
+    pub async fn next(&mut self) -> Result<LocalPublish, LocalLinkError> {
+        loop {
+            let notification = self
+                .rx
+                .next()
+                .await
+                .map_err(|source| LocalLinkError::Router {
+                    client_id: self.client_id.clone(),
+                    source,
+                })?;
+            match notification {
+                Some(Notification::Forward(f)) => {
+                    return Ok(LocalPublish {
+                        topic: f.publish.topic,
+                        payload: f.publish.payload,
+                    })
+                }
+                Some(Notification::Unschedule) => {
+                    self.rx
+                        .wake()
+                        .await
+                        .map_err(|source| LocalLinkError::Router {
+                            client_id: self.client_id.clone(),
+                            source,
+                        })?;
+                }
+                Some(Notification::Disconnect(..)) => {
+                    return Err(LocalLinkError::Disconnected(self.client_id.clone()))
+                }
+                // Acks of our own subscriptions, or a wake-up with nothing new.
+                Some(_) | None => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! A device flooding the embedded broker cannot make it drop another device's alarm.
+//!
+//! rumqttd keeps a bounded commit log per subscription filter and a reader that falls behind
+//! it silently skips messages. These scenarios make the broker's logs tiny and stall the
+//! gateway's ingest while a device floods, so the logs really overrun; then they check that
+//! the alarm still reaches the rules, because every device topic has a log of its own.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_config::Config;
+use gateway::broker::{BrokerSettings, EmbeddedBroker, LocalLink, LocalSubscriber};
+use gateway::ingest::{self, Ingest};
+use gateway::rules::Reading;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Largest payload the broker takes; with it each filter log is 2 segments of ~17 KiB.
+const MAX_PAYLOAD: usize = 16 * 1024;
+/// Flood messages published after the alarm: ~400 KB, a dozen times a filter log.
+const FLOOD_AFTER: usize = 2_000;
+/// Flood messages published before the alarm: more than a link's in-memory buffer (200),
+/// so the alarm is not already sitting in it when the log overruns.
+const FLOOD_BEFORE: usize = 500;
+
+fn config() -> Arc<Config> {
+    let text = r#"
+[site]
+id = "flood"
+name = "Flood"
+kind = "compound"
+[broker]
+bind = "127.0.0.1:0"
+[[locations.buildings]]
+id = "b1"
+name = "1"
+floors = 6
+[[devices]]
+id = "smoke-1"
+kind = "smoke"
+location = { building = "b1", floor = 3 }
+[[devices]]
+id = "heat-0"
+kind = "heat"
+location = { building = "b1", floor = 1 }
+"#;
+    Arc::new(edge_config::parse(text, "flood.toml", std::path::Path::new(".")).unwrap())
+}
+
+/// A broker with tiny filter logs, the ingest's two links, and a third in-process link
+/// subscribed the way ingest used to be (one wildcard for every device), as a control.
+fn broker(ingest: &Ingest) -> (EmbeddedBroker, LocalLink, LocalLink, LocalLink) {
+    let (devices, watch) = ingest::local_link_ids("flood");
+    let mut s = BrokerSettings::new("127.0.0.1:0".parse().unwrap());
+    s.max_payload_bytes = MAX_PAYLOAD;
+    s.log_segment_bytes = 1024;
+    s.log_segment_count = 2;
+    s.local_subscribers = vec![
+        LocalSubscriber {
+            client_id: devices.clone(),
+            filters: ingest.device_filters(),
+        },
+        LocalSubscriber {
+            client_id: watch.clone(),
+            filters: ingest.watch_filters(),
+        },
+        LocalSubscriber {
+            client_id: "control-shared-wildcard".into(),
+            filters: vec!["sensors/+/state".into()],
+        },
+    ];
+    let mut b = EmbeddedBroker::start(s).expect("broker starts");
+    let d = b.take_local_link(&devices).unwrap();
+    let w = b.take_local_link(&watch).unwrap();
+    let c = b.take_local_link("control-shared-wildcard").unwrap();
+    (b, d, w, c)
+}
+
+/// Publishes everything at QoS 1 and returns once the broker acknowledged each message
+/// (rumqttd acknowledges after appending to the logs), so the logs hold their final state.
+async fn publish_all(broker: &EmbeddedBroker, messages: &[(String, String)]) {
+    let (client, mut events): (AsyncClient, _) = broker.async_client("flooder", 10_000);
+    let total = messages.len();
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher connection failed: {e}"),
+            }
+        }
+    });
+    for (topic, payload) in messages {
+        client
+            .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.as_bytes())
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(60), acks)
+        .await
+        .expect("every publish acknowledged within 60 s")
+        .unwrap();
+}
+
+fn heat(i: usize) -> (String, String) {
+    let padding = "x".repeat(150);
+    (
+        "sensors/heat-0/state".into(),
+        format!(r#"{{"temperature_c":{}.5,"note":"{padding}"}}"#, 20 + i % 5),
+    )
+}
+
+fn ghost(i: usize) -> (String, String) {
+    (
+        "sensors/ghost/state".into(),
+        format!(r#"{{"n":{i},"pad":"{}"}}"#, "y".repeat(150)),
+    )
+}
+
+/// Drains a link until it has been quiet for 500 ms; returns topic → messages seen.
+async fn drain(mut link: LocalLink) -> HashMap<String, Vec<String>> {
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    while let Ok(Ok(p)) = tokio::time::timeout(Duration::from_millis(500), link.next()).await {
+        seen.entry(String::from_utf8_lossy(&p.topic).into_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smoke_alarm_survives_a_flood_that_overruns_the_broker_logs_while_ingest_is_stalled() {
+    let config = config();
+    let ingest = Ingest::new(config.clone());
+    let stats = ingest.stats.clone();
+    let (broker, devices, watch, control) = broker(&ingest);
+
+    // Ingest is stalled (nobody reads the links) while the flood, the alarm and a flood of
+    // an unknown device's topic go through the broker.
+    let mut messages: Vec<(String, String)> = (0..FLOOD_BEFORE).map(heat).collect();
+    messages.extend((0..FLOOD_BEFORE).map(ghost));
+    messages.push(("sensors/smoke-1/state".into(), r#"{"smoke":true}"#.into()));
+    messages.extend((0..FLOOD_AFTER).map(heat));
+    messages.extend((0..FLOOD_AFTER).map(ghost));
+    publish_all(&broker, &messages).await;
+
+    // Control: a reader sharing one wildcard log with the flood lost the alarm — the hazard.
+    let shared = drain(control).await;
+    let shared_heat = shared.get("sensors/heat-0/state").map_or(0, Vec::len);
+    assert!(
+        shared_heat < FLOOD_BEFORE + FLOOD_AFTER,
+        "the shared log overran (the scenario is real): {shared_heat} flood messages read"
+    );
+    assert!(
+        !shared.contains_key("sensors/smoke-1/state"),
+        "a reader of one shared wildcard log loses the alarm in this flood"
+    );
+
+    // The gateway's ingest, started only now, still gets the alarm from its own log.
+    let (tx, mut rx) = mpsc::channel::<Reading>(10_000);
+    let token = CancellationToken::new();
+    let task = tokio::spawn(ingest::run_local(ingest, devices, watch, tx, token.clone()));
+    let mut readings = Vec::new();
+    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(800), rx.recv()).await {
+        readings.push(r);
+    }
+    token.cancel();
+    task.await.unwrap();
+
+    let smoke: Vec<&Reading> = readings
+        .iter()
+        .filter(|r| config.devices[r.device].id == "smoke-1")
+        .collect();
+    assert_eq!(smoke.len(), 1, "exactly the one alarm reading from smoke-1");
+    assert_eq!(smoke[0].decoded.values.smoke, Some(true));
+
+    let s = stats.snapshot();
+    let heat_seen = s.accepted - 1 + s.rejected_by_reason.get("throttled").copied().unwrap_or(0);
+    assert!(
+        heat_seen < (FLOOD_BEFORE + FLOOD_AFTER) as u64,
+        "the flooder's own log overran: ingest saw {heat_seen} of its messages"
+    );
+    assert!(
+        s.rejected_by_reason.get("throttled").copied().unwrap_or(0) > 0,
+        "the flooder is throttled"
+    );
+    assert!(
+        s.rejected_by_reason
+            .get("unknown_device")
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "the unknown device's topic is seen and counted through the watch link"
+    );
+}
