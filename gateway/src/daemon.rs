@@ -75,7 +75,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
                 .as_ref()
                 .map(|v| v.cameras.clone())
                 .unwrap_or_default(),
-            broker: running.broker_addr,
+            board: running.device_board.clone(),
         },
         &life,
     )?;

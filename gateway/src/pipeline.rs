@@ -62,6 +62,8 @@ pub struct Running {
     /// Where sensors connect (the embedded broker's real address).
     pub broker_addr: Option<SocketAddr>,
     pub ingest_stats: Arc<IngestStats>,
+    /// What every device last said (for the console's devices panel).
+    pub device_board: Arc<crate::ingest::board::DeviceBoard>,
     pub telemetry_stats: Arc<TelemetryStats>,
     pub alert_inputs: mpsc::Sender<AlertInput>,
     pub events: broadcast::Sender<crate::alerts::Alert>,
@@ -138,6 +140,7 @@ pub fn start(
 
     // Inputs: ingest (in-process links on the embedded broker, a client on an external one).
     let ingest_stats = ingest.stats.clone();
+    let device_board = ingest.board.clone();
     let (devices_id, watch_id) = ingest::local_link_ids(&config.site.id);
     let links = broker.as_mut().and_then(|b| {
         Some((
@@ -161,6 +164,7 @@ pub fn start(
         broker,
         broker_addr,
         ingest_stats,
+        device_board,
         telemetry_stats,
         alert_inputs: input_tx,
         events: events_tx,

@@ -103,7 +103,7 @@ impl Site {
                 events: Arc::new(running.events.subscribe()),
                 uplink: running.uplink.clone(),
                 cameras: Vec::new(),
-                broker: Some(broker),
+                board: running.device_board.clone(),
             },
             &life,
         )

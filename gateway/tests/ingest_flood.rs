@@ -196,3 +196,105 @@ async fn a_smoke_alarm_survives_a_flood_that_overruns_the_broker_logs_while_inge
         "the unknown device's topic is seen and counted through the watch link"
     );
 }
+
+fn config_with_smokes(n: usize) -> Arc<Config> {
+    use std::fmt::Write as _;
+    let mut text = String::from(
+        "[site]\nid = \"flood\"\nname = \"Flood\"\nkind = \"compound\"\n[broker]\nbind = \"127.0.0.1:0\"\n\
+         [[locations.buildings]]\nid = \"b1\"\nname = \"1\"\nfloors = 6\n\
+         [[devices]]\nid = \"heat-0\"\nkind = \"heat\"\nlocation = { building = \"b1\" }\n",
+    );
+    for i in 0..n {
+        let _ = write!(text, "[[devices]]\nid = \"smoke-{i}\"\nkind = \"smoke\"\nlocation = {{ building = \"b1\" }}\n");
+    }
+    Arc::new(edge_config::parse(&text, "flood.toml", std::path::Path::new(".")).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_alarm_published_during_a_full_speed_flood_reaches_the_rules() {
+    const ALARMS: usize = 30;
+    let config = config_with_smokes(ALARMS);
+    let ingest = Ingest::new(config.clone());
+    let stats = ingest.stats.clone();
+    let (devices, watch) = ingest::local_link_ids("flood");
+    let mut s = BrokerSettings::new("127.0.0.1:0".parse().unwrap());
+    s.local_subscribers = vec![
+        LocalSubscriber {
+            client_id: devices.clone(),
+            filters: ingest.device_filters(),
+        },
+        LocalSubscriber {
+            client_id: watch.clone(),
+            filters: ingest.watch_filters(),
+        },
+    ];
+    let mut broker = EmbeddedBroker::start(s).expect("broker starts");
+    let d = broker.take_local_link(&devices).unwrap();
+    let w = broker.take_local_link(&watch).unwrap();
+    let (tx, mut rx) = mpsc::channel::<Reading>(1_000);
+    let token = CancellationToken::new();
+    let task = tokio::spawn(ingest::run_local(ingest, d, w, tx, token.clone()));
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flooder, mut flood_events) = broker.async_client("flooder", 10_000);
+    tokio::spawn(async move { while flood_events.poll().await.is_ok() {} });
+    let flooding = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (topic, payload) = heat(n as usize);
+                let _ = flooder
+                    .publish(topic, QoS::AtMostOnce, false, payload)
+                    .await;
+                n += 1;
+            }
+            n
+        })
+    };
+    let (sensor, mut sensor_events) = broker.async_client("smokes", 100);
+    tokio::spawn(async move { while sensor_events.poll().await.is_ok() {} });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut missing: Vec<usize> = Vec::new();
+    for i in 0..ALARMS {
+        sensor
+            .publish(
+                format!("sensors/smoke-{i}/state"),
+                QoS::AtLeastOnce,
+                false,
+                r#"{"smoke":true}"#,
+            )
+            .await
+            .unwrap();
+        let want = config
+            .devices
+            .iter()
+            .position(|d| d.id == format!("smoke-{i}"))
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(r) = rx.recv().await {
+                if r.device == want {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !got {
+            missing.push(i);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flooded = flooding.await.unwrap();
+    token.cancel();
+    task.await.unwrap();
+    let s = stats.snapshot();
+    eprintln!("flood messages sent: {flooded}; ingest: {s:?}");
+    assert!(
+        missing.is_empty(),
+        "alarms that never reached the rules: {missing:?}"
+    );
+    assert!(s.rejected_by_reason.get("throttled").copied().unwrap_or(0) > 0);
+}

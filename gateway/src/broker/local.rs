@@ -66,6 +66,11 @@ pub struct LocalLink {
     /// Kept so the router keeps the connection (dropping both halves ends it).
     _tx: LinkTx,
     rx: LinkRx,
+    /// The router paused this link (its outgoing buffer was full) and has not been told we
+    /// drained it yet. Kept across calls so a [`LocalLink::next`] dropped while the wake-up
+    /// waits for room in the router's channel retries it: a lost wake-up would stall the
+    /// link for good.
+    wake_pending: bool,
 }
 
 impl std::fmt::Debug for LocalLink {
@@ -94,6 +99,7 @@ impl LocalLink {
             client_id: spec.client_id.clone(),
             _tx: tx,
             rx,
+            wake_pending: false,
         })
     }
 
@@ -105,6 +111,16 @@ impl LocalLink {
     /// The next forwarded publish. Cancel-safe: a dropped call loses nothing.
     pub async fn next(&mut self) -> Result<LocalPublish, LocalLinkError> {
         loop {
+            if self.wake_pending {
+                self.rx
+                    .wake()
+                    .await
+                    .map_err(|source| LocalLinkError::Router {
+                        client_id: self.client_id.clone(),
+                        source,
+                    })?;
+                self.wake_pending = false;
+            }
             let notification = self
                 .rx
                 .next()

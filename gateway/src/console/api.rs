@@ -440,7 +440,7 @@ async fn devices(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Valu
         )
     })
     .await?;
-    let rows = state.board.rows(&state.deps.config, &active);
+    let rows = super::devices::rows(&state.deps.board, &state.deps.config, &active);
     Ok(Json(json!({ "devices": rows })))
 }
 

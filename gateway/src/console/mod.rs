@@ -19,6 +19,7 @@ pub mod devices;
 pub mod pages;
 pub mod store;
 
+use crate::ingest::board::DeviceBoard;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -66,8 +67,8 @@ pub struct ConsoleDeps {
     pub uplink: Arc<UplinkStatus>,
     /// `(camera id, counters)` of the analysed cameras (empty without video).
     pub cameras: Vec<(String, Arc<CameraStats>)>,
-    /// The sensor broker, for the devices board (`None`: no last-seen data).
-    pub broker: Option<SocketAddr>,
+    /// What every device last said, kept by ingest.
+    pub board: Arc<DeviceBoard>,
 }
 
 /// The running console.
@@ -81,7 +82,6 @@ pub struct ConsoleHandle {
 pub(crate) struct State {
     pub deps: ConsoleDeps,
     pub auth: auth::Auth,
-    pub board: Arc<devices::Board>,
     /// Analysis fps per camera, sampled once a second.
     pub fps: Mutex<std::collections::HashMap<String, f64>>,
     /// Cancelled when the console stops: ends the SSE streams.
@@ -101,22 +101,11 @@ pub fn spawn(deps: ConsoleDeps, stages: &Stages) -> Result<ConsoleHandle, Consol
     let token = stages.token(Stage::Inputs);
     let state = Arc::new(State {
         auth: auth::Auth::new(deps.config.console.clone()),
-        board: Arc::new(devices::Board::default()),
         fps: Mutex::new(Default::default()),
         stop: token.child_token(),
         db_path: deps.data_dir.join(crate::db::FILE_NAME),
         deps,
     });
-    if let Some(broker) = state.deps.broker {
-        let (config, board, t) = (
-            state.deps.config.clone(),
-            state.board.clone(),
-            state.stop.clone(),
-        );
-        stages.spawn(Stage::Inputs, move |_| {
-            devices::observe(config, broker, board, t)
-        });
-    }
     let sampler = state.clone();
     stages.spawn(Stage::Inputs, move |_| sample_fps(sampler));
     let app = router(state.clone());
@@ -147,7 +136,6 @@ pub(crate) fn router(state: Arc<State>) -> axum::Router {
 pub fn test_router(deps: ConsoleDeps) -> axum::Router {
     router(Arc::new(State {
         auth: auth::Auth::new(deps.config.console.clone()),
-        board: Arc::new(devices::Board::default()),
         fps: Mutex::new(Default::default()),
         stop: CancellationToken::new(),
         db_path: deps.data_dir.join(crate::db::FILE_NAME),

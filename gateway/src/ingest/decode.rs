@@ -191,6 +191,41 @@ pub struct Values {
     pub linkquality: Option<f64>,
 }
 
+impl Values {
+    /// Takes every field `newer` has; keeps the others.
+    pub fn merge(&mut self, newer: &Values) {
+        // Destructured without `..`: a new field fails to compile until it is merged too.
+        macro_rules! take {
+            ($($f:ident),*) => {
+                let Values { $($f: _),* } = newer;
+                $(
+                    if newer.$f.is_some() {
+                        self.$f.clone_from(&newer.$f);
+                    }
+                )*
+            };
+        }
+        take!(
+            smoke,
+            temperature_c,
+            gas_lel_pct,
+            gas,
+            water_leak,
+            battery_pct,
+            battery_low,
+            tamper,
+            battery_temp_c,
+            voltage_v,
+            current_a,
+            charging,
+            present,
+            pressed,
+            state,
+            linkquality
+        );
+    }
+}
+
 /// A decoded message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {

@@ -7,7 +7,8 @@
 //!   its own: a device flooding at full speed can only overrun its own log, never push a smoke
 //!   detector's alarm out of a shared one (see `broker::local`). The *watch* link subscribes
 //!   the topic families (`sensors/#`, `zigbee2mqtt/#`) and only counts what no device owns
-//!   (`unknown_device`); the device link is always served first.
+//!   (`unknown_device`); it has its own loop, so however busy it is, device topics never wait
+//!   for it.
 //! - **External broker** ([`run`]): one rumqttc client subscribes (QoS 1) to the families
 //!   with wildcards plus any custom device topics. Flood isolation is then up to that broker.
 //!
@@ -15,6 +16,7 @@
 //! whatever is rejected is counted per reason and per device and logged at a limited rate.
 //! A flooding device is throttled on its own bucket, so other devices' alarms pass.
 
+pub mod board;
 pub mod decode;
 mod stats;
 mod throttle;
@@ -29,8 +31,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::LocalLink;
+use crate::broker::{LocalLink, LocalPublish};
 use crate::rules::Reading;
+use board::DeviceBoard;
 use decode::{decode, Reject, Router};
 pub use stats::{IngestStats, StatsSnapshot};
 use throttle::Throttle;
@@ -50,6 +53,8 @@ pub struct Ingest {
     /// Shared with the status API: counters are atomics and a small locked map, so reading
     /// them never blocks ingest for long.
     pub stats: Arc<IngestStats>,
+    /// Shared with the console's devices panel (last message of every device).
+    pub board: Arc<DeviceBoard>,
 }
 
 impl Ingest {
@@ -58,6 +63,7 @@ impl Ingest {
             router: Router::new(&config),
             throttle: Throttle::new(config.devices.len()),
             stats: Arc::new(IngestStats::default()),
+            board: Arc::new(DeviceBoard::new(config.devices.len())),
             config,
         }
     }
@@ -81,9 +87,12 @@ impl Ingest {
         self.router.watch_filters()
     }
 
-    /// Whether a device owns `topic` (then the device link delivers it, not the watch link).
-    pub fn owns(&self, topic: &str) -> bool {
-        self.router.route(topic).is_some()
+    /// A counter of unowned topics sharing this ingest's statistics, for the watch link.
+    pub fn watcher(&self) -> Watcher {
+        Watcher {
+            router: self.router.clone(),
+            stats: self.stats.clone(),
+        }
     }
 
     /// Handles one publish; `Ok` carries the reading to hand to the rules. `Ok(None)` for
@@ -120,6 +129,7 @@ impl Ingest {
             }
         }
         self.stats.accept();
+        self.board.record(device, &decoded, at);
         Ok(Some(Reading {
             device,
             at,
@@ -138,41 +148,82 @@ pub fn local_link_ids(site: &str) -> (String, String) {
 }
 
 /// Runs ingest on the embedded broker's in-process links until `token` is cancelled (or a
-/// link fails, which only happens if the router is gone). The device link always goes first.
+/// link fails, which only happens if the router is gone).
+///
+/// The two links are read by two loops joined in one future, never by a `select!` over both:
+/// a link's read may be waiting to tell the router it drained its buffer, and dropping that
+/// wait whenever the other link had data would starve it (a flood keeps the watch link busy).
 pub async fn run_local(
-    mut ingest: Ingest,
-    mut devices: LocalLink,
-    mut watch: LocalLink,
+    ingest: Ingest,
+    devices: LocalLink,
+    watch: LocalLink,
     out: mpsc::Sender<Reading>,
     token: CancellationToken,
 ) {
-    loop {
-        let (publish, from_watch) = tokio::select! {
-            biased;
-            _ = token.cancelled() => break,
-            p = devices.next() => (p, false),
-            p = watch.next() => (p, true),
-        };
-        let publish = match publish {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "ingest link to the embedded broker failed");
-                break;
-            }
-        };
+    let watcher = ingest.watcher();
+    tokio::join!(
+        read_devices(ingest, devices, out, token.clone()),
+        read_watch(watcher, watch, token),
+    );
+    tracing::info!("ingest stopped");
+}
+
+/// The device link: every publish goes through [`Ingest::handle`].
+async fn read_devices(
+    mut ingest: Ingest,
+    mut link: LocalLink,
+    out: mpsc::Sender<Reading>,
+    token: CancellationToken,
+) {
+    while let Some(publish) = next_or_stop(&mut link, &token).await {
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             continue;
         };
-        if from_watch && ingest.owns(topic) {
-            continue;
-        }
         if let Ok(Some(reading)) = ingest.handle(topic, &publish.payload, Instant::now()) {
             if out.send(reading).await.is_err() {
                 break;
             }
         }
     }
-    tracing::info!("ingest stopped");
+}
+
+/// The watch link: counts what no device owns; device topics are the device link's.
+async fn read_watch(watcher: Watcher, mut link: LocalLink, token: CancellationToken) {
+    while let Some(publish) = next_or_stop(&mut link, &token).await {
+        if let Ok(topic) = std::str::from_utf8(&publish.topic) {
+            watcher.observe(topic);
+        }
+    }
+}
+
+/// The link's next publish, or `None` once `token` is cancelled or the link failed.
+async fn next_or_stop(link: &mut LocalLink, token: &CancellationToken) -> Option<LocalPublish> {
+    tokio::select! {
+        _ = token.cancelled() => None,
+        p = link.next() => match p {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(error = %e, link = link.client_id(), "ingest link to the embedded broker failed");
+                None
+            }
+        },
+    }
+}
+
+/// Counts publishes on topics no device owns (see [`Ingest::watcher`]).
+pub struct Watcher {
+    router: Router,
+    stats: Arc<IngestStats>,
+}
+
+impl Watcher {
+    /// Counts `topic` as `unknown_device` unless a device owns it or it is bridge/command
+    /// traffic.
+    pub fn observe(&self, topic: &str) {
+        if self.router.route(topic).is_none() && !self.router.is_ignorable(topic) {
+            self.stats.reject(None, Reject::UnknownDevice, topic);
+        }
+    }
 }
 
 /// Runs the MQTT side of ingest until `token` is cancelled: (re)subscribes on every
