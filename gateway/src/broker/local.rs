@@ -42,15 +42,21 @@ pub struct LocalSubscriber {
 #[derive(Debug, thiserror::Error)]
 pub enum LocalLinkError {
     /// The router refused or dropped the link (it only does so when it is gone).
-    #[error("in-process link {client_id} to the MQTT router failed: {source}")]
-    Router {
-        client_id: String,
-        #[source]
-        source: LinkError,
-    },
+    #[error("in-process link {client_id} to the MQTT router failed: {reason}")]
+    Router { client_id: String, reason: String },
     /// The router disconnected the link (a duplicate client id takes over the session).
     #[error("in-process link {0} was disconnected by the MQTT router")]
     Disconnected(String),
+}
+
+impl LocalLinkError {
+    /// rumqttd's error carries the whole router event; only its message is kept.
+    pub(super) fn router(client_id: &str, e: LinkError) -> Self {
+        LocalLinkError::Router {
+            client_id: client_id.to_owned(),
+            reason: e.to_string(),
+        }
+    }
 }
 
 /// One message the router forwarded to a local link.
@@ -90,10 +96,7 @@ impl LocalLink {
     ) -> Result<LocalLink, LocalLinkError> {
         for filter in &spec.filters {
             tx.subscribe(filter.as_str())
-                .map_err(|source| LocalLinkError::Router {
-                    client_id: spec.client_id.clone(),
-                    source,
-                })?;
+                .map_err(|e| LocalLinkError::router(&spec.client_id, e))?;
         }
         Ok(LocalLink {
             client_id: spec.client_id.clone(),
@@ -115,20 +118,14 @@ impl LocalLink {
                 self.rx
                     .wake()
                     .await
-                    .map_err(|source| LocalLinkError::Router {
-                        client_id: self.client_id.clone(),
-                        source,
-                    })?;
+                    .map_err(|e| LocalLinkError::router(&self.client_id, e))?;
                 self.wake_pending = false;
             }
             let notification = self
                 .rx
                 .next()
                 .await
-                .map_err(|source| LocalLinkError::Router {
-                    client_id: self.client_id.clone(),
-                    source,
-                })?;
+                .map_err(|e| LocalLinkError::router(&self.client_id, e))?;
             match notification {
                 Some(Notification::Forward(f)) => {
                     return Ok(LocalPublish {
@@ -140,10 +137,7 @@ impl LocalLink {
                     self.rx
                         .wake()
                         .await
-                        .map_err(|source| LocalLinkError::Router {
-                            client_id: self.client_id.clone(),
-                            source,
-                        })?;
+                        .map_err(|e| LocalLinkError::router(&self.client_id, e))?;
                 }
                 Some(Notification::Disconnect(..)) => {
                     return Err(LocalLinkError::Disconnected(self.client_id.clone()))

@@ -334,10 +334,7 @@ impl EmbeddedBroker {
         for spec in &settings.local_subscribers {
             let (tx, rx, _connack) = LinkBuilder::new(&spec.client_id, router_tx.clone())
                 .build()
-                .map_err(|source| LocalLinkError::Router {
-                    client_id: spec.client_id.clone(),
-                    source,
-                })?;
+                .map_err(|e| LocalLinkError::router(&spec.client_id, e))?;
             local_links.insert(spec.client_id.clone(), LocalLink::subscribe(spec, tx, rx)?);
         }
 
