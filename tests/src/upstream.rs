@@ -24,7 +24,7 @@ pub const USER: &str = "gateway";
 /// Its password (in the mosquitto password file and in `gw.pass` for `password_file`).
 pub const PASSWORD: &str = "s3cret-upl1nk";
 /// The observer's login.
-const OBSERVER: (&str, &str) = ("observer", "observer-pw");
+pub const OBSERVER: (&str, &str) = ("observer", "observer-pw");
 
 /// Which server certificate mosquitto presents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

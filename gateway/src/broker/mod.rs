@@ -29,7 +29,10 @@
 //! - Bounded in-memory logs: rumqttd keeps, per subscription filter (and per topic published
 //!   before anyone subscribed to it), a commit log of [`LOG_SEGMENT_COUNT`] segments of
 //!   [`LOG_SEGMENT_BYTES`] (or more if one packet is larger). A subscriber that falls further
-//!   behind than that silently skips the oldest messages.
+//!   behind than that silently skips the oldest messages (rumqttd logs a warning, "cursor
+//!   jumped"). Everyone who subscribes one filter shares its log, so a wildcard subscriber
+//!   can lose a quiet device's message to a noisy one: the gateway's own ingest therefore
+//!   subscribes every device topic exactly, through in-process links (see [`local`]).
 //! - A client beyond the connection limit (plus [`RESERVED_CONNECTIONS`]) gets no CONNACK
 //!   either: rumqttd closes its connection.
 //!
@@ -73,9 +76,10 @@
 //!
 //! # Clients
 //!
-//! The gateway's ingest is a `rumqttc` client like any sensor (it must receive QoS 1, and
-//! follows the same code path as with an external broker): [`EmbeddedBroker::client_options`]
-//! fills in host, port, credentials, keep-alive and packet size. Its event loop must have
+//! The gateway's ingest reads the router in-process ([`LocalSubscriber`], attached before any
+//! listener opens; see [`local`]). Its other clients (alert publisher, actuator commands,
+//! resident notices) are `rumqttc` clients like any sensor: [`EmbeddedBroker::client_options`]
+//! fills in host, port, credentials, keep-alive and packet size. Their event loops must have
 //! `TCP_NODELAY` set — without it QoS 1 delivery of 1 KB messages stalls at ~5–7 k msg/s —
 //! with [`enable_tcp_nodelay`], or use [`EmbeddedBroker::async_client`] which does both.
 
@@ -98,7 +102,7 @@ use rumqttd::protocol::Protocol;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio_rustls::rustls;
 
-mod local;
+pub mod local;
 pub use local::{LocalLink, LocalLinkError, LocalPublish, LocalSubscriber};
 
 /// Size of one segment of rumqttd's per-filter in-memory commit log (raised to the packet
