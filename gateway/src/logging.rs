@@ -15,10 +15,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default `info` filter.
+/// The default filter. rumqttd's segment and routing warnings are one line per "cursor
+/// jump", i.e. per overrun of a log under a flood; ingest counts those drops per device
+/// (`broker_overrun`) and logs them at a limited rate instead.
+const DEFAULT_FILTER: &str =
+    "info,rumqttd=warn,rumqttd::segments=error,rumqttd::router::routing=error,rumqttc=warn";
+
+/// Installs the global subscriber. `RUST_LOG` overrides [`DEFAULT_FILTER`].
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn,rumqttc=warn"));
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Human => registry

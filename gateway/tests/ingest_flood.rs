@@ -178,10 +178,21 @@ async fn a_smoke_alarm_survives_a_flood_that_overruns_the_broker_logs_while_inge
     assert_eq!(smoke[0].decoded.values.smoke, Some(true));
 
     let s = stats.snapshot();
-    let heat_seen = s.accepted - 1 + s.rejected_by_reason.get("throttled").copied().unwrap_or(0);
+    let reason = |r: &str| s.rejected_by_reason.get(r).copied().unwrap_or(0);
+    let heat_read = s.accepted - 1 + reason("throttled");
     assert!(
-        heat_seen < (FLOOD_BEFORE + FLOOD_AFTER) as u64,
-        "the flooder's own log overran: ingest saw {heat_seen} of its messages"
+        heat_read < (FLOOD_BEFORE + FLOOD_AFTER) as u64,
+        "the flooder's own log overran: ingest read {heat_read} of its messages"
+    );
+    assert_eq!(
+        heat_read + reason("broker_overrun"),
+        (FLOOD_BEFORE + FLOOD_AFTER) as u64,
+        "every flood message is accounted for: read, or counted as dropped by the broker"
+    );
+    assert_eq!(
+        s.rejected_by_device.get("heat-0").copied().unwrap_or(0),
+        reason("throttled") + reason("broker_overrun"),
+        "the drops are counted against the flooder"
     );
     assert!(
         s.rejected_by_reason.get("throttled").copied().unwrap_or(0) > 0,

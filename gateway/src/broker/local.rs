@@ -25,6 +25,8 @@
 //! most its outgoing capacity into the link, then marks it unscheduled; [`LocalLink::next`]
 //! wakes it again when it meets that mark, as rumqttd's own network links do.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::Notification;
@@ -64,6 +66,9 @@ impl LocalLinkError {
 pub struct LocalPublish {
     pub topic: Bytes,
     pub payload: Bytes,
+    /// Messages of this topic the router dropped just before this one because its log
+    /// overran (counted on links whose filters are all exact topics; 0 on wildcard links).
+    pub dropped_before: u64,
 }
 
 /// A subscriber attached to the router in-process; see the [module docs](self).
@@ -77,6 +82,10 @@ pub struct LocalLink {
     /// waits for room in the router's channel retries it: a lost wake-up would stall the
     /// link for good.
     wake_pending: bool,
+    /// Exact-topic links only: the log offset of the last message read per topic. Each exact
+    /// filter has a log of its own whose offsets count up by one per message, so a jump is
+    /// the number of messages the router dropped when the log overran.
+    last_offsets: Option<HashMap<Bytes, u64>>,
 }
 
 impl std::fmt::Debug for LocalLink {
@@ -88,6 +97,18 @@ impl std::fmt::Debug for LocalLink {
 }
 
 impl LocalLink {
+    /// How many messages of `topic` were skipped before the one at `cursor`. The filter was
+    /// created by our subscription before any listener opened, so its first message is at
+    /// offset 0.
+    fn dropped_before(&mut self, topic: &Bytes, cursor: Option<(u64, u64)>) -> u64 {
+        let (Some(last), Some((_, offset))) = (self.last_offsets.as_mut(), cursor) else {
+            return 0;
+        };
+        let expected = last.get(topic).map_or(0, |o| o + 1);
+        last.insert(topic.clone(), offset);
+        offset.saturating_sub(expected)
+    }
+
     /// Wraps a freshly built link and subscribes every filter of `spec`.
     pub(super) fn subscribe(
         spec: &LocalSubscriber,
@@ -103,6 +124,11 @@ impl LocalLink {
             _tx: tx,
             rx,
             wake_pending: false,
+            last_offsets: spec
+                .filters
+                .iter()
+                .all(|f| !f.contains(['+', '#']))
+                .then(HashMap::new),
         })
     }
 
@@ -128,10 +154,12 @@ impl LocalLink {
                 .map_err(|e| LocalLinkError::router(&self.client_id, e))?;
             match notification {
                 Some(Notification::Forward(f)) => {
+                    let dropped_before = self.dropped_before(&f.publish.topic, f.cursor);
                     return Ok(LocalPublish {
                         topic: f.publish.topic,
                         payload: f.publish.payload,
-                    })
+                        dropped_before,
+                    });
                 }
                 Some(Notification::Unschedule) => {
                     self.rx

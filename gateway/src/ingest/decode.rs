@@ -28,17 +28,22 @@ pub enum Reject {
     UnknownDevice,
     #[error("device exceeded its message rate")]
     Throttled,
+    /// The embedded broker dropped the oldest messages of this device's topic because they
+    /// came faster than ingest read them (its per-topic log overran; only a flood does that).
+    #[error("the broker dropped messages that came faster than ingest could read them")]
+    BrokerOverrun,
 }
 
 impl Reject {
     /// All reasons, for reports.
-    pub const ALL: [Reject; 6] = [
+    pub const ALL: [Reject; 7] = [
         Reject::Oversized,
         Reject::InvalidJson,
         Reject::NotAnObject,
         Reject::WrongType,
         Reject::UnknownDevice,
         Reject::Throttled,
+        Reject::BrokerOverrun,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +54,7 @@ impl Reject {
             Reject::WrongType => "wrong_type",
             Reject::UnknownDevice => "unknown_device",
             Reject::Throttled => "throttled",
+            Reject::BrokerOverrun => "broker_overrun",
         }
     }
 }

@@ -87,6 +87,17 @@ impl Ingest {
         self.router.watch_filters()
     }
 
+    /// Counts `n` messages of `topic` the embedded broker dropped before ingest could read
+    /// them (see [`Reject::BrokerOverrun`]).
+    pub fn broker_overrun(&self, topic: &str, n: u64) {
+        let device = self
+            .router
+            .route(topic)
+            .map(|(i, _)| self.config.devices[i].id.as_str());
+        self.stats
+            .reject_many(device, Reject::BrokerOverrun, topic, n);
+    }
+
     /// A counter of unowned topics sharing this ingest's statistics, for the watch link.
     pub fn watcher(&self) -> Watcher {
         Watcher {
@@ -179,6 +190,9 @@ async fn read_devices(
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             continue;
         };
+        if publish.dropped_before > 0 {
+            ingest.broker_overrun(topic, publish.dropped_before);
+        }
         if let Ok(Some(reading)) = ingest.handle(topic, &publish.payload, Instant::now()) {
             if out.send(reading).await.is_err() {
                 break;

@@ -49,12 +49,17 @@ impl IngestStats {
 
     /// Counts a rejection and logs it unless this (device, reason) was logged recently.
     pub fn reject(&self, device: Option<&str>, reason: Reject, topic: &str) {
+        self.reject_many(device, reason, topic, 1);
+    }
+
+    /// Counts `n` rejections at once (the broker reports dropped messages in runs).
+    pub fn reject_many(&self, device: Option<&str>, reason: Reject, topic: &str, n: u64) {
         let key = (device.unwrap_or("-").to_owned(), reason);
         let Ok(mut map) = self.rejected.lock() else {
             return;
         };
         let entry = map.entry(key).or_default();
-        entry.count += 1;
+        entry.count += n;
         let now = Instant::now();
         if entry
             .logged_at
