@@ -8,8 +8,8 @@
 //!        └── enforce_quota / stats ── housekeeping task ──▶ status.json, buffer_full alert
 //! ```
 //!
-//! Two tasks of [`Stage::Outbox`](crate::shutdown::Stage::Outbox) share one
-//! [`Outbox`](crate::outbox::Outbox) (its own SQLite connection) behind a mutex; every SQLite
+//! Two tasks of [`Stage::Outbox`] share one
+//! [`Outbox`] (its own SQLite connection) behind a mutex; every SQLite
 //! call runs on a blocking thread (`spawn_blocking`), never on the async workers.
 //!
 //! # Connection states
