@@ -21,6 +21,14 @@
 //! - [`shutdown`] — the one shutdown signal, per-stage cancellation and completion guards,
 //!   stopping inputs → processing → outbox flush → database within a deadline.
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
+//! - [`pipeline`] — wires the sensor side together: broker → ingest → rules → alerts →
+//!   local publication, telemetry and the uplink.
+//! - [`broker`] — the embedded MQTT broker (rumqttd) and its in-process links.
+//! - [`ingest`] — sensor messages in (one broker log per device topic), decoded readings
+//!   out; rejections counted per reason and device; the devices board.
+//! - [`rules`] — hazard rules as state machines with debounce, hysteresis and clear-hold.
+//! - [`alerts`] — the alert model, lifecycle (escalation, linkage) and its SQLite store.
+//! - [`publish`] / [`telemetry`] — retained local alert topics; durable telemetry batches.
 //! - [`db`] — the single SQLite (WAL) database shared by alerts and the outbox.
 //! - [`outbox`] — the durable store-and-forward queue; its design is at the top of the module.
 //! - [`video`] — camera pipelines: capture (FFmpeg) → motion → detect (ONNX Runtime) → track

@@ -13,7 +13,8 @@
 //! - Username/password authentication from [`BrokerSettings::credentials`] (compared in
 //!   constant time by rumqttd). A refused login gets **no** CONNACK: rumqttd just closes the
 //!   connection. With credentials configured, a random internal user is added for the
-//!   gateway's own ingest client ([`EmbeddedBroker::internal_credentials`]).
+//!   gateway's own clients ([`EmbeddedBroker::internal_credentials`]; ingest reads the router
+//!   in-process and needs none).
 //! - A packet size limit and a connection limit ([`BrokerSettings::max_payload_bytes`],
 //!   [`BrokerSettings::max_connections`]).
 //!
@@ -51,7 +52,7 @@
 //! freed and every client connection is closed (sensors see a dropped connection; their last
 //! wills are not published). The **router thread has no stop API**: it stays parked, idle, with
 //! its in-memory state until the process exits. For the daemon's graceful shutdown this means:
-//! the inputs stage first stops the ingest client's subscription, then drops (or shuts down)
+//! the inputs stage first stops ingest, then drops (or shuts down)
 //! the broker handle; nothing is lost that a restart would not lose anyway (see "No
 //! persistence").
 //!
@@ -117,7 +118,7 @@ pub const PORT_PICK_ATTEMPTS: u32 = 5;
 /// rumqttd (and rumqttc) limit applies to the whole MQTT packet body.
 pub const PACKET_OVERHEAD_BYTES: usize = 1024;
 /// Connections allowed on top of [`BrokerSettings::max_connections`]: headroom for the
-/// gateway's own ingest client and the start-up probe (rumqttd cannot reserve them, so this
+/// gateway's own clients and the start-up probe (rumqttd cannot reserve them, so this
 /// only keeps a full house of sensors from locking the gateway out).
 pub const RESERVED_CONNECTIONS: usize = 2;
 /// Keep-alive the [`EmbeddedBroker::client_options`] use (rumqttd refuses keep-alive 0).
