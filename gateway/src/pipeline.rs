@@ -136,7 +136,14 @@ pub fn start(
     });
 
     // Outbox: housekeeping (quota, buffer_full, status.json) and the uplink.
-    let uplink = crate::uplink::start(&config, db_path, stages, &input_tx, events_tx.subscribe())?;
+    let uplink = crate::uplink::start(
+        &config,
+        db_path,
+        stages,
+        &input_tx,
+        events_tx.subscribe(),
+        Some(ingest.stats.clone()),
+    )?;
 
     // Inputs: ingest (in-process links on the embedded broker, a client on an external one).
     let ingest_stats = ingest.stats.clone();

@@ -67,12 +67,32 @@ fn two_gateways_cannot_share_one_data_directory() {
 }
 
 #[test]
-fn gateway_status_reports_a_running_daemon_and_its_outbox() {
+fn gateway_status_reports_a_running_daemon_its_outbox_and_rejected_sensor_messages() {
     let data = tempfile::tempdir().unwrap();
     let config = demo_config_on_free_ports(data.path());
     let dir = data.path().join("data");
     let mut gw = Gateway::start(&config, &dir);
-    gw.wait_ready();
+    let broker = gw.wait_ready();
+    // A smoke detector sends garbage twice, and something publishes for a device nobody has.
+    for (topic, payload) in [
+        ("sensors/b1-u1-1201-smoke/state", "{not json"),
+        ("sensors/b1-u1-1201-smoke/state", "{not json"),
+        ("sensors/ghost-7/state", r#"{"smoke":true}"#),
+    ] {
+        let published = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port().to_string(),
+                "-q",
+                "1",
+            ])
+            .args(["-t", topic, "-m", payload])
+            .status()
+            .expect("mosquitto_pub (install it: ./x deps)");
+        assert!(published.success());
+    }
     // The daemon refreshes status.json every second.
     std::thread::sleep(Duration::from_millis(2500));
     let out = std::process::Command::new(e2e::bin("gateway"))
@@ -88,6 +108,16 @@ fn gateway_status_reports_a_running_daemon_and_its_outbox() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["running"], true);
     assert!(report["outbox"]["backlog_total"].is_u64(), "{report}");
+    let ingest = &report["ingest"];
+    assert_eq!(ingest["rejected_by_reason"]["invalid_json"], 2, "{report}");
+    assert_eq!(
+        ingest["rejected_by_reason"]["unknown_device"], 1,
+        "{report}"
+    );
+    assert_eq!(
+        ingest["rejected_by_device"]["b1-u1-1201-smoke"], 2,
+        "{report}"
+    );
     let text = std::process::Command::new(e2e::bin("gateway"))
         .args(["status", "--data-dir"])
         .arg(&dir)
@@ -96,6 +126,10 @@ fn gateway_status_reports_a_running_daemon_and_its_outbox() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("daemon:      running"), "{text}");
     assert!(text.contains("backlog:"), "{text}");
+    assert!(
+        text.contains("invalid_json 2") && text.contains("most rejected: b1-u1-1201-smoke 2"),
+        "{text}"
+    );
 }
 
 /// A minimal HTTP/1.1 GET over loopback; returns the status code.

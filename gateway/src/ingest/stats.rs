@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::decode::Reject;
 
@@ -34,12 +34,38 @@ pub struct IngestStats {
 }
 
 /// A copy of the counters.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub accepted: u64,
     pub rejected_total: u64,
     pub rejected_by_reason: BTreeMap<String, u64>,
+    /// Device id (`-` for topics no device owns) → rejections.
     pub rejected_by_device: BTreeMap<String, u64>,
+}
+
+impl StatsSnapshot {
+    /// The same counters with only the `n` devices with the most rejections kept (what goes
+    /// into `status.json`, rewritten every second).
+    pub fn with_top_devices(mut self, n: usize) -> Self {
+        let mut devices: Vec<(String, u64)> = std::mem::take(&mut self.rejected_by_device)
+            .into_iter()
+            .collect();
+        devices.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        self.rejected_by_device = devices.into_iter().take(n).collect();
+        self
+    }
+
+    /// `device (count)` for the devices with the most rejections, most first.
+    pub fn top_devices(&self, n: usize) -> Vec<(&str, u64)> {
+        let mut devices: Vec<(&str, u64)> = self
+            .rejected_by_device
+            .iter()
+            .map(|(d, c)| (d.as_str(), *c))
+            .collect();
+        devices.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        devices.truncate(n);
+        devices
+    }
 }
 
 impl IngestStats {
@@ -105,5 +131,28 @@ impl IngestStats {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_file_keeps_only_the_devices_with_the_most_rejections() {
+        let stats = IngestStats::default();
+        for i in 0..30u64 {
+            let device = format!("dev-{i:02}");
+            stats.reject_many(Some(&device), Reject::Throttled, "t", i + 1);
+        }
+        stats.reject(None, Reject::UnknownDevice, "ghost");
+        let full = stats.snapshot();
+        assert_eq!(full.rejected_by_device.len(), 31);
+        assert_eq!(full.rejected_total, (1..=30).sum::<u64>() + 1);
+        let top = full.clone().with_top_devices(3);
+        let kept: Vec<&str> = top.rejected_by_device.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["dev-27", "dev-28", "dev-29"]);
+        assert_eq!(top.rejected_total, full.rejected_total, "totals stay whole");
+        assert_eq!(full.top_devices(2), [("dev-29", 30), ("dev-28", 29)]);
     }
 }

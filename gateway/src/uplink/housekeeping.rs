@@ -1,6 +1,7 @@
 //! Housekeeping: quota enforcement, the `buffer_full` alert and the status file, every
 //! second, whatever the link state.
 
+use crate::ingest::IngestStats;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use edge_config::{AlertKind, Level};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::status::{now_ms, StatusFile, UplinkStatus};
+use super::status::{now_ms, StatusFile, UplinkStatus, STATUS_TOP_DEVICES};
 use super::SharedOutbox;
 use crate::alerts::task::AlertInput;
 use crate::alerts::{Location, Source};
@@ -23,6 +24,8 @@ pub struct HousekeepingSettings {
     pub quota_bytes: u64,
     /// Where to write `status.json` (`None`: don't).
     pub status_file: Option<PathBuf>,
+    /// Sensor ingest counters to include in `status.json` (`None`: none).
+    pub ingest: Option<Arc<IngestStats>>,
     pub every: Duration,
 }
 
@@ -118,6 +121,10 @@ async fn write_status(settings: &HousekeepingSettings, status: &UplinkStatus) {
         pid: std::process::id(),
         updated_at_ms: now_ms(),
         link: status.snapshot(),
+        ingest: settings
+            .ingest
+            .as_ref()
+            .map(|i| i.snapshot().with_top_devices(STATUS_TOP_DEVICES)),
     };
     match tokio::task::spawn_blocking(move || file.write(&path)).await {
         Ok(Ok(())) => {}

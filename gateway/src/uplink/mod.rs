@@ -329,6 +329,7 @@ pub fn start(
     stages: &Stages,
     alert_inputs: &mpsc::Sender<AlertInput>,
     events: broadcast::Receiver<Alert>,
+    ingest: Option<Arc<crate::ingest::IngestStats>>,
 ) -> Result<Arc<UplinkStatus>, UplinkError> {
     let link_settings = LinkSettings::from_config(config)?;
     let outbox = SharedOutbox::new(Outbox::open(db_path)?);
@@ -337,6 +338,7 @@ pub fn start(
     let housekeeping = HousekeepingSettings {
         quota_bytes: config.storage.quota_mb.saturating_mul(1024 * 1024),
         status_file: Some(data_dir.join(STATUS_FILE)),
+        ingest,
         every: Duration::from_secs(1),
     };
     let weak_inputs = alert_inputs.downgrade();

@@ -1,6 +1,7 @@
 //! Link state and counters: live ([`UplinkStatus`]), persisted every second
 //! ([`StatusFile`], `status.json`) and read back for `gateway status` ([`status_report`]).
 
+use crate::ingest::StatsSnapshot;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -217,7 +218,14 @@ pub struct StatusFile {
     pub pid: u32,
     pub updated_at_ms: i64,
     pub link: LinkSnapshot,
+    /// Sensor ingest counters (top [`STATUS_TOP_DEVICES`] devices by rejections); absent in
+    /// files from older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<StatsSnapshot>,
 }
+
+/// Devices with the most rejections kept in `status.json`.
+pub const STATUS_TOP_DEVICES: usize = 20;
 
 impl StatusFile {
     /// Writes atomically (temp file in the same directory, then rename), so a reader never
@@ -263,6 +271,9 @@ pub struct StatusReport {
     pub outbox: OutboxStats,
     /// Age of the oldest undelivered row, seconds.
     pub oldest_undelivered_age_s: Option<f64>,
+    /// Sensor messages accepted and rejected (per reason, per device) by the running daemon
+    /// since it started (absent when it is not running).
+    pub ingest: Option<StatsSnapshot>,
 }
 
 /// Reads the status of the gateway whose data directory is `data_dir`, without disturbing a
@@ -298,6 +309,10 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, UplinkError> {
         data_dir: data_dir.to_owned(),
         running,
         status_updated_at_ms: file.as_ref().map(|f| f.updated_at_ms),
+        ingest: file
+            .as_ref()
+            .and_then(|f| f.ingest.clone())
+            .filter(|_| running),
         link: file.map(|f| f.link),
         oldest_undelivered_age_s: stats
             .oldest_undelivered_ms
@@ -315,6 +330,29 @@ fn ago(ms: i64) -> String {
     } else {
         format!("{:.1} h", s / 3600.0)
     }
+}
+
+/// `sensors: N accepted, M rejected (reason n, …); most rejected: dev n, …`.
+fn sensors_line(i: &StatsSnapshot) -> String {
+    let mut line = format!(
+        "sensors:     {} accepted, {} rejected",
+        i.accepted, i.rejected_total
+    );
+    if i.rejected_total > 0 {
+        let reasons: Vec<String> = i
+            .rejected_by_reason
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        line.push_str(&format!(" ({})", reasons.join(", ")));
+        let top: Vec<String> = i
+            .top_devices(3)
+            .into_iter()
+            .map(|(d, n)| format!("{d} {n}"))
+            .collect();
+        line.push_str(&format!("; most rejected: {}", top.join(", ")));
+    }
+    line
 }
 
 fn mb(bytes: u64) -> String {
@@ -391,7 +429,11 @@ impl fmt::Display for StatusReport {
             o.delivered_total, o.requeued_total, o.evicted_total, e.telemetry, e.notice, e.warning
         )?;
         let full = self.running && self.link.as_ref().is_some_and(|l| l.buffer_full);
-        write!(f, "buffer_full: {}", if full { "YES" } else { "no" })
+        write!(f, "buffer_full: {}", if full { "YES" } else { "no" })?;
+        if let Some(i) = &self.ingest {
+            write!(f, "\n{}", sensors_line(i))?;
+        }
+        Ok(())
     }
 }
 
@@ -436,6 +478,7 @@ mod tests {
             pid: std::process::id(),
             updated_at_ms: now_ms(),
             link: status.snapshot(),
+            ingest: None,
         }
         .write(&dir.path().join(STATUS_FILE))
         .unwrap();
@@ -461,6 +504,7 @@ mod tests {
             pid: 1,
             updated_at_ms: now_ms() - 60_000,
             link: UplinkStatus::new(None).snapshot(),
+            ingest: None,
         }
         .write(&dir.path().join(STATUS_FILE))
         .unwrap();
