@@ -18,7 +18,7 @@ pub enum LogFormat {
 /// The default filter. rumqttd's segment and routing warnings are one line per "cursor
 /// jump", i.e. per overrun of a log under a flood; ingest counts those drops per device
 /// (`broker_overrun`) and logs them at a limited rate instead.
-const DEFAULT_FILTER: &str =
+pub const DEFAULT_FILTER: &str =
     "info,rumqttd=warn,rumqttd::segments=error,rumqttd::router::routing=error,rumqttc=warn";
 
 /// Installs the global subscriber. `RUST_LOG` overrides [`DEFAULT_FILTER`].

@@ -124,7 +124,7 @@ pub use housekeeping::HousekeepingSettings;
 pub use link::Link;
 pub use status::{
     status_report, LinkSnapshot, LinkState, StatusFile, StatusReport, UplinkStatus, STALE_AFTER,
-    STATUS_FILE,
+    STATUS_FILE, STATUS_TOP_DEVICES,
 };
 
 /// First reconnect delay; doubled per failed attempt up to `retry_backoff_max_s`.
