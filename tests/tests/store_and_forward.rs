@@ -459,3 +459,107 @@ async fn a_platform_ack_command_acknowledges_the_alert_on_the_gateway() {
     assert_eq!(state, 1);
     let _ = site.dir.path();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_qos_2_a_backlog_arrives_exactly_once_and_a_broker_restart_mid_drain_loses_nothing() {
+    const ROWS: u64 = 3_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut upstream = Upstream::start(tmp.path());
+    let collector = Collector::start(&upstream, "platform-qos2").await;
+    let site = Site::new(&upstream, "", "");
+    let text = std::fs::read_to_string(&site.config).unwrap();
+    assert!(text.contains("keep_alive_s = 5\n"));
+    std::fs::write(
+        &site.config,
+        text.replace("keep_alive_s = 5\n", "keep_alive_s = 5\nqos = 2\n"),
+    )
+    .unwrap();
+
+    // First backlog: drained over one connection, every alert exactly once.
+    let rows: Vec<_> = (1..=ROWS).map(|s| (Class::Alarm, Some(s))).collect();
+    seed_outbox(&site.db(), &rows, 200);
+    let mut gw = site.start();
+    let starting = saw_or_wait(&mut gw, "uplink starting", Duration::from_secs(20));
+    assert_eq!(starting["qos"], 2, "{starting}");
+    gw.wait_ready();
+    let got_all = |n: u64| {
+        move |a: &[e2e::upstream::Received]| {
+            a.iter()
+                .filter(|r| is_seeded(r))
+                .map(|r| r.seq)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len() as u64
+                >= n
+        }
+    };
+    assert!(
+        collector
+            .wait_until(Duration::from_secs(60), got_all(ROWS))
+            .await,
+        "the QoS 2 backlog did not arrive: {:?}",
+        collector.report(1..=ROWS, is_seeded)
+    );
+    let report = collector.report(1..=ROWS, is_seeded);
+    assert!(
+        report.missing.is_empty() && report.out_of_order.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.duplicates, 0,
+        "QoS 2 over one connection: exactly once"
+    );
+    let drained = |data: &Path| {
+        gateway::uplink::status_report(data)
+            .unwrap()
+            .outbox
+            .backlog_total
+            == 0
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !drained(&site.data) {
+        assert!(
+            Instant::now() < deadline,
+            "rows stayed in the outbox after PUBCOMP"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
+
+    // Second backlog: the platform's broker restarts in the middle of the drain.
+    let more: Vec<_> = (ROWS + 1..=2 * ROWS)
+        .map(|s| (Class::Alarm, Some(s)))
+        .collect();
+    seed_outbox(&site.db(), &more, 200);
+    let mut gw = site.start();
+    gw.wait_ready();
+    assert!(
+        collector
+            .wait_until(Duration::from_secs(30), got_all(ROWS + 200))
+            .await,
+        "the second backlog did not start draining"
+    );
+    upstream.restart();
+    assert!(
+        collector
+            .wait_until(Duration::from_secs(90), got_all(2 * ROWS))
+            .await,
+        "alerts lost across the broker restart: {:?}",
+        collector.report(1..=2 * ROWS, is_seeded)
+    );
+    let report = collector.report(1..=2 * ROWS, is_seeded);
+    assert!(report.missing.is_empty(), "missing: {:?}", report.missing);
+    eprintln!(
+        "qos 2 restart: {} duplicates re-sent after the reconnect",
+        report.duplicates
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !drained(&site.data) {
+        assert!(
+            Instant::now() < deadline,
+            "rows stayed in the outbox after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(gw);
+}

@@ -353,6 +353,7 @@ pub fn start(
             tracing::info!(
                 host = %settings.host, port = settings.port, tls = settings.tls.is_some(),
                 client_id = %settings.client_id, max_inflight = settings.max_inflight,
+                qos = settings.qos as u8,
                 "uplink starting"
             );
             let link = Link::new(settings, outbox, status.clone())
