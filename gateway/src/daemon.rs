@@ -76,6 +76,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
                 .map(|v| v.cameras.clone())
                 .unwrap_or_default(),
             board: running.device_board.clone(),
+            ingest: running.ingest_stats.clone(),
         },
         &life,
     )?;

@@ -104,6 +104,7 @@ impl Site {
                 uplink: running.uplink.clone(),
                 cameras: Vec::new(),
                 board: running.device_board.clone(),
+                ingest: running.ingest_stats.clone(),
             },
             &life,
         )
@@ -593,6 +594,17 @@ async fn a_sensor_alert_reaches_the_live_feed_within_a_second_and_its_acknowledg
     )
     .await;
     assert_eq!(times.json()["last_24h"]["smoke"]["acknowledge"]["count"], 1);
+    // One garbled message from the detector: counted against it on the devices panel.
+    sensor
+        .publish(
+            "sensors/b1-smoke/state",
+            QoS::AtLeastOnce,
+            false,
+            "{garbled",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let devices = http(site.console, "GET", "/api/devices", Some(&cookie), None).await;
     let smoke = devices.json()["devices"]
         .as_array()
@@ -603,6 +615,7 @@ async fn a_sensor_alert_reaches_the_live_feed_within_a_second_and_its_acknowledg
         .unwrap();
     assert_eq!(smoke["status"], "online");
     assert_eq!(smoke["battery_pct"], 90.0);
+    assert_eq!(smoke["rejected"], 1, "{smoke}");
     site.stop().await;
 }
 

@@ -440,7 +440,8 @@ async fn devices(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Valu
         )
     })
     .await?;
-    let rows = super::devices::rows(&state.deps.board, &state.deps.config, &active);
+    let ingest = state.deps.ingest.snapshot();
+    let rows = super::devices::rows(&state.deps.board, &ingest, &state.deps.config, &active);
     Ok(Json(json!({ "devices": rows })))
 }
 

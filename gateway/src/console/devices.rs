@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::alerts::{Alert, Source};
 use crate::ingest::board::DeviceBoard;
+use crate::ingest::StatsSnapshot;
 
 /// One row of `GET /api/devices`.
 #[derive(Debug, Clone, Serialize)]
@@ -20,12 +21,20 @@ pub struct DeviceRow {
     pub battery_pct: Option<f64>,
     /// The latest values (merged over messages), as in the alert's `readings.values`.
     pub reading: serde_json::Value,
+    /// Its messages ingest rejected since the gateway started (invalid, throttled, …).
+    pub rejected: u64,
     /// Active alerts of this device: `kind:level`.
     pub active_alerts: Vec<String>,
 }
 
-/// Every configured device as `board` has it, with `active` alerts folded in.
-pub fn rows(board: &DeviceBoard, config: &Config, active: &[Alert]) -> Vec<DeviceRow> {
+/// Every configured device as `board` has it, with its rejections from `ingest` and its
+/// `active` alerts folded in.
+pub fn rows(
+    board: &DeviceBoard,
+    ingest: &StatsSnapshot,
+    config: &Config,
+    active: &[Alert],
+) -> Vec<DeviceRow> {
     let seen = board.snapshot();
     let now = Utc::now();
     config
@@ -63,6 +72,7 @@ pub fn rows(board: &DeviceBoard, config: &Config, active: &[Alert]) -> Vec<Devic
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
                 battery_pct: s.values.battery_pct,
                 reading: serde_json::to_value(&s.values).unwrap_or_default(),
+                rejected: ingest.rejected_by_device.get(&d.id).copied().unwrap_or(0),
                 active_alerts: alerts
                     .iter()
                     .map(|a| format!("{}:{}", a.kind.as_str(), a.level.as_str()))

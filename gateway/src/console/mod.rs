@@ -69,6 +69,8 @@ pub struct ConsoleDeps {
     pub cameras: Vec<(String, Arc<CameraStats>)>,
     /// What every device last said, kept by ingest.
     pub board: Arc<DeviceBoard>,
+    /// Ingest's accepted/rejected counters (rejections per device on the devices panel).
+    pub ingest: Arc<crate::ingest::IngestStats>,
 }
 
 /// The running console.
