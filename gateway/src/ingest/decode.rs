@@ -126,11 +126,17 @@ impl Router {
         topics
     }
 
-    /// The topic families the embedded broker's in-process *watch* link subscribes to, so
+    /// What the embedded broker's in-process *watch* link subscribes to (everything), so
     /// publishes on topics no device owns are still seen and counted. Its log is shared, so
     /// under a flood these counts are lower bounds; device topics never depend on it.
     pub fn watch_filters(&self) -> Vec<String> {
         WATCH_WILDCARDS.iter().map(|f| f.to_string()).collect()
+    }
+
+    /// Whether a topic no device owns is in a sensor family and so counted as
+    /// `unknown_device` (other traffic on the broker is none of ingest's business).
+    pub fn counts_as_sensor_traffic(&self, topic: &str) -> bool {
+        topic.starts_with("sensors/") || topic.starts_with("zigbee2mqtt/")
     }
 
     /// Topics that arrive through the wildcards but are not sensor traffic: the zigbee2mqtt
@@ -146,10 +152,12 @@ impl Router {
 /// The standard topic families, subscribed with wildcards.
 const WILDCARDS: [&str; 3] = ["sensors/+/state", "sensors/+/heartbeat", "zigbee2mqtt/#"];
 
-/// The families the watch link covers: wider than [`WILDCARDS`], so a device's stray topics
-/// (`sensors/{id}/debug`) are counted too, and every such topic matches a filter — rumqttd
-/// caches the filters of a topic only when at least one matches.
-const WATCH_WILDCARDS: [&str; 2] = ["sensors/#", "zigbee2mqtt/#"];
+/// The watch link subscribes to everything. It counts only the sensor families
+/// (`sensors/…`, `zigbee2mqtt/…`, see [`Router::counts_as_sensor_traffic`]), but rumqttd
+/// caches which filters a topic matches only when at least one does: without a catch-all,
+/// every publish on a topic nobody subscribed (a smart plug's telemetry, say) would be
+/// matched against every device filter again, slowing the broker for everyone.
+const WATCH_WILDCARDS: [&str; 1] = ["#"];
 
 fn covered_by_wildcards(topic: &str) -> bool {
     let parts: Vec<&str> = topic.split('/').collect();

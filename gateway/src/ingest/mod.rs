@@ -6,7 +6,8 @@
 //!   *device* link subscribes every device topic exactly, so each device has a broker log of
 //!   its own: a device flooding at full speed can only overrun its own log, never push a smoke
 //!   detector's alarm out of a shared one (see `broker::local`). The *watch* link subscribes
-//!   the topic families (`sensors/#`, `zigbee2mqtt/#`) and only counts what no device owns
+//!   to everything (`#`, which also spares rumqttd from matching a foreign topic against every
+//!   device filter on each publish) and counts sensor-family topics no device owns
 //!   (`unknown_device`); it has its own loop, so however busy it is, device topics never wait
 //!   for it.
 //! - **External broker** ([`run`]): one rumqttc client subscribes (QoS 1) to the families
@@ -231,10 +232,13 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Counts `topic` as `unknown_device` unless a device owns it or it is bridge/command
-    /// traffic.
+    /// Counts `topic` as `unknown_device` if it is in a sensor family, no device owns it and
+    /// it is not bridge/command traffic.
     pub fn observe(&self, topic: &str) {
-        if self.router.route(topic).is_none() && !self.router.is_ignorable(topic) {
+        if self.router.route(topic).is_none()
+            && self.router.counts_as_sensor_traffic(topic)
+            && !self.router.is_ignorable(topic)
+        {
             self.stats.reject(None, Reject::UnknownDevice, topic);
         }
     }
