@@ -161,12 +161,9 @@ impl LocalLink {
                         dropped_before,
                     });
                 }
-                Some(Notification::Unschedule) => {
-                    self.rx
-                        .wake()
-                        .await
-                        .map_err(|e| LocalLinkError::router(&self.client_id, e))?;
-                }
+                // The router paused us; tell it we drained (at the top of the loop, so a
+                // call dropped while waiting to tell it does not forget to).
+                Some(Notification::Unschedule) => self.wake_pending = true,
                 Some(Notification::Disconnect(..)) => {
                     return Err(LocalLinkError::Disconnected(self.client_id.clone()))
                 }
