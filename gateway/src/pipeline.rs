@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::alerts::linkage::Command;
 use crate::alerts::task::{self as alert_task, AlertInput};
 use crate::alerts::{AlertStore, Lifecycle, Source};
-use crate::broker::{self, BrokerError, BrokerSettings, EmbeddedBroker, LocalSubscriber, TlsFiles};
+use crate::broker::{self, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles};
 use crate::ingest::{self, Ingest, IngestStats};
 use crate::publish;
 use crate::rules::{Engine, Reading};
@@ -300,17 +300,7 @@ fn connect(
     match config.broker.mode {
         BrokerMode::Embedded => {
             let mut settings = broker_settings(config);
-            let (devices, watch) = ingest::local_link_ids(&config.site.id);
-            settings.local_subscribers = vec![
-                LocalSubscriber {
-                    client_id: devices,
-                    filters: ingest.device_filters(),
-                },
-                LocalSubscriber {
-                    client_id: watch,
-                    filters: ingest.watch_filters(),
-                },
-            ];
+            settings.local_subscribers = ingest.local_subscribers();
             let broker = EmbeddedBroker::start(settings)?;
             tracing::info!(addr = %broker.local_addr(), "embedded MQTT broker listening");
             let options = broker.client_options("unused");

@@ -57,20 +57,11 @@ fn broker(ingest: &Ingest) -> (EmbeddedBroker, LocalLink, LocalLink, LocalLink) 
     s.max_payload_bytes = MAX_PAYLOAD;
     s.log_segment_bytes = 1024;
     s.log_segment_count = 2;
-    s.local_subscribers = vec![
-        LocalSubscriber {
-            client_id: devices.clone(),
-            filters: ingest.device_filters(),
-        },
-        LocalSubscriber {
-            client_id: watch.clone(),
-            filters: ingest.watch_filters(),
-        },
-        LocalSubscriber {
-            client_id: "control-shared-wildcard".into(),
-            filters: vec!["sensors/+/state".into()],
-        },
-    ];
+    s.local_subscribers = ingest.local_subscribers();
+    s.local_subscribers.push(LocalSubscriber {
+        client_id: "control-shared-wildcard".into(),
+        filters: vec!["sensors/+/state".into()],
+    });
     let mut b = EmbeddedBroker::start(s).expect("broker starts");
     let d = b.take_local_link(&devices).unwrap();
     let w = b.take_local_link(&watch).unwrap();
@@ -237,16 +228,7 @@ async fn alarms_during_a_flood_on(flood_topic: &'static str) -> gateway::ingest:
     let stats = ingest.stats.clone();
     let (devices, watch) = ingest::local_link_ids("flood");
     let mut s = BrokerSettings::new("127.0.0.1:0".parse().unwrap());
-    s.local_subscribers = vec![
-        LocalSubscriber {
-            client_id: devices.clone(),
-            filters: ingest.device_filters(),
-        },
-        LocalSubscriber {
-            client_id: watch.clone(),
-            filters: ingest.watch_filters(),
-        },
-    ];
+    s.local_subscribers = ingest.local_subscribers();
     let mut broker = EmbeddedBroker::start(s).expect("broker starts");
     let d = broker.take_local_link(&devices).unwrap();
     let w = broker.take_local_link(&watch).unwrap();

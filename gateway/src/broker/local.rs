@@ -104,8 +104,13 @@ impl LocalLink {
         let (Some(last), Some((_, offset))) = (self.last_offsets.as_mut(), cursor) else {
             return 0;
         };
-        let expected = last.get(topic).map_or(0, |o| o + 1);
-        last.insert(topic.clone(), offset);
+        let expected = match last.get_mut(topic) {
+            Some(seen) => std::mem::replace(seen, offset) + 1,
+            None => {
+                last.insert(topic.clone(), offset);
+                0
+            }
+        };
         offset.saturating_sub(expected)
     }
 

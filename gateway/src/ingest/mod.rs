@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{LocalLink, LocalPublish};
+use crate::broker::{LocalLink, LocalPublish, LocalSubscriber};
 use crate::rules::Reading;
 use board::DeviceBoard;
 use decode::{decode, Reject, Router};
@@ -78,14 +78,20 @@ impl Ingest {
             .collect()
     }
 
-    /// Topics the embedded broker's device link subscribes to, one per device topic.
-    pub fn device_filters(&self) -> Vec<String> {
-        self.router.device_filters()
-    }
-
-    /// Topic families the embedded broker's watch link subscribes to.
-    pub fn watch_filters(&self) -> Vec<String> {
-        self.router.watch_filters()
+    /// The embedded broker's in-process subscribers for this ingest: the device link (one
+    /// exact filter per device topic) and the watch link (`#`), named by [`local_link_ids`].
+    pub fn local_subscribers(&self) -> Vec<LocalSubscriber> {
+        let (devices, watch) = local_link_ids(&self.config.site.id);
+        vec![
+            LocalSubscriber {
+                client_id: devices,
+                filters: self.router.device_filters(),
+            },
+            LocalSubscriber {
+                client_id: watch,
+                filters: self.router.watch_filters(),
+            },
+        ]
     }
 
     /// Counts `n` messages of `topic` the embedded broker dropped before ingest could read

@@ -102,7 +102,7 @@ impl Engine {
             return out;
         };
         state.last_seen = Some(r.now);
-        merge(&mut state.values, &r.decoded.values);
+        state.values.merge(&r.decoded.values);
         let offline = Wish::flag(
             r.decoded.online == Some(false),
             self.config.rules.device.offline_level,
@@ -354,29 +354,4 @@ impl Engine {
     fn level(&self, device: usize, kind: AlertKind) -> Option<Level> {
         self.devices.get(device)?.conditions.get(&kind)?.level()
     }
-}
-
-/// Overwrites `into`'s fields with those present in `from`.
-fn merge(into: &mut Values, from: &Values) {
-    macro_rules! take {
-        ($($f:ident),*) => { $( if from.$f.is_some() { into.$f = from.$f.clone(); } )* };
-    }
-    take!(
-        smoke,
-        temperature_c,
-        gas_lel_pct,
-        gas,
-        water_leak,
-        battery_pct,
-        battery_low,
-        tamper,
-        battery_temp_c,
-        voltage_v,
-        current_a,
-        charging,
-        present,
-        pressed,
-        state,
-        linkquality
-    );
 }
