@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::alerts::linkage::Command;
-use crate::alerts::task::{self as alert_task, AlertInput};
+use crate::alerts::task::{self as alert_task, AlertInput, AlertTaskStats};
 use crate::alerts::{AlertStore, Lifecycle, Source};
 use crate::broker::{self, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles};
 use crate::ingest::{self, Ingest, IngestStats};
@@ -65,6 +65,8 @@ pub struct Running {
     /// What every device last said (for the console's devices panel).
     pub device_board: Arc<crate::ingest::board::DeviceBoard>,
     pub telemetry_stats: Arc<TelemetryStats>,
+    /// Alert events waiting for a database that refused them (disk full).
+    pub alert_stats: Arc<AlertTaskStats>,
     pub alert_inputs: mpsc::Sender<AlertInput>,
     pub events: broadcast::Sender<crate::alerts::Alert>,
     /// Live uplink state and counters (also written to `status.json` every second).
@@ -94,8 +96,10 @@ pub fn start(
 
     // Processing: alert task (thread), rules, local publisher.
     let published = events_tx.clone();
+    let alert_stats = Arc::new(AlertTaskStats::default());
+    let task_stats = alert_stats.clone();
     stages.spawn_blocking(Stage::Processing, move |_token| {
-        alert_task::run(lifecycle, input_rx, published)
+        alert_task::run(lifecycle, input_rx, published, task_stats)
     });
     let telemetry_stats = Arc::new(TelemetryStats::default());
     let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_CAPACITY);
@@ -142,7 +146,10 @@ pub fn start(
         stages,
         &input_tx,
         events_tx.subscribe(),
-        Some(ingest.stats.clone()),
+        crate::uplink::StatusSources {
+            ingest: Some(ingest.stats.clone()),
+            alert_store: Some(alert_stats.clone()),
+        },
     )?;
 
     // Inputs: ingest (in-process links on the embedded broker, a client on an external one).
@@ -173,6 +180,7 @@ pub fn start(
         ingest_stats,
         device_board,
         telemetry_stats,
+        alert_stats,
         alert_inputs: input_tx,
         events: events_tx,
         uplink,

@@ -206,8 +206,9 @@ impl AlertTask {
             Lifecycle::new(Arc::new(config.clone()), AlertStore::open(&db).unwrap()).unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let (events_tx, events) = tokio::sync::broadcast::channel(256);
-        let thread =
-            std::thread::spawn(move || gateway::alerts::task::run(lifecycle, rx, events_tx));
+        let thread = std::thread::spawn(move || {
+            gateway::alerts::task::run(lifecycle, rx, events_tx, Default::default())
+        });
         AlertTask {
             tx,
             events,

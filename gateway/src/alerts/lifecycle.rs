@@ -27,6 +27,17 @@ pub enum LifecycleError {
     NotActive(String),
 }
 
+/// A step that commits several events (a tick's escalations, an actuator confirming the
+/// actions of several alerts) stopped at a failed commit. The events committed before it are
+/// in the store and must still be published.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (after {} events committed)", committed.len())]
+pub struct PartialCommit {
+    pub committed: Vec<Alert>,
+    #[source]
+    pub error: StoreError,
+}
+
 /// Formats a time as the alert JSON does: RFC 3339, milliseconds, UTC.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -158,7 +169,7 @@ impl Lifecycle {
         device: &str,
         state: &str,
         at: DateTime<Utc>,
-    ) -> Result<Vec<Alert>, StoreError> {
+    ) -> Result<Vec<Alert>, PartialCommit> {
         let keys: Vec<_> = self
             .active
             .iter()
@@ -174,19 +185,37 @@ impl Lifecycle {
             let mut alert = self.active[&key].clone();
             if linkage::confirm(&mut alert, device, state, at) {
                 alert.updated_at = timestamp(at);
-                self.store.record(&mut alert, EventKind::Updated)?;
-                self.active.insert(key, alert.clone());
-                out.push(alert);
+                self.commit_into(key, alert, EventKind::Updated, &mut out)?;
             }
         }
         Ok(out)
+    }
+
+    /// Records `alert` as the active alert of `key`, appending it to `out`; on failure hands
+    /// back what `out` holds (committed before) with the error.
+    fn commit_into(
+        &mut self,
+        key: (String, AlertKind),
+        mut alert: Alert,
+        event: EventKind,
+        out: &mut Vec<Alert>,
+    ) -> Result<(), PartialCommit> {
+        if let Err(error) = self.store.record(&mut alert, event) {
+            return Err(PartialCommit {
+                committed: std::mem::take(out),
+                error,
+            });
+        }
+        self.active.insert(key, alert.clone());
+        out.push(alert);
+        Ok(())
     }
 
     fn expire_actions(
         &mut self,
         at: DateTime<Utc>,
         out: &mut Vec<Alert>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), PartialCommit> {
         let keys: Vec<_> = self
             .active
             .iter()
@@ -198,9 +227,7 @@ impl Lifecycle {
             if linkage::expire(&mut alert, self.actuator_timeout, at) {
                 tracing::warn!(id = %alert.id, "actuator did not confirm in time");
                 alert.updated_at = timestamp(at);
-                self.store.record(&mut alert, EventKind::Updated)?;
-                self.active.insert(key, alert.clone());
-                out.push(alert);
+                self.commit_into(key, alert, EventKind::Updated, out)?;
             }
         }
         Ok(())
@@ -303,7 +330,7 @@ impl Lifecycle {
     }
 
     /// Escalates red/orange alerts not acknowledged within `escalate_after_s`.
-    pub fn on_tick(&mut self, at: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
+    pub fn on_tick(&mut self, at: DateTime<Utc>) -> Result<Vec<Alert>, PartialCommit> {
         let due: Vec<_> = self
             .active
             .iter()
@@ -322,9 +349,7 @@ impl Lifecycle {
             alert.state = AlertState::Escalated;
             alert.escalated_at = Some(timestamp(at));
             alert.updated_at = timestamp(at);
-            self.store.record(&mut alert, EventKind::Escalated)?;
-            self.active.insert(key, alert.clone());
-            out.push(alert);
+            self.commit_into(key, alert, EventKind::Escalated, &mut out)?;
         }
         self.expire_actions(at, &mut out)?;
         Ok(out)

@@ -1,12 +1,31 @@
 //! The alert task: owns the [`Lifecycle`] (and so the database writer) on a thread of its
 //! own, because SQLite commits block. It drains its input channel until every sender is
 //! gone, so on shutdown it finishes what the rules already decided before it stops.
+//!
+//! # When the database refuses a write
+//!
+//! A full disk, an I/O error or a lock held too long makes a commit fail. An alert is
+//! published only once it is committed, so such an event is not dropped but *deferred*: kept
+//! in memory, in arrival order, with the time it arrived, and retried before every later
+//! event and on every tick (once a second), so a smoke alarm raised while the disk was full is
+//! recorded, published and forwarded as soon as space is back — with its original
+//! `raised_at`. The rules only emit edges, so dropping one would leave the alarm unraised for
+//! good. At most [`MAX_DEFERRED`] events wait; beyond that new ones are dropped, counted and
+//! logged. Staff actions (acknowledge, resolve) are not deferred: their caller gets the
+//! error. Counts go to [`AlertTaskStats`] (`status.json`, `gateway status`).
 
-use chrono::Utc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::lifecycle::{Lifecycle, LifecycleError};
+use super::lifecycle::{Lifecycle, LifecycleError, PartialCommit};
 use super::model::{Alert, Location, Source};
+use super::store::StoreError;
 use crate::rules::Signal;
 use edge_config::{AlertKind, Level};
 
@@ -48,65 +67,484 @@ pub enum AlertInput {
     ActuatorState { device: String, state: String },
 }
 
+/// How many events may wait for a database that refuses writes before new ones are dropped.
+pub const MAX_DEFERRED: usize = 10_000;
+
+/// How often a continuing database failure is logged again.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The alert task's dealings with the database, shared with housekeeping (`status.json`).
+#[derive(Debug, Default)]
+pub struct AlertTaskStats {
+    /// Events waiting for the database right now.
+    deferred: AtomicU64,
+    failures_total: AtomicU64,
+    dropped_total: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A copy of [`AlertTaskStats`], as `status.json` carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertStoreSnapshot {
+    /// Alert events not yet recorded because the database refused them (retried every second).
+    pub deferred: u64,
+    /// Commits that failed since start.
+    pub failures_total: u64,
+    /// Events dropped because [`MAX_DEFERRED`] were already waiting.
+    pub dropped_total: u64,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+}
+
+impl AlertTaskStats {
+    pub fn snapshot(&self) -> AlertStoreSnapshot {
+        AlertStoreSnapshot {
+            deferred: self.deferred.load(Ordering::Relaxed),
+            failures_total: self.failures_total.load(Ordering::Relaxed),
+            dropped_total: self.dropped_total.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().map_or(None, |e| e.clone()),
+        }
+    }
+
+    fn failed(&self, error: &str) {
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error.to_owned());
+        }
+    }
+}
+
+/// An input that changes alerts on its own (not a staff action), so it can be retried.
+#[derive(Debug)]
+enum Event {
+    Signal(Signal),
+    Raise {
+        source: Source,
+        location: Location,
+        kind: AlertKind,
+        level: Level,
+        readings: serde_json::Value,
+    },
+    ResolveSource {
+        source: Source,
+        kind: AlertKind,
+        by: String,
+    },
+    ActuatorState {
+        device: String,
+        state: String,
+    },
+}
+
+/// The alert task's state: the lifecycle, where committed events go, and what waits.
+pub struct AlertTask {
+    lifecycle: Lifecycle,
+    published: broadcast::Sender<Alert>,
+    /// Events the database refused, oldest first, with their arrival time. Retried before
+    /// anything newer so that alert `seq` keeps arrival order.
+    deferred: VecDeque<(Event, DateTime<Utc>)>,
+    stats: Arc<AlertTaskStats>,
+    /// When the current run of failures was last logged (`None`: the database is fine).
+    failing_since_log: Option<Instant>,
+}
+
 /// Runs until `inputs` is closed. Every committed alert event is sent on `published`.
 pub fn run(
-    mut lifecycle: Lifecycle,
+    lifecycle: Lifecycle,
     mut inputs: mpsc::Receiver<AlertInput>,
     published: broadcast::Sender<Alert>,
+    stats: Arc<AlertTaskStats>,
 ) {
+    let mut task = AlertTask::new(lifecycle, published, stats);
     while let Some(input) = inputs.blocking_recv() {
-        let at = Utc::now();
-        let committed: Result<Vec<Alert>, String> = match input {
-            AlertInput::Signal(s) => lifecycle
-                .on_signal(&s, at)
-                .map(|a| a.into_iter().collect())
-                .map_err(|e| e.to_string()),
-            AlertInput::Tick => lifecycle.on_tick(at).map_err(|e| e.to_string()),
+        task.handle(input, Utc::now());
+    }
+    task.retry_deferred();
+    if !task.deferred.is_empty() {
+        tracing::error!(
+            lost = task.deferred.len(),
+            "alert task stopped with alert events the database never accepted"
+        );
+    }
+    tracing::info!("alert task stopped");
+}
+
+impl AlertTask {
+    pub fn new(
+        lifecycle: Lifecycle,
+        published: broadcast::Sender<Alert>,
+        stats: Arc<AlertTaskStats>,
+    ) -> Self {
+        AlertTask {
+            lifecycle,
+            published,
+            deferred: VecDeque::new(),
+            stats,
+            failing_since_log: None,
+        }
+    }
+
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    /// Events waiting for the database.
+    pub fn deferred(&self) -> usize {
+        self.deferred.len()
+    }
+
+    /// Handles one input that arrived at `at`.
+    pub fn handle(&mut self, input: AlertInput, at: DateTime<Utc>) {
+        let event = match input {
+            AlertInput::Tick => return self.tick(at),
             AlertInput::Acknowledge { id, by, reply } => {
-                answer(lifecycle.acknowledge(&id, &by, at), reply)
+                let result = self.lifecycle.acknowledge(&id, &by, at);
+                return self.reply(result, reply);
             }
-            AlertInput::Resolve { id, by, reply } => answer(lifecycle.resolve(&id, &by, at), reply),
+            AlertInput::Resolve { id, by, reply } => {
+                let result = self.lifecycle.resolve(&id, &by, at);
+                return self.reply(result, reply);
+            }
+            AlertInput::Signal(s) => Event::Signal(s),
             AlertInput::Raise {
                 source,
                 location,
                 kind,
                 level,
                 readings,
-            } => lifecycle
-                .raise_or_update(source, location, kind, level, readings, at)
-                .map(|a| vec![a])
-                .map_err(|e| e.to_string()),
-            AlertInput::ResolveSource { source, kind, by } => lifecycle
-                .resolve_source(&source, kind, &by, at)
-                .map(|a| a.into_iter().collect())
-                .map_err(|e| e.to_string()),
-            AlertInput::ActuatorState { device, state } => lifecycle
-                .on_actuator_state(&device, &state, at)
-                .map_err(|e| e.to_string()),
-        };
-        match committed {
-            Ok(alerts) => {
-                for alert in alerts {
-                    tracing::info!(
-                        id = %alert.id, seq = alert.seq, kind = %alert.kind, level = %alert.level.as_str(),
-                        event = alert.event.as_str(), source = %alert.source.key(), "alert"
-                    );
-                    // No receiver (nobody subscribed yet) is fine: the store has it.
-                    let _ = published.send(alert);
-                }
+            } => Event::Raise {
+                source,
+                location,
+                kind,
+                level,
+                readings,
+            },
+            AlertInput::ResolveSource { source, kind, by } => {
+                Event::ResolveSource { source, kind, by }
             }
-            // The store refused: the event is not recorded. Loud, but keep serving others.
-            Err(e) => tracing::error!(error = %e, "alert could not be recorded"),
+            AlertInput::ActuatorState { device, state } => Event::ActuatorState { device, state },
+        };
+        self.defer(event, at);
+        self.retry_deferred();
+    }
+
+    fn tick(&mut self, at: DateTime<Utc>) {
+        self.retry_deferred();
+        match self.lifecycle.on_tick(at) {
+            Ok(alerts) => self.publish(alerts),
+            // Escalation is re-evaluated every tick: nothing to keep but what was committed.
+            Err(PartialCommit { committed, error }) => {
+                self.publish(committed);
+                self.failed(&error.to_string());
+            }
         }
     }
-    tracing::info!("alert task stopped");
+
+    fn defer(&mut self, event: Event, at: DateTime<Utc>) {
+        if self.deferred.len() >= MAX_DEFERRED {
+            self.stats.dropped_total.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                event = ?event,
+                waiting = self.deferred.len(),
+                "alert event dropped: the database has refused writes for too long"
+            );
+            return;
+        }
+        self.deferred.push_back((event, at));
+        self.count_deferred();
+    }
+
+    /// Commits waiting events in order until one fails again.
+    pub fn retry_deferred(&mut self) {
+        while let Some((event, at)) = self.deferred.front() {
+            let (committed, error) = attempt(&mut self.lifecycle, event, *at);
+            self.publish(committed);
+            if let Some(error) = error {
+                self.failed(&error.to_string());
+                return;
+            }
+            self.deferred.pop_front();
+            self.count_deferred();
+        }
+        if self.failing_since_log.take().is_some() {
+            tracing::info!("the database accepts alert events again; all deferred ones recorded");
+        }
+    }
+
+    fn count_deferred(&self) {
+        let n = u64::try_from(self.deferred.len()).unwrap_or(u64::MAX);
+        self.stats.deferred.store(n, Ordering::Relaxed);
+    }
+
+    /// Counts a failure; logs the first of a run, then once per [`FAILURE_LOG_EVERY`].
+    fn failed(&mut self, error: &str) {
+        self.stats.failed(error);
+        let due = self
+            .failing_since_log
+            .is_none_or(|last| last.elapsed() >= FAILURE_LOG_EVERY);
+        if due {
+            self.failing_since_log = Some(Instant::now());
+            tracing::error!(
+                error,
+                waiting = self.deferred.len(),
+                "alert events cannot be recorded (disk full?); they wait in memory and are \
+                 retried every second"
+            );
+        }
+    }
+
+    fn reply(
+        &mut self,
+        result: Result<Alert, LifecycleError>,
+        reply: oneshot::Sender<Result<Alert, String>>,
+    ) {
+        if let Err(LifecycleError::Store(e)) = &result {
+            self.failed(&e.to_string());
+        }
+        let out = result.map_err(|e| e.to_string());
+        let _ = reply.send(out.clone());
+        if let Ok(alert) = out {
+            self.publish(vec![alert]);
+        }
+    }
+
+    fn publish(&self, alerts: Vec<Alert>) {
+        for alert in alerts {
+            tracing::info!(
+                id = %alert.id, seq = alert.seq, kind = %alert.kind, level = %alert.level.as_str(),
+                event = alert.event.as_str(), source = %alert.source.key(), "alert"
+            );
+            // No receiver (nobody subscribed yet) is fine: the store has it.
+            let _ = self.published.send(alert);
+        }
+    }
 }
 
-fn answer(
-    result: Result<Alert, LifecycleError>,
-    reply: oneshot::Sender<Result<Alert, String>>,
-) -> Result<Vec<Alert>, String> {
-    let out = result.map_err(|e| e.to_string());
-    let _ = reply.send(out.clone());
-    out.map(|a| vec![a])
+/// Applies `event`: what it committed, and the error that stopped it, if any.
+fn attempt(
+    lifecycle: &mut Lifecycle,
+    event: &Event,
+    at: DateTime<Utc>,
+) -> (Vec<Alert>, Option<StoreError>) {
+    let single = |r: Result<Option<Alert>, StoreError>| match r {
+        Ok(alert) => (alert.into_iter().collect(), None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    match event {
+        Event::Signal(s) => single(lifecycle.on_signal(s, at)),
+        Event::Raise {
+            source,
+            location,
+            kind,
+            level,
+            readings,
+        } => single(
+            lifecycle
+                .raise_or_update(
+                    source.clone(),
+                    location.clone(),
+                    *kind,
+                    *level,
+                    readings.clone(),
+                    at,
+                )
+                .map(Some),
+        ),
+        Event::ResolveSource { source, kind, by } => {
+            single(lifecycle.resolve_source(source, *kind, by, at))
+        }
+        Event::ActuatorState { device, state } => {
+            match lifecycle.on_actuator_state(device, state, at) {
+                Ok(alerts) => (alerts, None),
+                Err(PartialCommit { committed, error }) => (committed, Some(error)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::{AlertState, AlertStore, EventKind};
+    use crate::ingest::decode::Values;
+    use crate::rules::{Cause, Change};
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[site]
+id = "t1"
+name = "Test compound"
+kind = "compound"
+
+[[locations.buildings]]
+id = "b2"
+name = "2号楼"
+floors = 18
+[[locations.buildings.units]]
+id = "u3"
+name = "3单元"
+
+[[devices]]
+id = "b2-u3-smoke"
+kind = "smoke"
+location = { building = "b2", unit = "u3", floor = 5, room = "501" }
+"#;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000 + s, 0).unwrap()
+    }
+
+    fn task(dir: &Path) -> (AlertTask, broadcast::Receiver<Alert>, Arc<AlertTaskStats>) {
+        let config = Arc::new(edge_config::parse(CONFIG, "t.toml", Path::new(".")).unwrap());
+        let store = AlertStore::open(&dir.join("db")).unwrap();
+        let lifecycle = Lifecycle::new(config, store).unwrap();
+        let (tx, rx) = broadcast::channel(64);
+        let stats = Arc::new(AlertTaskStats::default());
+        (AlertTask::new(lifecycle, tx, stats.clone()), rx, stats)
+    }
+
+    fn smoke(change: Change) -> AlertInput {
+        AlertInput::Signal(Signal {
+            device: 0,
+            kind: AlertKind::Smoke,
+            change,
+            causes: vec![Cause::SmokeDetected],
+            values: Values {
+                smoke: Some(true),
+                ..Values::default()
+            },
+        })
+    }
+
+    /// Evidence big enough to need new database pages whatever room the existing ones have.
+    fn bulky_gateway_alert() -> AlertInput {
+        AlertInput::Raise {
+            source: Source::Gateway("camera-1".to_owned()),
+            location: Location::default(),
+            kind: AlertKind::CameraDown,
+            level: Level::Yellow,
+            readings: serde_json::json!({ "log": "x".repeat(64 * 1024) }),
+        }
+    }
+
+    /// Makes the database as full as a full disk: SQLite answers SQLITE_FULL ("database or
+    /// disk is full") to any commit that needs one more page.
+    fn fill_disk(task: &AlertTask, full: bool) {
+        let conn = task.lifecycle().store().connection();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        let max = if full { pages } else { 1 << 30 };
+        conn.execute_batch(&format!("PRAGMA max_page_count = {max}"))
+            .unwrap();
+    }
+
+    fn drain(rx: &mut broadcast::Receiver<Alert>) -> Vec<Alert> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn a_smoke_alarm_refused_by_a_full_disk_is_recorded_in_order_with_its_arrival_time_once_space_is_back(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut task, mut rx, stats) = task(dir.path());
+        fill_disk(&task, true);
+
+        task.handle(bulky_gateway_alert(), t(0));
+        task.handle(smoke(Change::Raise(Level::Red)), t(1));
+        task.handle(AlertInput::Tick, t(2));
+        assert_eq!(task.deferred(), 2, "both wait, in arrival order");
+        assert!(
+            drain(&mut rx).is_empty(),
+            "nothing published before it is recorded"
+        );
+        let s = stats.snapshot();
+        assert_eq!((s.deferred, s.dropped_total), (2, 0));
+        assert!(s.failures_total >= 3, "{s:?}");
+        let error = s.last_error.unwrap_or_default();
+        assert!(error.contains("full"), "{error}");
+
+        fill_disk(&task, false);
+        task.handle(AlertInput::Tick, t(3));
+        assert_eq!(task.deferred(), 0);
+        let published = drain(&mut rx);
+        let got: Vec<_> = published
+            .iter()
+            .map(|a| (a.kind, a.seq, a.raised_at.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (AlertKind::CameraDown, 1, "2026-09-21T14:13:20.000Z"),
+                (AlertKind::Smoke, 2, "2026-09-21T14:13:21.000Z"),
+            ]
+        );
+        let active = task.lifecycle().store().active().unwrap();
+        assert_eq!(active.len(), 2, "both recorded");
+        assert_eq!(stats.snapshot().deferred, 0);
+    }
+
+    #[test]
+    fn a_clear_waits_behind_its_raise_so_the_alarm_is_raised_then_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut task, mut rx, _) = task(dir.path());
+        fill_disk(&task, true);
+        task.handle(bulky_gateway_alert(), t(0));
+        task.handle(smoke(Change::Raise(Level::Red)), t(1));
+        task.handle(smoke(Change::Clear), t(5));
+        fill_disk(&task, false);
+        task.handle(AlertInput::Tick, t(6));
+        let smoke: Vec<_> = drain(&mut rx)
+            .into_iter()
+            .filter(|a| a.kind == AlertKind::Smoke)
+            .map(|a| (a.event, a.state))
+            .collect();
+        assert_eq!(
+            smoke,
+            [
+                (EventKind::Raised, AlertState::Raised),
+                (EventKind::Resolved, AlertState::Resolved)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_staff_action_refused_by_a_full_disk_gets_the_error_and_is_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut task, mut rx, stats) = task(dir.path());
+        task.handle(smoke(Change::Raise(Level::Red)), t(0));
+        let id = drain(&mut rx)[0].id.clone();
+        fill_disk(&task, true);
+        task.handle(bulky_gateway_alert(), t(1));
+        // A name long enough that recording it needs a new page, like everything on a full disk.
+        let by = format!("duty {}", "x".repeat(16 * 1024));
+        let (reply, answer) = oneshot::channel();
+        task.handle(AlertInput::Acknowledge { id, by, reply }, t(2));
+        let error = answer.blocking_recv().unwrap().unwrap_err();
+        assert!(error.contains("full"), "{error}");
+        assert_eq!(task.deferred(), 1, "only the gateway alert waits");
+        assert!(stats.snapshot().failures_total >= 2);
+    }
+
+    #[test]
+    fn when_too_many_events_wait_new_ones_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut task, _rx, stats) = task(dir.path());
+        fill_disk(&task, true);
+        task.handle(bulky_gateway_alert(), t(0));
+        for _ in 1..MAX_DEFERRED {
+            task.defer(Event::Signal(signal_of(smoke(Change::Clear))), t(1));
+        }
+        assert_eq!(task.deferred(), MAX_DEFERRED);
+        task.handle(smoke(Change::Raise(Level::Red)), t(2));
+        assert_eq!(task.deferred(), MAX_DEFERRED);
+        assert_eq!(stats.snapshot().dropped_total, 1);
+    }
+
+    fn signal_of(input: AlertInput) -> Signal {
+        match input {
+            AlertInput::Signal(s) => s,
+            other => panic!("not a signal: {other:?}"),
+        }
+    }
 }

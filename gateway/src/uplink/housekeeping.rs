@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::status::{now_ms, StatusFile, UplinkStatus, STATUS_TOP_DEVICES};
 use super::SharedOutbox;
-use crate::alerts::task::AlertInput;
+use crate::alerts::task::{AlertInput, AlertTaskStats};
 use crate::alerts::{Location, Source};
 use crate::outbox::QuotaReport;
 
@@ -24,9 +24,16 @@ pub struct HousekeepingSettings {
     pub quota_bytes: u64,
     /// Where to write `status.json` (`None`: don't).
     pub status_file: Option<PathBuf>,
-    /// Sensor ingest counters to include in `status.json` (`None`: none).
-    pub ingest: Option<Arc<IngestStats>>,
+    /// Counters of other stages to include in `status.json`.
+    pub sources: StatusSources,
     pub every: Duration,
+}
+
+/// Counters of other stages that `status.json` carries (`None`: not included).
+#[derive(Debug, Clone, Default)]
+pub struct StatusSources {
+    pub ingest: Option<Arc<IngestStats>>,
+    pub alert_store: Option<Arc<AlertTaskStats>>,
 }
 
 /// The source of gateway-raised outbox alerts.
@@ -122,9 +129,11 @@ async fn write_status(settings: &HousekeepingSettings, status: &UplinkStatus) {
         updated_at_ms: now_ms(),
         link: status.snapshot(),
         ingest: settings
+            .sources
             .ingest
             .as_ref()
             .map(|i| i.snapshot().with_top_devices(STATUS_TOP_DEVICES)),
+        alert_store: settings.sources.alert_store.as_ref().map(|a| a.snapshot()),
     };
     match tokio::task::spawn_blocking(move || file.write(&path)).await {
         Ok(Ok(())) => {}

@@ -120,7 +120,7 @@ use crate::shutdown::{Lifecycle as Stages, Stage};
 
 pub use backoff::Backoff;
 pub use commands::{parse_ack, AckCommand};
-pub use housekeeping::HousekeepingSettings;
+pub use housekeeping::{HousekeepingSettings, StatusSources};
 pub use link::Link;
 pub use status::{
     status_report, LinkSnapshot, LinkState, StatusFile, StatusReport, UplinkStatus, STALE_AFTER,
@@ -329,7 +329,7 @@ pub fn start(
     stages: &Stages,
     alert_inputs: &mpsc::Sender<AlertInput>,
     events: broadcast::Receiver<Alert>,
-    ingest: Option<Arc<crate::ingest::IngestStats>>,
+    sources: StatusSources,
 ) -> Result<Arc<UplinkStatus>, UplinkError> {
     let link_settings = LinkSettings::from_config(config)?;
     let outbox = SharedOutbox::new(Outbox::open(db_path)?);
@@ -338,7 +338,7 @@ pub fn start(
     let housekeeping = HousekeepingSettings {
         quota_bytes: config.storage.quota_mb.saturating_mul(1024 * 1024),
         status_file: Some(data_dir.join(STATUS_FILE)),
-        ingest,
+        sources,
         every: Duration::from_secs(1),
     };
     let weak_inputs = alert_inputs.downgrade();

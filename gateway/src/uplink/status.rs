@@ -1,6 +1,7 @@
 //! Link state and counters: live ([`UplinkStatus`]), persisted every second
 //! ([`StatusFile`], `status.json`) and read back for `gateway status` ([`status_report`]).
 
+use crate::alerts::task::AlertStoreSnapshot;
 use crate::ingest::StatsSnapshot;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -222,6 +223,10 @@ pub struct StatusFile {
     /// files from older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<StatsSnapshot>,
+    /// The alert task's database health (events waiting because the database refused them);
+    /// absent in files from older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_store: Option<AlertStoreSnapshot>,
 }
 
 /// Devices with the most rejections kept in `status.json`.
@@ -274,6 +279,8 @@ pub struct StatusReport {
     /// Sensor messages accepted and rejected (per reason, per device) by the running daemon
     /// since it started (absent when it is not running).
     pub ingest: Option<StatsSnapshot>,
+    /// Alert events the running daemon could not record yet (absent when it is not running).
+    pub alert_store: Option<AlertStoreSnapshot>,
 }
 
 /// Reads the status of the gateway whose data directory is `data_dir`, without disturbing a
@@ -312,6 +319,10 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, UplinkError> {
         ingest: file
             .as_ref()
             .and_then(|f| f.ingest.clone())
+            .filter(|_| running),
+        alert_store: file
+            .as_ref()
+            .and_then(|f| f.alert_store.clone())
             .filter(|_| running),
         link: file.map(|f| f.link),
         oldest_undelivered_age_s: stats
@@ -353,6 +364,21 @@ fn sensors_line(i: &StatsSnapshot) -> String {
         line.push_str(&format!("; most rejected: {}", top.join(", ")));
     }
     line
+}
+
+/// `alert store: N events waiting …` when the database refused a write in this run.
+fn alert_store_line(a: &AlertStoreSnapshot) -> Option<String> {
+    if a.failures_total == 0 {
+        return None;
+    }
+    let mut line = format!(
+        "alert store: {} events waiting for the database, {} failed writes, {} dropped",
+        a.deferred, a.failures_total, a.dropped_total
+    );
+    if let Some(e) = &a.last_error {
+        line.push_str(&format!("; last error: {e}"));
+    }
+    Some(line)
 }
 
 fn mb(bytes: u64) -> String {
@@ -433,6 +459,9 @@ impl fmt::Display for StatusReport {
         if let Some(i) = &self.ingest {
             write!(f, "\n{}", sensors_line(i))?;
         }
+        if let Some(line) = self.alert_store.as_ref().and_then(alert_store_line) {
+            write!(f, "\n{line}")?;
+        }
         Ok(())
     }
 }
@@ -479,6 +508,7 @@ mod tests {
             updated_at_ms: now_ms(),
             link: status.snapshot(),
             ingest: None,
+            alert_store: None,
         }
         .write(&dir.path().join(STATUS_FILE))
         .unwrap();
@@ -497,6 +527,41 @@ mod tests {
     }
 
     #[test]
+    fn status_says_when_alert_events_wait_for_a_database_that_refused_them() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Outbox::open(dir.path().join(crate::db::FILE_NAME)).unwrap());
+        let mut file = StatusFile {
+            pid: 1,
+            updated_at_ms: now_ms(),
+            link: UplinkStatus::new(None).snapshot(),
+            ingest: None,
+            alert_store: Some(AlertStoreSnapshot::default()),
+        };
+        file.write(&dir.path().join(STATUS_FILE)).unwrap();
+        let healthy = status_report(dir.path()).unwrap().to_string();
+        assert!(!healthy.contains("alert store"), "{healthy}");
+
+        file.alert_store = Some(AlertStoreSnapshot {
+            deferred: 2,
+            failures_total: 7,
+            dropped_total: 0,
+            last_error: Some("alert store: database or disk is full".to_owned()),
+        });
+        file.write(&dir.path().join(STATUS_FILE)).unwrap();
+        let report = status_report(dir.path()).unwrap();
+        let text = report.to_string();
+        assert!(
+            text.contains(
+                "alert store: 2 events waiting for the database, 7 failed writes, 0 dropped; \
+                 last error: alert store: database or disk is full"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["alert_store"]["deferred"], 2);
+    }
+
+    #[test]
     fn a_stale_status_file_means_the_daemon_is_not_running() {
         let dir = tempfile::tempdir().unwrap();
         drop(Outbox::open(dir.path().join(crate::db::FILE_NAME)).unwrap());
@@ -505,6 +570,7 @@ mod tests {
             updated_at_ms: now_ms() - 60_000,
             link: UplinkStatus::new(None).snapshot(),
             ingest: None,
+            alert_store: None,
         }
         .write(&dir.path().join(STATUS_FILE))
         .unwrap();
