@@ -268,6 +268,9 @@ pub struct StatusReport {
     pub data_dir: PathBuf,
     /// The daemon wrote its status file within [`STALE_AFTER`].
     pub running: bool,
+    /// The status file is stale but the gateway process that wrote it still runs: it cannot
+    /// write to its data directory (a full disk, most likely).
+    pub stale_but_alive: bool,
     /// When the daemon last wrote `status.json` (absent: never).
     pub status_updated_at_ms: Option<i64>,
     /// The link as last reported (absent when there is no status file).
@@ -312,9 +315,11 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, UplinkError> {
     let running = file.as_ref().is_some_and(|f| {
         now.saturating_sub(f.updated_at_ms) <= i64::try_from(STALE_AFTER.as_millis()).unwrap_or(0)
     });
+    let stale_but_alive = !running && file.as_ref().is_some_and(|f| gateway_alive(f.pid));
     Ok(StatusReport {
         data_dir: data_dir.to_owned(),
         running,
+        stale_but_alive,
         status_updated_at_ms: file.as_ref().map(|f| f.updated_at_ms),
         ingest: file
             .as_ref()
@@ -330,6 +335,13 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, UplinkError> {
             .map(|t| (now.saturating_sub(t)).max(0) as f64 / 1000.0),
         outbox: stats,
     })
+}
+
+/// Whether process `pid` exists and is a gateway (its command name says so, so that a pid
+/// reused by another program after a reboot does not count). Linux only; elsewhere `false`.
+fn gateway_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim_end() == env!("CARGO_PKG_NAME"))
 }
 
 fn ago(ms: i64) -> String {
@@ -391,6 +403,12 @@ impl fmt::Display for StatusReport {
         writeln!(f, "data dir:    {}", self.data_dir.display())?;
         match (self.running, self.status_updated_at_ms) {
             (true, _) => writeln!(f, "daemon:      running")?,
+            (false, Some(t)) if self.stale_but_alive => writeln!(
+                f,
+                "daemon:      running, but it last wrote its status {} ago: it cannot write \
+                 to its data directory (disk full?)",
+                ago(now - t)
+            )?,
             (false, Some(t)) => writeln!(
                 f,
                 "daemon:      not running (last status {} ago)",
@@ -579,6 +597,42 @@ mod tests {
         assert!(
             report.to_string().contains("uplink:      unknown"),
             "{report}"
+        );
+    }
+
+    #[test]
+    fn a_stale_status_file_of_a_gateway_still_running_points_at_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Outbox::open(dir.path().join(crate::db::FILE_NAME)).unwrap());
+        // A process whose command name is `gateway`, like the daemon's.
+        let exe = dir.path().join("gateway");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let mut daemon = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        StatusFile {
+            pid: daemon.id(),
+            updated_at_ms: now_ms() - 60_000,
+            link: UplinkStatus::new(None).snapshot(),
+            ingest: None,
+            alert_store: None,
+        }
+        .write(&dir.path().join(STATUS_FILE))
+        .unwrap();
+        let stuck = status_report(dir.path()).unwrap();
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        let gone = status_report(dir.path()).unwrap();
+
+        assert!((!stuck.running && stuck.stale_but_alive), "{stuck:?}");
+        let text = stuck.to_string();
+        assert!(
+            text.contains("running, but it last wrote its status 60.")
+                && text.contains("disk full?"),
+            "{text}"
+        );
+        assert!(!gone.stale_but_alive);
+        assert!(
+            gone.to_string().contains("not running (last status"),
+            "{gone}"
         );
     }
 
