@@ -57,6 +57,7 @@ pub async fn run(
     // Unknown at start: the first check resolves a `buffer_full` left active by a previous
     // run if the outbox fits now.
     let mut buffer_full: Option<bool> = None;
+    let mut status_ok = true;
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
@@ -75,9 +76,25 @@ pub async fn run(
             }
             Err(e) => tracing::error!(error = %e, "outbox quota check failed"),
         }
-        write_status(&settings, &status).await;
+        status_ok = report_status_write(status_ok, write_status(&settings, &status).await);
     }
-    write_status(&settings, &status).await;
+    report_status_write(status_ok, write_status(&settings, &status).await);
+}
+
+/// Logs a failure to write `status.json` once when it starts and once when it ends (it is
+/// retried every second; a full disk would otherwise log every second). Returns the new state.
+fn report_status_write(was_ok: bool, result: Result<(), String>) -> bool {
+    match (was_ok, result) {
+        (true, Err(e)) => {
+            tracing::warn!(error = %e, "cannot write the status file; `gateway status` will call it stale");
+            false
+        }
+        (false, Ok(())) => {
+            tracing::info!("status file written again");
+            true
+        }
+        (_, r) => r.is_ok(),
+    }
 }
 
 async fn signal_buffer_full(inputs: &mpsc::WeakSender<AlertInput>, report: &QuotaReport) {
@@ -120,9 +137,12 @@ async fn signal_buffer_full(inputs: &mpsc::WeakSender<AlertInput>, report: &Quot
     }
 }
 
-async fn write_status(settings: &HousekeepingSettings, status: &UplinkStatus) {
+async fn write_status(
+    settings: &HousekeepingSettings,
+    status: &UplinkStatus,
+) -> Result<(), String> {
     let Some(path) = settings.status_file.clone() else {
-        return;
+        return Ok(());
     };
     let file = StatusFile {
         pid: std::process::id(),
@@ -136,8 +156,7 @@ async fn write_status(settings: &HousekeepingSettings, status: &UplinkStatus) {
         alert_store: settings.sources.alert_store.as_ref().map(|a| a.snapshot()),
     };
     match tokio::task::spawn_blocking(move || file.write(&path)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the status file"),
-        Err(e) => tracing::warn!(error = %e, "status file writer failed"),
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("status file writer failed: {e}")),
     }
 }
