@@ -82,12 +82,20 @@ impl Gateway {
 
     /// Like [`Gateway::start`] with extra `run` arguments.
     pub fn start_with(config: &Path, data_dir: &Path, extra: &[&str]) -> Gateway {
-        let mut child = Command::new(bin("gateway"))
+        let mut command = Command::new(bin("gateway"));
+        command
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(extra)
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    /// Runs `command`, which must end up exec-ing the gateway with `--log-format json` (e.g.
+    /// through a wrapper that prepares its environment first).
+    pub fn spawn(mut command: Command) -> Gateway {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -140,6 +148,11 @@ impl Gateway {
             .as_str()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("readiness line has no broker address: {ready}"))
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Drains the log lines that arrived so far.

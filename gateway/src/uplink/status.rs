@@ -234,7 +234,9 @@ pub const STATUS_TOP_DEVICES: usize = 20;
 
 impl StatusFile {
     /// Writes atomically (temp file in the same directory, then rename), so a reader never
-    /// sees half a file.
+    /// sees half a file. When that fails — a full disk has no room for the new file — the
+    /// existing file is overwritten in place instead, padded with spaces to its old length so
+    /// that no new block is needed: `gateway status` can then still show why alerts wait.
     pub fn write(&self, path: &Path) -> Result<(), UplinkError> {
         let io = |source| UplinkError::StatusFile {
             path: path.to_owned(),
@@ -245,20 +247,52 @@ impl StatusFile {
             source,
         })?;
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, json).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        let atomic = std::fs::write(&tmp, &json).and_then(|()| std::fs::rename(&tmp, path));
+        match atomic {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                overwrite_in_place(path, json).map_err(|_| io(e))
+            }
+        }
     }
 
+    /// Reads the file; a parse error is retried a few times, because an in-place write (see
+    /// [`StatusFile::write`]) may be read half-way.
     pub fn read(path: &Path) -> Result<StatusFile, UplinkError> {
-        let bytes = std::fs::read(path).map_err(|source| UplinkError::StatusFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        serde_json::from_slice(&bytes).map_err(|source| UplinkError::StatusJson {
-            path: path.to_owned(),
-            source,
-        })
+        let mut attempts = 0;
+        loop {
+            let bytes = std::fs::read(path).map_err(|source| UplinkError::StatusFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            match serde_json::from_slice(&bytes) {
+                Ok(file) => return Ok(file),
+                Err(_) if attempts < 3 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+                Err(source) => {
+                    return Err(UplinkError::StatusJson {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
     }
+}
+
+/// Overwrites an existing file from its start without truncating it first; shorter content is
+/// padded with spaces (JSON allows trailing whitespace) so the file keeps its blocks.
+fn overwrite_in_place(path: &Path, mut json: Vec<u8>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let old_len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    if json.len() < old_len {
+        json.resize(old_len, b' ');
+    }
+    file.write_all(&json)
 }
 
 /// What `gateway status` shows: the outbox as stored (read-only from the database) and the
