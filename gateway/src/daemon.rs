@@ -77,6 +77,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
                 .unwrap_or_default(),
             board: running.device_board.clone(),
             ingest: running.ingest_stats.clone(),
+            alert_store: running.alert_stats.clone(),
         },
         &life,
     )?;

@@ -105,6 +105,7 @@ impl Site {
                 cameras: Vec::new(),
                 board: running.device_board.clone(),
                 ingest: running.ingest_stats.clone(),
+                alert_store: running.alert_stats.clone(),
             },
             &life,
         )
@@ -355,7 +356,7 @@ fn concrete(path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_api_route_refuses_requests_without_a_session() {
     let site = Site::start().await;
-    assert!(API_ROUTES.len() >= 13, "the route list is complete");
+    assert!(API_ROUTES.len() >= 15, "the route list is complete");
     for (method, path) in API_ROUTES {
         for cookie in [None, Some("sw_session=0123456789abcdef")] {
             let r = http(site.console, method, &concrete(path), cookie, None).await;
@@ -616,6 +617,16 @@ async fn a_sensor_alert_reaches_the_live_feed_within_a_second_and_its_acknowledg
     assert_eq!(smoke["status"], "online");
     assert_eq!(smoke["battery_pct"], 90.0);
     assert_eq!(smoke["rejected"], 1, "{smoke}");
+    // A healthy database: no banner.
+    let health = http(site.console, "GET", "/api/health", Some(&cookie), None).await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(
+        health.json()["alert_store"]["deferred"],
+        0,
+        "{}",
+        health.body
+    );
+    assert_eq!(health.json()["alert_store"]["failures_total"], 0);
     site.stop().await;
 }
 

@@ -28,7 +28,59 @@ debounce_s = 0
 id = "b1-smoke"
 kind = "smoke"
 location = { building = "b1", unit = "u1", floor = 3, room = "301" }
+
+[[console.staff]]
+username = "duty"
+display_name = "值班员"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZaTelU1nfxz3/8UfuGG6UrIxQfDFnKLoYXNk"
+role = "staff"
 "#;
+
+/// One HTTP/1.1 exchange on a fresh connection: `(status, headers and body)`.
+fn http(addr: &str, request: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+/// What the console's banner reads, as the duty officer (password `shouwang-demo`).
+fn console_health(addr: &str) -> Value {
+    let body = r#"{"username":"duty","password":"shouwang-demo"}"#;
+    let (status, login) = http(
+        addr,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(status, 200, "{login}");
+    let cookie = login
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or(l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let (status, health) = http(
+        addr,
+        &format!(
+            "GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{health}");
+    let body = health.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {health}"))
+}
 
 /// Starts the gateway with `data` as a fresh `size` tmpfs that only the gateway sees.
 fn start_on_tmpfs(config: &Path, data: &Path, size: &str) -> Gateway {
@@ -111,7 +163,9 @@ async fn a_smoke_alarm_raised_on_a_full_disk_is_published_with_its_time_once_spa
     let config = write_config(dir.path(), SITE);
     let mount_point = dir.path().join("data");
     let mut gateway = start_on_tmpfs(&config, &mount_point, "8m");
-    let broker = gateway.wait_ready();
+    let ready = gateway.wait_for_message("gateway ready", Duration::from_secs(30));
+    let broker: std::net::SocketAddr = ready["broker"].as_str().unwrap().parse().unwrap();
+    let console = ready["console"].as_str().unwrap().to_owned();
     // The tmpfs as the test sees it: through the gateway's own root.
     let data = PathBuf::from(format!("/proc/{}/root", gateway.pid())).join(
         mount_point
@@ -150,6 +204,8 @@ async fn a_smoke_alarm_raised_on_a_full_disk_is_published_with_its_time_once_spa
             .is_some_and(|e| e.contains("full")),
         "{waiting}"
     );
+    let banner = console_health(&console);
+    assert_eq!(banner["alert_store"]["deferred"], 1, "{banner}");
     let early = watcher.drain(Duration::from_secs(2)).await;
     assert!(
         early.is_empty(),
@@ -188,6 +244,7 @@ async fn a_smoke_alarm_raised_on_a_full_disk_is_published_with_its_time_once_spa
         recovered["alert_store"]["failures_total"].as_u64() >= Some(1),
         "{recovered}"
     );
+    assert_eq!(console_health(&console)["alert_store"]["deferred"], 0);
 
     gateway.signal(libc::SIGTERM);
     let exit = gateway

@@ -39,6 +39,7 @@ pub const API_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/devices"),
     ("GET", "/api/cameras"),
     ("GET", "/api/uplink"),
+    ("GET", "/api/health"),
     ("GET", "/api/stats/response-times"),
     ("GET", "/api/residents/links"),
 ];
@@ -57,6 +58,7 @@ pub(crate) fn routes(state: St) -> Router {
         .route("/api/devices", get(devices))
         .route("/api/cameras", get(cameras))
         .route("/api/uplink", get(uplink))
+        .route("/api/health", get(health))
         .route("/api/stats/response-times", get(response_times))
         .route("/api/residents/links", get(resident_links))
         .route_layer(middleware::from_fn_with_state(
@@ -499,6 +501,11 @@ async fn uplink(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value
         "oldest_undelivered_age_s": report.oldest_undelivered_age_s,
         "outbox": report.outbox,
     })))
+}
+
+/// What the console's banner needs: alert events the database has not accepted yet.
+async fn health(AxState(state): AxState<St>) -> Json<serde_json::Value> {
+    Json(json!({ "alert_store": state.deps.alert_store.snapshot() }))
 }
 
 async fn response_times(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value>> {

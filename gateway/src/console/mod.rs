@@ -71,6 +71,9 @@ pub struct ConsoleDeps {
     pub board: Arc<DeviceBoard>,
     /// Ingest's accepted/rejected counters (rejections per device on the devices panel).
     pub ingest: Arc<crate::ingest::IngestStats>,
+    /// Alert events the database refused (disk full): the console shows a banner while any
+    /// wait, because staff would otherwise see nothing at all.
+    pub alert_store: Arc<crate::alerts::task::AlertTaskStats>,
 }
 
 /// The running console.
