@@ -231,7 +231,11 @@ impl AlertTask {
     fn tick(&mut self, at: DateTime<Utc>) {
         self.retry_deferred();
         match self.lifecycle.on_tick(at) {
-            Ok(alerts) => self.publish(alerts),
+            Ok(alerts) if alerts.is_empty() => {}
+            Ok(alerts) => {
+                self.publish(alerts);
+                self.recovered();
+            }
             // Escalation is re-evaluated every tick: nothing to keep but what was committed.
             Err(PartialCommit { committed, error }) => {
                 self.publish(committed);
@@ -265,8 +269,13 @@ impl AlertTask {
             }
             self.deferred.pop_front();
             self.count_deferred();
+            self.recovered();
         }
-        if self.failing_since_log.take().is_some() {
+    }
+
+    /// A commit went through: ends a run of failures once nothing waits any more.
+    fn recovered(&mut self) {
+        if self.deferred.is_empty() && self.failing_since_log.take().is_some() {
             tracing::info!("the database accepts alert events again; all deferred ones recorded");
         }
     }
@@ -305,6 +314,7 @@ impl AlertTask {
         let _ = reply.send(out.clone());
         if let Ok(alert) = out {
             self.publish(vec![alert]);
+            self.recovered();
         }
     }
 
