@@ -642,6 +642,15 @@ mod tests {
         let exe = dir.path().join("gateway");
         std::fs::copy("/bin/sleep", &exe).unwrap();
         let mut daemon = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        // Until it has exec'd, the child still carries the test binary's name.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !gateway_alive(daemon.id()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never became `gateway`"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         StatusFile {
             pid: daemon.id(),
             updated_at_ms: now_ms() - 60_000,
