@@ -127,7 +127,7 @@ fn status(pid: u32, data: &Path) -> Value {
     command.arg("--target").arg(pid.to_string());
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        command.arg("--user");
+        command.args(["--preserve-credentials", "--user"]);
     }
     let out = command
         .args(["--mount", "--"])
