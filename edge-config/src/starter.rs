@@ -223,4 +223,6 @@ bind = "0.0.0.0:8080"
 [storage]
 data_dir = "/var/lib/shouwang"
 quota_mb = 1024
+# Held back and given up when the disk is full, so alarms can still be recorded (0: none).
+reserve_mb = 16
 "#;

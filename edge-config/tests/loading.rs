@@ -262,6 +262,7 @@ fn minimal_config_defaults_the_services() {
     );
     assert_eq!(c.storage.data_dir, Path::new("/var/lib/shouwang"));
     assert_eq!(c.storage.quota_mb, 1024);
+    assert_eq!(c.storage.reserve_mb, 16);
     assert_eq!(c.detector.model, "yolox_nano");
     assert_eq!(
         c.detector.models_dir,

@@ -183,7 +183,7 @@ fn several_schema_errors_are_all_reported_in_one_run() {
 fn several_semantic_errors_are_all_reported_sorted_by_line() {
     check("18-several-semantic-errors.toml");
     let (_, errors) = errors_of("18-several-semantic-errors.toml");
-    assert_eq!(errors.len(), 10);
+    assert_eq!(errors.len(), 11);
     let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
     assert!(
         lines.windows(2).all(|w| w[0] <= w[1]),

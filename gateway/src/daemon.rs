@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::db;
 use crate::pipeline::{self, Running};
+use crate::reserve::Reserve;
 use crate::shutdown::{self, Lifecycle, Stage};
 
 /// How the daemon runs, from the command line.
@@ -49,12 +50,16 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     let mut signals = shutdown::Signals::new().map_err(DaemonError::Signal)?;
     let _lock = lock_data_dir(&options.data_dir)?;
     let db_path = options.data_dir.join(db::FILE_NAME);
-    let conn = db::open(&db_path)?;
+    let reserve = Arc::new(Reserve::ensure(
+        &options.data_dir,
+        config.storage.reserve_mb.saturating_mul(1024 * 1024),
+    ));
+    let conn = open_database(&db_path, &reserve)?;
 
     let life = Lifecycle::new();
     spawn_database(&life, conn, db_path.clone());
     let config = Arc::new(config);
-    let running = pipeline::start(config.clone(), &db_path, &life)?;
+    let running = pipeline::start_with_reserve(config.clone(), &db_path, &life, Some(reserve))?;
     let video = start_video(&config, &life, &running, &options.data_dir).await;
     if let Some(broker) = running.broker_addr {
         crate::residents::spawn_publisher(
@@ -78,6 +83,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
             board: running.device_board.clone(),
             ingest: running.ingest_stats.clone(),
             alert_store: running.alert_stats.clone(),
+            reserve: running.reserve.clone(),
         },
         &life,
     )?;
@@ -161,6 +167,19 @@ fn spawn_database(life: &Lifecycle, conn: rusqlite::Connection, path: PathBuf) {
 /// Creates the data directory and takes an exclusive lock on `gateway.lock` inside it, so two
 /// gateways never share one outbox. The lock is released when the returned file is dropped
 /// (or the process dies).
+/// Opens the database; on a full disk (it cannot even create its WAL index) gives up the
+/// disk reserve and tries once more.
+fn open_database(path: &Path, reserve: &Reserve) -> Result<rusqlite::Connection, DaemonError> {
+    match db::open(path) {
+        Ok(conn) => Ok(conn),
+        Err(e) if reserve.release("opening the database") => {
+            tracing::warn!(error = %e, "retrying the database with the reserve's room");
+            Ok(db::open(path)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn lock_data_dir(dir: &Path) -> Result<File, DaemonError> {
     let io = |source| DaemonError::DataDir {
         path: dir.to_owned(),

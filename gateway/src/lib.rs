@@ -30,6 +30,7 @@
 //! - [`alerts`] — the alert model, lifecycle (escalation, linkage) and its SQLite store.
 //! - [`publish`] / [`telemetry`] — retained local alert topics; durable telemetry batches.
 //! - [`db`] — the single SQLite (WAL) database shared by alerts and the outbox.
+//! - [`reserve`] — disk space held back so that alarms can still be recorded on a full disk.
 //! - [`outbox`] — the durable store-and-forward queue; its design is at the top of the module.
 //! - [`video`] — camera pipelines: capture (FFmpeg) → motion → detect (ONNX Runtime) → track
 //!   → zones → evidence, into the same alert lifecycle; `gateway detect` for installers.
@@ -54,6 +55,7 @@ pub mod logging;
 pub mod outbox;
 pub mod pipeline;
 pub mod publish;
+pub mod reserve;
 pub mod residents;
 pub mod rules;
 pub mod shutdown;

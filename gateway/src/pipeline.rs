@@ -20,11 +20,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::alerts::linkage::Command;
-use crate::alerts::task::{self as alert_task, AlertInput, AlertTaskStats};
+use crate::alerts::task::{self as alert_task, AlertInput, AlertTask, AlertTaskStats};
 use crate::alerts::{AlertStore, Lifecycle, Source};
 use crate::broker::{self, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles};
 use crate::ingest::{self, Ingest, IngestStats};
 use crate::publish;
+use crate::reserve::Reserve;
 use crate::rules::{Engine, Reading};
 use crate::shutdown::{Lifecycle as Stages, Stage};
 use crate::telemetry::{self, TelemetryError, TelemetryStats};
@@ -67,6 +68,8 @@ pub struct Running {
     pub telemetry_stats: Arc<TelemetryStats>,
     /// Alert events waiting for a database that refused them (disk full).
     pub alert_stats: Arc<AlertTaskStats>,
+    /// The disk reserve, if the daemon keeps one.
+    pub reserve: Option<Arc<Reserve>>,
     pub alert_inputs: mpsc::Sender<AlertInput>,
     pub events: broadcast::Sender<crate::alerts::Alert>,
     /// Live uplink state and counters (also written to `status.json` every second).
@@ -78,6 +81,16 @@ pub fn start(
     config: Arc<Config>,
     db_path: &Path,
     stages: &Stages,
+) -> Result<Running, PipelineError> {
+    start_with_reserve(config, db_path, stages, None)
+}
+
+/// [`start`] with a disk reserve that the alert task gives up when the disk is full.
+pub fn start_with_reserve(
+    config: Arc<Config>,
+    db_path: &Path,
+    stages: &Stages,
+    reserve: Option<Arc<Reserve>>,
 ) -> Result<Running, PipelineError> {
     let ingest = Ingest::new(config.clone());
     let (mut broker, options) = connect(&config, &ingest)?;
@@ -98,8 +111,9 @@ pub fn start(
     let published = events_tx.clone();
     let alert_stats = Arc::new(AlertTaskStats::default());
     let task_stats = alert_stats.clone();
+    let task = AlertTask::new(lifecycle, published, task_stats).with_reserve(reserve.clone());
     stages.spawn_blocking(Stage::Processing, move |_token| {
-        alert_task::run(lifecycle, input_rx, published, task_stats)
+        alert_task::run(task, input_rx)
     });
     let telemetry_stats = Arc::new(TelemetryStats::default());
     let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_CAPACITY);
@@ -149,6 +163,7 @@ pub fn start(
         crate::uplink::StatusSources {
             ingest: Some(ingest.stats.clone()),
             alert_store: Some(alert_stats.clone()),
+            reserve: reserve.clone(),
         },
     )?;
 
@@ -181,6 +196,7 @@ pub fn start(
         device_board,
         telemetry_stats,
         alert_stats,
+        reserve,
         alert_inputs: input_tx,
         events: events_tx,
         uplink,

@@ -106,6 +106,7 @@ impl Site {
                 board: running.device_board.clone(),
                 ingest: running.ingest_stats.clone(),
                 alert_store: running.alert_stats.clone(),
+                reserve: running.reserve.clone(),
             },
             &life,
         )

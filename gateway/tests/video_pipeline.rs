@@ -207,7 +207,9 @@ impl AlertTask {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let (events_tx, events) = tokio::sync::broadcast::channel(256);
         let thread = std::thread::spawn(move || {
-            gateway::alerts::task::run(lifecycle, rx, events_tx, Default::default())
+            let task =
+                gateway::alerts::task::AlertTask::new(lifecycle, events_tx, Default::default());
+            gateway::alerts::task::run(task, rx)
         });
         AlertTask {
             tx,

@@ -4,6 +4,7 @@
 //! `/proc/PID/root`, the gateway's own view of the file system.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -82,26 +83,137 @@ fn console_health(addr: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {health}"))
 }
 
-/// Starts the gateway with `data` as a fresh `size` tmpfs that only the gateway sees.
-fn start_on_tmpfs(config: &Path, data: &Path, size: &str) -> Gateway {
-    std::fs::create_dir_all(data).unwrap();
-    let mut command = Command::new("unshare");
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        // Without root, a user namespace of our own grants the right to mount.
-        command.args(["--user", "--map-root-user"]);
+/// Run the gateway once (`exec`, so the child's pid is the gateway's).
+const ONCE: &str = r#"mount -t tmpfs -o "size=$1" shouwang-test "$2" || exit 1
+exec "$3" --log-format json run --config "$4" --data-dir "$2""#;
+
+/// Run it, and once it has stopped and `$5` exists, run it again on the same tmpfs.
+const TWICE: &str = r#"mount -t tmpfs -o "size=$1" shouwang-test "$2" || exit 1
+"$3" --log-format json run --config "$4" --data-dir "$2"
+while [ ! -e "$5" ]; do sleep 0.1; done
+exec "$3" --log-format json run --config "$4" --data-dir "$2""#;
+
+/// A gateway whose data directory is a fresh tmpfs that only it sees.
+struct OnTmpfs {
+    dir: tempfile::TempDir,
+    gateway: Gateway,
+    /// The data directory as the gateway sees it.
+    mount_point: PathBuf,
+    /// The same directory as the test sees it: through the namespace's own root.
+    data: PathBuf,
+    broker: SocketAddr,
+    console: String,
+}
+
+impl OnTmpfs {
+    fn start(config_body: &str, size: &str, script: &str) -> OnTmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), config_body);
+        let mount_point = dir.path().join("data");
+        std::fs::create_dir_all(&mount_point).unwrap();
+        let mut command = Command::new("unshare");
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // Without root, a user namespace of our own grants the right to mount.
+            command.args(["--user", "--map-root-user"]);
+        }
+        command
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .arg(size)
+            .arg(&mount_point)
+            .arg(bin("gateway"))
+            .arg(&config)
+            .arg(dir.path().join("restart"));
+        let gateway = Gateway::spawn(command);
+        let data = PathBuf::from(format!("/proc/{}/root", gateway.pid())).join(
+            mount_point
+                .strip_prefix("/")
+                .expect("tempdir paths are absolute"),
+        );
+        let mut site = OnTmpfs {
+            dir,
+            gateway,
+            mount_point,
+            data,
+            broker: SocketAddr::from(([127, 0, 0, 1], 0)),
+            console: String::new(),
+        };
+        site.wait_ready();
+        assert!(
+            site.data.join("shouwang.db").exists(),
+            "the gateway's database is not where the test looks: {}",
+            site.data.display()
+        );
+        site
     }
-    command
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg(
-            r#"mount -t tmpfs -o "size=$1" shouwang-test "$2" && exec "$3" --log-format json run --config "$4" --data-dir "$2""#,
-        )
-        .arg("sh")
-        .arg(size)
-        .arg(data)
-        .arg(bin("gateway"))
-        .arg(config);
-    Gateway::spawn(command)
+
+    fn wait_ready(&mut self) {
+        let ready = self
+            .gateway
+            .wait_for_message("gateway ready", Duration::from_secs(30));
+        self.broker = ready["broker"].as_str().unwrap().parse().unwrap();
+        self.console = ready["console"].as_str().unwrap().to_owned();
+    }
+
+    fn status_until(&self, wait: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        status_until(self.gateway.pid(), &self.mount_point, wait, check)
+    }
+
+    async fn watcher(&self) -> Mqtt {
+        let watcher = Mqtt::connect(self.broker, "disk-full-watcher").await;
+        watcher.subscribe("shouwang/test-site/alerts/#").await;
+        watcher
+    }
+
+    async fn smoke_alarm(&self) -> chrono::DateTime<chrono::Utc> {
+        let sensor = Mqtt::connect(self.broker, "b1-smoke").await;
+        let at = chrono::Utc::now();
+        sensor
+            .publish("sensors/b1-smoke/state", r#"{"smoke":true}"#)
+            .await;
+        at
+    }
+
+    fn stop(mut self) {
+        self.gateway.signal(libc::SIGTERM);
+        let exit = self
+            .gateway
+            .wait_exit(Duration::from_secs(15))
+            .expect("the gateway stops on SIGTERM");
+        assert!(
+            exit.success(),
+            "exit {exit:?}; log:\n{}",
+            self.gateway.seen.join("\n")
+        );
+    }
+}
+
+/// The first message on `watcher` must be a red smoke alarm being raised; returns it.
+async fn red_smoke_raised(watcher: &mut Mqtt, wait: Duration) -> Value {
+    let alert = watcher
+        .next(wait)
+        .await
+        .expect("the smoke alarm is published")
+        .json();
+    assert_eq!(
+        (&alert["kind"], &alert["level"], &alert["event"]),
+        (
+            &Value::from("smoke"),
+            &Value::from("red"),
+            &Value::from("raised")
+        ),
+        "{alert}"
+    );
+    alert
 }
 
 /// Writes zeros into `dir/filler` until the file system says it is full.
@@ -159,42 +271,19 @@ fn status_until(pid: u32, data: &Path, wait: Duration, check: impl Fn(&Value) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_smoke_alarm_raised_on_a_full_disk_is_published_with_its_time_once_space_is_freed() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), SITE);
-    let mount_point = dir.path().join("data");
-    let mut gateway = start_on_tmpfs(&config, &mount_point, "8m");
-    let ready = gateway.wait_for_message("gateway ready", Duration::from_secs(30));
-    let broker: std::net::SocketAddr = ready["broker"].as_str().unwrap().parse().unwrap();
-    let console = ready["console"].as_str().unwrap().to_owned();
-    // The tmpfs as the test sees it: through the gateway's own root.
-    let data = PathBuf::from(format!("/proc/{}/root", gateway.pid())).join(
-        mount_point
-            .strip_prefix("/")
-            .expect("tempdir paths are absolute"),
-    );
-    assert!(
-        data.join("shouwang.db").exists(),
-        "the gateway's database is not where the test looks: {}",
-        data.display()
-    );
-    let mut watcher = Mqtt::connect(broker, "disk-full-watcher").await;
-    watcher.subscribe("shouwang/test-site/alerts/#").await;
-    let sensor = Mqtt::connect(broker, "b1-smoke").await;
-
-    let filler = fill(&data);
-    let alarm_at = chrono::Utc::now();
-    sensor
-        .publish("sensors/b1-smoke/state", r#"{"smoke":true}"#)
-        .await;
+    let mut site = OnTmpfs::start(&format!("{SITE}\n[storage]\nreserve_mb = 0\n"), "8m", ONCE);
+    let mut watcher = site.watcher().await;
+    let filler = fill(&site.data);
+    let alarm_at = site.smoke_alarm().await;
 
     // Refused, not lost: nothing is published, the log says why, status shows it waiting.
-    let refused = gateway.wait_for_message(
+    let refused = site.gateway.wait_for_message(
         "alert events cannot be recorded (disk full?); they wait in memory and are retried every second",
         Duration::from_secs(10),
     );
     let error = refused["error"].as_str().unwrap_or_default().to_owned();
     assert!(error.contains("full"), "{refused}");
-    let waiting = status_until(gateway.pid(), &mount_point, Duration::from_secs(10), |r| {
+    let waiting = site.status_until(Duration::from_secs(10), |r| {
         r["alert_store"]["deferred"] == 1
     });
     assert_eq!(waiting["running"], true, "{waiting}");
@@ -204,7 +293,7 @@ async fn a_smoke_alarm_raised_on_a_full_disk_is_published_with_its_time_once_spa
             .is_some_and(|e| e.contains("full")),
         "{waiting}"
     );
-    let banner = console_health(&console);
+    let banner = console_health(&site.console);
     assert_eq!(banner["alert_store"]["deferred"], 1, "{banner}");
     let early = watcher.drain(Duration::from_secs(2)).await;
     assert!(
@@ -215,20 +304,7 @@ async fn a_smoke_alarm_raised_on_a_full_disk_is_published_with_its_time_once_spa
 
     std::fs::remove_file(&filler).unwrap();
     let freed_at = chrono::Utc::now();
-    let message = watcher
-        .next(Duration::from_secs(10))
-        .await
-        .expect("the deferred smoke alarm is published once space is back");
-    let alert = message.json();
-    assert_eq!(
-        (&alert["kind"], &alert["level"], &alert["event"]),
-        (
-            &Value::from("smoke"),
-            &Value::from("red"),
-            &Value::from("raised")
-        ),
-        "{alert}"
-    );
+    let alert = red_smoke_raised(&mut watcher, Duration::from_secs(10)).await;
     let raised_at = alert["raised_at"]
         .as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
@@ -237,22 +313,77 @@ async fn a_smoke_alarm_raised_on_a_full_disk_is_published_with_its_time_once_spa
         raised_at >= alarm_at - chrono::Duration::milliseconds(5) && raised_at < freed_at,
         "raised_at {raised_at} is not the alarm's arrival ({alarm_at}), before the disk was freed ({freed_at})"
     );
-    let recovered = status_until(gateway.pid(), &mount_point, Duration::from_secs(10), |r| {
+    let recovered = site.status_until(Duration::from_secs(10), |r| {
         r["alert_store"]["deferred"] == 0
     });
     assert!(
         recovered["alert_store"]["failures_total"].as_u64() >= Some(1),
         "{recovered}"
     );
-    assert_eq!(console_health(&console)["alert_store"]["deferred"], 0);
+    assert_eq!(console_health(&site.console)["alert_store"]["deferred"], 0);
+    site.stop();
+}
 
-    gateway.signal(libc::SIGTERM);
-    let exit = gateway
-        .wait_exit(Duration::from_secs(15))
-        .expect("the gateway stops on SIGTERM");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_disk_reserve_a_smoke_alarm_on_a_full_disk_is_published_at_once() {
+    let site = OnTmpfs::start(SITE, "24m", ONCE);
     assert!(
-        exit.success(),
-        "exit {exit:?}; log:\n{}",
-        gateway.seen.join("\n")
+        site.data.join("reserve.bin").metadata().unwrap().len() == 16 * 1024 * 1024,
+        "the default reserve is 16 MiB"
     );
+    let held = site.status_until(Duration::from_secs(10), |r| r["reserve"]["held"] == true);
+    assert_eq!(held["reserve"]["bytes"], 16 * 1024 * 1024);
+    let mut watcher = site.watcher().await;
+    let _filler = fill(&site.data);
+    site.smoke_alarm().await;
+
+    red_smoke_raised(&mut watcher, Duration::from_secs(5)).await;
+    assert!(
+        !site.data.join("reserve.bin").exists(),
+        "given up for the alarm"
+    );
+    let released = site.status_until(Duration::from_secs(10), |r| r["reserve"]["held"] == false);
+    assert_eq!(
+        released["reserve"]["released_for"], "recording alert events",
+        "{released}"
+    );
+    assert_eq!(released["alert_store"]["deferred"], 0, "{released}");
+    let banner = console_health(&site.console);
+    assert_eq!(banner["reserve"]["held"], false, "{banner}");
+    site.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_on_a_full_disk_starts_on_its_reserve_and_records_alarms() {
+    let mut site = OnTmpfs::start(SITE, "24m", TWICE);
+    // The first run: stop it (the child is the shell; status.json names the gateway).
+    let first = site.status_until(Duration::from_secs(10), |r| r["running"] == true);
+    let status_file: Value =
+        serde_json::from_slice(&std::fs::read(site.data.join("status.json")).unwrap()).unwrap();
+    let pid = status_file["pid"]
+        .as_i64()
+        .expect("status.json has the pid") as i32;
+    assert!(first["reserve"]["held"] == true, "{first}");
+    // SAFETY: kill(2) on a process of this test's own tree has no memory preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    site.gateway
+        .wait_for_message("gateway stopped cleanly", Duration::from_secs(15));
+
+    // The disk fills up while it is down (a camera archive, say), then it comes back.
+    let _filler = fill(&site.data);
+    std::fs::write(site.dir.path().join("restart"), b"").unwrap();
+    site.gateway.wait_for_message(
+        "retrying the database with the reserve's room",
+        Duration::from_secs(30),
+    );
+    site.wait_ready();
+    let mut watcher = site.watcher().await;
+    site.smoke_alarm().await;
+    red_smoke_raised(&mut watcher, Duration::from_secs(5)).await;
+    let released = site.status_until(Duration::from_secs(10), |r| r["reserve"]["held"] == false);
+    assert_eq!(
+        released["reserve"]["released_for"], "opening the database",
+        "{released}"
+    );
+    site.stop();
 }

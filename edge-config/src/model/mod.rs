@@ -329,6 +329,9 @@ pub struct Storage {
     pub data_dir: PathBuf,
     /// Disk quota in MiB (at least 16). Default 1024.
     pub quota_mb: u64,
+    /// Disk space in MiB held back in a reserve file and given up when the disk is full, so
+    /// that alarms can still be recorded (0: none). Default 16.
+    pub reserve_mb: u64,
 }
 
 impl Default for Storage {
@@ -336,6 +339,7 @@ impl Default for Storage {
         Self {
             data_dir: PathBuf::from("/var/lib/shouwang"),
             quota_mb: 1024,
+            reserve_mb: 16,
         }
     }
 }

@@ -245,6 +245,16 @@ pub(super) fn check_storage(config: &Config, p: &mut Problems) {
             ),
         );
     }
+    if s.reserve_mb > 1024 {
+        p.push(
+            at.key("reserve_mb"),
+            format!(
+                "reserve_mb {} is more than 1024; a few MiB record thousands of alarms \
+                 (default 16, 0 for none)",
+                s.reserve_mb
+            ),
+        );
+    }
 }
 
 #[cfg(test)]

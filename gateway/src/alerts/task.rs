@@ -26,6 +26,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::lifecycle::{Lifecycle, LifecycleError, PartialCommit};
 use super::model::{Alert, Location, Source};
 use super::store::StoreError;
+use crate::reserve::Reserve;
 use crate::rules::Signal;
 use edge_config::{AlertKind, Level};
 
@@ -146,16 +147,12 @@ pub struct AlertTask {
     stats: Arc<AlertTaskStats>,
     /// When the current run of failures was last logged (`None`: the database is fine).
     failing_since_log: Option<Instant>,
+    /// Disk space to give up when the database refuses a write (see [`crate::reserve`]).
+    reserve: Option<Arc<Reserve>>,
 }
 
-/// Runs until `inputs` is closed. Every committed alert event is sent on `published`.
-pub fn run(
-    lifecycle: Lifecycle,
-    mut inputs: mpsc::Receiver<AlertInput>,
-    published: broadcast::Sender<Alert>,
-    stats: Arc<AlertTaskStats>,
-) {
-    let mut task = AlertTask::new(lifecycle, published, stats);
+/// Runs `task` until `inputs` is closed. Every committed alert event is published.
+pub fn run(mut task: AlertTask, mut inputs: mpsc::Receiver<AlertInput>) {
     while let Some(input) = inputs.blocking_recv() {
         task.handle(input, Utc::now());
     }
@@ -181,7 +178,21 @@ impl AlertTask {
             deferred: VecDeque::new(),
             stats,
             failing_since_log: None,
+            reserve: None,
         }
+    }
+
+    /// Gives the task a disk reserve to release when the database refuses a write.
+    pub fn with_reserve(mut self, reserve: Option<Arc<Reserve>>) -> Self {
+        self.reserve = reserve;
+        self
+    }
+
+    /// Releases the disk reserve, if there still is one: `true` means retry now.
+    fn release_reserve(&self) -> bool {
+        self.reserve
+            .as_ref()
+            .is_some_and(|r| r.release("recording alert events"))
     }
 
     pub fn lifecycle(&self) -> &Lifecycle {
@@ -240,6 +251,7 @@ impl AlertTask {
             Err(PartialCommit { committed, error }) => {
                 self.publish(committed);
                 self.failed(&error.to_string());
+                self.release_reserve();
             }
         }
     }
@@ -265,6 +277,9 @@ impl AlertTask {
             self.publish(committed);
             if let Some(error) = error {
                 self.failed(&error.to_string());
+                if self.release_reserve() {
+                    continue;
+                }
                 return;
             }
             self.deferred.pop_front();
@@ -309,6 +324,7 @@ impl AlertTask {
     ) {
         if let Err(LifecycleError::Store(e)) = &result {
             self.failed(&e.to_string());
+            self.release_reserve();
         }
         let out = result.map_err(|e| e.to_string());
         let _ = reply.send(out.clone());

@@ -505,7 +505,10 @@ async fn uplink(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value
 
 /// What the console's banner needs: alert events the database has not accepted yet.
 async fn health(AxState(state): AxState<St>) -> Json<serde_json::Value> {
-    Json(json!({ "alert_store": state.deps.alert_store.snapshot() }))
+    Json(json!({
+        "alert_store": state.deps.alert_store.snapshot(),
+        "reserve": state.deps.reserve.as_ref().map(|r| r.snapshot()),
+    }))
 }
 
 async fn response_times(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value>> {

@@ -74,6 +74,8 @@ pub struct ConsoleDeps {
     /// Alert events the database refused (disk full): the console shows a banner while any
     /// wait, because staff would otherwise see nothing at all.
     pub alert_store: Arc<crate::alerts::task::AlertTaskStats>,
+    /// The disk reserve (`None`: none kept): its release is a banner too.
+    pub reserve: Option<Arc<crate::reserve::Reserve>>,
 }
 
 /// The running console.

@@ -34,6 +34,7 @@ pub struct HousekeepingSettings {
 pub struct StatusSources {
     pub ingest: Option<Arc<IngestStats>>,
     pub alert_store: Option<Arc<AlertTaskStats>>,
+    pub reserve: Option<Arc<crate::reserve::Reserve>>,
 }
 
 /// The source of gateway-raised outbox alerts.
@@ -154,6 +155,7 @@ async fn write_status(
             .as_ref()
             .map(|i| i.snapshot().with_top_devices(STATUS_TOP_DEVICES)),
         alert_store: settings.sources.alert_store.as_ref().map(|a| a.snapshot()),
+        reserve: settings.sources.reserve.as_ref().map(|r| r.snapshot()),
     };
     match tokio::task::spawn_blocking(move || file.write(&path)).await {
         Ok(result) => result.map_err(|e| e.to_string()),

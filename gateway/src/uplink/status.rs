@@ -3,6 +3,7 @@
 
 use crate::alerts::task::AlertStoreSnapshot;
 use crate::ingest::StatsSnapshot;
+use crate::reserve::ReserveSnapshot;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -227,6 +228,9 @@ pub struct StatusFile {
     /// absent in files from older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert_store: Option<AlertStoreSnapshot>,
+    /// The disk reserve (absent: none kept, or a file from an older version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<ReserveSnapshot>,
 }
 
 /// Devices with the most rejections kept in `status.json`.
@@ -318,6 +322,8 @@ pub struct StatusReport {
     pub ingest: Option<StatsSnapshot>,
     /// Alert events the running daemon could not record yet (absent when it is not running).
     pub alert_store: Option<AlertStoreSnapshot>,
+    /// The running daemon's disk reserve (absent when it is not running or keeps none).
+    pub reserve: Option<ReserveSnapshot>,
 }
 
 /// Reads the status of the gateway whose data directory is `data_dir`, without disturbing a
@@ -362,6 +368,10 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, UplinkError> {
         alert_store: file
             .as_ref()
             .and_then(|f| f.alert_store.clone())
+            .filter(|_| running),
+        reserve: file
+            .as_ref()
+            .and_then(|f| f.reserve.clone())
             .filter(|_| running),
         link: file.map(|f| f.link),
         oldest_undelivered_age_s: stats
@@ -425,6 +435,24 @@ fn alert_store_line(a: &AlertStoreSnapshot) -> Option<String> {
         line.push_str(&format!("; last error: {e}"));
     }
     Some(line)
+}
+
+/// `disk reserve: 16.0 MB held` or `disk reserve: RELEASED 3.0 min ago for …`.
+fn reserve_line(r: &ReserveSnapshot, now: i64) -> Option<String> {
+    match (r.held, r.released_at_ms) {
+        (true, _) => Some(format!("disk reserve: {} held", mb(r.bytes))),
+        (false, Some(at)) => Some(format!(
+            "disk reserve: RELEASED {} ago for {} (the disk filled up); free space, then \
+             restart the gateway to restore it",
+            ago(now - at),
+            r.released_for.as_deref().unwrap_or("a write")
+        )),
+        (false, None) if r.bytes > 0 => Some(format!(
+            "disk reserve: none (no room for {} at start-up)",
+            mb(r.bytes)
+        )),
+        (false, None) => None,
+    }
 }
 
 fn mb(bytes: u64) -> String {
@@ -514,6 +542,9 @@ impl fmt::Display for StatusReport {
         if let Some(line) = self.alert_store.as_ref().and_then(alert_store_line) {
             write!(f, "\n{line}")?;
         }
+        if let Some(line) = self.reserve.as_ref().and_then(|r| reserve_line(r, now)) {
+            write!(f, "\n{line}")?;
+        }
         Ok(())
     }
 }
@@ -561,6 +592,7 @@ mod tests {
             link: status.snapshot(),
             ingest: None,
             alert_store: None,
+            reserve: None,
         }
         .write(&dir.path().join(STATUS_FILE))
         .unwrap();
@@ -588,6 +620,7 @@ mod tests {
             link: UplinkStatus::new(None).snapshot(),
             ingest: None,
             alert_store: Some(AlertStoreSnapshot::default()),
+            reserve: None,
         };
         file.write(&dir.path().join(STATUS_FILE)).unwrap();
         let healthy = status_report(dir.path()).unwrap().to_string();
@@ -611,6 +644,20 @@ mod tests {
         );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["alert_store"]["deferred"], 2);
+
+        file.reserve = Some(ReserveSnapshot {
+            bytes: 16 * 1024 * 1024,
+            held: false,
+            released_at_ms: Some(now_ms() - 90_000),
+            released_for: Some("recording alert events".to_owned()),
+        });
+        file.write(&dir.path().join(STATUS_FILE)).unwrap();
+        let text = status_report(dir.path()).unwrap().to_string();
+        assert!(
+            text.contains("disk reserve: RELEASED 90.")
+                && text.contains("for recording alert events (the disk filled up)"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -623,6 +670,7 @@ mod tests {
             link: UplinkStatus::new(None).snapshot(),
             ingest: None,
             alert_store: None,
+            reserve: None,
         }
         .write(&dir.path().join(STATUS_FILE))
         .unwrap();
@@ -657,6 +705,7 @@ mod tests {
             link: UplinkStatus::new(None).snapshot(),
             ingest: None,
             alert_store: None,
+            reserve: None,
         }
         .write(&dir.path().join(STATUS_FILE))
         .unwrap();
