@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::db;
 use crate::pipeline::{self, Running};
-use crate::reserve::Reserve;
+use crate::reserve::{is_disk_trouble, Reserve};
 use crate::shutdown::{self, Lifecycle, Stage};
 
 /// How the daemon runs, from the command line.
@@ -172,7 +172,7 @@ fn spawn_database(life: &Lifecycle, conn: rusqlite::Connection, path: PathBuf) {
 fn open_database(path: &Path, reserve: &Reserve) -> Result<rusqlite::Connection, DaemonError> {
     match db::open(path) {
         Ok(conn) => Ok(conn),
-        Err(e) if reserve.release("opening the database") => {
+        Err(e) if is_disk_trouble(&e) && reserve.release("opening the database") => {
             tracing::warn!(error = %e, "retrying the database with the reserve's room");
             Ok(db::open(path)?)
         }

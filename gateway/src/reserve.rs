@@ -8,8 +8,10 @@
 //!
 //! * at start-up it writes the reserve file if it is missing (incompressible bytes, so that a
 //!   compressing file system cannot fake it); no room for it is a warning, not an error;
-//! * when the database refuses a write — at start-up, or when the alert task commits — the
-//!   reserve is **released** (deleted) once, loudly, and the write is retried at once;
+//! * when the database refuses a write for lack of disk ([`is_disk_trouble`]: SQLite's
+//!   `FULL`, `IOERR` or `CANTOPEN`, not a lock held too long) — at start-up, or when the alert
+//!   task commits — the reserve is **released** (deleted) once, loudly, and the write is
+//!   retried at once;
 //! * it is not re-created while the gateway runs: `gateway status` and the console say it is
 //!   gone until someone frees space and restarts the gateway.
 
@@ -32,6 +34,25 @@ pub enum ReserveError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Whether `error`, or an error it wraps, is SQLite saying the disk is full or unusable
+/// (`SQLITE_FULL`, `SQLITE_IOERR`, `SQLITE_CANTOPEN`) — what the reserve is for — rather than,
+/// say, a lock held too long or a constraint.
+pub fn is_disk_trouble(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(rusqlite::Error::SqliteFailure(f, _)) = e.downcast_ref::<rusqlite::Error>() {
+            return matches!(
+                f.code,
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+            );
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The reserve of one data directory.
@@ -180,6 +201,29 @@ mod tests {
             (false, Some("alert store"))
         );
         assert!(s.released_at_ms.is_some());
+    }
+
+    #[test]
+    fn only_a_full_or_failing_disk_counts_as_disk_trouble() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB); INSERT INTO t VALUES (1, x'00');",
+        )
+        .unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch(&format!("PRAGMA max_page_count = {pages}"))
+            .unwrap();
+        let full = conn
+            .execute("INSERT INTO t VALUES (2, zeroblob(100000))", [])
+            .unwrap_err();
+        let duplicate = conn
+            .execute("INSERT INTO t VALUES (1, x'00')", [])
+            .unwrap_err();
+        let wrapped = crate::alerts::store::StoreError::Sql(full);
+        assert!(is_disk_trouble(&wrapped), "{wrapped}");
+        assert!(!is_disk_trouble(&duplicate), "{duplicate}");
     }
 
     #[test]

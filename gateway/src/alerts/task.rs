@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::lifecycle::{Lifecycle, LifecycleError, PartialCommit};
 use super::model::{Alert, Location, Source};
 use super::store::StoreError;
-use crate::reserve::Reserve;
+use crate::reserve::{is_disk_trouble, Reserve};
 use crate::rules::Signal;
 use edge_config::{AlertKind, Level};
 
@@ -188,11 +188,14 @@ impl AlertTask {
         self
     }
 
-    /// Releases the disk reserve, if there still is one: `true` means retry now.
-    fn release_reserve(&self) -> bool {
-        self.reserve
-            .as_ref()
-            .is_some_and(|r| r.release("recording alert events"))
+    /// Releases the disk reserve if `error` is a full disk and there still is one: `true`
+    /// means retry now.
+    fn release_reserve(&self, error: &StoreError) -> bool {
+        is_disk_trouble(error)
+            && self
+                .reserve
+                .as_ref()
+                .is_some_and(|r| r.release("recording alert events"))
     }
 
     pub fn lifecycle(&self) -> &Lifecycle {
@@ -251,7 +254,7 @@ impl AlertTask {
             Err(PartialCommit { committed, error }) => {
                 self.publish(committed);
                 self.failed(&error.to_string());
-                self.release_reserve();
+                self.release_reserve(&error);
             }
         }
     }
@@ -277,7 +280,7 @@ impl AlertTask {
             self.publish(committed);
             if let Some(error) = error {
                 self.failed(&error.to_string());
-                if self.release_reserve() {
+                if self.release_reserve(&error) {
                     continue;
                 }
                 return;
@@ -324,7 +327,7 @@ impl AlertTask {
     ) {
         if let Err(LifecycleError::Store(e)) = &result {
             self.failed(&e.to_string());
-            self.release_reserve();
+            self.release_reserve(e);
         }
         let out = result.map_err(|e| e.to_string());
         let _ = reply.send(out.clone());
