@@ -119,8 +119,9 @@ pub fn start_with_reserve(
     let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_CAPACITY);
     let telemetry_conn = telemetry::open(db_path)?;
     let writer_stats = telemetry_stats.clone();
+    let writer_reserve = reserve.clone();
     stages.spawn_blocking(Stage::Processing, move |_token| {
-        telemetry::run(telemetry_conn, telemetry_rx, writer_stats)
+        telemetry::run(telemetry_conn, telemetry_rx, writer_stats, writer_reserve)
     });
     let rules_inputs = input_tx.clone();
     let to_telemetry = TelemetrySink {

@@ -166,6 +166,11 @@ impl Reserve {
         }
     }
 
+    /// Whether the reserve has been given up in this run.
+    pub fn released(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.released_at_ms.is_some())
+    }
+
     pub fn snapshot(&self) -> ReserveSnapshot {
         self.state.lock().map(|s| s.clone()).unwrap_or_default()
     }

@@ -7,6 +7,10 @@
 //! first by the disk quota. The rules stage hands readings over with `try_send`: if this
 //! writer ever falls behind, readings are dropped *here* and counted — an alarm is never
 //! delayed by telemetry.
+//!
+//! Once the disk reserve has been given up (the disk filled up, see [`crate::reserve`]), the
+//! writer stops storing readings — counted in [`TelemetryStats::paused_rows`] — so that the
+//! room the reserve made is kept for alerts rather than eaten by readings.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::ingest::decode::Values;
 use crate::outbox::{self, Durability, NewMessage, OutboxError};
+use crate::reserve::Reserve;
 use crate::rules::Reading;
 
 /// Most rows committed in one transaction.
@@ -55,6 +60,8 @@ pub struct TelemetryStats {
     /// Batches that failed to commit (disk full, I/O error): their readings are lost and
     /// counted here; alerts are unaffected.
     pub failed_rows: AtomicU64,
+    /// Readings not stored because the disk filled up and the reserve was given up.
+    pub paused_rows: AtomicU64,
 }
 
 /// Errors of the telemetry writer.
@@ -74,9 +81,17 @@ pub fn open(db_path: &Path) -> Result<Connection, TelemetryError> {
     Ok(conn)
 }
 
-/// Writes batches until every sender is gone (blocking; run it on its own thread).
-pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Record>, stats: Arc<TelemetryStats>) {
+/// Writes batches until every sender is gone (blocking; run it on its own thread). With a
+/// `reserve` that has been released, readings are counted and not stored.
+pub fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Record>,
+    stats: Arc<TelemetryStats>,
+    reserve: Option<Arc<Reserve>>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut paused = false;
+    let mut failures = FailureLog::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < BATCH {
@@ -86,16 +101,44 @@ pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Record>, stats: Arc<Tele
             }
         }
         let n = batch.len() as u64;
-        match commit(&mut conn, &batch) {
-            Ok(()) => stats.committed.fetch_add(n, Ordering::Relaxed),
-            Err(e) => {
-                tracing::error!(error = %e, rows = n, "telemetry batch not stored");
-                stats.failed_rows.fetch_add(n, Ordering::Relaxed)
+        if reserve.as_ref().is_some_and(|r| r.released()) {
+            if !std::mem::replace(&mut paused, true) {
+                tracing::warn!("disk full: readings are no longer stored, to keep room for alerts, until the gateway restarts");
             }
-        };
+            stats.paused_rows.fetch_add(n, Ordering::Relaxed);
+        } else {
+            match commit(&mut conn, &batch) {
+                Ok(()) => stats.committed.fetch_add(n, Ordering::Relaxed),
+                Err(e) => {
+                    failures.log(&e, n);
+                    stats.failed_rows.fetch_add(n, Ordering::Relaxed)
+                }
+            };
+        }
         batch.clear();
     }
     tracing::info!("telemetry writer stopped");
+}
+
+/// Logs failed batches at most once per [`FAILURE_LOG_EVERY`] (a full disk fails every batch).
+#[derive(Default)]
+struct FailureLog {
+    last: Option<std::time::Instant>,
+    since_last: u64,
+}
+
+const FAILURE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl FailureLog {
+    fn log(&mut self, e: &TelemetryError, rows: u64) {
+        self.since_last += rows;
+        if self.last.is_some_and(|t| t.elapsed() < FAILURE_LOG_EVERY) {
+            return;
+        }
+        tracing::error!(error = %e, rows = self.since_last, "telemetry not stored");
+        self.last = Some(std::time::Instant::now());
+        self.since_last = 0;
+    }
 }
 
 fn commit(conn: &mut Connection, batch: &[Record]) -> Result<(), TelemetryError> {
@@ -112,4 +155,52 @@ fn commit(conn: &mut Connection, batch: &[Record]) -> Result<(), TelemetryError>
         outbox::enqueue_batch(tx, &msgs).map(|_| ())
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: u32) -> Record {
+        Record {
+            site: "s".to_owned(),
+            device: format!("d{i}"),
+            at: "2026-11-24T03:00:00.000Z".to_owned(),
+            values: Values::default(),
+        }
+    }
+
+    fn write(reserve: Option<Arc<Reserve>>, dir: &Path) -> Arc<TelemetryStats> {
+        let conn = open(&dir.join("db")).unwrap();
+        let stats = Arc::new(TelemetryStats::default());
+        let (tx, rx) = mpsc::channel(16);
+        let writer = {
+            let stats = stats.clone();
+            std::thread::spawn(move || run(conn, rx, stats, reserve))
+        };
+        for i in 0..10 {
+            tx.blocking_send(record(i)).unwrap();
+        }
+        drop(tx);
+        writer.join().unwrap();
+        stats
+    }
+
+    #[test]
+    fn readings_are_stored_while_the_reserve_is_held_and_not_once_it_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let reserve = Arc::new(Reserve::ensure(dir.path(), 4096));
+        let held = write(Some(reserve.clone()), dir.path());
+        assert_eq!(held.committed.load(Ordering::Relaxed), 10);
+
+        assert!(reserve.release("recording alert events"));
+        let released = write(Some(reserve), dir.path());
+        assert_eq!(released.committed.load(Ordering::Relaxed), 0);
+        assert_eq!(released.paused_rows.load(Ordering::Relaxed), 10);
+        let rows: i64 = open(&dir.path().join("db"))
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 10, "only the readings from before the disk filled up");
+    }
 }
