@@ -4,13 +4,15 @@
 //!
 //! # When the database refuses a write
 //!
-//! A full disk, an I/O error or a lock held too long makes a commit fail. An alert is
-//! published only once it is committed, so such an event is not dropped but *deferred*: kept
-//! in memory, in arrival order, with the time it arrived, and retried before every later
-//! event and on every tick (once a second), so a smoke alarm raised while the disk was full is
-//! recorded, published and forwarded as soon as space is back — with its original
-//! `raised_at`. The rules only emit edges, so dropping one would leave the alarm unraised for
-//! good. At most [`MAX_DEFERRED`] events wait; beyond that new ones are dropped, counted and
+//! A full disk, an I/O error or a lock held too long makes a commit fail. On a full
+//! disk the task first gives up the disk reserve ([`crate::reserve`]) and retries at
+//! once, which normally settles it. An alert is published only once it is committed, so
+//! an event that still fails is not dropped but *deferred*: kept in memory, in arrival
+//! order, with the time it arrived, and retried before every later event and on every
+//! tick (once a second), so a smoke alarm raised while the disk was full is recorded,
+//! published and forwarded as soon as space is back — with its original `raised_at`.
+//! The rules only emit edges, so dropping one would leave the alarm unraised for good.
+//! At most [`MAX_DEFERRED`] events wait; beyond that new ones are dropped, counted and
 //! logged. Staff actions (acknowledge, resolve) are not deferred: their caller gets the
 //! error. Counts go to [`AlertTaskStats`] (`status.json`, `gateway status`).
 
