@@ -101,8 +101,10 @@ pub struct AlertStoreSnapshot {
 
 impl AlertTaskStats {
     pub fn snapshot(&self) -> AlertStoreSnapshot {
+        // Acquire pairs with the Release in `count_deferred`: whoever sees events waiting
+        // also sees the failure that made them wait.
         AlertStoreSnapshot {
-            deferred: self.deferred.load(Ordering::Relaxed),
+            deferred: self.deferred.load(Ordering::Acquire),
             failures_total: self.failures_total.load(Ordering::Relaxed),
             dropped_total: self.dropped_total.load(Ordering::Relaxed),
             last_error: self.last_error.lock().map_or(None, |e| e.clone()),
@@ -271,8 +273,9 @@ impl AlertTask {
             );
             return;
         }
+        // Counted as waiting only once a retry has failed (see `retry_deferred`): a healthy
+        // commit must never show up as "waiting", not even for an instant.
         self.deferred.push_back((event, at));
-        self.count_deferred();
     }
 
     /// Commits waiting events in order until one fails again.
@@ -285,12 +288,12 @@ impl AlertTask {
                 if self.release_reserve(&error) {
                     continue;
                 }
-                return;
+                break;
             }
             self.deferred.pop_front();
-            self.count_deferred();
             self.recovered();
         }
+        self.count_deferred();
     }
 
     /// A commit went through: ends a run of failures once nothing waits any more.
@@ -302,7 +305,7 @@ impl AlertTask {
 
     fn count_deferred(&self) {
         let n = u64::try_from(self.deferred.len()).unwrap_or(u64::MAX);
-        self.stats.deferred.store(n, Ordering::Relaxed);
+        self.stats.deferred.store(n, Ordering::Release);
     }
 
     /// Counts a failure; logs the first of a run, then once per [`FAILURE_LOG_EVERY`].
