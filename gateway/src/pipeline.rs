@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::alerts::linkage::Command;
-use crate::alerts::task::{self as alert_task, AlertInput, AlertTask, AlertTaskStats};
+use crate::alerts::task::{self as alert_task, AlertInput, AlertTask, AlertTaskStats, Trigger};
 use crate::alerts::{AlertStore, Lifecycle, Source};
 use crate::broker::{self, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles};
 use crate::ingest::{self, Ingest, IngestStats};
@@ -233,7 +233,11 @@ async fn run_rules(
             }
         };
         for s in signals {
-            if out.send(AlertInput::Signal(s)).await.is_err() {
+            if out
+                .send(AlertInput::Trigger(Trigger::Signal(s)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -275,13 +279,13 @@ impl TelemetrySink {
     fn actuator_state(&self, r: &Reading) -> Option<AlertInput> {
         let device = self.config.devices.get(r.device)?;
         let state = r.decoded.values.state.clone()?;
-        device
-            .kind
-            .is_actuator()
-            .then(|| AlertInput::ActuatorState {
+        device.kind.is_actuator().then(|| {
+            Trigger::ActuatorState {
                 device: device.id.clone(),
                 state,
-            })
+            }
+            .into()
+        })
     }
 
     fn offer(&self, r: &Reading) {

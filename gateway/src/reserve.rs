@@ -83,10 +83,13 @@ impl Reserve {
     /// `bytes == 0`) the gateway runs without a reserve, and says so.
     pub fn ensure(data_dir: &Path, bytes: u64) -> Reserve {
         let path = data_dir.join(FILE_NAME);
-        let held = bytes > 0 && Self::write(&path, bytes).map_or_else(Self::warn, |()| true);
-        if bytes == 0 {
+        let held = if bytes == 0 {
+            // No reserve wanted: a file left by an earlier configuration is just lost space.
             let _ = std::fs::remove_file(&path);
-        }
+            false
+        } else {
+            Self::write(&path, bytes).map_or_else(Self::warn, |()| true)
+        };
         Reserve {
             path,
             bytes,

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::mqtt::Mqtt;
-use e2e::{bin, write_config, Gateway};
+use e2e::{bin, http, write_config, Gateway};
 use serde_json::Value;
 
 const SITE: &str = r#"
@@ -37,50 +37,29 @@ password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZa
 role = "staff"
 "#;
 
-/// One HTTP/1.1 exchange on a fresh connection: `(status, headers and body)`.
-fn http(addr: &str, request: &str) -> (u16, String) {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, response)
-}
-
 /// What the console's banner reads, as the duty officer (password `shouwang-demo`).
 fn console_health(addr: &str) -> Value {
-    let body = r#"{"username":"duty","password":"shouwang-demo"}"#;
-    let (status, login) = http(
+    let login = http::request(
         addr,
-        &format!(
-            "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
+        "POST",
+        "/login",
+        &["Content-Type: application/json"],
+        r#"{"username":"duty","password":"shouwang-demo"}"#,
     );
-    assert_eq!(status, 200, "{login}");
+    assert_eq!(login.status, 200, "{}", login.raw);
     let cookie = login
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("set-cookie: ")
-                .or(l.strip_prefix("Set-Cookie: "))
-        })
+        .header("set-cookie")
         .and_then(|c| c.split(';').next())
-        .expect("a session cookie")
-        .to_owned();
-    let (status, health) = http(
+        .expect("a session cookie");
+    let health = http::request(
         addr,
-        &format!(
-            "GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"
-        ),
+        "GET",
+        "/api/health",
+        &[&format!("Cookie: {cookie}")],
+        "",
     );
-    assert_eq!(status, 200, "{health}");
-    let body = health.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {health}"))
+    assert_eq!(health.status, 200, "{}", health.raw);
+    serde_json::from_str(health.body()).unwrap_or_else(|e| panic!("{e}: {}", health.raw))
 }
 
 /// Run the gateway once (`exec`, so the child's pid is the gateway's).

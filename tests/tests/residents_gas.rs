@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use e2e::mqtt::Mqtt;
-use e2e::{bin, write_config, Gateway};
+use e2e::{bin, http, write_config, Gateway};
 use serde_json::Value;
 use simulators::mqtt::Endpoint;
 use simulators::sensors::{self, Options, Scenario};
@@ -44,27 +44,6 @@ min_level = "orange"
 action = "close_valve"
 targets = ["b2-u3-501-valve"]
 "#;
-
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 /// Issues the units' links with the installer's command; returns the link paths of b2/u3
 /// and b2/u4 (from the `links.tsv` the command writes beside the QR codes).
@@ -159,7 +138,7 @@ async fn a_gas_leak_in_building_2_unit_3_warns_that_unit_in_both_languages_and_t
     let id = confirmed[0]["id"].as_str().unwrap().to_owned();
 
     // The unit's secret-link page lists the alert in both languages; unit 4's does not.
-    let (status, body) = http_get(&console, &format!("{u3_link}/alerts"));
+    let (status, body) = http::get(&console, &format!("{u3_link}/alerts"));
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains(&id) || body.contains("燃气"),
@@ -171,7 +150,7 @@ async fn a_gas_leak_in_building_2_unit_3_warns_that_unit_in_both_languages_and_t
     );
     // Gas is a building-wide hazard: unit 4 of the same building is warned too, with the
     // place of the leak. (Unit-only hazards staying in their unit: console_api.rs.)
-    let (status, body) = http_get(&console, &format!("{u4_link}/alerts"));
+    let (status, body) = http::get(&console, &format!("{u4_link}/alerts"));
     assert_eq!(status, 200);
     assert!(
         body.contains(&id) && body.contains("3单元"),
@@ -226,7 +205,7 @@ fn rotating_a_units_link_ends_its_open_live_stream_and_refuses_the_old_link() {
     assert!(ended, "the open stream of a rotated link ends");
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_eq!(
-        http_get(&console, &format!("{u3_link}/alerts")).0,
+        http::get(&console, &format!("{u3_link}/alerts")).0,
         404,
         "the old link is refused"
     );

@@ -35,8 +35,9 @@ use edge_config::{AlertKind, Level};
 /// What the alert task is asked to do.
 #[derive(Debug)]
 pub enum AlertInput {
-    /// A rule edge.
-    Signal(Signal),
+    /// Something that changes alerts on its own; deferred and retried if the database
+    /// refuses it.
+    Trigger(Trigger),
     /// Advance escalation timers.
     Tick,
     /// Staff or platform acknowledgement.
@@ -51,6 +52,13 @@ pub enum AlertInput {
         by: String,
         reply: oneshot::Sender<Result<Alert, String>>,
     },
+}
+
+/// An input that changes alerts without a person behind it, so it can wait and be retried.
+#[derive(Debug)]
+pub enum Trigger {
+    /// A rule edge.
+    Signal(Signal),
     /// A gateway-originated condition (e.g. `buffer_full` from the uplink): raise it, or
     /// update the active alert of the same (source, kind).
     Raise {
@@ -68,6 +76,12 @@ pub enum AlertInput {
     },
     /// An actuator reported its state (confirms linkage actions).
     ActuatorState { device: String, state: String },
+}
+
+impl From<Trigger> for AlertInput {
+    fn from(trigger: Trigger) -> Self {
+        AlertInput::Trigger(trigger)
+    }
 }
 
 /// How many events may wait for a database that refuses writes before new ones are dropped.
@@ -119,35 +133,13 @@ impl AlertTaskStats {
     }
 }
 
-/// An input that changes alerts on its own (not a staff action), so it can be retried.
-#[derive(Debug)]
-enum Event {
-    Signal(Signal),
-    Raise {
-        source: Source,
-        location: Location,
-        kind: AlertKind,
-        level: Level,
-        readings: serde_json::Value,
-    },
-    ResolveSource {
-        source: Source,
-        kind: AlertKind,
-        by: String,
-    },
-    ActuatorState {
-        device: String,
-        state: String,
-    },
-}
-
 /// The alert task's state: the lifecycle, where committed events go, and what waits.
 pub struct AlertTask {
     lifecycle: Lifecycle,
     published: broadcast::Sender<Alert>,
     /// Events the database refused, oldest first, with their arrival time. Retried before
     /// anything newer so that alert `seq` keeps arrival order.
-    deferred: VecDeque<(Event, DateTime<Utc>)>,
+    deferred: VecDeque<(Trigger, DateTime<Utc>)>,
     stats: Arc<AlertTaskStats>,
     /// When the current run of failures was last logged (`None`: the database is fine).
     failing_since_log: Option<Instant>,
@@ -213,7 +205,8 @@ impl AlertTask {
 
     /// Handles one input that arrived at `at`.
     pub fn handle(&mut self, input: AlertInput, at: DateTime<Utc>) {
-        let event = match input {
+        let trigger = match input {
+            AlertInput::Trigger(trigger) => trigger,
             AlertInput::Tick => return self.tick(at),
             AlertInput::Acknowledge { id, by, reply } => {
                 let result = self.lifecycle.acknowledge(&id, &by, at);
@@ -223,26 +216,8 @@ impl AlertTask {
                 let result = self.lifecycle.resolve(&id, &by, at);
                 return self.reply(result, reply);
             }
-            AlertInput::Signal(s) => Event::Signal(s),
-            AlertInput::Raise {
-                source,
-                location,
-                kind,
-                level,
-                readings,
-            } => Event::Raise {
-                source,
-                location,
-                kind,
-                level,
-                readings,
-            },
-            AlertInput::ResolveSource { source, kind, by } => {
-                Event::ResolveSource { source, kind, by }
-            }
-            AlertInput::ActuatorState { device, state } => Event::ActuatorState { device, state },
         };
-        self.defer(event, at);
+        self.defer(trigger, at);
         self.retry_deferred();
     }
 
@@ -263,11 +238,11 @@ impl AlertTask {
         }
     }
 
-    fn defer(&mut self, event: Event, at: DateTime<Utc>) {
+    fn defer(&mut self, trigger: Trigger, at: DateTime<Utc>) {
         if self.deferred.len() >= MAX_DEFERRED {
             self.stats.dropped_total.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
-                event = ?event,
+                trigger = ?trigger,
                 waiting = self.deferred.len(),
                 "alert event dropped: the database has refused writes for too long"
             );
@@ -275,13 +250,13 @@ impl AlertTask {
         }
         // Counted as waiting only once a retry has failed (see `retry_deferred`): a healthy
         // commit must never show up as "waiting", not even for an instant.
-        self.deferred.push_back((event, at));
+        self.deferred.push_back((trigger, at));
     }
 
     /// Commits waiting events in order until one fails again.
     pub fn retry_deferred(&mut self) {
-        while let Some((event, at)) = self.deferred.front() {
-            let (committed, error) = attempt(&mut self.lifecycle, event, *at);
+        while let Some((trigger, at)) = self.deferred.front() {
+            let (committed, error) = attempt(&mut self.lifecycle, trigger, *at);
             self.publish(committed);
             if let Some(error) = error {
                 self.failed(&error.to_string());
@@ -354,19 +329,19 @@ impl AlertTask {
     }
 }
 
-/// Applies `event`: what it committed, and the error that stopped it, if any.
+/// Applies `trigger`: what it committed, and the error that stopped it, if any.
 fn attempt(
     lifecycle: &mut Lifecycle,
-    event: &Event,
+    trigger: &Trigger,
     at: DateTime<Utc>,
 ) -> (Vec<Alert>, Option<StoreError>) {
     let single = |r: Result<Option<Alert>, StoreError>| match r {
         Ok(alert) => (alert.into_iter().collect(), None),
         Err(e) => (Vec::new(), Some(e)),
     };
-    match event {
-        Event::Signal(s) => single(lifecycle.on_signal(s, at)),
-        Event::Raise {
+    match trigger {
+        Trigger::Signal(s) => single(lifecycle.on_signal(s, at)),
+        Trigger::Raise {
             source,
             location,
             kind,
@@ -384,10 +359,10 @@ fn attempt(
                 )
                 .map(Some),
         ),
-        Event::ResolveSource { source, kind, by } => {
+        Trigger::ResolveSource { source, kind, by } => {
             single(lifecycle.resolve_source(source, *kind, by, at))
         }
-        Event::ActuatorState { device, state } => {
+        Trigger::ActuatorState { device, state } => {
             match lifecycle.on_actuator_state(device, state, at) {
                 Ok(alerts) => (alerts, None),
                 Err(PartialCommit { committed, error }) => (committed, Some(error)),
@@ -437,8 +412,8 @@ location = { building = "b2", unit = "u3", floor = 5, room = "501" }
         (AlertTask::new(lifecycle, tx, stats.clone()), rx, stats)
     }
 
-    fn smoke(change: Change) -> AlertInput {
-        AlertInput::Signal(Signal {
+    fn smoke_signal(change: Change) -> Signal {
+        Signal {
             device: 0,
             kind: AlertKind::Smoke,
             change,
@@ -447,18 +422,23 @@ location = { building = "b2", unit = "u3", floor = 5, room = "501" }
                 smoke: Some(true),
                 ..Values::default()
             },
-        })
+        }
+    }
+
+    fn smoke(change: Change) -> AlertInput {
+        Trigger::Signal(smoke_signal(change)).into()
     }
 
     /// Evidence big enough to need new database pages whatever room the existing ones have.
     fn bulky_gateway_alert() -> AlertInput {
-        AlertInput::Raise {
+        Trigger::Raise {
             source: Source::Gateway("camera-1".to_owned()),
             location: Location::default(),
             kind: AlertKind::CameraDown,
             level: Level::Yellow,
             readings: serde_json::json!({ "log": "x".repeat(64 * 1024) }),
         }
+        .into()
     }
 
     /// Makes the database as full as a full disk: SQLite answers SQLITE_FULL ("database or
@@ -567,18 +547,11 @@ location = { building = "b2", unit = "u3", floor = 5, room = "501" }
         fill_disk(&task, true);
         task.handle(bulky_gateway_alert(), t(0));
         for _ in 1..MAX_DEFERRED {
-            task.defer(Event::Signal(signal_of(smoke(Change::Clear))), t(1));
+            task.defer(Trigger::Signal(smoke_signal(Change::Clear)), t(1));
         }
         assert_eq!(task.deferred(), MAX_DEFERRED);
         task.handle(smoke(Change::Raise(Level::Red)), t(2));
         assert_eq!(task.deferred(), MAX_DEFERRED);
         assert_eq!(stats.snapshot().dropped_total, 1);
-    }
-
-    fn signal_of(input: AlertInput) -> Signal {
-        match input {
-            AlertInput::Signal(s) => s,
-            other => panic!("not a signal: {other:?}"),
-        }
     }
 }

@@ -47,11 +47,11 @@ impl StatsSnapshot {
     /// The same counters with only the `n` devices with the most rejections kept (what goes
     /// into `status.json`, rewritten every second).
     pub fn with_top_devices(mut self, n: usize) -> Self {
-        let mut devices: Vec<(String, u64)> = std::mem::take(&mut self.rejected_by_device)
+        self.rejected_by_device = self
+            .top_devices(n)
             .into_iter()
+            .map(|(d, c)| (d.to_owned(), c))
             .collect();
-        devices.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        self.rejected_by_device = devices.into_iter().take(n).collect();
         self
     }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::status::{now_ms, StatusFile, UplinkStatus, STATUS_TOP_DEVICES};
 use super::SharedOutbox;
-use crate::alerts::task::{AlertInput, AlertTaskStats};
+use crate::alerts::task::{AlertInput, AlertTaskStats, Trigger};
 use crate::alerts::{Location, Source};
 use crate::outbox::QuotaReport;
 
@@ -106,7 +106,7 @@ async fn signal_buffer_full(inputs: &mpsc::WeakSender<AlertInput>, report: &Quot
             "outbox full: only red/orange alerts remain and they exceed storage.quota_mb; \
              they are kept, raising buffer_full"
         );
-        AlertInput::Raise {
+        Trigger::Raise {
             source: outbox_source(),
             location: Location {
                 label: "网关 gateway".to_owned(),
@@ -120,7 +120,7 @@ async fn signal_buffer_full(inputs: &mpsc::WeakSender<AlertInput>, report: &Quot
             }),
         }
     } else {
-        AlertInput::ResolveSource {
+        Trigger::ResolveSource {
             source: outbox_source(),
             kind: AlertKind::BufferFull,
             by: "auto".to_owned(),
@@ -130,7 +130,7 @@ async fn signal_buffer_full(inputs: &mpsc::WeakSender<AlertInput>, report: &Quot
         tracing::warn!("buffer_full change not recorded: the alert task has stopped");
         return;
     };
-    if tokio::time::timeout(Duration::from_secs(1), inputs.send(input))
+    if tokio::time::timeout(Duration::from_secs(1), inputs.send(input.into()))
         .await
         .map_or(true, |sent| sent.is_err())
     {

@@ -356,23 +356,16 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, UplinkError> {
         now.saturating_sub(f.updated_at_ms) <= i64::try_from(STALE_AFTER.as_millis()).unwrap_or(0)
     });
     let stale_but_alive = !running && file.as_ref().is_some_and(|f| gateway_alive(f.pid));
+    // A stopped daemon's counters are history: shown only while it runs.
+    let live = file.as_ref().filter(|_| running);
     Ok(StatusReport {
         data_dir: data_dir.to_owned(),
         running,
         stale_but_alive,
         status_updated_at_ms: file.as_ref().map(|f| f.updated_at_ms),
-        ingest: file
-            .as_ref()
-            .and_then(|f| f.ingest.clone())
-            .filter(|_| running),
-        alert_store: file
-            .as_ref()
-            .and_then(|f| f.alert_store.clone())
-            .filter(|_| running),
-        reserve: file
-            .as_ref()
-            .and_then(|f| f.reserve.clone())
-            .filter(|_| running),
+        ingest: live.and_then(|f| f.ingest.clone()),
+        alert_store: live.and_then(|f| f.alert_store.clone()),
+        reserve: live.and_then(|f| f.reserve.clone()),
         link: file.map(|f| f.link),
         oldest_undelivered_age_s: stats
             .oldest_undelivered_ms
@@ -556,6 +549,18 @@ mod tests {
 
     const KEY: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
+    /// A status file written `age_ms` ago by process `pid`, with no link and no counters.
+    fn status_file(pid: u32, age_ms: i64) -> StatusFile {
+        StatusFile {
+            pid,
+            updated_at_ms: now_ms() - age_ms,
+            link: UplinkStatus::new(None).snapshot(),
+            ingest: None,
+            alert_store: None,
+            reserve: None,
+        }
+    }
+
     #[test]
     fn status_reads_the_backlog_from_the_database_and_the_link_from_the_status_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -587,12 +592,8 @@ mod tests {
         let status = UplinkStatus::new(None);
         status.buffer_full.store(true, Ordering::Relaxed);
         StatusFile {
-            pid: std::process::id(),
-            updated_at_ms: now_ms(),
             link: status.snapshot(),
-            ingest: None,
-            alert_store: None,
-            reserve: None,
+            ..status_file(std::process::id(), 0)
         }
         .write(&dir.path().join(STATUS_FILE))
         .unwrap();
@@ -615,12 +616,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(Outbox::open(dir.path().join(crate::db::FILE_NAME)).unwrap());
         let mut file = StatusFile {
-            pid: 1,
-            updated_at_ms: now_ms(),
-            link: UplinkStatus::new(None).snapshot(),
-            ingest: None,
             alert_store: Some(AlertStoreSnapshot::default()),
-            reserve: None,
+            ..status_file(1, 0)
         };
         file.write(&dir.path().join(STATUS_FILE)).unwrap();
         let healthy = status_report(dir.path()).unwrap().to_string();
@@ -664,16 +661,9 @@ mod tests {
     fn a_stale_status_file_means_the_daemon_is_not_running() {
         let dir = tempfile::tempdir().unwrap();
         drop(Outbox::open(dir.path().join(crate::db::FILE_NAME)).unwrap());
-        StatusFile {
-            pid: 1,
-            updated_at_ms: now_ms() - 60_000,
-            link: UplinkStatus::new(None).snapshot(),
-            ingest: None,
-            alert_store: None,
-            reserve: None,
-        }
-        .write(&dir.path().join(STATUS_FILE))
-        .unwrap();
+        status_file(1, 60_000)
+            .write(&dir.path().join(STATUS_FILE))
+            .unwrap();
         let report = status_report(dir.path()).unwrap();
         assert!(!report.running);
         assert!(
@@ -699,16 +689,9 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        StatusFile {
-            pid: daemon.id(),
-            updated_at_ms: now_ms() - 60_000,
-            link: UplinkStatus::new(None).snapshot(),
-            ingest: None,
-            alert_store: None,
-            reserve: None,
-        }
-        .write(&dir.path().join(STATUS_FILE))
-        .unwrap();
+        status_file(daemon.id(), 60_000)
+            .write(&dir.path().join(STATUS_FILE))
+            .unwrap();
         let stuck = status_report(dir.path()).unwrap();
         daemon.kill().unwrap();
         daemon.wait().unwrap();

@@ -33,7 +33,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::task::AlertInput;
+use crate::alerts::task::{AlertInput, Trigger};
 use crate::alerts::{Location, Source};
 use crate::shutdown::{Lifecycle as Stages, Stage};
 use capture::{CaptureError, CaptureOptions, CaptureSink, Captured, Pace};
@@ -444,8 +444,8 @@ fn camera_input(
     readings: serde_json::Value,
 ) -> AlertInput {
     let source = Source::Camera(camera.to_owned());
-    if active {
-        AlertInput::Raise {
+    let trigger = if active {
+        Trigger::Raise {
             source,
             location: location.clone(),
             kind,
@@ -453,12 +453,13 @@ fn camera_input(
             readings,
         }
     } else {
-        AlertInput::ResolveSource {
+        Trigger::ResolveSource {
             source,
             kind,
             by: "auto".into(),
         }
-    }
+    };
+    trigger.into()
 }
 
 fn alert_kind(kind: CameraRuleKind) -> AlertKind {
