@@ -225,4 +225,11 @@ data_dir = "/var/lib/shouwang"
 quota_mb = 1024
 # Held back and given up when the disk is full, so alarms can still be recorded (0: none).
 reserve_mb = 16
+
+[supervision]
+# A synthetic reading travels broker → ingest → rules → alert store this often (seconds);
+# if one has not come back within the timeout, a red gateway_fault is raised (EN 54-2: a
+# fault must show within 100 s).
+self_test_period_s = 10
+self_test_timeout_s = 60
 "#;

@@ -212,6 +212,11 @@ fn camera_rule_keys_must_fit_the_rule_kind() {
 }
 
 #[test]
+fn a_self_test_slower_than_en54_or_with_no_period_is_refused() {
+    check("23-self-test-too-slow.toml");
+}
+
+#[test]
 fn every_fixture_has_a_test() {
     let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
         .expect("fixtures dir")

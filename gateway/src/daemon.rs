@@ -61,10 +61,10 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let running = pipeline::start_with_reserve(config.clone(), &db_path, &life, Some(reserve))?;
     let video = start_video(&config, &life, &running, &options.data_dir).await;
-    if let Some(broker) = running.broker_addr {
+    if running.broker_addr.is_some() {
         crate::residents::spawn_publisher(
             config.clone(),
-            broker,
+            running.internal_options.clone(),
             running.events.subscribe(),
             &life,
         );

@@ -22,12 +22,14 @@ use tokio::time::Instant;
 use crate::alerts::linkage::Command;
 use crate::alerts::task::{self as alert_task, AlertInput, AlertTask, AlertTaskStats, Trigger};
 use crate::alerts::{AlertStore, Lifecycle, Source};
-use crate::broker::{self, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles};
-use crate::ingest::{self, Ingest, IngestStats};
+use crate::broker::{self, internal_client_id, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles};
+use crate::ingest::{self, Ingest, IngestStats, Ingested};
 use crate::publish;
 use crate::reserve::Reserve;
 use crate::rules::{Engine, Reading};
+use crate::selftest::{self, SelfTest};
 use crate::shutdown::{Lifecycle as Stages, Stage};
+use crate::supervise::{fault_point, Health, Severity, StageResult};
 use crate::telemetry::{self, TelemetryError, TelemetryStats};
 
 /// Readings waiting for the rules.
@@ -62,6 +64,9 @@ pub struct Running {
     pub broker: Option<EmbeddedBroker>,
     /// Where sensors connect (the embedded broker's real address).
     pub broker_addr: Option<SocketAddr>,
+    /// How the gateway's own MQTT clients reach the sensor broker (internal credentials
+    /// included); give each client an id from [`crate::broker::internal_client_id`].
+    pub internal_options: MqttOptions,
     pub ingest_stats: Arc<IngestStats>,
     /// What every device last said (for the console's devices panel).
     pub device_board: Arc<crate::ingest::board::DeviceBoard>,
@@ -74,6 +79,8 @@ pub struct Running {
     pub events: broadcast::Sender<crate::alerts::Alert>,
     /// Live uplink state and counters (also written to `status.json` every second).
     pub uplink: Arc<crate::uplink::UplinkStatus>,
+    /// Every supervised stage's state and the self-test.
+    pub health: Arc<Health>,
 }
 
 /// Starts broker, ingest, rules, alerts and local publication as tasks of `stages`.
@@ -86,72 +93,68 @@ pub fn start(
 }
 
 /// [`start`] with a disk reserve that the alert task gives up when the disk is full.
+///
+/// Every stage runs supervised (see [`crate::supervise`]): what must outlive a restart —
+/// channel ends, the rules' state, counters — is created here and shared with the stage.
 pub fn start_with_reserve(
     config: Arc<Config>,
     db_path: &Path,
     stages: &Stages,
     reserve: Option<Arc<Reserve>>,
 ) -> Result<Running, PipelineError> {
-    let ingest = Ingest::new(config.clone());
+    let health = stages.health();
+    let s = &config.supervision;
+    let self_test = SelfTest::new(
+        &config.site.id,
+        Duration::from_secs(s.self_test_period_s),
+        Duration::from_secs(s.self_test_timeout_s),
+        health.clone(),
+    );
+    let ingest = Ingest::new(config.clone()).with_self_test(self_test.clone());
     let (mut broker, options) = connect(&config, &ingest)?;
     let broker_addr = broker.as_ref().map(EmbeddedBroker::local_addr);
 
     let mut lifecycle = Lifecycle::new(config.clone(), AlertStore::open(db_path)?)?;
     let (command_tx, command_rx) = mpsc::channel::<Command>(COMMANDS_CAPACITY);
-    lifecycle.set_command_sink(command_tx);
+    lifecycle.set_command_sink(command_tx.clone());
     let mut engine = Engine::new(config.clone(), Instant::now());
     let republish: Vec<_> = lifecycle.active().cloned().collect();
     restore_conditions(&config, &mut engine, &republish);
 
-    let (reading_tx, reading_rx) = mpsc::channel::<Reading>(READINGS_CAPACITY);
+    let (reading_tx, reading_rx) = mpsc::channel::<Ingested>(READINGS_CAPACITY);
     let (input_tx, input_rx) = mpsc::channel::<AlertInput>(ALERT_INPUT_CAPACITY);
     let (events_tx, _) = broadcast::channel(EVENTS_CAPACITY);
 
-    // Processing: alert task (thread), rules, local publisher.
-    let published = events_tx.clone();
+    // Processing: alert task (thread), telemetry writer (thread), rules, publishers.
     let alert_stats = Arc::new(AlertTaskStats::default());
-    let task_stats = alert_stats.clone();
-    let task = AlertTask::new(lifecycle, published, task_stats).with_reserve(reserve.clone());
-    stages.spawn_blocking(Stage::Processing, move |_token| {
-        alert_task::run(task, input_rx)
-    });
+    spawn_alert_task(
+        stages,
+        AlertTaskParts {
+            first: Some(lifecycle),
+            config: config.clone(),
+            db_path: db_path.to_owned(),
+            commands: command_tx,
+            published: events_tx.clone(),
+            stats: alert_stats.clone(),
+            reserve: reserve.clone(),
+            self_test: self_test.clone(),
+        },
+        input_rx,
+    );
     let telemetry_stats = Arc::new(TelemetryStats::default());
     let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_CAPACITY);
-    let telemetry_conn = telemetry::open(db_path)?;
-    let writer_stats = telemetry_stats.clone();
-    let writer_reserve = reserve.clone();
-    stages.spawn_blocking(Stage::Processing, move |_token| {
-        telemetry::run(telemetry_conn, telemetry_rx, writer_stats, writer_reserve)
-    });
-    let rules_inputs = input_tx.clone();
+    spawn_telemetry(stages, db_path, telemetry_rx, &telemetry_stats, &reserve)?;
     let to_telemetry = TelemetrySink {
         tx: telemetry_tx,
         stats: telemetry_stats.clone(),
         config: config.clone(),
     };
-    stages.spawn(Stage::Processing, move |_token| {
-        run_rules(engine, reading_rx, rules_inputs, to_telemetry)
-    });
-    let (pub_client, pub_loop) =
-        client(&options, &format!("shouwang-{}-publisher", config.site.id));
-    let events_rx = events_tx.subscribe();
-    stages.spawn(Stage::Processing, move |_token| async move {
-        let token = tokio_util::sync::CancellationToken::new();
-        let driver = tokio::spawn(drive(pub_loop, token.clone()));
-        for alert in &republish {
-            let _ = publish::publish(&pub_client, alert).await;
-        }
-        publish::run(pub_client, events_rx).await;
-        // Give the last QoS 1 publishes a moment to be acknowledged.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        token.cancel();
-        let _ = driver.await;
-    });
-
-    let (cmd_client, cmd_loop) =
-        client(&options, &format!("shouwang-{}-actuators", config.site.id));
-    stages.spawn(Stage::Processing, move |_token| {
-        run_commands(cmd_client, cmd_loop, command_rx)
+    spawn_rules(stages, engine, reading_rx, input_tx.clone(), to_telemetry);
+    spawn_local_publisher(stages, &options, events_tx.subscribe(), republish);
+    spawn_commands(stages, &options, command_rx);
+    stages.spawn(Stage::Processing, {
+        let (health, inputs) = (health.clone(), input_tx.clone());
+        move |token| crate::supervise::run_fault_reporter(health, inputs, token)
     });
 
     // Outbox: housekeeping (quota, buffer_full, status.json) and the uplink.
@@ -165,34 +168,27 @@ pub fn start_with_reserve(
             ingest: Some(ingest.stats.clone()),
             alert_store: Some(alert_stats.clone()),
             reserve: reserve.clone(),
+            health: Some(health.clone()),
         },
     )?;
 
-    // Inputs: ingest (in-process links on the embedded broker, a client on an external one).
+    // Inputs: ingest (in-process links on the embedded broker, a client on an external one)
+    // and the self-test's probes, through the listener sensors use.
     let ingest_stats = ingest.stats.clone();
     let device_board = ingest.board.clone();
-    let (devices_id, watch_id) = ingest::local_link_ids(&config.site.id);
-    let links = broker.as_mut().and_then(|b| {
-        Some((
-            b.take_local_link(&devices_id)?,
-            b.take_local_link(&watch_id)?,
-        ))
+    spawn_ingest(stages, ingest, broker.as_mut(), &options, reading_tx);
+    stages.supervise(Stage::Inputs, "self_test_probe", Severity::AlarmPath, {
+        let options = options.clone();
+        move |token| {
+            let (client, events) = internal_client(&options, "selftest");
+            selftest::run(self_test.clone(), client, events, token)
+        }
     });
-    if let Some((devices, watch)) = links {
-        stages.spawn(Stage::Inputs, move |token| {
-            ingest::run_local(ingest, devices, watch, reading_tx, token)
-        });
-    } else {
-        let (ing_client, ing_loop) =
-            client(&options, &format!("shouwang-{}-ingest", config.site.id));
-        stages.spawn(Stage::Inputs, move |token| {
-            ingest::run(ingest, ing_client, ing_loop, reading_tx, token)
-        });
-    }
 
     Ok(Running {
         broker,
         broker_addr,
+        internal_options: options,
         ingest_stats,
         device_board,
         telemetry_stats,
@@ -201,34 +197,215 @@ pub fn start_with_reserve(
         alert_inputs: input_tx,
         events: events_tx,
         uplink,
+        health,
     })
 }
 
-/// The rules stage: applies readings, ticks once a second, forwards edges to the alert task.
-/// Ends when ingest has stopped (its sender dropped) — after draining every reading.
-async fn run_rules(
-    mut engine: Engine,
-    mut readings: mpsc::Receiver<Reading>,
+/// What the alert task needs to start, and to start again after a panic (from the store).
+struct AlertTaskParts {
+    /// The lifecycle built at start-up (its active alerts were used to restore the rules);
+    /// a restart reloads one from the database.
+    first: Option<Lifecycle>,
+    config: Arc<Config>,
+    db_path: std::path::PathBuf,
+    commands: mpsc::Sender<Command>,
+    published: broadcast::Sender<crate::alerts::Alert>,
+    stats: Arc<AlertTaskStats>,
+    reserve: Option<Arc<Reserve>>,
+    self_test: Arc<SelfTest>,
+}
+
+impl AlertTaskParts {
+    fn task(&mut self) -> Result<AlertTask, String> {
+        let lifecycle = match self.first.take() {
+            Some(l) => l,
+            None => {
+                let store = AlertStore::open(&self.db_path).map_err(|e| e.to_string())?;
+                let mut l = Lifecycle::new(self.config.clone(), store).map_err(|e| e.to_string())?;
+                l.set_command_sink(self.commands.clone());
+                l
+            }
+        };
+        Ok(
+            AlertTask::new(lifecycle, self.published.clone(), self.stats.clone())
+                .with_reserve(self.reserve.clone())
+                .with_self_test(Some(self.self_test.clone())),
+        )
+    }
+}
+
+/// The alert task: the single writer of alert events, on a thread of its own; its input
+/// queue outlives a crash of the task.
+fn spawn_alert_task(stages: &Stages, mut parts: AlertTaskParts, inputs: mpsc::Receiver<AlertInput>) {
+    let inputs = Arc::new(tokio::sync::Mutex::new(inputs));
+    stages.supervise_blocking(Stage::Processing, "alerts", Severity::AlarmPath, move |_token| {
+        let task = parts.task()?;
+        alert_task::run(task, &mut inputs.blocking_lock());
+        Ok(())
+    });
+}
+
+fn spawn_telemetry(
+    stages: &Stages,
+    db_path: &Path,
+    records: mpsc::Receiver<telemetry::Record>,
+    stats: &Arc<TelemetryStats>,
+    reserve: &Option<Arc<Reserve>>,
+) -> Result<(), PipelineError> {
+    let mut first = Some(telemetry::open(db_path)?);
+    let db_path = db_path.to_owned();
+    let records = Arc::new(tokio::sync::Mutex::new(records));
+    let (stats, reserve) = (stats.clone(), reserve.clone());
+    stages.supervise_blocking(Stage::Processing, "telemetry", Severity::Degraded, move |_token| {
+        let conn = match first.take() {
+            Some(c) => c,
+            None => telemetry::open(&db_path).map_err(|e| e.to_string())?,
+        };
+        telemetry::run(conn, &mut records.blocking_lock(), stats.clone(), reserve.clone());
+        Ok(())
+    });
+    Ok(())
+}
+
+fn spawn_rules(
+    stages: &Stages,
+    engine: Engine,
+    readings: mpsc::Receiver<Ingested>,
     out: mpsc::Sender<AlertInput>,
     telemetry: TelemetrySink,
 ) {
+    let engine = Arc::new(std::sync::Mutex::new(engine));
+    let readings = Arc::new(tokio::sync::Mutex::new(readings));
+    let telemetry = Arc::new(telemetry);
+    stages.supervise(Stage::Processing, "rules", Severity::AlarmPath, move |_token| {
+        let (engine, readings, out, telemetry) =
+            (engine.clone(), readings.clone(), out.clone(), telemetry.clone());
+        async move {
+            let mut readings = readings.lock_owned().await;
+            run_rules(&engine, &mut readings, &out, &telemetry).await
+        }
+    });
+}
+
+fn spawn_local_publisher(
+    stages: &Stages,
+    options: &MqttOptions,
+    events: broadcast::Receiver<crate::alerts::Alert>,
+    republish: Vec<crate::alerts::Alert>,
+) {
+    let events = Arc::new(tokio::sync::Mutex::new(events));
+    let options = options.clone();
+    let mut republish = Some(republish);
+    stages.supervise(Stage::Processing, "publisher", Severity::Degraded, move |_token| {
+        let (client, event_loop) = internal_client(&options, "publisher");
+        let (events, republish) = (events.clone(), republish.take().unwrap_or_default());
+        async move {
+            let mut events = events.lock_owned().await;
+            let token = tokio_util::sync::CancellationToken::new();
+            let driver = tokio::spawn(drive(event_loop, token.clone()));
+            for alert in &republish {
+                let _ = publish::publish(&client, alert).await;
+            }
+            publish::run(client, &mut events).await;
+            // Give the last QoS 1 publishes a moment to be acknowledged.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            token.cancel();
+            let _ = driver.await;
+            Ok(())
+        }
+    });
+}
+
+fn spawn_commands(stages: &Stages, options: &MqttOptions, commands: mpsc::Receiver<Command>) {
+    let commands = Arc::new(tokio::sync::Mutex::new(commands));
+    let options = options.clone();
+    stages.supervise(Stage::Processing, "actuators", Severity::Degraded, move |_token| {
+        let (client, event_loop) = internal_client(&options, "actuators");
+        let commands = commands.clone();
+        async move {
+            run_commands(client, event_loop, &mut *commands.lock().await).await;
+            Ok(())
+        }
+    });
+}
+
+/// Ingest, supervised: on the embedded broker its first links were attached before the
+/// listeners opened; a restart attaches fresh ones (new unguessable ids).
+fn spawn_ingest(
+    stages: &Stages,
+    ingest: Ingest,
+    broker: Option<&mut EmbeddedBroker>,
+    options: &MqttOptions,
+    out: mpsc::Sender<Ingested>,
+) {
+    let specs = ingest.local_subscribers();
+    let ingest = Arc::new(tokio::sync::Mutex::new(ingest));
+    match broker {
+        Some(b) => {
+            let mut first = b
+                .take_local_link(ingest::DEVICES_LINK)
+                .zip(b.take_local_link(ingest::WATCH_LINK));
+            let factory = b.link_factory();
+            stages.supervise(Stage::Inputs, "ingest", Severity::AlarmPath, move |token| {
+                let links = first.take().map(Ok).unwrap_or_else(|| {
+                    Ok::<_, crate::broker::LocalLinkError>((factory.attach(&specs[0])?, factory.attach(&specs[1])?))
+                });
+                let (ingest, out) = (ingest.clone(), out.clone());
+                async move {
+                    let (devices, watch) = links.map_err(|e| e.to_string())?;
+                    let mut ingest = ingest.lock_owned().await;
+                    ingest::run_local(&mut ingest, devices, watch, &out, token).await
+                }
+            });
+        }
+        None => {
+            let options = options.clone();
+            stages.supervise(Stage::Inputs, "ingest", Severity::AlarmPath, move |token| {
+                let (client, events) = client(&options, options.client_id().as_str());
+                let (ingest, out) = (ingest.clone(), out.clone());
+                async move {
+                    let mut ingest = ingest.lock_owned().await;
+                    ingest::run(&mut ingest, client, events, &out, token).await
+                }
+            });
+        }
+    }
+}
+
+/// The rules stage: applies readings, ticks once a second, forwards edges (and self-test
+/// probes) to the alert task. Ends when ingest has stopped (its sender dropped) — after
+/// draining every reading.
+async fn run_rules(
+    engine: &std::sync::Mutex<Engine>,
+    readings: &mut mpsc::Receiver<Ingested>,
+    out: &mpsc::Sender<AlertInput>,
+    telemetry: &TelemetrySink,
+) -> StageResult {
+    let gone = || Err("the alert task's queue is closed".to_owned());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let signals = tokio::select! {
-            reading = readings.recv() => match reading {
-                Some(r) => {
+            item = readings.recv() => match item {
+                Some(Ingested::Reading(r)) => {
+                    fault_point("rules").await;
                     telemetry.offer(&r);
                     if let Some(state) = telemetry.actuator_state(&r) {
-                        if out.send(state).await.is_err() { break; }
+                        if out.send(state).await.is_err() { return gone(); }
                     }
-                    engine.on_reading(&r)
+                    lock(engine).on_reading(&r)
+                }
+                Some(Ingested::Probe(p)) => {
+                    fault_point("rules").await;
+                    if out.send(AlertInput::Probe(p)).await.is_err() { return gone(); }
+                    Vec::new()
                 }
                 None => break,
             },
             _ = tick.tick() => {
-                let s = engine.on_tick(Instant::now());
-                if out.send(AlertInput::Tick).await.is_err() { break; }
+                fault_point("rules").await;
+                let s = lock(engine).on_tick(Instant::now());
+                if out.send(AlertInput::Tick).await.is_err() { return gone(); }
                 s
             }
         };
@@ -238,22 +415,29 @@ async fn run_rules(
                 .await
                 .is_err()
             {
-                return;
+                return gone();
             }
         }
     }
     tracing::info!("rules stopped");
+    Ok(())
+}
+
+/// The rules' state survives a panic of the stage: a poisoned lock is taken over as is.
+fn lock(engine: &std::sync::Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
+    engine.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Publishes actuator commands (QoS 1) until the alert task is gone.
 async fn run_commands(
     client: AsyncClient,
     events: EventLoop,
-    mut commands: mpsc::Receiver<Command>,
+    commands: &mut mpsc::Receiver<Command>,
 ) {
     let driver_token = tokio_util::sync::CancellationToken::new();
     let driver = tokio::spawn(drive(events, driver_token.clone()));
     while let Some(c) = commands.recv().await {
+        fault_point("actuators").await;
         tracing::info!(topic = %c.topic, "actuator command");
         if let Err(e) = client
             .publish(&c.topic, rumqttc::QoS::AtLeastOnce, false, c.payload)
@@ -268,6 +452,7 @@ async fn run_commands(
 }
 
 /// The rules stage's hand-over to the telemetry writer: never waits.
+#[derive(Clone)]
 struct TelemetrySink {
     tx: mpsc::Sender<telemetry::Record>,
     stats: Arc<TelemetryStats>,
@@ -332,7 +517,7 @@ fn connect(
             settings.local_subscribers = ingest.local_subscribers();
             let broker = EmbeddedBroker::start(settings)?;
             tracing::info!(addr = %broker.local_addr(), "embedded MQTT broker listening");
-            let options = broker.client_options("unused");
+            let options = broker.client_options(&internal_client_id("options"));
             Ok((Some(broker), options))
         }
         BrokerMode::External => external_options(config).map(|o| (None, o)),
@@ -385,6 +570,12 @@ fn external_options(config: &Config) -> Result<MqttOptions, PipelineError> {
         o.set_credentials(user.clone(), password);
     }
     Ok(o)
+}
+
+/// One of the gateway's own clients on the sensor broker: an unguessable id for `role`,
+/// the internal credentials, TCP_NODELAY.
+pub fn internal_client(options: &MqttOptions, role: &str) -> (AsyncClient, EventLoop) {
+    client(options, &internal_client_id(role))
 }
 
 /// A client with the given id on the same broker as `options`, with TCP_NODELAY.

@@ -33,10 +33,11 @@ pub async fn publish(client: &AsyncClient, alert: &Alert) -> Result<(), rumqttc:
 }
 
 /// Publishes every alert event received until the channel closes.
-pub async fn run(client: AsyncClient, mut events: broadcast::Receiver<Alert>) {
+pub async fn run(client: AsyncClient, events: &mut broadcast::Receiver<Alert>) {
     loop {
         match events.recv().await {
             Ok(alert) => {
+                crate::supervise::fault_point("publisher").await;
                 if let Err(e) = publish(&client, &alert).await {
                     tracing::warn!(error = %e, id = %alert.id, "local alert publication failed");
                 }

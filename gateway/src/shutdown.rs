@@ -11,7 +11,10 @@
 //! and each later stage still gets [`STAGE_GRACE`] to stop.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::supervise::{Health, Severity, StageResult};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +73,8 @@ pub struct Lifecycle {
     /// One tracker per stage; each spawned task holds the tracker's completion guard until it
     /// returns, so waiting on the tracker waits for every task of the stage.
     trackers: [TaskTracker; 4],
+    /// Every supervised stage's state: shared with the fault reporter, status and console.
+    health: Arc<Health>,
 }
 
 impl Lifecycle {
@@ -91,6 +96,55 @@ impl Lifecycle {
     {
         let fut = task(self.token(stage));
         self.trackers[stage.index()].spawn(fut);
+    }
+
+    /// The health of every supervised stage.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// Runs `start` as the supervised stage `name` of `stage`: started again (with backoff)
+    /// whenever it returns, fails or panics before shutdown, each time a fault (see
+    /// [`crate::supervise`]). `start` gets the stage token; what must survive a restart
+    /// (channels, counters) lives in what it captures.
+    pub fn supervise<F, Fut>(&self, stage: Stage, name: &'static str, severity: Severity, start: F)
+    where
+        F: FnMut(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = StageResult> + Send + 'static,
+    {
+        let supervisor = crate::supervise::supervise(
+            name,
+            severity,
+            self.health.clone(),
+            self.token(stage),
+            self.token(Stage::Inputs),
+            start,
+        );
+        self.trackers[stage.index()].spawn(supervisor);
+    }
+
+    /// [`Self::supervise`] for a blocking loop (e.g. a SQLite writer), run on the blocking pool.
+    pub fn supervise_blocking<F>(&self, stage: Stage, name: &'static str, severity: Severity, start: F)
+    where
+        F: FnMut(CancellationToken) -> StageResult + Send + 'static,
+    {
+        // The closure is shared with each run's blocking thread; a panic poisons the mutex,
+        // which is harmless here (the closure holds no invariant a panic could break).
+        let start = Arc::new(std::sync::Mutex::new(start));
+        self.supervise(stage, name, severity, move |token| {
+            let start = start.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut start = start.lock().unwrap_or_else(|e| e.into_inner());
+                    (*start)(token)
+                })
+                .await
+                .map_err(|e| match e.try_into_panic() {
+                    Ok(p) => std::panic::resume_unwind(p),
+                    Err(e) => e.to_string(),
+                })?
+            }
+        });
     }
 
     /// Runs a blocking closure (e.g. a SQLite writer loop) as a task of a stage.

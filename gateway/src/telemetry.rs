@@ -85,7 +85,7 @@ pub fn open(db_path: &Path) -> Result<Connection, TelemetryError> {
 /// `reserve` that has been released, readings are counted and not stored.
 pub fn run(
     mut conn: Connection,
-    mut rx: mpsc::Receiver<Record>,
+    rx: &mut mpsc::Receiver<Record>,
     stats: Arc<TelemetryStats>,
     reserve: Option<Arc<Reserve>>,
 ) {
@@ -93,6 +93,7 @@ pub fn run(
     let mut paused = false;
     let mut failures = FailureLog::default();
     while let Some(first) = rx.blocking_recv() {
+        crate::supervise::fault_point_blocking("telemetry");
         batch.push(first);
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -176,7 +177,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let writer = {
             let stats = stats.clone();
-            std::thread::spawn(move || run(conn, rx, stats, reserve))
+            std::thread::spawn(move || run(conn, &mut { rx }, stats, reserve))
         };
         for i in 0..10 {
             tx.blocking_send(record(i)).unwrap();

@@ -94,7 +94,12 @@ impl Site {
         let life = Lifecycle::new();
         let running = pipeline::start(config.clone(), &db, &life).unwrap();
         let broker = running.broker_addr.unwrap();
-        residents::spawn_publisher(config.clone(), broker, running.events.subscribe(), &life);
+        residents::spawn_publisher(
+            config.clone(),
+            running.internal_options.clone(),
+            running.events.subscribe(),
+            &life,
+        );
         let handle = console::spawn(
             ConsoleDeps {
                 config: config.clone(),

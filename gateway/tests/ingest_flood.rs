@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use edge_config::Config;
 use gateway::broker::{BrokerSettings, EmbeddedBroker, LocalLink, LocalSubscriber};
-use gateway::ingest::{self, Ingest};
+use gateway::ingest::{self, Ingest, Ingested};
 use gateway::rules::Reading;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
@@ -52,19 +52,20 @@ location = { building = "b1", floor = 1 }
 /// A broker with tiny filter logs, the ingest's two links, and a third in-process link
 /// subscribed the way ingest used to be (one wildcard for every device), as a control.
 fn broker(ingest: &Ingest) -> (EmbeddedBroker, LocalLink, LocalLink, LocalLink) {
-    let (devices, watch) = ingest::local_link_ids("flood");
+    let (devices, watch) = (ingest::DEVICES_LINK, ingest::WATCH_LINK);
     let mut s = BrokerSettings::new("127.0.0.1:0".parse().unwrap());
     s.max_payload_bytes = MAX_PAYLOAD;
     s.log_segment_bytes = 1024;
     s.log_segment_count = 2;
     s.local_subscribers = ingest.local_subscribers();
     s.local_subscribers.push(LocalSubscriber {
+        role: "control-shared-wildcard".into(),
         client_id: "control-shared-wildcard".into(),
         filters: vec!["sensors/+/state".into()],
     });
     let mut b = EmbeddedBroker::start(s).expect("broker starts");
-    let d = b.take_local_link(&devices).unwrap();
-    let w = b.take_local_link(&watch).unwrap();
+    let d = b.take_local_link(devices).unwrap();
+    let w = b.take_local_link(watch).unwrap();
     let c = b.take_local_link("control-shared-wildcard").unwrap();
     (b, d, w, c)
 }
@@ -151,12 +152,14 @@ async fn a_smoke_alarm_survives_a_flood_that_overruns_the_broker_logs_while_inge
     );
 
     // The gateway's ingest, started only now, still gets the alarm from its own log.
-    let (tx, mut rx) = mpsc::channel::<Reading>(10_000);
+    let (tx, mut rx) = mpsc::channel::<Ingested>(10_000);
     let token = CancellationToken::new();
-    let task = tokio::spawn(ingest::run_local(ingest, devices, watch, tx, token.clone()));
+    let task = tokio::spawn(run_local(ingest, devices, watch, tx, token.clone()));
     let mut readings = Vec::new();
     while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(800), rx.recv()).await {
-        readings.push(r);
+        if let Ingested::Reading(r) = r {
+            readings.push(r);
+        }
     }
     token.cancel();
     task.await.unwrap();
@@ -219,6 +222,19 @@ fn config_with_smokes(n: usize) -> Arc<Config> {
     Arc::new(edge_config::parse(&text, "flood.toml", std::path::Path::new(".")).unwrap())
 }
 
+/// Runs the ingest on its links as the gateway's supervisor would, until `token` is cancelled.
+async fn run_local(
+    mut ingest: Ingest,
+    devices: LocalLink,
+    watch: LocalLink,
+    out: mpsc::Sender<Ingested>,
+    token: CancellationToken,
+) {
+    ingest::run_local(&mut ingest, devices, watch, &out, token)
+        .await
+        .expect("links stay up");
+}
+
 /// Publishes 30 smoke alarms, one at a time, while `flood_topic` is flooded at full speed
 /// (QoS 0); every alarm must reach the rules within 5 s. Returns the ingest counters.
 async fn alarms_during_a_flood_on(flood_topic: &'static str) -> gateway::ingest::StatsSnapshot {
@@ -226,15 +242,15 @@ async fn alarms_during_a_flood_on(flood_topic: &'static str) -> gateway::ingest:
     let config = config_with_smokes(ALARMS);
     let ingest = Ingest::new(config.clone());
     let stats = ingest.stats.clone();
-    let (devices, watch) = ingest::local_link_ids("flood");
+    let (devices, watch) = (ingest::DEVICES_LINK, ingest::WATCH_LINK);
     let mut s = BrokerSettings::new("127.0.0.1:0".parse().unwrap());
     s.local_subscribers = ingest.local_subscribers();
     let mut broker = EmbeddedBroker::start(s).expect("broker starts");
-    let d = broker.take_local_link(&devices).unwrap();
-    let w = broker.take_local_link(&watch).unwrap();
-    let (tx, mut rx) = mpsc::channel::<Reading>(1_000);
+    let d = broker.take_local_link(devices).unwrap();
+    let w = broker.take_local_link(watch).unwrap();
+    let (tx, mut rx) = mpsc::channel::<Ingested>(1_000);
     let token = CancellationToken::new();
-    let task = tokio::spawn(ingest::run_local(ingest, d, w, tx, token.clone()));
+    let task = tokio::spawn(run_local(ingest, d, w, tx, token.clone()));
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (flooder, mut flood_events) = broker.async_client("flooder", 10_000);
@@ -275,7 +291,7 @@ async fn alarms_during_a_flood_on(flood_topic: &'static str) -> gateway::ingest:
             .unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), async {
             while let Some(r) = rx.recv().await {
-                if r.device == want {
+                if matches!(r, Ingested::Reading(r) if r.device == want) {
                     return true;
                 }
             }

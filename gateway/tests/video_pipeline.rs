@@ -209,7 +209,7 @@ impl AlertTask {
         let thread = std::thread::spawn(move || {
             let task =
                 gateway::alerts::task::AlertTask::new(lifecycle, events_tx, Default::default());
-            gateway::alerts::task::run(task, rx)
+            gateway::alerts::task::run(task, &mut { rx })
         });
         AlertTask {
             tx,

@@ -78,6 +78,9 @@ pub enum AlertKind {
     CameraDown,
     /// The outbox is over its disk quota with only alarms left to keep.
     BufferFull,
+    /// A stage of the gateway itself stopped or stopped working (red when the alarm path is
+    /// affected): the panel's *fault* signal.
+    GatewayFault,
     /// Camera: an e-bike entering a lobby or lift.
     EbikeEntry,
     /// Camera: too many people in a zone for too long.
@@ -104,6 +107,7 @@ impl AlertKind {
             AlertKind::BatteryRemoved => "battery_removed",
             AlertKind::CameraDown => "camera_down",
             AlertKind::BufferFull => "buffer_full",
+            AlertKind::GatewayFault => "gateway_fault",
             AlertKind::EbikeEntry => "ebike_entry",
             AlertKind::Crowd => "crowd",
             AlertKind::Intrusion => "intrusion",

@@ -58,6 +58,9 @@ pub struct Config {
     /// `[storage]`: where the outbox and evidence are kept.
     #[serde(default)]
     pub storage: Storage,
+    /// `[supervision]`: the end-to-end self-test of the alarm path.
+    #[serde(default)]
+    pub supervision: Supervision,
 }
 
 impl Config {
@@ -340,6 +343,31 @@ impl Default for Storage {
             data_dir: PathBuf::from("/var/lib/shouwang"),
             quota_mb: 1024,
             reserve_mb: 16,
+        }
+    }
+}
+
+/// `[supervision]`: how the gateway checks that it can still raise an alarm.
+///
+/// Every `self_test_period_s` a synthetic reading travels the real alarm path (embedded
+/// broker → ingest → rules → alert store commit) without becoming an alert; when one has not
+/// come back within `self_test_timeout_s`, a red `gateway_fault` is raised ("alarm path not
+/// working"). EN 54-2 asks a fire panel to show a fault within 100 s.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Supervision {
+    /// Seconds between two self-test probes (1..=60). Default 10.
+    pub self_test_period_s: u64,
+    /// Seconds a probe may take before the alarm path counts as broken (more than the
+    /// period, at most 90, so that the fault shows within EN 54-2's 100 s). Default 60.
+    pub self_test_timeout_s: u64,
+}
+
+impl Default for Supervision {
+    fn default() -> Self {
+        Self {
+            self_test_period_s: 10,
+            self_test_timeout_s: 60,
         }
     }
 }

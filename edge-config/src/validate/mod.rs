@@ -27,6 +27,7 @@ pub(crate) fn validate(config: &Config) -> Vec<(KeyPath, String)> {
     services::check_uplink(config, &mut p);
     services::check_console(config, &mut p);
     services::check_storage(config, &mut p);
+    services::check_supervision(config, &mut p);
     p.0
 }
 

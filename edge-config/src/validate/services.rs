@@ -257,6 +257,30 @@ pub(super) fn check_storage(config: &Config, p: &mut Problems) {
     }
 }
 
+pub(super) fn check_supervision(config: &Config, p: &mut Problems) {
+    let s = &config.supervision;
+    let at = KeyPath::of("supervision");
+    if !(1..=60).contains(&s.self_test_period_s) {
+        p.push(
+            at.key("self_test_period_s"),
+            format!(
+                "self_test_period_s {} is out of range; use 1 to 60 (default 10)",
+                s.self_test_period_s
+            ),
+        );
+    }
+    if s.self_test_timeout_s <= s.self_test_period_s || s.self_test_timeout_s > 90 {
+        p.push(
+            at.key("self_test_timeout_s"),
+            format!(
+                "self_test_timeout_s {} must be more than self_test_period_s ({}) and at most 90, \
+                 so that a broken alarm path shows as a fault within EN 54-2's 100 s (default 60)",
+                s.self_test_timeout_s, s.self_test_period_s
+            ),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::check_phc;

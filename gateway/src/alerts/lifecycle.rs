@@ -90,6 +90,11 @@ impl Lifecycle {
         &self.store
     }
 
+    /// Commits a self-test probe (see [`AlertStore::record_probe`]).
+    pub fn record_probe(&mut self, nonce: u64) -> Result<(), StoreError> {
+        self.store.record_probe(nonce)
+    }
+
     /// Applies a rule signal; returns the committed alert event, if any.
     pub fn on_signal(
         &mut self,

@@ -37,6 +37,7 @@ fn title(kind: AlertKind) -> (&'static str, &'static str) {
         AlertKind::BatteryRemoved => ("夜间电池被取走", "Battery removed at night"),
         AlertKind::CameraDown => ("摄像头断流", "Camera stream down"),
         AlertKind::BufferFull => ("上报缓存已满", "Upload buffer full"),
+        AlertKind::GatewayFault => ("网关故障", "Gateway fault"),
         AlertKind::EbikeEntry => ("电动车进入楼内", "E-bike entering the building"),
         AlertKind::Crowd => ("人员聚集", "Crowd gathering"),
         AlertKind::Intrusion => ("夜间闯入", "Intrusion"),
@@ -82,6 +83,10 @@ fn advice(kind: AlertKind) -> (&'static str, &'static str) {
         AlertKind::BufferFull => (
             "检查上级平台网络连接；报警信息仍在本地保存。",
             "Check the uplink to the platform; alarms are still kept locally.",
+        ),
+        AlertKind::GatewayFault => (
+            "网关部分功能失效，报警可能无法送达：立即检查网关，必要时人工巡查。",
+            "Part of the gateway is not working and alarms may not get through: check the gateway now and patrol in person if needed.",
         ),
         AlertKind::EbikeEntry => (
             "电动车禁止进入楼道和电梯，请劝离。",

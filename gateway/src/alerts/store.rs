@@ -124,6 +124,20 @@ impl AlertStore {
         Ok(seq)
     }
 
+    /// Commits a self-test probe's nonce (`alerts_meta.self_test_nonce`) the way an alert
+    /// event is committed (`synchronous=FULL`), so a completed round trip proves the writer
+    /// can still record an alarm. No alert, event or outbox row is made.
+    pub fn record_probe(&mut self, nonce: u64) -> Result<(), StoreError> {
+        outbox::commit_with(&mut self.conn, Durability::Full, |tx| {
+            tx.execute(
+                "INSERT INTO alerts_meta (name, value) VALUES ('self_test_nonce', ?1) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                [nonce as i64],
+            )?;
+            Ok::<(), StoreError>(())
+        })
+    }
+
     /// All alerts not yet resolved (reloaded at start-up).
     pub fn active(&self) -> Result<Vec<Alert>, StoreError> {
         self.query(

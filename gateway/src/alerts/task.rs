@@ -29,6 +29,8 @@ use super::lifecycle::{Lifecycle, LifecycleError, PartialCommit};
 use super::model::{Alert, Location, Source};
 use super::store::StoreError;
 use crate::reserve::{is_disk_trouble, Reserve};
+use crate::selftest::{Probe, SelfTest};
+use crate::supervise::fault_point_blocking;
 use crate::rules::Signal;
 use edge_config::{AlertKind, Level};
 
@@ -52,6 +54,8 @@ pub enum AlertInput {
         by: String,
         reply: oneshot::Sender<Result<Alert, String>>,
     },
+    /// A self-test probe: committed, never turned into an alert (see [`crate::selftest`]).
+    Probe(Probe),
 }
 
 /// An input that changes alerts without a person behind it, so it can wait and be retried.
@@ -145,11 +149,15 @@ pub struct AlertTask {
     failing_since_log: Option<Instant>,
     /// Disk space to give up when the database refuses a write (see [`crate::reserve`]).
     reserve: Option<Arc<Reserve>>,
+    /// Told of each probe committed, which completes a self-test round trip.
+    self_test: Option<Arc<SelfTest>>,
 }
 
-/// Runs `task` until `inputs` is closed. Every committed alert event is published.
-pub fn run(mut task: AlertTask, mut inputs: mpsc::Receiver<AlertInput>) {
+/// Runs `task` until `inputs` is closed. Every committed alert event is published. The
+/// receiver is borrowed: after a panic its supervisor starts a new task on the same queue.
+pub fn run(mut task: AlertTask, inputs: &mut mpsc::Receiver<AlertInput>) {
     while let Some(input) = inputs.blocking_recv() {
+        fault_point_blocking("alerts");
         task.handle(input, Utc::now());
     }
     task.retry_deferred();
@@ -175,6 +183,25 @@ impl AlertTask {
             stats,
             failing_since_log: None,
             reserve: None,
+            self_test: None,
+        }
+    }
+
+    /// Completes this self-test's round trips when their probes are committed.
+    pub fn with_self_test(mut self, self_test: Option<Arc<SelfTest>>) -> Self {
+        self.self_test = self_test;
+        self
+    }
+
+    fn probe(&mut self, probe: Probe) {
+        match self.lifecycle.record_probe(probe.nonce) {
+            Ok(()) => {
+                if let Some(st) = &self.self_test {
+                    st.completed(probe.nonce, tokio::time::Instant::now());
+                }
+            }
+            // Not completed: the self-test's timeout turns this into a fault.
+            Err(e) => tracing::warn!(error = %e, "self-test probe not committed"),
         }
     }
 
@@ -208,6 +235,7 @@ impl AlertTask {
         let trigger = match input {
             AlertInput::Trigger(trigger) => trigger,
             AlertInput::Tick => return self.tick(at),
+            AlertInput::Probe(probe) => return self.probe(probe),
             AlertInput::Acknowledge { id, by, reply } => {
                 let result = self.lifecycle.acknowledge(&id, &by, at);
                 return self.reply(result, reply);

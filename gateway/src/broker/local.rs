@@ -34,7 +34,11 @@ use rumqttd::Notification;
 /// An in-process subscriber to attach when the broker starts.
 #[derive(Debug, Clone)]
 pub struct LocalSubscriber {
-    /// The router's client id for the link (must not collide with a sensor's).
+    /// What the link is for (e.g. `ingest-devices`); [`super::EmbeddedBroker::take_local_link`]
+    /// finds it by this name.
+    pub role: String,
+    /// The router's client id for the link: unguessable ([`super::internal_client_id`]), or
+    /// a client connecting with the same id would take the link's session over.
     pub client_id: String,
     /// Topic filters, subscribed at QoS 0 before any listener opens.
     pub filters: Vec<String>,
@@ -86,6 +90,9 @@ pub struct LocalLink {
     /// filter has a log of its own whose offsets count up by one per message, so a jump is
     /// the number of messages the router dropped when the log overran.
     last_offsets: Option<HashMap<Bytes, u64>>,
+    /// Whether this link's filters started with it (first offset 0) or existed before (a
+    /// re-attached link: the first offset seen per topic is where it started reading).
+    fresh_filters: bool,
 }
 
 impl std::fmt::Debug for LocalLink {
@@ -108,17 +115,24 @@ impl LocalLink {
             Some(seen) => std::mem::replace(seen, offset) + 1,
             None => {
                 last.insert(topic.clone(), offset);
-                0
+                if self.fresh_filters {
+                    0
+                } else {
+                    offset
+                }
             }
         };
         offset.saturating_sub(expected)
     }
 
-    /// Wraps a freshly built link and subscribes every filter of `spec`.
+    /// Wraps a freshly built link and subscribes every filter of `spec`. `fresh_filters`:
+    /// the filters were created by this subscription (before any listener opened), so their
+    /// logs start at offset 0; otherwise the first offset seen per topic is the baseline.
     pub(super) fn subscribe(
         spec: &LocalSubscriber,
         mut tx: LinkTx,
         rx: LinkRx,
+        fresh_filters: bool,
     ) -> Result<LocalLink, LocalLinkError> {
         for filter in &spec.filters {
             tx.subscribe(filter.as_str())
@@ -129,6 +143,7 @@ impl LocalLink {
             _tx: tx,
             rx,
             wake_pending: false,
+            fresh_filters,
             last_offsets: spec
                 .filters
                 .iter()

@@ -262,6 +262,55 @@ pub struct EmbeddedBroker {
     listeners: Vec<Listener>,
     /// Links attached before the listeners opened, waiting for their owner to take them.
     local_links: HashMap<String, LocalLink>,
+    /// Attaches more in-process links to the running router (a supervised ingest re-links
+    /// after its link failed).
+    links: LinkFactory,
+}
+
+/// Builds rumqttd's in-process links; holds the router's sender (rumqttd does not name its
+/// channel type, so it is captured in a closure).
+type BuildLink = dyn Fn(&str) -> Result<(rumqttd::local::LinkTx, rumqttd::local::LinkRx), rumqttd::local::LinkError>
+    + Send
+    + Sync;
+
+/// Attaches in-process subscribers to the running broker's router, at any time.
+#[derive(Clone)]
+pub struct LinkFactory {
+    build: std::sync::Arc<BuildLink>,
+}
+
+impl fmt::Debug for LinkFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LinkFactory")
+    }
+}
+
+impl LinkFactory {
+    /// Attaches `spec` (under a fresh unguessable client id derived from its own) and
+    /// subscribes its filters. Messages published before the call are not delivered: the
+    /// router starts new subscriptions at the end of each log.
+    pub fn attach(&self, spec: &LocalSubscriber) -> Result<LocalLink, LocalLinkError> {
+        let spec = LocalSubscriber {
+            client_id: internal_client_id(&spec.role),
+            ..spec.clone()
+        };
+        let (tx, rx) =
+            (self.build)(&spec.client_id).map_err(|e| LocalLinkError::router(&spec.client_id, e))?;
+        LocalLink::subscribe(&spec, tx, rx, false)
+    }
+}
+
+/// A client id for one of the gateway's own clients or links: its role plus 128 random
+/// bits, so that no client on the network can take its session over by connecting with the
+/// same id (rumqttd drops the *older* connection of a reused id).
+pub fn internal_client_id(role: &str) -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No OS randomness: ULIDs still carry 80 random bits from the thread RNG.
+        return format!("shouwang-{role}-{}", ulid::Ulid::generate().to_string().to_lowercase());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("shouwang-{role}-{hex}")
 }
 
 impl fmt::Debug for EmbeddedBroker {
@@ -335,12 +384,21 @@ impl EmbeddedBroker {
         );
         // rumqttd names this thread `router-0`; it has no stop API (see module docs).
         let router_tx = router.spawn();
+        let links = {
+            let router_tx = router_tx.clone();
+            LinkFactory {
+                build: std::sync::Arc::new(move |id: &str| {
+                    LinkBuilder::new(id, router_tx.clone())
+                        .build()
+                        .map(|(tx, rx, _connack)| (tx, rx))
+                }),
+            }
+        };
         let mut local_links = HashMap::new();
         for spec in &settings.local_subscribers {
-            let (tx, rx, _connack) = LinkBuilder::new(&spec.client_id, router_tx.clone())
-                .build()
-                .map_err(|e| LocalLinkError::router(&spec.client_id, e))?;
-            local_links.insert(spec.client_id.clone(), LocalLink::subscribe(spec, tx, rx)?);
+            let (tx, rx) =
+                (links.build)(&spec.client_id).map_err(|e| LocalLinkError::router(&spec.client_id, e))?;
+            local_links.insert(spec.role.clone(), LocalLink::subscribe(spec, tx, rx, true)?);
         }
 
         let server_settings =
@@ -404,12 +462,18 @@ impl EmbeddedBroker {
             max_packet_bytes,
             listeners,
             local_links,
+            links,
         })
     }
 
-    /// Takes the in-process link attached for [`LocalSubscriber`] `client_id` (once).
-    pub fn take_local_link(&mut self, client_id: &str) -> Option<LocalLink> {
-        self.local_links.remove(client_id)
+    /// Takes the in-process link attached for the [`LocalSubscriber`] of `role` (once).
+    pub fn take_local_link(&mut self, role: &str) -> Option<LocalLink> {
+        self.local_links.remove(role)
+    }
+
+    /// Attaches more in-process links to this broker's router (see [`LinkFactory`]).
+    pub fn link_factory(&self) -> LinkFactory {
+        self.links.clone()
     }
 
     /// The MQTT 3.1.1 listener's address, with the real port even if port 0 was asked.

@@ -32,8 +32,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{LocalLink, LocalPublish, LocalSubscriber};
+use crate::broker::{internal_client_id, LocalLink, LocalPublish, LocalSubscriber};
 use crate::rules::Reading;
+use crate::selftest::{Probe, SelfTest};
+use crate::supervise::{fault_point, StageResult};
 use board::DeviceBoard;
 use decode::{decode, Reject, Router};
 pub use stats::{IngestStats, StatsSnapshot};
@@ -56,7 +58,23 @@ pub struct Ingest {
     pub stats: Arc<IngestStats>,
     /// Shared with the console's devices panel (last message of every device).
     pub board: Arc<DeviceBoard>,
+    /// The end-to-end self-test whose probes ingest lets through (see [`crate::selftest`]).
+    self_test: Option<Arc<SelfTest>>,
 }
+
+/// What ingest hands to the rules.
+#[derive(Debug)]
+pub enum Ingested {
+    /// A sensor reading.
+    Reading(Reading),
+    /// A self-test probe on its way to the alert store.
+    Probe(Probe),
+}
+
+/// The role of the embedded broker's in-process link that reads every device topic.
+pub const DEVICES_LINK: &str = "ingest-devices";
+/// The role of the in-process link that watches every other topic.
+pub const WATCH_LINK: &str = "ingest-watch";
 
 impl Ingest {
     pub fn new(config: Arc<Config>) -> Self {
@@ -65,33 +83,58 @@ impl Ingest {
             throttle: Throttle::new(config.devices.len()),
             stats: Arc::new(IngestStats::default()),
             board: Arc::new(DeviceBoard::new(config.devices.len())),
+            self_test: None,
             config,
         }
     }
 
+    /// Lets this self-test's probes through (their topic is subscribed like a device's).
+    pub fn with_self_test(mut self, self_test: Arc<SelfTest>) -> Self {
+        self.self_test = Some(self_test);
+        self
+    }
+
     /// Topic filters to subscribe to.
     pub fn subscriptions(&self) -> Vec<SubscribeFilter> {
-        self.router
-            .subscriptions()
+        let mut topics = self.router.subscriptions();
+        topics.extend(self.self_test.as_ref().map(|s| s.topic().to_owned()));
+        topics
             .into_iter()
             .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
             .collect()
     }
 
     /// The embedded broker's in-process subscribers for this ingest: the device link (one
-    /// exact filter per device topic) and the watch link (`#`), named by [`local_link_ids`].
+    /// exact filter per device topic, and the self-test's) and the watch link (`#`), with the
+    /// roles [`DEVICES_LINK`] and [`WATCH_LINK`] and unguessable client ids.
     pub fn local_subscribers(&self) -> Vec<LocalSubscriber> {
-        let (devices, watch) = local_link_ids(&self.config.site.id);
+        let mut device_filters = self.router.device_filters();
+        device_filters.extend(self.self_test.as_ref().map(|s| s.topic().to_owned()));
         vec![
             LocalSubscriber {
-                client_id: devices,
-                filters: self.router.device_filters(),
+                role: DEVICES_LINK.to_owned(),
+                client_id: internal_client_id(DEVICES_LINK),
+                filters: device_filters,
             },
             LocalSubscriber {
-                client_id: watch,
+                role: WATCH_LINK.to_owned(),
+                client_id: internal_client_id(WATCH_LINK),
                 filters: self.router.watch_filters(),
             },
         ]
+    }
+
+    /// Handles one publish of any kind: a self-test probe, or a sensor message through
+    /// [`Ingest::handle`] (rejections are counted there).
+    pub fn ingest(&mut self, topic: &str, payload: &[u8], now: Instant) -> Option<Ingested> {
+        if let Some(st) = self.self_test.as_ref().filter(|s| s.topic() == topic) {
+            let probe = st.accept(payload);
+            if probe.is_none() {
+                tracing::debug!("self-test probe with an unknown nonce ignored");
+            }
+            return probe.map(Ingested::Probe);
+        }
+        self.handle(topic, payload, now).ok().flatten().map(Ingested::Reading)
     }
 
     /// Counts `n` messages of `topic` the embedded broker dropped before ingest could read
@@ -129,10 +172,8 @@ impl Ingest {
             return Err(Reject::UnknownDevice);
         };
         let d = &self.config.devices[device];
-        if !self.throttle.admit(device, now) {
-            self.stats.reject(Some(&d.id), Reject::Throttled, topic);
-            return Err(Reject::Throttled);
-        }
+        // Decoded before the bucket is consulted: invalid messages spend none of it, and a
+        // change of hazard state passes even an empty one (see `throttle`).
         let decoded = match decode(payload, d.format, role, d.kind) {
             Ok(decoded) => decoded,
             Err(reason) => {
@@ -140,6 +181,10 @@ impl Ingest {
                 return Err(reason);
             }
         };
+        if !self.throttle.admit_decoded(device, &decoded, now) {
+            self.stats.reject(Some(&d.id), Reject::Throttled, topic);
+            return Err(Reject::Throttled);
+        }
         let at = Utc::now();
         if let Some(ts) = decoded.sensor_ts {
             if (ts.with_timezone(&Utc) - at).abs() > CLOCK_SKEW_WARN {
@@ -157,77 +202,87 @@ impl Ingest {
     }
 }
 
-/// Client ids of the embedded broker's in-process links for site `site`.
-pub fn local_link_ids(site: &str) -> (String, String) {
-    (
-        format!("shouwang-{site}-ingest-devices"),
-        format!("shouwang-{site}-ingest-watch"),
-    )
-}
-
-/// Runs ingest on the embedded broker's in-process links until `token` is cancelled (or a
-/// link fails, which only happens if the router is gone).
+/// Runs ingest on the embedded broker's in-process links until `token` is cancelled, or a
+/// link fails (the router dropped it): then it returns the error, and its supervisor attaches
+/// new links and runs it again.
 ///
 /// The two links are read by two loops joined in one future, never by a `select!` over both:
 /// a link's read may be waiting to tell the router it drained its buffer, and dropping that
 /// wait whenever the other link had data would starve it (a flood keeps the watch link busy).
 pub async fn run_local(
-    ingest: Ingest,
+    ingest: &mut Ingest,
     devices: LocalLink,
     watch: LocalLink,
-    out: mpsc::Sender<Reading>,
+    out: &mpsc::Sender<Ingested>,
     token: CancellationToken,
-) {
+) -> StageResult {
     let watcher = ingest.watcher();
-    tokio::join!(
-        read_devices(ingest, devices, out, token.clone()),
-        read_watch(watcher, watch, token),
+    // Either loop ending (a failed link, or shutdown) ends the other.
+    let stop = token.child_token();
+    let (devices, watch) = tokio::join!(
+        async {
+            let r = read_devices(ingest, devices, out, &stop).await;
+            stop.cancel();
+            r
+        },
+        async {
+            let r = read_watch(&watcher, watch, &stop).await;
+            stop.cancel();
+            r
+        },
     );
-    tracing::info!("ingest stopped");
+    devices.and(watch)
 }
 
-/// The device link: every publish goes through [`Ingest::handle`].
+/// The device link: every publish goes through [`Ingest::ingest`].
 async fn read_devices(
-    mut ingest: Ingest,
+    ingest: &mut Ingest,
     mut link: LocalLink,
-    out: mpsc::Sender<Reading>,
-    token: CancellationToken,
-) {
-    while let Some(publish) = next_or_stop(&mut link, &token).await {
+    out: &mpsc::Sender<Ingested>,
+    token: &CancellationToken,
+) -> StageResult {
+    while let Some(publish) = next_or_stop(&mut link, token).await? {
+        fault_point("ingest").await;
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             continue;
         };
         if publish.dropped_before > 0 {
             ingest.broker_overrun(topic, publish.dropped_before);
         }
-        if let Ok(Some(reading)) = ingest.handle(topic, &publish.payload, Instant::now()) {
-            if out.send(reading).await.is_err() {
-                break;
+        if let Some(item) = ingest.ingest(topic, &publish.payload, Instant::now()) {
+            if out.send(item).await.is_err() {
+                return Err("the rules stage is gone".to_owned());
             }
         }
     }
+    Ok(())
 }
 
 /// The watch link: counts what no device owns; device topics are the device link's.
-async fn read_watch(watcher: Watcher, mut link: LocalLink, token: CancellationToken) {
-    while let Some(publish) = next_or_stop(&mut link, &token).await {
+async fn read_watch(
+    watcher: &Watcher,
+    mut link: LocalLink,
+    token: &CancellationToken,
+) -> StageResult {
+    while let Some(publish) = next_or_stop(&mut link, token).await? {
         if let Ok(topic) = std::str::from_utf8(&publish.topic) {
             watcher.observe(topic);
         }
     }
+    Ok(())
 }
 
-/// The link's next publish, or `None` once `token` is cancelled or the link failed.
-async fn next_or_stop(link: &mut LocalLink, token: &CancellationToken) -> Option<LocalPublish> {
+/// The link's next publish, `None` once `token` is cancelled, or why the link failed.
+async fn next_or_stop(
+    link: &mut LocalLink,
+    token: &CancellationToken,
+) -> Result<Option<LocalPublish>, String> {
     tokio::select! {
-        _ = token.cancelled() => None,
-        p = link.next() => match p {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::error!(error = %e, link = link.client_id(), "ingest link to the embedded broker failed");
-                None
-            }
-        },
+        _ = token.cancelled() => Ok(None),
+        p = link.next() => p.map(Some).map_err(|e| {
+            tracing::error!(error = %e, "ingest link to the embedded broker failed");
+            e.to_string()
+        }),
     }
 }
 
@@ -253,12 +308,12 @@ impl Watcher {
 /// Runs the MQTT side of ingest until `token` is cancelled: (re)subscribes on every
 /// connection, feeds publishes through [`Ingest::handle`] and sends readings to `out`.
 pub async fn run(
-    mut ingest: Ingest,
+    ingest: &mut Ingest,
     client: AsyncClient,
     mut events: EventLoop,
-    out: mpsc::Sender<Reading>,
+    out: &mpsc::Sender<Ingested>,
     token: CancellationToken,
-) {
+) -> StageResult {
     let subscriptions = ingest.subscriptions();
     loop {
         let event = tokio::select! {
@@ -280,8 +335,9 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Ok(Some(reading)) = ingest.handle(&p.topic, &p.payload, Instant::now()) {
-                    if out.send(reading).await.is_err() {
+                fault_point("ingest").await;
+                if let Some(item) = ingest.ingest(&p.topic, &p.payload, Instant::now()) {
+                    if out.send(item).await.is_err() {
                         break;
                     }
                 }
@@ -298,4 +354,5 @@ pub async fn run(
     }
     let _ = client.disconnect().await;
     tracing::info!("ingest stopped");
+    Ok(())
 }

@@ -1,8 +1,21 @@
 //! Per-device token buckets: a device that floods loses its own messages, nobody else's.
+//!
+//! Only *repeats* are throttled. A valid message that changes what the device says about a
+//! hazard ([`HazardKey`]: an alarm flag on or off, a gas or temperature reading crossing into
+//! another band, going online/offline, an actuator's state) always passes, so a real alarm
+//! that follows a burst of junk or of repeats is never thrown away; and invalid messages are
+//! rejected before the bucket is consulted, so they spend nothing of a device's budget.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::decode::{Decoded, Values};
+
+/// Width of the bands a temperature (°C) or gas concentration (%LEL) reading falls in: every
+/// threshold the rules use by default (10 / 25 %LEL, 46 / 56 / 57 / 65 °C) is crossed by a
+/// change of band, or lies within one band of it.
+pub const BAND: f64 = 5.0;
 
 /// Sustained messages per second a device may send.
 pub const RATE_PER_S: f64 = 20.0;
@@ -15,10 +28,47 @@ struct Bucket {
     last: Option<Instant>,
 }
 
+/// What a device says about hazards, coarsely: equal keys mean "nothing new".
+#[derive(Debug, Clone, Default, PartialEq)]
+struct HazardKey {
+    flags: [Option<bool>; 9],
+    bands: [Option<i64>; 3],
+    state: Option<String>,
+}
+
+impl HazardKey {
+    fn of(v: &Values, online: Option<bool>) -> Self {
+        let band = |x: Option<f64>| x.filter(|x| x.is_finite()).map(|x| (x / BAND).floor() as i64);
+        HazardKey {
+            flags: [
+                v.smoke,
+                v.gas,
+                v.water_leak,
+                v.tamper,
+                v.battery_low,
+                v.pressed,
+                v.charging,
+                v.present,
+                online,
+            ],
+            bands: [band(v.gas_lel_pct), band(v.temperature_c), band(v.battery_temp_c)],
+            state: v.state.clone(),
+        }
+    }
+}
+
+/// What the rules last heard from a device (merged), to tell a change from a repeat.
+#[derive(Debug, Clone, Default)]
+struct Known {
+    values: Values,
+    online: Option<bool>,
+}
+
 /// One bucket per device index.
 #[derive(Debug)]
 pub struct Throttle {
     buckets: Vec<Bucket>,
+    known: Vec<Known>,
 }
 
 impl Throttle {
@@ -31,7 +81,30 @@ impl Throttle {
                 };
                 devices
             ],
+            known: vec![Known::default(); devices],
         }
+    }
+
+    /// Whether a valid message of `device` may pass: always when it changes the device's
+    /// hazard state, otherwise when the bucket has a token. An admitted message becomes the
+    /// device's known state.
+    pub fn admit_decoded(&mut self, device: usize, decoded: &Decoded, now: Instant) -> bool {
+        let Some(known) = self.known.get(device) else {
+            return false;
+        };
+        let before = HazardKey::of(&known.values, known.online);
+        let mut after = known.clone();
+        after.values.merge(&decoded.values);
+        if decoded.online.is_some() {
+            after.online = decoded.online;
+        }
+        let changed = HazardKey::of(&after.values, after.online) != before;
+        let has_token = self.admit(device, now);
+        if has_token || changed {
+            self.known[device] = after;
+            return true;
+        }
+        false
     }
 
     /// Takes a token for `device`; false when its bucket is empty.
@@ -68,5 +141,38 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         let admitted = (0..1000).filter(|_| t.admit(0, later)).count();
         assert_eq!(admitted, RATE_PER_S as usize);
+    }
+
+    fn reading(json: &str) -> Decoded {
+        Decoded {
+            values: serde_json::from_str(json).unwrap(),
+            sensor_ts: None,
+            online: None,
+        }
+    }
+
+    #[test]
+    fn repeats_are_throttled_but_a_change_of_hazard_state_always_passes() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(1);
+        let quiet = reading(r#"{"smoke": false, "battery_pct": 90}"#);
+        let admitted = (0..1000).filter(|_| t.admit_decoded(0, &quiet, t0)).count();
+        assert_eq!(admitted, BURST as usize, "repeats spend the bucket");
+        assert!(t.admit_decoded(0, &reading(r#"{"smoke": true}"#), t0), "alarm on");
+        assert!(!t.admit_decoded(0, &reading(r#"{"smoke": true}"#), t0), "its repeat");
+        assert!(t.admit_decoded(0, &reading(r#"{"smoke": false}"#), t0), "alarm off");
+    }
+
+    #[test]
+    fn a_gas_reading_crossing_a_band_passes_an_empty_bucket() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(1);
+        let low = reading(r#"{"gas_lel_pct": 3.0}"#);
+        while t.admit_decoded(0, &low, t0) {}
+        assert!(!t.admit_decoded(0, &reading(r#"{"gas_lel_pct": 4.5}"#), t0), "same band");
+        assert!(t.admit_decoded(0, &reading(r#"{"gas_lel_pct": 12.0}"#), t0), "10 %LEL crossed");
+        assert!(t.admit_decoded(0, &reading(r#"{"gas_lel_pct": 45.0}"#), t0), "25 %LEL crossed");
+        let offline = Decoded { online: Some(false), ..reading("{}") };
+        assert!(t.admit_decoded(0, &offline, t0), "going offline is a change too");
     }
 }

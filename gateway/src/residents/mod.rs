@@ -15,7 +15,6 @@ pub mod qr;
 pub mod web;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use tokio::sync::broadcast;
 use crate::alerts::model::Localized;
 use crate::alerts::{Alert, AlertState, EventKind};
 use crate::shutdown::{Lifecycle as Stages, Stage};
+use crate::supervise::Severity;
 
 /// Errors of the resident features.
 #[derive(Debug, thiserror::Error)]
@@ -195,60 +195,78 @@ impl Filter {
 /// Publishes resident notices on the sensor broker (QoS 1) until the events channel closes.
 pub fn spawn_publisher(
     config: Arc<Config>,
-    broker: SocketAddr,
-    mut events: broadcast::Receiver<Alert>,
+    options: MqttOptions,
+    events: broadcast::Receiver<Alert>,
     stages: &Stages,
 ) {
-    let mut o = MqttOptions::new(
-        format!("shouwang-{}-residents", config.site.id),
-        broker.ip().to_string(),
-        broker.port(),
-    );
-    o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut event_loop) = AsyncClient::new(o, 256);
-    stages.spawn(Stage::Processing, move |_token| async move {
-        let driver_token = tokio_util::sync::CancellationToken::new();
-        let t = driver_token.clone();
-        let driver = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = t.cancelled() => break,
-                    e = event_loop.poll() => if e.is_err() {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-            }
-        });
-        let mut filter = Filter::default();
+    // The receiver outlives a restart of the stage, so notices raised meanwhile wait in it.
+    let events = Arc::new(tokio::sync::Mutex::new(events));
+    let filter = Arc::new(std::sync::Mutex::new(Filter::default()));
+    stages.supervise(Stage::Processing, "residents", Severity::Degraded, move |_token| {
+        let (client, event_loop) = crate::pipeline::internal_client(&options, "residents");
+        let (config, events, filter) = (config.clone(), events.clone(), filter.clone());
+        async move {
+            let mut events = events.lock_owned().await;
+            publish_notices(&config, client, event_loop, &mut events, &filter).await;
+            Ok(())
+        }
+    });
+}
+
+/// Publishes resident notices until the alert events channel closes.
+async fn publish_notices(
+    config: &Config,
+    client: AsyncClient,
+    mut event_loop: rumqttc::EventLoop,
+    events: &mut broadcast::Receiver<Alert>,
+    filter: &std::sync::Mutex<Filter>,
+) {
+    let driver_token = tokio_util::sync::CancellationToken::new();
+    let t = driver_token.clone();
+    let driver = tokio::spawn(async move {
         loop {
-            let alert = match events.recv().await {
-                Ok(a) => a,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "resident notices fell behind");
-                    continue;
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            };
-            if !filter.should_publish(&alert) {
-                continue;
-            }
-            let Ok(payload) = serde_json::to_vec(&notice(&alert)) else {
-                continue;
-            };
-            for topic in topics(&config, &alert) {
-                if let Err(e) = client
-                    .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
-                    .await
-                {
-                    tracing::warn!(topic, error = %e, "resident notice not published");
+            tokio::select! {
+                _ = t.cancelled() => break,
+                e = event_loop.poll() => if let Err(e) = e {
+                    tracing::warn!(error = %e, "resident notices: broker connection failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        driver_token.cancel();
-        let _ = driver.await;
-        tracing::info!("resident notices stopped");
     });
+    loop {
+        let alert = match events.recv().await {
+            Ok(a) => a,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "resident notices fell behind");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        crate::supervise::fault_point("residents").await;
+        let publish = filter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .should_publish(&alert);
+        if !publish {
+            continue;
+        }
+        let Ok(payload) = serde_json::to_vec(&notice(&alert)) else {
+            continue;
+        };
+        for topic in topics(config, &alert) {
+            if let Err(e) = client
+                .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+                .await
+            {
+                tracing::warn!(topic, error = %e, "resident notice not published");
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    driver_token.cancel();
+    let _ = driver.await;
+    tracing::info!("resident notices stopped");
 }
 
 #[cfg(test)]

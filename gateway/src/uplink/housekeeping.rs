@@ -35,6 +35,8 @@ pub struct StatusSources {
     pub ingest: Option<Arc<IngestStats>>,
     pub alert_store: Option<Arc<AlertTaskStats>>,
     pub reserve: Option<Arc<crate::reserve::Reserve>>,
+    /// Supervised stages and the self-test.
+    pub health: Option<Arc<crate::supervise::Health>>,
 }
 
 /// The source of gateway-raised outbox alerts.
@@ -64,6 +66,7 @@ pub async fn run(
             _ = token.cancelled() => break,
             _ = tick.tick() => {}
         }
+        crate::supervise::fault_point("housekeeping").await;
         let quota = settings.quota_bytes;
         match outbox.call(move |o| o.enforce_quota(quota)).await {
             Ok(report) => {
@@ -156,6 +159,7 @@ async fn write_status(
             .map(|i| i.snapshot().with_top_devices(STATUS_TOP_DEVICES)),
         alert_store: settings.sources.alert_store.as_ref().map(|a| a.snapshot()),
         reserve: settings.sources.reserve.as_ref().map(|r| r.snapshot()),
+        health: settings.sources.health.as_ref().map(|h| h.snapshot()),
     };
     match tokio::task::spawn_blocking(move || file.write(&path)).await {
         Ok(result) => result.map_err(|e| e.to_string()),

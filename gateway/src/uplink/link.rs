@@ -237,6 +237,7 @@ impl Link {
         let mut failed: Option<String> = None;
 
         let end = loop {
+            crate::supervise::fault_point("uplink").await;
             if stopping.is_none() {
                 while w.inflight() < window {
                     let Some(row) = w.ready.pop_front() else {

@@ -116,6 +116,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::alerts::task::AlertInput;
 use crate::alerts::Alert;
 use crate::outbox::{Outbox, OutboxError};
+use crate::supervise::Severity;
 use crate::shutdown::{Lifecycle as Stages, Stage};
 
 pub use backoff::Backoff;
@@ -344,8 +345,18 @@ pub fn start(
     let weak_inputs = alert_inputs.downgrade();
     {
         let (outbox, status) = (outbox.clone(), status.clone());
-        stages.spawn(Stage::Outbox, move |token| {
-            housekeeping::run(housekeeping, outbox, status, weak_inputs, token)
+        stages.supervise(Stage::Outbox, "housekeeping", Severity::Degraded, move |token| {
+            let run = housekeeping::run(
+                housekeeping.clone(),
+                outbox.clone(),
+                status.clone(),
+                weak_inputs.clone(),
+                token,
+            );
+            async move {
+                run.await;
+                Ok(())
+            }
         });
     }
     match link_settings {
@@ -356,10 +367,16 @@ pub fn start(
                 qos = settings.qos as u8,
                 "uplink starting"
             );
-            let link = Link::new(settings, outbox, status.clone())
-                .with_commands(alert_inputs.downgrade())
-                .with_wake(events);
-            stages.spawn(Stage::Outbox, move |token| link.run(token));
+            let (status, commands) = (status.clone(), alert_inputs.downgrade());
+            stages.supervise(Stage::Outbox, "uplink", Severity::AlarmPath, move |token| {
+                let link = Link::new(settings.clone(), outbox.clone(), status.clone())
+                    .with_commands(commands.clone())
+                    .with_wake(events.resubscribe());
+                async move {
+                    link.run(token).await;
+                    Ok(())
+                }
+            });
         }
         None => tracing::info!("no [uplink] configured: alerts stay in the local outbox"),
     }

@@ -5,6 +5,8 @@ use crate::alerts::task::AlertStoreSnapshot;
 use crate::ingest::StatsSnapshot;
 use crate::reserve::ReserveSnapshot;
 use std::fmt;
+
+use crate::supervise::{HealthSnapshot, SelfTestSnapshot, Severity, StageHealth};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -231,6 +233,9 @@ pub struct StatusFile {
     /// The disk reserve (absent: none kept, or a file from an older version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve: Option<ReserveSnapshot>,
+    /// Every supervised stage and the self-test (absent in files from older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSnapshot>,
 }
 
 /// Devices with the most rejections kept in `status.json`.
@@ -324,6 +329,10 @@ pub struct StatusReport {
     pub alert_store: Option<AlertStoreSnapshot>,
     /// The running daemon's disk reserve (absent when it is not running or keeps none).
     pub reserve: Option<ReserveSnapshot>,
+    /// The running daemon's stages, as supervised (absent when it is not running).
+    pub stages: Option<std::collections::BTreeMap<String, StageHealth>>,
+    /// The last end-to-end self-test round trip (absent when the daemon is not running).
+    pub self_test: Option<SelfTestSnapshot>,
 }
 
 /// Reads the status of the gateway whose data directory is `data_dir`, without disturbing a
@@ -366,6 +375,8 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, UplinkError> {
         ingest: live.and_then(|f| f.ingest.clone()),
         alert_store: live.and_then(|f| f.alert_store.clone()),
         reserve: live.and_then(|f| f.reserve.clone()),
+        stages: live.and_then(|f| f.health.as_ref().map(|h| h.stages.clone())),
+        self_test: live.and_then(|f| f.health.as_ref().and_then(|h| h.self_test.clone())),
         link: file.map(|f| f.link),
         oldest_undelivered_age_s: stats
             .oldest_undelivered_ms
@@ -428,6 +439,44 @@ fn alert_store_line(a: &AlertStoreSnapshot) -> Option<String> {
         line.push_str(&format!("; last error: {e}"));
     }
     Some(line)
+}
+
+/// `stages: all 9 running` or one line per stage that is faulted or restarted.
+fn stage_lines(stages: &std::collections::BTreeMap<String, StageHealth>, now: i64) -> Vec<String> {
+    let troubled: Vec<String> = stages
+        .iter()
+        .filter(|(_, s)| s.faulted_since.is_some() || s.restarts > 0)
+        .map(|(name, s)| {
+            let mut line = match s.faulted_since {
+                Some(t) => format!(
+                    "  {name}: FAULT ({}) for {}",
+                    match s.severity {
+                        Severity::AlarmPath => "alarm path",
+                        Severity::Degraded => "degraded",
+                    },
+                    ago(now - t.timestamp_millis())
+                ),
+                None => format!("  {name}: {:?}", s.state).to_lowercase(),
+            };
+            line.push_str(&format!(", {} restarts", s.restarts));
+            if let Some(e) = &s.last_error {
+                line.push_str(&format!("; last error: {e}"));
+            }
+            line
+        })
+        .collect();
+    let faulted = stages.values().filter(|s| s.faulted_since.is_some()).count();
+    let mut lines = vec![format!(
+        "stages:      {} supervised, {}",
+        stages.len(),
+        if faulted == 0 {
+            "no fault".to_owned()
+        } else {
+            format!("{faulted} FAULTED")
+        }
+    )];
+    lines.extend(troubled);
+    lines
 }
 
 /// `disk reserve: 16.0 MB held` or `disk reserve: RELEASED 3.0 min ago for …`.
@@ -497,6 +546,14 @@ impl fmt::Display for StatusReport {
             }
             _ => writeln!(f, "uplink:      unknown (daemon not running)")?,
         }
+        if let Some(stages) = &self.stages {
+            for line in stage_lines(stages, now) {
+                writeln!(f, "{line}")?;
+            }
+        }
+        if let Some(st) = &self.self_test {
+            writeln!(f, "self-test:   {}", crate::selftest::describe(st))?;
+        }
         let o = &self.outbox;
         let b = &o.backlog_by_class;
         write!(
@@ -558,6 +615,7 @@ mod tests {
             ingest: None,
             alert_store: None,
             reserve: None,
+            health: None,
         }
     }
 
