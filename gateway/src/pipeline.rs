@@ -22,7 +22,9 @@ use tokio::time::Instant;
 use crate::alerts::linkage::Command;
 use crate::alerts::task::{self as alert_task, AlertInput, AlertTask, AlertTaskStats, Trigger};
 use crate::alerts::{AlertStore, Lifecycle, Source};
-use crate::broker::{self, internal_client_id, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles};
+use crate::broker::{
+    self, internal_client_id, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles,
+};
 use crate::ingest::{self, Ingest, IngestStats, Ingested};
 use crate::publish;
 use crate::reserve::Reserve;
@@ -221,7 +223,8 @@ impl AlertTaskParts {
             Some(l) => l,
             None => {
                 let store = AlertStore::open(&self.db_path).map_err(|e| e.to_string())?;
-                let mut l = Lifecycle::new(self.config.clone(), store).map_err(|e| e.to_string())?;
+                let mut l =
+                    Lifecycle::new(self.config.clone(), store).map_err(|e| e.to_string())?;
                 l.set_command_sink(self.commands.clone());
                 l
             }
@@ -236,13 +239,22 @@ impl AlertTaskParts {
 
 /// The alert task: the single writer of alert events, on a thread of its own; its input
 /// queue outlives a crash of the task.
-fn spawn_alert_task(stages: &Stages, mut parts: AlertTaskParts, inputs: mpsc::Receiver<AlertInput>) {
+fn spawn_alert_task(
+    stages: &Stages,
+    mut parts: AlertTaskParts,
+    inputs: mpsc::Receiver<AlertInput>,
+) {
     let inputs = Arc::new(tokio::sync::Mutex::new(inputs));
-    stages.supervise_blocking(Stage::Processing, "alerts", Severity::AlarmPath, move |_token| {
-        let task = parts.task()?;
-        alert_task::run(task, &mut inputs.blocking_lock());
-        Ok(())
-    });
+    stages.supervise_blocking(
+        Stage::Processing,
+        "alerts",
+        Severity::AlarmPath,
+        move |_token| {
+            let task = parts.task()?;
+            alert_task::run(task, &mut inputs.blocking_lock());
+            Ok(())
+        },
+    );
 }
 
 fn spawn_telemetry(
@@ -256,14 +268,24 @@ fn spawn_telemetry(
     let db_path = db_path.to_owned();
     let records = Arc::new(tokio::sync::Mutex::new(records));
     let (stats, reserve) = (stats.clone(), reserve.clone());
-    stages.supervise_blocking(Stage::Processing, "telemetry", Severity::Degraded, move |_token| {
-        let conn = match first.take() {
-            Some(c) => c,
-            None => telemetry::open(&db_path).map_err(|e| e.to_string())?,
-        };
-        telemetry::run(conn, &mut records.blocking_lock(), stats.clone(), reserve.clone());
-        Ok(())
-    });
+    stages.supervise_blocking(
+        Stage::Processing,
+        "telemetry",
+        Severity::Degraded,
+        move |_token| {
+            let conn = match first.take() {
+                Some(c) => c,
+                None => telemetry::open(&db_path).map_err(|e| e.to_string())?,
+            };
+            telemetry::run(
+                conn,
+                &mut records.blocking_lock(),
+                stats.clone(),
+                reserve.clone(),
+            );
+            Ok(())
+        },
+    );
     Ok(())
 }
 
@@ -277,14 +299,23 @@ fn spawn_rules(
     let engine = Arc::new(std::sync::Mutex::new(engine));
     let readings = Arc::new(tokio::sync::Mutex::new(readings));
     let telemetry = Arc::new(telemetry);
-    stages.supervise(Stage::Processing, "rules", Severity::AlarmPath, move |_token| {
-        let (engine, readings, out, telemetry) =
-            (engine.clone(), readings.clone(), out.clone(), telemetry.clone());
-        async move {
-            let mut readings = readings.lock_owned().await;
-            run_rules(&engine, &mut readings, &out, &telemetry).await
-        }
-    });
+    stages.supervise(
+        Stage::Processing,
+        "rules",
+        Severity::AlarmPath,
+        move |_token| {
+            let (engine, readings, out, telemetry) = (
+                engine.clone(),
+                readings.clone(),
+                out.clone(),
+                telemetry.clone(),
+            );
+            async move {
+                let mut readings = readings.lock_owned().await;
+                run_rules(&engine, &mut readings, &out, &telemetry).await
+            }
+        },
+    );
 }
 
 fn spawn_local_publisher(
@@ -296,37 +327,47 @@ fn spawn_local_publisher(
     let events = Arc::new(tokio::sync::Mutex::new(events));
     let options = options.clone();
     let mut republish = Some(republish);
-    stages.supervise(Stage::Processing, "publisher", Severity::Degraded, move |_token| {
-        let (client, event_loop) = internal_client(&options, "publisher");
-        let (events, republish) = (events.clone(), republish.take().unwrap_or_default());
-        async move {
-            let mut events = events.lock_owned().await;
-            let token = tokio_util::sync::CancellationToken::new();
-            let driver = tokio::spawn(drive(event_loop, token.clone()));
-            for alert in &republish {
-                let _ = publish::publish(&client, alert).await;
+    stages.supervise(
+        Stage::Processing,
+        "publisher",
+        Severity::Degraded,
+        move |_token| {
+            let (client, event_loop) = internal_client(&options, "publisher");
+            let (events, republish) = (events.clone(), republish.take().unwrap_or_default());
+            async move {
+                let mut events = events.lock_owned().await;
+                let token = tokio_util::sync::CancellationToken::new();
+                let driver = tokio::spawn(drive(event_loop, token.clone()));
+                for alert in &republish {
+                    let _ = publish::publish(&client, alert).await;
+                }
+                publish::run(client, &mut events).await;
+                // Give the last QoS 1 publishes a moment to be acknowledged.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                token.cancel();
+                let _ = driver.await;
+                Ok(())
             }
-            publish::run(client, &mut events).await;
-            // Give the last QoS 1 publishes a moment to be acknowledged.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            token.cancel();
-            let _ = driver.await;
-            Ok(())
-        }
-    });
+        },
+    );
 }
 
 fn spawn_commands(stages: &Stages, options: &MqttOptions, commands: mpsc::Receiver<Command>) {
     let commands = Arc::new(tokio::sync::Mutex::new(commands));
     let options = options.clone();
-    stages.supervise(Stage::Processing, "actuators", Severity::Degraded, move |_token| {
-        let (client, event_loop) = internal_client(&options, "actuators");
-        let commands = commands.clone();
-        async move {
-            run_commands(client, event_loop, &mut *commands.lock().await).await;
-            Ok(())
-        }
-    });
+    stages.supervise(
+        Stage::Processing,
+        "actuators",
+        Severity::Degraded,
+        move |_token| {
+            let (client, event_loop) = internal_client(&options, "actuators");
+            let commands = commands.clone();
+            async move {
+                run_commands(client, event_loop, &mut *commands.lock().await).await;
+                Ok(())
+            }
+        },
+    );
 }
 
 /// Ingest, supervised: on the embedded broker its first links were attached before the
@@ -342,19 +383,31 @@ fn spawn_ingest(
     let ingest = Arc::new(tokio::sync::Mutex::new(ingest));
     match broker {
         Some(b) => {
-            let mut first = b
+            let first = b
                 .take_local_link(ingest::DEVICES_LINK)
                 .zip(b.take_local_link(ingest::WATCH_LINK));
+            // The links outlive a crash of the stage (nothing waiting in the broker's logs is
+            // lost); only a link the router dropped is replaced, by fresh ones.
+            let links = Arc::new(tokio::sync::Mutex::new(first));
             let factory = b.link_factory();
             stages.supervise(Stage::Inputs, "ingest", Severity::AlarmPath, move |token| {
-                let links = first.take().map(Ok).unwrap_or_else(|| {
-                    Ok::<_, crate::broker::LocalLinkError>((factory.attach(&specs[0])?, factory.attach(&specs[1])?))
-                });
-                let (ingest, out) = (ingest.clone(), out.clone());
+                let (ingest, out, links) = (ingest.clone(), out.clone(), links.clone());
+                let (factory, specs) = (factory.clone(), specs.clone());
                 async move {
-                    let (devices, watch) = links.map_err(|e| e.to_string())?;
+                    let mut links = links.lock_owned().await;
+                    let (devices, watch) = match links.as_mut() {
+                        Some(l) => l,
+                        None => links.insert((
+                            factory.attach(&specs[0]).map_err(|e| e.to_string())?,
+                            factory.attach(&specs[1]).map_err(|e| e.to_string())?,
+                        )),
+                    };
                     let mut ingest = ingest.lock_owned().await;
-                    ingest::run_local(&mut ingest, devices, watch, &out, token).await
+                    let result = ingest::run_local(&mut ingest, devices, watch, &out, token).await;
+                    if let Err(ingest::IngestError::Link(_)) = &result {
+                        *links = None;
+                    }
+                    result.map_err(|e| e.to_string())
                 }
             });
         }
@@ -365,7 +418,9 @@ fn spawn_ingest(
                 let (ingest, out) = (ingest.clone(), out.clone());
                 async move {
                     let mut ingest = ingest.lock_owned().await;
-                    ingest::run(&mut ingest, client, events, &out, token).await
+                    ingest::run(&mut ingest, client, events, &out, token)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
             });
         }
@@ -385,10 +440,10 @@ async fn run_rules(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        fault_point("rules").await;
         let signals = tokio::select! {
             item = readings.recv() => match item {
                 Some(Ingested::Reading(r)) => {
-                    fault_point("rules").await;
                     telemetry.offer(&r);
                     if let Some(state) = telemetry.actuator_state(&r) {
                         if out.send(state).await.is_err() { return gone(); }
@@ -396,14 +451,12 @@ async fn run_rules(
                     lock(engine).on_reading(&r)
                 }
                 Some(Ingested::Probe(p)) => {
-                    fault_point("rules").await;
                     if out.send(AlertInput::Probe(p)).await.is_err() { return gone(); }
                     Vec::new()
                 }
                 None => break,
             },
             _ = tick.tick() => {
-                fault_point("rules").await;
                 let s = lock(engine).on_tick(Instant::now());
                 if out.send(AlertInput::Tick).await.is_err() { return gone(); }
                 s
@@ -437,7 +490,6 @@ async fn run_commands(
     let driver_token = tokio_util::sync::CancellationToken::new();
     let driver = tokio::spawn(drive(events, driver_token.clone()));
     while let Some(c) = commands.recv().await {
-        fault_point("actuators").await;
         tracing::info!(topic = %c.topic, "actuator command");
         if let Err(e) = client
             .publish(&c.topic, rumqttc::QoS::AtLeastOnce, false, c.payload)
@@ -445,6 +497,7 @@ async fn run_commands(
         {
             tracing::error!(error = %e, "actuator command publish failed");
         }
+        fault_point("actuators").await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     driver_token.cancel();

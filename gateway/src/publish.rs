@@ -37,10 +37,10 @@ pub async fn run(client: AsyncClient, events: &mut broadcast::Receiver<Alert>) {
     loop {
         match events.recv().await {
             Ok(alert) => {
-                crate::supervise::fault_point("publisher").await;
                 if let Err(e) = publish(&client, &alert).await {
                     tracing::warn!(error = %e, id = %alert.id, "local alert publication failed");
                 }
+                crate::supervise::fault_point("publisher").await;
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(

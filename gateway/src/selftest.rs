@@ -246,7 +246,10 @@ mod tests {
         let payload = st.next_probe(t0);
         let probe = st.accept(&payload).unwrap();
         st.completed(probe.nonce, t0);
-        assert!(st.accept(&payload).is_none(), "a completed nonce is not accepted again");
+        assert!(
+            st.accept(&payload).is_none(),
+            "a completed nonce is not accepted again"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -257,7 +260,10 @@ mod tests {
             st.next_probe(t0 + Duration::from_secs(10 * i));
             st.check(t0 + Duration::from_secs(10 * i));
         }
-        assert!(health.snapshot().faults().is_empty(), "60 s have not passed yet");
+        assert!(
+            health.snapshot().faults().is_empty(),
+            "60 s have not passed yet"
+        );
         // Far more probes than are remembered: the oldest one's age still counts.
         for i in 7..40 {
             st.next_probe(t0 + Duration::from_secs(10 * i));
@@ -267,7 +273,12 @@ mod tests {
         let faults = snap.faults();
         assert_eq!(faults.len(), 1);
         assert_eq!(faults[0].0, crate::supervise::SELF_TEST_STAGE);
-        assert!(faults[0].1.last_error.as_deref().unwrap().contains("alarm path not working"));
+        assert!(faults[0]
+            .1
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("alarm path not working"));
         assert!(snap.self_test.unwrap().failing_since.is_some());
         let payload = st.next_probe(t0 + Duration::from_secs(400));
         let probe = st.accept(&payload).unwrap();

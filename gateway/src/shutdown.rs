@@ -124,8 +124,13 @@ impl Lifecycle {
     }
 
     /// [`Self::supervise`] for a blocking loop (e.g. a SQLite writer), run on the blocking pool.
-    pub fn supervise_blocking<F>(&self, stage: Stage, name: &'static str, severity: Severity, start: F)
-    where
+    pub fn supervise_blocking<F>(
+        &self,
+        stage: Stage,
+        name: &'static str,
+        severity: Severity,
+        start: F,
+    ) where
         F: FnMut(CancellationToken) -> StageResult + Send + 'static,
     {
         // The closure is shared with each run's blocking thread; a panic poisons the mutex,

@@ -172,7 +172,12 @@ impl Health {
 
     /// The stage ended or failed while the gateway was not shutting down.
     pub fn failed(&self, name: &str, severity: Severity, error: &str) {
-        tracing::error!(stage = name, ?severity, error, "gateway stage failed; restarting it");
+        tracing::error!(
+            stage = name,
+            ?severity,
+            error,
+            "gateway stage failed; restarting it"
+        );
         self.update(name, severity, |s| {
             s.state = StageState::Restarting;
             s.last_error = Some(error.to_owned());
@@ -270,7 +275,12 @@ pub(crate) async fn supervise<F, Fut>(
     let mut backoff = RESTART_BACKOFF;
     loop {
         let mut run = tokio::spawn(start(token.clone()));
-        let faulted = health.snapshot().stages.get(name).and_then(|s| s.faulted_since).is_some();
+        let faulted = health
+            .snapshot()
+            .stages
+            .get(name)
+            .and_then(|s| s.faulted_since)
+            .is_some();
         let outcome = tokio::select! {
             outcome = &mut run => outcome,
             _ = tokio::time::sleep(HEALTHY_AFTER), if faulted => {
@@ -544,7 +554,10 @@ mod tests {
         health.failed("alerts", Severity::AlarmPath, "panicked: x");
         match rx.recv().await {
             Some(AlertInput::Trigger(Trigger::Raise {
-                source, kind, level, ..
+                source,
+                kind,
+                level,
+                ..
             })) => {
                 assert_eq!(source, Source::Gateway("alerts".into()));
                 assert_eq!((kind, level), (AlertKind::GatewayFault, Level::Red));
@@ -554,7 +567,10 @@ mod tests {
         health.recovered("alerts", Severity::AlarmPath);
         assert!(matches!(
             rx.recv().await,
-            Some(AlertInput::Trigger(Trigger::ResolveSource { kind: AlertKind::GatewayFault, .. }))
+            Some(AlertInput::Trigger(Trigger::ResolveSource {
+                kind: AlertKind::GatewayFault,
+                ..
+            }))
         ));
         token.cancel();
     }
@@ -572,7 +588,10 @@ mod tests {
         tokio::time::sleep(REPORT_EVERY * 2).await;
         assert!(matches!(
             rx.recv().await,
-            Some(AlertInput::Trigger(Trigger::Raise { level: Level::Orange, .. }))
+            Some(AlertInput::Trigger(Trigger::Raise {
+                level: Level::Orange,
+                ..
+            }))
         ));
         token.cancel();
     }

@@ -93,7 +93,6 @@ pub fn run(
     let mut paused = false;
     let mut failures = FailureLog::default();
     while let Some(first) = rx.blocking_recv() {
-        crate::supervise::fault_point_blocking("telemetry");
         batch.push(first);
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -117,6 +116,7 @@ pub fn run(
             };
         }
         batch.clear();
+        crate::supervise::fault_point_blocking("telemetry");
     }
     tracing::info!("telemetry writer stopped");
 }

@@ -225,12 +225,12 @@ fn config_with_smokes(n: usize) -> Arc<Config> {
 /// Runs the ingest on its links as the gateway's supervisor would, until `token` is cancelled.
 async fn run_local(
     mut ingest: Ingest,
-    devices: LocalLink,
-    watch: LocalLink,
+    mut devices: LocalLink,
+    mut watch: LocalLink,
     out: mpsc::Sender<Ingested>,
     token: CancellationToken,
 ) {
-    ingest::run_local(&mut ingest, devices, watch, &out, token)
+    ingest::run_local(&mut ingest, &mut devices, &mut watch, &out, token)
         .await
         .expect("links stay up");
 }

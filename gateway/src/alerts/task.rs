@@ -29,9 +29,9 @@ use super::lifecycle::{Lifecycle, LifecycleError, PartialCommit};
 use super::model::{Alert, Location, Source};
 use super::store::StoreError;
 use crate::reserve::{is_disk_trouble, Reserve};
+use crate::rules::Signal;
 use crate::selftest::{Probe, SelfTest};
 use crate::supervise::fault_point_blocking;
-use crate::rules::Signal;
 use edge_config::{AlertKind, Level};
 
 /// What the alert task is asked to do.
@@ -157,8 +157,8 @@ pub struct AlertTask {
 /// receiver is borrowed: after a panic its supervisor starts a new task on the same queue.
 pub fn run(mut task: AlertTask, inputs: &mut mpsc::Receiver<AlertInput>) {
     while let Some(input) = inputs.blocking_recv() {
-        fault_point_blocking("alerts");
         task.handle(input, Utc::now());
+        fault_point_blocking("alerts");
     }
     task.retry_deferred();
     if !task.deferred.is_empty() {

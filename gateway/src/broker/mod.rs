@@ -294,8 +294,8 @@ impl LinkFactory {
             client_id: internal_client_id(&spec.role),
             ..spec.clone()
         };
-        let (tx, rx) =
-            (self.build)(&spec.client_id).map_err(|e| LocalLinkError::router(&spec.client_id, e))?;
+        let (tx, rx) = (self.build)(&spec.client_id)
+            .map_err(|e| LocalLinkError::router(&spec.client_id, e))?;
         LocalLink::subscribe(&spec, tx, rx, false)
     }
 }
@@ -307,7 +307,10 @@ pub fn internal_client_id(role: &str) -> String {
     let mut bytes = [0u8; 16];
     if getrandom::getrandom(&mut bytes).is_err() {
         // No OS randomness: ULIDs still carry 80 random bits from the thread RNG.
-        return format!("shouwang-{role}-{}", ulid::Ulid::generate().to_string().to_lowercase());
+        return format!(
+            "shouwang-{role}-{}",
+            ulid::Ulid::generate().to_string().to_lowercase()
+        );
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("shouwang-{role}-{hex}")
@@ -396,8 +399,8 @@ impl EmbeddedBroker {
         };
         let mut local_links = HashMap::new();
         for spec in &settings.local_subscribers {
-            let (tx, rx) =
-                (links.build)(&spec.client_id).map_err(|e| LocalLinkError::router(&spec.client_id, e))?;
+            let (tx, rx) = (links.build)(&spec.client_id)
+                .map_err(|e| LocalLinkError::router(&spec.client_id, e))?;
             local_links.insert(spec.role.clone(), LocalLink::subscribe(spec, tx, rx, true)?);
         }
 

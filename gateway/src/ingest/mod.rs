@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{internal_client_id, LocalLink, LocalPublish, LocalSubscriber};
 use crate::rules::Reading;
 use crate::selftest::{Probe, SelfTest};
-use crate::supervise::{fault_point, StageResult};
+use crate::supervise::fault_point;
 use board::DeviceBoard;
 use decode::{decode, Reject, Router};
 pub use stats::{IngestStats, StatsSnapshot};
@@ -134,7 +134,10 @@ impl Ingest {
             }
             return probe.map(Ingested::Probe);
         }
-        self.handle(topic, payload, now).ok().flatten().map(Ingested::Reading)
+        self.handle(topic, payload, now)
+            .ok()
+            .flatten()
+            .map(Ingested::Reading)
     }
 
     /// Counts `n` messages of `topic` the embedded broker dropped before ingest could read
@@ -211,11 +214,11 @@ impl Ingest {
 /// wait whenever the other link had data would starve it (a flood keeps the watch link busy).
 pub async fn run_local(
     ingest: &mut Ingest,
-    devices: LocalLink,
-    watch: LocalLink,
+    devices: &mut LocalLink,
+    watch: &mut LocalLink,
     out: &mpsc::Sender<Ingested>,
     token: CancellationToken,
-) -> StageResult {
+) -> Result<(), IngestError> {
     let watcher = ingest.watcher();
     // Either loop ending (a failed link, or shutdown) ends the other.
     let stop = token.child_token();
@@ -234,15 +237,31 @@ pub async fn run_local(
     devices.and(watch)
 }
 
-/// The device link: every publish goes through [`Ingest::ingest`].
+/// Why ingest stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The router dropped an in-process link: attach new ones.
+    #[error(transparent)]
+    Link(#[from] crate::broker::LocalLinkError),
+    /// The rules stage's queue is closed.
+    #[error("the rules stage is gone")]
+    RulesGone,
+}
+
+/// The device link: every publish goes through [`Ingest::ingest`]. A crash (a panic in a
+/// step) leaves the link intact for the restarted stage: only the message being handled is
+/// lost, none of those waiting in the broker's log.
 async fn read_devices(
     ingest: &mut Ingest,
-    mut link: LocalLink,
+    link: &mut LocalLink,
     out: &mpsc::Sender<Ingested>,
     token: &CancellationToken,
-) -> StageResult {
-    while let Some(publish) = next_or_stop(&mut link, token).await? {
+) -> Result<(), IngestError> {
+    loop {
         fault_point("ingest").await;
+        let Some(publish) = next_or_stop(link, token).await? else {
+            return Ok(());
+        };
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             continue;
         };
@@ -250,21 +269,18 @@ async fn read_devices(
             ingest.broker_overrun(topic, publish.dropped_before);
         }
         if let Some(item) = ingest.ingest(topic, &publish.payload, Instant::now()) {
-            if out.send(item).await.is_err() {
-                return Err("the rules stage is gone".to_owned());
-            }
+            out.send(item).await.map_err(|_| IngestError::RulesGone)?;
         }
     }
-    Ok(())
 }
 
 /// The watch link: counts what no device owns; device topics are the device link's.
 async fn read_watch(
     watcher: &Watcher,
-    mut link: LocalLink,
+    link: &mut LocalLink,
     token: &CancellationToken,
-) -> StageResult {
-    while let Some(publish) = next_or_stop(&mut link, token).await? {
+) -> Result<(), IngestError> {
+    while let Some(publish) = next_or_stop(link, token).await? {
         if let Ok(topic) = std::str::from_utf8(&publish.topic) {
             watcher.observe(topic);
         }
@@ -276,12 +292,12 @@ async fn read_watch(
 async fn next_or_stop(
     link: &mut LocalLink,
     token: &CancellationToken,
-) -> Result<Option<LocalPublish>, String> {
+) -> Result<Option<LocalPublish>, IngestError> {
     tokio::select! {
         _ = token.cancelled() => Ok(None),
         p = link.next() => p.map(Some).map_err(|e| {
             tracing::error!(error = %e, "ingest link to the embedded broker failed");
-            e.to_string()
+            IngestError::Link(e)
         }),
     }
 }
@@ -313,7 +329,7 @@ pub async fn run(
     mut events: EventLoop,
     out: &mpsc::Sender<Ingested>,
     token: CancellationToken,
-) -> StageResult {
+) -> Result<(), IngestError> {
     let subscriptions = ingest.subscriptions();
     loop {
         let event = tokio::select! {
@@ -335,12 +351,12 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                fault_point("ingest").await;
                 if let Some(item) = ingest.ingest(&p.topic, &p.payload, Instant::now()) {
                     if out.send(item).await.is_err() {
                         break;
                     }
                 }
+                fault_point("ingest").await;
             }
             Ok(_) => {}
             Err(e) => {

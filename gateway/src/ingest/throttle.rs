@@ -38,7 +38,10 @@ struct HazardKey {
 
 impl HazardKey {
     fn of(v: &Values, online: Option<bool>) -> Self {
-        let band = |x: Option<f64>| x.filter(|x| x.is_finite()).map(|x| (x / BAND).floor() as i64);
+        let band = |x: Option<f64>| {
+            x.filter(|x| x.is_finite())
+                .map(|x| (x / BAND).floor() as i64)
+        };
         HazardKey {
             flags: [
                 v.smoke,
@@ -51,7 +54,11 @@ impl HazardKey {
                 v.present,
                 online,
             ],
-            bands: [band(v.gas_lel_pct), band(v.temperature_c), band(v.battery_temp_c)],
+            bands: [
+                band(v.gas_lel_pct),
+                band(v.temperature_c),
+                band(v.battery_temp_c),
+            ],
             state: v.state.clone(),
         }
     }
@@ -158,9 +165,18 @@ mod tests {
         let quiet = reading(r#"{"smoke": false, "battery_pct": 90}"#);
         let admitted = (0..1000).filter(|_| t.admit_decoded(0, &quiet, t0)).count();
         assert_eq!(admitted, BURST as usize, "repeats spend the bucket");
-        assert!(t.admit_decoded(0, &reading(r#"{"smoke": true}"#), t0), "alarm on");
-        assert!(!t.admit_decoded(0, &reading(r#"{"smoke": true}"#), t0), "its repeat");
-        assert!(t.admit_decoded(0, &reading(r#"{"smoke": false}"#), t0), "alarm off");
+        assert!(
+            t.admit_decoded(0, &reading(r#"{"smoke": true}"#), t0),
+            "alarm on"
+        );
+        assert!(
+            !t.admit_decoded(0, &reading(r#"{"smoke": true}"#), t0),
+            "its repeat"
+        );
+        assert!(
+            t.admit_decoded(0, &reading(r#"{"smoke": false}"#), t0),
+            "alarm off"
+        );
     }
 
     #[test]
@@ -169,10 +185,25 @@ mod tests {
         let mut t = Throttle::new(1);
         let low = reading(r#"{"gas_lel_pct": 3.0}"#);
         while t.admit_decoded(0, &low, t0) {}
-        assert!(!t.admit_decoded(0, &reading(r#"{"gas_lel_pct": 4.5}"#), t0), "same band");
-        assert!(t.admit_decoded(0, &reading(r#"{"gas_lel_pct": 12.0}"#), t0), "10 %LEL crossed");
-        assert!(t.admit_decoded(0, &reading(r#"{"gas_lel_pct": 45.0}"#), t0), "25 %LEL crossed");
-        let offline = Decoded { online: Some(false), ..reading("{}") };
-        assert!(t.admit_decoded(0, &offline, t0), "going offline is a change too");
+        assert!(
+            !t.admit_decoded(0, &reading(r#"{"gas_lel_pct": 4.5}"#), t0),
+            "same band"
+        );
+        assert!(
+            t.admit_decoded(0, &reading(r#"{"gas_lel_pct": 12.0}"#), t0),
+            "10 %LEL crossed"
+        );
+        assert!(
+            t.admit_decoded(0, &reading(r#"{"gas_lel_pct": 45.0}"#), t0),
+            "25 %LEL crossed"
+        );
+        let offline = Decoded {
+            online: Some(false),
+            ..reading("{}")
+        };
+        assert!(
+            t.admit_decoded(0, &offline, t0),
+            "going offline is a change too"
+        );
     }
 }

@@ -202,15 +202,20 @@ pub fn spawn_publisher(
     // The receiver outlives a restart of the stage, so notices raised meanwhile wait in it.
     let events = Arc::new(tokio::sync::Mutex::new(events));
     let filter = Arc::new(std::sync::Mutex::new(Filter::default()));
-    stages.supervise(Stage::Processing, "residents", Severity::Degraded, move |_token| {
-        let (client, event_loop) = crate::pipeline::internal_client(&options, "residents");
-        let (config, events, filter) = (config.clone(), events.clone(), filter.clone());
-        async move {
-            let mut events = events.lock_owned().await;
-            publish_notices(&config, client, event_loop, &mut events, &filter).await;
-            Ok(())
-        }
-    });
+    stages.supervise(
+        Stage::Processing,
+        "residents",
+        Severity::Degraded,
+        move |_token| {
+            let (client, event_loop) = crate::pipeline::internal_client(&options, "residents");
+            let (config, events, filter) = (config.clone(), events.clone(), filter.clone());
+            async move {
+                let mut events = events.lock_owned().await;
+                publish_notices(&config, client, event_loop, &mut events, &filter).await;
+                Ok(())
+            }
+        },
+    );
 }
 
 /// Publishes resident notices until the alert events channel closes.
@@ -243,7 +248,6 @@ async fn publish_notices(
             }
             Err(broadcast::error::RecvError::Closed) => break,
         };
-        crate::supervise::fault_point("residents").await;
         let publish = filter
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -262,6 +266,7 @@ async fn publish_notices(
                 tracing::warn!(topic, error = %e, "resident notice not published");
             }
         }
+        crate::supervise::fault_point("residents").await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     driver_token.cancel();

@@ -116,8 +116,8 @@ use tokio::sync::{broadcast, mpsc};
 use crate::alerts::task::AlertInput;
 use crate::alerts::Alert;
 use crate::outbox::{Outbox, OutboxError};
-use crate::supervise::Severity;
 use crate::shutdown::{Lifecycle as Stages, Stage};
+use crate::supervise::Severity;
 
 pub use backoff::Backoff;
 pub use commands::{parse_ack, AckCommand};
@@ -345,19 +345,24 @@ pub fn start(
     let weak_inputs = alert_inputs.downgrade();
     {
         let (outbox, status) = (outbox.clone(), status.clone());
-        stages.supervise(Stage::Outbox, "housekeeping", Severity::Degraded, move |token| {
-            let run = housekeeping::run(
-                housekeeping.clone(),
-                outbox.clone(),
-                status.clone(),
-                weak_inputs.clone(),
-                token,
-            );
-            async move {
-                run.await;
-                Ok(())
-            }
-        });
+        stages.supervise(
+            Stage::Outbox,
+            "housekeeping",
+            Severity::Degraded,
+            move |token| {
+                let run = housekeeping::run(
+                    housekeeping.clone(),
+                    outbox.clone(),
+                    status.clone(),
+                    weak_inputs.clone(),
+                    token,
+                );
+                async move {
+                    run.await;
+                    Ok(())
+                }
+            },
+        );
     }
     match link_settings {
         Some(settings) => {

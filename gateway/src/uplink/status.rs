@@ -465,7 +465,10 @@ fn stage_lines(stages: &std::collections::BTreeMap<String, StageHealth>, now: i6
             line
         })
         .collect();
-    let faulted = stages.values().filter(|s| s.faulted_since.is_some()).count();
+    let faulted = stages
+        .values()
+        .filter(|s| s.faulted_since.is_some())
+        .count();
     let mut lines = vec![format!(
         "stages:      {} supervised, {}",
         stages.len(),
