@@ -84,6 +84,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
             ingest: running.ingest_stats.clone(),
             alert_store: running.alert_stats.clone(),
             reserve: running.reserve.clone(),
+            health: Some(running.health.clone()),
         },
         &life,
     )?;

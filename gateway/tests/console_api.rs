@@ -111,6 +111,7 @@ impl Site {
                 board: running.device_board.clone(),
                 ingest: running.ingest_stats.clone(),
                 alert_store: running.alert_stats.clone(),
+                health: Some(running.health.clone()),
                 reserve: running.reserve.clone(),
             },
             &life,
@@ -633,6 +634,7 @@ async fn a_sensor_alert_reaches_the_live_feed_within_a_second_and_its_acknowledg
         health.body
     );
     assert_eq!(health.json()["alert_store"]["failures_total"], 0);
+    assert_eq!(health.json()["faults"], serde_json::json!([]), "no stage faulted");
     site.stop().await;
 }
 

@@ -503,11 +503,28 @@ async fn uplink(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value
     })))
 }
 
-/// What the console's banner needs: alert events the database has not accepted yet.
+/// What the console's banner needs: alert events the database has not accepted yet, the
+/// disk reserve, and every faulted stage (alarm path first) with the self-test.
 async fn health(AxState(state): AxState<St>) -> Json<serde_json::Value> {
+    let health = state.deps.health.as_ref().map(|h| h.snapshot());
+    let faults: Vec<serde_json::Value> = health.as_ref().map_or(Vec::new(), |h| {
+        h.faults()
+            .into_iter()
+            .map(|(name, s)| {
+                json!({
+                    "stage": name,
+                    "alarm_path": s.severity == crate::supervise::Severity::AlarmPath,
+                    "since": s.faulted_since,
+                    "error": s.last_error,
+                })
+            })
+            .collect()
+    });
     Json(json!({
         "alert_store": state.deps.alert_store.snapshot(),
         "reserve": state.deps.reserve.as_ref().map(|r| r.snapshot()),
+        "faults": faults,
+        "self_test": health.and_then(|h| h.self_test),
     }))
 }
 

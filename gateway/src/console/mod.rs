@@ -76,6 +76,8 @@ pub struct ConsoleDeps {
     pub alert_store: Arc<crate::alerts::task::AlertTaskStats>,
     /// The disk reserve (`None`: none kept): its release is a banner too.
     pub reserve: Option<Arc<crate::reserve::Reserve>>,
+    /// Supervised stages and the self-test: a faulted stage is a red banner.
+    pub health: Option<Arc<crate::supervise::Health>>,
 }
 
 /// The running console.
