@@ -12,6 +12,8 @@
 //! ```text
 //! ingest → rules → alerts → outbox → uplink
 //! video (capture → motion → detect → track → zones) → rules
+//! selftest probe ─(broker)─▶ ingest → rules → alerts (commit) ─▶ selftest
+//! supervise (stage health) → fault reporter → alerts
 //! ```
 //!
 //! Modules present today:
@@ -19,7 +21,13 @@
 //! - [`cli`] — the command line (`run`, `config check`, `config init`).
 //! - [`logging`] — `tracing` set-up: human format on a terminal, JSON lines on request.
 //! - [`shutdown`] — the one shutdown signal, per-stage cancellation and completion guards,
-//!   stopping inputs → processing → outbox flush → database within a deadline.
+//!   stopping inputs → processing → outbox flush → database within a deadline; supervised
+//!   stages ([`shutdown::Lifecycle::supervise`]).
+//! - [`supervise`] — the fault model: every stage restarted with backoff when it ends, fails
+//!   or panics outside shutdown, each such end a `gateway_fault` alert (red on the alarm
+//!   path) until the stage is healthy again; stage health for status and console.
+//! - [`selftest`] — a probe every few seconds through the real alarm path (broker listener →
+//!   ingest → rules → alert store commit); a missed round trip is a red `gateway_fault`.
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
 //! - [`pipeline`] — wires the sensor side together: broker → ingest → rules → alerts →
 //!   local publication, telemetry and the uplink.
