@@ -634,7 +634,11 @@ async fn a_sensor_alert_reaches_the_live_feed_within_a_second_and_its_acknowledg
         health.body
     );
     assert_eq!(health.json()["alert_store"]["failures_total"], 0);
-    assert_eq!(health.json()["faults"], serde_json::json!([]), "no stage faulted");
+    assert_eq!(
+        health.json()["faults"],
+        serde_json::json!([]),
+        "no stage faulted"
+    );
     site.stop().await;
 }
 

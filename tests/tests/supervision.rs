@@ -45,6 +45,17 @@ kind = "gas"
 location = { building = "b1", unit = "u1", floor = 5, room = "501" }
 username = "b1-gas"
 password = "gas-secret"
+[[devices]]
+id = "b1-siren"
+kind = "siren"
+location = { building = "b1" }
+username = "b1-siren"
+password = "siren-secret"
+[[rules.linkage]]
+on = "smoke"
+min_level = "red"
+action = "sound_siren"
+targets = ["b1-siren"]
 "#;
 
 /// A gateway on loopback with `broker_extra` in its `[broker]` table and `extra` appended.
@@ -291,7 +302,13 @@ async fn every_stage_that_crashes_is_signalled_upstream_restarted_and_an_alarm_m
     let site = Site::start("", &upstream.uplink_toml("gw.pass"));
     let smoke = site.smoke().await;
     let alarm_path = ["ingest", "rules", "alerts", "uplink", "self_test_probe"];
-    let degraded = ["telemetry", "publisher", "residents", "housekeeping"];
+    let degraded = [
+        "telemetry",
+        "publisher",
+        "residents",
+        "actuators",
+        "housekeeping",
+    ];
     for (i, stage) in alarm_path.iter().chain(&degraded).enumerate() {
         site.inject(stage, "panic");
         // Readings and alert events give every stage a step to crash at: a smoke alarm now,

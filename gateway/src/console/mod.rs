@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alerts::task::AlertInput;
 use crate::alerts::Alert;
 use crate::shutdown::{Lifecycle as Stages, Stage};
+use crate::supervise::Severity;
 use crate::uplink::UplinkStatus;
 use crate::video::CameraStats;
 
@@ -105,8 +106,7 @@ pub fn spawn(deps: ConsoleDeps, stages: &Stages) -> Result<ConsoleHandle, Consol
     let bind_err = |source| ConsoleError::Bind { addr, source };
     let std_listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
     std_listener.set_nonblocking(true).map_err(bind_err)?;
-    let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
-    let local_addr = listener.local_addr().map_err(bind_err)?;
+    let local_addr = std_listener.local_addr().map_err(bind_err)?;
     let token = stages.token(Stage::Inputs);
     let state = Arc::new(State {
         auth: auth::Auth::new(deps.config.console.clone()),
@@ -116,21 +116,38 @@ pub fn spawn(deps: ConsoleDeps, stages: &Stages) -> Result<ConsoleHandle, Consol
         deps,
     });
     let sampler = state.clone();
-    stages.spawn(Stage::Inputs, move |_| sample_fps(sampler));
-    let app = router(state.clone());
-    stages.spawn(Stage::Inputs, move |token| async move {
-        let stop = state.stop.clone();
-        let shutdown = async move {
-            token.cancelled().await;
-            stop.cancel();
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "console stopped with an error");
+    stages.supervise(
+        Stage::Inputs,
+        "console_fps",
+        Severity::Degraded,
+        move |_| {
+            let sampler = sampler.clone();
+            async move {
+                sample_fps(sampler).await;
+                Ok(())
+            }
+        },
+    );
+    // The listening socket outlives a crash of the server: a restart serves a clone of it.
+    let std_listener = Arc::new(std_listener);
+    stages.supervise(Stage::Inputs, "console", Severity::Degraded, move |token| {
+        let (state, std_listener) = (state.clone(), std_listener.clone());
+        async move {
+            let listener = std_listener
+                .try_clone()
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|e| format!("console listener: {e}"))?;
+            let stop = state.stop.clone();
+            let shutdown = async move {
+                token.cancelled().await;
+                stop.cancel();
+            };
+            let result = axum::serve(listener, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await;
+            tracing::info!("console stopped");
+            result.map_err(|e| format!("console: {e}"))
         }
-        tracing::info!("console stopped");
     });
     tracing::info!(console = %local_addr, "console listening");
     Ok(ConsoleHandle { local_addr })

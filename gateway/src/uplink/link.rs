@@ -90,21 +90,28 @@ impl Link {
         self
     }
 
+    async fn requeue_inflight(&self) {
+        match self.outbox.call(|o| Ok(o.requeue_inflight())).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                requeued = n,
+                "uplink: unacknowledged rows will be re-sent first"
+            ),
+            Err(e) => tracing::error!(error = %e, "uplink: requeue failed"),
+        }
+    }
+
     /// Connects, drains and reconnects until `token` is cancelled; then waits up to
     /// [`FLUSH_GRACE`] for the PUBACKs of rows already published.
     pub async fn run(mut self, token: CancellationToken) {
         let mut backoff = Backoff::new(self.settings.backoff_base, self.settings.backoff_max);
+        // A link that crashed mid-session (and was restarted by its supervisor) left rows in
+        // flight: they go first, as after any lost session.
+        self.requeue_inflight().await;
         loop {
             self.status.set_connecting();
             let end = self.session(&token).await;
-            match self.outbox.call(|o| Ok(o.requeue_inflight())).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    requeued = n,
-                    "uplink: unacknowledged rows will be re-sent first"
-                ),
-                Err(e) => tracing::error!(error = %e, "uplink: requeue failed"),
-            }
+            self.requeue_inflight().await;
             let (error, connected) = match end {
                 End::Cancelled => break,
                 End::Failed { error, connected } => (error, connected),
