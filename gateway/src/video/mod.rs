@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Frames are dropped (and counted) at capture when the analysis is still busy — never
-//! queued without bound. The detector (model loaded once, warmed up) is shared by all cameras
+//! queued without bound. The capture watchdog also watches the analysis: a camera decoded
+//! but not analysed is reported down like a dead stream (see [`CameraStats`]). The detector (model loaded once, warmed up) is shared by all cameras
 //! behind a mutex; pre-processing runs on each camera's capture thread, outside the lock.
 //! Motion gates the detector: it runs only when something moves, on the moving region, plus
 //! a periodic full-frame pass.
@@ -74,11 +75,16 @@ pub struct GreyImage {
 }
 
 /// Per-camera counters, shared by its two threads and readable by the console.
+///
+/// Liveness: `decoded` says the camera is seen, `analysed` that it is watched. A camera whose
+/// `decoded` keeps rising while `analysed` stands still for the capture's stall timeout is
+/// reported down (`camera_down`, reason [`capture::NOT_ANALYSED`]) until `analysed` moves.
 #[derive(Debug, Default)]
 pub struct CameraStats {
     /// Frames decoded (every frame of the stream).
     pub decoded: AtomicU64,
-    /// Sampled frames that reached the analysis.
+    /// Frames whose analysis finished: the detector ran on it, or motion gating had decided
+    /// no detection was needed (a frame whose inference failed counts in `errors` instead).
     pub analysed: AtomicU64,
     /// Analysed frames the detector ran on (the rest had no motion).
     pub detected: AtomicU64,
@@ -90,6 +96,11 @@ pub struct CameraStats {
     pub reconnects: AtomicU64,
     /// Rule triggers sent to the alert lifecycle.
     pub alerts: AtomicU64,
+    /// Media timestamp jumps (back, or far ahead) between consecutive decoded frames; the
+    /// camera clock is re-based at each, so the analysis goes on.
+    pub discontinuities: AtomicU64,
+    /// Times the camera went blind: frames decoded, none analysed, for the stall timeout.
+    pub analysis_stalls: AtomicU64,
 }
 
 /// A copy of [`CameraStats`] at one moment.
@@ -102,6 +113,8 @@ pub struct StatsSnapshot {
     pub errors: u64,
     pub reconnects: u64,
     pub alerts: u64,
+    pub discontinuities: u64,
+    pub analysis_stalls: u64,
 }
 
 impl CameraStats {
@@ -115,6 +128,8 @@ impl CameraStats {
             errors: g(&self.errors),
             reconnects: g(&self.reconnects),
             alerts: g(&self.alerts),
+            discontinuities: g(&self.discontinuities),
+            analysis_stalls: g(&self.analysis_stalls),
         }
     }
 }
@@ -500,24 +515,11 @@ impl AnalysisJob {
     }
 
     fn analyse(&mut self, frame: Frame) {
-        self.stats.analysed.fetch_add(1, Ordering::Relaxed);
         let (w, h) = (frame.image.width, frame.image.height);
-        let detections = frame.input.as_ref().and_then(|input| {
-            let result = match self.detector.lock() {
-                Ok(mut d) => d.infer(input),
-                Err(_) => Err(DetectError::Inference("detector lock poisoned".into())),
-            };
-            match result {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n <= 5 || n.is_multiple_of(100) {
-                        tracing::warn!(camera = %self.camera, error = %e, "detection failed");
-                    }
-                    None
-                }
-            }
-        });
+        let detections = frame.input.as_ref().and_then(|input| self.infer(input));
+        if frame.input.is_none() || detections.is_some() {
+            self.stats.analysed.fetch_add(1, Ordering::Relaxed);
+        }
         let mut report_objects = Vec::new();
         match &detections {
             Some(dets) => {
@@ -585,6 +587,24 @@ impl AnalysisJob {
             let _ = tx.send(report);
         }
         self.prune();
+    }
+
+    /// Runs the shared detector; a failure is counted and logged (rate-limited), `None`.
+    fn infer(&self, input: &Prepared) -> Option<Vec<detect::Detection>> {
+        let result = match self.detector.lock() {
+            Ok(mut d) => d.infer(input),
+            Err(_) => Err(DetectError::Inference("detector lock poisoned".into())),
+        };
+        match result {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if n <= 5 || n.is_multiple_of(100) {
+                    tracing::warn!(camera = %self.camera, error = %e, "detection failed");
+                }
+                None
+            }
+        }
     }
 
     fn on_edge(&mut self, edge: &RuleEdge, frame: &Frame) {
