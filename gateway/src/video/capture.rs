@@ -354,7 +354,7 @@ impl Run<'_> {
             .dts()
             .or(packet.pts())
             .map(|ts| ts as f64 * f64::from(time_base));
-        recorder.push(&packet, pt.or(self.clock.last_media).unwrap_or(0.0));
+        recorder.push(&packet, pt.or(self.clock.last_media));
         self.sink
             .poll_clips(recorder, self.clock.last.unwrap_or(0.0));
         if let Err(e) = decoder.send_packet(&packet) {
