@@ -20,7 +20,7 @@ use ffmpeg_next as ffmpeg;
 use tokio_util::sync::CancellationToken;
 
 use super::evidence::ClipRecorder;
-use super::{BgrImage, CameraStats, GreyImage};
+use super::{worth_logging, BgrImage, CameraStats, GreyImage};
 
 /// Errors of one capture session (each is counted and logged, then retried or ended).
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +228,8 @@ enum Read {
 /// interrupt callback, which runs inside its blocking reads).
 struct Activity {
     epoch: Instant,
+    /// Milliseconds since `epoch`; atomic because the interrupt callback reads it from
+    /// inside FFmpeg while this thread is blocked in a read.
     last_ms: Arc<AtomicU64>,
 }
 
@@ -374,11 +376,16 @@ impl Run<'_> {
         let t = self.camera_time(decoded, s);
         let analysed = self.stats.analysed.load(Ordering::Relaxed);
         if let Some(blind) = self.liveness.on_decoded(analysed, t, Instant::now()) {
+            let (source, decoded) = (
+                name(self.source),
+                self.stats.decoded.load(Ordering::Relaxed),
+            );
             if blind {
                 self.stats.analysis_stalls.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%source, decoded, analysed, bound = ?self.liveness.bound, "{NOT_ANALYSED}");
+            } else {
+                tracing::info!(%source, decoded, analysed, "analysis resumed");
             }
-            let decoded = self.stats.decoded.load(Ordering::Relaxed);
-            tracing::warn!(source = %name(self.source), blind, decoded, analysed, bound = ?self.liveness.bound, "analysis liveness");
             self.health.analysis(blind, &mut *self.sink);
         }
         if !s.pacer.keep(t) {
@@ -428,8 +435,7 @@ impl Run<'_> {
         let (t, jump) = self.clock.at(media_t, s.frame_step);
         if let Some(jump) = jump {
             let n = self.stats.discontinuities.fetch_add(1, Ordering::Relaxed) + 1;
-            // The first few, then one in a hundred: a broken encoder must not flood the log.
-            if n <= 5 || n.is_multiple_of(100) {
+            if worth_logging(n) {
                 tracing::warn!(source = %name(self.source), from_s = jump.from, to_s = jump.to, camera_s = t, discontinuities = n, "media timestamps jumped; camera clock re-based");
             }
         }
@@ -714,8 +720,7 @@ fn open(
 
 fn count_decode_error(stats: &CameraStats, source: &CameraSource, e: &ffmpeg::Error) {
     let n = stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
-    // Log the first few, then one in a hundred: a broken stream must not flood the log.
-    if n <= 5 || n.is_multiple_of(100) {
+    if worth_logging(n) {
         tracing::warn!(source = %name(source), error = %e, errors = n, "decode error");
     }
 }

@@ -567,7 +567,7 @@ mod tests {
 
     #[test]
     fn a_pending_clip_ends_where_the_timestamps_jump_back_and_is_written() {
-        ffmpeg::init().unwrap();
+        crate::video::capture::init_ffmpeg().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut input = format::input(&restarted_encoder_clip(dir.path())).unwrap();
         let stream = input.streams().best(ffmpeg::media::Type::Video).unwrap();

@@ -9,8 +9,9 @@
 //!
 //! Frames are dropped (and counted) at capture when the analysis is still busy — never
 //! queued without bound. The capture watchdog also watches the analysis: a camera decoded
-//! but not analysed is reported down like a dead stream (see [`CameraStats`]). The detector (model loaded once, warmed up) is shared by all cameras
-//! behind a mutex; pre-processing runs on each camera's capture thread, outside the lock.
+//! but not analysed is reported down like a dead stream (see [`CameraStats`]). The detector
+//! (model loaded once, warmed up) is shared by all cameras behind a mutex; pre-processing
+//! runs on each camera's capture thread, outside the lock.
 //! Motion gates the detector: it runs only when something moves, on the moving region, plus
 //! a periodic full-frame pass.
 
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use edge_config::{AlertKind, Camera, CameraRuleKind, Config, Level};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -103,8 +104,10 @@ pub struct CameraStats {
     pub analysis_stalls: AtomicU64,
 }
 
-/// A copy of [`CameraStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// A copy of [`CameraStats`] at one moment (readable back, e.g. from a status file; fields
+/// missing in older files read as 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StatsSnapshot {
     pub decoded: u64,
     pub analysed: u64,
@@ -599,8 +602,8 @@ impl AnalysisJob {
             Ok(d) => Some(d),
             Err(e) => {
                 let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
-                if n <= 5 || n.is_multiple_of(100) {
-                    tracing::warn!(camera = %self.camera, error = %e, "detection failed");
+                if worth_logging(n) {
+                    tracing::warn!(camera = %self.camera, error = %e, errors = n, "detection failed");
                 }
                 None
             }
@@ -725,6 +728,13 @@ impl AnalysisJob {
     }
 }
 
+/// Whether the `n`th occurrence of a repeated per-frame problem is logged: the first few,
+/// then one in a hundred (a broken stream or runtime must not flood the log; the counters
+/// have every one).
+fn worth_logging(n: u64) -> bool {
+    n <= 5 || n.is_multiple_of(100)
+}
+
 /// A camera id as a directory name.
 fn sanitize(id: &str) -> String {
     id.chars()
@@ -788,4 +798,30 @@ pub fn spawn(
         tracing::info!(camera = %camera.id, url = %capture::redact_url(&camera.url), fps = camera.analyse_fps, "camera started");
     }
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camera_stats_show_decoded_analysed_and_discontinuities_and_read_older_snapshots() {
+        let stats = CameraStats::default();
+        stats.decoded.store(100, Ordering::Relaxed);
+        stats.analysed.store(20, Ordering::Relaxed);
+        stats.discontinuities.store(1, Ordering::Relaxed);
+        let json = serde_json::to_value(stats.snapshot()).unwrap();
+        assert_eq!(
+            (
+                &json["decoded"],
+                &json["analysed"],
+                &json["discontinuities"],
+                &json["analysis_stalls"]
+            ),
+            (&100.into(), &20.into(), &1.into(), &0.into())
+        );
+        let old: StatsSnapshot =
+            serde_json::from_str(r#"{"decoded":5,"analysed":1,"dropped":2}"#).unwrap();
+        assert_eq!((old.decoded, old.discontinuities), (5, 0));
+    }
 }
