@@ -495,11 +495,12 @@ fn a_camera_decoded_but_not_analysed_raises_camera_down_until_analysis_resumes()
     let dir = tempfile::tempdir().unwrap();
     let task = AlertTask::start(&cfg, dir.path());
     let mut o = options(1000.0, None);
-    // Detect on every sampled frame; blind after 2 s of frames decoded but none analysed.
+    // Detect on every sampled frame; blind after 3 s of frames decoded but none analysed
+    // (camera time: the file is read as fast as it is analysed).
     o.motion_gating = false;
-    o.capture.stall_timeout = std::time::Duration::from_secs(2);
-    // 20 failed frames at 5 frames/s: 4 s of camera time without analysis, then 6 s with.
-    let detector: SharedDetector = Arc::new(Mutex::new(Box::new(FailsAtFirst { failures: 20 })));
+    o.capture.stall_timeout = std::time::Duration::from_secs(3);
+    // 25 failed frames at 5 frames/s: 5 s of camera time without analysis, then 5 s with.
+    let detector: SharedDetector = Arc::new(Mutex::new(Box::new(FailsAtFirst { failures: 25 })));
     let (reports, stats) = run(&cfg.cameras[0], &cfg, detector, Some(task.tx.clone()), o);
     let (events, _) = task.finish();
 
@@ -526,7 +527,7 @@ fn a_camera_decoded_but_not_analysed_raises_camera_down_until_analysis_resumes()
             stats.errors,
             stats.analysis_stalls
         ),
-        (250, 30, 20, 1),
+        (250, 25, 25, 1),
         "{stats:?}"
     );
 }
