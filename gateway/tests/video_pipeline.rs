@@ -466,3 +466,68 @@ fn gateway_detect_runs_on_a_png_image_and_writes_the_annotated_frame() {
         "an unreadable input is an error, not a panic"
     );
 }
+
+/// A detector whose inference fails for its first `failures` frames (a hung or broken
+/// runtime), then sees nothing: the camera is decoded all along but analysed only later.
+struct FailsAtFirst {
+    failures: u32,
+}
+
+impl Detector for FailsAtFirst {
+    fn name(&self) -> &str {
+        "fails-at-first"
+    }
+    fn input_spec(&self) -> InputSpec {
+        Blind.input_spec()
+    }
+    fn infer(&mut self, _input: &Prepared) -> Result<Vec<Detection>, DetectError> {
+        if self.failures > 0 {
+            self.failures -= 1;
+            return Err(DetectError::Inference("runtime wedged".into()));
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn a_camera_decoded_but_not_analysed_raises_camera_down_until_analysis_resumes() {
+    let cfg = config(&camera_toml(&footage("bikes.mp4"), 5.0, ""));
+    let dir = tempfile::tempdir().unwrap();
+    let task = AlertTask::start(&cfg, dir.path());
+    let mut o = options(1000.0, None);
+    // Detect on every sampled frame; blind after 3 s of frames decoded but none analysed
+    // (camera time: the file is read as fast as it is analysed).
+    o.motion_gating = false;
+    o.capture.stall_timeout = std::time::Duration::from_secs(3);
+    // 25 failed frames at 5 frames/s: 5 s of camera time without analysis, then 5 s with.
+    let detector: SharedDetector = Arc::new(Mutex::new(Box::new(FailsAtFirst { failures: 25 })));
+    let (reports, stats) = run(&cfg.cameras[0], &cfg, detector, Some(task.tx.clone()), o);
+    let (events, _) = task.finish();
+
+    let down: Vec<_> = events
+        .iter()
+        .filter(|a| a.kind == edge_config::AlertKind::CameraDown)
+        .collect();
+    assert_eq!(
+        down.iter().map(|a| a.event).collect::<Vec<_>>(),
+        [EventKind::Raised, EventKind::Resolved],
+        "raised once, resolved once: {down:#?}"
+    );
+    assert_eq!(down[0].source, Source::Camera("cam-lobby".into()));
+    assert_eq!(
+        down[0].readings["reason"],
+        "frames decoded but not analysed"
+    );
+    assert_eq!(down[0].id, down[1].id);
+    assert_eq!(reports.len(), 50, "10 s at 5 fps reached the analysis");
+    assert_eq!(
+        (
+            stats.decoded,
+            stats.analysed,
+            stats.errors,
+            stats.analysis_stalls
+        ),
+        (250, 25, 25, 1),
+        "{stats:?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! `gateway detect`: the installer's tool. Runs the detector (and tracker, and optionally a
 //! configured camera's zones) on an image, a clip or a live stream and prints the detections
-//! of every analysed frame: class, score, box, track id, zones.
+//! of every analysed frame: class, score, box, track id, zones; then the camera's counters
+//! (frames decoded and analysed, timestamp discontinuities, …).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::capture::{self, CaptureOptions, Pace};
 use super::detect::OrtDetector;
-use super::{CameraJobs, FrameReport, Outputs, PipelineOptions, SharedDetector};
+use super::{CameraJobs, FrameReport, Outputs, PipelineOptions, SharedDetector, StatsSnapshot};
 
 /// Arguments of `gateway detect`.
 #[derive(Debug, Clone, Args)]
@@ -51,7 +52,8 @@ pub struct DetectArgs {
     /// Gate the detector on motion as the daemon does (default: detect on every frame).
     #[arg(long)]
     pub motion: bool,
-    /// One JSON object per frame instead of text.
+    /// One JSON object per frame instead of text, then one `{"stats": {…}}` with the
+    /// camera's counters (decoded, analysed, discontinuities, …).
     #[arg(long)]
     pub json: bool,
     /// Write the last frame with detections, boxes drawn, to this JPEG.
@@ -142,10 +144,10 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<()> {
     });
     let stats = jobs.run(CancellationToken::new())?;
     let frames = printer.join().unwrap_or(0);
-    eprintln!(
-        "{frames} frame(s) analysed; decoded {}, detector runs {}, dropped {}, errors {}",
-        stats.decoded, stats.detected, stats.dropped, stats.errors
-    );
+    if json {
+        println!("{}", serde_json::json!({ "stats": stats }));
+    }
+    eprintln!("{}", summary(frames, &stats));
     if frames == 0 {
         bail!(
             "no frame could be read from {} (see the log above)",
@@ -156,6 +158,21 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<()> {
         eprintln!("annotated frame: {}", path.display());
     }
     Ok(())
+}
+
+/// The counters after a run, e.g. `20 frame(s) reported; decoded 100, analysed 20, …`.
+fn summary(frames: u64, s: &StatsSnapshot) -> String {
+    format!(
+        "{frames} frame(s) reported; decoded {}, analysed {}, detector runs {}, dropped {}, \
+         timestamp discontinuities {}, analysis stalls {}, errors {}",
+        s.decoded,
+        s.analysed,
+        s.detected,
+        s.dropped,
+        s.discontinuities,
+        s.analysis_stalls,
+        s.errors
+    )
 }
 
 /// `frame 12 t=2.40s  person 0.87 [10,20,50,120] #3 zones=door; …`

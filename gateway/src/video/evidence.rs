@@ -255,7 +255,8 @@ pub struct ClipRecorder {
     /// (packet, media seconds); starts at a keyframe once one was seen.
     ring: VecDeque<(Packet, f64)>,
     ring_bytes: usize,
-    last_t: f64,
+    /// Media time of the last packet of this session (`None`: none yet).
+    last_t: Option<f64>,
     pending: Vec<Pending>,
     /// Clips written and failed, for the camera's counters.
     pub written: u64,
@@ -273,7 +274,7 @@ impl ClipRecorder {
             session: None,
             ring: VecDeque::new(),
             ring_bytes: 0,
-            last_t: 0.0,
+            last_t: None,
             pending: Vec::new(),
             written: 0,
             failed: 0,
@@ -284,6 +285,7 @@ impl ClipRecorder {
     pub fn start_session(&mut self, params: codec::Parameters, time_base: Rational) {
         self.end_session();
         self.session = Some((params, time_base));
+        self.last_t = None;
     }
 
     /// The stream ended: pending clips are written with what they have.
@@ -295,12 +297,25 @@ impl ClipRecorder {
         self.ring_bytes = 0;
     }
 
-    /// Adds a packet of the video stream at media time `t` (seconds).
-    pub fn push(&mut self, packet: &Packet, t: f64) {
+    /// Adds a packet of the video stream at media time `t` (seconds; `None` = untimed).
+    pub fn push(&mut self, packet: &Packet, t: Option<f64>) {
         if self.session.is_none() {
             return;
         }
-        self.last_t = t;
+        let t = t.or(self.last_t).unwrap_or(0.0);
+        if let Some(last) = self.last_t.filter(|&last| t < last) {
+            // The timestamps went back (an encoder restart): one clip cannot span that (the
+            // muxer refuses decreasing timestamps) and pending clips would wait until the new
+            // timestamps catch up with the old ones. Finish them now, restart the ring.
+            tracing::info!(
+                from_s = last,
+                to_s = t,
+                clips = self.pending.len(),
+                "packet timestamps went back; clip ring restarted"
+            );
+            self.end_session();
+        }
+        self.last_t = Some(t);
         if self.ring.is_empty() && !packet.is_key() {
             return;
         }
@@ -344,7 +359,7 @@ impl ClipRecorder {
         let packets: Vec<Packet> = self.ring.iter().map(|(p, _)| p.clone()).collect();
         self.pending.push(Pending {
             path: req.path,
-            until: self.last_t + self.post_s,
+            until: self.last_t.unwrap_or(0.0) + self.post_s,
             packets,
         });
     }
@@ -524,5 +539,65 @@ mod tests {
         snapshot(&img, &[mark], &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[..3], &[0xFF, 0xD8, 0xFF]);
+    }
+
+    /// Two 1-second MPEG-TS segments, each with timestamps from zero, joined byte-wise.
+    fn restarted_encoder_clip(dir: &Path) -> PathBuf {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut joined = Vec::new();
+        for i in 0..2 {
+            let segment = dir.join(format!("segment{i}.ts"));
+            let status = std::process::Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-i"])
+                .arg(root.join("vendor/footage/bikes.mp4"))
+                .args([
+                    "-t", "1", "-an", "-c:v", "mpeg4", "-g", "10", "-f", "mpegts",
+                ])
+                .args(["-mpegts_copyts", "1", "-output_ts_offset", "0"])
+                .arg(&segment)
+                .status()
+                .expect("ffmpeg is installed");
+            assert!(status.success());
+            joined.extend(std::fs::read(&segment).unwrap());
+        }
+        let path = dir.join("restarted.ts");
+        std::fs::write(&path, joined).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_pending_clip_ends_where_the_timestamps_jump_back_and_is_written() {
+        crate::video::capture::init_ffmpeg().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut input = format::input(&restarted_encoder_clip(dir.path())).unwrap();
+        let stream = input.streams().best(ffmpeg::media::Type::Video).unwrap();
+        let (index, tb) = (stream.index(), stream.time_base());
+        let mut recorder = ClipRecorder::new(5.0, 5.0, 64 << 20);
+        recorder.start_session(stream.parameters(), tb);
+        let clip = dir.path().join("clip.mkv");
+        let mut last = f64::MIN;
+        for (s, packet) in input.packets() {
+            let t = packet.dts().map(|ts| ts as f64 * f64::from(tb));
+            if s.index() != index {
+                continue;
+            }
+            if let Some(t) = t {
+                if t < last {
+                    // The first packet after the jump: the clip is written before it.
+                    assert_eq!(recorder.pending.len(), 1, "the clip waits for more");
+                    recorder.push(&packet, Some(t));
+                    assert!(recorder.pending.is_empty(), "the clip ended at the jump");
+                    assert_eq!((recorder.written, recorder.failed), (1, 0));
+                    assert_eq!(recorder.ring.len(), 1, "the ring restarts at a keyframe");
+                    return;
+                }
+                last = t;
+            }
+            recorder.push(&packet, t);
+            if t.is_some_and(|t| t >= 0.5) && recorder.pending.is_empty() && !clip.exists() {
+                recorder.request(ClipRequest { path: clip.clone() });
+            }
+        }
+        panic!("the timestamps never went back");
     }
 }

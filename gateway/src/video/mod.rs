@@ -8,8 +8,10 @@
 //! ```
 //!
 //! Frames are dropped (and counted) at capture when the analysis is still busy — never
-//! queued without bound. The detector (model loaded once, warmed up) is shared by all cameras
-//! behind a mutex; pre-processing runs on each camera's capture thread, outside the lock.
+//! queued without bound. The capture watchdog also watches the analysis: a camera decoded
+//! but not analysed is reported down like a dead stream (see [`CameraStats`]). The detector
+//! (model loaded once, warmed up) is shared by all cameras behind a mutex; pre-processing
+//! runs on each camera's capture thread, outside the lock.
 //! Motion gates the detector: it runs only when something moves, on the moving region, plus
 //! a periodic full-frame pass.
 
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use edge_config::{AlertKind, Camera, CameraRuleKind, Config, Level};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -74,11 +76,16 @@ pub struct GreyImage {
 }
 
 /// Per-camera counters, shared by its two threads and readable by the console.
+///
+/// Liveness: `decoded` says the camera is seen, `analysed` that it is watched. A camera whose
+/// `decoded` keeps rising while `analysed` stands still for the capture's stall timeout is
+/// reported down (`camera_down`, reason [`capture::NOT_ANALYSED`]) until `analysed` moves.
 #[derive(Debug, Default)]
 pub struct CameraStats {
     /// Frames decoded (every frame of the stream).
     pub decoded: AtomicU64,
-    /// Sampled frames that reached the analysis.
+    /// Frames whose analysis finished: the detector ran on it, or motion gating had decided
+    /// no detection was needed (a frame whose inference failed counts in `errors` instead).
     pub analysed: AtomicU64,
     /// Analysed frames the detector ran on (the rest had no motion).
     pub detected: AtomicU64,
@@ -90,10 +97,17 @@ pub struct CameraStats {
     pub reconnects: AtomicU64,
     /// Rule triggers sent to the alert lifecycle.
     pub alerts: AtomicU64,
+    /// Media timestamp jumps (back, or far ahead) between consecutive decoded frames; the
+    /// camera clock is re-based at each, so the analysis goes on.
+    pub discontinuities: AtomicU64,
+    /// Times the camera went blind: frames decoded, none analysed, for the stall timeout.
+    pub analysis_stalls: AtomicU64,
 }
 
-/// A copy of [`CameraStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// A copy of [`CameraStats`] at one moment (readable back, e.g. from a status file; fields
+/// missing in older files read as 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StatsSnapshot {
     pub decoded: u64,
     pub analysed: u64,
@@ -102,6 +116,8 @@ pub struct StatsSnapshot {
     pub errors: u64,
     pub reconnects: u64,
     pub alerts: u64,
+    pub discontinuities: u64,
+    pub analysis_stalls: u64,
 }
 
 impl CameraStats {
@@ -115,6 +131,8 @@ impl CameraStats {
             errors: g(&self.errors),
             reconnects: g(&self.reconnects),
             alerts: g(&self.alerts),
+            discontinuities: g(&self.discontinuities),
+            analysis_stalls: g(&self.analysis_stalls),
         }
     }
 }
@@ -500,24 +518,11 @@ impl AnalysisJob {
     }
 
     fn analyse(&mut self, frame: Frame) {
-        self.stats.analysed.fetch_add(1, Ordering::Relaxed);
         let (w, h) = (frame.image.width, frame.image.height);
-        let detections = frame.input.as_ref().and_then(|input| {
-            let result = match self.detector.lock() {
-                Ok(mut d) => d.infer(input),
-                Err(_) => Err(DetectError::Inference("detector lock poisoned".into())),
-            };
-            match result {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n <= 5 || n.is_multiple_of(100) {
-                        tracing::warn!(camera = %self.camera, error = %e, "detection failed");
-                    }
-                    None
-                }
-            }
-        });
+        let detections = frame.input.as_ref().and_then(|input| self.infer(input));
+        if frame.input.is_none() || detections.is_some() {
+            self.stats.analysed.fetch_add(1, Ordering::Relaxed);
+        }
         let mut report_objects = Vec::new();
         match &detections {
             Some(dets) => {
@@ -585,6 +590,24 @@ impl AnalysisJob {
             let _ = tx.send(report);
         }
         self.prune();
+    }
+
+    /// Runs the shared detector; a failure is counted and logged (rate-limited), `None`.
+    fn infer(&self, input: &Prepared) -> Option<Vec<detect::Detection>> {
+        let result = match self.detector.lock() {
+            Ok(mut d) => d.infer(input),
+            Err(_) => Err(DetectError::Inference("detector lock poisoned".into())),
+        };
+        match result {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if worth_logging(n) {
+                    tracing::warn!(camera = %self.camera, error = %e, errors = n, "detection failed");
+                }
+                None
+            }
+        }
     }
 
     fn on_edge(&mut self, edge: &RuleEdge, frame: &Frame) {
@@ -705,6 +728,13 @@ impl AnalysisJob {
     }
 }
 
+/// Whether the `n`th occurrence of a repeated per-frame problem is logged: the first few,
+/// then one in a hundred (a broken stream or runtime must not flood the log; the counters
+/// have every one).
+fn worth_logging(n: u64) -> bool {
+    n <= 5 || n.is_multiple_of(100)
+}
+
 /// A camera id as a directory name.
 fn sanitize(id: &str) -> String {
     id.chars()
@@ -768,4 +798,30 @@ pub fn spawn(
         tracing::info!(camera = %camera.id, url = %capture::redact_url(&camera.url), fps = camera.analyse_fps, "camera started");
     }
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camera_stats_show_decoded_analysed_and_discontinuities_and_read_older_snapshots() {
+        let stats = CameraStats::default();
+        stats.decoded.store(100, Ordering::Relaxed);
+        stats.analysed.store(20, Ordering::Relaxed);
+        stats.discontinuities.store(1, Ordering::Relaxed);
+        let json = serde_json::to_value(stats.snapshot()).unwrap();
+        assert_eq!(
+            (
+                &json["decoded"],
+                &json["analysed"],
+                &json["discontinuities"],
+                &json["analysis_stalls"]
+            ),
+            (&100.into(), &20.into(), &1.into(), &0.into())
+        );
+        let old: StatsSnapshot =
+            serde_json::from_str(r#"{"decoded":5,"analysed":1,"dropped":2}"#).unwrap();
+        assert_eq!((old.decoded, old.discontinuities), (5, 0));
+    }
 }
