@@ -107,13 +107,18 @@ impl Lifecycle {
     /// whenever it returns, fails or panics before shutdown, each time a fault (see
     /// [`crate::supervise`]). `start` gets the stage token; what must survive a restart
     /// (channels, counters) lives in what it captures.
-    pub fn supervise<F, Fut>(&self, stage: Stage, name: &'static str, severity: Severity, start: F)
-    where
+    pub fn supervise<F, Fut>(
+        &self,
+        stage: Stage,
+        name: impl Into<String>,
+        severity: Severity,
+        start: F,
+    ) where
         F: FnMut(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = StageResult> + Send + 'static,
     {
         let supervisor = crate::supervise::supervise(
-            name,
+            name.into(),
             severity,
             self.health.clone(),
             self.token(stage),
@@ -127,7 +132,7 @@ impl Lifecycle {
     pub fn supervise_blocking<F>(
         &self,
         stage: Stage,
-        name: &'static str,
+        name: impl Into<String>,
         severity: Severity,
         start: F,
     ) where

@@ -261,7 +261,7 @@ pub type StageResult = Result<(), String>;
 /// Runs one stage under supervision until `shutdown` (the gateway's first stop signal) or
 /// its own stage token is cancelled; see the [module docs](self).
 pub(crate) async fn supervise<F, Fut>(
-    name: &'static str,
+    name: String,
     severity: Severity,
     health: Arc<Health>,
     token: CancellationToken,
@@ -271,6 +271,7 @@ pub(crate) async fn supervise<F, Fut>(
     F: FnMut(CancellationToken) -> Fut,
     Fut: Future<Output = StageResult> + Send + 'static,
 {
+    let name = name.as_str();
     health.started(name, severity);
     let mut backoff = RESTART_BACKOFF;
     loop {
@@ -459,7 +460,7 @@ mod tests {
         let runs = Arc::new(AtomicU32::new(0));
         let r = runs.clone();
         let sup = tokio::spawn(supervise(
-            "rules",
+            "rules".into(),
             Severity::AlarmPath,
             health.clone(),
             token.clone(),
@@ -498,7 +499,7 @@ mod tests {
         let runs = Arc::new(AtomicU32::new(0));
         let r = runs.clone();
         tokio::spawn(supervise(
-            "uplink",
+            "uplink".into(),
             Severity::Degraded,
             health.clone(),
             token,
@@ -521,7 +522,7 @@ mod tests {
         let health = Arc::new(Health::default());
         let (token, shutdown) = tokens();
         let sup = tokio::spawn(supervise(
-            "ingest",
+            "ingest".into(),
             Severity::AlarmPath,
             health.clone(),
             token,

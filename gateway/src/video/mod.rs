@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alerts::task::{AlertInput, Trigger};
 use crate::alerts::{Location, Source};
 use crate::shutdown::{Lifecycle as Stages, Stage};
+use crate::supervise::Severity;
 use capture::{CaptureError, CaptureOptions, CaptureSink, Captured, Pace};
 use detect::{DetectError, Detector, InputSpec, OrtDetector, Prepared};
 use evidence::{ClipRecorder, ClipRequest, Mark};
@@ -241,6 +242,19 @@ impl CameraJobs {
         options: PipelineOptions,
     ) -> Result<Self, VideoError> {
         let stats = Arc::new(CameraStats::default());
+        Self::with_stats(camera, config, detector, outputs, options, stats)
+    }
+
+    /// [`Self::new`] counting into existing `stats` (a camera restarted by its supervisor
+    /// keeps its counters).
+    pub fn with_stats(
+        camera: &Camera,
+        config: &Config,
+        detector: SharedDetector,
+        outputs: Outputs,
+        options: PipelineOptions,
+        stats: Arc<CameraStats>,
+    ) -> Result<Self, VideoError> {
         let zones = ZoneRules::new(camera, options.tracker.min_hits).map_err(|error| {
             VideoError::Zones {
                 camera: camera.id.clone(),
@@ -315,13 +329,19 @@ impl CameraJobs {
             capture,
             analysis,
         } = self;
-        let token = cancel.clone();
+        // The capture stops with the analysis, even when the analysis panicked.
+        let token = cancel.child_token();
+        let stop = token.clone();
         let handle = std::thread::Builder::new()
             .name("video-capture".into())
             .spawn(move || capture.run(token))
             .map_err(VideoError::Thread)?;
-        analysis.run();
-        let _ = handle.join();
+        let analysed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| analysis.run()));
+        stop.cancel();
+        let captured = handle.join();
+        if let Err(panic) = analysed.and(captured) {
+            std::panic::resume_unwind(panic);
+        }
         Ok(stats.snapshot())
     }
 }
@@ -788,14 +808,41 @@ pub fn spawn(
             alerts: Some(alerts.clone()),
             reports: None,
         };
-        let jobs = CameraJobs::new(camera, &config, detector.clone(), outputs, options.clone())?;
-        handle.cameras.push((camera.id.clone(), jobs.stats.clone()));
-        let CameraJobs {
-            capture, analysis, ..
-        } = jobs;
-        stages.spawn_blocking(Stage::Inputs, move |token| capture.run(token));
-        stages.spawn_blocking(Stage::Processing, move |_token| analysis.run());
+        let jobs = CameraJobs::new(
+            camera,
+            &config,
+            detector.clone(),
+            outputs.clone(),
+            options.clone(),
+        )?;
+        let stats = jobs.stats.clone();
+        handle.cameras.push((camera.id.clone(), stats.clone()));
         tracing::info!(camera = %camera.id, url = %capture::redact_url(&camera.url), fps = camera.analyse_fps, "camera started");
+        // Supervised: a camera whose capture or analysis ends or panics outside shutdown is
+        // a fault, and starts again with its counters.
+        let mut first = Some(jobs);
+        let (camera, config, detector, options) = (
+            camera.clone(),
+            config.clone(),
+            detector.clone(),
+            options.clone(),
+        );
+        let name = format!("camera:{}", camera.id);
+        stages.supervise_blocking(Stage::Inputs, name, Severity::Degraded, move |token| {
+            let jobs = match first.take() {
+                Some(jobs) => jobs,
+                None => CameraJobs::with_stats(
+                    &camera,
+                    &config,
+                    detector.clone(),
+                    outputs.clone(),
+                    options.clone(),
+                    stats.clone(),
+                )
+                .map_err(|e| e.to_string())?,
+            };
+            jobs.run(token).map(drop).map_err(|e| e.to_string())
+        });
     }
     Ok(handle)
 }
