@@ -61,6 +61,9 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let running = pipeline::start_with_reserve(config.clone(), &db_path, &life, Some(reserve))?;
     let video = start_video(&config, &life, &running, &options.data_dir).await;
+    if let Some(v) = &video {
+        let _ = running.cameras.set(v.cameras.clone());
+    }
     if running.broker_addr.is_some() {
         crate::residents::spawn_publisher(
             config.clone(),

@@ -83,6 +83,8 @@ pub struct Running {
     pub uplink: Arc<crate::uplink::UplinkStatus>,
     /// Every supervised stage's state and the self-test.
     pub health: Arc<Health>,
+    /// Set once the cameras run, so that `status.json` carries their counters.
+    pub cameras: Arc<std::sync::OnceLock<Vec<(String, Arc<crate::video::CameraStats>)>>>,
 }
 
 /// Starts broker, ingest, rules, alerts and local publication as tasks of `stages`.
@@ -160,6 +162,7 @@ pub fn start_with_reserve(
     });
 
     // Outbox: housekeeping (quota, buffer_full, status.json) and the uplink.
+    let cameras = Arc::new(std::sync::OnceLock::new());
     let uplink = crate::uplink::start(
         &config,
         db_path,
@@ -171,6 +174,7 @@ pub fn start_with_reserve(
             alert_store: Some(alert_stats.clone()),
             reserve: reserve.clone(),
             health: Some(health.clone()),
+            cameras: cameras.clone(),
         },
     )?;
 
@@ -200,6 +204,7 @@ pub fn start_with_reserve(
         events: events_tx,
         uplink,
         health,
+        cameras,
     })
 }
 

@@ -37,6 +37,9 @@ pub struct StatusSources {
     pub reserve: Option<Arc<crate::reserve::Reserve>>,
     /// Supervised stages and the self-test.
     pub health: Option<Arc<crate::supervise::Health>>,
+    /// The analysed cameras' counters, filled in once the cameras have started (they start
+    /// after the outbox).
+    pub cameras: Arc<std::sync::OnceLock<Vec<(String, Arc<crate::video::CameraStats>)>>>,
 }
 
 /// The source of gateway-raised outbox alerts.
@@ -160,6 +163,12 @@ async fn write_status(
         alert_store: settings.sources.alert_store.as_ref().map(|a| a.snapshot()),
         reserve: settings.sources.reserve.as_ref().map(|r| r.snapshot()),
         health: settings.sources.health.as_ref().map(|h| h.snapshot()),
+        cameras: settings
+            .sources
+            .cameras
+            .get()
+            .map(|c| c.iter().map(|(id, s)| (id.clone(), s.snapshot())).collect())
+            .unwrap_or_default(),
     };
     match tokio::task::spawn_blocking(move || file.write(&path)).await {
         Ok(result) => result.map_err(|e| e.to_string()),

@@ -6,7 +6,10 @@ use crate::ingest::StatsSnapshot;
 use crate::reserve::ReserveSnapshot;
 use std::fmt;
 
+use std::collections::BTreeMap;
+
 use crate::supervise::{HealthSnapshot, SelfTestSnapshot, Severity, StageHealth};
+use crate::video::StatsSnapshot as CameraSnapshot;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -236,6 +239,10 @@ pub struct StatusFile {
     /// Every supervised stage and the self-test (absent in files from older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSnapshot>,
+    /// Each analysed camera's counters: frames decoded versus analysed show a camera that
+    /// streams but is not watched.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cameras: BTreeMap<String, CameraSnapshot>,
 }
 
 /// Devices with the most rejections kept in `status.json`.
@@ -330,9 +337,11 @@ pub struct StatusReport {
     /// The running daemon's disk reserve (absent when it is not running or keeps none).
     pub reserve: Option<ReserveSnapshot>,
     /// The running daemon's stages, as supervised (absent when it is not running).
-    pub stages: Option<std::collections::BTreeMap<String, StageHealth>>,
+    pub stages: Option<BTreeMap<String, StageHealth>>,
     /// The last end-to-end self-test round trip (absent when the daemon is not running).
     pub self_test: Option<SelfTestSnapshot>,
+    /// The running daemon's cameras (empty when it is not running or analyses none).
+    pub cameras: BTreeMap<String, CameraSnapshot>,
 }
 
 /// Reads the status of the gateway whose data directory is `data_dir`, without disturbing a
@@ -377,6 +386,7 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, UplinkError> {
         reserve: live.and_then(|f| f.reserve.clone()),
         stages: live.and_then(|f| f.health.as_ref().map(|h| h.stages.clone())),
         self_test: live.and_then(|f| f.health.as_ref().and_then(|h| h.self_test.clone())),
+        cameras: live.map(|f| f.cameras.clone()).unwrap_or_default(),
         link: file.map(|f| f.link),
         oldest_undelivered_age_s: stats
             .oldest_undelivered_ms
@@ -442,7 +452,7 @@ fn alert_store_line(a: &AlertStoreSnapshot) -> Option<String> {
 }
 
 /// `stages: all 9 running` or one line per stage that is faulted or restarted.
-fn stage_lines(stages: &std::collections::BTreeMap<String, StageHealth>, now: i64) -> Vec<String> {
+fn stage_lines(stages: &BTreeMap<String, StageHealth>, now: i64) -> Vec<String> {
     let troubled: Vec<String> = stages
         .iter()
         .filter(|(_, s)| s.faulted_since.is_some() || s.restarts > 0)
@@ -557,6 +567,15 @@ impl fmt::Display for StatusReport {
         if let Some(st) = &self.self_test {
             writeln!(f, "self-test:   {}", crate::selftest::describe(st))?;
         }
+        for (id, c) in &self.cameras {
+            writeln!(
+                f,
+                "camera {id}: decoded {}, analysed {}, timestamp jumps {}, analysis stalls {}, \
+                 dropped {}, reconnects {}, errors {}",
+                c.decoded, c.analysed, c.discontinuities, c.analysis_stalls, c.dropped,
+                c.reconnects, c.errors
+            )?;
+        }
         let o = &self.outbox;
         let b = &o.backlog_by_class;
         write!(
@@ -619,6 +638,7 @@ mod tests {
             alert_store: None,
             reserve: None,
             health: None,
+            cameras: BTreeMap::new(),
         }
     }
 
