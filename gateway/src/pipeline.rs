@@ -84,7 +84,7 @@ pub struct Running {
     /// Every supervised stage's state and the self-test.
     pub health: Arc<Health>,
     /// Set once the cameras run, so that `status.json` carries their counters.
-    pub cameras: Arc<std::sync::OnceLock<Vec<(String, Arc<crate::video::CameraStats>)>>>,
+    pub cameras: crate::video::CameraSlot,
 }
 
 /// Starts broker, ingest, rules, alerts and local publication as tasks of `stages`.

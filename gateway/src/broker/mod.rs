@@ -269,9 +269,8 @@ pub struct EmbeddedBroker {
 
 /// Builds rumqttd's in-process links; holds the router's sender (rumqttd does not name its
 /// channel type, so it is captured in a closure).
-type BuildLink = dyn Fn(&str) -> Result<(rumqttd::local::LinkTx, rumqttd::local::LinkRx), rumqttd::local::LinkError>
-    + Send
-    + Sync;
+type BuildLink =
+    dyn Fn(&str) -> Result<(rumqttd::local::LinkTx, rumqttd::local::LinkRx), String> + Send + Sync;
 
 /// Attaches in-process subscribers to the running broker's router, at any time.
 #[derive(Clone)]
@@ -294,8 +293,10 @@ impl LinkFactory {
             client_id: internal_client_id(&spec.role),
             ..spec.clone()
         };
-        let (tx, rx) = (self.build)(&spec.client_id)
-            .map_err(|e| LocalLinkError::router(&spec.client_id, e))?;
+        let (tx, rx) = (self.build)(&spec.client_id).map_err(|reason| LocalLinkError::Router {
+            client_id: spec.client_id.clone(),
+            reason,
+        })?;
         LocalLink::subscribe(&spec, tx, rx, false)
     }
 }
@@ -394,13 +395,17 @@ impl EmbeddedBroker {
                     LinkBuilder::new(id, router_tx.clone())
                         .build()
                         .map(|(tx, rx, _connack)| (tx, rx))
+                        .map_err(|e| e.to_string())
                 }),
             }
         };
         let mut local_links = HashMap::new();
         for spec in &settings.local_subscribers {
-            let (tx, rx) = (links.build)(&spec.client_id)
-                .map_err(|e| LocalLinkError::router(&spec.client_id, e))?;
+            let (tx, rx) =
+                (links.build)(&spec.client_id).map_err(|reason| LocalLinkError::Router {
+                    client_id: spec.client_id.clone(),
+                    reason,
+                })?;
             local_links.insert(spec.role.clone(), LocalLink::subscribe(spec, tx, rx, true)?);
         }
 

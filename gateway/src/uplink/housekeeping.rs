@@ -39,7 +39,7 @@ pub struct StatusSources {
     pub health: Option<Arc<crate::supervise::Health>>,
     /// The analysed cameras' counters, filled in once the cameras have started (they start
     /// after the outbox).
-    pub cameras: Arc<std::sync::OnceLock<Vec<(String, Arc<crate::video::CameraStats>)>>>,
+    pub cameras: crate::video::CameraSlot,
 }
 
 /// The source of gateway-raised outbox alerts.

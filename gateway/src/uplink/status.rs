@@ -572,8 +572,13 @@ impl fmt::Display for StatusReport {
                 f,
                 "camera {id}: decoded {}, analysed {}, timestamp jumps {}, analysis stalls {}, \
                  dropped {}, reconnects {}, errors {}",
-                c.decoded, c.analysed, c.discontinuities, c.analysis_stalls, c.dropped,
-                c.reconnects, c.errors
+                c.decoded,
+                c.analysed,
+                c.discontinuities,
+                c.analysis_stalls,
+                c.dropped,
+                c.reconnects,
+                c.errors
             )?;
         }
         let o = &self.outbox;

@@ -105,6 +105,13 @@ pub struct CameraStats {
     pub analysis_stalls: AtomicU64,
 }
 
+/// Each analysed camera's id and counters.
+pub type Cameras = Vec<(String, Arc<CameraStats>)>;
+
+/// Where the cameras' counters are published once the cameras run (they start after the
+/// stages that report them).
+pub type CameraSlot = Arc<std::sync::OnceLock<Cameras>>;
+
 /// A copy of [`CameraStats`] at one moment (readable back, e.g. from a status file; fields
 /// missing in older files read as 0).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
