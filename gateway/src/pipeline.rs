@@ -138,10 +138,7 @@ pub fn start_with_reserve(
     stages.spawn(Stage::Processing, move |_token| async move {
         let token = tokio_util::sync::CancellationToken::new();
         let driver = tokio::spawn(drive(pub_loop, token.clone()));
-        for alert in &republish {
-            let _ = publish::publish(&pub_client, alert).await;
-        }
-        publish::run(pub_client, events_rx).await;
+        publish::run(pub_client, &republish, events_rx).await;
         // Give the last QoS 1 publishes a moment to be acknowledged.
         tokio::time::sleep(Duration::from_millis(100)).await;
         token.cancel();
