@@ -102,6 +102,10 @@ pub fn start_with_reserve(
     let mut engine = Engine::new(config.clone(), Instant::now());
     let republish: Vec<_> = lifecycle.active().cloned().collect();
     restore_conditions(&config, &mut engine, &republish);
+    // Staff resolves reset rule conditions (alert task → rules; see rules::reset).
+    let (reset_tx, reset_rx) = crate::rules::reset::channel();
+    lifecycle.set_rule_resets(reset_tx);
+    engine.set_resets(reset_rx);
 
     let (reading_tx, reading_rx) = mpsc::channel::<Reading>(READINGS_CAPACITY);
     let (input_tx, input_rx) = mpsc::channel::<AlertInput>(ALERT_INPUT_CAPACITY);
