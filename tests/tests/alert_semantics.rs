@@ -43,17 +43,20 @@ struct Site {
     _gateway: Gateway,
     broker: SocketAddr,
     console: String,
+    db: std::path::PathBuf,
 }
 
 /// Starts the gateway with `timing` as its `[rules.timing]`.
 fn start(timing: &str) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &format!("[rules.timing]\n{timing}\n{SITE}"));
-    let mut gateway = Gateway::start(&config, &dir.path().join("data"));
+    let data = dir.path().join("data");
+    let mut gateway = Gateway::start(&config, &data);
     let ready = gateway.wait_for_message("gateway ready", Duration::from_secs(30));
     Site {
         broker: ready["broker"].as_str().unwrap().parse().unwrap(),
         console: ready["console"].as_str().unwrap().to_owned(),
+        db: data.join("shouwang.db"),
         _gateway: gateway,
         _dir: dir,
     }
@@ -74,6 +77,35 @@ fn keep_reporting(
         }
         sensor
     })
+}
+
+/// Waits until `n` readings of `lel` %LEL from the detector are stored as telemetry. The rules
+/// stage hands each reading to telemetry and then applies it before taking the next one, so
+/// once the second of two is stored the first has been applied.
+async fn wait_for_readings(db: &std::path::Path, lel: f64, n: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stored: i64 =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|c| {
+                    c.query_row(
+                        "SELECT COUNT(*) FROM outbox WHERE stream = 1
+                 AND json_extract(payload, '$.device') = 'b2-u3-501-gas'
+                 AND json_extract(payload, '$.values.gas_lel_pct') = ?1",
+                        [lel],
+                        |r| r.get(0),
+                    )
+                })
+                .unwrap_or(0);
+        if stored >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{stored} of {n} readings of {lel} %LEL stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Resolves alert `id` as the duty officer (password `shouwang-demo`); returns the answer.
@@ -185,9 +217,10 @@ async fn a_staff_resolve_once_the_gas_is_gone_tells_residents_and_the_next_leak_
     let raised = alerts.collect(1, WAIT, gas("raised")).await;
     assert_eq!(raised.len(), 1);
     let first = raised[0]["id"].as_str().unwrap().to_owned();
+    // The gas is gone: two normal readings, the first of them surely applied by the rules.
     sensor.publish(GAS_TOPIC, r#"{"gas_lel_pct":0.0}"#).await;
-    // Let the gateway take the normal reading before the resolve (it changes nothing visible).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sensor.publish(GAS_TOPIC, r#"{"gas_lel_pct":0.0}"#).await;
+    wait_for_readings(&site.db, 0.0, 2).await;
 
     let console = site.console.clone();
     let id = first.clone();

@@ -379,23 +379,27 @@ impl Engine {
             .conditions
             .entry(kind)
             .or_insert_with(|| Condition::new(timing));
+        let reported = cond.reports();
         let change = cond.observe(wish.level, wish.urgent, now);
         let reports = cond.reports();
-        if wish.level.is_some() {
-            state.causes.insert(kind, wish.causes.clone());
+        let Wish { level, causes, .. } = wish;
+        let signal = change.map(|change| Signal {
+            device,
+            kind,
+            change,
+            causes: causes.clone(),
+            values: state.values.clone(),
+        });
+        if level.is_some() {
+            state.causes.insert(kind, causes);
         }
-        if let Some(change) = change {
-            let signal = Signal {
-                device,
-                kind,
-                change,
-                causes: wish.causes,
-                values: state.values.clone(),
-            };
+        if let Some(signal) = signal {
             self.note_clear(&signal, now);
             out.push(signal);
         }
-        self.note_reporting(device, kind, reports);
+        if reports != reported {
+            self.note_reporting(device, kind, reports);
+        }
     }
 
     fn note_clear(&mut self, s: &Signal, now: Instant) {
