@@ -124,6 +124,11 @@ pub fn start_with_reserve(
     let mut engine = Engine::new(config.clone(), Instant::now());
     let republish: Vec<_> = lifecycle.active().cloned().collect();
     restore_conditions(&config, &mut engine, &republish);
+    // Staff resolves reset rule conditions (alert task → rules; see rules::reset).
+    let (reset_tx, reset_rx) = crate::rules::reset::channel();
+    let resets = reset_tx.handle();
+    lifecycle.set_rule_resets(reset_tx);
+    engine.set_resets(reset_rx);
 
     let (reading_tx, reading_rx) = mpsc::channel::<Ingested>(READINGS_CAPACITY);
     let (input_tx, input_rx) = mpsc::channel::<AlertInput>(ALERT_INPUT_CAPACITY);
@@ -142,6 +147,7 @@ pub fn start_with_reserve(
             stats: alert_stats.clone(),
             reserve: reserve.clone(),
             self_test: self_test.clone(),
+            resets,
         },
         input_rx,
     );
@@ -220,6 +226,8 @@ struct AlertTaskParts {
     stats: Arc<AlertTaskStats>,
     reserve: Option<Arc<Reserve>>,
     self_test: Arc<SelfTest>,
+    /// Staff resolves reach the rules through this (a restarted task gets a handle of it).
+    resets: crate::rules::reset::ResetSender,
 }
 
 impl AlertTaskParts {
@@ -231,6 +239,7 @@ impl AlertTaskParts {
                 let mut l =
                     Lifecycle::new(self.config.clone(), store).map_err(|e| e.to_string())?;
                 l.set_command_sink(self.commands.clone());
+                l.set_rule_resets(self.resets.handle());
                 l
             }
         };
@@ -343,10 +352,7 @@ fn spawn_local_publisher(
                 let mut events = events.lock_owned().await;
                 let token = tokio_util::sync::CancellationToken::new();
                 let driver = tokio::spawn(drive(event_loop, token.clone()));
-                for alert in &republish {
-                    let _ = publish::publish(&client, alert).await;
-                }
-                publish::run(client, &mut events).await;
+                publish::run(client, &republish, &mut events).await;
                 // Give the last QoS 1 publishes a moment to be acknowledged.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 token.cancel();

@@ -5,11 +5,85 @@
 //! active alert at once; a resolved alert publishes its final record not retained, then an
 //! empty retained message that clears the topic. The embedded broker has no persistence, so
 //! after a restart the active alerts are published again.
+//!
+//! That clear is the only empty retained message ever sent, and only after the final record
+//! was handed to the client: an event whose record cannot be encoded publishes nothing (an
+//! empty retained payload would delete an active alert's topic), and a failed publish is not
+//! followed by the clear. Failures are logged and counted ([`PublishCounts`]); the alert is
+//! in the store either way.
 
 use rumqttc::{AsyncClient, QoS};
+use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::alerts::{Alert, AlertState};
+
+/// Why an alert event was not published locally.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("alert {id}: cannot encode its record, nothing published: {source}")]
+    Encode {
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error("alert {id}: publish failed: {source}")]
+    Client {
+        id: String,
+        source: rumqttc::ClientError,
+    },
+}
+
+/// Local publication failures since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PublishCounts {
+    /// Events whose record could not be encoded (nothing was published for them).
+    pub encode_failures: u64,
+    /// Publishes the MQTT client refused.
+    pub publish_failures: u64,
+}
+
+impl PublishCounts {
+    fn count(&mut self, e: &PublishError) {
+        match e {
+            PublishError::Encode { .. } => self.encode_failures += 1,
+            PublishError::Client { .. } => self.publish_failures += 1,
+        }
+    }
+}
+
+/// One MQTT publish on an alert's topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub retain: bool,
+    pub payload: Vec<u8>,
+}
+
+/// What to publish for `record`, in order: its JSON retained while active; when `resolved`,
+/// its JSON not retained, then the empty retained message that clears the topic. An encoding
+/// failure means nothing at all is published.
+pub fn publications<T: Serialize>(
+    record: &T,
+    resolved: bool,
+) -> Result<Vec<Publication>, serde_json::Error> {
+    let body = serde_json::to_vec(record)?;
+    Ok(if resolved {
+        vec![
+            Publication {
+                retain: false,
+                payload: body,
+            },
+            Publication {
+                retain: true,
+                payload: Vec::new(),
+            },
+        ]
+    } else {
+        vec![Publication {
+            retain: true,
+            payload: body,
+        }]
+    })
+}
 
 /// The local topic of an alert.
 pub fn topic(site: &str, id: &str) -> String {
@@ -17,29 +91,57 @@ pub fn topic(site: &str, id: &str) -> String {
 }
 
 /// Publishes one alert event.
-pub async fn publish(client: &AsyncClient, alert: &Alert) -> Result<(), rumqttc::ClientError> {
+pub async fn publish(client: &AsyncClient, alert: &Alert) -> Result<(), PublishError> {
     let topic = topic(&alert.site, &alert.id);
-    let body = serde_json::to_vec(alert).unwrap_or_default();
-    if alert.state == AlertState::Resolved {
-        client
-            .publish(&topic, QoS::AtLeastOnce, false, body)
-            .await?;
-        client
-            .publish(&topic, QoS::AtLeastOnce, true, Vec::new())
-            .await
-    } else {
-        client.publish(&topic, QoS::AtLeastOnce, true, body).await
-    }
+    publish_record(
+        client,
+        &topic,
+        &alert.id,
+        alert,
+        alert.state == AlertState::Resolved,
+    )
+    .await
 }
 
-/// Publishes every alert event received until the channel closes.
-pub async fn run(client: AsyncClient, events: &mut broadcast::Receiver<Alert>) {
+/// Publishes `record` on `topic` as [`publications`] says, stopping at the first failure.
+async fn publish_record<T: Serialize>(
+    client: &AsyncClient,
+    topic: &str,
+    id: &str,
+    record: &T,
+    resolved: bool,
+) -> Result<(), PublishError> {
+    let plan = publications(record, resolved).map_err(|source| PublishError::Encode {
+        id: id.to_owned(),
+        source,
+    })?;
+    for p in plan {
+        client
+            .publish(topic, QoS::AtLeastOnce, p.retain, p.payload)
+            .await
+            .map_err(|source| PublishError::Client {
+                id: id.to_owned(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Publishes `republish` (the active alerts, after a restart), then every alert event
+/// received until the channel closes. Returns the failures counted.
+pub async fn run(
+    client: AsyncClient,
+    republish: &[Alert],
+    events: &mut broadcast::Receiver<Alert>,
+) -> PublishCounts {
+    let mut counts = PublishCounts::default();
+    for alert in republish {
+        publish_counted(&client, alert, &mut counts).await;
+    }
     loop {
         match events.recv().await {
             Ok(alert) => {
-                if let Err(e) = publish(&client, &alert).await {
-                    tracing::warn!(error = %e, id = %alert.id, "local alert publication failed");
-                }
+                publish_counted(&client, &alert, &mut counts).await;
                 crate::supervise::fault_point("publisher").await;
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -50,5 +152,103 @@ pub async fn run(client: AsyncClient, events: &mut broadcast::Receiver<Alert>) {
             }
             Err(broadcast::error::RecvError::Closed) => break,
         }
+    }
+    counts
+}
+
+async fn publish_counted(client: &AsyncClient, alert: &Alert, counts: &mut PublishCounts) {
+    if let Err(e) = publish(client, alert).await {
+        counts.count(&e);
+        tracing::error!(
+            error = %e,
+            encode_failures = counts.encode_failures,
+            publish_failures = counts.publish_failures,
+            "local alert publication failed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::{EventLoop, MqttOptions, Request};
+
+    /// A record serde_json refuses: a map with non-string keys.
+    fn unencodable() -> std::collections::BTreeMap<(u8, u8), u8> {
+        [((1, 2), 3)].into_iter().collect()
+    }
+
+    fn client() -> (AsyncClient, EventLoop) {
+        AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 16)
+    }
+
+    /// What the client queued, as (retain, payload) pairs.
+    fn queued(mut event_loop: EventLoop) -> Vec<(bool, Vec<u8>)> {
+        event_loop.clean();
+        event_loop
+            .pending
+            .iter()
+            .filter_map(|r| match r {
+                Request::Publish(p) => Some((p.retain, p.payload.to_vec())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_record_that_cannot_be_encoded_publishes_nothing_least_of_all_an_empty_retained_message(
+    ) {
+        for resolved in [false, true] {
+            let (client, event_loop) = client();
+            let r = publish_record(&client, "t/a", "a", &unencodable(), resolved).await;
+            assert!(matches!(r, Err(PublishError::Encode { .. })), "{r:?}");
+            assert_eq!(queued(event_loop), [], "resolved = {resolved}");
+        }
+        let mut counts = PublishCounts::default();
+        counts.count(&PublishError::Encode {
+            id: "a".into(),
+            source: serde_json::to_vec(&unencodable()).unwrap_err(),
+        });
+        assert_eq!(counts.encode_failures, 1);
+    }
+
+    #[tokio::test]
+    async fn only_a_resolved_alert_clears_its_topic_and_only_after_its_final_record() {
+        let (client, event_loop) = client();
+        publish_record(
+            &client,
+            "t/a",
+            "a",
+            &serde_json::json!({"state": "raised"}),
+            false,
+        )
+        .await
+        .unwrap();
+        publish_record(
+            &client,
+            "t/a",
+            "a",
+            &serde_json::json!({"state": "resolved"}),
+            true,
+        )
+        .await
+        .unwrap();
+        let got = queued(event_loop);
+        assert_eq!(
+            got,
+            [
+                (true, br#"{"state":"raised"}"#.to_vec()),
+                (false, br#"{"state":"resolved"}"#.to_vec()),
+                (true, Vec::new()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_sends_nothing_after_it() {
+        let (client, event_loop) = client();
+        drop(event_loop);
+        let r = publish_record(&client, "t/a", "a", &serde_json::json!({}), true).await;
+        assert!(matches!(r, Err(PublishError::Client { .. })), "{r:?}");
     }
 }

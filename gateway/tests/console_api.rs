@@ -83,6 +83,12 @@ struct Site {
 
 impl Site {
     async fn start() -> Site {
+        Self::start_seeded(|_| {}).await
+    }
+
+    /// Starts the site on a database that `seed` filled first (as a gateway restarted on
+    /// the alerts of an earlier run).
+    async fn start_seeded(seed: impl FnOnce(&Path)) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config_text()).unwrap();
@@ -91,6 +97,7 @@ impl Site {
         std::fs::create_dir_all(&data).unwrap();
         let db = data.join(gateway::db::FILE_NAME);
         let conn = gateway::db::open(&db).unwrap();
+        seed(&db);
         let life = Lifecycle::new();
         let running = pipeline::start(config.clone(), &db, &life).unwrap();
         let broker = running.broker_addr.unwrap();
@@ -806,5 +813,184 @@ async fn unit_a_link_cannot_read_unit_b_alerts_and_a_rotated_link_stops_working(
     .await;
     assert_eq!(new.json()["alerts"][0]["kind"], "gas");
     let _ = (&site.data, &site.config);
+    site.stop().await;
+}
+
+/// Polls `GET path` until `done` holds for its JSON, or fails after 10 s.
+async fn poll_json(
+    site: &Site,
+    path: &str,
+    cookie: Option<&str>,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http(site.console, "GET", path, cookie, None).await;
+        let v = r.json();
+        if done(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staff_action_on_an_unknown_alert_is_404_on_a_resolved_one_409_and_on_a_refusing_database_503(
+) {
+    let site = Site::start().await;
+    let cookie = site.login().await;
+    let sensor = site.sensor("b1-smoke").await;
+    sensor
+        .publish(
+            "sensors/b1-smoke/state",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"smoke":true}"#,
+        )
+        .await
+        .unwrap();
+    let listed = poll_json(
+        &site,
+        "/api/alerts?state=active&kind=smoke",
+        Some(&cookie),
+        |v| v.as_array().is_some_and(|a| !a.is_empty()),
+    )
+    .await;
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+    let post = |path: String| {
+        let cookie = cookie.clone();
+        async move { http(site.console, "POST", &path, Some(&cookie), None).await }
+    };
+
+    let unknown = post("/api/alerts/01KAV7Q2XK4T5J0ZC3M8W6E1PB/ack".into()).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let unknown = post("/api/alerts/01KAV7Q2XK4T5J0ZC3M8W6E1PB/resolve".into()).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+    // The database refuses every new alert event (as a full or failing disk would).
+    let conn = rusqlite::Connection::open(&site.db).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse_events BEFORE INSERT ON alert_events
+         BEGIN SELECT RAISE(ABORT, 'simulated storage fault'); END;",
+    )
+    .unwrap();
+    let refused = post(format!("/api/alerts/{id}/resolve")).await;
+    assert_eq!(
+        refused.status, 503,
+        "a storage fault is not a conflict: {}",
+        refused.body
+    );
+    assert!(refused.body.contains("storage fault"), "{}", refused.body);
+    let refused = post(format!("/api/alerts/{id}/ack")).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    let still = http(
+        site.console,
+        "GET",
+        &format!("/api/alerts/{id}"),
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(still.json()["state"], "raised", "nothing was recorded");
+
+    conn.execute_batch("DROP TRIGGER refuse_events").unwrap();
+    let resolved = post(format!("/api/alerts/{id}/resolve")).await;
+    assert_eq!(resolved.status, 200, "{}", resolved.body);
+    let again = post(format!("/api/alerts/{id}/resolve")).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    let ack = post(format!("/api/alerts/{id}/ack")).await;
+    assert_eq!(ack.status, 409, "{}", ack.body);
+    site.stop().await;
+}
+
+/// An active alert of `source`/`kind` at `building`/`unit`, raised at `raised_at`.
+fn seeded_alert(
+    source: &str,
+    kind: &str,
+    building: &str,
+    unit: &str,
+    raised_at: &str,
+) -> gateway::alerts::Alert {
+    serde_json::from_value(serde_json::json!({
+        "id": ulid::Ulid::generate().to_string(), "seq": 0, "event": "raised", "site": "console-test",
+        "kind": kind, "level": "red", "state": "raised",
+        "source": { "type": "device", "id": source },
+        "location": { "building": building, "unit": unit, "label": format!("{building} {unit}") },
+        "raised_at": raised_at, "updated_at": raised_at,
+        "readings": {}, "message": { "zh-CN": "z", "en": "e" }, "advice": { "zh-CN": "z", "en": "e" }
+    }))
+    .unwrap()
+}
+
+/// Seeds an old active gas alert of `b2-u3-gas` (b2/u3) and 600 newer active water leaks of
+/// other devices in b1; returns the gas alert's id.
+fn seed_old_gas_and_many_newer(db: &Path) -> String {
+    let mut store = gateway::alerts::AlertStore::open(db).unwrap();
+    let mut gas = seeded_alert("b2-u3-gas", "gas", "b2", "u3", "2026-01-01T00:00:00.000Z");
+    store
+        .record(&mut gas, gateway::alerts::EventKind::Raised)
+        .unwrap();
+    for i in 0..600 {
+        let at = format!("2026-01-02T00:{:02}:{:02}.000Z", i / 60, i % 60);
+        let mut leak = seeded_alert(&format!("b1-leak-{i}"), "water_leak", "b1", "u1", &at);
+        store
+            .record(&mut leak, gateway::alerts::EventKind::Raised)
+            .unwrap();
+    }
+    gas.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_active_alert_stays_on_the_resident_page_after_many_newer_ones() {
+    let mut gas = String::new();
+    let site = Site::start_seeded(|db| gas = seed_old_gas_and_many_newer(db)).await;
+    let (b2u3, b2u1) = unit_links(&site.db);
+    for token in [b2u3, b2u1] {
+        let page = http(
+            site.console,
+            "GET",
+            &format!("/r/{token}/alerts"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let ids: Vec<_> = page.json()["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            ids,
+            [gas.clone()],
+            "the old gas alert of b2/u3 is still shown"
+        );
+    }
+    site.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_active_alert_stays_on_the_devices_panel_after_many_newer_ones() {
+    let site = Site::start_seeded(|db| {
+        seed_old_gas_and_many_newer(db);
+    })
+    .await;
+    let cookie = site.login().await;
+    let devices = http(site.console, "GET", "/api/devices", Some(&cookie), None).await;
+    assert_eq!(devices.status, 200, "{}", devices.body);
+    let gas = devices.json()["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "b2-u3-gas")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        gas["active_alerts"],
+        serde_json::json!(["gas:red"]),
+        "{gas}"
+    );
     site.stop().await;
 }

@@ -4,6 +4,26 @@
 //! change is committed to the store (with its outbox row) *before* it is returned for
 //! publication. Escalation is measured on the wall clock from `raised_at`, so it survives a
 //! restart: active alerts are reloaded and their escalation still fires on time.
+//!
+//! An acknowledgement covers the level it was given at: when an acknowledged alert rises in
+//! level it is unacknowledged again (`updated`, with `rearmed_at`), and escalates if nobody
+//! acknowledges it within the escalation period from that rise.
+//!
+//! # A staff resolve
+//!
+//! Resolving a device's alert by hand resets its rule condition ([`crate::rules::reset`]), so
+//! the detector is never left deaf. Whether the sensor still reports the condition is read
+//! from the rules at that moment and recorded on the resolved alert (`still_reported`):
+//!
+//! - it does: the rules raise a **new** alert at once (`continues` = the first alert of this
+//!   hazard), which then follows the sensor; residents get no all-clear for the resolved one
+//!   and see the new one as the same, continuing notice;
+//! - it does not (the gas is gone, only the clear-hold was running): the condition is
+//!   forgotten, residents are told it was resolved by staff, and the next hazard reading
+//!   raises a new alert.
+//!
+//! Only a sensor-driven resolve (`resolved_by = "auto"`) ends a continuing hazard for
+//! residents.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,15 +36,18 @@ use super::linkage::{self, Command};
 use super::messages;
 use super::model::{Alert, AlertState, EventKind, Location, Source};
 use super::store::{AlertStore, StoreError};
-use crate::rules::{Change, Signal};
+use crate::rules::{Change, ResetSender, RuleReset, Signal};
 
-/// Errors of staff actions.
+/// Why a staff action (acknowledge, resolve) was refused. The console answers `404`, `409`
+/// and `503` respectively.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
-    #[error(transparent)]
+    #[error("no alert with id {0}")]
+    NotFound(String),
+    #[error("alert {0} is already resolved")]
+    Resolved(String),
+    #[error("storage fault, nothing recorded: {0}")]
     Store(#[from] StoreError),
-    #[error("no active alert with id {0}")]
-    NotActive(String),
 }
 
 /// A step that commits several events (a tick's escalations, an actuator confirming the
@@ -55,6 +78,13 @@ pub struct Lifecycle {
     /// Where actuator commands go once their intent is committed. Bounded and never waited
     /// on: if it is full the action stays `pending`, times out and is shown as such.
     commands: Option<tokio::sync::mpsc::Sender<Command>>,
+    /// Staff resolves go to the rules through it, and it says which conditions the sensors
+    /// still report. Never waited on (see [`ResetSender`]).
+    rules: Option<ResetSender>,
+    /// (source, kind) whose alert staff resolved while the sensor still reported it, with
+    /// the first alert of that hazard: the next alert of the key continues it. In memory
+    /// only: the rules raise that alert at once.
+    continuing: HashMap<(String, AlertKind), String>,
 }
 
 impl Lifecycle {
@@ -66,6 +96,8 @@ impl Lifecycle {
             escalate_after: chrono::Duration::from_std(escalate).unwrap_or(chrono::Duration::MAX),
             actuator_timeout: confirm,
             commands: None,
+            rules: None,
+            continuing: HashMap::new(),
             config,
             store,
             active: HashMap::new(),
@@ -79,6 +111,18 @@ impl Lifecycle {
     /// Sends actuator commands (linkage) to `sink` from now on.
     pub fn set_command_sink(&mut self, sink: tokio::sync::mpsc::Sender<Command>) {
         self.commands = Some(sink);
+    }
+
+    /// Tells the rules of staff resolves through `resets` from now on.
+    pub fn set_rule_resets(&mut self, resets: ResetSender) {
+        self.rules = Some(resets);
+    }
+
+    /// Hands rule resets that found the channel full to the rules stage (every tick).
+    pub fn flush_rule_resets(&mut self) {
+        if let Some(r) = self.rules.as_mut() {
+            r.flush();
+        }
     }
 
     /// The active alerts (e.g. to restore rule conditions and republish after a restart).
@@ -132,19 +176,27 @@ impl Lifecycle {
         let (mut alert, event) = match self.active.get(&key) {
             Some(current) => {
                 let mut a = current.clone();
+                let rose = level > a.level;
                 a.level = level;
                 a.readings = readings;
-                a.updated_at = now;
-                if a.state == AlertState::Raised {
-                    a.state = AlertState::Updated;
+                match a.state {
+                    AlertState::Raised => a.state = AlertState::Updated,
+                    // The acknowledgement covered the lower level only.
+                    AlertState::Acknowledged if rose => {
+                        a.state = AlertState::Updated;
+                        a.rearmed_at = Some(now.clone());
+                    }
+                    _ => {}
                 }
+                a.updated_at = now;
                 a.message = messages::message(kind, level, &a.location.label);
                 (a, EventKind::Updated)
             }
-            None => (
-                self.new_alert(source, location, kind, level, readings, now),
-                EventKind::Raised,
-            ),
+            None => {
+                let mut a = self.new_alert(source, location, kind, level, readings, now);
+                a.continues = self.continuing.get(&key).cloned();
+                (a, EventKind::Raised)
+            }
         };
         let commands = if previous_level.is_none_or(|p| level > p) {
             linkage::plan(&self.config, &mut alert, at)
@@ -152,6 +204,9 @@ impl Lifecycle {
             Vec::new()
         };
         self.store.record(&mut alert, event)?;
+        if event == EventKind::Raised {
+            self.continuing.remove(&key);
+        }
         self.active.insert(key, alert.clone());
         self.send(commands);
         Ok(alert)
@@ -266,6 +321,9 @@ impl Lifecycle {
             escalated_at: None,
             resolved_at: None,
             resolved_by: None,
+            rearmed_at: None,
+            still_reported: false,
+            continues: None,
             readings,
             actions: Vec::new(),
         }
@@ -280,16 +338,29 @@ impl Lifecycle {
         at: DateTime<Utc>,
     ) -> Result<Option<Alert>, StoreError> {
         let key = (source.key(), kind);
-        let Some(mut alert) = self.active.get(&key).cloned() else {
+        let Some(alert) = self.active.get(&key).cloned() else {
             return Ok(None);
         };
+        self.close(key, alert, by, at, false).map(Some)
+    }
+
+    /// Records the resolution of `alert`, the active alert of `key`.
+    fn close(
+        &mut self,
+        key: (String, AlertKind),
+        mut alert: Alert,
+        by: &str,
+        at: DateTime<Utc>,
+        still_reported: bool,
+    ) -> Result<Alert, StoreError> {
         alert.state = AlertState::Resolved;
         alert.resolved_at = Some(timestamp(at));
         alert.resolved_by = Some(by.to_owned());
         alert.updated_at = timestamp(at);
+        alert.still_reported = still_reported;
         self.store.record(&mut alert, EventKind::Resolved)?;
         self.active.remove(&key);
-        Ok(Some(alert))
+        Ok(alert)
     }
 
     /// A staff member (or the platform) acknowledges an alert.
@@ -299,8 +370,7 @@ impl Lifecycle {
         by: &str,
         at: DateTime<Utc>,
     ) -> Result<Alert, LifecycleError> {
-        let key = self.key_of(id)?;
-        let mut alert = self.active[&key].clone();
+        let (key, mut alert) = self.active_by_id(id)?;
         if alert.state == AlertState::Acknowledged {
             return Ok(alert);
         }
@@ -313,25 +383,50 @@ impl Lifecycle {
         Ok(alert)
     }
 
-    /// A staff member resolves an alert by hand.
+    /// A staff member resolves an alert by hand; a device's rule condition is reset (see the
+    /// module docs).
     pub fn resolve(
         &mut self,
         id: &str,
         by: &str,
         at: DateTime<Utc>,
     ) -> Result<Alert, LifecycleError> {
-        let (source, kind) = self.key_of(id)?;
-        let source = self.active[&(source.clone(), kind)].source.clone();
-        self.resolve_source(&source, kind, by, at)?
-            .ok_or_else(|| LifecycleError::NotActive(id.to_owned()))
+        let (key, alert) = self.active_by_id(id)?;
+        let kind = key.1;
+        let device = match &alert.source {
+            Source::Device(d) => self.config.devices.iter().position(|x| &x.id == d),
+            Source::Camera(_) | Source::Gateway(_) => None,
+        };
+        let still_reported = match (device, &self.rules) {
+            (Some(d), Some(rules)) => rules.still_reported(d, kind),
+            _ => false,
+        };
+        let resolved = self.close(key.clone(), alert, by, at, still_reported)?;
+        if still_reported {
+            let first = resolved.continues.as_ref().unwrap_or(&resolved.id);
+            self.continuing.insert(key, first.clone());
+        }
+        if let (Some(device), Some(rules)) = (device, self.rules.as_mut()) {
+            rules.send(RuleReset {
+                device,
+                kind,
+                level: resolved.level,
+                still_reported,
+            });
+        }
+        Ok(resolved)
     }
 
-    fn key_of(&self, id: &str) -> Result<(String, AlertKind), LifecycleError> {
-        self.active
-            .iter()
-            .find(|(_, a)| a.id == id)
-            .map(|(k, _)| k.clone())
-            .ok_or_else(|| LifecycleError::NotActive(id.to_owned()))
+    /// The active alert `id` with its key; else why not: resolved, unknown, or the store
+    /// could not say.
+    fn active_by_id(&self, id: &str) -> Result<((String, AlertKind), Alert), LifecycleError> {
+        if let Some((key, alert)) = self.active.iter().find(|(_, a)| a.id == id) {
+            return Ok((key.clone(), alert.clone()));
+        }
+        match self.store.get(id)? {
+            Some(_) => Err(LifecycleError::Resolved(id.to_owned())),
+            None => Err(LifecycleError::NotFound(id.to_owned())),
+        }
     }
 
     /// Escalates red/orange alerts not acknowledged within `escalate_after_s`.
@@ -342,7 +437,9 @@ impl Lifecycle {
             .filter(|(_, a)| matches!(a.state, AlertState::Raised | AlertState::Updated))
             .filter(|(_, a)| a.level >= Level::Orange)
             .filter(|(_, a)| {
-                DateTime::parse_from_rfc3339(&a.raised_at)
+                // From the rise that cancelled an acknowledgement, else from the raise.
+                let since = a.rearmed_at.as_deref().unwrap_or(&a.raised_at);
+                DateTime::parse_from_rfc3339(since)
                     .map(|t| at.signed_duration_since(t) >= self.escalate_after)
                     .unwrap_or(false)
             })
@@ -486,8 +583,107 @@ escalate_after_s = 180
         assert_eq!(resolved.resolved_by.as_deref(), Some("duty"));
         assert!(matches!(
             l.acknowledge(&a.id, "duty", t(403)),
-            Err(LifecycleError::NotActive(_))
+            Err(LifecycleError::Resolved(_))
         ));
+        assert!(matches!(
+            l.resolve("01KAV7Q2XK4T5J0ZC3M8W6E1PB", "duty", t(403)),
+            Err(LifecycleError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn an_alert_acknowledged_at_yellow_that_rises_to_red_escalates_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l =
+            Lifecycle::new(config(), AlertStore::open(&dir.path().join("db")).unwrap()).unwrap();
+        let a = l
+            .on_signal(&signal(Change::Raise(Level::Yellow)), t(0))
+            .unwrap()
+            .unwrap();
+        l.acknowledge(&a.id, "duty", t(10)).unwrap();
+        let red = l
+            .on_signal(&signal(Change::Update(Level::Red)), t(100))
+            .unwrap()
+            .unwrap();
+        assert_eq!(red.level, Level::Red);
+        assert_eq!(
+            red.state,
+            AlertState::Updated,
+            "an acknowledgement at yellow does not cover red"
+        );
+        assert!(
+            l.on_tick(t(279)).unwrap().is_empty(),
+            "the escalation period runs from the rise, not from the raise"
+        );
+        let escalated = l.on_tick(t(280)).unwrap();
+        assert_eq!(escalated.len(), 1, "unacknowledged at red for 180 s");
+        assert_eq!(
+            (
+                escalated[0].id.as_str(),
+                escalated[0].state,
+                escalated[0].level
+            ),
+            (a.id.as_str(), AlertState::Escalated, Level::Red)
+        );
+        // Acknowledged again at red: no further escalation.
+        l.acknowledge(&a.id, "duty", t(300)).unwrap();
+        assert!(l.on_tick(t(900)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_rearmed_escalation_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let mut l = Lifecycle::new(config(), AlertStore::open(&path).unwrap()).unwrap();
+            let a = l
+                .on_signal(&signal(Change::Raise(Level::Yellow)), t(0))
+                .unwrap()
+                .unwrap();
+            l.acknowledge(&a.id, "duty", t(10)).unwrap();
+            l.on_signal(&signal(Change::Update(Level::Orange)), t(500))
+                .unwrap()
+                .unwrap();
+        }
+        let mut l = Lifecycle::new(config(), AlertStore::open(&path).unwrap()).unwrap();
+        assert!(l.on_tick(t(679)).unwrap().is_empty());
+        assert_eq!(l.on_tick(t(680)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_staff_resolve_resets_the_rule_and_the_alert_raised_again_continues_the_hazard() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l =
+            Lifecycle::new(config(), AlertStore::open(&dir.path().join("db")).unwrap()).unwrap();
+        let (tx, mut rx) = crate::rules::reset::channel();
+        l.set_rule_resets(tx);
+        let raise = signal(Change::Raise(Level::Red));
+        let first = l.on_signal(&raise, t(0)).unwrap().unwrap();
+
+        // The sensor still reports the gas: no all-clear, a reset that promises a new alert.
+        rx.set_reporting(0, AlertKind::Gas, true);
+        let resolved = l.resolve(&first.id, "duty", t(10)).unwrap();
+        assert!(resolved.still_reported);
+        let reset = rx.try_recv().expect("the rules are told");
+        assert_eq!(
+            (reset.device, reset.kind, reset.level, reset.still_reported),
+            (0, AlertKind::Gas, Level::Red, true)
+        );
+        let second = l.on_signal(&raise, t(11)).unwrap().unwrap();
+        assert_eq!(second.continues.as_deref(), Some(first.id.as_str()));
+        // Resolved again while it persists: the hazard is still the first alert's.
+        l.resolve(&second.id, "duty", t(20)).unwrap();
+        assert!(rx.try_recv().expect("the rules are told").still_reported);
+        let third = l.on_signal(&raise, t(21)).unwrap().unwrap();
+        assert_eq!(third.continues.as_deref(), Some(first.id.as_str()));
+
+        // The sensor reads normal: an ordinary resolve, and the next alert is a new hazard.
+        rx.set_reporting(0, AlertKind::Gas, false);
+        let resolved = l.resolve(&third.id, "duty", t(30)).unwrap();
+        assert!(!resolved.still_reported);
+        assert!(!rx.try_recv().expect("the rules are told").still_reported);
+        let fourth = l.on_signal(&raise, t(40)).unwrap().unwrap();
+        assert_eq!(fourth.continues, None);
     }
 
     #[test]

@@ -145,6 +145,10 @@ pub struct ActionRecord {
     pub confirmed_at: Option<String>,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// An alert, as stored, shown and sent upstream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
@@ -173,6 +177,18 @@ pub struct Alert {
     pub resolved_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_by: Option<String>,
+    /// When a rise in level cancelled an earlier acknowledgement (which covers only the
+    /// level it was given at): escalation is measured from here instead of `raised_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rearmed_at: Option<String>,
+    /// On a staff resolve: the source still reported the condition at that moment. Residents
+    /// are then not told all-clear, and a new alert (`continues` = this one) follows at once.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub still_reported: bool,
+    /// The first alert of the same hazard that staff resolved while its source still reported
+    /// it; residents see both as one notice (see [`crate::residents`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues: Option<String>,
     /// The evidence: causes and the source's latest values.
     pub readings: serde_json::Value,
     pub message: Localized,

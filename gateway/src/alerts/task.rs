@@ -46,13 +46,13 @@ pub enum AlertInput {
     Acknowledge {
         id: String,
         by: String,
-        reply: oneshot::Sender<Result<Alert, String>>,
+        reply: oneshot::Sender<Result<Alert, LifecycleError>>,
     },
-    /// Staff resolution.
+    /// Staff resolution (resets the device's rule condition: see [`super::lifecycle`]).
     Resolve {
         id: String,
         by: String,
-        reply: oneshot::Sender<Result<Alert, String>>,
+        reply: oneshot::Sender<Result<Alert, LifecycleError>>,
     },
     /// A self-test probe: committed, never turned into an alert (see [`crate::selftest`]).
     Probe(Probe),
@@ -250,6 +250,7 @@ impl AlertTask {
     }
 
     fn tick(&mut self, at: DateTime<Utc>) {
+        self.lifecycle.flush_rule_resets();
         self.retry_deferred();
         match self.lifecycle.on_tick(at) {
             Ok(alerts) if alerts.is_empty() => {}
@@ -331,17 +332,22 @@ impl AlertTask {
     fn reply(
         &mut self,
         result: Result<Alert, LifecycleError>,
-        reply: oneshot::Sender<Result<Alert, String>>,
+        reply: oneshot::Sender<Result<Alert, LifecycleError>>,
     ) {
-        if let Err(LifecycleError::Store(e)) = &result {
-            self.failed(&e.to_string());
-            self.release_reserve(e);
-        }
-        let out = result.map_err(|e| e.to_string());
-        let _ = reply.send(out.clone());
-        if let Ok(alert) = out {
-            self.publish(vec![alert]);
-            self.recovered();
+        match result {
+            Ok(alert) => {
+                // The caller may have given up waiting: the alert is recorded all the same.
+                let _ = reply.send(Ok(alert.clone()));
+                self.publish(vec![alert]);
+                self.recovered();
+            }
+            Err(error) => {
+                if let LifecycleError::Store(e) = &error {
+                    self.failed(&e.to_string());
+                    self.release_reserve(e);
+                }
+                let _ = reply.send(Err(error));
+            }
         }
     }
 
@@ -563,7 +569,11 @@ location = { building = "b2", unit = "u3", floor = 5, room = "501" }
         let (reply, answer) = oneshot::channel();
         task.handle(AlertInput::Acknowledge { id, by, reply }, t(2));
         let error = answer.blocking_recv().unwrap().unwrap_err();
-        assert!(error.contains("full"), "{error}");
+        assert!(
+            matches!(error, LifecycleError::Store(_)),
+            "a storage fault: {error}"
+        );
+        assert!(error.to_string().contains("full"), "{error}");
         assert_eq!(task.deferred(), 1, "only the gateway alert waits");
         assert!(stats.snapshot().failures_total >= 2);
     }

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use super::auth::{self, LoginRefused, Session};
 use super::store::{self, AlertQuery};
 use super::{pages, ConsoleError, State};
+use crate::alerts::lifecycle::LifecycleError;
 use crate::alerts::task::AlertInput;
 use crate::alerts::Alert;
 
@@ -86,6 +87,22 @@ impl From<ConsoleError> for ApiError {
     fn from(e: ConsoleError) -> Self {
         tracing::warn!(error = %e, "console request failed");
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+/// A refused staff action: unknown `404`, already resolved `409`, the database refused the
+/// write `503` (nothing was recorded; try again).
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        let status = match &e {
+            LifecycleError::NotFound(_) => StatusCode::NOT_FOUND,
+            LifecycleError::Resolved(_) => StatusCode::CONFLICT,
+            LifecycleError::Store(_) => {
+                tracing::warn!(error = %e, "staff action not recorded");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        ApiError(status, e.to_string())
     }
 }
 
@@ -313,8 +330,8 @@ async fn get_alert(AxState(state): AxState<St>, Path(id): Path<String>) -> ApiRe
     Ok(Json(find(&state, id).await?))
 }
 
+/// Hands a staff action to the alert task, which alone knows whether the alert is active.
 async fn act(state: &St, id: String, who: &Session, resolve: bool) -> ApiResult<Json<Alert>> {
-    find(state, id.clone()).await?;
     let (reply, answer) = oneshot::channel();
     let by = who.username.clone();
     let input = if resolve {
@@ -339,7 +356,7 @@ async fn act(state: &St, id: String, who: &Session, resolve: bool) -> ApiResult<
             tracing::info!(id = %alert.id, by = %who.username, resolve, "staff action recorded");
             Ok(Json(alert))
         }
-        Ok(Ok(Err(e))) => Err(ApiError(StatusCode::CONFLICT, e)),
+        Ok(Ok(Err(e))) => Err(e.into()),
         Ok(Err(_)) | Err(_) => Err(unavailable()),
     }
 }
@@ -431,17 +448,7 @@ pub(crate) fn alert_stream(
 }
 
 async fn devices(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value>> {
-    let active = with_db(&state, |c| {
-        store::alerts(
-            c,
-            &AlertQuery {
-                state: Some("active".into()),
-                limit: Some(500),
-                ..AlertQuery::default()
-            },
-        )
-    })
-    .await?;
+    let active = with_db(&state, store::active_by_device).await?;
     let ingest = state.deps.ingest.snapshot();
     let rows = super::devices::rows(&state.deps.board, &ingest, &state.deps.config, &active);
     Ok(Json(json!({ "devices": rows })))

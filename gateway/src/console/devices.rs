@@ -1,11 +1,13 @@
 //! The devices panel: every configured device with what it last said (kept by ingest in
-//! [`DeviceBoard`]) and its active alerts.
+//! [`DeviceBoard`]) and its active alerts (all of them, from
+//! [`super::store::active_by_device`]).
 
 use chrono::Utc;
 use edge_config::Config;
 use serde::Serialize;
 
-use crate::alerts::{Alert, Source};
+use std::collections::BTreeMap;
+
 use crate::ingest::board::DeviceBoard;
 use crate::ingest::StatsSnapshot;
 
@@ -28,12 +30,12 @@ pub struct DeviceRow {
 }
 
 /// Every configured device as `board` has it, with its rejections from `ingest` and its
-/// `active` alerts folded in.
+/// `active` alerts (`kind:level` by device id) folded in.
 pub fn rows(
     board: &DeviceBoard,
     ingest: &StatsSnapshot,
     config: &Config,
-    active: &[Alert],
+    active: &BTreeMap<String, Vec<String>>,
 ) -> Vec<DeviceRow> {
     let seen = board.snapshot();
     let now = Utc::now();
@@ -43,13 +45,11 @@ pub fn rows(
         .enumerate()
         .map(|(i, d)| {
             let s = seen.get(i).cloned().unwrap_or_default();
-            let alerts: Vec<&Alert> = active
-                .iter()
-                .filter(|a| a.source == Source::Device(d.id.clone()))
-                .collect();
+            let alerts = active.get(&d.id).cloned().unwrap_or_default();
+            let offline = edge_config::AlertKind::DeviceOffline.as_str();
             let offline_alert = alerts
                 .iter()
-                .any(|a| a.kind == edge_config::AlertKind::DeviceOffline);
+                .any(|a| a.split_once(':').is_some_and(|(kind, _)| kind == offline));
             let fresh = s
                 .at
                 .is_some_and(|t| (now - t).num_seconds() <= 3 * i64::from(d.heartbeat_s().max(1)));
@@ -73,10 +73,7 @@ pub fn rows(
                 battery_pct: s.values.battery_pct,
                 reading: serde_json::to_value(&s.values).unwrap_or_default(),
                 rejected: ingest.rejected_by_device.get(&d.id).copied().unwrap_or(0),
-                active_alerts: alerts
-                    .iter()
-                    .map(|a| format!("{}:{}", a.kind.as_str(), a.level.as_str()))
-                    .collect(),
+                active_alerts: alerts,
             }
         })
         .collect()

@@ -64,6 +64,50 @@ pub fn alerts(conn: &Connection, q: &AlertQuery) -> Result<Vec<Alert>, ConsoleEr
     rows.map(|b| decode(&b?)).collect()
 }
 
+/// Every active alert of one of `kinds` located in `building` or in one of `areas`, newest
+/// first, however many other alerts are active (the resident page narrows it further).
+pub fn active_in(
+    conn: &Connection,
+    kinds: &[&str],
+    building: &str,
+    areas: &[&str],
+) -> Result<Vec<Alert>, ConsoleError> {
+    let list = |v: &[&str]| serde_json::Value::from(v.to_vec()).to_string();
+    let mut stmt = conn.prepare(
+        "SELECT body FROM alerts
+         WHERE active = 1
+           AND kind IN (SELECT value FROM json_each(?1))
+           AND (json_extract(body, '$.location.building') = ?2
+                OR json_extract(body, '$.location.area') IN (SELECT value FROM json_each(?3)))
+         ORDER BY raised_at DESC, id DESC",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![list(kinds), building, list(areas)], |r| {
+        r.get::<_, String>(0)
+    })?;
+    rows.map(|b| decode(&b?)).collect()
+}
+
+/// `kind:level` of every active alert of each device, however many alerts are active.
+pub fn active_by_device(conn: &Connection) -> Result<BTreeMap<String, Vec<String>>, ConsoleError> {
+    let mut stmt = conn.prepare(
+        "SELECT substr(source, 8), kind, level FROM alerts
+         WHERE active = 1 AND source LIKE 'device:%'
+         ORDER BY raised_at, id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            format!("{}:{}", r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+        ))
+    })?;
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in rows {
+        let (device, alert) = row?;
+        out.entry(device).or_default().push(alert);
+    }
+    Ok(out)
+}
+
 /// One alert by id.
 pub fn alert(conn: &Connection, id: &str) -> Result<Option<Alert>, ConsoleError> {
     let body: Option<String> = conn

@@ -4,7 +4,15 @@
 //!   `residents/{building}/{unit}/alerts` (the alert's own unit) and `residents/{building}/all`
 //!   (building-wide hazards — fire, smoke, heat, gas, e-bike battery — for every building the
 //!   location warns, e.g. a charging shed warns its nearest buildings), with zh-CN/en message
-//!   and advice, and an "all clear" notice when the alert is resolved.
+//!   and advice, and an "all clear" notice when the hazard is over.
+//!
+//! # When residents are told all-clear
+//!
+//! When the sensor ends the alert (`resolved_by = "auto"`), or when staff resolve it while the
+//! sensor no longer reports the hazard ("resolved by staff"). Never while the sensor still
+//! reports it: such a staff resolve resets the rule, a new alert follows at once
+//! ([`crate::alerts::lifecycle`]) and residents see it as the same notice, under the same id
+//! (the alert's `continues`), until the sensor ends it.
 //! - [`links`]: per-unit secret links (`/r/{token}`), stored as SHA-256 hashes, rotatable.
 //! - [`web`]: the resident page and its SSE stream, showing only that unit's alerts.
 //! - [`qr`]: `gateway residents qr` writes one QR code (SVG) per unit plus an index.
@@ -47,15 +55,17 @@ pub enum ResidentsError {
 }
 
 /// Hazards residents are told about.
+pub const HAZARDS: [AlertKind; 5] = [
+    AlertKind::Smoke,
+    AlertKind::Heat,
+    AlertKind::Gas,
+    AlertKind::EbikeBattery,
+    AlertKind::WaterLeak,
+];
+
+/// Is `kind` one of the [`HAZARDS`]?
 pub fn is_hazard(kind: AlertKind) -> bool {
-    matches!(
-        kind,
-        AlertKind::Smoke
-            | AlertKind::Heat
-            | AlertKind::Gas
-            | AlertKind::EbikeBattery
-            | AlertKind::WaterLeak
-    )
+    HAZARDS.contains(&kind)
 }
 
 /// Hazards that concern a whole building (and the buildings the place warns).
@@ -120,11 +130,17 @@ pub fn concerns(config: &Config, alert: &Alert, building: &str, unit: &str) -> b
 /// What residents receive (MQTT payload and the page's SSE data).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Notice {
+    /// The hazard's id: the alert's, or the first alert's of a hazard that outlived a staff
+    /// resolve (`continues`), so a resident's screen keeps one notice for it.
     pub id: String,
     pub kind: String,
     pub level: String,
     /// `active` or `all_clear`.
     pub status: &'static str,
+    /// On an all-clear: `sensor` (the hazard is gone) or `staff` (resolved by staff while
+    /// the sensor read normal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleared_by: Option<&'static str>,
     pub location: String,
     pub message: Localized,
     pub advice: Localized,
@@ -142,16 +158,34 @@ fn kind_names(kind: AlertKind) -> (&'static str, &'static str) {
     }
 }
 
+/// Who ended a resolved alert for residents: the sensor, or staff.
+fn cleared_by(alert: &Alert) -> &'static str {
+    match alert.resolved_by.as_deref() {
+        Some("auto") => "sensor",
+        _ => "staff",
+    }
+}
+
 /// The resident notice of an alert's current state.
 pub fn notice(alert: &Alert) -> Notice {
     let clear = alert.state == AlertState::Resolved;
-    let (message, advice) = if clear {
+    let by = clear.then(|| cleared_by(alert));
+    let (message, advice) = if let Some(by) = by {
         let (zh, en) = kind_names(alert.kind);
-        (
+        let place = &alert.location.label;
+        let message = if by == "staff" {
             Localized {
-                zh_cn: format!("【解除】{} 的{zh}警报已解除。", alert.location.label),
-                en: format!("[ALL CLEAR] The {en} alert at {} is over.", alert.location.label),
-            },
+                zh_cn: format!("【解除】{place} 的{zh}警报已由值班人员处置解除。"),
+                en: format!("[ALL CLEAR] The {en} alert at {place} was resolved by staff."),
+            }
+        } else {
+            Localized {
+                zh_cn: format!("【解除】{place} 的{zh}警报已解除。"),
+                en: format!("[ALL CLEAR] The {en} alert at {place} is over."),
+            }
+        };
+        (
+            message,
             Localized {
                 zh_cn: "险情已解除，可恢复正常活动。如仍闻到异味或看到烟雾，请立即拨打119。".into(),
                 en: "The danger is over; you may resume normal activity. If you still smell gas or see smoke, call 119.".into(),
@@ -161,10 +195,11 @@ pub fn notice(alert: &Alert) -> Notice {
         (alert.message.clone(), alert.advice.clone())
     };
     Notice {
-        id: alert.id.clone(),
+        id: alert.continues.as_ref().unwrap_or(&alert.id).clone(),
         kind: alert.kind.as_str().to_owned(),
         level: alert.level.as_str().to_owned(),
         status: if clear { "all_clear" } else { "active" },
+        cleared_by: by,
         location: alert.location.label.clone(),
         message,
         advice,
@@ -172,7 +207,8 @@ pub fn notice(alert: &Alert) -> Notice {
     }
 }
 
-/// Decides which events residents hear about: raise, a change of level, resolution.
+/// Decides which events residents hear about: raise, a change of level, and a resolution
+/// that ends the hazard (not a staff resolve while the sensor still reported it).
 #[derive(Debug, Default)]
 pub struct Filter {
     published: HashMap<String, String>,
@@ -185,7 +221,9 @@ impl Filter {
         }
         let level = alert.level.as_str().to_owned();
         match alert.event {
-            EventKind::Resolved => self.published.remove(&alert.id).is_some(),
+            EventKind::Resolved => {
+                self.published.remove(&alert.id).is_some() && !alert.still_reported
+            }
             EventKind::Acknowledged => false,
             _ => self.published.insert(alert.id.clone(), level.clone()) != Some(level),
         }
@@ -348,5 +386,58 @@ mod tests {
         let n = notice(&a);
         assert_eq!(n.status, "all_clear");
         assert!(n.message.zh_cn.contains("解除") && n.message.en.contains("ALL CLEAR"));
+    }
+
+    #[test]
+    fn a_staff_resolve_while_the_sensor_still_reports_the_gas_is_no_all_clear_and_the_warning_continues(
+    ) {
+        let mut f = Filter::default();
+        let first = alert(AlertKind::Gas, Some("b2"), Some("u2"), None);
+        assert!(f.should_publish(&first));
+        let mut resolved = first.clone();
+        resolved.event = EventKind::Resolved;
+        resolved.state = AlertState::Resolved;
+        resolved.resolved_by = Some("duty".into());
+        resolved.still_reported = true;
+        assert!(
+            !f.should_publish(&resolved),
+            "no all-clear while the gas persists"
+        );
+
+        let mut next = alert(AlertKind::Gas, Some("b2"), Some("u2"), None);
+        next.id = "01KAV7Q2XK4T5J0ZC3M8W6E1PC".into();
+        next.continues = Some(first.id.clone());
+        assert!(f.should_publish(&next));
+        let n = notice(&next);
+        assert_eq!((n.id.as_str(), n.status), (first.id.as_str(), "active"));
+
+        next.event = EventKind::Resolved;
+        next.state = AlertState::Resolved;
+        next.resolved_by = Some("auto".into());
+        assert!(f.should_publish(&next));
+        let n = notice(&next);
+        assert_eq!(
+            (n.id.as_str(), n.status, n.cleared_by),
+            (first.id.as_str(), "all_clear", Some("sensor"))
+        );
+    }
+
+    #[test]
+    fn a_staff_resolve_once_the_sensor_reads_normal_is_an_all_clear_by_staff() {
+        let mut f = Filter::default();
+        let mut a = alert(AlertKind::Smoke, Some("b2"), Some("u2"), None);
+        assert!(f.should_publish(&a));
+        a.event = EventKind::Resolved;
+        a.state = AlertState::Resolved;
+        a.resolved_by = Some("duty".into());
+        assert!(f.should_publish(&a));
+        let n = notice(&a);
+        assert_eq!((n.status, n.cleared_by), ("all_clear", Some("staff")));
+        assert!(
+            n.message.en.contains("resolved by staff"),
+            "{}",
+            n.message.en
+        );
+        assert!(n.message.zh_cn.contains("值班人员"), "{}", n.message.zh_cn);
     }
 }

@@ -56,15 +56,11 @@ async fn current(AxState(state): AxState<St>, Path(token): Path<String>) -> Resp
     };
     let db = state.db_path.clone();
     let config = state.deps.config.clone();
-    let q = store::AlertQuery {
-        state: Some("active".into()),
-        limit: Some(500),
-        ..store::AlertQuery::default()
-    };
     let unit_name = label(&config, &b, &u);
+    let (query_config, building) = (config.clone(), b.clone());
     let alerts = tokio::task::spawn_blocking(move || {
         let conn = store::open(&db)?;
-        store::alerts(&conn, &q)
+        unit_alerts(&conn, &query_config, &building)
     })
     .await;
     match alerts {
@@ -78,6 +74,25 @@ async fn current(AxState(state): AxState<St>, Path(token): Path<String>) -> Resp
         }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "try again").into_response(),
     }
+}
+
+/// The active hazard alerts that may concern `building` (in it, or in an area that warns
+/// it), selected in SQL so that none is missed however many others are active; the caller
+/// keeps those that concern the unit.
+fn unit_alerts(
+    conn: &rusqlite::Connection,
+    config: &edge_config::Config,
+    building: &str,
+) -> Result<Vec<crate::alerts::Alert>, crate::console::ConsoleError> {
+    let kinds: Vec<&str> = super::HAZARDS.iter().map(|k| k.as_str()).collect();
+    let areas: Vec<&str> = config
+        .locations
+        .areas
+        .iter()
+        .filter(|a| a.warns.iter().any(|w| w == building))
+        .map(|a| a.id.as_str())
+        .collect();
+    store::active_in(conn, &kinds, building, &areas)
 }
 
 fn label(config: &edge_config::Config, b: &str, u: &str) -> String {

@@ -74,6 +74,36 @@ impl Condition {
         }
     }
 
+    /// Whether the sensor's latest reading shows the hazard (raised, or waiting out the
+    /// debounce); `false` while clearing.
+    pub fn reports(&self) -> bool {
+        matches!(self.state, State::Active { .. } | State::Pending { .. })
+    }
+
+    /// Its alert was resolved by hand (see [`super::reset`]). Returns a `Raise` for a new
+    /// alert when the sensor still reports the hazard, or when `still_reported` says residents
+    /// were not told all-clear: that alert keeps the condition's state, so the sensor goes on
+    /// updating and clearing it. Otherwise the condition is forgotten, so the next hazard
+    /// reading raises a new alert. `level` is the resolved alert's.
+    pub fn reset(&mut self, still_reported: bool, level: Level, now: Instant) -> Option<Change> {
+        match self.state {
+            State::Active { level } => Some(Change::Raise(level)),
+            State::Clearing { level, .. } if still_reported => Some(Change::Raise(level)),
+            State::Idle | State::Pending { .. } if still_reported => {
+                // The sensor cleared between the resolve and this reset: the new alert ends
+                // after the clear-hold, by the sensor, like any other.
+                self.state = State::Clearing { since: now, level };
+                Some(Change::Raise(level))
+            }
+            // A new wish, not yet held for the debounce: it raises in its own time.
+            State::Pending { .. } => None,
+            State::Idle | State::Clearing { .. } => {
+                self.state = State::Idle;
+                None
+            }
+        }
+    }
+
     /// Marks the condition raised without an edge (used when reloading active alerts after a
     /// restart, so a still-present hazard updates the existing alert instead of raising anew).
     pub fn restore_active(&mut self, level: Level) {
@@ -220,6 +250,54 @@ mod tests {
             Some(Change::Update(Level::Red))
         );
         assert_eq!(c.level(), Some(Level::Red));
+    }
+
+    #[test]
+    fn a_reset_while_the_hazard_is_reported_raises_anew_and_the_sensor_still_ends_it() {
+        let t0 = Instant::now();
+        let mut c = Condition::new(T);
+        c.observe(Some(Level::Red), true, t0);
+        assert!(c.reports());
+        assert_eq!(
+            c.reset(true, Level::Red, at(t0, 5)),
+            Some(Change::Raise(Level::Red))
+        );
+        assert_eq!(c.observe(Some(Level::Red), true, at(t0, 6)), None);
+        assert_eq!(c.observe(None, false, at(t0, 7)), None);
+        assert!(!c.reports(), "clearing: the sensor reads normal");
+        assert_eq!(c.tick(at(t0, 37)), Some(Change::Clear));
+    }
+
+    #[test]
+    fn a_reset_while_clearing_forgets_the_condition_so_the_next_hazard_raises() {
+        let t0 = Instant::now();
+        let mut c = Condition::new(T);
+        c.observe(Some(Level::Red), true, t0);
+        c.observe(None, false, at(t0, 1));
+        assert_eq!(c.reset(false, Level::Red, at(t0, 2)), None);
+        assert!(!c.is_active());
+        assert_eq!(c.tick(at(t0, 60)), None, "no clear for the resolved alert");
+        assert_eq!(
+            c.observe(Some(Level::Red), true, at(t0, 61)),
+            Some(Change::Raise(Level::Red)),
+            "the same level again is a new alert"
+        );
+    }
+
+    #[test]
+    fn a_reset_that_promised_a_new_alert_keeps_it_even_if_the_sensor_cleared_meanwhile() {
+        let t0 = Instant::now();
+        let mut c = Condition::new(Timing {
+            debounce: Duration::ZERO,
+            clear_hold: Duration::ZERO,
+        });
+        c.observe(Some(Level::Orange), false, t0);
+        assert_eq!(c.observe(None, false, at(t0, 1)), Some(Change::Clear));
+        assert_eq!(
+            c.reset(true, Level::Orange, at(t0, 1)),
+            Some(Change::Raise(Level::Orange))
+        );
+        assert_eq!(c.tick(at(t0, 1)), Some(Change::Clear), "the sensor ends it");
     }
 
     #[test]

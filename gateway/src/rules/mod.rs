@@ -6,10 +6,13 @@
 //! and the reading's wall-clock receive time (for local time-of-day rules).
 //!
 //! Output [`Signal`]s are edges — raise, update (level change), clear — for one
-//! (device, alert kind); the alert lifecycle turns them into alert records.
+//! (device, alert kind); the alert lifecycle turns them into alert records. A staff resolve
+//! comes back as a [`RuleReset`] ([`reset`]): the condition is reset so the detector is never
+//! left deaf.
 
 pub mod condition;
 pub mod hazards;
+pub mod reset;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ pub use condition::Change;
 use condition::{Condition, Timing};
 pub use hazards::Cause;
 use hazards::{BatteryReading, EbikeEval, HeatEval, Wish};
+pub use reset::{ResetReceiver, ResetSender, RuleReset};
 
 /// A decoded reading from one device, as the ingest stage hands it over.
 #[derive(Debug, Clone)]
@@ -60,6 +64,9 @@ struct DeviceState {
     values: Values,
     /// When this device's last leak cleared, for the repeated-leak escalation.
     leak_cleared_at: Option<Instant>,
+    /// The causes of each kind's latest hazard wish: the evidence of an alert raised anew
+    /// by a reset, which has no reading of its own.
+    causes: HashMap<AlertKind, Vec<Cause>>,
 }
 
 /// The rules of one gateway.
@@ -68,6 +75,9 @@ pub struct Engine {
     devices: Vec<DeviceState>,
     /// Devices are considered seen at start-up, so offline is measured from then.
     started: Instant,
+    /// Staff resolves from the alert task, and where the engine records which conditions
+    /// the sensors report (see [`reset`]). `None`: no one resolves by hand (tests).
+    resets: Option<ResetReceiver>,
 }
 
 impl Engine {
@@ -81,6 +91,54 @@ impl Engine {
             config,
             devices,
             started: now,
+            resets: None,
+        }
+    }
+
+    /// Takes staff resolves from `resets` from now on (applied before each reading and tick)
+    /// and records there which conditions the sensors report.
+    pub fn set_resets(&mut self, resets: ResetReceiver) {
+        for (i, d) in self.devices.iter().enumerate() {
+            for (kind, cond) in &d.conditions {
+                resets.set_reporting(i, *kind, cond.reports());
+            }
+        }
+        self.resets = Some(resets);
+    }
+
+    /// Applies the staff resolves that arrived: a condition whose sensor still reports the
+    /// hazard raises a new alert at once; any other is forgotten.
+    fn apply_resets(&mut self, now: Instant, out: &mut Vec<Signal>) {
+        let mut resets = Vec::new();
+        if let Some(rx) = self.resets.as_mut() {
+            resets.extend(std::iter::from_fn(|| rx.try_recv()));
+        }
+        for r in resets {
+            let Some(state) = self.devices.get_mut(r.device) else {
+                continue;
+            };
+            let Some(cond) = state.conditions.get_mut(&r.kind) else {
+                continue;
+            };
+            let change = cond.reset(r.still_reported, r.level, now);
+            let reports = cond.reports();
+            tracing::info!(device = r.device, kind = %r.kind, raise = change.is_some(), "rule reset by a staff resolve");
+            if let Some(change) = change {
+                out.push(Signal {
+                    device: r.device,
+                    kind: r.kind,
+                    change,
+                    causes: state.causes.get(&r.kind).cloned().unwrap_or_default(),
+                    values: state.values.clone(),
+                });
+            }
+            self.note_reporting(r.device, r.kind, reports);
+        }
+    }
+
+    fn note_reporting(&self, device: usize, kind: AlertKind, reports: bool) {
+        if let Some(r) = &self.resets {
+            r.set_reporting(device, kind, reports);
         }
     }
 
@@ -92,12 +150,14 @@ impl Engine {
                 .entry(kind)
                 .or_insert_with(|| Condition::new(timing))
                 .restore_active(level);
+            self.note_reporting(device, kind, true);
         }
     }
 
     /// Applies one reading.
     pub fn on_reading(&mut self, r: &Reading) -> Vec<Signal> {
         let mut out = Vec::new();
+        self.apply_resets(r.now, &mut out);
         let Some(state) = self.devices.get_mut(r.device) else {
             return out;
         };
@@ -118,12 +178,20 @@ impl Engine {
     /// went silent, charging sessions that ran too long. Call about once a second.
     pub fn on_tick(&mut self, now: Instant) -> Vec<Signal> {
         let mut out = Vec::new();
+        self.apply_resets(now, &mut out);
         for i in 0..self.devices.len() {
             self.check_offline(i, now, &mut out);
             self.tick_ebike(i, now, &mut out);
             let values = self.devices[i].values.clone();
             for (kind, cond) in &mut self.devices[i].conditions {
-                if let Some(change) = cond.tick(now) {
+                let reported = cond.reports();
+                let change = cond.tick(now);
+                if cond.reports() != reported {
+                    if let Some(r) = &self.resets {
+                        r.set_reporting(i, *kind, cond.reports());
+                    }
+                }
+                if let Some(change) = change {
                     out.push(Signal {
                         device: i,
                         kind: *kind,
@@ -311,16 +379,26 @@ impl Engine {
             .conditions
             .entry(kind)
             .or_insert_with(|| Condition::new(timing));
-        if let Some(change) = cond.observe(wish.level, wish.urgent, now) {
-            let signal = Signal {
-                device,
-                kind,
-                change,
-                causes: wish.causes,
-                values: state.values.clone(),
-            };
+        let reported = cond.reports();
+        let change = cond.observe(wish.level, wish.urgent, now);
+        let reports = cond.reports();
+        let Wish { level, causes, .. } = wish;
+        let signal = change.map(|change| Signal {
+            device,
+            kind,
+            change,
+            causes: causes.clone(),
+            values: state.values.clone(),
+        });
+        if level.is_some() {
+            state.causes.insert(kind, causes);
+        }
+        if let Some(signal) = signal {
             self.note_clear(&signal, now);
             out.push(signal);
+        }
+        if reports != reported {
+            self.note_reporting(device, kind, reports);
         }
     }
 
@@ -353,5 +431,122 @@ impl Engine {
 
     fn level(&self, device: usize, kind: AlertKind) -> Option<Level> {
         self.devices.get(device)?.conditions.get(&kind)?.level()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::Decoded;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[site]
+id = "t1"
+name = "Test compound"
+kind = "compound"
+
+[[locations.buildings]]
+id = "b2"
+name = "2号楼"
+floors = 18
+[[locations.buildings.units]]
+id = "u3"
+name = "3单元"
+
+[[devices]]
+id = "gas-1"
+kind = "gas"
+location = { building = "b2", unit = "u3" }
+
+[rules.timing]
+debounce_s = 0
+clear_hold_s = 30
+"#;
+
+    fn engine(t0: Instant) -> (Engine, ResetSender) {
+        let config = edge_config::parse(CONFIG, "t.toml", Path::new(".")).expect("valid config");
+        let mut e = Engine::new(Arc::new(config), t0);
+        let (tx, rx) = reset::channel();
+        e.set_resets(rx);
+        (e, tx)
+    }
+
+    fn gas(at: Instant, lel: f64) -> Reading {
+        Reading {
+            device: 0,
+            at: Utc::now(),
+            now: at,
+            decoded: Decoded {
+                values: Values {
+                    gas_lel_pct: Some(lel),
+                    ..Values::default()
+                },
+                sensor_ts: None,
+                online: None,
+            },
+        }
+    }
+
+    fn changes(signals: &[Signal]) -> Vec<Change> {
+        signals.iter().map(|s| s.change).collect()
+    }
+
+    fn reset_gas(still_reported: bool) -> RuleReset {
+        RuleReset {
+            device: 0,
+            kind: AlertKind::Gas,
+            level: Level::Red,
+            still_reported,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_staff_resolve_while_the_gas_persists_raises_a_new_alert_with_its_evidence() {
+        let t0 = Instant::now();
+        let (mut e, mut resets) = engine(t0);
+        let s = Duration::from_secs(1);
+        assert_eq!(
+            changes(&e.on_reading(&gas(t0, 45.0))),
+            [Change::Raise(Level::Red)]
+        );
+        assert!(resets.still_reported(0, AlertKind::Gas));
+        assert!(e.on_reading(&gas(t0 + s, 45.0)).is_empty());
+
+        resets.send(reset_gas(true));
+        let again = e.on_tick(t0 + 2 * s);
+        assert_eq!(changes(&again), [Change::Raise(Level::Red)]);
+        assert!(
+            matches!(again[0].causes[..], [Cause::GasHighStage { lel_pct, .. }] if lel_pct == 45.0),
+            "{:?}",
+            again[0].causes
+        );
+        assert_eq!(again[0].values.gas_lel_pct, Some(45.0));
+        // The new alert follows the sensor: nothing while it persists, a clear once it is gone.
+        assert!(e.on_reading(&gas(t0 + 3 * s, 45.0)).is_empty());
+        assert!(e.on_reading(&gas(t0 + 4 * s, 0.0)).is_empty());
+        assert!(!resets.still_reported(0, AlertKind::Gas));
+        assert_eq!(changes(&e.on_tick(t0 + 34 * s)), [Change::Clear]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_staff_resolve_after_the_gas_is_gone_forgets_the_condition() {
+        let t0 = Instant::now();
+        let (mut e, mut resets) = engine(t0);
+        let s = Duration::from_secs(1);
+        e.on_reading(&gas(t0, 45.0));
+        e.on_reading(&gas(t0 + s, 0.0));
+        assert!(!resets.still_reported(0, AlertKind::Gas));
+        resets.send(reset_gas(false));
+        assert!(e.on_tick(t0 + 2 * s).is_empty());
+        assert!(
+            e.on_tick(t0 + 60 * s).is_empty(),
+            "no clear for the resolved alert"
+        );
+        assert_eq!(
+            changes(&e.on_reading(&gas(t0 + 61 * s, 45.0))),
+            [Change::Raise(Level::Red)],
+            "the next leak is a new alert"
+        );
     }
 }

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::alerts::lifecycle::LifecycleError;
 use crate::alerts::task::AlertInput;
 
 /// `{"id":"<alert id>","by":"<who>"}`: acknowledge an alert remotely.
@@ -60,7 +61,12 @@ pub fn apply_ack(inputs: Option<&mpsc::WeakSender<AlertInput>>, topic: &str, pay
             Ok(Ok(alert)) => tracing::info!(
                 id = %alert.id, by = %cmd.by, seq = alert.seq, "upstream ack applied"
             ),
-            Ok(Err(e)) => tracing::warn!(id = %cmd.id, error = %e, "upstream ack rejected"),
+            Ok(Err(e @ LifecycleError::Store(_))) => {
+                tracing::error!(id = %cmd.id, error = %e, "upstream ack not recorded")
+            }
+            Ok(Err(e @ (LifecycleError::NotFound(_) | LifecycleError::Resolved(_)))) => {
+                tracing::warn!(id = %cmd.id, error = %e, "upstream ack rejected")
+            }
             Err(_) => tracing::warn!(id = %cmd.id, "upstream ack: no answer from the alert task"),
         }
     });
