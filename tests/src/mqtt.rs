@@ -27,6 +27,9 @@ pub struct Mqtt {
     pub client: AsyncClient,
     messages: mpsc::UnboundedReceiver<Message>,
     connected: mpsc::UnboundedReceiver<()>,
+    /// One item per SUBACK, so that [`Mqtt::subscribe`] returns once the broker has the
+    /// subscription (a lock, so subscribing needs only `&self`).
+    subacks: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
 }
 
 impl Mqtt {
@@ -44,6 +47,7 @@ impl Mqtt {
         events.set_network_options(net);
         let (tx, messages) = mpsc::unbounded_channel();
         let (ctx, mut connected) = mpsc::unbounded_channel();
+        let (sub_tx, subacks) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
                 match events.poll().await {
@@ -60,6 +64,9 @@ impl Mqtt {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let _ = ctx.send(());
                     }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = sub_tx.send(());
+                    }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
@@ -72,16 +79,22 @@ impl Mqtt {
             client,
             messages,
             connected,
+            subacks: tokio::sync::Mutex::new(subacks),
         }
     }
 
-    /// Subscribes (QoS 1) and gives the broker a moment to register it.
+    /// Subscribes (QoS 1) and returns once the broker acknowledged it (SUBACK): from then on
+    /// every matching publish reaches this client.
     pub async fn subscribe(&self, filter: &str) {
+        let mut subacks = self.subacks.lock().await;
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .expect("subscribe");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        timeout(Duration::from_secs(10), subacks.recv())
+            .await
+            .expect("SUBACK within 10 s")
+            .expect("MQTT event loop running");
     }
 
     /// Publishes QoS 1.
