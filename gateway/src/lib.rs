@@ -26,6 +26,7 @@
 //! - [`supervise`] — the fault model: every stage restarted with backoff when it ends, fails
 //!   or panics outside shutdown, each such end a `gateway_fault` alert (red on the alarm
 //!   path) until the stage is healthy again; stage health for status and console.
+//! - [`faults`] — the fault reporter: faulted stages in, `gateway_fault` alerts out.
 //! - [`selftest`] — a probe every few seconds through the real alarm path (broker listener →
 //!   ingest → rules → alert store commit); a missed round trip is a red `gateway_fault`.
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
@@ -34,6 +35,7 @@
 //! - [`broker`] — the embedded MQTT broker (rumqttd) and its in-process links.
 //! - [`ingest`] — sensor messages in (one broker log per device topic), decoded readings
 //!   out; rejections counted per reason and device; the devices board.
+//! - [`reading`] — the decoded reading, the neutral type between ingest and rules.
 //! - [`rules`] — hazard rules as state machines with debounce, hysteresis and clear-hold.
 //! - [`alerts`] — the alert model, lifecycle (escalation, linkage) and its SQLite store.
 //! - [`publish`] / [`telemetry`] — retained local alert topics; durable telemetry batches.
@@ -58,11 +60,13 @@ pub mod cli;
 pub mod console;
 pub mod daemon;
 pub mod db;
+pub mod faults;
 pub mod ingest;
 pub mod logging;
 pub mod outbox;
 pub mod pipeline;
 pub mod publish;
+pub mod reading;
 pub mod reserve;
 pub mod residents;
 pub mod rules;

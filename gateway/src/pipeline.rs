@@ -164,7 +164,7 @@ pub fn start_with_reserve(
     spawn_commands(stages, &options, command_rx);
     stages.spawn(Stage::Processing, {
         let (health, inputs) = (health.clone(), input_tx.clone());
-        move |token| crate::supervise::run_fault_reporter(health, inputs, token)
+        move |token| crate::faults::run(health, inputs, token)
     });
 
     // Outbox: housekeeping (quota, buffer_full, status.json) and the uplink.
@@ -192,7 +192,7 @@ pub fn start_with_reserve(
     stages.supervise(Stage::Inputs, "self_test_probe", Severity::AlarmPath, {
         let options = options.clone();
         move |token| {
-            let (client, events) = internal_client(&options, "selftest");
+            let (client, events) = broker::internal_client(&options, "selftest");
             selftest::run(self_test.clone(), client, events, token)
         }
     });
@@ -346,7 +346,7 @@ fn spawn_local_publisher(
         "publisher",
         Severity::Degraded,
         move |_token| {
-            let (client, event_loop) = internal_client(&options, "publisher");
+            let (client, event_loop) = broker::internal_client(&options, "publisher");
             let (events, republish) = (events.clone(), republish.take().unwrap_or_default());
             async move {
                 let mut events = events.lock_owned().await;
@@ -371,7 +371,7 @@ fn spawn_commands(stages: &Stages, options: &MqttOptions, commands: mpsc::Receiv
         "actuators",
         Severity::Degraded,
         move |_token| {
-            let (client, event_loop) = internal_client(&options, "actuators");
+            let (client, event_loop) = broker::internal_client(&options, "actuators");
             let commands = commands.clone();
             async move {
                 run_commands(client, event_loop, &mut *commands.lock().await).await;
@@ -634,12 +634,6 @@ fn external_options(config: &Config) -> Result<MqttOptions, PipelineError> {
         o.set_credentials(user.clone(), password);
     }
     Ok(o)
-}
-
-/// One of the gateway's own clients on the sensor broker: an unguessable id for `role`,
-/// the internal credentials, TCP_NODELAY.
-pub fn internal_client(options: &MqttOptions, role: &str) -> (AsyncClient, EventLoop) {
-    client(options, &internal_client_id(role))
 }
 
 /// A client with the given id on the same broker as `options`, with TCP_NODELAY.

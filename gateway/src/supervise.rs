@@ -39,12 +39,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::task::{AlertInput, Trigger};
-use crate::alerts::{Location, Source};
-use edge_config::{AlertKind, Level};
+use edge_config::Level;
 
 /// First wait before a failed stage is started again.
 pub const RESTART_BACKOFF: Duration = Duration::from_millis(500);
@@ -54,9 +52,6 @@ pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(3);
 /// Environment variable naming the fault-injection directory (tests only).
 pub const FAULT_INJECTION_ENV: &str = "SHOUWANG_FAULT_INJECTION_DIR";
-/// How often the fault reporter re-checks even without a change (a raise the alert task
-/// could not take at once is retried).
-const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// How much a stage's failure matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +64,8 @@ pub enum Severity {
 }
 
 impl Severity {
-    fn level(self) -> Level {
+    /// The level of the `gateway_fault` alert this severity raises.
+    pub fn level(self) -> Level {
         match self {
             Severity::AlarmPath => Level::Red,
             Severity::Degraded => Level::Orange,
@@ -152,7 +148,7 @@ pub struct Health {
     stages: Mutex<BTreeMap<String, StageHealth>>,
     self_test: Mutex<Option<SelfTestSnapshot>>,
     /// Wakes the fault reporter on every transition.
-    changed: Notify,
+    pub(crate) changed: Notify,
 }
 
 impl Health {
@@ -316,65 +312,6 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned())
-}
-
-/// Turns faulted stages into `gateway_fault` alerts and resolves them when the stage is
-/// healthy again, until `token` is cancelled. A raise the alert task cannot take at once (it
-/// may be the faulted stage) is retried every [`REPORT_EVERY`]; the log and `status.json`
-/// carry the fault meanwhile.
-pub async fn run_fault_reporter(
-    health: Arc<Health>,
-    alerts: mpsc::Sender<AlertInput>,
-    token: CancellationToken,
-) {
-    let mut raised: BTreeMap<String, Level> = BTreeMap::new();
-    loop {
-        let snapshot = health.snapshot();
-        for (name, stage) in &snapshot.stages {
-            let level = stage.severity.level();
-            let want = stage.faulted_since.is_some();
-            let have = raised.get(name) == Some(&level);
-            if want && !have {
-                let input = fault_raise(name, stage);
-                if alerts.try_send(input).is_ok() {
-                    raised.insert(name.clone(), level);
-                }
-            } else if !want && raised.contains_key(name) {
-                let input = Trigger::ResolveSource {
-                    source: Source::Gateway(name.clone()),
-                    kind: AlertKind::GatewayFault,
-                    by: "gateway".to_owned(),
-                };
-                if alerts.try_send(input.into()).is_ok() {
-                    raised.remove(name);
-                }
-            }
-        }
-        tokio::select! {
-            _ = token.cancelled() => break,
-            _ = health.changed.notified() => {}
-            _ = tokio::time::sleep(REPORT_EVERY) => {}
-        }
-    }
-}
-
-fn fault_raise(name: &str, stage: &StageHealth) -> AlertInput {
-    Trigger::Raise {
-        source: Source::Gateway(name.to_owned()),
-        location: Location {
-            label: format!("gateway: {name}"),
-            ..Location::default()
-        },
-        kind: AlertKind::GatewayFault,
-        level: stage.severity.level(),
-        readings: serde_json::json!({
-            "stage": name,
-            "alarm_path": stage.severity == Severity::AlarmPath,
-            "error": stage.last_error,
-            "restarts": stage.restarts,
-        }),
-    }
-    .into()
 }
 
 /// Test-only fault injection (see the [module docs](self)).
@@ -543,57 +480,5 @@ mod tests {
         let s = health.snapshot().stages["ingest"].clone();
         assert_eq!(s.state, StageState::Stopped);
         assert!(s.faulted_since.is_none());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_fault_reporter_raises_red_for_the_alarm_path_and_resolves_on_recovery() {
-        let health = Arc::new(Health::default());
-        let (tx, mut rx) = mpsc::channel(8);
-        let token = CancellationToken::new();
-        tokio::spawn(run_fault_reporter(health.clone(), tx, token.clone()));
-        health.started("alerts", Severity::AlarmPath);
-        health.failed("alerts", Severity::AlarmPath, "panicked: x");
-        match rx.recv().await {
-            Some(AlertInput::Trigger(Trigger::Raise {
-                source,
-                kind,
-                level,
-                ..
-            })) => {
-                assert_eq!(source, Source::Gateway("alerts".into()));
-                assert_eq!((kind, level), (AlertKind::GatewayFault, Level::Red));
-            }
-            other => panic!("expected a raise, got {other:?}"),
-        }
-        health.recovered("alerts", Severity::AlarmPath);
-        assert!(matches!(
-            rx.recv().await,
-            Some(AlertInput::Trigger(Trigger::ResolveSource {
-                kind: AlertKind::GatewayFault,
-                ..
-            }))
-        ));
-        token.cancel();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_raise_the_alert_task_cannot_take_is_retried() {
-        let health = Arc::new(Health::default());
-        let (tx, mut rx) = mpsc::channel(1);
-        tx.send(AlertInput::Tick).await.unwrap(); // the channel is full: a wedged alert task
-        let token = CancellationToken::new();
-        tokio::spawn(run_fault_reporter(health.clone(), tx, token.clone()));
-        health.failed("telemetry", Severity::Degraded, "stopped on its own");
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert!(matches!(rx.recv().await, Some(AlertInput::Tick)));
-        tokio::time::sleep(REPORT_EVERY * 2).await;
-        assert!(matches!(
-            rx.recv().await,
-            Some(AlertInput::Trigger(Trigger::Raise {
-                level: Level::Orange,
-                ..
-            }))
-        ));
-        token.cancel();
     }
 }

@@ -559,6 +559,19 @@ impl Drop for EmbeddedBroker {
     }
 }
 
+/// One of the gateway's own clients on the broker `options` point to: an unguessable id for
+/// `role` ([`internal_client_id`]), the options' credentials, `TCP_NODELAY`.
+pub fn internal_client(
+    options: &rumqttc::MqttOptions,
+    role: &str,
+) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+    let mut o = options.clone();
+    o.set_client_id(internal_client_id(role));
+    let (client, mut event_loop) = rumqttc::AsyncClient::new(o, 256);
+    enable_tcp_nodelay(&mut event_loop);
+    (client, event_loop)
+}
+
 /// Sets `TCP_NODELAY` on a rumqttc event loop's future connections. Without it, QoS 1
 /// delivery of ~1 KB messages stalls at ~5–7 k msg/s (Nagle's algorithm delays the acks).
 /// Works for any broker, embedded or external.

@@ -9,6 +9,8 @@ use chrono::{DateTime, FixedOffset};
 use edge_config::{Config, DeviceKind, PayloadFormat};
 use serde::{Deserialize, Serialize};
 
+pub use crate::reading::{Decoded, Values};
+
 /// Payloads larger than this are rejected before parsing.
 pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 
@@ -163,91 +165,6 @@ fn covered_by_wildcards(topic: &str) -> bool {
     let parts: Vec<&str> = topic.split('/').collect();
     matches!(parts.as_slice(), ["sensors", _, "state" | "heartbeat"])
         || parts.first() == Some(&"zigbee2mqtt")
-}
-
-/// One decoded message's values. Every field is optional: a message carries what the
-/// device measured. Units are in the names.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Values {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub smoke: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature_c: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gas_lel_pct: Option<f64>,
-    /// Boolean gas alarm (zigbee2mqtt `gas`): counts as a high alarm.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gas: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub water_leak: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub battery_pct: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub battery_low: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tamper: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub battery_temp_c: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub voltage_v: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_a: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub charging: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub present: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pressed: Option<bool>,
-    /// Actuator state report, e.g. `closed`, `open`, `on`, `off`, `playing`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub linkquality: Option<f64>,
-}
-
-impl Values {
-    /// Takes every field `newer` has; keeps the others.
-    pub fn merge(&mut self, newer: &Values) {
-        // Destructured without `..`: a new field fails to compile until it is merged too.
-        macro_rules! take {
-            ($($f:ident),*) => {
-                let Values { $($f: _),* } = newer;
-                $(
-                    if newer.$f.is_some() {
-                        self.$f.clone_from(&newer.$f);
-                    }
-                )*
-            };
-        }
-        take!(
-            smoke,
-            temperature_c,
-            gas_lel_pct,
-            gas,
-            water_leak,
-            battery_pct,
-            battery_low,
-            tamper,
-            battery_temp_c,
-            voltage_v,
-            current_a,
-            charging,
-            present,
-            pressed,
-            state,
-            linkquality
-        );
-    }
-}
-
-/// A decoded message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decoded {
-    pub values: Values,
-    /// The sensor's own timestamp, if it sent one (native `ts`).
-    pub sensor_ts: Option<DateTime<FixedOffset>>,
-    /// `Some(false)` for an `offline` availability message.
-    pub online: Option<bool>,
 }
 
 /// shouwang's native JSON: `Values` plus an optional `ts`. Unknown keys are ignored so

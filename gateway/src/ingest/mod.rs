@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{internal_client_id, LocalLink, LocalPublish, LocalSubscriber};
-use crate::rules::Reading;
+use crate::reading::Reading;
 use crate::selftest::{Probe, SelfTest};
 use crate::supervise::fault_point;
 use board::DeviceBoard;

@@ -245,7 +245,7 @@ pub fn spawn_publisher(
         "residents",
         Severity::Degraded,
         move |_token| {
-            let (client, event_loop) = crate::pipeline::internal_client(&options, "residents");
+            let (client, event_loop) = crate::broker::internal_client(&options, "residents");
             let (config, events, filter) = (config.clone(), events.clone(), filter.clone());
             async move {
                 let mut events = events.lock_owned().await;

@@ -18,28 +18,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use edge_config::{AlertKind, Config, DeviceKind, Level};
 use tokio::time::Instant;
 
-use crate::ingest::decode::{Decoded, Values};
+use crate::reading::Values;
 pub use condition::Change;
 use condition::{Condition, Timing};
 pub use hazards::Cause;
 use hazards::{BatteryReading, EbikeEval, HeatEval, Wish};
 pub use reset::{ResetReceiver, ResetSender, RuleReset};
 
-/// A decoded reading from one device, as the ingest stage hands it over.
-#[derive(Debug, Clone)]
-pub struct Reading {
-    /// Index of the device in `Config::devices`.
-    pub device: usize,
-    /// Gateway receive time (wall clock): what alerts are stamped and ordered with.
-    pub at: DateTime<Utc>,
-    /// Gateway receive time (monotonic): what durations are measured with.
-    pub now: Instant,
-    pub decoded: Decoded,
-}
+pub use crate::reading::Reading;
 
 /// An edge of one (device, alert kind) condition.
 #[derive(Debug, Clone, PartialEq)]
@@ -437,7 +426,8 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::decode::Decoded;
+    use crate::reading::Decoded;
+    use chrono::Utc;
     use std::path::Path;
 
     const CONFIG: &str = r#"
