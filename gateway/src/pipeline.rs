@@ -107,61 +107,41 @@ pub fn start_with_reserve(
     reserve: Option<Arc<Reserve>>,
 ) -> Result<Running, PipelineError> {
     let health = stages.health();
-    let s = &config.supervision;
-    let self_test = SelfTest::new(
-        &config.site.id,
-        Duration::from_secs(s.self_test_period_s),
-        Duration::from_secs(s.self_test_timeout_s),
-        health.clone(),
-    );
+    let self_test = new_self_test(&config, &health);
     let ingest = Ingest::new(config.clone()).with_self_test(self_test.clone());
     let (mut broker, options) = connect(&config, &ingest)?;
     let broker_addr = broker.as_ref().map(EmbeddedBroker::local_addr);
-
-    let mut lifecycle = Lifecycle::new(config.clone(), AlertStore::open(db_path)?)?;
-    let (command_tx, command_rx) = mpsc::channel::<Command>(COMMANDS_CAPACITY);
-    lifecycle.set_command_sink(command_tx.clone());
-    let mut engine = Engine::new(config.clone(), Instant::now());
-    let republish: Vec<_> = lifecycle.active().cloned().collect();
-    restore_conditions(&config, &mut engine, &republish);
-    // Staff resolves reset rule conditions (alert task → rules; see rules::reset).
-    let (reset_tx, reset_rx) = crate::rules::reset::channel();
-    let resets = reset_tx.handle();
-    lifecycle.set_rule_resets(reset_tx);
-    engine.set_resets(reset_rx);
+    let restored = Restored::load(&config, db_path)?;
 
     let (reading_tx, reading_rx) = mpsc::channel::<Ingested>(READINGS_CAPACITY);
     let (input_tx, input_rx) = mpsc::channel::<AlertInput>(ALERT_INPUT_CAPACITY);
     let (events_tx, _) = broadcast::channel(EVENTS_CAPACITY);
 
-    // Processing: alert task (thread), telemetry writer (thread), rules, publishers.
+    // Processing: alert task (thread), telemetry writer (thread), rules, publishers, faults.
     let alert_stats = Arc::new(AlertTaskStats::default());
-    spawn_alert_task(
-        stages,
-        AlertTaskParts {
-            first: Some(lifecycle),
-            config: config.clone(),
-            db_path: db_path.to_owned(),
-            commands: command_tx,
-            published: events_tx.clone(),
-            stats: alert_stats.clone(),
-            reserve: reserve.clone(),
-            self_test: self_test.clone(),
-            resets,
-        },
-        input_rx,
-    );
-    let telemetry_stats = Arc::new(TelemetryStats::default());
-    let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_CAPACITY);
-    spawn_telemetry(stages, db_path, telemetry_rx, &telemetry_stats, &reserve)?;
-    let to_telemetry = TelemetrySink {
-        tx: telemetry_tx,
-        stats: telemetry_stats.clone(),
+    let parts = AlertTaskParts {
+        first: Some(restored.lifecycle),
         config: config.clone(),
+        db_path: db_path.to_owned(),
+        commands: restored.commands,
+        published: events_tx.clone(),
+        stats: alert_stats.clone(),
+        reserve: reserve.clone(),
+        self_test: self_test.clone(),
+        resets: restored.resets,
     };
-    spawn_rules(stages, engine, reading_rx, input_tx.clone(), to_telemetry);
-    spawn_local_publisher(stages, &options, events_tx.subscribe(), republish);
-    spawn_commands(stages, &options, command_rx);
+    spawn_alert_task(stages, parts, input_rx);
+    let telemetry_stats = Arc::new(TelemetryStats::default());
+    let to_telemetry = spawn_telemetry(stages, &config, db_path, &telemetry_stats, &reserve)?;
+    spawn_rules(
+        stages,
+        restored.engine,
+        reading_rx,
+        input_tx.clone(),
+        to_telemetry,
+    );
+    spawn_local_publisher(stages, &options, events_tx.subscribe(), restored.republish);
+    spawn_commands(stages, &options, restored.command_rx);
     stages.spawn(Stage::Processing, {
         let (health, inputs) = (health.clone(), input_tx.clone());
         move |token| crate::faults::run(health, inputs, token)
@@ -169,33 +149,27 @@ pub fn start_with_reserve(
 
     // Outbox: housekeeping (quota, buffer_full, status.json) and the uplink.
     let cameras = Arc::new(std::sync::OnceLock::new());
+    let sources = crate::uplink::StatusSources {
+        ingest: Some(ingest.stats.clone()),
+        alert_store: Some(alert_stats.clone()),
+        reserve: reserve.clone(),
+        health: Some(health.clone()),
+        cameras: cameras.clone(),
+    };
     let uplink = crate::uplink::start(
         &config,
         db_path,
         stages,
         &input_tx,
         events_tx.subscribe(),
-        crate::uplink::StatusSources {
-            ingest: Some(ingest.stats.clone()),
-            alert_store: Some(alert_stats.clone()),
-            reserve: reserve.clone(),
-            health: Some(health.clone()),
-            cameras: cameras.clone(),
-        },
+        sources,
     )?;
 
     // Inputs: ingest (in-process links on the embedded broker, a client on an external one)
     // and the self-test's probes, through the listener sensors use.
-    let ingest_stats = ingest.stats.clone();
-    let device_board = ingest.board.clone();
+    let (ingest_stats, device_board) = (ingest.stats.clone(), ingest.board.clone());
     spawn_ingest(stages, ingest, broker.as_mut(), &options, reading_tx);
-    stages.supervise(Stage::Inputs, "self_test_probe", Severity::AlarmPath, {
-        let options = options.clone();
-        move |token| {
-            let (client, events) = broker::internal_client(&options, "selftest");
-            selftest::run(self_test.clone(), client, events, token)
-        }
-    });
+    spawn_self_test_probe(stages, &options, self_test);
 
     Ok(Running {
         broker,
@@ -212,6 +186,68 @@ pub fn start_with_reserve(
         health,
         cameras,
     })
+}
+
+fn new_self_test(config: &Config, health: &Arc<Health>) -> Arc<SelfTest> {
+    let s = &config.supervision;
+    SelfTest::new(
+        &config.site.id,
+        Duration::from_secs(s.self_test_period_s),
+        Duration::from_secs(s.self_test_timeout_s),
+        health.clone(),
+    )
+}
+
+/// The alert and rule state a start continues from: the active alerts in the store, the
+/// rule conditions they imply, and the channels that join the two (linkage commands out of
+/// the lifecycle, staff resolves back into the rules).
+struct Restored {
+    lifecycle: Lifecycle,
+    engine: Engine,
+    /// Active alerts to publish again (the embedded broker keeps no retained messages).
+    republish: Vec<crate::alerts::Alert>,
+    commands: mpsc::Sender<Command>,
+    command_rx: mpsc::Receiver<Command>,
+    /// A spare handle of the lifecycle's reset sender, for a restarted alert task.
+    resets: crate::rules::reset::ResetSender,
+}
+
+impl Restored {
+    fn load(config: &Arc<Config>, db_path: &Path) -> Result<Self, PipelineError> {
+        let mut lifecycle = Lifecycle::new(config.clone(), AlertStore::open(db_path)?)?;
+        let (commands, command_rx) = mpsc::channel::<Command>(COMMANDS_CAPACITY);
+        lifecycle.set_command_sink(commands.clone());
+        let mut engine = Engine::new(config.clone(), Instant::now());
+        let republish: Vec<_> = lifecycle.active().cloned().collect();
+        restore_conditions(config, &mut engine, &republish);
+        // Staff resolves reset rule conditions (alert task → rules; see rules::reset).
+        let (reset_tx, reset_rx) = crate::rules::reset::channel();
+        let resets = reset_tx.handle();
+        lifecycle.set_rule_resets(reset_tx);
+        engine.set_resets(reset_rx);
+        Ok(Restored {
+            lifecycle,
+            engine,
+            republish,
+            commands,
+            command_rx,
+            resets,
+        })
+    }
+}
+
+/// The self-test's prober: a client of the gateway's own, on the listener sensors use.
+fn spawn_self_test_probe(stages: &Stages, options: &MqttOptions, self_test: Arc<SelfTest>) {
+    let options = options.clone();
+    stages.supervise(
+        Stage::Inputs,
+        "self_test_probe",
+        Severity::AlarmPath,
+        move |token| {
+            let (client, events) = broker::internal_client(&options, "selftest");
+            selftest::run(self_test.clone(), client, events, token)
+        },
+    );
 }
 
 /// What the alert task needs to start, and to start again after a panic (from the store).
@@ -273,15 +309,16 @@ fn spawn_alert_task(
 
 fn spawn_telemetry(
     stages: &Stages,
+    config: &Arc<Config>,
     db_path: &Path,
-    records: mpsc::Receiver<telemetry::Record>,
     stats: &Arc<TelemetryStats>,
     reserve: &Option<Arc<Reserve>>,
-) -> Result<(), PipelineError> {
+) -> Result<TelemetrySink, PipelineError> {
+    let (tx, records) = mpsc::channel(TELEMETRY_CAPACITY);
     let mut first = Some(telemetry::open(db_path)?);
     let db_path = db_path.to_owned();
     let records = Arc::new(tokio::sync::Mutex::new(records));
-    let (stats, reserve) = (stats.clone(), reserve.clone());
+    let (writer_stats, reserve) = (stats.clone(), reserve.clone());
     stages.supervise_blocking(
         Stage::Processing,
         "telemetry",
@@ -294,13 +331,17 @@ fn spawn_telemetry(
             telemetry::run(
                 conn,
                 &mut records.blocking_lock(),
-                stats.clone(),
+                writer_stats.clone(),
                 reserve.clone(),
             );
             Ok(())
         },
     );
-    Ok(())
+    Ok(TelemetrySink {
+        tx,
+        stats: stats.clone(),
+        config: config.clone(),
+    })
 }
 
 fn spawn_rules(

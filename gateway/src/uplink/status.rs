@@ -518,47 +518,71 @@ impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let now = now_ms();
         writeln!(f, "data dir:    {}", self.data_dir.display())?;
+        self.fmt_daemon(f, now)?;
+        self.fmt_link(f, now)?;
+        self.fmt_supervision(f, now)?;
+        self.fmt_outbox(f)?;
+        if let Some(i) = &self.ingest {
+            write!(f, "\n{}", sensors_line(i))?;
+        }
+        if let Some(line) = self.alert_store.as_ref().and_then(alert_store_line) {
+            write!(f, "\n{line}")?;
+        }
+        if let Some(line) = self.reserve.as_ref().and_then(|r| reserve_line(r, now)) {
+            write!(f, "\n{line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StatusReport {
+    fn fmt_daemon(&self, f: &mut fmt::Formatter<'_>, now: i64) -> fmt::Result {
         match (self.running, self.status_updated_at_ms) {
-            (true, _) => writeln!(f, "daemon:      running")?,
+            (true, _) => writeln!(f, "daemon:      running"),
             (false, Some(t)) if self.stale_but_alive => writeln!(
                 f,
                 "daemon:      running, but it last wrote its status {} ago: it cannot write \
                  to its data directory (disk full?)",
                 ago(now - t)
-            )?,
+            ),
             (false, Some(t)) => writeln!(
                 f,
                 "daemon:      not running (last status {} ago)",
                 ago(now - t)
-            )?,
-            (false, None) => writeln!(f, "daemon:      not running (no status file)")?,
+            ),
+            (false, None) => writeln!(f, "daemon:      not running (no status file)"),
         }
-        match (&self.link, self.running) {
-            (Some(link), true) => {
-                let target = match (&link.host, link.port) {
-                    (Some(h), Some(p)) => format!(" {h}:{p}"),
-                    _ => String::new(),
-                };
-                let mut line = format!("{}{target}, for {}", link.state, ago(now - link.since_ms));
-                if let Some(at) = link.retry_at_ms {
-                    line.push_str(&format!(", next attempt in {}", ago(at - now)));
-                }
-                writeln!(f, "uplink:      {line}")?;
-                if let Some(e) = &link.last_error {
-                    writeln!(f, "last error:  {e}")?;
-                }
-                writeln!(
-                    f,
-                    "this run:    {} connects, {} failures, {} published, {} acknowledged, {} commands",
-                    link.connects_total,
-                    link.failures_total,
-                    link.published_total,
-                    link.acked_total,
-                    link.commands_total
-                )?;
-            }
-            _ => writeln!(f, "uplink:      unknown (daemon not running)")?,
+    }
+
+    fn fmt_link(&self, f: &mut fmt::Formatter<'_>, now: i64) -> fmt::Result {
+        let (Some(link), true) = (&self.link, self.running) else {
+            return writeln!(f, "uplink:      unknown (daemon not running)");
+        };
+        let target = match (&link.host, link.port) {
+            (Some(h), Some(p)) => format!(" {h}:{p}"),
+            _ => String::new(),
+        };
+        let mut line = format!("{}{target}, for {}", link.state, ago(now - link.since_ms));
+        if let Some(at) = link.retry_at_ms {
+            line.push_str(&format!(", next attempt in {}", ago(at - now)));
         }
+        writeln!(f, "uplink:      {line}")?;
+        if let Some(e) = &link.last_error {
+            writeln!(f, "last error:  {e}")?;
+        }
+        writeln!(
+            f,
+            "this run:    {} connects, {} failures, {} published, {} acknowledged, {} commands",
+            link.connects_total,
+            link.failures_total,
+            link.published_total,
+            link.acked_total,
+            link.commands_total
+        )
+    }
+
+    /// Stages, the self-test and the cameras.
+    fn fmt_supervision(&self, f: &mut fmt::Formatter<'_>, now: i64) -> fmt::Result {
         if let Some(stages) = &self.stages {
             for line in stage_lines(stages, now) {
                 writeln!(f, "{line}")?;
@@ -581,6 +605,10 @@ impl fmt::Display for StatusReport {
                 c.errors
             )?;
         }
+        Ok(())
+    }
+
+    fn fmt_outbox(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = &self.outbox;
         let b = &o.backlog_by_class;
         write!(
@@ -612,17 +640,7 @@ impl fmt::Display for StatusReport {
             o.delivered_total, o.requeued_total, o.evicted_total, e.telemetry, e.notice, e.warning
         )?;
         let full = self.running && self.link.as_ref().is_some_and(|l| l.buffer_full);
-        write!(f, "buffer_full: {}", if full { "YES" } else { "no" })?;
-        if let Some(i) = &self.ingest {
-            write!(f, "\n{}", sensors_line(i))?;
-        }
-        if let Some(line) = self.alert_store.as_ref().and_then(alert_store_line) {
-            write!(f, "\n{line}")?;
-        }
-        if let Some(line) = self.reserve.as_ref().and_then(|r| reserve_line(r, now)) {
-            write!(f, "\n{line}")?;
-        }
-        Ok(())
+        write!(f, "buffer_full: {}", if full { "YES" } else { "no" })
     }
 }
 
