@@ -132,14 +132,8 @@ pub fn start_with_reserve(
     };
     spawn_alert_task(stages, parts, input_rx);
     let telemetry_stats = Arc::new(TelemetryStats::default());
-    let to_telemetry = spawn_telemetry(stages, &config, db_path, &telemetry_stats, &reserve)?;
-    spawn_rules(
-        stages,
-        restored.engine,
-        reading_rx,
-        input_tx.clone(),
-        to_telemetry,
-    );
+    let sink = spawn_telemetry(stages, &config, db_path, &telemetry_stats, &reserve)?;
+    spawn_rules(stages, restored.engine, reading_rx, input_tx.clone(), sink);
     spawn_local_publisher(stages, &options, events_tx.subscribe(), restored.republish);
     spawn_commands(stages, &options, restored.command_rx);
     stages.spawn(Stage::Processing, {
@@ -156,14 +150,8 @@ pub fn start_with_reserve(
         health: Some(health.clone()),
         cameras: cameras.clone(),
     };
-    let uplink = crate::uplink::start(
-        &config,
-        db_path,
-        stages,
-        &input_tx,
-        events_tx.subscribe(),
-        sources,
-    )?;
+    let events = events_tx.subscribe();
+    let uplink = crate::uplink::start(&config, db_path, stages, &input_tx, events, sources)?;
 
     // Inputs: ingest (in-process links on the embedded broker, a client on an external one)
     // and the self-test's probes, through the listener sensors use.

@@ -655,7 +655,6 @@ impl AnalysisJob {
             return;
         }
         self.stats.alerts.fetch_add(1, Ordering::Relaxed);
-        let min_hits = self.tracker.options().min_hits;
         let objects: Vec<serde_json::Value> = self
             .tracker
             .tracks()
@@ -676,44 +675,8 @@ impl AnalysisJob {
             "camera_time_s": (frame.t * 100.0).round() / 100.0,
             "objects": objects,
         });
-        if let Some(dir) = &self.options.evidence_dir {
-            let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3f");
-            let base = dir.join(sanitize(&self.camera)).join(format!(
-                "{stamp}-{}-{}",
-                edge.kind.as_str(),
-                frame.seq
-            ));
-            let jpg = base.with_extension("jpg");
-            let marks: Vec<Mark> = self
-                .tracker
-                .tracks()
-                .iter()
-                .filter(|tr| tr.confirmed(min_hits))
-                .map(|tr| Mark {
-                    bbox: tr.bbox,
-                    label: format!(
-                        "{} {:.2} #{}",
-                        detect::LABELS.get(tr.class).copied().unwrap_or("?"),
-                        tr.score,
-                        tr.id
-                    ),
-                    highlight: edge.tracks.contains(&tr.id),
-                })
-                .collect();
-            match evidence::snapshot(&frame.image, &marks, &jpg) {
-                Ok(()) => readings["snapshot"] = serde_json::json!(jpg),
-                Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(camera = %self.camera, error = %e, "snapshot failed");
-                }
-            }
-            let mkv = base.with_extension("mkv");
-            match self.clips.try_send(ClipRequest { path: mkv.clone() }) {
-                Ok(()) => readings["clip"] = serde_json::json!(mkv),
-                Err(_) => {
-                    tracing::warn!(camera = %self.camera, "clip request dropped (capture busy or stopped)")
-                }
-            }
+        if let Some(dir) = self.options.evidence_dir.clone() {
+            self.record_evidence(&dir, edge, frame, &mut readings);
         }
         tracing::info!(camera = %self.camera, kind = %kind, zone = %edge.zone, tracks = ?edge.tracks, "camera rule triggered");
         send_alert(
@@ -727,6 +690,55 @@ impl AnalysisJob {
                 readings,
             ),
         );
+    }
+
+    /// A snapshot with boxes and an event clip for a triggered rule; their paths go into
+    /// `readings`.
+    fn record_evidence(
+        &mut self,
+        dir: &std::path::Path,
+        edge: &RuleEdge,
+        frame: &Frame,
+        readings: &mut serde_json::Value,
+    ) {
+        let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3f");
+        let base = dir.join(sanitize(&self.camera)).join(format!(
+            "{stamp}-{}-{}",
+            edge.kind.as_str(),
+            frame.seq
+        ));
+        let jpg = base.with_extension("jpg");
+        let min_hits = self.tracker.options().min_hits;
+        let marks: Vec<Mark> = self
+            .tracker
+            .tracks()
+            .iter()
+            .filter(|tr| tr.confirmed(min_hits))
+            .map(|tr| Mark {
+                bbox: tr.bbox,
+                label: format!(
+                    "{} {:.2} #{}",
+                    detect::LABELS.get(tr.class).copied().unwrap_or("?"),
+                    tr.score,
+                    tr.id
+                ),
+                highlight: edge.tracks.contains(&tr.id),
+            })
+            .collect();
+        match evidence::snapshot(&frame.image, &marks, &jpg) {
+            Ok(()) => readings["snapshot"] = serde_json::json!(jpg),
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(camera = %self.camera, error = %e, "snapshot failed");
+            }
+        }
+        let mkv = base.with_extension("mkv");
+        match self.clips.try_send(ClipRequest { path: mkv.clone() }) {
+            Ok(()) => readings["clip"] = serde_json::json!(mkv),
+            Err(_) => {
+                tracing::warn!(camera = %self.camera, "clip request dropped (capture busy or stopped)")
+            }
+        }
     }
 
     /// Evidence retention, at most once a minute.
