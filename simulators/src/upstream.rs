@@ -3,12 +3,13 @@
 //! With TLS, a throwaway CA and a server certificate for `127.0.0.1`/`localhost` are made
 //! with `rcgen`; point the gateway's `uplink.tls.ca` at the CA file.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+use crate::process;
 
 /// Errors of `sim upstream`.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +25,12 @@ pub enum UpstreamError {
     Certificates(#[from] rcgen::Error),
     #[error("no free port: {0}")]
     NoPort(std::io::Error),
-    #[error("mosquitto did not accept connections on port {port} within 5 s; its log: {log}")]
-    NotListening { port: u16, log: String },
+    #[error("mosquitto did not accept connections on port {port} within {wait:?}; its log: {log}")]
+    NotListening {
+        port: u16,
+        wait: Duration,
+        log: String,
+    },
 }
 
 /// How to start the broker.
@@ -61,13 +66,12 @@ impl Drop for Mosquitto {
 impl Mosquitto {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        process::is_running(&mut self.child)
     }
 
     /// Stops the broker now.
     pub fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        process::terminate(&mut self.child, Duration::from_secs(5));
     }
 }
 
@@ -80,34 +84,102 @@ fn write(path: &Path, text: &str) -> Result<(), UpstreamError> {
 
 /// A free loopback port (bound, then released for the broker to bind).
 pub fn free_port() -> Result<u16, UpstreamError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(UpstreamError::NoPort)
+    process::free_port().map_err(UpstreamError::NoPort)
 }
 
-/// Writes `ca.pem`, `server.pem` and `server.key` (for `127.0.0.1` and `localhost`) into
-/// `dir`; returns their paths.
-pub fn throwaway_pki(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), UpstreamError> {
+/// The files of one throwaway CA and of the server certificate it signed.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// The CA certificate clients must trust.
+    pub ca: PathBuf,
+    /// The server certificate, for `127.0.0.1` and `localhost`.
+    pub cert: PathBuf,
+    /// The server certificate's private key.
+    pub key: PathBuf,
+}
+
+/// Makes a throwaway CA and a server certificate for `127.0.0.1` and `localhost` signed by
+/// it, and writes them into `dir` as `{stem}-ca.pem`, `{stem}.pem` and `{stem}.key`. Two
+/// stems give two unrelated CAs (a trusted platform and a rogue one, say).
+pub fn throwaway_pki(dir: &Path, stem: &str) -> Result<CertFiles, UpstreamError> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(
         rcgen::DnType::CommonName,
-        "shouwang demo platform CA (throwaway)",
+        format!("shouwang {stem} CA (throwaway)"),
     );
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
     let key = KeyPair::generate()?;
     let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
         .signed_by(&key, &ca)?;
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    );
-    write(&paths.0, &ca.pem())?;
-    write(&paths.1, &cert.pem())?;
-    write(&paths.2, &key.serialize_pem())?;
-    Ok(paths)
+    let files = CertFiles {
+        ca: dir.join(format!("{stem}-ca.pem")),
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}.key")),
+    };
+    write(&files.ca, &ca.pem())?;
+    write(&files.cert, &cert.pem())?;
+    write(&files.key, &key.serialize_pem())?;
+    Ok(files)
+}
+
+/// The first line of a generated mosquitto configuration: as root, `user root`. mosquitto
+/// otherwise drops root privileges to user `mosquitto`, and could then not read a private
+/// temporary directory.
+pub fn run_as_line() -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        "user root\n"
+    } else {
+        ""
+    }
+}
+
+/// Runs `mosquitto -c config` with its standard error (`log_dest stderr`) appended to
+/// `log`, and waits up to `wait` until it accepts connections on every one of `ports`. The
+/// broker gets SIGTERM when the thread that started it ends, so that it cannot outlive a
+/// killed test or simulator.
+pub fn spawn_mosquitto(
+    config: &Path,
+    log: &Path,
+    ports: &[u16],
+    wait: Duration,
+) -> Result<Child, UpstreamError> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|source| UpstreamError::Write {
+            path: log.to_owned(),
+            source,
+        })?;
+    let mut command = Command::new("mosquitto");
+    command
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(UpstreamError::NotInstalled)?;
+    match process::wait_listening(ports, wait, || process::is_running(&mut child)) {
+        None => Ok(child),
+        Some(port) => {
+            process::terminate(&mut child, Duration::from_secs(1));
+            Err(UpstreamError::NotListening {
+                port,
+                wait,
+                log: std::fs::read_to_string(log).unwrap_or_default(),
+            })
+        }
+    }
 }
 
 /// Starts mosquitto and waits until it accepts connections.
@@ -125,75 +197,40 @@ pub fn start(options: &UpstreamOptions) -> Result<Mosquitto, UpstreamError> {
         Some(0) => Some(free_port()?),
         other => other,
     };
-    // mosquitto drops root privileges to user `mosquitto` unless told otherwise, and could
-    // then not read a private temporary directory.
-    // SAFETY: geteuid has no preconditions.
-    let run_as = if unsafe { libc::geteuid() } == 0 {
-        "user root\n"
-    } else {
-        ""
-    };
     let log = options.dir.join("mosquitto.log");
     let mut text = format!(
-        "# generated by `sim upstream`\n{run_as}per_listener_settings false\nallow_anonymous true\npersistence false\nlog_dest file {}\nlog_type error\nlog_type warning\nlog_type notice\n\nlistener {port} 127.0.0.1\n",
-        log.display()
+        "# generated by `sim upstream`\n{}per_listener_settings false\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n\nlistener {port} 127.0.0.1\n",
+        run_as_line()
     );
     let mut ca = None;
     if let Some(tls) = tls_port {
-        let (ca_file, cert, key) = throwaway_pki(&options.dir)?;
+        let pki = throwaway_pki(&options.dir, "platform")?;
         text.push_str(&format!(
             "\nlistener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
-            ca_file.display(),
-            cert.display(),
-            key.display()
+            pki.ca.display(),
+            pki.cert.display(),
+            pki.key.display()
         ));
-        ca = Some(ca_file);
+        ca = Some(pki.ca);
     }
     let config = options.dir.join("mosquitto.conf");
     write(&config, &text)?;
-    let mut command = Command::new("mosquitto");
-    command
-        .arg("-c")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // The broker must not outlive whoever started it, even if that one is SIGKILLed.
-    // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    let child = command.spawn().map_err(UpstreamError::NotInstalled)?;
-    let mut m = Mosquitto {
+    let ports: Vec<u16> = std::iter::once(port).chain(tls_port).collect();
+    let child = spawn_mosquitto(&config, &log, &ports, Duration::from_secs(5))?;
+    Ok(Mosquitto {
         child,
         port,
         tls_port,
         ca,
         config,
         log,
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let plain = TcpStream::connect(("127.0.0.1", port)).is_ok();
-        let tls = tls_port.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok());
-        if plain && tls {
-            return Ok(m);
-        }
-        if Instant::now() >= deadline || !m.is_running() {
-            let log = std::fs::read_to_string(&m.log).unwrap_or_default();
-            return Err(UpstreamError::NotListening { port, log });
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpStream;
 
     #[test]
     fn mosquitto_starts_on_a_free_port_with_tls_and_stops_on_drop() {
@@ -209,8 +246,8 @@ mod tests {
         assert!(TcpStream::connect(("127.0.0.1", tls)).is_ok());
         let ca = std::fs::read_to_string(m.ca.as_ref().unwrap()).unwrap();
         assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+        // Dropping the handle kills and reaps mosquitto: its port is closed at once.
         drop(m);
-        std::thread::sleep(Duration::from_millis(200));
         assert!(
             TcpStream::connect(("127.0.0.1", port)).is_err(),
             "stopped with its handle"
