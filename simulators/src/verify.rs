@@ -98,11 +98,18 @@ fn priority(level: &serde_json::Value) -> usize {
 impl Tally {
     /// Adds one received payload.
     pub fn add(&mut self, payload: &[u8], received_at: DateTime<Utc>) {
+        match serde_json::from_slice::<serde_json::Value>(payload) {
+            Ok(v) => self.add_event(&v, received_at),
+            Err(_) => {
+                self.received += 1;
+                self.unreadable += 1;
+            }
+        }
+    }
+
+    /// Adds one received alert event, already parsed.
+    pub fn add_event(&mut self, v: &serde_json::Value, received_at: DateTime<Utc>) {
         self.received += 1;
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
-            self.unreadable += 1;
-            return;
-        };
         let Some(seq) = v["seq"].as_u64() else {
             self.unreadable += 1;
             return;
@@ -150,6 +157,7 @@ impl Tally {
             unique: self.unique(),
             duplicates,
             missing: expect.saturating_sub(self.unique()),
+            absent: Vec::new(),
             gaps,
             out_of_order: self.out_of_order,
             reordered: self.reordered.clone(),
@@ -160,6 +168,23 @@ impl Tally {
                 p95: pick(0.95),
                 max: l[l.len() - 1],
             }),
+        }
+    }
+
+    /// The verdict against a known set of sequence numbers (say every `seq` the gateway
+    /// recorded): [`Verdict::absent`] lists those that never arrived, and `missing` counts
+    /// them.
+    pub fn verdict_for(&self, expected: impl IntoIterator<Item = u64>) -> Verdict {
+        let mut count = 0;
+        let absent: Vec<u64> = expected
+            .into_iter()
+            .inspect(|_| count += 1)
+            .filter(|s| !self.seen.contains_key(s))
+            .collect();
+        Verdict {
+            missing: absent.len() as u64,
+            absent,
+            ..self.verdict(count)
         }
     }
 }
@@ -173,8 +198,11 @@ pub struct Verdict {
     /// Distinct `seq` values.
     pub unique: u64,
     pub duplicates: u64,
-    /// `expected - unique`, at least 0.
+    /// `expected - unique`, at least 0; with [`Tally::verdict_for`], the length of `absent`.
     pub missing: u64,
+    /// The expected `seq` values that never arrived, when judged against a known set
+    /// ([`Tally::verdict_for`]); empty otherwise.
+    pub absent: Vec<u64>,
     /// `seq` values absent between the lowest and the highest received.
     pub gaps: Vec<u64>,
     /// Arrivals with a lower `seq` than the previous one (the outbox sends alarms first, so
@@ -189,9 +217,12 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Nothing missing, no gap, and `seq` in order within each priority class.
+    /// Nothing missing or absent, no gap, and `seq` in order within each priority class.
     pub fn ok(&self) -> bool {
-        self.missing == 0 && self.gaps.is_empty() && self.reordered.is_empty()
+        self.missing == 0
+            && self.absent.is_empty()
+            && self.gaps.is_empty()
+            && self.reordered.is_empty()
     }
 }
 
@@ -202,6 +233,10 @@ impl fmt::Display for Verdict {
             "alerts: {} of {} expected arrived ({} messages, {} duplicates, {} missing)",
             self.unique, self.expected, self.received, self.duplicates, self.missing
         )?;
+        if !self.absent.is_empty() {
+            let shown = &self.absent[..self.absent.len().min(20)];
+            writeln!(f, "absent: {shown:?} ({} in all)", self.absent.len())?;
+        }
         if self.gaps.is_empty() {
             writeln!(f, "seq gaps: none")?;
         } else {
@@ -414,6 +449,28 @@ mod tests {
         assert!(v.reordered.is_empty());
         assert_eq!(v.duplicates, 2);
         assert!(v.out_of_order >= 1);
+    }
+
+    #[test]
+    fn judged_against_a_known_set_absent_seqs_are_listed_even_outside_the_received_range() {
+        let at = Utc::now();
+        let mut t = Tally::default();
+        for seq in [2, 3, 3, 5, 4] {
+            let event = serde_json::json!({ "seq": seq, "level": "red" });
+            t.add_event(&event, at);
+        }
+        let v = t.verdict_for(1..=7);
+        assert_eq!((v.expected, v.received, v.unique), (7, 5, 4));
+        assert_eq!(v.duplicates, 1);
+        assert_eq!(v.absent, [1, 6, 7], "before, and after, what arrived");
+        assert_eq!(v.missing, 3);
+        assert!(v.gaps.is_empty(), "2..=5 all arrived");
+        assert_eq!(v.reordered, [4]);
+        assert!(!v.ok());
+        assert!(v.to_string().contains("absent: [1, 6, 7]"), "{v}");
+        let all_there = t.verdict_for(2..=5);
+        assert!(all_there.absent.is_empty() && all_there.missing == 0);
+        assert!(!all_there.ok(), "4 came after 5: still reordered");
     }
 
     #[test]
