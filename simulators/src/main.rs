@@ -336,8 +336,15 @@ async fn verify_cmd(args: VerifyArgs) -> Result<()> {
     }
     options.timeout = seconds(Some(args.timeout), "--timeout")?.unwrap_or_default();
     eprintln!("verifying {} on {}", options.topic(), args.upstream);
-    let verdict =
-        simulators::verify::verify(&options, CancellationToken::new(), stop_on_signal()).await?;
+    // Say when the subscription is in place: alerts published from then on are counted.
+    let ready = CancellationToken::new();
+    let topic = options.topic();
+    let announce = ready.clone();
+    tokio::spawn(async move {
+        announce.cancelled().await;
+        eprintln!("verify ready: subscribed to {topic}");
+    });
+    let verdict = simulators::verify::verify(&options, ready, stop_on_signal()).await?;
     println!("{verdict}");
     if !verdict.ok() {
         std::process::exit(1);
