@@ -236,7 +236,8 @@ mod tests {
         stop.cancel();
     }
 
-    #[tokio::test]
+    /// Paused time: the schedule's own timers are what is tested, so no real time passes.
+    #[tokio::test(start_paused = true)]
     async fn a_schedule_alternates_up_and_down() {
         let stop = CancellationToken::new();
         let link = start("127.0.0.1:0", &echo().await.to_string(), stop.clone())
