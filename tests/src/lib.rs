@@ -197,20 +197,5 @@ impl Drop for Gateway {
 }
 
 /// Polls `check` every 50 ms until it yields a value or `timeout` passes; then panics with
-/// `what` and the last thing `check` saw. Waits for a condition instead of sleeping.
-pub async fn eventually<T>(
-    timeout: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("{what}: not within {timeout:?}; last seen: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
+/// `what` and the last thing `check` saw. The simulators' own tests use the same one.
+pub use simulators::wait::{eventually, reached};

@@ -41,10 +41,7 @@ impl Mqtt {
     pub async fn connect_with(mut options: MqttOptions) -> Mqtt {
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut events) = AsyncClient::new(options, 1024);
-        let mut net = events.network_options();
-        net.set_tcp_nodelay(true);
-        events.set_network_options(net);
+        let (client, mut events) = simulators::mqtt::connect(options, 1024);
         let (tx, messages) = mpsc::unbounded_channel();
         let (ctx, mut connected) = mpsc::unbounded_channel();
         let (sub_tx, subacks) = mpsc::unbounded_channel();

@@ -1,8 +1,10 @@
 //! The platform side of store-and-forward scenarios: a real Debian `mosquitto` started on
 //! free loopback ports with a generated configuration (TLS listener for the gateway, a plain
 //! listener for the test's own observer, a password file made with `mosquitto_passwd`,
-//! throwaway CA and server certificates from `rcgen`), and a [`Collector`] that subscribes
-//! to everything the gateway sends and reports missing, duplicate and out-of-order alerts.
+//! throwaway CA and server certificates), and a [`Collector`] that subscribes to everything
+//! the gateway sends and judges what arrived with `sim verify`'s tally (missing, duplicate
+//! and out-of-order alerts). Ports, certificates and the mosquitto process itself come from
+//! the simulators' own helpers ([`simulators::upstream`], [`simulators::process`]).
 //!
 //! mosquitto runs with persistence on, so the collector's QoS 1 session (clean_session =
 //! false) survives [`Upstream::stop`] / [`Upstream::restart`]: nothing the gateway sends
@@ -10,14 +12,16 @@
 //! re-subscribing.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use chrono::{DateTime, Utc};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use simulators::process;
+use simulators::upstream::{spawn_mosquitto, throwaway_pki, CertFiles};
+use simulators::verify::{Tally, Verdict};
 
 /// The user the gateway logs in as.
 pub const USER: &str = "gateway";
@@ -35,62 +39,18 @@ pub enum ServerCert {
     Rogue,
 }
 
-/// CA and server certificates written into a directory.
+/// The platform's certificates, and a rogue server's signed by another CA.
 #[derive(Debug, Clone)]
 pub struct Pki {
-    /// The CA the gateway trusts (`uplink.tls.ca`).
-    pub ca: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    pub rogue_cert: PathBuf,
-    pub rogue_key: PathBuf,
-}
-
-/// Writes a CA, a server certificate for `127.0.0.1`/`localhost` signed by it, and a second
-/// ("rogue") CA with its own server certificate for the same names.
-pub fn throwaway_pki(dir: &Path) -> Pki {
-    let issue = |name: &str| {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key"))
-            .expect("self-signed CA");
-        let key = KeyPair::generate().expect("server key");
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .expect("server params")
-            .signed_by(&key, &ca)
-            .expect("server certificate");
-        (ca.pem(), cert.pem(), key.serialize_pem())
-    };
-    let (ca, cert, key) = issue("platform");
-    let (_rogue_ca, rogue_cert, rogue_key) = issue("rogue");
-    let pki = Pki {
-        ca: dir.join("ca.pem"),
-        server_cert: dir.join("server.pem"),
-        server_key: dir.join("server.key"),
-        rogue_cert: dir.join("rogue.pem"),
-        rogue_key: dir.join("rogue.key"),
-    };
-    for (path, text) in [
-        (&pki.ca, ca),
-        (&pki.server_cert, cert),
-        (&pki.server_key, key),
-        (&pki.rogue_cert, rogue_cert),
-        (&pki.rogue_key, rogue_key),
-    ] {
-        std::fs::write(path, text).expect("write PKI file");
-    }
-    pki
+    /// The CA the gateway trusts (`uplink.tls.ca`) and the server certificate it signed.
+    pub platform: CertFiles,
+    /// A server certificate for the same names from a CA the gateway does not know.
+    pub rogue: CertFiles,
 }
 
 /// A free loopback port (bound and released; the broker binds it right after).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free loopback port")
+    process::free_port().expect("free loopback port")
 }
 
 /// A mosquitto process: TLS + password on `tls_port` (for the gateway), password on
@@ -114,7 +74,10 @@ impl Upstream {
     pub fn start_with(dir: &Path, cert: ServerCert) -> Upstream {
         let dir = dir.join("upstream");
         std::fs::create_dir_all(&dir).expect("upstream dir");
-        let pki = throwaway_pki(&dir);
+        let pki = Pki {
+            platform: throwaway_pki(&dir, "platform").expect("platform certificates"),
+            rogue: throwaway_pki(&dir, "rogue").expect("rogue certificates"),
+        };
         let passwd = dir.join("passwd");
         for (i, (user, password)) in [(USER, PASSWORD), OBSERVER].into_iter().enumerate() {
             let mut cmd = Command::new("mosquitto_passwd");
@@ -133,19 +96,11 @@ impl Upstream {
         }
         std::fs::write(dir.join("gw.pass"), format!("{PASSWORD}\n")).expect("gw.pass");
         std::fs::write(dir.join("wrong.pass"), "not-the-password\n").expect("wrong.pass");
-        let (cert_file, key_file) = match cert {
-            ServerCert::Trusted => (&pki.server_cert, &pki.server_key),
-            ServerCert::Rogue => (&pki.rogue_cert, &pki.rogue_key),
+        let served = match cert {
+            ServerCert::Trusted => &pki.platform,
+            ServerCert::Rogue => &pki.rogue,
         };
         let (tls_port, plain_port) = (free_port(), free_port());
-        // mosquitto drops root privileges to user `mosquitto` unless told otherwise; it
-        // could then not read this private temporary directory.
-        // SAFETY: geteuid has no preconditions.
-        let run_as = if unsafe { libc::geteuid() } == 0 {
-            "user root\n"
-        } else {
-            ""
-        };
         let conf = dir.join("mosquitto.conf");
         let text = format!(
             "# generated by tests/src/upstream.rs
@@ -172,11 +127,12 @@ require_certificate false
 
 listener {plain_port} 127.0.0.1
 ",
+            run_as = simulators::upstream::run_as_line(),
             passwd = passwd.display(),
             dir = dir.display(),
-            ca = pki.ca.display(),
-            cert = cert_file.display(),
-            key = key_file.display(),
+            ca = pki.platform.ca.display(),
+            cert = served.cert.display(),
+            key = served.key.display(),
         );
         std::fs::write(&conf, text).expect("mosquitto.conf");
         let log = dir.join("mosquitto.log");
@@ -196,15 +152,15 @@ listener {plain_port} 127.0.0.1
     fn launch(&mut self) {
         // On a loaded 2-core CI machine a restarted mosquitto has been seen not to listen
         // within 10 s; give each start 15 s and try up to three times before failing.
+        let ports = [self.tls_port, self.plain_port];
         for attempt in 1..=3 {
-            if self.try_launch(Duration::from_secs(15)) {
-                return;
+            match spawn_mosquitto(&self.conf, &self.log, &ports, Duration::from_secs(15)) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) => eprintln!("mosquitto attempt {attempt}: {e}; retrying"),
             }
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            eprintln!("mosquitto attempt {attempt} did not listen; retrying");
         }
         panic!(
             "mosquitto did not listen after 3 attempts; its log:\n{}",
@@ -212,45 +168,10 @@ listener {plain_port} 127.0.0.1
         );
     }
 
-    fn try_launch(&mut self, wait: Duration) -> bool {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("mosquitto log");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&self.conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start mosquitto (install it: ./x deps)");
-        self.child = Some(child);
-        let deadline = Instant::now() + wait;
-        for port in [self.tls_port, self.plain_port] {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-                if Instant::now() >= deadline {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        true
-    }
-
     /// Stops mosquitto (SIGTERM, so it saves its sessions) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            process::terminate(&mut child, Duration::from_secs(10));
         }
     }
 
@@ -261,9 +182,7 @@ listener {plain_port} 127.0.0.1
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(process::is_running)
     }
 
     /// mosquitto's log so far (for failure messages).
@@ -274,6 +193,12 @@ listener {plain_port} 127.0.0.1
     /// An `[uplink]` section for the gateway: TLS with the test CA, `password_file`, fast
     /// reconnects. `password_file` names `gw.pass` (right) or `wrong.pass`.
     pub fn uplink_toml(&self, password_file: &str) -> String {
+        self.uplink_toml_via(self.tls_port, password_file)
+    }
+
+    /// [`Upstream::uplink_toml`] through another port on 127.0.0.1, such as a `sim link`
+    /// proxy's in front of the TLS listener (TLS end to end: the proxy only relays).
+    pub fn uplink_toml_via(&self, port: u16, password_file: &str) -> String {
         format!(
             r#"
 [uplink]
@@ -287,9 +212,8 @@ tls = {{ ca = "{ca}" }}
 [uplink.outbox]
 retry_backoff_max_s = 1
 "#,
-            port = self.tls_port,
             pass = self.dir.join(password_file).display(),
-            ca = self.pki.ca.display(),
+            ca = self.pki.platform.ca.display(),
         )
     }
 }
@@ -308,6 +232,8 @@ impl Drop for Upstream {
 pub struct Received {
     pub seq: u64,
     pub json: serde_json::Value,
+    /// When the collector received it (for latencies).
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, Default)]
@@ -316,44 +242,6 @@ struct Seen {
     telemetry: Vec<serde_json::Value>,
     /// Topic of every message in arrival order: "alerts" or "telemetry".
     order: Vec<(String, String)>,
-}
-
-/// What arrived, judged against the expected sequence numbers.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    pub received: usize,
-    pub distinct: usize,
-    /// Messages whose `seq` had already arrived (re-sent after a reconnect or a crash).
-    pub duplicates: usize,
-    /// Expected sequence numbers that never arrived.
-    pub missing: Vec<u64>,
-    /// New sequence numbers that arrived after a higher one (ordering violations).
-    pub out_of_order: Vec<u64>,
-}
-
-/// Judges a stream of sequence numbers: every expected one present, first arrivals
-/// increasing, repeats counted as duplicates.
-pub fn judge(
-    arrivals: impl IntoIterator<Item = u64>,
-    expected: impl IntoIterator<Item = u64>,
-) -> Report {
-    let mut seen = BTreeSet::new();
-    let mut report = Report::default();
-    let mut max = None;
-    for seq in arrivals {
-        report.received += 1;
-        if !seen.insert(seq) {
-            report.duplicates += 1;
-            continue;
-        }
-        if max.is_some_and(|m| seq < m) {
-            report.out_of_order.push(seq);
-        }
-        max = max.max(Some(seq));
-    }
-    report.distinct = seen.len();
-    report.missing = expected.into_iter().filter(|s| !seen.contains(s)).collect();
-    report
 }
 
 /// A subscriber on the upstream broker's plain listener: `{prefix}/{site}/#`, QoS 1,
@@ -373,10 +261,7 @@ impl Collector {
             .set_keep_alive(Duration::from_secs(5))
             .set_clean_session(false)
             .set_max_packet_size(2 << 20, 2 << 20);
-        let (client, mut events) = AsyncClient::new(options, 1024);
-        let mut net = events.network_options();
-        net.set_tcp_nodelay(true);
-        events.set_network_options(net);
+        let (client, mut events) = simulators::mqtt::connect(options, 1024);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (subacked_tx, mut subacked) = tokio::sync::mpsc::unbounded_channel();
         let sub_client = client.clone();
@@ -404,7 +289,11 @@ impl Collector {
                         ));
                         if stream == "alerts" {
                             if let Some(seq) = json["seq"].as_u64() {
-                                seen.alerts.push(Received { seq, json });
+                                seen.alerts.push(Received {
+                                    seq,
+                                    json,
+                                    at: Utc::now(),
+                                });
                             }
                         } else if stream == "telemetry" {
                             seen.telemetry.push(json);
@@ -462,14 +351,21 @@ impl Collector {
         }
     }
 
-    /// Judges the alerts received so far that satisfy `keep` against `expected`.
+    /// Judges the alerts received so far that satisfy `keep` against `expected`, as
+    /// `sim verify` does: [`Verdict::absent`] lists the expected `seq` values that never
+    /// arrived, [`Verdict::reordered`] first arrivals out of `seq` order within a level.
     pub fn report(
         &self,
         expected: impl IntoIterator<Item = u64>,
         keep: impl Fn(&Received) -> bool,
-    ) -> Report {
-        let alerts = self.alerts();
-        judge(alerts.iter().filter(|r| keep(r)).map(|r| r.seq), expected)
+    ) -> Verdict {
+        let mut tally = Tally::default();
+        for r in self.seen.lock().expect("collector lock").alerts.iter() {
+            if keep(r) {
+                tally.add_event(&r.json, r.at);
+            }
+        }
+        tally.verdict_for(expected)
     }
 
     /// Counts of alerts received per `seq` (for diagnostics).
@@ -527,19 +423,5 @@ pub fn seed_outbox(db: &Path, rows: &[(gateway::outbox::Class, Option<u64>)], pa
             outbox::enqueue_batch(tx, chunk)
         })
         .expect("seed outbox");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_judge_counts_duplicates_and_finds_gaps_and_reordering() {
-        let r = judge([1, 2, 3, 2, 3, 4, 6, 5], 1..=7);
-        assert_eq!(r.received, 8);
-        assert_eq!(r.duplicates, 2);
-        assert_eq!(r.missing, vec![7]);
-        assert_eq!(r.out_of_order, vec![5]);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use e2e::sim::{only_devices, recorded_alert_events, SITE};
 use e2e::upstream::{Upstream, PASSWORD, USER};
-use e2e::{write_config, Gateway};
+use e2e::{eventually, reached, write_config, Gateway};
 use serde_json::Value;
 use simulators::mqtt::Endpoint;
 use simulators::sensors::{self, Options, Scenario};
@@ -86,18 +86,6 @@ const PLAYS: [(Scenario, &[&str], f64); 6] = [
     (Scenario::Sos, &["lobby-sos"], 20.0),
 ];
 
-/// Polls `done` every 100 ms until it holds; false after `timeout`.
-async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    true
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_hazard_raised_across_a_cut_wan_link_reaches_the_platform_with_none_missing() {
     let started = Instant::now();
@@ -124,23 +112,7 @@ async fn every_hazard_raised_across_a_cut_wan_link_reaches_the_platform_with_non
         .unwrap();
 
     // The gateway's uplink goes through the link (TLS end to end: the proxy only relays).
-    let uplink = format!(
-        r#"
-[uplink]
-host = "127.0.0.1"
-port = {port}
-username = "{USER}"
-password_file = "{pass}"
-keep_alive_s = 5
-tls = {{ ca = "{ca}" }}
-
-[uplink.outbox]
-retry_backoff_max_s = 1
-"#,
-        port = wan.listen.port(),
-        pass = upstream.dir.join("gw.pass").display(),
-        ca = upstream.pki.ca.display(),
-    );
+    let uplink = upstream.uplink_toml_via(wan.listen.port(), "gw.pass");
     let config_path = write_config(tmp.path(), &format!("{SITE}\n{uplink}\n{DEVICES}"));
     let config = edge_config::load(&config_path).unwrap_or_else(|e| panic!("config:\n{e}"));
     let data = tmp.path().join("data");
@@ -164,25 +136,41 @@ retry_backoff_max_s = 1
         })
         .collect();
 
-    // Cut the WAN once the first alerts went through; restore it once more were recorded.
-    assert!(
-        eventually(Duration::from_secs(20), || verifier.tally().unique() >= 2).await,
-        "no alert reached the platform while the link was up"
-    );
+    // Cut the WAN once the first alerts went through; restore it once more were recorded
+    // and waited in the outbox, not delivered.
+    eventually(
+        Duration::from_secs(20),
+        "an alert reaches the platform while the link is up",
+        || reached(verifier.tally().unique(), 2),
+    )
+    .await;
     wan.down();
     let at_cut = recorded_alert_events(&data);
-    assert!(
-        eventually(Duration::from_secs(20), || recorded_alert_events(&data)
-            >= at_cut + 3)
-        .await,
-        "the hazards raised nothing while the link was down"
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let backlog = recorded_alert_events(&data).saturating_sub(verifier.tally().unique());
-    assert!(
-        backlog >= 3,
-        "alert events waited in the outbox while the link was down (backlog {backlog})"
-    );
+    // The gateway loses its session, then finds the link down: a reconnect is refused. From
+    // then on nothing it records can reach the platform until the link is restored.
+    for _ in 0..2 {
+        gateway.wait_for_message("uplink connection failed", Duration::from_secs(20));
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the hazards raise alert events while the link is down",
+        || reached(recorded_alert_events(&data), at_cut + 3),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "alert events wait in the outbox while the link is down (a backlog of 3)",
+        || {
+            let (recorded, arrived) = (recorded_alert_events(&data), verifier.tally().unique());
+            match recorded.saturating_sub(arrived) {
+                backlog if backlog >= 3 => Ok(()),
+                backlog => Err(format!(
+                    "{recorded} recorded, {arrived} arrived: backlog {backlog}"
+                )),
+            }
+        },
+    )
+    .await;
     assert!(
         wan.stats.cut.load(std::sync::atomic::Ordering::Relaxed) >= 1,
         "the gateway's open uplink connection was cut"
@@ -201,7 +189,8 @@ retry_backoff_max_s = 1
         "every scenario found its devices: {targets:?}"
     );
 
-    // The gateway's record is complete once it has been still for 3 s (clear holds are 1 s).
+    // The gateway's record is complete once it has been still for 3 s (clear holds are 1 s):
+    // a quiet spell is the only sign that nothing more is coming, so this polls for one.
     let mut last = (recorded_alert_events(&data), Instant::now());
     while last.1.elapsed() < Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(200)).await;
