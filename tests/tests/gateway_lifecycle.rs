@@ -66,8 +66,8 @@ fn two_gateways_cannot_share_one_data_directory() {
     );
 }
 
-#[test]
-fn gateway_status_reports_a_running_daemon_its_outbox_and_rejected_sensor_messages() {
+#[tokio::test]
+async fn gateway_status_reports_a_running_daemon_its_outbox_and_rejected_sensor_messages() {
     let data = tempfile::tempdir().unwrap();
     let config = demo_config_on_free_ports(data.path());
     let dir = data.path().join("data");
@@ -93,8 +93,19 @@ fn gateway_status_reports_a_running_daemon_its_outbox_and_rejected_sensor_messag
             .expect("mosquitto_pub (install it: ./x deps)");
         assert!(published.success());
     }
-    // The daemon refreshes status.json every second.
-    std::thread::sleep(Duration::from_millis(2500));
+    // The daemon refreshes status.json every second: wait until it counts all three.
+    e2e::eventually(
+        Duration::from_secs(10),
+        "status.json counts the three rejected messages",
+        || {
+            let report = gateway::uplink::status_report(&dir).map_err(|e| e.to_string())?;
+            match report.ingest.as_ref().map(|i| i.rejected_total) {
+                Some(n) if n >= 3 => Ok(()),
+                seen => Err(format!("rejected_total {seen:?}")),
+            }
+        },
+    )
+    .await;
     let out = std::process::Command::new(e2e::bin("gateway"))
         .args(["status", "--json", "--data-dir"])
         .arg(&dir)
