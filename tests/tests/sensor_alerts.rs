@@ -184,6 +184,7 @@ async fn gas_goes_orange_then_red_then_clears_and_hovering_does_not_spam() {
     // Hover around the 10 %LEL low alarm threshold (hysteresis 2 %LEL).
     for lel in [10.5, 9.0, 10.8, 8.5, 10.2, 9.1, 11.0] {
         sensor.publish("sensors/b2-u3-gas/state", gas(lel)).await;
+        // The scenario: readings spread out in time as a detector sends them, not one burst.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let orange = w.collect(1, WAIT, is("gas", "raised")).await;
@@ -357,6 +358,7 @@ async fn malformed_messages_are_counted_and_rejected_while_a_real_smoke_alarm_st
         }
     };
     let alarm = async {
+        // The scenario: the alarm goes out once the flood is under way, not before it.
         tokio::time::sleep(Duration::from_millis(20)).await;
         good.publish("sensors/b1-smoke/state", r#"{"smoke":true}"#)
             .await;
@@ -513,9 +515,9 @@ async fn a_site_with_three_thousand_devices_hears_the_last_one() {
     }
     let site = start(&devices);
     let mut w = watcher(site.broker, "w-many").await;
+    // No waiting for the gateway's subscriptions: the embedded broker subscribes ingest to
+    // every device topic before its listener opens, so the first publish already has a reader.
     let s = Mqtt::connect(site.broker, "many-2999").await;
-    // The gateway subscribes in chunks after connecting; give it a moment on a slow machine.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     s.publish("sensors/many-2999/state", r#"{"smoke":true}"#)
         .await;
     let raised = w
@@ -607,6 +609,7 @@ async fn each_kind_raises_once_at_its_location_in_store_and_topic_hovering_does_
         s.publish(&topic, case.raise).await;
         for h in case.hover {
             s.publish(&topic, *h).await;
+            // The scenario: readings spread out in time as a sensor sends them, not one burst.
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         let raised = w.collect(1, WAIT, is(case.kind, "raised")).await;
