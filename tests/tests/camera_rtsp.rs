@@ -2,35 +2,23 @@
 //! the real gateway analyses it; killing the server raises `camera_down`, restarting it on
 //! the same port resolves it.
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e::mqtt::Mqtt;
 use e2e::{bin, workspace_root, write_config, Gateway};
-
-/// A process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use simulators::process::{self, ChildGuard};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    process::free_port().expect("a free loopback port")
 }
 
-fn start_camera(port: u16) -> Proc {
+/// `sim camera` on `port`, stopped on drop; returns once the port accepts connections.
+fn start_camera(port: u16) -> ChildGuard {
     let footage = workspace_root().join("vendor/footage/vtest.avi");
     assert!(footage.exists(), "run ./x deps to fetch the footage");
-    let camera = Proc(
+    let mut camera = ChildGuard(
         Command::new(bin("sim"))
             .args(["camera", "--loop", "--port", &port.to_string(), "--footage"])
             .arg(&footage)
@@ -40,14 +28,11 @@ fn start_camera(port: u16) -> Proc {
             .spawn()
             .expect("start sim camera"),
     );
-    // Wait until the RTSP port accepts connections.
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return camera;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("sim camera did not listen on {port}");
+    let refused = process::wait_listening(&[port], Duration::from_secs(10), || {
+        process::is_running(&mut camera.0)
+    });
+    assert!(refused.is_none(), "sim camera did not listen on {port}");
+    camera
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,7 +79,10 @@ level = "orange"
     assert_eq!(intrusion.len(), 1, "a person detected in the RTSP stream");
     assert_eq!(intrusion[0]["source"]["id"], "cam-square");
 
-    camera.take();
+    // Kill the RTSP server outright (SIGKILL), as a crash would.
+    let mut killed = camera.take().expect("the camera runs");
+    let _ = killed.0.kill();
+    drop(killed);
     let down = w
         .collect(1, Duration::from_secs(60), |v| {
             v["kind"] == "camera_down" && v["event"] == "raised"
@@ -118,7 +106,7 @@ level = "orange"
 fn the_installer_tool_detects_cyclists_in_an_http_mpeg_ts_camera_stream() {
     let http_port = free_port();
     let footage = workspace_root().join("vendor/footage/bikes.mp4");
-    let _camera = Proc(
+    let mut camera = ChildGuard(
         Command::new(bin("sim"))
             .args([
                 "camera",
@@ -136,15 +124,10 @@ fn the_installer_tool_detects_cyclists_in_an_http_mpeg_ts_camera_stream() {
             .spawn()
             .expect("start sim camera"),
     );
-    let mut listening = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", http_port)).is_ok() {
-            listening = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(listening, "sim camera's HTTP port");
+    let refused = process::wait_listening(&[http_port], Duration::from_secs(10), || {
+        process::is_running(&mut camera.0)
+    });
+    assert!(refused.is_none(), "sim camera's HTTP port");
     let out = Command::new(bin("gateway"))
         .args([
             "detect",
