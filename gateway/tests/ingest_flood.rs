@@ -13,7 +13,7 @@ use edge_config::Config;
 use gateway::broker::{BrokerSettings, EmbeddedBroker, LocalLink, LocalSubscriber};
 use gateway::ingest::{self, Ingest, Ingested};
 use gateway::rules::Reading;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -254,7 +254,18 @@ async fn alarms_during_a_flood_on(flood_topic: &'static str) -> gateway::ingest:
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (flooder, mut flood_events) = broker.async_client("flooder", 10_000);
-    tokio::spawn(async move { while flood_events.poll().await.is_ok() {} });
+    // Flood messages written to the broker so far.
+    let on_the_wire = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let on_the_wire = on_the_wire.clone();
+        tokio::spawn(async move {
+            while let Ok(event) = flood_events.poll().await {
+                if matches!(event, Event::Outgoing(Outgoing::Publish(_))) {
+                    on_the_wire.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
     let flooding = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -270,8 +281,31 @@ async fn alarms_during_a_flood_on(flood_topic: &'static str) -> gateway::ingest:
         })
     };
     let (sensor, mut sensor_events) = broker.async_client("smokes", 100);
-    tokio::spawn(async move { while sensor_events.poll().await.is_ok() {} });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut connected_tx = Some(connected_tx);
+        while let Ok(event) = sensor_events.poll().await {
+            if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                if let Some(tx) = connected_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    // The alarms go out during the flood: once their client is connected and the flood has
+    // written a dozen filter logs' worth to the broker.
+    tokio::time::timeout(Duration::from_secs(10), connected)
+        .await
+        .expect("the sensors' client connects within 10 s")
+        .expect("the sensors' event loop runs");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while on_the_wire.load(std::sync::atomic::Ordering::Relaxed) < FLOOD_AFTER {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flood did not get going within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let mut missing: Vec<usize> = Vec::new();
     for i in 0..ALARMS {
