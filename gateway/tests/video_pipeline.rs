@@ -411,13 +411,35 @@ async fn the_daemon_spawn_analyses_a_file_camera_in_real_time_and_stops_on_shutd
     let (tx, _rx) = tokio::sync::mpsc::channel(64);
     let handle = gateway::video::spawn(Arc::new(cfg), &stages, tx, dir.path())
         .expect("video pipeline starts");
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let started = std::time::Instant::now();
+    // Real time is the scenario: a file camera plays at its own 10 fps, analysed at 2 fps,
+    // not flat out. Wait until 4 frames were analysed, then judge the counts against the time
+    // that passed: at most 1 s late to start, at most 1.5 s of frames ahead (over a window
+    // of 3 s, that is 20..=45 decoded and 4..=8 analysed).
+    let camera = &handle.cameras[0].1;
+    while camera.snapshot().analysed < 4 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "not 4 frames analysed in 20 s: {:?}",
+            camera.snapshot()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let window = started.elapsed().as_secs_f64();
     let report = stages.shutdown(std::time::Duration::from_secs(4)).await;
     assert!(report.clean(), "{report:?}");
-    let stats = handle.cameras[0].1.snapshot();
-    // Real time: ~3 s of a 10 fps clip, analysed at 2 fps.
-    assert!((20..=45).contains(&stats.decoded), "{stats:?}");
-    assert!((4..=8).contains(&stats.analysed), "{stats:?}");
+    let stats = camera.snapshot();
+    let in_real_time = |n: u64, fps: f64, ahead: f64| {
+        (fps * (window - 1.0)..=fps * window + ahead).contains(&(n as f64))
+    };
+    assert!(
+        in_real_time(stats.decoded, 10.0, 15.0),
+        "{window:.2} s: {stats:?}"
+    );
+    assert!(
+        in_real_time(stats.analysed, 2.0, 2.0),
+        "{window:.2} s: {stats:?}"
+    );
     assert_eq!(stats.errors, 0);
 }
 
