@@ -1,35 +1,21 @@
 //! The `sim` binary: help texts with examples, and `sim upstream` + `sim link` +
 //! `sim verify` working together as real processes.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::QoS;
+use rumqttc::{Event, Packet, QoS};
 use simulators::mqtt::{self, Endpoint};
+use simulators::process::ChildGuard;
+use simulators::wait::{eventually, reached};
 
 const SIM: &str = env!("CARGO_BIN_EXE_sim");
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SIGTERM first so that `sim upstream` stops its mosquitto; SIGKILL if it lingers.
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> (Proc, BufReader<ChildStdout>) {
+/// `sim ARGS`, stopped on drop (SIGTERM first, so that `sim upstream` stops its mosquitto).
+fn spawn(args: &[&str]) -> (ChildGuard, BufReader<ChildStdout>) {
     let mut child = Command::new(SIM)
         .args(args)
         .stdin(Stdio::piped())
@@ -38,11 +24,11 @@ fn spawn(args: &[&str]) -> (Proc, BufReader<ChildStdout>) {
         .spawn()
         .expect("spawn sim");
     let out = BufReader::new(child.stdout.take().unwrap());
-    (Proc(child), out)
+    (ChildGuard(child), out)
 }
 
-/// The first stdout line containing `marker`.
-fn line_with(out: &mut BufReader<ChildStdout>, marker: &str) -> String {
+/// The first line containing `marker`.
+fn line_with(out: &mut impl BufRead, marker: &str) -> String {
     let mut line = String::new();
     loop {
         line.clear();
@@ -106,7 +92,7 @@ async fn upstream_link_and_verify_processes_show_store_and_forward_across_a_cut(
     let ready = line_with(&mut link_out, "link ready:");
     let listen = ready.split_whitespace().nth(2).unwrap().to_owned();
 
-    let verify = Command::new(SIM)
+    let mut verify = Command::new(SIM)
         .args([
             "verify",
             "--upstream",
@@ -119,20 +105,32 @@ async fn upstream_link_and_verify_processes_show_store_and_forward_across_a_cut(
             "20",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut verify = Proc(verify);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut verify_err = BufReader::new(verify.stderr.take().unwrap());
+    let mut verify = ChildGuard(verify);
+    line_with(&mut verify_err, "verify ready:");
 
-    // The "gateway": a persistent session through the link.
+    // The "gateway": a persistent session through the link, counting PUBACKs and lost
+    // connections (its own or refused reconnects).
     let mut options = mqtt::options("gw-through-link", &Endpoint::parse(&listen).unwrap());
     options.set_clean_session(false);
     let (client, mut events) = mqtt::connect(options, 64);
+    let (acked, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (acks, failures) = (acked.clone(), failed.clone());
     tokio::spawn(async move {
         loop {
-            if events.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acks.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    // Reconnect backoff.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     });
@@ -145,7 +143,13 @@ async fn upstream_link_and_verify_processes_show_store_and_forward_across_a_cut(
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the first three alerts acknowledged through the link",
+        || reached(acked.load(Ordering::Relaxed), 3),
+    )
+    .await;
+    let failed_at_cut = failed.load(Ordering::Relaxed);
     let stdin = link.0.stdin.as_mut().unwrap();
     writeln!(stdin, "down").unwrap();
     assert_eq!(line_with(&mut link_out, "link "), "link DOWN");
@@ -155,7 +159,13 @@ async fn upstream_link_and_verify_processes_show_store_and_forward_across_a_cut(
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The outage is felt: the connection is lost and a reconnect refused.
+    eventually(
+        Duration::from_secs(10),
+        "the cut felt by the publisher",
+        || reached(failed.load(Ordering::Relaxed), failed_at_cut + 2),
+    )
+    .await;
     writeln!(stdin, "up").unwrap();
     assert_eq!(line_with(&mut link_out, "link "), "link UP");
 
@@ -171,7 +181,13 @@ async fn upstream_link_and_verify_processes_show_store_and_forward_across_a_cut(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut report = String::new();
-    std::io::Read::read_to_string(verify.0.stdout.as_mut().unwrap(), &mut report).unwrap();
+    verify
+        .0
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
     assert!(status.success(), "{report}");
     assert!(
         report.contains("6 of 6 expected arrived") && report.contains("0 missing"),
