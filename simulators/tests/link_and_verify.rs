@@ -1,6 +1,7 @@
 //! `sim link` and `sim verify` against a real mosquitto started by the test: alerts
 //! published through the link, the link cut in the middle and restored, and the verdict.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rumqttc::{Event, Packet, QoS};
@@ -8,6 +9,7 @@ use simulators::link;
 use simulators::mqtt::{self, Endpoint};
 use simulators::upstream::{self, UpstreamOptions};
 use simulators::verify::{verify, VerifyOptions};
+use simulators::wait::{eventually, reached};
 use tokio_util::sync::CancellationToken;
 
 fn alert(seq: u64) -> Vec<u8> {
@@ -45,9 +47,10 @@ fn publisher(
         loop {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    counted.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(_) => {}
+                // Reconnect backoff.
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
@@ -149,12 +152,12 @@ async fn alerts_sent_through_a_link_cut_in_the_middle_all_arrive_once_it_is_rest
             .await
             .unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while acks.load(std::sync::atomic::Ordering::Relaxed) < 5
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the first five alerts acknowledged",
+        || reached(acks.load(Ordering::Relaxed), 5),
+    )
+    .await;
     wan.down();
     // Published while the WAN is down: queued by the client, delivered after the restore.
     for seq in 6..=10 {
@@ -168,11 +171,15 @@ async fn alerts_sent_through_a_link_cut_in_the_middle_all_arrive_once_it_is_rest
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        wan.stats.cut.load(std::sync::atomic::Ordering::Relaxed) >= 1,
-        "the open connection was cut"
-    );
+    // The outage is felt: the open connection is cut and a reconnect refused.
+    eventually(Duration::from_secs(5), "the open connection cut", || {
+        reached(wan.stats.cut.load(Ordering::Relaxed), 1)
+    })
+    .await;
+    eventually(Duration::from_secs(5), "a reconnect refused", || {
+        reached(wan.stats.refused.load(Ordering::Relaxed), 1)
+    })
+    .await;
     wan.up();
 
     let verdict = checking.await.unwrap().unwrap();
