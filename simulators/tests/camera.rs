@@ -4,10 +4,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use simulators::camera::{self, Mount};
+use simulators::process::ChildGuard;
 
 const SIM: &str = env!("CARGO_BIN_EXE_sim");
 
@@ -22,24 +22,6 @@ fn footage(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A child process stopped (SIGTERM, then SIGKILL) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// What ffprobe reports of the first video stream: (codec, width, height, frames read).
@@ -99,7 +81,8 @@ fn sim_camera_serves_every_footage_file_as_an_h264_rtsp_stream_on_a_free_port() 
         .spawn()
         .expect("spawn sim camera");
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let proc = Proc(child);
+    // Stopped (SIGTERM, then SIGKILL) on drop.
+    let proc = ChildGuard(child);
     let mut urls = Vec::new();
     while urls.len() < 2 {
         let mut line = String::new();
