@@ -137,12 +137,18 @@ async fn upstream_link_and_verify_processes_show_store_and_forward_across_a_cut(
     let alert = |seq: u64| {
         serde_json::json!({ "seq": seq, "updated_at": chrono::Utc::now().to_rfc3339() }).to_string()
     };
-    for seq in 1..=3 {
-        client
-            .publish("shouwang/demo/alerts", QoS::AtLeastOnce, false, alert(seq))
-            .await
-            .unwrap();
-    }
+    let publish = |seqs: std::ops::RangeInclusive<u64>| {
+        let client = client.clone();
+        async move {
+            for seq in seqs {
+                client
+                    .publish("shouwang/demo/alerts", QoS::AtLeastOnce, false, alert(seq))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish(1..=3).await;
     eventually(
         Duration::from_secs(10),
         "the first three alerts acknowledged through the link",
@@ -153,12 +159,7 @@ async fn upstream_link_and_verify_processes_show_store_and_forward_across_a_cut(
     let stdin = link.0.stdin.as_mut().unwrap();
     writeln!(stdin, "down").unwrap();
     assert_eq!(line_with(&mut link_out, "link "), "link DOWN");
-    for seq in 4..=6 {
-        client
-            .publish("shouwang/demo/alerts", QoS::AtLeastOnce, false, alert(seq))
-            .await
-            .unwrap();
-    }
+    publish(4..=6).await;
     // The outage is felt: the connection is lost and a reconnect refused.
     eventually(
         Duration::from_secs(10),

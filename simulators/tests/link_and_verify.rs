@@ -8,7 +8,7 @@ use rumqttc::{Event, Packet, QoS};
 use simulators::link;
 use simulators::mqtt::{self, Endpoint};
 use simulators::upstream::{self, UpstreamOptions};
-use simulators::verify::{verify, VerifyOptions};
+use simulators::verify::{verify, Verdict, VerifyError, VerifyOptions};
 use simulators::wait::{eventually, reached};
 use tokio_util::sync::CancellationToken;
 
@@ -58,17 +58,30 @@ fn publisher(
     (client, acks)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn verify_reports_duplicates_gaps_and_missing_alerts() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = upstream::start(&UpstreamOptions {
-        dir: dir.path().to_owned(),
+/// Publishes `alert(seq)` for each of `seqs` on `topic`, QoS 1.
+async fn publish(client: &rumqttc::AsyncClient, topic: &str, seqs: impl IntoIterator<Item = u64>) {
+    for seq in seqs {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, alert(seq))
+            .await
+            .unwrap();
+    }
+}
+
+/// A plain mosquitto on a free port, in `dir`.
+fn plain_broker(dir: &std::path::Path) -> upstream::Mosquitto {
+    upstream::start(&UpstreamOptions {
+        dir: dir.to_owned(),
         port: 0,
         tls_port: None,
     })
-    .unwrap();
-    let mut options = VerifyOptions::new(endpoint(broker.port), "site-7", 5);
-    options.timeout = Duration::from_secs(3);
+    .unwrap()
+}
+
+/// `verify` with `options`, running; returns once it is subscribed.
+async fn verifying(
+    options: &VerifyOptions,
+) -> tokio::task::JoinHandle<Result<Verdict, VerifyError>> {
     let ready = CancellationToken::new();
     let checking = {
         let (options, ready) = (options.clone(), ready.clone());
@@ -77,27 +90,19 @@ async fn verify_reports_duplicates_gaps_and_missing_alerts() {
     tokio::time::timeout(Duration::from_secs(5), ready.cancelled())
         .await
         .expect("subscribed");
+    checking
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_reports_duplicates_gaps_and_missing_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = plain_broker(dir.path());
+    let mut options = VerifyOptions::new(endpoint(broker.port), "site-7", 5);
+    options.timeout = Duration::from_secs(3);
+    let checking = verifying(&options).await;
     let (client, _) = publisher(&endpoint(broker.port), "platform-test-pub");
-    for seq in [1, 2, 2, 3, 5] {
-        client
-            .publish(
-                "shouwang/site-7/alerts",
-                QoS::AtLeastOnce,
-                false,
-                alert(seq),
-            )
-            .await
-            .unwrap();
-    }
-    client
-        .publish(
-            "shouwang/other-site/alerts",
-            QoS::AtLeastOnce,
-            false,
-            alert(4),
-        )
-        .await
-        .unwrap();
+    publish(&client, "shouwang/site-7/alerts", [1, 2, 2, 3, 5]).await;
+    publish(&client, "shouwang/other-site/alerts", [4]).await;
     let verdict = checking.await.unwrap().unwrap();
     assert_eq!(
         (verdict.received, verdict.unique, verdict.duplicates),
@@ -113,12 +118,7 @@ async fn verify_reports_duplicates_gaps_and_missing_alerts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn alerts_sent_through_a_link_cut_in_the_middle_all_arrive_once_it_is_restored() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = upstream::start(&UpstreamOptions {
-        dir: dir.path().to_owned(),
-        port: 0,
-        tls_port: None,
-    })
-    .unwrap();
+    let broker = plain_broker(dir.path());
     let stop = CancellationToken::new();
     let wan = link::start(
         "127.0.0.1:0",
@@ -131,27 +131,10 @@ async fn alerts_sent_through_a_link_cut_in_the_middle_all_arrive_once_it_is_rest
     let mut options = VerifyOptions::new(endpoint(broker.port), "site-7", 10);
     options.timeout = Duration::from_secs(20);
     options.settle = Duration::from_millis(500);
-    let ready = CancellationToken::new();
-    let checking = {
-        let (options, ready) = (options.clone(), ready.clone());
-        tokio::spawn(async move { verify(&options, ready, CancellationToken::new()).await })
-    };
-    tokio::time::timeout(Duration::from_secs(5), ready.cancelled())
-        .await
-        .expect("subscribed");
+    let checking = verifying(&options).await;
 
     let (gateway, acks) = publisher(&endpoint(wan.listen.port()), "gateway-through-link");
-    for seq in 1..=5 {
-        gateway
-            .publish(
-                "shouwang/site-7/alerts",
-                QoS::AtLeastOnce,
-                false,
-                alert(seq),
-            )
-            .await
-            .unwrap();
-    }
+    publish(&gateway, "shouwang/site-7/alerts", 1..=5).await;
     eventually(
         Duration::from_secs(5),
         "the first five alerts acknowledged",
@@ -160,17 +143,7 @@ async fn alerts_sent_through_a_link_cut_in_the_middle_all_arrive_once_it_is_rest
     .await;
     wan.down();
     // Published while the WAN is down: queued by the client, delivered after the restore.
-    for seq in 6..=10 {
-        gateway
-            .publish(
-                "shouwang/site-7/alerts",
-                QoS::AtLeastOnce,
-                false,
-                alert(seq),
-            )
-            .await
-            .unwrap();
-    }
+    publish(&gateway, "shouwang/site-7/alerts", 6..=10).await;
     // The outage is felt: the open connection is cut and a reconnect refused.
     eventually(Duration::from_secs(5), "the open connection cut", || {
         reached(wan.stats.cut.load(Ordering::Relaxed), 1)
