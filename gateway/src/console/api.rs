@@ -539,7 +539,7 @@ async fn response_times(AxState(state): AxState<St>) -> ApiResult<Json<serde_jso
     let now = chrono::Utc::now();
     let week = store::ago(now, chrono::Duration::days(7));
     let day = store::ago(now, chrono::Duration::hours(24));
-    let alerts = with_db(&state, move |c| store::raised_since(c, &week)).await?;
+    let alerts = with_db(&state, move |c| store::raised_since(c, week)).await?;
     let last_day: Vec<Alert> = alerts
         .iter()
         .filter(|a| a.raised_at >= day)
