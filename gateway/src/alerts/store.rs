@@ -93,7 +93,7 @@ pub struct AlertStore {
 impl AlertStore {
     /// Opens the gateway database and creates the alert and outbox tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let conn = crate::db::open_writer(path)?;
         Self::from_connection(conn)
     }
 

@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::ConsoleError;
@@ -24,12 +23,7 @@ pub struct AlertQuery {
 
 /// Opens the database read-only.
 pub fn open(db: &Path) -> Result<Connection, ConsoleError> {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
+    Ok(crate::db::open_reader(db)?)
 }
 
 fn decode(body: &str) -> Result<Alert, ConsoleError> {
