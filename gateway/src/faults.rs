@@ -15,7 +15,7 @@ use edge_config::{AlertKind, Level};
 
 /// How often the fault reporter re-checks even without a change (a raise the alert task
 /// could not take at once is retried).
-const REPORT_EVERY: Duration = Duration::from_secs(1);
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Turns faulted stages into `gateway_fault` alerts and resolves them when the stage is
 /// healthy again, until `token` is cancelled. A raise the alert task cannot take at once (it
