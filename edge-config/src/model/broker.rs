@@ -72,9 +72,10 @@ impl Broker {
     /// The TLS listener's address: `tls.bind`, else `bind`'s address on port 8883.
     pub fn tls_bind_addr(&self) -> Option<SocketAddr> {
         let tls = self.tls.as_ref()?;
-        Some(tls.bind.unwrap_or_else(|| {
-            SocketAddr::new(self.bind_addr().ip(), DEFAULT_BROKER_TLS_PORT)
-        }))
+        Some(
+            tls.bind
+                .unwrap_or_else(|| SocketAddr::new(self.bind_addr().ip(), DEFAULT_BROKER_TLS_PORT)),
+        )
     }
 }
 

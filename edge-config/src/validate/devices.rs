@@ -27,7 +27,8 @@ pub(super) fn check_broker(config: &Config, p: &mut Problems) {
                     "v5_bind is the same address as bind; use another port, e.g. 0.0.0.0:1884",
                 );
             }
-            let tls_bind = b.tls_bind_addr();
+            // Port 0 picks a free port per listener: no clash.
+            let tls_bind = b.tls_bind_addr().filter(|a| a.port() != 0);
             if tls_bind.is_some() && (tls_bind == Some(b.bind_addr()) || tls_bind == b.v5_bind) {
                 p.push(
                     at.key("tls"),
@@ -97,13 +98,21 @@ fn check_logins(config: &Config, p: &mut Problems) {
     let readers = b.readers.iter().enumerate();
     p.unique(
         "reader username",
-        readers.map(|(i, r)| (at.key("readers").index(i).key("username"), r.username.as_str())),
+        readers.map(|(i, r)| {
+            (
+                at.key("readers").index(i).key("username"),
+                r.username.as_str(),
+            )
+        }),
     );
     for (i, r) in b.readers.iter().enumerate() {
         if device_password.contains_key(r.username.as_str()) {
             p.push(
                 at.key("readers").index(i).key("username"),
-                format!("\"{}\" is a device's username; give the reader a login of its own", r.username),
+                format!(
+                    "\"{}\" is a device's username; give the reader a login of its own",
+                    r.username
+                ),
             );
         }
     }

@@ -152,7 +152,9 @@ pub fn id_problem(id: &str) -> Option<String> {
 pub(crate) fn filter_problem(filter: &str) -> Option<String> {
     let example = "write e.g. \"residents/b1/#\" or \"shouwang/+/alerts/#\"";
     if filter.is_empty() || filter.contains(['\0', ' ']) {
-        return Some(format!("topic filter \"{filter}\" is empty or contains spaces; {example}"));
+        return Some(format!(
+            "topic filter \"{filter}\" is empty or contains spaces; {example}"
+        ));
     }
     let levels: Vec<&str> = filter.split('/').collect();
     let last = levels.len() - 1;
