@@ -561,3 +561,51 @@ fn config_check_refuses_an_anonymous_broker_on_all_interfaces() {
     let (code, stderr) = check("allow_anonymous = true");
     assert_eq!(code, Some(0), "the risk accepted in writing: {stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_out_of_file_descriptors_neither_floods_its_log_nor_turns_a_sensor_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "[[locations.areas]]\nid = \"a\"\nname = \"A\"\nkind = \"lobby\"\n\
+                [[devices]]\nid = \"s1\"\nkind = \"smoke\"\nlocation = { area = \"a\" }\n";
+    let config = write_site(dir.path(), "", body);
+    // About 50 descriptors are open once the gateway is up: 100 leaves little room.
+    let mut command = Command::new("prlimit");
+    command
+        .args(["--nofile=100:100", "--"])
+        .arg(e2e::bin("gateway"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"));
+    let mut gateway = Gateway::spawn(command);
+    let broker = gateway.wait_ready();
+    let mut board = Mqtt::connect(broker, "board").await;
+    board.subscribe("shouwang/test-site/alerts/#").await;
+    gateway.drain_log();
+    let lines_before = gateway.seen.len();
+
+    // A hundred and fifty idle connections: more than the process has descriptors for.
+    let idle: Vec<TcpStream> = (0..150)
+        .filter_map(|_| TcpStream::connect(broker).ok())
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    gateway.drain_log();
+    let logged = gateway.seen.len() - lines_before;
+    assert!(
+        logged < 100,
+        "{logged} log lines in 2 s under descriptor pressure; the last ones:\n{}",
+        gateway.seen[gateway.seen.len().saturating_sub(5)..].join("\n")
+    );
+
+    let sensor = Mqtt::connect(broker, "s1").await;
+    sensor
+        .publish("sensors/s1/state", r#"{"smoke":true}"#)
+        .await;
+    let raised = board.collect(1, WAIT, is("smoke", "raised")).await;
+    assert_eq!(
+        raised.len(),
+        1,
+        "a sensor still gets in and its alarm through"
+    );
+    drop(idle);
+}
