@@ -217,6 +217,11 @@ fn a_self_test_slower_than_en54_or_with_no_period_is_refused() {
 }
 
 #[test]
+fn weak_argon2_staff_hashes_are_refused() {
+    check("24-weak-argon2-hash.toml");
+}
+
+#[test]
 fn every_fixture_has_a_test() {
     let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
         .expect("fixtures dir")
