@@ -138,8 +138,17 @@ pub(super) fn check_console(config: &Config, p: &mut Problems) {
             p.push(
                 here.key("password_hash"),
                 format!(
-                    "{problem}; generate one with e.g. `echo -n 'PASSWORD' | argon2 \"$(openssl rand -base64 16)\" -id -e`"
+                    "{problem}; generate one with e.g. `echo -n 'PASSWORD' | argon2 \"$(openssl rand -base64 16)\" -id -t 2 -k 19456 -e`"
                 ),
+            );
+        }
+    }
+    if let Some(bind) = config.residents.bind {
+        if bind.port() != 0 && bind == c.bind {
+            p.push(
+                KeyPath::of("residents").key("bind"),
+                "residents.bind is the console's own address; give the resident pages another \
+                 port or address, e.g. 0.0.0.0:8081, or leave it out to serve them on the console",
             );
         }
     }
