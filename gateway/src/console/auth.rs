@@ -83,7 +83,8 @@ pub fn new_token() -> Result<String, getrandom::Error> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Checks `password` against an argon2 PHC string (slow by design: call off the runtime).
+/// Checks `password` against an argon2 PHC string (slow by design: call off the runtime;
+/// logins go through [`super::checker`], which bounds how many run).
 pub fn verify_password(password: &str, phc: &str) -> bool {
     Argon2::default()
         .verify_password(password.as_bytes(), phc)

@@ -1,20 +1,24 @@
 //! Password checks, bounded: argon2 needs 19 MiB and tens of milliseconds per check, so an
 //! unbounded number of them (one per `POST /login`) is a way to take the gateway's memory
-//! and CPU. Checks run on [`WORKERS`] threads of their own — never tokio's blocking pool,
-//! which the uplink's outbox jobs need — with at most [`QUEUE`] waiting, and at most one
-//! check in flight per source address. Whatever does not fit is refused at once.
+//! and CPU. Checks run on [`WORKERS`] thread(s) of their own — never tokio's blocking pool,
+//! which the uplink's outbox jobs need, and never more than one core of the two an edge box
+//! may have — with at most [`QUEUE`] waiting, and at most one check in flight per source
+//! address. Whatever does not fit is refused at once.
 //!
-//! Memory stays bounded too: each worker thread reuses its own allocator arena, so the
-//! process keeps at most [`WORKERS`] argon2 work areas however many logins arrive.
+//! Memory stays bounded too: each worker keeps one argon2 work area, allocated at its first
+//! check (the size of the largest hash it has checked) and reused for every later one, so
+//! no flood of logins grows the process beyond [`WORKERS`] work areas.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
+use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
-/// Threads that run argon2 (each holds one 19 MiB work area while checking).
-pub const WORKERS: usize = 2;
+/// Threads that run argon2 (each keeps one 19 MiB work area).
+pub const WORKERS: usize = 1;
 /// Checks that may wait for a worker; more are refused with `503`.
 pub const QUEUE: usize = 16;
 
@@ -107,15 +111,49 @@ impl Checker {
 }
 
 fn work(rx: crossbeam_channel::Receiver<Job>) {
+    let mut area = Vec::new();
     for job in rx {
         if job.reply.is_closed() {
             continue; // the client went away while waiting
         }
-        let (password, phc) = (job.password, job.phc);
-        let ok = std::panic::catch_unwind(move || super::auth::verify_password(&password, &phc))
-            .unwrap_or(false);
-        let _ = job.reply.send(ok);
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            verify_in(&mut area, &job.password, &job.phc)
+        }));
+        let _ = job.reply.send(checked.unwrap_or(false));
     }
+}
+
+/// Checks `password` against the argon2 PHC string `phc`, with `area` as argon2's work
+/// memory (grown to the hash's size if smaller, then kept for the next check).
+pub fn verify_in(area: &mut Vec<Block>, password: &str, phc: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let (Ok(params), Ok(algorithm)) = (
+        Params::try_from(&hash),
+        Algorithm::try_from(hash.algorithm.as_str()),
+    ) else {
+        return false;
+    };
+    let Ok(version) = hash.version.map(Version::try_from).transpose() else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if area.len() < blocks {
+        area.resize(blocks, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let argon2 = Argon2::new(algorithm, version.unwrap_or_default(), params);
+    let Some(memory) = area.get_mut(..blocks) else {
+        return false;
+    };
+    argon2
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, memory)
+        .is_ok()
+        && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
 }
 
 #[cfg(test)]
@@ -123,6 +161,23 @@ mod tests {
     use super::*;
 
     const DEMO: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZaTelU1nfxz3/8UfuGG6UrIxQfDFnKLoYXNk";
+
+    #[test]
+    fn the_reused_work_area_verifies_like_argon2_itself() {
+        let mut area = Vec::new();
+        assert!(verify_in(&mut area, "shouwang-demo", DEMO));
+        let size = area.len();
+        assert_eq!(size, 19_456, "one block per KiB");
+        assert!(!verify_in(&mut area, "shouwang-dem0", DEMO));
+        assert!(!verify_in(&mut area, "shouwang-demo", "$2b$12$notargon"));
+        assert_eq!(area.len(), size, "reused, not grown");
+        for (password, phc) in [("shouwang-demo", DEMO), ("other", DEMO)] {
+            assert_eq!(
+                verify_in(&mut area, password, phc),
+                super::super::auth::verify_password(password, phc)
+            );
+        }
+    }
 
     #[tokio::test]
     async fn one_check_per_address_at_a_time_and_a_bounded_queue() {

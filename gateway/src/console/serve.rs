@@ -6,7 +6,7 @@
 //!   of the open-file limit, at most 1,024); beyond it new connections wait in the kernel's
 //!   backlog, which costs the process no descriptor.
 //! - **Per address**: at most [`Limits::per_address`] connections from one IP address;
-//!   more are closed at once (a browser needs six or so).
+//!   more get a bare `503` and are closed at once (a browser needs six or so).
 //! - **Header-read timeout** ([`HEADER_TIMEOUT`]): a connection that does not send a whole
 //!   request head within it — on connect, or between keep-alive requests — is closed.
 //! - Request heads are limited to [`MAX_HEAD`] bytes.
@@ -31,6 +31,10 @@ use tokio_util::task::TaskTracker;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head read (request line, cookies and all).
 pub const MAX_HEAD: usize = 16 * 1024;
+
+/// What a connection over its address's cap gets before it is closed.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+    Content-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// Connection limits of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +156,8 @@ pub async fn serve(
             },
         };
         let Some(held) = gate.admit(peer.ip(), slot) else {
+            // A best-effort answer (never waited for), then the descriptor is free again.
+            let _ = stream.try_write(TOO_MANY);
             drop(stream);
             continue;
         };
