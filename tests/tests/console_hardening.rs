@@ -490,3 +490,66 @@ fn the_data_directory_and_the_secret_links_are_private_whatever_the_umask() {
         assert_eq!(mode(&out.join(file)), 0o600, "{file}");
     }
 }
+
+#[test]
+fn an_idle_console_connection_is_closed_after_the_header_timeout() {
+    let site = Site::start(Launch::default());
+    let mut idle = http::connect_from(DUTY, &site.console, WAIT).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let opened = Instant::now();
+    let mut rest = Vec::new();
+    let closed = idle.read_to_end(&mut rest);
+    assert!(closed.is_ok(), "still open after 20 s: {closed:?}");
+    assert!(
+        opened.elapsed() >= Duration::from_secs(5),
+        "closed after {:?}, before any timeout",
+        opened.elapsed()
+    );
+}
+
+#[test]
+fn resident_pages_on_their_own_listener_do_not_serve_the_staff_login() {
+    let site = Site::start(Launch {
+        extra: "[residents]\nbind = \"127.0.0.1:0\"\n".into(),
+        ..Launch::default()
+    });
+    let ready = site
+        .gateway
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "gateway ready")
+        .unwrap();
+    let residents = ready["residents"].as_str().unwrap().to_owned();
+    assert_ne!(residents, site.console, "a listener of their own");
+    let out = site.dir.path().join("qr");
+    let issued = Command::new(bin("gateway"))
+        .args([
+            "residents",
+            "qr",
+            "--base-url",
+            "http://gateway",
+            "--config",
+        ])
+        .arg(&site.config)
+        .arg("--data-dir")
+        .arg(&site.data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(issued.status.success());
+    let tsv = std::fs::read_to_string(out.join("links.tsv")).unwrap();
+    let link = tsv
+        .lines()
+        .find_map(|l| l.strip_prefix("b1/u1\thttp://gateway"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(http::get(&residents, &link).0, 200, "the unit's page");
+    assert_eq!(http::get(&site.console, &link).0, 404, "not on the console");
+    let login = http::request(&residents, "GET", "/login", &[], "");
+    assert_eq!(login.status, 404, "no staff login there: {}", login.raw);
+    let api = http::request(&residents, "GET", "/api/alerts", &[], "");
+    assert_eq!(api.status, 404, "no staff API there");
+}
