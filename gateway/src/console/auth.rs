@@ -99,7 +99,7 @@ pub fn log_name(name: &str) -> String {
         .flat_map(char::escape_default)
         .collect();
     if name.chars().nth(32).is_some() {
-        out.push_str("…");
+        out.push('…');
     }
     out
 }
