@@ -487,13 +487,7 @@ async fn events(
     let Some((session, ended)) = state.auth.live(&token.0, Instant::now()) else {
         return ApiError(StatusCode::UNAUTHORIZED, "log in first".into()).into_response();
     };
-    let expires = tokio::time::Instant::from_std(session.expires);
-    let session_over = async move {
-        tokio::select! {
-            _ = ended.cancelled_owned() => {}
-            _ = tokio::time::sleep_until(expires) => {}
-        }
-    };
+    let session_over = session_end(ended, session.expires);
     let rx = state.deps.events.resubscribe();
     let stop = state.stop.clone();
     let stream = alert_stream(rx, |_| true)
@@ -502,6 +496,20 @@ async fn events(
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// Completes when a session ends: at logout (`ended` cancelled) or at `expires`.
+fn session_end(
+    ended: tokio_util::sync::CancellationToken,
+    expires: Instant,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let expires = tokio::time::Instant::from_std(expires);
+    async move {
+        tokio::select! {
+            _ = ended.cancelled_owned() => {}
+            _ = tokio::time::sleep_until(expires) => {}
+        }
+    }
 }
 
 /// SSE events of a broadcast of alerts, filtered by `keep`.
@@ -646,6 +654,28 @@ async fn resident_links(AxState(state): AxState<St>) -> ApiResult<Json<serde_jso
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_stream_ends_when_its_session_expires_or_logs_out() {
+        let timeout = Duration::from_secs(480 * 60);
+        let expires = Instant::now() + timeout;
+        let token = tokio_util::sync::CancellationToken::new();
+        let expiry = tokio::spawn(session_end(token.clone(), expires));
+        tokio::time::advance(timeout - Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+        assert!(!expiry.is_finished(), "still within the session");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        tokio::time::timeout(Duration::from_secs(1), expiry)
+            .await
+            .expect("ended at expiry")
+            .unwrap();
+        let logout = tokio::spawn(session_end(token.clone(), expires + timeout));
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(1), logout)
+            .await
+            .expect("ended at logout")
+            .unwrap();
+    }
 
     #[test]
     fn form_bodies_are_decoded() {
