@@ -11,7 +11,7 @@
 //!   [`RESTART_BACKOFF_MAX`]); its counters live outside the stage (in `Arc`s the stage only
 //!   borrows), so they survive the restart.
 //! - The moment a stage ends unexpectedly it is marked *faulted* in [`Health`]. The fault
-//!   reporter ([`run_fault_reporter`]) turns each faulted stage into a `gateway_fault` alert
+//!   reporter ([`crate::faults`]) turns each faulted stage into a `gateway_fault` alert
 //!   (source `gateway:<stage>`; red for [`Severity::AlarmPath`], orange otherwise), which goes
 //!   the way of every alert: store → outbox → platform, console, residents' topics untouched.
 //!   The fault clears, and the alert resolves, once the restarted stage has run for

@@ -14,15 +14,14 @@ use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::oneshot;
 
 use super::auth::{self, LoginRefused, Session};
 use super::checker::CheckRefused;
 use super::pages::LoginError;
 use super::store::{self, AlertQuery};
 use super::{pages, ConsoleError, State};
+use crate::alerts::bus::ActionError;
 use crate::alerts::lifecycle::LifecycleError;
-use crate::alerts::task::AlertInput;
 use crate::alerts::Alert;
 
 type St = Arc<State>;
@@ -399,32 +398,21 @@ async fn get_alert(AxState(state): AxState<St>, Path(id): Path<String>) -> ApiRe
 
 /// Hands a staff action to the alert task, which alone knows whether the alert is active.
 async fn act(state: &St, id: String, who: &Session, resolve: bool) -> ApiResult<Json<Alert>> {
-    let (reply, answer) = oneshot::channel();
-    let by = who.username.clone();
-    let input = if resolve {
-        AlertInput::Resolve { id, by, reply }
+    let (bus, by) = (&state.deps.alert_inputs, who.username.clone());
+    let result = if resolve {
+        bus.resolve(id, by).await
     } else {
-        AlertInput::Acknowledge { id, by, reply }
+        bus.acknowledge(id, by).await
     };
-    let unavailable = || {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "alert task is stopping".into(),
-        )
-    };
-    state
-        .deps
-        .alert_inputs
-        .send(input)
-        .await
-        .map_err(|_| unavailable())?;
-    match tokio::time::timeout(Duration::from_secs(10), answer).await {
-        Ok(Ok(Ok(alert))) => {
+    match result {
+        Ok(alert) => {
             tracing::info!(id = %alert.id, by = %who.username, resolve, "staff action recorded");
             Ok(Json(alert))
         }
-        Ok(Ok(Err(e))) => Err(e.into()),
-        Ok(Err(_)) | Err(_) => Err(unavailable()),
+        Err(ActionError::Refused(e)) => Err(e.into()),
+        Err(ActionError::Unavailable(why)) => {
+            Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, why.into()))
+        }
     }
 }
 
@@ -630,7 +618,7 @@ async fn response_times(AxState(state): AxState<St>) -> ApiResult<Json<serde_jso
     let now = chrono::Utc::now();
     let week = store::ago(now, chrono::Duration::days(7));
     let day = store::ago(now, chrono::Duration::hours(24));
-    let alerts = with_db(&state, move |c| store::raised_since(c, &week)).await?;
+    let alerts = with_db(&state, move |c| store::raised_since(c, week)).await?;
     let last_day: Vec<Alert> = alerts
         .iter()
         .filter(|a| a.raised_at >= day)

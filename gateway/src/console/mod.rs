@@ -32,10 +32,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use edge_config::Config;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::task::AlertInput;
 use crate::alerts::Alert;
 use crate::shutdown::{Lifecycle as Stages, Stage};
 use crate::supervise::Severity;
@@ -69,7 +68,7 @@ pub struct ConsoleDeps {
     /// `<data_dir>`: the database (`shouwang.db`) and evidence live there.
     pub data_dir: PathBuf,
     /// Staff actions go to the alert task through this.
-    pub alert_inputs: mpsc::Sender<AlertInput>,
+    pub alert_inputs: crate::alerts::AlertBus,
     /// Committed alert events (a receiver, so the console never keeps the channel open).
     pub events: Arc<broadcast::Receiver<Alert>>,
     pub uplink: Arc<UplinkStatus>,

@@ -9,7 +9,7 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
     Packet, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,8 +18,7 @@ use super::backoff::Backoff;
 use super::commands;
 use super::status::UplinkStatus;
 use super::{LinkSettings, SharedOutbox, UplinkError, FLUSH_GRACE};
-use crate::alerts::task::AlertInput;
-use crate::alerts::Alert;
+use crate::alerts::{Alert, WeakAlertBus};
 use crate::outbox::{Delivery, OutboxRow, RowId, Stream, MAX_PAYLOAD_BYTES};
 
 /// Largest MQTT packet either way: the largest outbox payload plus room for topic and header.
@@ -31,7 +30,7 @@ pub struct Link {
     outbox: SharedOutbox,
     status: Arc<UplinkStatus>,
     /// Weak, so that the alert task can stop during shutdown even while the link runs.
-    commands: Option<mpsc::WeakSender<AlertInput>>,
+    commands: Option<WeakAlertBus>,
     /// Committed alert events: wake an idle link at once instead of at its next poll.
     wake: Option<broadcast::Receiver<Alert>>,
 }
@@ -65,6 +64,13 @@ impl Window {
     fn inflight(&self) -> usize {
         self.queued.len() + self.by_pkid.len()
     }
+
+    /// The broker acknowledged packet `pkid`: its row may be deleted.
+    fn acknowledged(&mut self, pkid: u16) {
+        if let Some(row) = self.by_pkid.remove(&pkid) {
+            self.acked.push(row);
+        }
+    }
 }
 
 impl Link {
@@ -79,7 +85,7 @@ impl Link {
     }
 
     /// Apply upstream `commands/ack` through the alert task.
-    pub fn with_commands(mut self, inputs: mpsc::WeakSender<AlertInput>) -> Self {
+    pub fn with_commands(mut self, inputs: WeakAlertBus) -> Self {
         self.commands = Some(inputs);
         self
     }
@@ -228,128 +234,138 @@ impl Link {
         token: &CancellationToken,
     ) -> End {
         let s = self.settings.clone();
-        let window = usize::from(s.max_inflight);
-        // Keep up to `prefetch` rows ready; refill when half of them went out.
-        let prefetch = window.max(s.batch);
-        let refill_at = (prefetch / 2).max(1);
-        let alerts_topic = Stream::Alerts.topic(&s.topic_prefix, &s.site);
-        let telemetry_topic = Stream::Telemetry.topic(&s.topic_prefix, &s.site);
-        let mut fetch: Option<JoinHandle<Result<Vec<OutboxRow>, UplinkError>>> = None;
-        let mut asked = 0;
-        let mut ack_job: Option<JoinHandle<Result<Vec<Delivery>, UplinkError>>> = None;
-        let mut idle = false;
+        let mut d = Drain::new(&s);
         let mut idle_timer = tokio::time::interval(s.idle_poll);
         idle_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stopping: Option<Instant> = None;
-        let mut failed: Option<String> = None;
-
         let end = loop {
             crate::supervise::fault_point("uplink").await;
-            if stopping.is_none() {
-                while w.inflight() < window {
-                    let Some(row) = w.ready.pop_front() else {
-                        break;
-                    };
-                    let topic = match row.stream {
-                        Stream::Alerts => &alerts_topic,
-                        Stream::Telemetry => &telemetry_topic,
-                    };
-                    if let Err(e) = client.try_publish(topic.as_str(), s.qos, false, row.payload) {
-                        failed = Some(UplinkError::Client(e.to_string()).to_string());
-                        break;
-                    }
-                    w.queued.push_back(row.id);
-                    self.status.published_total.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(error) = failed.take() {
+            if d.stopping.is_none() {
+                if let Err(error) = self.send_ready(client, w, &d) {
                     break End::Failed {
                         error,
                         connected: true,
                     };
                 }
             }
-            if stopping.is_none() && fetch.is_none() && !idle {
-                let missing = prefetch.saturating_sub(w.ready.len());
-                if missing >= refill_at {
-                    asked = missing;
-                    fetch = Some(self.outbox.spawn(move |o| o.next_batch(missing)));
-                }
+            self.schedule_jobs(w, &mut d);
+            if d.flushed_or_out_of_time(w) {
+                break End::Cancelled;
             }
-            if ack_job.is_none() && !w.acked.is_empty() {
-                let ids = std::mem::take(&mut w.acked);
-                ack_job = Some(self.outbox.spawn(move |o| o.ack_batch(&ids)));
-            }
-            if let Some(since) = stopping {
-                let flushed = w.inflight() == 0 && w.acked.is_empty() && ack_job.is_none();
-                if flushed || since.elapsed() >= FLUSH_GRACE {
-                    break End::Cancelled;
-                }
-            }
-            let grace_left = stopping
-                .map(|since| FLUSH_GRACE.saturating_sub(since.elapsed()))
-                .unwrap_or(FLUSH_GRACE);
-
+            let grace_left = d.grace_left();
             tokio::select! {
-                _ = token.cancelled(), if stopping.is_none() => {
-                    stopping = Some(Instant::now());
-                }
-                event = events.poll() => match event {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Some(row) = w.queued.pop_front() {
-                            w.by_pkid.insert(pkid, row);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) if s.qos != QoS::ExactlyOnce => {
-                        if let Some(row) = w.by_pkid.remove(&ack.pkid) {
-                            w.acked.push(row);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::PubComp(comp))) if s.qos == QoS::ExactlyOnce => {
-                        if let Some(row) = w.by_pkid.remove(&comp.pkid) {
-                            w.acked.push(row);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if p.topic == commands_topic {
-                            self.status.commands_total.fetch_add(1, Ordering::Relaxed);
-                            commands::apply_ack(self.commands.as_ref(), &p.topic, &p.payload);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-                            tracing::warn!(topic = commands_topic, "upstream broker refused the commands subscription");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => break End::Failed { error: describe(&e, &s), connected: true },
+                _ = token.cancelled(), if d.stopping.is_none() => d.stopping = Some(Instant::now()),
+                event = events.poll() => if let Some(end) = self.on_event(event, w, commands_topic) {
+                    break end;
                 },
-                rows = join(&mut fetch), if fetch.is_some() => {
-                    fetch = None;
+                rows = join(&mut d.fetch), if d.fetch.is_some() => {
+                    d.fetch = None;
                     match rows {
                         Ok(rows) => {
-                            idle = rows.len() < asked;
+                            d.idle = rows.len() < d.asked;
                             w.ready.extend(rows);
                         }
                         Err(e) => break End::Failed { error: e.to_string(), connected: true },
                     }
                 }
-                outcomes = join(&mut ack_job), if ack_job.is_some() => {
-                    ack_job = None;
+                outcomes = join(&mut d.ack_job), if d.ack_job.is_some() => {
+                    d.ack_job = None;
                     match outcomes {
                         Ok(outcomes) => self.count_acks(&outcomes),
                         Err(e) => tracing::error!(error = %e, "uplink: cannot delete acknowledged rows; they will be re-sent"),
                     }
                 }
-                _ = wake(&mut self.wake), if idle => idle = false,
-                _ = idle_timer.tick(), if idle => idle = false,
-                _ = tokio::time::sleep(grace_left), if stopping.is_some() => {}
+                _ = wake(&mut self.wake), if d.idle => d.idle = false,
+                _ = idle_timer.tick(), if d.idle => d.idle = false,
+                _ = tokio::time::sleep(grace_left), if d.stopping.is_some() => {}
             }
         };
-        // No job may outlive the connection: requeue must see the final in-flight set.
-        if let Some(job) = fetch.take() {
+        self.finish_jobs(&mut d).await;
+        end
+    }
+
+    /// Hands ready rows to the client while the in-flight window has room.
+    fn send_ready(&self, client: &AsyncClient, w: &mut Window, d: &Drain) -> Result<(), String> {
+        while w.inflight() < d.window {
+            let Some(row) = w.ready.pop_front() else {
+                break;
+            };
+            let topic = match row.stream {
+                Stream::Alerts => &d.alerts_topic,
+                Stream::Telemetry => &d.telemetry_topic,
+            };
+            client
+                .try_publish(topic.as_str(), self.settings.qos, false, row.payload)
+                .map_err(|e| UplinkError::Client(e.to_string()).to_string())?;
+            w.queued.push_back(row.id);
+            self.status.published_total.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Starts a refill of ready rows, and the deletion of acknowledged ones, when due.
+    fn schedule_jobs(&self, w: &mut Window, d: &mut Drain) {
+        if d.stopping.is_none() && d.fetch.is_none() && !d.idle {
+            let missing = d.prefetch.saturating_sub(w.ready.len());
+            if missing >= d.refill_at {
+                d.asked = missing;
+                d.fetch = Some(self.outbox.spawn(move |o| o.next_batch(missing)));
+            }
+        }
+        if d.ack_job.is_none() && !w.acked.is_empty() {
+            let ids = std::mem::take(&mut w.acked);
+            d.ack_job = Some(self.outbox.spawn(move |o| o.ack_batch(&ids)));
+        }
+    }
+
+    /// One event of the connection; `Some` ends it.
+    fn on_event(
+        &self,
+        event: Result<Event, ConnectionError>,
+        w: &mut Window,
+        commands_topic: &str,
+    ) -> Option<End> {
+        let qos2 = self.settings.qos == QoS::ExactlyOnce;
+        match event {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                if let Some(row) = w.queued.pop_front() {
+                    w.by_pkid.insert(pkid, row);
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) if !qos2 => w.acknowledged(ack.pkid),
+            Ok(Event::Incoming(Packet::PubComp(comp))) if qos2 => w.acknowledged(comp.pkid),
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == commands_topic => {
+                self.status.commands_total.fetch_add(1, Ordering::Relaxed);
+                commands::apply_ack(self.commands.as_ref(), &p.topic, &p.payload);
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    tracing::warn!(
+                        topic = commands_topic,
+                        "upstream broker refused the commands subscription"
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Some(End::Failed {
+                    error: describe(&e, &self.settings),
+                    connected: true,
+                })
+            }
+        }
+        None
+    }
+
+    /// No job may outlive the connection: requeue must see the final in-flight set.
+    async fn finish_jobs(&self, d: &mut Drain) {
+        if let Some(job) = d.fetch.take() {
             let _ = job.await;
         }
-        if let Some(job) = ack_job.take() {
+        if let Some(job) = d.ack_job.take() {
             match job.await {
                 Ok(Ok(outcomes)) => self.count_acks(&outcomes),
                 Ok(Err(e)) => {
@@ -358,7 +374,60 @@ impl Link {
                 Err(e) => tracing::error!(error = %e, "uplink: ack job failed"),
             }
         }
-        end
+    }
+}
+
+/// One connection's drain state besides the [`Window`]: the outbox jobs running and whether
+/// the link is idle or stopping.
+struct Drain {
+    window: usize,
+    /// Rows kept ready; a refill starts when `refill_at` of them are missing.
+    prefetch: usize,
+    refill_at: usize,
+    alerts_topic: String,
+    telemetry_topic: String,
+    /// At most one outbox read and one outbox delete run at a time (off the async threads).
+    fetch: Option<JoinHandle<Result<Vec<OutboxRow>, UplinkError>>>,
+    asked: usize,
+    ack_job: Option<JoinHandle<Result<Vec<Delivery>, UplinkError>>>,
+    /// The last refill came back short: wait for a new alert event or the idle poll.
+    idle: bool,
+    /// Shutdown asked at: flush acknowledgements for up to [`FLUSH_GRACE`].
+    stopping: Option<Instant>,
+}
+
+impl Drain {
+    fn new(s: &LinkSettings) -> Self {
+        let window = usize::from(s.max_inflight);
+        // Keep up to `prefetch` rows ready; refill when half of them went out.
+        let prefetch = window.max(s.batch);
+        Drain {
+            window,
+            prefetch,
+            refill_at: (prefetch / 2).max(1),
+            alerts_topic: Stream::Alerts.topic(&s.topic_prefix, &s.site),
+            telemetry_topic: Stream::Telemetry.topic(&s.topic_prefix, &s.site),
+            fetch: None,
+            asked: 0,
+            ack_job: None,
+            idle: false,
+            stopping: None,
+        }
+    }
+
+    /// Stopping, and either everything in flight is acknowledged and deleted, or the grace
+    /// is over.
+    fn flushed_or_out_of_time(&self, w: &Window) -> bool {
+        self.stopping.is_some_and(|since| {
+            let flushed = w.inflight() == 0 && w.acked.is_empty() && self.ack_job.is_none();
+            flushed || since.elapsed() >= FLUSH_GRACE
+        })
+    }
+
+    fn grace_left(&self) -> std::time::Duration {
+        self.stopping
+            .map(|since| FLUSH_GRACE.saturating_sub(since.elapsed()))
+            .unwrap_or(FLUSH_GRACE)
     }
 }
 

@@ -368,12 +368,7 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, UplinkError> {
         path: db_path.clone(),
         source,
     };
-    let conn = rusqlite::Connection::open_with_flags(
-        &db_path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(db_err)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+    let conn = crate::db::open_reader(&db_path).map_err(db_err)?;
     let stats = outbox::stats(&conn)?;
     let now = now_ms();
     let file = match StatusFile::read(&data_dir.join(STATUS_FILE)) {

@@ -174,29 +174,12 @@ pub fn letterbox(image: &BgrImage, region: Option<Region>, spec: InputSpec) -> P
     let mut tensor = vec![spec.pad; 3 * plane];
     let stride = image.width as usize * 3;
     let (x_max, y_max) = ((r.x + r.width - 1) as f32, (r.y + r.height - 1) as f32);
-    // Precompute horizontal taps once per frame.
-    let xs: Vec<(usize, usize, f32)> = (0..nw)
-        .map(|x| {
-            let sx = (r.x as f32 + (x as f32 + 0.5) / ratio - 0.5).clamp(r.x as f32, x_max);
-            let x0 = sx.floor();
-            let x1 = (x0 + 1.0).min(x_max);
-            (x0 as usize * 3, x1 as usize * 3, sx - x0)
-        })
-        .collect();
+    let xs = horizontal_taps(&r, ratio, nw, x_max);
     let data = &image.data;
     // Separable: interpolate the two source rows horizontally (cached: neighbouring output
     // rows often share them), then blend vertically into the three planes.
     let horizontal = |row: usize, out: &mut Vec<[f32; 3]>| {
-        let src = &data[row * stride..][..stride];
-        out.clear();
-        out.extend(xs.iter().map(|&(a, b, fx)| {
-            let (pa, pb) = (&src[a..a + 3], &src[b..b + 3]);
-            [
-                pa[0] as f32 + (pb[0] as f32 - pa[0] as f32) * fx,
-                pa[1] as f32 + (pb[1] as f32 - pa[1] as f32) * fx,
-                pa[2] as f32 + (pb[2] as f32 - pa[2] as f32) * fx,
-            ]
-        }));
+        interpolate_row(&data[row * stride..][..stride], &xs, out)
     };
     let (mut top, mut bottom) = (Vec::with_capacity(nw), Vec::with_capacity(nw));
     let mut cached: (Option<usize>, Option<usize>) = (None, None);
@@ -239,6 +222,33 @@ pub fn letterbox(image: &BgrImage, region: Option<Region>, spec: InputSpec) -> P
         ratio,
         origin: (r.x as f32, r.y as f32),
     }
+}
+
+/// For each output column: the byte offsets of its two source pixels and the weight of the
+/// second (computed once per frame).
+fn horizontal_taps(r: &Region, ratio: f32, nw: usize, x_max: f32) -> Vec<(usize, usize, f32)> {
+    (0..nw)
+        .map(|x| {
+            let sx = (r.x as f32 + (x as f32 + 0.5) / ratio - 0.5).clamp(r.x as f32, x_max);
+            let x0 = sx.floor();
+            let x1 = (x0 + 1.0).min(x_max);
+            (x0 as usize * 3, x1 as usize * 3, sx - x0)
+        })
+        .collect()
+}
+
+/// One source row (BGR bytes) interpolated horizontally at `taps` into `out`.
+#[inline]
+fn interpolate_row(src: &[u8], taps: &[(usize, usize, f32)], out: &mut Vec<[f32; 3]>) {
+    out.clear();
+    out.extend(taps.iter().map(|&(a, b, fx)| {
+        let (pa, pb) = (&src[a..a + 3], &src[b..b + 3]);
+        [
+            pa[0] as f32 + (pb[0] as f32 - pa[0] as f32) * fx,
+            pa[1] as f32 + (pb[1] as f32 - pa[1] as f32) * fx,
+            pa[2] as f32 + (pb[2] as f32 - pa[2] as f32) * fx,
+        ]
+    }));
 }
 
 fn clamp_region(r: Region, image: &BgrImage) -> Region {

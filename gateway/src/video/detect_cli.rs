@@ -66,6 +66,50 @@ const MINIMAL_CONFIG: &str =
 
 /// Runs `gateway detect`.
 pub fn run(args: &DetectArgs) -> anyhow::Result<()> {
+    let (config, camera) = camera_of(args)?;
+    capture::init_ffmpeg()?;
+    let detector = OrtDetector::from_config(&detector_config(&config, args))?;
+    let detector: SharedDetector = Arc::new(Mutex::new(Box::new(detector)));
+    let (tx, rx) = crossbeam_channel::bounded::<FrameReport>(16);
+    let options = PipelineOptions {
+        capture: CaptureOptions {
+            pace: Pace::AsFastAsAnalysed,
+            loop_files: false,
+            max_seconds: args.max_seconds,
+            ..CaptureOptions::default()
+        },
+        motion_gating: args.motion,
+        annotate: args.annotate.clone(),
+        report_min_score: args.min_score,
+        ..PipelineOptions::default()
+    };
+    let outputs = Outputs {
+        alerts: None,
+        reports: Some(tx),
+    };
+    let jobs = CameraJobs::new(&camera, &Config::clone(&config), detector, outputs, options)?;
+    let json = args.json;
+    let printer = std::thread::spawn(move || print_reports(rx, json));
+    let stats = jobs.run(CancellationToken::new())?;
+    let frames = printer.join().unwrap_or(0);
+    if json {
+        println!("{}", serde_json::json!({ "stats": stats }));
+    }
+    eprintln!("{}", summary(frames, &stats));
+    if frames == 0 {
+        bail!(
+            "no frame could be read from {} (see the log above)",
+            capture::redact_url(&args.input)
+        );
+    }
+    if let Some(path) = &args.annotate {
+        eprintln!("annotated frame: {}", path.display());
+    }
+    Ok(())
+}
+
+/// The camera to analyse: from `--zones-from FILE --camera ID`, or a bare one on `--input`.
+fn camera_of(args: &DetectArgs) -> anyhow::Result<(Config, Camera)> {
     let (config, mut camera) = match (&args.zones_from, &args.camera) {
         (Some(file), Some(id)) => {
             let config = edge_config::load(file)
@@ -90,74 +134,39 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<()> {
     if let Some(fps) = args.fps {
         camera.analyse_fps = fps;
     }
-    let mut detector_config = config.detector.clone();
+    Ok((config, camera))
+}
+
+/// The configuration's detector with the command line's overrides.
+fn detector_config(config: &Config, args: &DetectArgs) -> edge_config::Detector {
+    let mut d = config.detector.clone();
     if let Some(m) = &args.model {
-        detector_config.model = m.clone();
+        d.model = m.clone();
     }
-    if let Some(d) = &args.models_dir {
-        detector_config.models_dir = d.clone();
+    if let Some(dir) = &args.models_dir {
+        d.models_dir = dir.clone();
     }
     if let Some(o) = &args.onnxruntime {
-        detector_config.onnxruntime = Some(o.clone());
+        d.onnxruntime = Some(o.clone());
     }
-    capture::init_ffmpeg()?;
-    let detector = OrtDetector::from_config(&detector_config)?;
-    let detector: SharedDetector = Arc::new(Mutex::new(Box::new(detector)));
-    let (tx, rx) = crossbeam_channel::bounded::<FrameReport>(16);
-    let options = PipelineOptions {
-        capture: CaptureOptions {
-            pace: Pace::AsFastAsAnalysed,
-            loop_files: false,
-            max_seconds: args.max_seconds,
-            ..CaptureOptions::default()
-        },
-        motion_gating: args.motion,
-        annotate: args.annotate.clone(),
-        report_min_score: args.min_score,
-        ..PipelineOptions::default()
-    };
-    let jobs = CameraJobs::new(
-        &camera,
-        &Config::clone(&config),
-        detector,
-        Outputs {
-            alerts: None,
-            reports: Some(tx),
-        },
-        options,
-    )?;
-    let json = args.json;
-    let printer = std::thread::spawn(move || {
-        let mut frames = 0u64;
-        for report in rx {
-            frames += 1;
-            if json {
-                match serde_json::to_string(&report) {
-                    Ok(line) => println!("{line}"),
-                    Err(e) => eprintln!("cannot encode frame {}: {e}", report.seq),
-                }
-            } else {
-                println!("{}", text(&report));
+    d
+}
+
+/// Prints each frame report (JSON lines or text) until the pipeline ends; returns how many.
+fn print_reports(rx: crossbeam_channel::Receiver<FrameReport>, json: bool) -> u64 {
+    let mut frames = 0u64;
+    for report in rx {
+        frames += 1;
+        if json {
+            match serde_json::to_string(&report) {
+                Ok(line) => println!("{line}"),
+                Err(e) => eprintln!("cannot encode frame {}: {e}", report.seq),
             }
+        } else {
+            println!("{}", text(&report));
         }
-        frames
-    });
-    let stats = jobs.run(CancellationToken::new())?;
-    let frames = printer.join().unwrap_or(0);
-    if json {
-        println!("{}", serde_json::json!({ "stats": stats }));
     }
-    eprintln!("{}", summary(frames, &stats));
-    if frames == 0 {
-        bail!(
-            "no frame could be read from {} (see the log above)",
-            capture::redact_url(&args.input)
-        );
-    }
-    if let Some(path) = &args.annotate {
-        eprintln!("annotated frame: {}", path.display());
-    }
-    Ok(())
+    frames
 }
 
 /// The counters after a run, e.g. `20 frame(s) reported; decoded 100, analysed 20, …`.

@@ -32,10 +32,10 @@ use chrono::Utc;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use edge_config::{AlertKind, Camera, CameraRuleKind, Config, Level};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::task::{AlertInput, Trigger};
+use crate::alerts::AlertBus;
 use crate::alerts::{Location, Source};
 use crate::shutdown::{Lifecycle as Stages, Stage};
 use crate::supervise::Severity;
@@ -227,7 +227,7 @@ impl Default for PipelineOptions {
 #[derive(Clone)]
 pub struct Outputs {
     /// Rule edges and camera down/up, as alert inputs.
-    pub alerts: Option<mpsc::Sender<AlertInput>>,
+    pub alerts: Option<AlertBus>,
     /// Per-frame reports (the CLI, tests); a bounded channel: the analysis waits for it.
     pub reports: Option<Sender<FrameReport>>,
 }
@@ -386,7 +386,7 @@ struct CaptureStage {
     location: Location,
     frames: Sender<Frame>,
     clips: Receiver<ClipRequest>,
-    alerts: Option<mpsc::Sender<AlertInput>>,
+    alerts: Option<AlertBus>,
     motion: MotionDetector,
     spec: InputSpec,
     gating: bool,
@@ -471,7 +471,7 @@ impl CaptureSink for CaptureStage {
     }
 }
 
-fn send_alert(alerts: &Option<mpsc::Sender<AlertInput>>, input: AlertInput) {
+fn send_alert(alerts: &Option<AlertBus>, input: AlertInput) {
     if let Some(tx) = alerts {
         // Only fails when the alert task is gone (shutdown): nothing left to tell.
         let _ = tx.blocking_send(input);
@@ -655,7 +655,6 @@ impl AnalysisJob {
             return;
         }
         self.stats.alerts.fetch_add(1, Ordering::Relaxed);
-        let min_hits = self.tracker.options().min_hits;
         let objects: Vec<serde_json::Value> = self
             .tracker
             .tracks()
@@ -676,44 +675,8 @@ impl AnalysisJob {
             "camera_time_s": (frame.t * 100.0).round() / 100.0,
             "objects": objects,
         });
-        if let Some(dir) = &self.options.evidence_dir {
-            let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3f");
-            let base = dir.join(sanitize(&self.camera)).join(format!(
-                "{stamp}-{}-{}",
-                edge.kind.as_str(),
-                frame.seq
-            ));
-            let jpg = base.with_extension("jpg");
-            let marks: Vec<Mark> = self
-                .tracker
-                .tracks()
-                .iter()
-                .filter(|tr| tr.confirmed(min_hits))
-                .map(|tr| Mark {
-                    bbox: tr.bbox,
-                    label: format!(
-                        "{} {:.2} #{}",
-                        detect::LABELS.get(tr.class).copied().unwrap_or("?"),
-                        tr.score,
-                        tr.id
-                    ),
-                    highlight: edge.tracks.contains(&tr.id),
-                })
-                .collect();
-            match evidence::snapshot(&frame.image, &marks, &jpg) {
-                Ok(()) => readings["snapshot"] = serde_json::json!(jpg),
-                Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(camera = %self.camera, error = %e, "snapshot failed");
-                }
-            }
-            let mkv = base.with_extension("mkv");
-            match self.clips.try_send(ClipRequest { path: mkv.clone() }) {
-                Ok(()) => readings["clip"] = serde_json::json!(mkv),
-                Err(_) => {
-                    tracing::warn!(camera = %self.camera, "clip request dropped (capture busy or stopped)")
-                }
-            }
+        if let Some(dir) = self.options.evidence_dir.clone() {
+            self.record_evidence(&dir, edge, frame, &mut readings);
         }
         tracing::info!(camera = %self.camera, kind = %kind, zone = %edge.zone, tracks = ?edge.tracks, "camera rule triggered");
         send_alert(
@@ -727,6 +690,55 @@ impl AnalysisJob {
                 readings,
             ),
         );
+    }
+
+    /// A snapshot with boxes and an event clip for a triggered rule; their paths go into
+    /// `readings`.
+    fn record_evidence(
+        &mut self,
+        dir: &std::path::Path,
+        edge: &RuleEdge,
+        frame: &Frame,
+        readings: &mut serde_json::Value,
+    ) {
+        let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3f");
+        let base = dir.join(sanitize(&self.camera)).join(format!(
+            "{stamp}-{}-{}",
+            edge.kind.as_str(),
+            frame.seq
+        ));
+        let jpg = base.with_extension("jpg");
+        let min_hits = self.tracker.options().min_hits;
+        let marks: Vec<Mark> = self
+            .tracker
+            .tracks()
+            .iter()
+            .filter(|tr| tr.confirmed(min_hits))
+            .map(|tr| Mark {
+                bbox: tr.bbox,
+                label: format!(
+                    "{} {:.2} #{}",
+                    detect::LABELS.get(tr.class).copied().unwrap_or("?"),
+                    tr.score,
+                    tr.id
+                ),
+                highlight: edge.tracks.contains(&tr.id),
+            })
+            .collect();
+        match evidence::snapshot(&frame.image, &marks, &jpg) {
+            Ok(()) => readings["snapshot"] = serde_json::json!(jpg),
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(camera = %self.camera, error = %e, "snapshot failed");
+            }
+        }
+        let mkv = base.with_extension("mkv");
+        match self.clips.try_send(ClipRequest { path: mkv.clone() }) {
+            Ok(()) => readings["clip"] = serde_json::json!(mkv),
+            Err(_) => {
+                tracing::warn!(camera = %self.camera, "clip request dropped (capture busy or stopped)")
+            }
+        }
     }
 
     /// Evidence retention, at most once a minute.
@@ -789,7 +801,7 @@ pub struct VideoHandle {
 pub fn spawn(
     config: Arc<Config>,
     stages: &Stages,
-    alerts: mpsc::Sender<AlertInput>,
+    alerts: AlertBus,
     data_dir: &Path,
 ) -> Result<VideoHandle, VideoError> {
     let cameras: Vec<&Camera> = config.cameras.iter().filter(|c| c.enabled).collect();

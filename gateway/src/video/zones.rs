@@ -175,104 +175,42 @@ impl ZoneRules {
         width: u32,
         height: u32,
     ) -> Vec<RuleEdge> {
-        let frame_area = width as f32 * height as f32;
+        let frame = Frame {
+            width,
+            height,
+            area: width as f32 * height as f32,
+        };
         let mut edges = Vec::new();
         let mut holding: HashSet<CameraRuleKind> = HashSet::new();
         for rs in &mut self.rules {
-            let rule = &rs.rule;
             let polygon = &self.zones[rs.zone].1;
-            let inside: Vec<&Track> = tracks
-                .iter()
-                .filter(|tr| tr.confirmed(self.min_hits))
-                .filter(|tr| {
-                    rs.classes.iter().any(|&c| {
-                        c == tr.class || (c == 1 && tr.class == 3) || (c == 3 && tr.class == 1)
-                    })
-                })
-                .filter(|tr| tr.best_score as f64 >= rule.min_score)
-                .filter(|tr| (tr.bbox.area() / frame_area) as f64 >= rule.min_area)
-                .filter(|tr| {
-                    let (x, y) = norm_foot(&tr.bbox, width, height);
-                    polygon.contains(x, y)
-                })
-                .collect();
-            let ids: HashSet<u64> = inside.iter().map(|tr| tr.id).collect();
-            rs.entered.retain(|id, _| ids.contains(id));
-            for tr in &inside {
-                rs.entered.entry(tr.id).or_insert(t);
+            let inside = rs.inside(t, tracks, polygon, self.min_hits, &frame);
+            let (fired, holds) = rs.fire(t, local, &inside);
+            if holds {
+                holding.insert(rs.rule.kind);
             }
-            let fired: Vec<u64> = match rule.kind {
-                CameraRuleKind::EbikeEntry => {
-                    if !inside.is_empty() {
-                        holding.insert(rule.kind);
-                    }
-                    inside
-                        .iter()
-                        .map(|tr| tr.id)
-                        .filter(|id| rs.triggered.insert(*id))
-                        .collect()
-                }
-                CameraRuleKind::Intrusion => {
-                    let guarded = rule.window.as_ref().is_some_and(|w| w.contains(local));
-                    if guarded && !inside.is_empty() {
-                        holding.insert(rule.kind);
-                        inside
-                            .iter()
-                            .map(|tr| tr.id)
-                            .filter(|id| rs.triggered.insert(*id))
-                            .collect()
-                    } else {
-                        Vec::new()
-                    }
-                }
-                CameraRuleKind::Loitering => {
-                    let dwell = rule.dwell_s() as f64;
-                    let long: Vec<u64> = rs
-                        .entered
-                        .iter()
-                        .filter(|(_, &since)| t - since >= dwell)
-                        .map(|(&id, _)| id)
-                        .collect();
-                    if !long.is_empty() {
-                        holding.insert(rule.kind);
-                    }
-                    let mut new: Vec<u64> = long
-                        .into_iter()
-                        .filter(|id| rs.triggered.insert(*id))
-                        .collect();
-                    new.sort_unstable();
-                    new
-                }
-                CameraRuleKind::Crowd => {
-                    if inside.len() >= rule.min_persons() as usize {
-                        holding.insert(rule.kind);
-                        let since = *rs.crowd_since.get_or_insert(t);
-                        if !rs.crowd_fired && t - since >= rule.min_duration_s() as f64 {
-                            rs.crowd_fired = true;
-                            let mut all: Vec<u64> = ids.iter().copied().collect();
-                            all.sort_unstable();
-                            all
-                        } else {
-                            Vec::new()
-                        }
-                    } else {
-                        rs.crowd_since = None;
-                        Vec::new()
-                    }
-                }
-            };
             if !fired.is_empty() {
                 edges.push(RuleEdge {
-                    kind: rule.kind,
-                    zone: rule.zone.clone(),
-                    level: rule.level(),
+                    kind: rs.rule.kind,
+                    zone: rs.rule.zone.clone(),
+                    level: rs.rule.level(),
                     active: true,
                     tracks: fired,
                 });
             }
         }
-        // Per-kind state: raise on triggers, clear after the kind stopped holding.
-        for e in &edges {
+        self.clear_kinds(t, &holding, &mut edges);
+        edges
+    }
+
+    /// Per-kind state: raise on triggers, clear after the kind stopped holding.
+    fn clear_kinds(
+        &mut self,
+        t: f64,
+        holding: &HashSet<CameraRuleKind>,
+        edges: &mut Vec<RuleEdge>,
+    ) {
+        for e in edges.iter() {
             self.kinds.entry(e.kind).or_default().active = true;
         }
         for rs in &mut self.rules {
@@ -292,7 +230,98 @@ impl ZoneRules {
                 });
             }
         }
-        edges
+    }
+}
+
+/// The frame tracks are measured in.
+struct Frame {
+    width: u32,
+    height: u32,
+    area: f32,
+}
+
+impl RuleState {
+    /// The confirmed tracks of this rule's classes, score and size standing in its zone;
+    /// also keeps when each entered.
+    fn inside<'a>(
+        &mut self,
+        t: f64,
+        tracks: &'a [Track],
+        polygon: &Polygon,
+        min_hits: u32,
+        frame: &Frame,
+    ) -> Vec<&'a Track> {
+        let rule = &self.rule;
+        let inside: Vec<&Track> = tracks
+            .iter()
+            .filter(|tr| tr.confirmed(min_hits))
+            .filter(|tr| {
+                self.classes.iter().any(|&c| {
+                    c == tr.class || (c == 1 && tr.class == 3) || (c == 3 && tr.class == 1)
+                })
+            })
+            .filter(|tr| tr.best_score as f64 >= rule.min_score)
+            .filter(|tr| (tr.bbox.area() / frame.area) as f64 >= rule.min_area)
+            .filter(|tr| {
+                let (x, y) = norm_foot(&tr.bbox, frame.width, frame.height);
+                polygon.contains(x, y)
+            })
+            .collect();
+        let ids: HashSet<u64> = inside.iter().map(|tr| tr.id).collect();
+        self.entered.retain(|id, _| ids.contains(id));
+        for tr in &inside {
+            self.entered.entry(tr.id).or_insert(t);
+        }
+        inside
+    }
+
+    /// The tracks this rule triggers on now, and whether its condition holds.
+    fn fire(&mut self, t: f64, local: NaiveTime, inside: &[&Track]) -> (Vec<u64>, bool) {
+        let rule = &self.rule;
+        let new_ids = |triggered: &mut HashSet<u64>, ids: Vec<u64>| -> Vec<u64> {
+            ids.into_iter().filter(|id| triggered.insert(*id)).collect()
+        };
+        let all: Vec<u64> = inside.iter().map(|tr| tr.id).collect();
+        match rule.kind {
+            CameraRuleKind::EbikeEntry => (new_ids(&mut self.triggered, all), !inside.is_empty()),
+            CameraRuleKind::Intrusion => {
+                let guarded = rule.window.as_ref().is_some_and(|w| w.contains(local));
+                if guarded && !inside.is_empty() {
+                    (new_ids(&mut self.triggered, all), true)
+                } else {
+                    (Vec::new(), false)
+                }
+            }
+            CameraRuleKind::Loitering => {
+                let dwell = rule.dwell_s() as f64;
+                let long: Vec<u64> = self
+                    .entered
+                    .iter()
+                    .filter(|(_, &since)| t - since >= dwell)
+                    .map(|(&id, _)| id)
+                    .collect();
+                let holds = !long.is_empty();
+                let mut new = new_ids(&mut self.triggered, long);
+                new.sort_unstable();
+                (new, holds)
+            }
+            CameraRuleKind::Crowd => self.crowd(t, all),
+        }
+    }
+
+    /// `crowd`: at least `min_persons` for `min_duration_s`, one trigger per episode.
+    fn crowd(&mut self, t: f64, mut ids: Vec<u64>) -> (Vec<u64>, bool) {
+        if ids.len() < self.rule.min_persons() as usize {
+            self.crowd_since = None;
+            return (Vec::new(), false);
+        }
+        let since = *self.crowd_since.get_or_insert(t);
+        if !self.crowd_fired && t - since >= self.rule.min_duration_s() as f64 {
+            self.crowd_fired = true;
+            ids.sort_unstable();
+            return (ids, true);
+        }
+        (Vec::new(), true)
     }
 }
 
