@@ -37,6 +37,9 @@ struct Job {
     password: String,
     phc: String,
     reply: oneshot::Sender<bool>,
+    /// The address's place, held until the worker is done with the job (a client that
+    /// hangs up does not free it while its check still runs).
+    _claim: Claim,
 }
 
 /// The bounded password checker of one console.
@@ -87,12 +90,13 @@ impl Checker {
         password: &str,
         phc: &str,
     ) -> Result<bool, CheckRefused> {
-        let _claim = self.claim(from)?;
+        let claim = self.claim(from)?;
         let (reply, answer) = oneshot::channel();
         let job = Job {
             password: password.to_owned(),
             phc: phc.to_owned(),
             reply,
+            _claim: claim,
         };
         self.jobs.try_send(job).map_err(|_| CheckRefused::Busy)?;
         answer.await.map_err(|_| CheckRefused::Busy)

@@ -2,12 +2,13 @@
 //! axum on `[console] bind`.
 //!
 //! ```text
-//! browser ──HTTP──▶ serve (caps, timeouts) ──▶ same-origin check (POST) ─┬─ /healthz, /login (open)
-//!                           ├─ /, /api/* (session cookie) ─▶ read-only SQLite (alerts, outbox)
-//!                           │                              ─▶ AlertInput::{Acknowledge,Resolve} ─▶ alert task
-//!                           ├─ /api/events (SSE) ◀── broadcast of committed alert events
-//!                           └─ /r/{token}… resident pages (see crate::residents), here or
-//!                              on `[residents] bind` of their own
+//! browser ──HTTP──▶ serve (caps, timeouts) ──▶ same-origin check (POST) ──▶ router
+//!   router ─┬─ /healthz, /login (open; password checks bounded, failures throttled)
+//!           ├─ /, /api/* (session cookie) ─▶ read-only SQLite (alerts, outbox)
+//!           │                              ─▶ AlertBus::{acknowledge,resolve} ─▶ alert task
+//!           ├─ /api/events (SSE) ◀── broadcast of committed alert events (ends with the session)
+//!           └─ /r/{token}… resident pages (see crate::residents), here or on a listener
+//!              of their own (`[residents] bind`)
 //! ```
 //!
 //! The console runs in the Inputs stage: staff actions are inputs, so it stops first and

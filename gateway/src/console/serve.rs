@@ -99,10 +99,6 @@ impl Gate {
         }
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Connections closed at once because their address had too many.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
