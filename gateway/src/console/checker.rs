@@ -39,7 +39,7 @@ struct Job {
     reply: oneshot::Sender<bool>,
     /// The address's place, held until the worker is done with the job (a client that
     /// hangs up does not free it while its check still runs).
-    _claim: Claim,
+    claim: Claim,
 }
 
 /// The bounded password checker of one console.
@@ -96,7 +96,7 @@ impl Checker {
             password: password.to_owned(),
             phc: phc.to_owned(),
             reply,
-            _claim: claim,
+            claim,
         };
         self.jobs.try_send(job).map_err(|_| CheckRefused::Busy)?;
         answer.await.map_err(|_| CheckRefused::Busy)
@@ -123,7 +123,10 @@ fn work(rx: crossbeam_channel::Receiver<Job>) {
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             verify_in(&mut area, &job.password, &job.phc)
         }));
-        let _ = job.reply.send(checked.unwrap_or(false));
+        // The address's place goes before the answer, so its next login finds it free.
+        let Job { reply, claim, .. } = job;
+        drop(claim);
+        let _ = reply.send(checked.unwrap_or(false));
     }
 }
 
