@@ -217,7 +217,7 @@ const FOOTER: &str = r#"# Upstream platform (uncomment and fill in). Production 
 # password_file = "secrets/uplink.pass"
 
 # Console for the duty staff. Add accounts with an argon2id hash, e.g.
-#   echo -n 'PASSWORD' | argon2 "$(openssl rand -base64 16)" -id -e
+#   echo -n 'PASSWORD' | argon2 "$(openssl rand -base64 16)" -id -t 2 -k 19456 -e
 [console]
 bind = "0.0.0.0:8080"
 # [[console.staff]]
@@ -225,6 +225,11 @@ bind = "0.0.0.0:8080"
 # display_name = "值班员 (Duty officer)"
 # password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
 # role = "admin"
+
+# Resident pages on a listener of their own (e.g. on the residents' Wi-Fi), so that
+# network need not reach the staff console; without it they are served on [console] bind.
+# [residents]
+# bind = "0.0.0.0:8081"
 
 [storage]
 data_dir = "/var/lib/shouwang"

@@ -243,6 +243,11 @@ fn broker_logins_must_be_unambiguous() {
 }
 
 #[test]
+fn weak_argon2_staff_hashes_are_refused() {
+    check("26-weak-argon2-hash.toml");
+}
+
+#[test]
 fn every_fixture_has_a_test() {
     let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
         .expect("fixtures dir")

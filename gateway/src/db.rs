@@ -34,6 +34,11 @@ pub enum DbError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("database {path}: cannot make it private: {source}")]
+    Permissions {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database {path}: {source}")]
     Sql {
         path: PathBuf,
@@ -50,10 +55,29 @@ pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Opens (creating if needed) the database with the gateway's pragmas: the daemon's own
 /// connection, held from start to the final checkpoint.
 pub fn open(path: &Path) -> Result<Connection, DbError> {
-    open_writer(path).map_err(|source| DbError::Open {
+    let conn = open_writer(path).map_err(|source| DbError::Open {
         path: path.to_owned(),
         source,
-    })
+    })?;
+    restrict_files(path).map_err(|source| DbError::Permissions {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(conn)
+}
+
+/// The database and its WAL and shared-memory files are readable by their owner only
+/// (alerts name flats and people; an older install may have left them world-readable).
+fn restrict_files(path: &Path) -> std::io::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match crate::os::restrict(Path::new(&file), 0o600) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A read-write connection with the gateway's pragmas (see the [module docs](self)).
@@ -110,6 +134,14 @@ mod tests {
         assert_eq!(mode, "wal");
         conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
             .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for file in [FILE_NAME.to_owned(), format!("{FILE_NAME}-wal")] {
+            let mode = std::fs::metadata(dir.path().join(&file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file} is private");
+        }
         close(conn, &path).unwrap();
         let wal = dir.path().join(format!("{FILE_NAME}-wal"));
         let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);

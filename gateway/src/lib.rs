@@ -37,6 +37,7 @@
 //! - [`selftest`] — a probe every few seconds through the real alarm path (broker listener →
 //!   ingest → rules → alert store commit); a missed round trip is a red `gateway_fault`.
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
+//! - [`os`] — process-wide start-up settings: a private umask, the open-file limit raised.
 //! - [`pipeline`] — wires the sensor side together: broker → ingest → rules → alerts →
 //!   local publication, telemetry and the uplink.
 //! - [`broker`] — the embedded MQTT broker (rumqttd) and its in-process links.
@@ -56,8 +57,9 @@
 //! - [`uplink`] — store-and-forward to the platform's MQTT broker: TLS, backoff, in-flight
 //!   window, quota and `buffer_full`, status (`status_report`); design at the top of the module.
 //! - [`console`] — the station staff's web console and JSON API (axum): session login with
-//!   lock-out, live alert feed (SSE), acknowledge/resolve, devices, cameras, uplink, response
-//!   times; also serves the resident pages.
+//!   throttled guessing, bounded password checks, same-origin posts, capped connections,
+//!   live alert feed (SSE), acknowledge/resolve, devices, cameras, uplink, response times;
+//!   also serves the resident pages (or `[residents] bind` does).
 //! - [`residents`] — hazard notices for residents on `residents/{building}/{unit}/alerts` and
 //!   `residents/{building}/all`, per-unit secret links (rotatable) with a live page, QR codes.
 //!
@@ -72,6 +74,7 @@ pub mod db;
 pub mod faults;
 pub mod ingest;
 pub mod logging;
+pub mod os;
 pub mod outbox;
 pub mod pipeline;
 pub mod publish;

@@ -461,7 +461,7 @@ async fn the_demo_password_logs_in_with_a_strict_http_only_cookie_and_a_wrong_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_account_is_locked_after_the_configured_failures_even_for_the_right_password() {
+async fn repeated_failures_from_one_address_throttle_it_even_for_the_right_password() {
     let site = Site::start().await;
     let attempt = |password: &'static str| {
         let body = format!(r#"{{"username":"duty","password":"{password}"}}"#);
@@ -482,7 +482,11 @@ async fn an_account_is_locked_after_the_configured_failures_even_for_the_right_p
     assert_eq!(third.status, 429);
     assert!(third.header("retry-after").is_some());
     let right = attempt(PASSWORD).await;
-    assert_eq!(right.status, 429, "locked means locked: {}", right.body);
+    assert_eq!(
+        right.status, 429,
+        "throttled means throttled, from this address: {}",
+        right.body
+    );
     site.stop().await;
 }
 

@@ -58,6 +58,9 @@ pub struct Config {
     /// `[console]`: the duty staff's web console.
     #[serde(default)]
     pub console: Console,
+    /// `[residents]`: the residents' pages.
+    #[serde(default)]
+    pub residents: Residents,
     /// `[storage]`: where the outbox and evidence are kept.
     #[serde(default)]
     pub storage: Storage,
@@ -132,6 +135,17 @@ impl Config {
     pub fn uplink_client_id(&self) -> Option<String> {
         self.uplink.as_ref().map(|u| u.client_id(&self.site.id))
     }
+}
+
+/// `[residents]`: the residents' secret-link pages (`/r/{token}`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Residents {
+    /// Serve the resident pages on a listener of their own, e.g. `"192.168.20.1:8081"`
+    /// on the residents' network, so that network need not reach the staff console and
+    /// its login. Default: none (the pages are served on `[console] bind`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<std::net::SocketAddr>,
 }
 
 /// `[site]`: identity of the gateway's site.
