@@ -31,7 +31,8 @@
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
 //! - [`pipeline`] — wires the sensor side together: broker → ingest → rules → alerts →
 //!   local publication, telemetry and the uplink.
-//! - [`broker`] — the embedded MQTT broker (rumqttd) and its in-process links.
+//! - [`broker`] — the embedded MQTT broker (rumqttd) behind a front of its own (TLS, logins,
+//!   topic ACLs, connection and retained limits) and its in-process links.
 //! - [`ingest`] — sensor messages in (one broker log per device topic), decoded readings
 //!   out; rejections counted per reason and device; the devices board.
 //! - [`rules`] — hazard rules as state machines with debounce, hysteresis and clear-hold.
