@@ -40,7 +40,8 @@
 //! - [`os`] — process-wide start-up settings: a private umask, the open-file limit raised.
 //! - [`pipeline`] — wires the sensor side together: broker → ingest → rules → alerts →
 //!   local publication, telemetry and the uplink.
-//! - [`broker`] — the embedded MQTT broker (rumqttd) and its in-process links.
+//! - [`broker`] — the embedded MQTT broker (rumqttd) behind a front of its own (TLS, logins,
+//!   topic ACLs, connection and retained limits) and its in-process links.
 //! - [`ingest`] — sensor messages in (one broker log per device topic), decoded readings
 //!   out; rejections counted per reason and device; the devices board.
 //! - [`reading`] — the decoded reading, the neutral type between ingest and rules.

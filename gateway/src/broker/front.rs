@@ -842,19 +842,8 @@ async fn session(
     };
     let grants = shared.settings.rules.grants(&principal).cloned();
     if let Some(w) = will.as_mut() {
-        let topic = String::from_utf8_lossy(&w.topic).into_owned();
-        if grants.as_ref().is_some_and(|g| !g.may_publish(&topic)) {
-            if let Some(n) = count(&shared.stats.refused_will) {
-                tracing::warn!(listener = info.label, %peer, principal = principal.label(),
-                    topic = shown(&topic), count = n, "MQTT will on a topic the client may not publish on; CONNECT refused");
-            }
+        if !will_allowed(shared, info, peer, &principal, grants.as_ref(), w) {
             return refuse(&mut io, info.dialect, Refusal::Will).await;
-        }
-        if w.retain
-            && grants.is_some()
-            && !retain_admitted(shared, &principal, &topic, w.message.len())
-        {
-            w.retain = false;
         }
     }
     let Some(slot) = acquire_slot(shared, &principal, grants.as_ref()) else {
@@ -895,6 +884,34 @@ async fn session(
         _slot: slot,
     };
     bridge(&conn, io, buf, backend).await
+}
+
+/// Whether the client may leave this will (its topic is one it may publish on); a retained
+/// will beyond the clients' retained budget loses its retain flag.
+fn will_allowed(
+    shared: &Shared,
+    info: &ListenerInfo,
+    peer: SocketAddr,
+    principal: &Principal,
+    grants: Option<&Grants>,
+    will: &mut rumqttd::protocol::LastWill,
+) -> bool {
+    let Some(grants) = grants else {
+        return true;
+    };
+    let topic = String::from_utf8_lossy(&will.topic).into_owned();
+    if !grants.may_publish(&topic) {
+        if let Some(n) = count(&shared.stats.refused_will) {
+            tracing::warn!(listener = info.label, %peer, principal = principal.label(),
+                topic = shown(&topic), count = n,
+                "MQTT will on a topic the client may not publish on; CONNECT refused");
+        }
+        return false;
+    }
+    if will.retain && !retain_admitted(shared, principal, &topic, will.message.len()) {
+        will.retain = false;
+    }
+    true
 }
 
 /// Sends a refusing CONNACK and ends the connection.
@@ -1058,8 +1075,8 @@ async fn pump(
         while let Some(frame) = conn.dialect.frame(&buf, max, &mut need)? {
             let raw = buf.split_to(frame.len).freeze();
             let step = match side {
-                Side::Client => conn.from_client(&mut state, raw, frame)?,
-                Side::Backend => conn.from_backend(&mut state, raw, frame)?,
+                Side::Client => conn.client_packet(&mut state, raw, frame)?,
+                Side::Backend => conn.backend_packet(&mut state, raw, frame)?,
             };
             if let Some(b) = step.forward {
                 wr.write_all(&b).await?;
@@ -1124,7 +1141,7 @@ impl Conn {
     }
 
     /// A packet from the client.
-    fn from_client(
+    fn client_packet(
         &self,
         st: &mut PumpState,
         raw: Bytes,
@@ -1156,13 +1173,14 @@ impl Conn {
         raw: Bytes,
         frame: Frame,
     ) -> Result<Step, FrontError> {
+        // The gateway's own clients are not checked (nor decoded: the hot path of alerts).
+        let Some(grants) = &self.grants else {
+            return Ok(Step::forward(raw));
+        };
         let (qos, pkid, _) = publish_header(&raw, frame)?;
         let max = self.shared.settings.max_packet_bytes;
         let Packet::Publish(publish, props) = self.dialect.decode(&raw, max)? else {
             return Err(FrontError::Protocol("malformed PUBLISH".to_owned()));
-        };
-        let Some(grants) = &self.grants else {
-            return Ok(Step::forward(raw));
         };
         let mut topic = std::str::from_utf8(&publish.topic)
             .map_err(|_| FrontError::Protocol("topic is not UTF-8".to_owned()))?
@@ -1275,7 +1293,7 @@ impl Conn {
     }
 
     /// A packet from rumqttd for the client.
-    fn from_backend(
+    fn backend_packet(
         &self,
         st: &mut PumpState,
         raw: Bytes,
@@ -1481,6 +1499,29 @@ mod tests {
         }
     }
 
+    /// Lowers RLIMIT_NOFILE so that `room` more descriptors can be opened. New descriptors
+    /// take the lowest free numbers: the limit is where exactly `room` numbers below it are
+    /// free.
+    fn limit_descriptors(room: u64) {
+        let open: HashSet<u64> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .collect();
+        let (mut free, mut end) = (0, 0);
+        while free < room {
+            if !open.contains(&end) {
+                free += 1;
+            }
+            end += 1;
+        }
+        let limit = libc::rlimit {
+            rlim_cur: end,
+            rlim_max: end,
+        };
+        // SAFETY: setrlimit reads the struct we pass; this child process is ours.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    }
+
     fn emfile_child() {
         let logs = Captured::default();
         let sink = logs.clone();
@@ -1501,27 +1542,8 @@ mod tests {
             let _clients: Vec<std::net::TcpStream> = (0..20)
                 .map(|_| std::net::TcpStream::connect(addr).unwrap())
                 .collect();
-            // New descriptors take the lowest free numbers: the limit is where exactly
-            // `room` numbers below it are free.
-            let open: HashSet<u64> = std::fs::read_dir("/proc/self/fd")
-                .unwrap()
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-                .collect();
             let room = 4;
-            let mut free = 0;
-            let mut end = 0;
-            while free < room {
-                if !open.contains(&end) {
-                    free += 1;
-                }
-                end += 1;
-            }
-            let limit = libc::rlimit {
-                rlim_cur: end,
-                rlim_max: end,
-            };
-            // SAFETY: setrlimit reads the struct we pass; this child process is ours.
-            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+            limit_descriptors(room);
 
             let stats = Arc::new(FrontStats::default());
             let held = Arc::new(Mutex::new(Vec::new()));

@@ -324,8 +324,9 @@ pub struct EmbeddedBroker {
 
 /// Builds rumqttd's in-process links; holds the router's sender (rumqttd does not name its
 /// channel type, so it is captured in a closure).
-type BuildLink =
-    dyn Fn(&str) -> Result<(rumqttd::local::LinkTx, rumqttd::local::LinkRx), String> + Send + Sync;
+type BuildLink = dyn Fn(&str) -> Result<(rumqttd::local::LinkTx, rumqttd::local::LinkRx), LocalLinkError>
+    + Send
+    + Sync;
 
 /// Attaches in-process subscribers to the running broker's router, at any time.
 #[derive(Clone)]
@@ -348,10 +349,7 @@ impl LinkFactory {
             client_id: internal_client_id(&spec.role),
             ..spec.clone()
         };
-        let (tx, rx) = (self.build)(&spec.client_id).map_err(|reason| LocalLinkError::Router {
-            client_id: spec.client_id.clone(),
-            reason,
-        })?;
+        let (tx, rx) = (self.build)(&spec.client_id)?;
         LocalLink::subscribe(&spec, tx, rx, false)
     }
 }
@@ -397,28 +395,16 @@ impl EmbeddedBroker {
 
         // The public listeners are bound first: a busy fixed port fails before any thread
         // starts. Nothing reads them until the front starts, after the in-process links.
-        let public_v4 = reserve(settings.bind)?.1;
-        let public_v5 = settings.v5_bind.map(reserve).transpose()?.map(|r| r.1);
-        let public_tls = match (&settings.tls, tls) {
-            (Some(files), Some(config)) => Some((reserve(files.bind)?.1, config)),
-            _ => None,
+        let publics = Publics {
+            v4: reserve(settings.bind)?.1,
+            v5: settings.v5_bind.map(reserve).transpose()?.map(|r| r.1),
+            tls: match (&settings.tls, tls) {
+                (Some(files), Some(config)) => Some((reserve(files.bind)?.1, config)),
+                _ => None,
+            },
         };
 
-        let router = Router::new(
-            0,
-            RouterConfig {
-                max_connections: settings
-                    .max_connections
-                    .saturating_add(RESERVED_CONNECTIONS)
-                    .saturating_add(settings.local_subscribers.len() + ROUTER_LINK_HEADROOM),
-                max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
-                max_segment_size: settings.log_segment_bytes.max(max_packet_bytes),
-                max_segment_count: settings.log_segment_count,
-                custom_segment: None,
-                initialized_filters: None,
-                shared_subscriptions_strategy: Default::default(),
-            },
-        );
+        let router = Router::new(0, router_config(&settings, max_packet_bytes));
         // rumqttd names this thread `router-0`; it has no stop API (see module docs).
         let router_tx = router.spawn();
         let links = {
@@ -428,17 +414,13 @@ impl EmbeddedBroker {
                     LinkBuilder::new(id, router_tx.clone())
                         .build()
                         .map(|(tx, rx, _connack)| (tx, rx))
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| LocalLinkError::router(id, e))
                 }),
             }
         };
         let mut local_links = HashMap::new();
         for spec in &settings.local_subscribers {
-            let (tx, rx) =
-                (links.build)(&spec.client_id).map_err(|reason| LocalLinkError::Router {
-                    client_id: spec.client_id.clone(),
-                    reason,
-                })?;
+            let (tx, rx) = (links.build)(&spec.client_id)?;
             local_links.insert(spec.role.clone(), LocalLink::subscribe(spec, tx, rx, true)?);
         }
 
@@ -447,53 +429,18 @@ impl EmbeddedBroker {
         let connections = connection_settings(max_packet_bytes, Some(backend_login));
         let server_settings =
             |kind, listen| server_settings(kind, listen, None, connections.clone());
-        let loopback = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
-        let mut listeners = vec![start_listener(
-            Kind::V4,
-            loopback,
-            reserve(loopback)?.0,
+        let listeners = start_backends(
+            publics.v5.is_some(),
             |addr| Server::new(server_settings(Kind::V4, addr), router_tx.clone(), V4),
-        )?];
-        if public_v5.is_some() {
-            listeners.push(start_listener(
-                Kind::V5,
-                loopback,
-                reserve(loopback)?.0,
-                |addr| Server::new(server_settings(Kind::V5, addr), router_tx.clone(), V5),
-            )?);
-        }
+            |addr| Server::new(server_settings(Kind::V5, addr), router_tx.clone(), V5),
+        )?;
 
-        let front_settings = front::FrontSettings {
-            logins: acl::Logins::new(
-                (&user, &password),
-                &settings.credentials,
-                settings.credentials.is_empty() || settings.allow_anonymous,
-            ),
-            rules: settings.access.clone(),
-            internal: (user.clone(), password.clone()),
-            max_connections: settings.max_connections,
-            reserved: RESERVED_CONNECTIONS,
-            max_packet_bytes,
-            max_retained_messages: settings.max_retained_messages,
-            max_retained_bytes: settings.max_retained_bytes,
-        };
-        let publics = Publics {
-            v4: public_v4,
-            v5: public_v5,
-            tls: public_tls,
-        };
+        let internal = (user.clone(), password.clone());
+        let front_settings = front_settings(&settings, internal, max_packet_bytes);
         let (front, addrs) = start_front(front_settings, publics, &listeners)?;
         probe(&addrs, (&user, &password))?;
 
-        tracing::info!(
-            addr = %addrs.v4,
-            v5_addr = addrs.v5.map(|a| a.to_string()),
-            tls_addr = addrs.tls.map(|a| a.to_string()),
-            anonymous = settings.credentials.is_empty() || settings.allow_anonymous,
-            max_connections = settings.max_connections,
-            max_payload_bytes = settings.max_payload_bytes,
-            "embedded MQTT broker listening"
-        );
+        log_listening(&settings, &addrs);
         Ok(EmbeddedBroker {
             local_addr: addrs.v4,
             v5_addr: addrs.v5,
@@ -673,6 +620,81 @@ impl Kind {
             Kind::V4 => "MQTT 3.1.1",
             Kind::V5 => "MQTT 5",
         }
+    }
+}
+
+/// rumqttd's listeners on loopback ports: MQTT 3.1.1, and MQTT 5 if `v5`.
+fn start_backends(
+    v5: bool,
+    new_v4: impl Fn(SocketAddr) -> Server<V4>,
+    new_v5: impl Fn(SocketAddr) -> Server<V5>,
+) -> Result<Vec<Listener>, BrokerError> {
+    let loopback = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
+    let mut listeners = vec![start_listener(
+        Kind::V4,
+        loopback,
+        reserve(loopback)?.0,
+        new_v4,
+    )?];
+    if v5 {
+        listeners.push(start_listener(
+            Kind::V5,
+            loopback,
+            reserve(loopback)?.0,
+            new_v5,
+        )?);
+    }
+    Ok(listeners)
+}
+
+fn log_listening(settings: &BrokerSettings, addrs: &PublicAddrs) {
+    tracing::info!(
+        addr = %addrs.v4,
+        v5_addr = addrs.v5.map(|a| a.to_string()),
+        tls_addr = addrs.tls.map(|a| a.to_string()),
+        anonymous = settings.credentials.is_empty() || settings.allow_anonymous,
+        max_connections = settings.max_connections,
+        max_payload_bytes = settings.max_payload_bytes,
+        "embedded MQTT broker listening"
+    );
+}
+
+/// rumqttd's router: room for the front's connections and the in-process links (the front
+/// enforces the real limits), logs of the configured size.
+fn router_config(settings: &BrokerSettings, max_packet_bytes: usize) -> RouterConfig {
+    RouterConfig {
+        max_connections: settings
+            .max_connections
+            .saturating_add(RESERVED_CONNECTIONS)
+            .saturating_add(settings.local_subscribers.len() + ROUTER_LINK_HEADROOM),
+        max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
+        max_segment_size: settings.log_segment_bytes.max(max_packet_bytes),
+        max_segment_count: settings.log_segment_count,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    }
+}
+
+/// What the front enforces, from the settings; `internal` is the gateway's login.
+fn front_settings(
+    settings: &BrokerSettings,
+    internal: (String, String),
+    max_packet_bytes: usize,
+) -> front::FrontSettings {
+    front::FrontSettings {
+        logins: acl::Logins::new(
+            (&internal.0, &internal.1),
+            &settings.credentials,
+            settings.credentials.is_empty() || settings.allow_anonymous,
+        ),
+        rules: settings.access.clone(),
+        internal,
+        max_connections: settings.max_connections,
+        reserved: RESERVED_CONNECTIONS,
+        max_packet_bytes,
+        max_retained_messages: settings.max_retained_messages,
+        max_retained_bytes: settings.max_retained_bytes,
     }
 }
 
