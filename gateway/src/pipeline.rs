@@ -22,9 +22,7 @@ use tokio::time::Instant;
 use crate::alerts::linkage::Command;
 use crate::alerts::task::{self as alert_task, AlertInput, AlertTask, AlertTaskStats, Trigger};
 use crate::alerts::{AlertBus, AlertStore, Lifecycle, Source};
-use crate::broker::{
-    self, internal_client_id, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles,
-};
+use crate::broker::{self, internal_client_id, BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::ingest::{self, Ingest, IngestStats, Ingested};
 use crate::publish;
 use crate::reserve::Reserve;
@@ -608,7 +606,7 @@ fn connect(
 ) -> Result<(Option<EmbeddedBroker>, MqttOptions), PipelineError> {
     match config.broker.mode {
         BrokerMode::Embedded => {
-            let mut settings = broker_settings(config);
+            let mut settings = BrokerSettings::from_config(config)?;
             settings.local_subscribers = ingest.local_subscribers();
             let broker = EmbeddedBroker::start(settings)?;
             tracing::info!(addr = %broker.local_addr(), "embedded MQTT broker listening");
@@ -617,24 +615,6 @@ fn connect(
         }
         BrokerMode::External => external_options(config).map(|o| (None, o)),
     }
-}
-
-fn broker_settings(config: &Config) -> BrokerSettings {
-    let b = &config.broker;
-    let mut s = BrokerSettings::new(b.bind_addr());
-    s.v5_bind = b.v5_bind;
-    s.tls = b.tls.as_ref().map(|t| TlsFiles {
-        bind: SocketAddr::new(b.bind_addr().ip(), 8883),
-        cert_pem: t.cert.clone(),
-        key_pem: t.key.clone(),
-    });
-    s.credentials = config
-        .devices
-        .iter()
-        .filter_map(|d| Some((d.username.clone()?, d.password.clone()?)))
-        .collect();
-    s.max_connections = (config.devices.len() * 2).max(64);
-    s
 }
 
 fn external_options(config: &Config) -> Result<MqttOptions, PipelineError> {

@@ -9,7 +9,10 @@ mod device;
 mod rules;
 mod uplink;
 
-pub use broker::{Broker, BrokerMode, CaTls, ExternalBroker, ServerTls, DEFAULT_BROKER_BIND};
+pub use broker::{
+    Broker, BrokerMode, BrokerReader, CaTls, ExternalBroker, ServerTls, DEFAULT_BROKER_BIND,
+    DEFAULT_BROKER_TLS_PORT,
+};
 pub use camera::{Camera, CameraRule, CameraRuleKind, CameraSource, Mask, Zone, COCO_CLASSES};
 pub use common::{AlertKind, HhMm, Level, LocationRef, Point, TimeWindow};
 pub use console::{Console, Role, Staff};
@@ -119,6 +122,12 @@ impl Config {
             Some(ids) if !ids.is_empty() => ids.iter().filter_map(|id| self.building(id)).collect(),
             _ => self.building_of(loc).into_iter().collect(),
         }
+    }
+
+    /// Whether the embedded broker accepts clients without a login: no device has a
+    /// login (readers alone do not make logins mandatory), or `broker.allow_anonymous`.
+    pub fn broker_accepts_anonymous(&self) -> bool {
+        self.broker.allow_anonymous || self.devices.iter().all(|d| d.username.is_none())
     }
 
     /// The MQTT client id used upstream (`uplink.client_id`, default
