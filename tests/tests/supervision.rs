@@ -385,6 +385,7 @@ async fn a_wedged_alarm_path_is_reported_as_a_fault_within_the_self_test_bound()
         let status = site
             .status_until(Duration::from_secs(8), |s| {
                 !s["self_test"]["failing_since"].is_null()
+                    && !s["stages"]["self_test"]["faulted_since"].is_null()
             })
             .await;
         assert!(wedged_at.elapsed() < Duration::from_secs(8));
