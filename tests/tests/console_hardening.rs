@@ -435,7 +435,7 @@ fn an_event_stream_ends_when_its_session_logs_out() {
 #[test]
 fn config_check_refuses_weak_staff_hashes_with_exit_78() {
     let fixture =
-        e2e::workspace_root().join("edge-config/tests/fixtures/broken/24-weak-argon2-hash.toml");
+        e2e::workspace_root().join("edge-config/tests/fixtures/broken/26-weak-argon2-hash.toml");
     let out = Command::new(bin("gateway"))
         .args(["config", "check"])
         .arg(&fixture)

@@ -2,9 +2,10 @@
 //! and no connection cap): idle or slow connections must not take the file descriptors the
 //! broker needs for the sensors.
 //!
-//! - **Connection cap**: at most [`Limits::max_connections`] connections at once (a quarter
-//!   of the open-file limit, at most 1,024); beyond it new connections wait in the kernel's
-//!   backlog, which costs the process no descriptor.
+//! - **Connection cap**: at most [`Limits::max_connections`] connections at once (an eighth
+//!   of the open-file limit, 16 to 1,024: the broker front budgets most of the rest for the
+//!   sensors); beyond it new connections wait in the kernel's backlog, which costs the
+//!   process no descriptor.
 //! - **Per address**: at most [`Limits::per_address`] connections from one IP address;
 //!   more get a bare `503` and are closed at once (a browser needs six or so).
 //! - **Header-read timeout** ([`HEADER_TIMEOUT`]): a connection that does not send a whole
@@ -45,12 +46,12 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits for a listener given the process's open-file limit: a quarter of it each,
-    /// so the broker and SQLite keep at least half.
+    /// Limits for a listener given the process's open-file limit: an eighth of it each,
+    /// so the broker and SQLite keep three quarters.
     pub fn for_fd_limit(fd_limit: u64, per_address: Option<usize>) -> Limits {
-        let quarter = usize::try_from(fd_limit / 4).unwrap_or(usize::MAX);
+        let eighth = usize::try_from(fd_limit / 8).unwrap_or(usize::MAX);
         Limits {
-            max_connections: quarter.clamp(16, 1024),
+            max_connections: eighth.clamp(16, 1024),
             per_address,
         }
     }
@@ -219,9 +220,10 @@ mod tests {
 
     #[test]
     fn limits_leave_most_descriptors_to_the_rest() {
-        assert_eq!(Limits::for_fd_limit(1024, None).max_connections, 256);
+        assert_eq!(Limits::for_fd_limit(1024, None).max_connections, 128);
         assert_eq!(Limits::for_fd_limit(1 << 20, None).max_connections, 1024);
         assert_eq!(Limits::for_fd_limit(20, None).max_connections, 16);
+        assert_eq!(Limits::for_fd_limit(u64::MAX, None).max_connections, 1024);
     }
 
     #[tokio::test]
