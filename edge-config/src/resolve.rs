@@ -30,6 +30,9 @@ pub(crate) fn relative_paths(config: &mut Config, base: &Path, spans: &SpanTree)
         join(base, &mut tls.cert);
         join(base, &mut tls.key);
     }
+    for reader in &mut config.broker.readers {
+        join_opt(base, &mut reader.password_file);
+    }
     if let Some(ext) = &mut config.broker.external {
         join_opt(base, &mut ext.password_file);
         if let Some(tls) = &mut ext.tls {

@@ -60,11 +60,14 @@ name = "电动车充电棚 (E-bike charging shed)"
 kind = "charging_shed"
 warns = ["b1"]           # buildings warned of a fire here
 
-# The gateway's own MQTT broker. For production: require_auth = true and a
-# username/password on every device.
+# The gateway's own MQTT broker, on this machine only until sensors have
+# logins. For sensors on the network: bind = "0.0.0.0:1883",
+# require_auth = true and username/password on every device (each may then
+# publish only its own topics); `config check` refuses a network bind without
+# device logins unless allow_anonymous = true.
 [broker]
 mode = "embedded"
-bind = "0.0.0.0:1883"
+bind = "127.0.0.1:1883"
 
 # Devices: kind = smoke | heat | water_leak | gas | ebike_battery | sos |
 # siren | valve | pa_speaker; format = native (sensors/{id}/state) or
@@ -144,11 +147,14 @@ name = "院内车棚 (Yard and e-bike shed)"
 kind = "charging_shed"
 warns = ["station"]
 
-# The gateway's own MQTT broker. For production: require_auth = true and a
-# username/password on every device.
+# The gateway's own MQTT broker, on this machine only until sensors have
+# logins. For sensors on the network: bind = "0.0.0.0:1883",
+# require_auth = true and username/password on every device (each may then
+# publish only its own topics); `config check` refuses a network bind without
+# device logins unless allow_anonymous = true.
 [broker]
 mode = "embedded"
-bind = "0.0.0.0:1883"
+bind = "127.0.0.1:1883"
 
 # Devices: kind = smoke | heat | water_leak | gas | ebike_battery | sos |
 # siren | valve | pa_speaker.
@@ -211,7 +217,7 @@ const FOOTER: &str = r#"# Upstream platform (uncomment and fill in). Production 
 # password_file = "secrets/uplink.pass"
 
 # Console for the duty staff. Add accounts with an argon2id hash, e.g.
-#   echo -n 'PASSWORD' | argon2 "$(openssl rand -base64 16)" -id -e
+#   echo -n 'PASSWORD' | argon2 "$(openssl rand -base64 16)" -id -t 2 -k 19456 -e
 [console]
 bind = "0.0.0.0:8080"
 # [[console.staff]]
@@ -219,6 +225,11 @@ bind = "0.0.0.0:8080"
 # display_name = "值班员 (Duty officer)"
 # password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
 # role = "admin"
+
+# Resident pages on a listener of their own (e.g. on the residents' Wi-Fi), so that
+# network need not reach the staff console; without it they are served on [console] bind.
+# [residents]
+# bind = "0.0.0.0:8081"
 
 [storage]
 data_dir = "/var/lib/shouwang"

@@ -249,7 +249,7 @@ fn minimal_config_has_the_documented_defaults() {
 fn minimal_config_defaults_the_services() {
     let c = parse_ok(MINIMAL);
     assert_eq!(c.broker.mode, BrokerMode::Embedded);
-    assert_eq!(c.broker.bind_addr().to_string(), "0.0.0.0:1883");
+    assert_eq!(c.broker.bind_addr().to_string(), "127.0.0.1:1883");
     assert!(!c.broker.require_auth);
     assert!(c.uplink.is_none());
     assert_eq!(c.console.bind.to_string(), "0.0.0.0:8080");

@@ -217,6 +217,37 @@ fn a_self_test_slower_than_en54_or_with_no_period_is_refused() {
 }
 
 #[test]
+fn an_anonymous_broker_on_the_network_is_refused_unless_allow_anonymous_says_so() {
+    check("24-anonymous-broker-on-the-network.toml");
+    let source =
+        std::fs::read_to_string(fixtures_dir().join("24-anonymous-broker-on-the-network.toml"))
+            .unwrap()
+            .replace("mode = \"embedded\"", "allow_anonymous = true");
+    assert!(
+        parse(&source, "inline.toml", &fixtures_dir()).is_ok(),
+        "allow_anonymous = true accepts the risk"
+    );
+    let loopback =
+        std::fs::read_to_string(fixtures_dir().join("24-anonymous-broker-on-the-network.toml"))
+            .unwrap()
+            .replace("0.0.0.0:1883", "127.0.0.1:1883");
+    assert!(
+        parse(&loopback, "inline.toml", &fixtures_dir()).is_ok(),
+        "loopback is fine"
+    );
+}
+
+#[test]
+fn broker_logins_must_be_unambiguous() {
+    check("25-broker-logins.toml");
+}
+
+#[test]
+fn weak_argon2_staff_hashes_are_refused() {
+    check("26-weak-argon2-hash.toml");
+}
+
+#[test]
 fn every_fixture_has_a_test() {
     let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
         .expect("fixtures dir")

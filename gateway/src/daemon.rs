@@ -48,6 +48,7 @@ pub enum DaemonError {
 /// Runs the gateway until SIGINT/SIGTERM.
 pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     let mut signals = shutdown::Signals::new().map_err(DaemonError::Signal)?;
+    harden_process();
     let _lock = lock_data_dir(&options.data_dir)?;
     let db_path = options.data_dir.join(db::FILE_NAME);
     let reserve = Arc::new(Reserve::ensure(
@@ -100,6 +101,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
         cameras = config.cameras.len(),
         cameras_analysed = video.as_ref().map_or(0, |v| v.cameras.len()),
         console = %console.local_addr,
+        residents = %console.residents_addr.unwrap_or(console.local_addr),
         "gateway ready"
     );
 
@@ -121,6 +123,18 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     }
     tracing::info!("gateway stopped cleanly");
     Ok(())
+}
+
+/// Files created from now on are private; the open-file limit is raised to its hard limit.
+fn harden_process() {
+    crate::os::private_umask();
+    match crate::os::raise_fd_limit() {
+        Ok(l) if l.before != l.now => {
+            tracing::info!(before = l.before, now = l.now, "open file limit raised")
+        }
+        Ok(l) => tracing::info!(open_files = l.now, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
 }
 
 /// Starts the camera pipelines. A missing ONNX Runtime or model leaves the cameras
@@ -190,6 +204,9 @@ fn lock_data_dir(dir: &Path) -> Result<File, DaemonError> {
         source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
+    // The database, status and evidence are the operator's alone (an older install may
+    // have left the directory readable by everyone).
+    crate::os::restrict(dir, 0o700).map_err(io)?;
     let file = File::create(dir.join("gateway.lock")).map_err(io)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -204,8 +221,12 @@ mod tests {
 
     #[test]
     fn a_second_gateway_cannot_take_the_same_data_dir() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
+        crate::os::restrict(dir.path(), 0o755).unwrap();
         let _first = lock_data_dir(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the data directory is private");
         let second = lock_data_dir(dir.path());
         assert!(matches!(second, Err(DaemonError::Locked(_))));
     }

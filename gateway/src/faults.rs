@@ -6,23 +6,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::task::{AlertInput, Trigger};
-use crate::alerts::{Location, Source};
+use crate::alerts::{AlertBus, Location, Source};
 use crate::supervise::{Health, Severity, StageHealth};
 use edge_config::{AlertKind, Level};
 
 /// How often the fault reporter re-checks even without a change (a raise the alert task
 /// could not take at once is retried).
-const REPORT_EVERY: Duration = Duration::from_secs(1);
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Turns faulted stages into `gateway_fault` alerts and resolves them when the stage is
 /// healthy again, until `token` is cancelled. A raise the alert task cannot take at once (it
 /// may be the faulted stage) is retried every [`REPORT_EVERY`]; the log and `status.json`
 /// carry the fault meanwhile.
-pub async fn run(health: Arc<Health>, alerts: mpsc::Sender<AlertInput>, token: CancellationToken) {
+pub async fn run(health: Arc<Health>, alerts: AlertBus, token: CancellationToken) {
     let mut raised: BTreeMap<String, Level> = BTreeMap::new();
     loop {
         let snapshot = health.snapshot();
@@ -76,13 +75,14 @@ fn fault_raise(name: &str, stage: &StageHealth) -> AlertInput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
 
     #[tokio::test(start_paused = true)]
     async fn the_fault_reporter_raises_red_for_the_alarm_path_and_resolves_on_recovery() {
         let health = Arc::new(Health::default());
         let (tx, mut rx) = mpsc::channel(8);
         let token = CancellationToken::new();
-        tokio::spawn(run(health.clone(), tx, token.clone()));
+        tokio::spawn(run(health.clone(), AlertBus::new(tx), token.clone()));
         health.started("alerts", Severity::AlarmPath);
         health.failed("alerts", Severity::AlarmPath, "panicked: x");
         match rx.recv().await {
@@ -114,7 +114,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         tx.send(AlertInput::Tick).await.unwrap(); // the channel is full: a wedged alert task
         let token = CancellationToken::new();
-        tokio::spawn(run(health.clone(), tx, token.clone()));
+        tokio::spawn(run(health.clone(), AlertBus::new(tx), token.clone()));
         health.failed("telemetry", Severity::Degraded, "stopped on its own");
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(matches!(rx.recv().await, Some(AlertInput::Tick)));

@@ -6,15 +6,22 @@
 //!
 //! # Layout
 //!
-//! The daemon reads top-down as two pipelines joined by typed, bounded channels; data flows
-//! one way and no module imports a later stage:
+//! The daemon reads top-down as two pipelines joined by typed, bounded channels, wired in
+//! one place ([`pipeline::start_with_reserve`]); every stage runs supervised:
 //!
 //! ```text
-//! ingest → rules → alerts → outbox → uplink
-//! video (capture → motion → detect → track → zones) → rules
+//! broker ─▶ ingest ─(Ingested)─▶ rules ─(AlertBus)─▶ alerts ─▶ outbox ─▶ uplink
+//! video (capture → motion → detect → track → zones) ─(AlertBus)─▶ alerts
+//! alerts ─(committed events)─▶ local publish, residents, console, uplink wake-up
 //! selftest probe ─(broker)─▶ ingest → rules → alerts (commit) ─▶ selftest
-//! supervise (stage health) → fault reporter → alerts
+//! supervise (stage health) → faults ─(AlertBus)─▶ alerts
 //! ```
+//!
+//! Back edges, named: staff and platform actions, `buffer_full` and gateway faults enter the
+//! alert task through [`alerts::AlertBus`]; a staff resolve resets its rule condition
+//! through [`rules::reset`]; actuator confirmations come back as readings
+//! (broker → ingest → rules → alerts). Modules import only earlier layers, except the
+//! console and the resident pages, which still import each other (issue 17).
 //!
 //! Modules present today:
 //!
@@ -30,16 +37,20 @@
 //! - [`selftest`] — a probe every few seconds through the real alarm path (broker listener →
 //!   ingest → rules → alert store commit); a missed round trip is a red `gateway_fault`.
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
+//! - [`os`] — process-wide start-up settings: a private umask, the open-file limit raised.
 //! - [`pipeline`] — wires the sensor side together: broker → ingest → rules → alerts →
 //!   local publication, telemetry and the uplink.
-//! - [`broker`] — the embedded MQTT broker (rumqttd) and its in-process links.
+//! - [`broker`] — the embedded MQTT broker (rumqttd) behind a front of its own (TLS, logins,
+//!   topic ACLs, connection and retained limits) and its in-process links.
 //! - [`ingest`] — sensor messages in (one broker log per device topic), decoded readings
 //!   out; rejections counted per reason and device; the devices board.
 //! - [`reading`] — the decoded reading, the neutral type between ingest and rules.
 //! - [`rules`] — hazard rules as state machines with debounce, hysteresis and clear-hold.
-//! - [`alerts`] — the alert model, lifecycle (escalation, linkage) and its SQLite store.
+//! - [`alerts`] — the alert model, lifecycle (escalation, linkage), its SQLite store, the
+//!   alert task (the single writer of alert events) and the typed [`alerts::AlertBus`] into it.
 //! - [`publish`] / [`telemetry`] — retained local alert topics; durable telemetry batches.
-//! - [`db`] — the single SQLite (WAL) database shared by alerts and the outbox.
+//! - [`db`] — the single SQLite (WAL) database: every connection opened there, who writes
+//!   what.
 //! - [`reserve`] — disk space held back so that alarms can still be recorded on a full disk.
 //! - [`outbox`] — the durable store-and-forward queue; its design is at the top of the module.
 //! - [`video`] — camera pipelines: capture (FFmpeg) → motion → detect (ONNX Runtime) → track
@@ -47,8 +58,9 @@
 //! - [`uplink`] — store-and-forward to the platform's MQTT broker: TLS, backoff, in-flight
 //!   window, quota and `buffer_full`, status (`status_report`); design at the top of the module.
 //! - [`console`] — the station staff's web console and JSON API (axum): session login with
-//!   lock-out, live alert feed (SSE), acknowledge/resolve, devices, cameras, uplink, response
-//!   times; also serves the resident pages.
+//!   throttled guessing, bounded password checks, same-origin posts, capped connections,
+//!   live alert feed (SSE), acknowledge/resolve, devices, cameras, uplink, response times;
+//!   also serves the resident pages (or `[residents] bind` does).
 //! - [`residents`] — hazard notices for residents on `residents/{building}/{unit}/alerts` and
 //!   `residents/{building}/all`, per-unit secret links (rotatable) with a live page, QR codes.
 //!
@@ -63,6 +75,7 @@ pub mod db;
 pub mod faults;
 pub mod ingest;
 pub mod logging;
+pub mod os;
 pub mod outbox;
 pub mod pipeline;
 pub mod publish;

@@ -21,10 +21,8 @@ use tokio::time::Instant;
 
 use crate::alerts::linkage::Command;
 use crate::alerts::task::{self as alert_task, AlertInput, AlertTask, AlertTaskStats, Trigger};
-use crate::alerts::{AlertStore, Lifecycle, Source};
-use crate::broker::{
-    self, internal_client_id, BrokerError, BrokerSettings, EmbeddedBroker, TlsFiles,
-};
+use crate::alerts::{AlertBus, AlertStore, Lifecycle, Source};
+use crate::broker::{self, internal_client_id, BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::ingest::{self, Ingest, IngestStats, Ingested};
 use crate::publish;
 use crate::reserve::Reserve;
@@ -77,7 +75,8 @@ pub struct Running {
     pub alert_stats: Arc<AlertTaskStats>,
     /// The disk reserve, if the daemon keeps one.
     pub reserve: Option<Arc<Reserve>>,
-    pub alert_inputs: mpsc::Sender<AlertInput>,
+    /// The typed way into the alert task, for the console and cameras.
+    pub alert_inputs: AlertBus,
     pub events: broadcast::Sender<crate::alerts::Alert>,
     /// Live uplink state and counters (also written to `status.json` every second).
     pub uplink: Arc<crate::uplink::UplinkStatus>,
@@ -115,6 +114,7 @@ pub fn start_with_reserve(
 
     let (reading_tx, reading_rx) = mpsc::channel::<Ingested>(READINGS_CAPACITY);
     let (input_tx, input_rx) = mpsc::channel::<AlertInput>(ALERT_INPUT_CAPACITY);
+    let bus = AlertBus::new(input_tx);
     let (events_tx, _) = broadcast::channel(EVENTS_CAPACITY);
 
     // Processing: alert task (thread), telemetry writer (thread), rules, publishers, faults.
@@ -133,11 +133,11 @@ pub fn start_with_reserve(
     spawn_alert_task(stages, parts, input_rx);
     let telemetry_stats = Arc::new(TelemetryStats::default());
     let sink = spawn_telemetry(stages, &config, db_path, &telemetry_stats, &reserve)?;
-    spawn_rules(stages, restored.engine, reading_rx, input_tx.clone(), sink);
+    spawn_rules(stages, restored.engine, reading_rx, bus.clone(), sink);
     spawn_local_publisher(stages, &options, events_tx.subscribe(), restored.republish);
     spawn_commands(stages, &options, restored.command_rx);
     stages.spawn(Stage::Processing, {
-        let (health, inputs) = (health.clone(), input_tx.clone());
+        let (health, inputs) = (health.clone(), bus.clone());
         move |token| crate::faults::run(health, inputs, token)
     });
 
@@ -151,7 +151,7 @@ pub fn start_with_reserve(
         cameras: cameras.clone(),
     };
     let events = events_tx.subscribe();
-    let uplink = crate::uplink::start(&config, db_path, stages, &input_tx, events, sources)?;
+    let uplink = crate::uplink::start(&config, db_path, stages, &bus, events, sources)?;
 
     // Inputs: ingest (in-process links on the embedded broker, a client on an external one)
     // and the self-test's probes, through the listener sensors use.
@@ -168,7 +168,7 @@ pub fn start_with_reserve(
         telemetry_stats,
         alert_stats,
         reserve,
-        alert_inputs: input_tx,
+        alert_inputs: bus,
         events: events_tx,
         uplink,
         health,
@@ -336,7 +336,7 @@ fn spawn_rules(
     stages: &Stages,
     engine: Engine,
     readings: mpsc::Receiver<Ingested>,
-    out: mpsc::Sender<AlertInput>,
+    out: AlertBus,
     telemetry: TelemetrySink,
 ) {
     let engine = Arc::new(std::sync::Mutex::new(engine));
@@ -473,7 +473,7 @@ fn spawn_ingest(
 async fn run_rules(
     engine: &std::sync::Mutex<Engine>,
     readings: &mut mpsc::Receiver<Ingested>,
-    out: &mpsc::Sender<AlertInput>,
+    out: &AlertBus,
     telemetry: &TelemetrySink,
 ) -> StageResult {
     let gone = || Err("the alert task's queue is closed".to_owned());
@@ -606,7 +606,7 @@ fn connect(
 ) -> Result<(Option<EmbeddedBroker>, MqttOptions), PipelineError> {
     match config.broker.mode {
         BrokerMode::Embedded => {
-            let mut settings = broker_settings(config);
+            let mut settings = BrokerSettings::from_config(config)?;
             settings.local_subscribers = ingest.local_subscribers();
             let broker = EmbeddedBroker::start(settings)?;
             tracing::info!(addr = %broker.local_addr(), "embedded MQTT broker listening");
@@ -615,24 +615,6 @@ fn connect(
         }
         BrokerMode::External => external_options(config).map(|o| (None, o)),
     }
-}
-
-fn broker_settings(config: &Config) -> BrokerSettings {
-    let b = &config.broker;
-    let mut s = BrokerSettings::new(b.bind_addr());
-    s.v5_bind = b.v5_bind;
-    s.tls = b.tls.as_ref().map(|t| TlsFiles {
-        bind: SocketAddr::new(b.bind_addr().ip(), 8883),
-        cert_pem: t.cert.clone(),
-        key_pem: t.key.clone(),
-    });
-    s.credentials = config
-        .devices
-        .iter()
-        .filter_map(|d| Some((d.username.clone()?, d.password.clone()?)))
-        .collect();
-    s.max_connections = (config.devices.len() * 2).max(64);
-    s
 }
 
 fn external_options(config: &Config) -> Result<MqttOptions, PipelineError> {

@@ -11,7 +11,7 @@
 //!   [`RESTART_BACKOFF_MAX`]); its counters live outside the stage (in `Arc`s the stage only
 //!   borrows), so they survive the restart.
 //! - The moment a stage ends unexpectedly it is marked *faulted* in [`Health`]. The fault
-//!   reporter ([`run_fault_reporter`]) turns each faulted stage into a `gateway_fault` alert
+//!   reporter ([`crate::faults`]) turns each faulted stage into a `gateway_fault` alert
 //!   (source `gateway:<stage>`; red for [`Severity::AlarmPath`], orange otherwise), which goes
 //!   the way of every alert: store → outbox → platform, console, residents' topics untouched.
 //!   The fault clears, and the alert resolves, once the restarted stage has run for
@@ -203,13 +203,14 @@ impl Health {
 
     /// Records the self-test's state; `failing` carries why the alarm path counts as broken.
     pub fn set_self_test(&self, snapshot: SelfTestSnapshot, failing: Option<String>) {
-        *self.self_test.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
         let faulted = self
             .stages
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(SELF_TEST_STAGE)
             .is_some_and(|s| s.faulted_since.is_some());
+        // The stage is updated first and the snapshot last, so a reader that sees the
+        // self-test failing also sees its stage faulted.
         match (failing, faulted) {
             (Some(error), false) => {
                 tracing::error!(error, "self-test: the alarm path is not working");
@@ -229,6 +230,7 @@ impl Health {
             (None, false) => self.update(SELF_TEST_STAGE, Severity::AlarmPath, |_| {}),
             (Some(_), true) => {}
         }
+        *self.self_test.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
     }
 
     pub fn snapshot(&self) -> HealthSnapshot {

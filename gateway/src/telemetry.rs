@@ -75,7 +75,7 @@ pub enum TelemetryError {
 
 /// Opens the writer's own connection (WAL: it writes beside the alert store).
 pub fn open(db_path: &Path) -> Result<Connection, TelemetryError> {
-    let conn = Connection::open(db_path)?;
+    let conn = crate::db::open_writer(db_path)?;
     outbox::configure_connection(&conn)?;
     outbox::migrate(&conn)?;
     Ok(conn)

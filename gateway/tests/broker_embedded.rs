@@ -96,7 +96,12 @@ async fn broker_on_port_zero_reports_its_real_port_and_routes_qos1() {
     let addr = broker.local_addr();
     assert_ne!(addr.port(), 0, "the real port, not the requested 0");
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
-    assert!(broker.internal_credentials().is_none(), "anonymous broker");
+    // The gateway's own login exists on an anonymous broker too (the front tells its
+    // clients from anonymous ones by it).
+    let (internal_user, _) = broker.internal_credentials().expect("internal login");
+    assert!(internal_user.starts_with("shouwang-gateway-"));
+    let anonymous = MqttOptions::new("anon", "127.0.0.1", addr.port());
+    assert!(connects(anonymous).await, "anonymous broker");
     assert_eq!(
         broker.client_options("x").broker_address(),
         ("127.0.0.1".to_owned(), addr.port())

@@ -29,6 +29,10 @@ name = "Console test"
 kind = "compound"
 [broker]
 bind = "127.0.0.1:0"
+[[broker.readers]]
+username = "resident-display"
+password = "display-secret"
+topics = ["residents/#"]
 [[locations.buildings]]
 id = "b1"
 name = "1号楼"
@@ -174,7 +178,7 @@ impl Site {
     }
 
     async fn sensor(&self, id: &str) -> AsyncClient {
-        mqtt(self.broker, id, None).await.0
+        mqtt(self.broker, id, None, None).await.0
     }
 }
 
@@ -323,9 +327,13 @@ impl Sse {
 async fn mqtt(
     broker: SocketAddr,
     id: &str,
+    login: Option<(&str, &str)>,
     subscribe: Option<&str>,
 ) -> (AsyncClient, mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
     let mut o = MqttOptions::new(id, broker.ip().to_string(), broker.port());
+    if let Some((user, password)) = login {
+        o.set_credentials(user, password);
+    }
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(o, 64);
     let (tx, rx) = mpsc::unbounded_channel();
@@ -453,7 +461,7 @@ async fn the_demo_password_logs_in_with_a_strict_http_only_cookie_and_a_wrong_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_account_is_locked_after_the_configured_failures_even_for_the_right_password() {
+async fn repeated_failures_from_one_address_throttle_it_even_for_the_right_password() {
     let site = Site::start().await;
     let attempt = |password: &'static str| {
         let body = format!(r#"{{"username":"duty","password":"{password}"}}"#);
@@ -474,7 +482,11 @@ async fn an_account_is_locked_after_the_configured_failures_even_for_the_right_p
     assert_eq!(third.status, 429);
     assert!(third.header("retry-after").is_some());
     let right = attempt(PASSWORD).await;
-    assert_eq!(right.status, 429, "locked means locked: {}", right.body);
+    assert_eq!(
+        right.status, 429,
+        "throttled means throttled, from this address: {}",
+        right.body
+    );
     site.stop().await;
 }
 
@@ -662,7 +674,10 @@ fn unit_links(db: &Path) -> (String, String) {
 async fn a_gas_alert_in_building_2_unit_3_reaches_that_units_page_and_topic_in_both_languages() {
     let site = Site::start().await;
     let (b2u3, b2u1) = unit_links(&site.db);
-    let (_watch, mut notices) = mqtt(site.broker, "resident-watch", Some("residents/#")).await;
+    // Resident notices are readable only by a login granted them (a reader).
+    let display = Some(("resident-display", "display-secret"));
+    let (_watch, mut notices) =
+        mqtt(site.broker, "resident-watch", display, Some("residents/#")).await;
     let mut page = Sse::open(site.console, &format!("/r/{b2u3}/events"), None).await;
     let sensor = site.sensor("b2-u3-gas").await;
     sensor

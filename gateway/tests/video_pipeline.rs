@@ -79,7 +79,7 @@ fn run(
     camera: &Camera,
     config: &Config,
     detector: SharedDetector,
-    alerts: Option<tokio::sync::mpsc::Sender<AlertInput>>,
+    alerts: Option<gateway::alerts::AlertBus>,
     options: PipelineOptions,
 ) -> (Vec<FrameReport>, StatsSnapshot) {
     capture::init_ffmpeg().unwrap();
@@ -283,7 +283,7 @@ min_duration_s = 2
         &cfg.cameras[0],
         &cfg,
         detector(),
-        Some(task.tx.clone()),
+        Some(gateway::alerts::AlertBus::new(task.tx.clone())),
         options(20.0, Some(evidence.clone())),
     );
     let (events, outbox_rows) = task.finish();
@@ -409,8 +409,13 @@ async fn the_daemon_spawn_analyses_a_file_camera_in_real_time_and_stops_on_shutd
     let dir = tempfile::tempdir().unwrap();
     let stages = gateway::shutdown::Lifecycle::new();
     let (tx, _rx) = tokio::sync::mpsc::channel(64);
-    let handle = gateway::video::spawn(Arc::new(cfg), &stages, tx, dir.path())
-        .expect("video pipeline starts");
+    let handle = gateway::video::spawn(
+        Arc::new(cfg),
+        &stages,
+        gateway::alerts::AlertBus::new(tx),
+        dir.path(),
+    )
+    .expect("video pipeline starts");
     let started = std::time::Instant::now();
     // Real time is the scenario: a file camera plays at its own 10 fps, analysed at 2 fps,
     // not flat out. Wait until 4 frames were analysed, then judge the counts against the time
@@ -523,7 +528,13 @@ fn a_camera_decoded_but_not_analysed_raises_camera_down_until_analysis_resumes()
     o.capture.stall_timeout = std::time::Duration::from_secs(3);
     // 25 failed frames at 5 frames/s: 5 s of camera time without analysis, then 5 s with.
     let detector: SharedDetector = Arc::new(Mutex::new(Box::new(FailsAtFirst { failures: 25 })));
-    let (reports, stats) = run(&cfg.cameras[0], &cfg, detector, Some(task.tx.clone()), o);
+    let (reports, stats) = run(
+        &cfg.cameras[0],
+        &cfg,
+        detector,
+        Some(gateway::alerts::AlertBus::new(task.tx.clone())),
+        o,
+    );
     let (events, _) = task.finish();
 
     let down: Vec<_> = events

@@ -31,7 +31,8 @@ location = {{ area = "lobby" }}
     config.detector.onnxruntime = Some("/nonexistent/libonnxruntime.so".into());
     let dir = tempfile::tempdir().unwrap();
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
-    let result = video::spawn(Arc::new(config), &Lifecycle::new(), tx, dir.path());
+    let bus = gateway::alerts::AlertBus::new(tx);
+    let result = video::spawn(Arc::new(config), &Lifecycle::new(), bus, dir.path());
     let Err(err) = result else {
         panic!("expected the pipeline to be unavailable")
     };

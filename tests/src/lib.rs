@@ -60,7 +60,7 @@ pub fn write_config(dir: &Path, body: &str) -> PathBuf {
 pub fn demo_config_on_free_ports(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(demo_config()).expect("read demo.toml");
     let text = text
-        .replace("\"0.0.0.0:1883\"", "\"127.0.0.1:0\"")
+        .replace("bind = \"127.0.0.1:1883\"", "bind = \"127.0.0.1:0\"")
         .replace("\"127.0.0.1:8080\"", "\"127.0.0.1:0\"");
     let path = dir.join("demo.toml");
     std::fs::write(&path, text).expect("write demo copy");

@@ -15,6 +15,11 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 const SITE: &str = r#"
+[[broker.readers]]
+username = "b2-display"
+password = "display-secret"
+topics = ["residents/b2/#"]
+
 [[locations.buildings]]
 id = "b2"
 name = "2号楼"
@@ -34,6 +39,13 @@ display_name = "值班员"
 password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZaTelU1nfxz3/8UfuGG6UrIxQfDFnKLoYXNk"
 role = "staff"
 "#;
+
+/// The unit's resident display: resident notices are readable only by a login granted them.
+async fn resident(broker: SocketAddr) -> Mqtt {
+    let mut options = rumqttc::MqttOptions::new("resident-b2-u3", "127.0.0.1", broker.port());
+    options.set_credentials("b2-display", "display-secret");
+    Mqtt::connect_with(options).await
+}
 
 const GAS_TOPIC: &str = "sensors/b2-u3-501-gas/state";
 const WAIT: Duration = Duration::from_secs(10);
@@ -143,7 +155,7 @@ async fn resolving_while_gas_persists_does_not_silence_the_detector() {
     let site = start("debounce_s = 0\nclear_hold_s = 1\nescalate_after_s = 600");
     let mut alerts = Mqtt::connect(site.broker, "watch-alerts").await;
     alerts.subscribe("shouwang/test-site/alerts/#").await;
-    let mut residents = Mqtt::connect(site.broker, "resident-b2-u3").await;
+    let mut residents = resident(site.broker).await;
     residents.subscribe("residents/b2/u3/alerts").await;
 
     let stop = CancellationToken::new();
@@ -209,7 +221,7 @@ async fn a_staff_resolve_once_the_gas_is_gone_tells_residents_and_the_next_leak_
     let site = start("debounce_s = 0\nclear_hold_s = 120\nescalate_after_s = 600");
     let mut alerts = Mqtt::connect(site.broker, "watch-alerts").await;
     alerts.subscribe("shouwang/test-site/alerts/#").await;
-    let mut residents = Mqtt::connect(site.broker, "resident-b2-u3").await;
+    let mut residents = resident(site.broker).await;
     residents.subscribe("residents/b2/u3/alerts").await;
     let sensor = Mqtt::connect(site.broker, "b2-u3-501-gas").await;
 

@@ -14,6 +14,11 @@ use simulators::mqtt::Endpoint;
 use simulators::sensors::{self, Options, Scenario};
 
 const BODY: &str = r#"
+[[broker.readers]]
+username = "b2-display"
+password = "display-secret"
+topics = ["residents/b2/#"]
+
 [[locations.buildings]]
 id = "b2"
 name = "2号楼"
@@ -95,7 +100,10 @@ async fn a_gas_leak_in_building_2_unit_3_warns_that_unit_in_both_languages_and_t
     let broker: std::net::SocketAddr = ready["broker"].as_str().unwrap().parse().unwrap();
     let console = ready["console"].as_str().unwrap().to_owned();
 
-    let mut residents = Mqtt::connect(broker, "resident-b2-u3").await;
+    // Resident notices are readable only by a login granted them; the sensors stay anonymous.
+    let mut options = rumqttc::MqttOptions::new("resident-b2-u3", "127.0.0.1", broker.port());
+    options.set_credentials("b2-display", "display-secret");
+    let mut residents = Mqtt::connect_with(options).await;
     residents.subscribe("residents/b2/u3/alerts").await;
     let mut alerts = Mqtt::connect(broker, "watch-alerts").await;
     alerts.subscribe("shouwang/test-site/alerts/#").await;

@@ -78,6 +78,11 @@ location = { building = "b1", unit = "u1", floor = 6, room = "0601" }
 id = "k-valve"
 kind = "valve"
 location = { building = "b1", unit = "u1", floor = 6, room = "0601" }
+[[rules.linkage]]
+on = "gas"
+min_level = "red"
+action = "close_valve"
+targets = ["k-valve"]
 "#,
     );
     let mut watcher = bench.watch().await;
@@ -90,8 +95,8 @@ location = { building = "b1", unit = "u1", floor = 6, room = "0601" }
             async move { sensors::run(&config, &options, CancellationToken::new()).await },
         );
 
-    // Play the linkage by hand (the gateway does not drive actuators yet): close the valve
-    // once the alert is red.
+    // The gateway's linkage closes the valve once the alert is red (only the gateway may
+    // publish on an actuator's command topic).
     let (red, mut events) = record_until(&mut watcher, Duration::from_secs(30), |v| {
         v["kind"] == "gas" && v["level"] == "red"
     })
@@ -101,10 +106,6 @@ location = { building = "b1", unit = "u1", floor = 6, room = "0601" }
         "no red gas alert; events:\n{}",
         Events(events.clone()).dump()
     );
-    let commander = Mqtt::connect(bench.broker, "linkage-by-hand").await;
-    commander
-        .publish("sensors/k-valve/set", r#"{"state":"close"}"#)
-        .await;
     let closed = valve_state
         .collect(1, Duration::from_secs(5), |v| v["state"] == "closed")
         .await;
@@ -126,8 +127,12 @@ location = { building = "b1", unit = "u1", floor = 6, room = "0601" }
     );
     let raised = events.of("gas", "raised");
     assert_eq!(raised.len(), 1, "one gas alert:\n{}", events.dump());
+    let history = events.history(&raised[0]["id"]);
+    // The valve's confirmation is an update of its own (same level): counted once here.
+    let mut levels = pairs(&history);
+    levels.dedup();
     assert_eq!(
-        pairs(&events.history(&raised[0]["id"])),
+        levels,
         [
             ("raised", "orange"),
             ("updated", "red"),
@@ -135,6 +140,17 @@ location = { building = "b1", unit = "u1", floor = 6, room = "0601" }
             ("resolved", "orange")
         ],
         "events:\n{}",
+        events.dump()
+    );
+    assert!(
+        events
+            .0
+            .iter()
+            .filter(|v| v["id"] == raised[0]["id"])
+            .any(|v| v["actions"].as_array().is_some_and(|a| a
+                .iter()
+                .any(|x| x["target"] == "k-valve" && x["outcome"] == "confirmed"))),
+        "the gateway's valve command was confirmed:\n{}",
         events.dump()
     );
     assert_eq!(events.raised_kinds(), ["gas"]);

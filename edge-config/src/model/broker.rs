@@ -5,23 +5,34 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Default listen address of the embedded broker.
-pub const DEFAULT_BROKER_BIND: &str = "0.0.0.0:1883";
+/// Default listen address of the embedded broker: this machine only. Sensors on the
+/// network need an explicit `bind` (e.g. `"0.0.0.0:1883"`) and, off loopback,
+/// authentication or `allow_anonymous = true`.
+pub const DEFAULT_BROKER_BIND: &str = "127.0.0.1:1883";
+
+/// Default port of the embedded broker's TLS listener.
+pub const DEFAULT_BROKER_TLS_PORT: u16 = 8883;
 
 /// `[broker]`.
 ///
 /// With `mode = "embedded"` (default) the gateway runs its own broker and
-/// only `bind`, `v5_bind`, `tls` and `require_auth` apply. With
-/// `mode = "external"` it connects to `[broker.external]` and those four
-/// keys must be left out.
+/// only `bind`, `v5_bind`, `tls`, `require_auth`, `allow_anonymous` and
+/// `[[broker.readers]]` apply. With `mode = "external"` it connects to
+/// `[broker.external]` and those keys must be left out.
+///
+/// Embedded broker logins: a device's `username`/`password` lets it publish
+/// only its own topics and read only its own command topic; a reader
+/// (`[[broker.readers]]`) may only read the `topics` it lists. As soon as
+/// one device has a login, every client must log in, unless
+/// `allow_anonymous = true`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Broker {
     /// `embedded` (default) or `external`.
     #[serde(default)]
     pub mode: BrokerMode,
-    /// Embedded: MQTT v3.1.1 listen address. Default `"0.0.0.0:1883"`
-    /// (see [`Broker::bind_addr`]).
+    /// Embedded: MQTT v3.1.1 listen address. Default `"127.0.0.1:1883"`
+    /// (this machine only; see [`Broker::bind_addr`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<SocketAddr>,
     /// Embedded: optional MQTT v5 listen address, e.g. `"0.0.0.0:1884"`.
@@ -34,17 +45,59 @@ pub struct Broker {
     /// `password`. Default false.
     #[serde(default)]
     pub require_auth: bool,
+    /// Embedded: accept clients without a login. Default false. Needed for
+    /// a broker without device logins on a non-loopback address (anyone on
+    /// that network may then publish sensor readings); with device logins it
+    /// lets clients without one in as well. Anonymous clients may publish on
+    /// any topic except the gateway's (`shouwang/…`, `residents/…`, actuator
+    /// command topics) and read any topic except `residents/…`.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// Embedded: `[[broker.readers]]`, read-only logins (resident displays,
+    /// local alert boards). Readers alone do not make logins mandatory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<BrokerReader>,
     /// `[broker.external]`: required when `mode = "external"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalBroker>,
 }
 
 impl Broker {
-    /// The embedded broker's listen address (`bind` or `0.0.0.0:1883`).
+    /// The embedded broker's listen address (`bind` or `127.0.0.1:1883`).
     pub fn bind_addr(&self) -> SocketAddr {
         self.bind
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883)))
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883)))
     }
+
+    /// The TLS listener's address: `tls.bind`, else `bind`'s address on port 8883.
+    pub fn tls_bind_addr(&self) -> Option<SocketAddr> {
+        let tls = self.tls.as_ref()?;
+        Some(
+            tls.bind
+                .unwrap_or_else(|| SocketAddr::new(self.bind_addr().ip(), DEFAULT_BROKER_TLS_PORT)),
+        )
+    }
+}
+
+/// `[[broker.readers]]`: a read-only login of the embedded broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerReader {
+    /// User name (not a device's).
+    pub username: String,
+    /// Password (shown as `********` when serialized). Not with `password_file`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
+    pub password: Option<String>,
+    /// File holding the password (first line). Not with `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Topic filters this login may read, e.g. `["residents/b1/#"]` for building 1's
+    /// resident display or `["shouwang/+/alerts/#"]` for a local alert board.
+    pub topics: Vec<String>,
 }
 
 /// Which broker the sensors use.
@@ -58,7 +111,7 @@ pub enum BrokerMode {
     External,
 }
 
-/// `tls = { cert, key }` of a listener.
+/// `tls = { cert, key, bind }` of a listener.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTls {
@@ -66,6 +119,10 @@ pub struct ServerTls {
     pub cert: PathBuf,
     /// PEM private key (relative = against the config file's directory).
     pub key: PathBuf,
+    /// Listen address. Default: `bind`'s address on port 8883 (see
+    /// [`Broker::tls_bind_addr`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
 }
 
 /// `[broker.external]`: connection to an existing broker.

@@ -12,7 +12,10 @@ pub struct Console {
     pub bind: SocketAddr,
     /// Sessions expire after this many minutes (5..=10080). Default 480.
     pub session_timeout_min: u32,
-    /// Lock an account after this many failed logins (1..=100). Default 5.
+    /// After this many failed logins in a row from one address for one user name, that
+    /// address must wait before its next try for that name (5 s, doubling up to 15 min);
+    /// other addresses are not affected (1..=100). Default 5. (The name is historical: no
+    /// account is ever locked.)
     pub lockout_after_failures: u32,
     /// `[[console.staff]]`: who may log in.
     pub staff: Vec<Staff>,

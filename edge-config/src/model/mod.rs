@@ -9,7 +9,10 @@ mod device;
 mod rules;
 mod uplink;
 
-pub use broker::{Broker, BrokerMode, CaTls, ExternalBroker, ServerTls, DEFAULT_BROKER_BIND};
+pub use broker::{
+    Broker, BrokerMode, BrokerReader, CaTls, ExternalBroker, ServerTls, DEFAULT_BROKER_BIND,
+    DEFAULT_BROKER_TLS_PORT,
+};
 pub use camera::{Camera, CameraRule, CameraRuleKind, CameraSource, Mask, Zone, COCO_CLASSES};
 pub use common::{AlertKind, HhMm, Level, LocationRef, Point, TimeWindow};
 pub use console::{Console, Role, Staff};
@@ -55,6 +58,9 @@ pub struct Config {
     /// `[console]`: the duty staff's web console.
     #[serde(default)]
     pub console: Console,
+    /// `[residents]`: the residents' pages.
+    #[serde(default)]
+    pub residents: Residents,
     /// `[storage]`: where the outbox and evidence are kept.
     #[serde(default)]
     pub storage: Storage,
@@ -118,11 +124,28 @@ impl Config {
         }
     }
 
+    /// Whether the embedded broker accepts clients without a login: no device has a
+    /// login (readers alone do not make logins mandatory), or `broker.allow_anonymous`.
+    pub fn broker_accepts_anonymous(&self) -> bool {
+        self.broker.allow_anonymous || self.devices.iter().all(|d| d.username.is_none())
+    }
+
     /// The MQTT client id used upstream (`uplink.client_id`, default
     /// `shouwang-{site.id}`); `None` without an `[uplink]`.
     pub fn uplink_client_id(&self) -> Option<String> {
         self.uplink.as_ref().map(|u| u.client_id(&self.site.id))
     }
+}
+
+/// `[residents]`: the residents' secret-link pages (`/r/{token}`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Residents {
+    /// Serve the resident pages on a listener of their own, e.g. `"192.168.20.1:8081"`
+    /// on the residents' network, so that network need not reach the staff console and
+    /// its login. Default: none (the pages are served on `[console] bind`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<std::net::SocketAddr>,
 }
 
 /// `[site]`: identity of the gateway's site.

@@ -1,7 +1,7 @@
 //! `[broker]` and `[[devices]]`.
 
 use super::places::check_location;
-use super::{topic_problem, Problems};
+use super::{filter_problem, topic_problem, Problems};
 use crate::model::{BrokerMode, Config, Device, PayloadFormat};
 use crate::path::KeyPath;
 use std::collections::HashMap;
@@ -27,8 +27,128 @@ pub(super) fn check_broker(config: &Config, p: &mut Problems) {
                     "v5_bind is the same address as bind; use another port, e.g. 0.0.0.0:1884",
                 );
             }
+            // Port 0 picks a free port per listener: no clash.
+            let tls_bind = b.tls_bind_addr().filter(|a| a.port() != 0);
+            if tls_bind.is_some() && (tls_bind == Some(b.bind_addr()) || tls_bind == b.v5_bind) {
+                p.push(
+                    at.key("tls"),
+                    "the TLS listener has the same address as bind or v5_bind; use another port, e.g. bind = \"0.0.0.0:8883\"",
+                );
+            }
+            check_readers(config, p);
+            check_logins(config, p);
         }
         BrokerMode::External => check_external(config, p),
+    }
+}
+
+/// `[[broker.readers]]`: a name, one password source, valid filters.
+fn check_readers(config: &Config, p: &mut Problems) {
+    for (i, r) in config.broker.readers.iter().enumerate() {
+        let at = KeyPath::of("broker").key("readers").index(i);
+        p.not_blank(at.key("username"), &r.username, "\"resident-display-b1\"");
+        match (&r.password, &r.password_file) {
+            (Some(_), Some(_)) => p.push(
+                at.key("password_file"),
+                "set either `password` or `password_file`, not both",
+            ),
+            (None, None) => p.push(
+                at.clone(),
+                "a reader needs password = \"…\" or password_file = \"…\"",
+            ),
+            (None, Some(file)) => p.file(at.key("password_file"), file),
+            (Some(_), None) => {}
+        }
+        if r.topics.is_empty() {
+            p.push(
+                at.key("topics"),
+                "list the topic filters this login may read, e.g. topics = [\"residents/b1/#\"]",
+            );
+        }
+        for (j, filter) in r.topics.iter().enumerate() {
+            if let Some(problem) = filter_problem(filter) {
+                p.push(at.key("topics").index(j), problem);
+            }
+        }
+    }
+}
+
+/// Logins are unambiguous (one password per device username, readers distinct from
+/// devices), consistent with `require_auth`, and a broker reachable from the network
+/// does not take anonymous clients unless `allow_anonymous = true` says so.
+fn check_logins(config: &Config, p: &mut Problems) {
+    let b = &config.broker;
+    let at = KeyPath::of("broker");
+    let mut device_password: HashMap<&str, Option<&str>> = HashMap::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        let Some(user) = d.username.as_deref() else {
+            continue;
+        };
+        match device_password.get(user) {
+            Some(first) if *first != d.password.as_deref() => p.push(
+                KeyPath::of("devices").index(i).key("password"),
+                format!("devices sharing username \"{user}\" must share its password"),
+            ),
+            Some(_) => {}
+            None => {
+                device_password.insert(user, d.password.as_deref());
+            }
+        }
+    }
+    let readers = b.readers.iter().enumerate();
+    p.unique(
+        "reader username",
+        readers.map(|(i, r)| {
+            (
+                at.key("readers").index(i).key("username"),
+                r.username.as_str(),
+            )
+        }),
+    );
+    for (i, r) in b.readers.iter().enumerate() {
+        if device_password.contains_key(r.username.as_str()) {
+            p.push(
+                at.key("readers").index(i).key("username"),
+                format!(
+                    "\"{}\" is a device's username; give the reader a login of its own",
+                    r.username
+                ),
+            );
+        }
+    }
+    if b.allow_anonymous && b.require_auth {
+        p.push(
+            at.key("allow_anonymous"),
+            "allow_anonymous contradicts require_auth = true; remove one of them",
+        );
+    }
+    check_exposure(config, p);
+}
+
+/// A non-loopback listener without device logins needs `allow_anonymous = true`.
+fn check_exposure(config: &Config, p: &mut Problems) {
+    let b = &config.broker;
+    if b.allow_anonymous || !config.broker_accepts_anonymous() {
+        return;
+    }
+    let listeners = [
+        ("bind", Some(b.bind_addr())),
+        ("v5_bind", b.v5_bind),
+        ("tls", b.tls_bind_addr()),
+    ];
+    let exposed = listeners
+        .into_iter()
+        .find_map(|(key, addr)| addr.filter(|a| !a.ip().is_loopback()).map(|a| (key, a)));
+    if let Some((key, addr)) = exposed {
+        p.push(
+            KeyPath::of("broker").key(key),
+            format!(
+                "the broker listens on {addr}, reachable from the network, and no device has a login: \
+                 anyone there could publish alarms or all-clears. Set require_auth = true and give \
+                 every device username = \"…\" and password = \"…\", or bind 127.0.0.1, or write \
+                 allow_anonymous = true to accept that risk"
+            ),
+        );
     }
 }
 
@@ -40,6 +160,8 @@ fn check_external(config: &Config, p: &mut Problems) {
         ("v5_bind", b.v5_bind.is_some()),
         ("tls", b.tls.is_some()),
         ("require_auth", b.require_auth),
+        ("allow_anonymous", b.allow_anonymous),
+        ("readers", !b.readers.is_empty()),
     ];
     for (key, set) in embedded_only {
         if set {

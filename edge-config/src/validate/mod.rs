@@ -147,6 +147,27 @@ pub fn id_problem(id: &str) -> Option<String> {
     })
 }
 
+/// Whether `filter` is a valid MQTT topic filter (wildcards allowed as whole levels,
+/// `#` only last); why not if not.
+pub(crate) fn filter_problem(filter: &str) -> Option<String> {
+    let example = "write e.g. \"residents/b1/#\" or \"shouwang/+/alerts/#\"";
+    if filter.is_empty() || filter.contains(['\0', ' ']) {
+        return Some(format!(
+            "topic filter \"{filter}\" is empty or contains spaces; {example}"
+        ));
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    let last = levels.len() - 1;
+    let bad = levels.iter().enumerate().any(|(i, l)| {
+        (l.contains('#') && (*l != "#" || i != last)) || (l.contains('+') && *l != "+")
+    });
+    bad.then(|| {
+        format!(
+            "topic filter \"{filter}\": '+' must be a whole level and '#' the whole last level; {example}"
+        )
+    })
+}
+
 /// Whether `topic` is a valid MQTT topic to publish to; why not if not.
 pub(crate) fn topic_problem(topic: &str) -> Option<String> {
     if topic.is_empty() {

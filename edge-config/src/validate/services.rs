@@ -138,8 +138,17 @@ pub(super) fn check_console(config: &Config, p: &mut Problems) {
             p.push(
                 here.key("password_hash"),
                 format!(
-                    "{problem}; generate one with e.g. `echo -n 'PASSWORD' | argon2 \"$(openssl rand -base64 16)\" -id -e`"
+                    "{problem}; generate one with e.g. `echo -n 'PASSWORD' | argon2 \"$(openssl rand -base64 16)\" -id -t 2 -k 19456 -e`"
                 ),
+            );
+        }
+    }
+    if let Some(bind) = config.residents.bind {
+        if bind.port() != 0 && bind == c.bind {
+            p.push(
+                KeyPath::of("residents").key("bind"),
+                "residents.bind is the console's own address; give the resident pages another \
+                 port or address, e.g. 0.0.0.0:8081, or leave it out to serve them on the console",
             );
         }
     }
@@ -170,17 +179,29 @@ fn is_b64(s: &str) -> bool {
         .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
 }
 
+/// The weakest staff password hash accepted: OWASP's minimum for argon2id (19 MiB, two
+/// passes). Anything cheaper lets a stolen configuration be brute-forced quickly.
+pub(crate) const MIN_ARGON2_MEMORY_KIB: u32 = 19_456;
+/// See [`MIN_ARGON2_MEMORY_KIB`].
+pub(crate) const MIN_ARGON2_PASSES: u32 = 2;
+
 /// Check an argon2 PHC string:
-/// `$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH` (version optional).
+/// `$argon2id$v=19$m=19456,t=2,p=1$SALT$HASH` (version optional). Only argon2id, with at
+/// least [`MIN_ARGON2_MEMORY_KIB`] of memory and [`MIN_ARGON2_PASSES`] passes, is accepted.
 pub(crate) fn check_phc(phc: &str) -> Result<(), String> {
     let shape = "expected an argon2 PHC string like $argon2id$v=19$m=19456,t=2,p=1$SALT$HASH";
     let parts: Vec<&str> = phc.split('$').collect();
     let (Some(&""), Some(alg)) = (parts.first(), parts.get(1)) else {
         return Err(format!("not a PHC string ({shape})"));
     };
-    if !["argon2id", "argon2i", "argon2d"].contains(alg) {
+    if ["argon2i", "argon2d"].contains(alg) {
         return Err(format!(
-            "password_hash must start with $argon2id$, $argon2i$ or $argon2d$ ({shape})"
+            "${alg}$ is too weak for staff passwords: use $argon2id$ ({shape})"
+        ));
+    }
+    if *alg != "argon2id" {
+        return Err(format!(
+            "password_hash must start with $argon2id$ ({shape})"
         ));
     }
     let mut rest = &parts[2..];
@@ -204,7 +225,7 @@ pub(crate) fn check_phc(phc: &str) -> Result<(), String> {
 }
 
 fn check_params(params: &str) -> Result<(), String> {
-    let mut seen = Vec::new();
+    let mut seen: Vec<(&str, u32)> = Vec::new();
     for kv in params.split(',') {
         let (k, v) = kv
             .split_once('=')
@@ -216,15 +237,23 @@ fn check_params(params: &str) -> Result<(), String> {
             if n == 0 {
                 return Err(format!("parameter {k} must be at least 1"));
             }
-            seen.push(k);
+            seen.push((k, n));
         } else if !["keyid", "data"].contains(&k) {
             return Err(format!("unknown parameter \"{k}\""));
         }
     }
-    match ["m", "t", "p"].iter().find(|k| !seen.contains(k)) {
-        Some(k) => Err(format!("parameter {k}= is missing")),
-        None => Ok(()),
+    let value = |name: &str| seen.iter().find(|(k, _)| *k == name).map(|(_, n)| *n);
+    if let Some(k) = ["m", "t", "p"].iter().find(|k| value(k).is_none()) {
+        return Err(format!("parameter {k}= is missing"));
     }
+    let (m, t) = (value("m").unwrap_or(0), value("t").unwrap_or(0));
+    if m < MIN_ARGON2_MEMORY_KIB || t < MIN_ARGON2_PASSES {
+        return Err(format!(
+            "m={m},t={t} is too weak for staff passwords: use at least \
+             m={MIN_ARGON2_MEMORY_KIB} (19 MiB) and t={MIN_ARGON2_PASSES}"
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn check_storage(config: &Config, p: &mut Problems) {
@@ -300,5 +329,24 @@ mod tests {
         )
         .is_err());
         assert!(check_phc("plaintext").is_err());
+    }
+
+    #[test]
+    fn cheap_or_side_channel_prone_hashes_are_refused() {
+        let salt_hash = "c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZaTelU1nfxz3/8UfuGG6UrIxQfDFnKLoYXNk";
+        for params in ["m=1,t=1,p=1", "m=19455,t=2,p=1", "m=19456,t=1,p=1"] {
+            let h = format!("$argon2id$v=19${params}${salt_hash}");
+            let e = check_phc(&h).unwrap_err();
+            assert!(e.contains("too weak"), "{params}: {e}");
+        }
+        for alg in ["argon2i", "argon2d"] {
+            let h = format!("${alg}$v=19$m=65536,t=3,p=1${salt_hash}");
+            assert!(
+                check_phc(&h).unwrap_err().contains("use $argon2id$"),
+                "{alg}"
+            );
+        }
+        let strong = format!("$argon2id$v=19$m=65536,t=3,p=4${salt_hash}");
+        assert_eq!(check_phc(&strong), Ok(()));
     }
 }

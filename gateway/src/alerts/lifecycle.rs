@@ -34,7 +34,7 @@ use edge_config::{AlertKind, Config, Level};
 
 use super::linkage::{self, Command};
 use super::messages;
-use super::model::{Alert, AlertState, EventKind, Location, Source};
+use super::model::{ActionOutcome, Alert, AlertState, EventKind, Location, Source};
 use super::store::{AlertStore, StoreError};
 use crate::rules::{Change, ResetSender, RuleReset, Signal};
 
@@ -171,7 +171,7 @@ impl Lifecycle {
         at: DateTime<Utc>,
     ) -> Result<Alert, StoreError> {
         let key = (source.key(), kind);
-        let now = timestamp(at);
+        let now = at;
         let previous_level = self.active.get(&key).map(|a| a.level);
         let (mut alert, event) = match self.active.get(&key) {
             Some(current) => {
@@ -184,7 +184,7 @@ impl Lifecycle {
                     // The acknowledgement covered the lower level only.
                     AlertState::Acknowledged if rose => {
                         a.state = AlertState::Updated;
-                        a.rearmed_at = Some(now.clone());
+                        a.rearmed_at = Some(now);
                     }
                     _ => {}
                 }
@@ -236,7 +236,7 @@ impl Lifecycle {
             .filter(|(_, a)| {
                 a.actions
                     .iter()
-                    .any(|x| x.target == device && x.outcome == linkage::PENDING)
+                    .any(|x| x.target == device && x.outcome == ActionOutcome::Pending)
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -244,7 +244,7 @@ impl Lifecycle {
         for key in keys {
             let mut alert = self.active[&key].clone();
             if linkage::confirm(&mut alert, device, state, at) {
-                alert.updated_at = timestamp(at);
+                alert.updated_at = at;
                 self.commit_into(key, alert, EventKind::Updated, &mut out)?;
             }
         }
@@ -279,14 +279,18 @@ impl Lifecycle {
         let keys: Vec<_> = self
             .active
             .iter()
-            .filter(|(_, a)| a.actions.iter().any(|x| x.outcome == linkage::PENDING))
+            .filter(|(_, a)| {
+                a.actions
+                    .iter()
+                    .any(|x| x.outcome == ActionOutcome::Pending)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
             let mut alert = self.active[&key].clone();
             if linkage::expire(&mut alert, self.actuator_timeout, at) {
                 tracing::warn!(id = %alert.id, "actuator did not confirm in time");
-                alert.updated_at = timestamp(at);
+                alert.updated_at = at;
                 self.commit_into(key, alert, EventKind::Updated, out)?;
             }
         }
@@ -300,7 +304,7 @@ impl Lifecycle {
         kind: AlertKind,
         level: Level,
         readings: serde_json::Value,
-        now: String,
+        now: DateTime<Utc>,
     ) -> Alert {
         Alert {
             id: ulid::Ulid::generate().to_string(),
@@ -314,7 +318,7 @@ impl Lifecycle {
             advice: messages::advice_for(kind),
             source,
             location,
-            raised_at: now.clone(),
+            raised_at: now,
             updated_at: now,
             acknowledged_at: None,
             acknowledged_by: None,
@@ -354,9 +358,9 @@ impl Lifecycle {
         still_reported: bool,
     ) -> Result<Alert, StoreError> {
         alert.state = AlertState::Resolved;
-        alert.resolved_at = Some(timestamp(at));
+        alert.resolved_at = Some(at);
         alert.resolved_by = Some(by.to_owned());
-        alert.updated_at = timestamp(at);
+        alert.updated_at = at;
         alert.still_reported = still_reported;
         self.store.record(&mut alert, EventKind::Resolved)?;
         self.active.remove(&key);
@@ -375,9 +379,9 @@ impl Lifecycle {
             return Ok(alert);
         }
         alert.state = AlertState::Acknowledged;
-        alert.acknowledged_at = Some(timestamp(at));
+        alert.acknowledged_at = Some(at);
         alert.acknowledged_by = Some(by.to_owned());
-        alert.updated_at = timestamp(at);
+        alert.updated_at = at;
         self.store.record(&mut alert, EventKind::Acknowledged)?;
         self.active.insert(key, alert.clone());
         Ok(alert)
@@ -438,10 +442,8 @@ impl Lifecycle {
             .filter(|(_, a)| a.level >= Level::Orange)
             .filter(|(_, a)| {
                 // From the rise that cancelled an acknowledgement, else from the raise.
-                let since = a.rearmed_at.as_deref().unwrap_or(&a.raised_at);
-                DateTime::parse_from_rfc3339(since)
-                    .map(|t| at.signed_duration_since(t) >= self.escalate_after)
-                    .unwrap_or(false)
+                let since = a.rearmed_at.unwrap_or(a.raised_at);
+                at.signed_duration_since(since) >= self.escalate_after
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -449,8 +451,8 @@ impl Lifecycle {
         for key in due {
             let mut alert = self.active[&key].clone();
             alert.state = AlertState::Escalated;
-            alert.escalated_at = Some(timestamp(at));
-            alert.updated_at = timestamp(at);
+            alert.escalated_at = Some(at);
+            alert.updated_at = at;
             self.commit_into(key, alert, EventKind::Escalated, &mut out)?;
         }
         self.expire_actions(at, &mut out)?;

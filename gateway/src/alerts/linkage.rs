@@ -20,8 +20,7 @@ use chrono::{DateTime, Utc};
 use edge_config::{Config, Device, LinkageAction, PayloadFormat};
 use serde_json::json;
 
-use super::lifecycle::timestamp;
-use super::model::{ActionRecord, Alert};
+use super::model::{ActionOutcome, ActionRecord, Alert};
 
 /// A command to publish to an actuator.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,17 +29,13 @@ pub struct Command {
     pub payload: Vec<u8>,
 }
 
-pub const PENDING: &str = "pending";
-pub const CONFIRMED: &str = "confirmed";
-pub const TIMED_OUT: &str = "timed_out";
-
 /// Adds pending actions for every matching linkage target not yet actioned on this alert;
 /// returns the commands to send.
 pub fn plan(config: &Config, alert: &mut Alert, at: DateTime<Utc>) -> Vec<Command> {
     let mut commands = Vec::new();
     for linkage in config.rules.linkages_for(alert.kind, alert.level) {
         for target in &linkage.targets {
-            let action = linkage.action.as_str();
+            let action = linkage.action;
             if alert
                 .actions
                 .iter()
@@ -54,10 +49,10 @@ pub fn plan(config: &Config, alert: &mut Alert, at: DateTime<Utc>) -> Vec<Comman
             let message = linkage.message.clone();
             commands.push(command(device, linkage.action, alert, message.as_deref()));
             alert.actions.push(ActionRecord {
-                action: action.to_owned(),
+                action,
                 target: target.clone(),
-                sent_at: timestamp(at),
-                outcome: PENDING.to_owned(),
+                sent_at: at,
+                outcome: ActionOutcome::Pending,
                 confirmed_at: None,
             });
         }
@@ -94,13 +89,12 @@ fn command(
 }
 
 /// Whether an actuator state report confirms an action.
-pub fn confirms(action: &str, state: &str) -> bool {
+pub fn confirms(action: LinkageAction, state: &str) -> bool {
     let state = state.to_ascii_lowercase();
     match action {
-        "close_valve" => matches!(state.as_str(), "closed" | "close" | "off"),
-        "sound_siren" => matches!(state.as_str(), "on" | "sounding" | "alarm"),
-        "play_pa" => matches!(state.as_str(), "playing" | "played" | "on"),
-        _ => false,
+        LinkageAction::CloseValve => matches!(state.as_str(), "closed" | "close" | "off"),
+        LinkageAction::SoundSiren => matches!(state.as_str(), "on" | "sounding" | "alarm"),
+        LinkageAction::PlayPa => matches!(state.as_str(), "playing" | "played" | "on"),
     }
 }
 
@@ -110,11 +104,11 @@ pub fn confirm(alert: &mut Alert, target: &str, state: &str, at: DateTime<Utc>) 
     for a in alert
         .actions
         .iter_mut()
-        .filter(|a| a.target == target && a.outcome == PENDING)
+        .filter(|a| a.target == target && a.outcome == ActionOutcome::Pending)
     {
-        if confirms(&a.action, state) {
-            a.outcome = CONFIRMED.to_owned();
-            a.confirmed_at = Some(timestamp(at));
+        if confirms(a.action, state) {
+            a.outcome = ActionOutcome::Confirmed;
+            a.confirmed_at = Some(at);
             changed = true;
         }
     }
@@ -124,10 +118,13 @@ pub fn confirm(alert: &mut Alert, target: &str, state: &str, at: DateTime<Utc>) 
 /// Marks pending actions older than `timeout` timed out; true if any changed.
 pub fn expire(alert: &mut Alert, timeout: chrono::Duration, at: DateTime<Utc>) -> bool {
     let mut changed = false;
-    for a in alert.actions.iter_mut().filter(|a| a.outcome == PENDING) {
-        let sent = DateTime::parse_from_rfc3339(&a.sent_at).map(|t| t.with_timezone(&Utc));
-        if sent.is_ok_and(|t| at.signed_duration_since(t) >= timeout) {
-            a.outcome = TIMED_OUT.to_owned();
+    for a in alert
+        .actions
+        .iter_mut()
+        .filter(|a| a.outcome == ActionOutcome::Pending)
+    {
+        if at.signed_duration_since(a.sent_at) >= timeout {
+            a.outcome = ActionOutcome::TimedOut;
             changed = true;
         }
     }

@@ -1,6 +1,8 @@
 //! Alerts: the record ([`model`]), its text ([`messages`]), its durable store with the
-//! outbox ([`store`]) and its lifecycle ([`lifecycle`]).
+//! outbox ([`store`]), its lifecycle ([`lifecycle`]), the task that alone writes it
+//! ([`task`]) and the typed way in ([`bus`]).
 
+pub mod bus;
 pub mod lifecycle;
 pub mod linkage;
 pub mod messages;
@@ -8,6 +10,7 @@ pub mod model;
 pub mod store;
 pub mod task;
 
+pub use bus::{AlertBus, WeakAlertBus};
 pub use lifecycle::Lifecycle;
 pub use model::{Alert, AlertState, EventKind, Location, Source};
 pub use store::AlertStore;

@@ -1,6 +1,7 @@
 //! The alert record: one JSON shape for the store, the console and the platform.
 
-use edge_config::{AlertKind, Config, Level, LocationRef};
+use chrono::{DateTime, Utc};
+use edge_config::{AlertKind, Config, Level, LinkageAction, LocationRef};
 use serde::{Deserialize, Serialize};
 
 /// Where an alert is in its life.
@@ -136,13 +137,70 @@ pub struct Localized {
 /// One action taken on actuators for this alert (linkage) and its outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionRecord {
-    pub action: String,
+    pub action: LinkageAction,
     pub target: String,
-    pub sent_at: String,
-    /// `pending`, `confirmed`, `timed_out`.
-    pub outcome: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confirmed_at: Option<String>,
+    #[serde(with = "time_ms")]
+    pub sent_at: DateTime<Utc>,
+    pub outcome: ActionOutcome,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time_ms::option"
+    )]
+    pub confirmed_at: Option<DateTime<Utc>>,
+}
+
+/// What became of a linkage action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionOutcome {
+    /// Sent; the actuator has not confirmed yet.
+    Pending,
+    /// The actuator's state report confirmed it.
+    Confirmed,
+    /// No confirmation within `rules.timing.actuator_confirm_s`.
+    TimedOut,
+}
+
+/// Alert times in JSON: RFC 3339 with milliseconds, UTC (`2026-09-21T14:13:20.000Z`).
+pub mod time_ms {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+
+    /// The same for optional times.
+    pub mod option {
+        use chrono::{DateTime, Utc};
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrap(#[serde(with = "super")] DateTime<Utc>);
+            Ok(Option::<Wrap>::deserialize(d)?.map(|Wrap(t)| t))
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -164,23 +222,41 @@ pub struct Alert {
     pub state: AlertState,
     pub source: Source,
     pub location: Location,
-    /// RFC 3339 with milliseconds.
-    pub raised_at: String,
-    pub updated_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub acknowledged_at: Option<String>,
+    /// RFC 3339 with milliseconds in JSON ([`time_ms`]).
+    #[serde(with = "time_ms")]
+    pub raised_at: DateTime<Utc>,
+    #[serde(with = "time_ms")]
+    pub updated_at: DateTime<Utc>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time_ms::option"
+    )]
+    pub acknowledged_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_by: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub escalated_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolved_at: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time_ms::option"
+    )]
+    pub escalated_at: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time_ms::option"
+    )]
+    pub resolved_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_by: Option<String>,
     /// When a rise in level cancelled an earlier acknowledgement (which covers only the
     /// level it was given at): escalation is measured from here instead of `raised_at`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rearmed_at: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time_ms::option"
+    )]
+    pub rearmed_at: Option<DateTime<Utc>>,
     /// On a staff resolve: the source still reported the condition at that moment. Residents
     /// are then not told all-clear, and a new alert (`continues` = this one) follows at once.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -195,4 +271,45 @@ pub struct Alert {
     pub advice: Localized,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<ActionRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(raised_at: &str) -> serde_json::Value {
+        serde_json::json!({
+            "id": "01KAV7Q2XK4T5J0ZC3M8W6E1PB", "seq": 1, "event": "raised", "site": "s",
+            "kind": "gas", "level": "red", "state": "raised",
+            "source": { "type": "device", "id": "d" },
+            "location": { "label": "L" },
+            "raised_at": raised_at, "updated_at": "2026-01-01T00:00:00.000Z",
+            "readings": {}, "message": { "zh-CN": "z", "en": "e" }, "advice": { "zh-CN": "z", "en": "e" },
+            "actions": [{ "action": "close_valve", "target": "v", "sent_at": "2026-01-01T00:00:00.500Z",
+                          "outcome": "timed_out" }]
+        })
+    }
+
+    #[test]
+    fn alert_times_and_actions_are_typed_and_keep_their_json_form() {
+        let v = json("2026-01-01T08:00:00.250+08:00");
+        let alert: Alert = serde_json::from_value(v).unwrap();
+        assert_eq!(alert.raised_at.timestamp_millis(), 1_767_225_600_250);
+        assert_eq!(alert.actions[0].action, LinkageAction::CloseValve);
+        assert_eq!(alert.actions[0].outcome, ActionOutcome::TimedOut);
+        let back = serde_json::to_value(&alert).unwrap();
+        assert_eq!(
+            back["raised_at"], "2026-01-01T00:00:00.250Z",
+            "UTC, milliseconds"
+        );
+        assert_eq!(back["actions"][0]["sent_at"], "2026-01-01T00:00:00.500Z");
+        assert_eq!(back["actions"][0]["outcome"], "timed_out");
+        assert!(back.get("acknowledged_at").is_none());
+    }
+
+    #[test]
+    fn a_malformed_time_is_an_error_not_an_alert_that_never_escalates() {
+        let err = serde_json::from_value::<Alert>(json("yesterday")).unwrap_err();
+        assert!(err.to_string().contains("premature end of input"), "{err}");
+    }
 }

@@ -26,6 +26,7 @@ use std::path::Path;
 use edge_config::Level;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
+use super::lifecycle::timestamp;
 use super::model::{Alert, EventKind};
 use crate::outbox::{self, Class, Durability, NewMessage};
 
@@ -92,7 +93,7 @@ pub struct AlertStore {
 impl AlertStore {
     /// Opens the gateway database and creates the alert and outbox tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let conn = crate::db::open_writer(path)?;
         Self::from_connection(conn)
     }
 
@@ -205,8 +206,8 @@ fn write(tx: &Transaction<'_>, alert: &Alert) -> Result<(), StoreError> {
             active,
             alert.level.as_str(),
             serde_json::to_value(alert.state).ok().and_then(|v| v.as_str().map(str::to_owned)),
-            alert.raised_at,
-            alert.updated_at,
+            timestamp(alert.raised_at),
+            timestamp(alert.updated_at),
             body
         ],
     )?;
@@ -216,13 +217,11 @@ fn write(tx: &Transaction<'_>, alert: &Alert) -> Result<(), StoreError> {
             alert.seq as i64,
             alert.id,
             alert.event.as_str(),
-            alert.updated_at,
+            timestamp(alert.updated_at),
             body
         ],
     )?;
-    let created_ms = chrono::DateTime::parse_from_rfc3339(&alert.updated_at)
-        .map(|t| t.timestamp_millis())
-        .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis());
+    let created_ms = alert.updated_at.timestamp_millis();
     let msg = NewMessage::alert(
         class_of(alert.level),
         ulid::Ulid::generate().to_string(),

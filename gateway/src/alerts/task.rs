@@ -518,13 +518,23 @@ location = { building = "b2", unit = "u3", floor = 5, room = "501" }
         let published = drain(&mut rx);
         let got: Vec<_> = published
             .iter()
-            .map(|a| (a.kind, a.seq, a.raised_at.as_str()))
+            .map(|a| {
+                (
+                    a.kind,
+                    a.seq,
+                    crate::alerts::lifecycle::timestamp(a.raised_at),
+                )
+            })
             .collect();
         assert_eq!(
             got,
             [
-                (AlertKind::CameraDown, 1, "2026-09-21T14:13:20.000Z"),
-                (AlertKind::Smoke, 2, "2026-09-21T14:13:21.000Z"),
+                (
+                    AlertKind::CameraDown,
+                    1,
+                    "2026-09-21T14:13:20.000Z".to_owned()
+                ),
+                (AlertKind::Smoke, 2, "2026-09-21T14:13:21.000Z".to_owned()),
             ]
         );
         let active = task.lifecycle().store().active().unwrap();

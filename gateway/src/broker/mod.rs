@@ -1,8 +1,9 @@
 //! The embedded MQTT broker: sensors connect to the gateway itself, so installers need no
 //! extra software.
 //!
-//! [`EmbeddedBroker::start`] runs [rumqttd] 0.20 inside the gateway process and returns once
-//! every listener really accepts MQTT connections, with the addresses actually bound.
+//! [`EmbeddedBroker::start`] runs [rumqttd] 0.20 inside the gateway process behind a
+//! [front](front) of its own, and returns once every listener really accepts MQTT
+//! connections, with the addresses actually bound.
 //!
 //! # What it gives
 //!
@@ -10,18 +11,25 @@
 //!   ([`BrokerSettings::v5_bind`]) and an MQTT 3.1.1-over-TLS listener ([`BrokerSettings::tls`]),
 //!   all sharing one router: a message published on any of them reaches subscribers on all.
 //! - QoS 0, 1 and 2, last wills, retained messages, persistent sessions (in memory).
+//! - Every public listener is the [front](front)'s, not rumqttd's: TLS handshakes and
+//!   CONNECTs run concurrently under a timeout, accept errors back off, idle connections
+//!   cannot crowd sensors out, and rumqttd itself listens on loopback only, accepting only
+//!   the gateway's internal login.
 //! - Username/password authentication from [`BrokerSettings::credentials`] (compared in
-//!   constant time by rumqttd). A refused login gets **no** CONNACK: rumqttd just closes the
-//!   connection. With credentials configured, a random internal user is added for the
-//!   gateway's own clients ([`EmbeddedBroker::internal_credentials`]; ingest reads the router
-//!   in-process and needs none).
-//! - A packet size limit and a connection limit ([`BrokerSettings::max_payload_bytes`],
-//!   [`BrokerSettings::max_connections`]).
+//!   constant time by the front); a refused login gets a CONNACK with a refusal code. Clients
+//!   without a login are accepted when no credentials are configured or
+//!   [`BrokerSettings::allow_anonymous`] is set. The gateway's own clients log in with an
+//!   internal user generated at each start ([`EmbeddedBroker::internal_credentials`]; ingest
+//!   reads the router in-process and needs none).
+//! - **Topic access rules** ([`acl`], [`BrokerSettings::access`]): who may publish and read
+//!   which topics, enforced by the front on every PUBLISH, SUBSCRIBE and delivery.
+//! - A packet size limit, a connection limit with slots only the gateway's own clients may
+//!   use, per-login connection limits, and a budget for retained messages from clients
+//!   ([`BrokerSettings::max_payload_bytes`], [`BrokerSettings::max_connections`],
+//!   [`RESERVED_CONNECTIONS`], [`BrokerSettings::max_retained_messages`]).
 //!
 //! # What it does NOT give
 //!
-//! - **No topic ACLs**: any authenticated client may publish or subscribe to any topic, so a
-//!   sensor can impersonate another sensor. The gateway must validate what it ingests.
 //! - **No persistence**: retained messages, persistent sessions and queued QoS 1 messages
 //!   live in memory and vanish when the process exits. Retained alert/state messages must be
 //!   republished by the gateway after a restart; sensors must resubscribe.
@@ -34,8 +42,8 @@
 //!   jumped"). Everyone who subscribes one filter shares its log, so a wildcard subscriber
 //!   can lose a quiet device's message to a noisy one: the gateway's own ingest therefore
 //!   subscribes every device topic exactly, through in-process links (see [`local`]).
-//! - A client beyond the connection limit (plus [`RESERVED_CONNECTIONS`]) gets no CONNACK
-//!   either: rumqttd closes its connection.
+//! - A client beyond the connection limit gets a CONNACK "server unavailable" (MQTT 5:
+//!   "server busy"); the [`RESERVED_CONNECTIONS`] on top of it are the gateway's alone.
 //!
 //! # Threads and shutdown
 //!
@@ -43,10 +51,12 @@
 //! drives rumqttd's public building blocks (`Router` and `Server`) itself:
 //!
 //! - rumqttd's router runs on its own thread (named `router-0` by rumqttd);
-//! - each listener runs on its own named thread with a single-threaded tokio runtime, as
-//!   rumqttd does: `mqtt-broker` (MQTT 3.1.1), `mqtt-broker-v5`, `mqtt-broker-tls`. They are
-//!   plain OS threads, so the broker keeps serving sensors whatever happens to the gateway's
-//!   own async runtime.
+//! - each rumqttd listener (on loopback, for the front only) runs on its own named thread
+//!   with a single-threaded tokio runtime, as rumqttd does: `mqtt-broker` (MQTT 3.1.1, also
+//!   behind the TLS listener), `mqtt-broker-v5`;
+//! - the front serves every public listener from one thread, `mqtt-front`. They are plain OS
+//!   threads, so the broker keeps serving sensors whatever happens to the gateway's own
+//!   async runtime.
 //!
 //! [`EmbeddedBroker::shutdown`] (or dropping the handle) stops the listeners: their ports are
 //! freed and every client connection is closed (sensors see a dropped connection; their last
@@ -58,7 +68,10 @@
 //!
 //! # Port 0 and bind errors
 //!
-//! rumqttd binds inside its listener future and cannot report the port it got, so:
+//! The front binds the public listeners itself, before any thread starts: a busy fixed port
+//! fails with [`BrokerError::AddressInUse`], and port 0 gets its real port at once. rumqttd
+//! binds its loopback listeners inside its listener future and cannot report the port it
+//! got, so:
 //!
 //! 1. each requested address with port 0 is resolved by binding a std `TcpListener` to the
 //!    requested IP and port 0, reading the port the OS chose, and closing it just before
@@ -70,10 +83,10 @@
 //!    OS error is recovered from rumqttd's error chain) and `Pending` means it is listening;
 //! 3. if another process took a picked port in between (a lost race), the pick is retried
 //!    with a new port, up to [`PORT_PICK_ATTEMPTS`] times;
-//! 4. finally `start` **probes** each listener: an MQTT CONNECT (with the internal
-//!    credentials when authentication is on) must get a successful CONNACK on the MQTT 3.1.1
-//!    and MQTT 5 listeners; the TLS listener must accept a TCP connection. Only then does
-//!    `start` return.
+//! 4. finally `start` **probes** each public listener: an MQTT CONNECT with the internal
+//!    credentials must get a successful CONNACK through the front and rumqttd on the MQTT
+//!    3.1.1 and MQTT 5 listeners; the TLS listener must accept a TCP connection. Only then
+//!    does `start` return.
 //!
 //! # Clients
 //!
@@ -103,7 +116,12 @@ use rumqttd::protocol::Protocol;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio_rustls::rustls;
 
+pub mod acl;
+pub mod config;
+pub mod front;
 pub mod local;
+pub use acl::{AccessRules, Grants, Principal};
+pub use front::FrontSnapshot;
 pub use local::{LocalLink, LocalLinkError, LocalPublish, LocalSubscriber};
 
 /// Size of one segment of rumqttd's per-filter in-memory commit log (raised to the packet
@@ -117,15 +135,21 @@ pub const PORT_PICK_ATTEMPTS: u32 = 5;
 /// Room for the topic and packet headers on top of [`BrokerSettings::max_payload_bytes`]: the
 /// rumqttd (and rumqttc) limit applies to the whole MQTT packet body.
 pub const PACKET_OVERHEAD_BYTES: usize = 1024;
-/// Connections allowed on top of [`BrokerSettings::max_connections`]: headroom for the
-/// gateway's own clients and the start-up probe (rumqttd cannot reserve them, so this
-/// only keeps a full house of sensors from locking the gateway out).
-pub const RESERVED_CONNECTIONS: usize = 2;
+/// Connections allowed on top of [`BrokerSettings::max_connections`], for the gateway's own
+/// clients only (publisher, actuators, residents, self-test probe, the start-up probe, and a
+/// reconnect overlapping each): a full house of sensors cannot lock the gateway out.
+pub const RESERVED_CONNECTIONS: usize = 8;
+/// rumqttd's own connection limit beyond what the front admits: the in-process links.
+const ROUTER_LINK_HEADROOM: usize = 16;
+/// Default of [`BrokerSettings::max_retained_messages`].
+pub const MAX_RETAINED_MESSAGES: usize = 1024;
+/// Default of [`BrokerSettings::max_retained_bytes`].
+pub const MAX_RETAINED_BYTES: usize = 4 * 1024 * 1024;
 /// Keep-alive the [`EmbeddedBroker::client_options`] use (rumqttd refuses keep-alive 0).
 pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// MQTT's largest encodable packet body (remaining length).
-const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
+pub(crate) const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
 /// How long `start` waits for a listener thread to report its bind result.
 const BIND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `start` keeps probing a listener that reported it is bound.
@@ -148,6 +172,16 @@ pub struct BrokerSettings {
     pub tls: Option<TlsFiles>,
     /// Username → password. Empty: anonymous clients are allowed.
     pub credentials: HashMap<String, String>,
+    /// Accept clients without a login even though `credentials` are configured.
+    pub allow_anonymous: bool,
+    /// What each login (and a client without one) may publish and read; the default lets
+    /// everyone do everything (see [`AccessRules::from_config`] for the gateway's rules).
+    pub access: AccessRules,
+    /// Retained messages clients other than the gateway may have stored at once; more are
+    /// delivered without being stored.
+    pub max_retained_messages: usize,
+    /// Bytes (topic plus payload) those retained messages may take.
+    pub max_retained_bytes: usize,
     /// Largest payload accepted at the transport; a bigger packet closes the connection.
     /// [`PACKET_OVERHEAD_BYTES`] are added for topic and headers.
     pub max_payload_bytes: usize,
@@ -171,6 +205,10 @@ impl BrokerSettings {
             v5_bind: None,
             tls: None,
             credentials: HashMap::new(),
+            allow_anonymous: false,
+            access: AccessRules::default(),
+            max_retained_messages: MAX_RETAINED_MESSAGES,
+            max_retained_bytes: MAX_RETAINED_BYTES,
             max_payload_bytes: 64 * 1024,
             max_connections: 1024,
             local_subscribers: Vec::new(),
@@ -189,6 +227,10 @@ impl fmt::Debug for BrokerSettings {
             .field("v5_bind", &self.v5_bind)
             .field("tls", &self.tls)
             .field("users (passwords redacted)", &users)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("access", &self.access)
+            .field("max_retained_messages", &self.max_retained_messages)
+            .field("max_retained_bytes", &self.max_retained_bytes)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("max_connections", &self.max_connections)
             .field("local_subscribers", &self.local_subscribers)
@@ -241,6 +283,17 @@ pub enum BrokerError {
     /// An in-process subscriber could not be attached to the router.
     #[error(transparent)]
     LocalLink(#[from] LocalLinkError),
+    /// The front (public listeners) could not start.
+    #[error("MQTT broker front: {0}")]
+    Front(#[from] front::FrontError),
+    /// A reader's password file cannot be read.
+    #[error("MQTT broker login {user}: password file {path}: {source}")]
+    PasswordFile {
+        user: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// A listener was started but does not serve MQTT (timeout, refused probe, thread died).
     #[error("MQTT broker {listener} listener on {addr} is not ready: {reason}")]
     NotReady {
@@ -259,6 +312,8 @@ pub struct EmbeddedBroker {
     tls_addr: Option<SocketAddr>,
     internal: Option<(String, String)>,
     max_packet_bytes: usize,
+    /// The public listeners; stopped before rumqttd's (see `stop_listeners`).
+    front: front::Front,
     listeners: Vec<Listener>,
     /// Links attached before the listeners opened, waiting for their owner to take them.
     local_links: HashMap<String, LocalLink>,
@@ -269,8 +324,9 @@ pub struct EmbeddedBroker {
 
 /// Builds rumqttd's in-process links; holds the router's sender (rumqttd does not name its
 /// channel type, so it is captured in a closure).
-type BuildLink =
-    dyn Fn(&str) -> Result<(rumqttd::local::LinkTx, rumqttd::local::LinkRx), String> + Send + Sync;
+type BuildLink = dyn Fn(&str) -> Result<(rumqttd::local::LinkTx, rumqttd::local::LinkRx), LocalLinkError>
+    + Send
+    + Sync;
 
 /// Attaches in-process subscribers to the running broker's router, at any time.
 #[derive(Clone)]
@@ -293,10 +349,7 @@ impl LinkFactory {
             client_id: internal_client_id(&spec.role),
             ..spec.clone()
         };
-        let (tx, rx) = (self.build)(&spec.client_id).map_err(|reason| LocalLinkError::Router {
-            client_id: spec.client_id.clone(),
-            reason,
-        })?;
+        let (tx, rx) = (self.build)(&spec.client_id)?;
         LocalLink::subscribe(&spec, tx, rx, false)
     }
 }
@@ -333,59 +386,25 @@ impl EmbeddedBroker {
     /// Starts the broker and returns once every listener accepts MQTT connections.
     pub fn start(settings: BrokerSettings) -> Result<EmbeddedBroker, BrokerError> {
         validate(&settings)?;
-        let tls = settings.tls.as_ref().map(rumqttd_tls_config).transpose()?;
+        let tls = settings.tls.as_ref().map(tls_server_config).transpose()?;
         let max_packet_bytes = settings
             .max_payload_bytes
             .saturating_add(PACKET_OVERHEAD_BYTES)
             .min(MQTT_MAX_PACKET_BYTES);
+        let (user, password) = internal_login(&settings.credentials);
 
-        let mut credentials = settings.credentials.clone();
-        let internal = if credentials.is_empty() {
-            None
-        } else {
-            let (user, password) = internal_login(&credentials);
-            credentials.insert(user.clone(), password.clone());
-            Some((user, password))
-        };
-        let connections =
-            connection_settings(max_packet_bytes, internal.as_ref().map(|_| credentials));
-
-        // Reserve every address before starting any thread: a busy fixed port fails here.
-        let mut reserved = Vec::new();
-        let v4 = reserve(settings.bind)?;
-        reserved.push(v4.1);
-        let v5 = match settings.v5_bind {
-            Some(addr) => {
-                let r = reserve(addr)?;
-                reserved.push(r.1);
-                Some(r.0)
-            }
-            None => None,
-        };
-        let tls_bind = match (&settings.tls, tls) {
-            (Some(files), Some(config)) => {
-                let r = reserve(files.bind)?;
-                reserved.push(r.1);
-                Some((r.0, config))
-            }
-            _ => None,
-        };
-        drop(reserved);
-
-        let router = Router::new(
-            0,
-            RouterConfig {
-                max_connections: settings
-                    .max_connections
-                    .saturating_add(RESERVED_CONNECTIONS),
-                max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
-                max_segment_size: settings.log_segment_bytes.max(max_packet_bytes),
-                max_segment_count: settings.log_segment_count,
-                custom_segment: None,
-                initialized_filters: None,
-                shared_subscriptions_strategy: Default::default(),
+        // The public listeners are bound first: a busy fixed port fails before any thread
+        // starts. Nothing reads them until the front starts, after the in-process links.
+        let publics = Publics {
+            v4: reserve(settings.bind)?.1,
+            v5: settings.v5_bind.map(reserve).transpose()?.map(|r| r.1),
+            tls: match (&settings.tls, tls) {
+                (Some(files), Some(config)) => Some((reserve(files.bind)?.1, config)),
+                _ => None,
             },
-        );
+        };
+
+        let router = Router::new(0, router_config(&settings, max_packet_bytes));
         // rumqttd names this thread `router-0`; it has no stop API (see module docs).
         let router_tx = router.spawn();
         let links = {
@@ -395,83 +414,49 @@ impl EmbeddedBroker {
                     LinkBuilder::new(id, router_tx.clone())
                         .build()
                         .map(|(tx, rx, _connack)| (tx, rx))
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| LocalLinkError::router(id, e))
                 }),
             }
         };
         let mut local_links = HashMap::new();
         for spec in &settings.local_subscribers {
-            let (tx, rx) =
-                (links.build)(&spec.client_id).map_err(|reason| LocalLinkError::Router {
-                    client_id: spec.client_id.clone(),
-                    reason,
-                })?;
+            let (tx, rx) = (links.build)(&spec.client_id)?;
             local_links.insert(spec.role.clone(), LocalLink::subscribe(spec, tx, rx, true)?);
         }
 
+        // rumqttd's listeners: loopback only, the internal login only.
+        let backend_login = HashMap::from([(user.clone(), password.clone())]);
+        let connections = connection_settings(max_packet_bytes, Some(backend_login));
         let server_settings =
-            |kind, listen, tls| server_settings(kind, listen, tls, connections.clone());
+            |kind, listen| server_settings(kind, listen, None, connections.clone());
+        let listeners = start_backends(
+            publics.v5.is_some(),
+            |addr| Server::new(server_settings(Kind::V4, addr), router_tx.clone(), V4),
+            |addr| Server::new(server_settings(Kind::V5, addr), router_tx.clone(), V5),
+        )?;
 
-        let mut listeners = Vec::new();
-        let v4_listener = start_listener(Kind::V4, settings.bind, v4.0, |addr| {
-            Server::new(server_settings(Kind::V4, addr, None), router_tx.clone(), V4)
-        })?;
-        let local_addr = v4_listener.addr;
-        listeners.push(v4_listener);
-        let mut v5_addr = None;
-        if let (Some(requested), Some(addr)) = (settings.v5_bind, v5) {
-            let listener = start_listener(Kind::V5, requested, addr, |addr| {
-                Server::new(server_settings(Kind::V5, addr, None), router_tx.clone(), V5)
-            })?;
-            v5_addr = Some(listener.addr);
-            listeners.push(listener);
-        }
-        let mut tls_addr = None;
-        if let (Some(files), Some((addr, config))) = (&settings.tls, tls_bind) {
-            let listener = start_listener(Kind::Tls, files.bind, addr, |addr| {
-                let settings = server_settings(Kind::Tls, addr, Some(config.clone()));
-                Server::new(settings, router_tx.clone(), V4)
-            })?;
-            tls_addr = Some(listener.addr);
-            listeners.push(listener);
-        }
+        let internal = (user.clone(), password.clone());
+        let front_settings = front_settings(&settings, internal, max_packet_bytes);
+        let (front, addrs) = start_front(front_settings, publics, &listeners)?;
+        probe(&addrs, (&user, &password))?;
 
-        let login = internal.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
-        for listener in &listeners {
-            let deadline = Instant::now() + PROBE_TIMEOUT;
-            let result = match listener.kind {
-                Kind::V4 => probe_mqtt(listener.addr, 4, login, deadline),
-                Kind::V5 => probe_mqtt(listener.addr, 5, login, deadline),
-                Kind::Tls => probe_tcp(listener.addr, deadline).map(drop),
-            };
-            if let Err(reason) = result {
-                return Err(BrokerError::NotReady {
-                    listener: listener.kind.label(),
-                    addr: listener.addr,
-                    reason,
-                });
-            }
-        }
-
-        tracing::info!(
-            addr = %local_addr,
-            v5_addr = ?v5_addr,
-            tls_addr = ?tls_addr,
-            authentication = internal.is_some(),
-            max_connections = settings.max_connections,
-            max_payload_bytes = settings.max_payload_bytes,
-            "embedded MQTT broker listening"
-        );
+        log_listening(&settings, &addrs);
         Ok(EmbeddedBroker {
-            local_addr,
-            v5_addr,
-            tls_addr,
-            internal,
+            local_addr: addrs.v4,
+            v5_addr: addrs.v5,
+            tls_addr: addrs.tls,
+            internal: Some((user, password)),
             max_packet_bytes,
+            front,
             listeners,
             local_links,
             links,
         })
+    }
+
+    /// Counters of what the front accepted and refused.
+    pub fn front_stats(&self) -> FrontSnapshot {
+        self.front.stats()
     }
 
     /// Takes the in-process link attached for the [`LocalSubscriber`] of `role` (once).
@@ -499,8 +484,9 @@ impl EmbeddedBroker {
         self.tls_addr
     }
 
-    /// Username and password of the gateway's own clients when authentication is on
-    /// (generated at each start, never written anywhere); `None` when anonymous.
+    /// Username and password of the gateway's own clients (generated at each start, never
+    /// written anywhere): the front recognises the gateway by them, anonymous broker or not.
+    /// Always `Some`.
     pub fn internal_credentials(&self) -> Option<(String, String)> {
         self.internal.clone()
     }
@@ -547,6 +533,7 @@ impl EmbeddedBroker {
     }
 
     fn stop_listeners(&mut self) {
+        self.front.stop();
         for mut listener in self.listeners.drain(..) {
             listener.stop();
         }
@@ -618,7 +605,6 @@ fn server_settings(
 enum Kind {
     V4,
     V5,
-    Tls,
 }
 
 impl Kind {
@@ -626,7 +612,6 @@ impl Kind {
         match self {
             Kind::V4 => "mqtt-broker",
             Kind::V5 => "mqtt-broker-v5",
-            Kind::Tls => "mqtt-broker-tls",
         }
     }
 
@@ -634,9 +619,173 @@ impl Kind {
         match self {
             Kind::V4 => "MQTT 3.1.1",
             Kind::V5 => "MQTT 5",
-            Kind::Tls => "MQTT over TLS",
         }
     }
+}
+
+/// rumqttd's listeners on loopback ports: MQTT 3.1.1, and MQTT 5 if `v5`.
+fn start_backends(
+    v5: bool,
+    new_v4: impl Fn(SocketAddr) -> Server<V4>,
+    new_v5: impl Fn(SocketAddr) -> Server<V5>,
+) -> Result<Vec<Listener>, BrokerError> {
+    let loopback = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
+    let mut listeners = vec![start_listener(
+        Kind::V4,
+        loopback,
+        reserve(loopback)?.0,
+        new_v4,
+    )?];
+    if v5 {
+        listeners.push(start_listener(
+            Kind::V5,
+            loopback,
+            reserve(loopback)?.0,
+            new_v5,
+        )?);
+    }
+    Ok(listeners)
+}
+
+fn log_listening(settings: &BrokerSettings, addrs: &PublicAddrs) {
+    tracing::info!(
+        addr = %addrs.v4,
+        v5_addr = addrs.v5.map(|a| a.to_string()),
+        tls_addr = addrs.tls.map(|a| a.to_string()),
+        anonymous = settings.credentials.is_empty() || settings.allow_anonymous,
+        max_connections = settings.max_connections,
+        max_payload_bytes = settings.max_payload_bytes,
+        "embedded MQTT broker listening"
+    );
+}
+
+/// rumqttd's router: room for the front's connections and the in-process links (the front
+/// enforces the real limits), logs of the configured size.
+fn router_config(settings: &BrokerSettings, max_packet_bytes: usize) -> RouterConfig {
+    RouterConfig {
+        max_connections: settings
+            .max_connections
+            .saturating_add(RESERVED_CONNECTIONS)
+            .saturating_add(settings.local_subscribers.len() + ROUTER_LINK_HEADROOM),
+        max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
+        max_segment_size: settings.log_segment_bytes.max(max_packet_bytes),
+        max_segment_count: settings.log_segment_count,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    }
+}
+
+/// What the front enforces, from the settings; `internal` is the gateway's login.
+fn front_settings(
+    settings: &BrokerSettings,
+    internal: (String, String),
+    max_packet_bytes: usize,
+) -> front::FrontSettings {
+    front::FrontSettings {
+        logins: acl::Logins::new(
+            (&internal.0, &internal.1),
+            &settings.credentials,
+            settings.credentials.is_empty() || settings.allow_anonymous,
+        ),
+        rules: settings.access.clone(),
+        internal,
+        max_connections: settings.max_connections,
+        reserved: RESERVED_CONNECTIONS,
+        max_packet_bytes,
+        max_retained_messages: settings.max_retained_messages,
+        max_retained_bytes: settings.max_retained_bytes,
+    }
+}
+
+/// The public listeners, bound and not yet served.
+struct Publics {
+    v4: TcpListener,
+    v5: Option<TcpListener>,
+    tls: Option<(TcpListener, std::sync::Arc<rustls::ServerConfig>)>,
+}
+
+/// Where the public listeners are.
+struct PublicAddrs {
+    v4: SocketAddr,
+    v5: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+}
+
+/// Starts the front on the public listeners, forwarding to rumqttd's `backends` (MQTT
+/// 3.1.1 first, then MQTT 5 if any).
+fn start_front(
+    settings: front::FrontSettings,
+    publics: Publics,
+    backends: &[Listener],
+) -> Result<(front::Front, PublicAddrs), BrokerError> {
+    let addr_of = |l: &TcpListener| {
+        l.local_addr().map_err(|source| BrokerError::Bind {
+            addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+            source,
+        })
+    };
+    let backend = |kind| backends.iter().find(|l| l.kind == kind).map(|l| l.addr);
+    let v4_backend = backend(Kind::V4)
+        .ok_or_else(|| BrokerError::InvalidSettings("no MQTT 3.1.1 backend listener".to_owned()))?;
+    let addrs = PublicAddrs {
+        v4: addr_of(&publics.v4)?,
+        v5: publics.v5.as_ref().map(addr_of).transpose()?,
+        tls: publics.tls.as_ref().map(|(l, _)| addr_of(l)).transpose()?,
+    };
+    let listener = |label, listener, backend, dialect, tls| front::FrontListener {
+        label,
+        listener,
+        backend,
+        dialect,
+        tls,
+    };
+    let mut listeners = vec![listener(
+        Kind::V4.label(),
+        publics.v4,
+        v4_backend,
+        front::Dialect::V4,
+        None,
+    )];
+    if let (Some(l), Some(b)) = (publics.v5, backend(Kind::V5)) {
+        listeners.push(listener(Kind::V5.label(), l, b, front::Dialect::V5, None));
+    }
+    if let Some((l, config)) = publics.tls {
+        listeners.push(listener(
+            "MQTT over TLS",
+            l,
+            v4_backend,
+            front::Dialect::V4,
+            Some(config),
+        ));
+    }
+    Ok((front::Front::start(settings, listeners)?, addrs))
+}
+
+/// An MQTT CONNECT with the internal login must pass the front and rumqttd on the plain
+/// listeners; the TLS listener must accept a TCP connection.
+fn probe(addrs: &PublicAddrs, login: (&str, &str)) -> Result<(), BrokerError> {
+    let checks = [
+        (Kind::V4.label(), Some(addrs.v4), 4u8),
+        (Kind::V5.label(), addrs.v5, 5),
+        ("MQTT over TLS", addrs.tls, 0),
+    ];
+    for (listener, addr, level) in checks {
+        let Some(addr) = addr else { continue };
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        let result = match level {
+            0 => probe_tcp(addr, deadline).map(drop),
+            level => probe_mqtt(addr, level, Some(login), deadline),
+        };
+        if let Err(reason) = result {
+            return Err(BrokerError::NotReady {
+                listener,
+                addr,
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One listener thread; dropping it stops the listener and joins the thread.
@@ -906,9 +1055,10 @@ fn overlaps(a: IpAddr, b: IpAddr) -> bool {
     a == b || a.is_unspecified() || b.is_unspecified()
 }
 
-/// Checks the certificate and key exactly as rumqttd's rustls listener will load them (it
-/// reloads them on every TLS connection and only logs failures), so bad files fail `start`.
-fn rumqttd_tls_config(files: &TlsFiles) -> Result<rumqttd::TlsConfig, BrokerError> {
+/// Loads the certificate and key for the front's TLS listener, so bad files fail `start`.
+fn tls_server_config(
+    files: &TlsFiles,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, BrokerError> {
     let tls_error = |path: &Path, reason: String| BrokerError::Tls {
         path: path.to_owned(),
         reason,
@@ -930,23 +1080,11 @@ fn rumqttd_tls_config(files: &TlsFiles) -> Result<rumqttd::TlsConfig, BrokerErro
     let key = rustls_pemfile::private_key(&mut open(&files.key_pem)?)
         .map_err(|e| tls_error(&files.key_pem, format!("not a PEM key file: {e}")))?
         .ok_or_else(|| tls_error(&files.key_pem, "no PRIVATE KEY in the file".to_owned()))?;
-    rustls::ServerConfig::builder()
+    let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| tls_error(&files.key_pem, format!("unusable key or certificate: {e}")))?;
-    let utf8 = |path: &Path| {
-        path.to_str().map(str::to_owned).ok_or_else(|| {
-            tls_error(
-                path,
-                "path is not valid UTF-8 (rumqttd needs a string)".to_owned(),
-            )
-        })
-    };
-    Ok(rumqttd::TlsConfig::Rustls {
-        capath: None,
-        certpath: utf8(&files.cert_pem)?,
-        keypath: utf8(&files.key_pem)?,
-    })
+    Ok(std::sync::Arc::new(config))
 }
 
 /// A random internal login not clashing with a configured user. Randomness: ULIDs carry 80

@@ -4,8 +4,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State as AxState};
+use axum::extract::{ConnectInfo, Path, Query, Request, State as AxState};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -15,16 +14,23 @@ use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::oneshot;
 
 use super::auth::{self, LoginRefused, Session};
+use super::checker::CheckRefused;
+use super::pages::LoginError;
 use super::store::{self, AlertQuery};
 use super::{pages, ConsoleError, State};
+use crate::alerts::bus::ActionError;
 use crate::alerts::lifecycle::LifecycleError;
-use crate::alerts::task::AlertInput;
 use crate::alerts::Alert;
 
 type St = Arc<State>;
+
+/// The largest login request body read (a name and a password, URL-encoded).
+pub const LOGIN_BODY_MAX: usize = 8 * 1024;
+/// A request (its body included) must be answered within this; event streams only need
+/// their headers sent within it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every API route behind the session check, as `(method, path)` (tests enumerate it).
 pub const API_ROUTES: &[(&str, &str)] = &[
@@ -71,7 +77,19 @@ pub(crate) fn routes(state: St) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/", get(console_page))
         .merge(guarded)
+        .layer(middleware::from_fn(super::origin::same_origin_only))
+        .layer(middleware::from_fn(request_timeout))
         .with_state(state)
+}
+
+/// `408` for a request not answered within [`REQUEST_TIMEOUT`] (e.g. a body trickling in).
+async fn request_timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            ApiError(StatusCode::REQUEST_TIMEOUT, "request took too long".into()).into_response()
+        }
+    }
 }
 
 /// An API error: status and a JSON `{ "error": … }`.
@@ -162,11 +180,24 @@ struct Credentials {
 }
 
 /// `POST /login`: a form (browser: redirect to `/`) or JSON (tools: the session as JSON).
-async fn login(AxState(state): AxState<St>, headers: HeaderMap, body: Bytes) -> Response {
-    let is_json = headers
+async fn login(AxState(state): AxState<St>, req: Request) -> Response {
+    let from = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
+    let (parts, body) = req.into_parts();
+    let is_json = parts
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
+    let Ok(body) = axum::body::to_bytes(body, LOGIN_BODY_MAX).await else {
+        return ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "login request too large".into(),
+        )
+        .into_response();
+    };
     let creds: Option<Credentials> = if is_json {
         serde_json::from_slice(&body).ok()
     } else {
@@ -179,71 +210,106 @@ async fn login(AxState(state): AxState<St>, headers: HeaderMap, body: Bytes) -> 
         )
         .into_response();
     };
-    let st = state.clone();
-    let username = creds.username.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        st.auth
-            .login(&creds.username, &creds.password, Instant::now())
-    })
-    .await;
-    let timeout = state.auth.timeout();
+    let result = state
+        .auth
+        .login(&creds.username, &creds.password, from, Instant::now())
+        .await;
     match result {
-        Ok(Ok((token, session))) => {
-            tracing::info!(username = %session.username, "console login");
-            let cookie = auth::set_cookie(&token, timeout);
-            let mut resp = if is_json {
-                Json(json!({
-                    "username": session.username,
-                    "display_name": session.display_name,
-                    "role": session.role,
-                    "expires_in_s": timeout.as_secs(),
-                }))
-                .into_response()
-            } else {
-                Redirect::to("/").into_response()
-            };
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                resp.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            resp
+        Ok((token, session)) => logged_in(&state, &token, &session, from, is_json),
+        Err(refused) => {
+            let name = auth::log_name(&creds.username);
+            login_refused(refused, &name, from, is_json)
         }
-        Ok(Err(LoginRefused::BadCredentials)) => {
-            tracing::info!(username = %username, "console login refused");
-            if is_json {
-                ApiError(
-                    StatusCode::UNAUTHORIZED,
-                    "wrong user name or password".into(),
-                )
-                .into_response()
-            } else {
-                (
-                    StatusCode::UNAUTHORIZED,
-                    Html(pages::login_with_error(false)),
-                )
-                    .into_response()
-            }
-        }
-        Ok(Err(LoginRefused::Locked(left))) => {
-            let mut resp = if is_json {
-                ApiError(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("account locked for {} s", left.as_secs()),
-                )
-                .into_response()
-            } else {
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Html(pages::login_with_error(true)),
-                )
-                    .into_response()
-            };
-            if let Ok(v) = HeaderValue::from_str(&left.as_secs().to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            resp
-        }
-        Err(e) => ApiError::from(ConsoleError::from(e)).into_response(),
     }
+}
+
+fn logged_in(
+    state: &State,
+    token: &str,
+    session: &Session,
+    from: std::net::IpAddr,
+    is_json: bool,
+) -> Response {
+    let timeout = state.auth.timeout();
+    tracing::info!(username = %session.username, %from, "console login");
+    let cookie = auth::set_cookie(token, timeout);
+    let mut resp = if is_json {
+        Json(json!({
+            "username": session.username,
+            "display_name": session.display_name,
+            "role": session.role,
+            "expires_in_s": timeout.as_secs(),
+        }))
+        .into_response()
+    } else {
+        Redirect::to("/").into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// The answer to a refused login: `401` wrong, `429` throttled (or this address already
+/// has a check running), `503` every check busy, `400` too long; logged with the user
+/// name truncated and escaped.
+fn login_refused(
+    refused: LoginRefused,
+    name: &str,
+    from: std::net::IpAddr,
+    is_json: bool,
+) -> Response {
+    let (status, page, text, retry) = match refused {
+        LoginRefused::BadCredentials => {
+            tracing::info!(username = %name, %from, "console login refused");
+            let text = "wrong user name or password".to_owned();
+            (StatusCode::UNAUTHORIZED, LoginError::Wrong, text, None)
+        }
+        LoginRefused::Throttled(left) => {
+            tracing::info!(username = %name, %from, wait_s = left.as_secs(), "console login throttled");
+            let text = format!(
+                "too many failed logins from this address: wait {} s",
+                left.as_secs()
+            );
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                LoginError::Throttled,
+                text,
+                Some(left.as_secs().max(1)),
+            )
+        }
+        LoginRefused::TooLong => {
+            let text = "user name or password too long".to_owned();
+            (StatusCode::BAD_REQUEST, LoginError::TooLong, text, None)
+        }
+        LoginRefused::Refused(CheckRefused::AddressBusy) => {
+            let text = CheckRefused::AddressBusy.to_string();
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                LoginError::Busy,
+                text,
+                Some(1),
+            )
+        }
+        LoginRefused::Refused(CheckRefused::Busy) => {
+            let text = CheckRefused::Busy.to_string();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                LoginError::Busy,
+                text,
+                Some(1),
+            )
+        }
+    };
+    let mut resp = if is_json {
+        ApiError(status, text).into_response()
+    } else {
+        (status, Html(pages::login_with_error(page))).into_response()
+    };
+    if let Some(v) = retry.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 fn serde_urlencoded_form(body: &[u8]) -> Option<Credentials> {
@@ -332,32 +398,21 @@ async fn get_alert(AxState(state): AxState<St>, Path(id): Path<String>) -> ApiRe
 
 /// Hands a staff action to the alert task, which alone knows whether the alert is active.
 async fn act(state: &St, id: String, who: &Session, resolve: bool) -> ApiResult<Json<Alert>> {
-    let (reply, answer) = oneshot::channel();
-    let by = who.username.clone();
-    let input = if resolve {
-        AlertInput::Resolve { id, by, reply }
+    let (bus, by) = (&state.deps.alert_inputs, who.username.clone());
+    let result = if resolve {
+        bus.resolve(id, by).await
     } else {
-        AlertInput::Acknowledge { id, by, reply }
+        bus.acknowledge(id, by).await
     };
-    let unavailable = || {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "alert task is stopping".into(),
-        )
-    };
-    state
-        .deps
-        .alert_inputs
-        .send(input)
-        .await
-        .map_err(|_| unavailable())?;
-    match tokio::time::timeout(Duration::from_secs(10), answer).await {
-        Ok(Ok(Ok(alert))) => {
+    match result {
+        Ok(alert) => {
             tracing::info!(id = %alert.id, by = %who.username, resolve, "staff action recorded");
             Ok(Json(alert))
         }
-        Ok(Ok(Err(e))) => Err(e.into()),
-        Ok(Err(_)) | Err(_) => Err(unavailable()),
+        Err(ActionError::Refused(e)) => Err(e.into()),
+        Err(ActionError::Unavailable(why)) => {
+            Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, why.into()))
+        }
     }
 }
 
@@ -411,14 +466,38 @@ async fn clip(AxState(state): AxState<St>, Path(id): Path<String>) -> Response {
 }
 
 /// `GET /api/events`: every committed alert event as an SSE `alert` event; `resync` when
-/// this client fell behind (reload the list).
+/// this client fell behind (reload the list). The stream ends with its session (logout or
+/// expiry) and at shutdown.
 async fn events(
     AxState(state): AxState<St>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    Extension(token): Extension<SessionToken>,
+) -> Response {
+    let Some((session, ended)) = state.auth.live(&token.0, Instant::now()) else {
+        return ApiError(StatusCode::UNAUTHORIZED, "log in first".into()).into_response();
+    };
+    let session_over = session_end(ended, session.expires);
     let rx = state.deps.events.resubscribe();
     let stop = state.stop.clone();
-    let stream = alert_stream(rx, |_| true).take_until(stop.cancelled_owned());
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    let stream = alert_stream(rx, |_| true)
+        .take_until(stop.cancelled_owned())
+        .take_until(session_over);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// Completes when a session ends: at logout (`ended` cancelled) or at `expires`.
+fn session_end(
+    ended: tokio_util::sync::CancellationToken,
+    expires: Instant,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let expires = tokio::time::Instant::from_std(expires);
+    async move {
+        tokio::select! {
+            _ = ended.cancelled_owned() => {}
+            _ = tokio::time::sleep_until(expires) => {}
+        }
+    }
 }
 
 /// SSE events of a broadcast of alerts, filtered by `keep`.
@@ -539,7 +618,7 @@ async fn response_times(AxState(state): AxState<St>) -> ApiResult<Json<serde_jso
     let now = chrono::Utc::now();
     let week = store::ago(now, chrono::Duration::days(7));
     let day = store::ago(now, chrono::Duration::hours(24));
-    let alerts = with_db(&state, move |c| store::raised_since(c, &week)).await?;
+    let alerts = with_db(&state, move |c| store::raised_since(c, week)).await?;
     let last_day: Vec<Alert> = alerts
         .iter()
         .filter(|a| a.raised_at >= day)
@@ -563,6 +642,28 @@ async fn resident_links(AxState(state): AxState<St>) -> ApiResult<Json<serde_jso
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_stream_ends_when_its_session_expires_or_logs_out() {
+        let timeout = Duration::from_secs(480 * 60);
+        let expires = Instant::now() + timeout;
+        let token = tokio_util::sync::CancellationToken::new();
+        let expiry = tokio::spawn(session_end(token.clone(), expires));
+        tokio::time::advance(timeout - Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+        assert!(!expiry.is_finished(), "still within the session");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        tokio::time::timeout(Duration::from_secs(1), expiry)
+            .await
+            .expect("ended at expiry")
+            .unwrap();
+        let logout = tokio::spawn(session_end(token.clone(), expires + timeout));
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(1), logout)
+            .await
+            .expect("ended at logout")
+            .unwrap();
+    }
 
     #[test]
     fn form_bodies_are_decoded() {

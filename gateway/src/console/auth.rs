@@ -1,11 +1,15 @@
-//! Console authentication: argon2 password check, in-memory sessions, per-user lock-out.
+//! Console authentication: argon2 password check (bounded, see [`super::checker`]),
+//! in-memory sessions, failed logins throttled per (user name, address) (see
+//! [`super::throttle`]).
 //!
 //! Session tokens are 32 random bytes from the OS, sent to the browser as hex in an
 //! `HttpOnly; SameSite=Strict` cookie. The server keeps only their SHA-256, so a lookup
 //! never compares the secret itself byte by byte; the stored hash is additionally
-//! compared in constant time.
+//! compared in constant time. Each session carries a cancellation token that its event
+//! streams end with (logout, expiry).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -13,11 +17,18 @@ use argon2::{Argon2, PasswordVerifier};
 use edge_config::{Console, Role};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use super::checker::{CheckRefused, Checker};
+use super::throttle::Throttle;
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "sw_session";
-/// How long an account stays locked after too many failures.
-pub const LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// Longest user name looked at (configured names have at most 64 characters); longer
+/// ones are refused before any hashing.
+pub const MAX_USERNAME: usize = 64;
+/// Longest password hashed; longer ones are refused before any hashing.
+pub const MAX_PASSWORD: usize = 1024;
 /// Verified against when the user name is unknown, so both cases take the same time.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2hvdXdhbmctZHVtbXk$2QqvC1rJfqJb0X3n6o2FvQ6CMBJ1o8ZbNnLqkJkq0Bs";
 
@@ -35,23 +46,29 @@ pub struct Session {
 pub enum LoginRefused {
     /// Wrong user name or password (deliberately not told apart).
     BadCredentials,
-    /// Too many failures: try again after this long.
-    Locked(Duration),
+    /// Too many failures from this address for this name: try again after this long.
+    Throttled(Duration),
+    /// User name or password longer than [`MAX_USERNAME`] / [`MAX_PASSWORD`].
+    TooLong,
+    /// The password check was not run (see [`CheckRefused`]).
+    Refused(CheckRefused),
 }
 
-#[derive(Debug, Default)]
-struct Failures {
-    count: u32,
-    locked_until: Option<Instant>,
-}
-
-/// Sessions and lock-out state of one console.
+/// A session and what ends its streams.
 #[derive(Debug)]
+struct Live {
+    session: Session,
+    /// Cancelled at logout or when the session is found expired.
+    ended: CancellationToken,
+}
+
+/// Sessions and failed-login state of one console.
 pub struct Auth {
     console: Console,
     timeout: Duration,
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
-    failures: Mutex<HashMap<String, Failures>>,
+    sessions: Mutex<HashMap<[u8; 32], Live>>,
+    throttle: Throttle,
+    checker: Checker,
 }
 
 /// SHA-256 of a token (what the session table is keyed by).
@@ -66,21 +83,36 @@ pub fn new_token() -> Result<String, getrandom::Error> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Checks `password` against an argon2 PHC string (slow by design: call off the runtime).
+/// Checks `password` against an argon2 PHC string (slow by design: call off the runtime;
+/// logins go through [`super::checker`], which bounds how many run).
 pub fn verify_password(password: &str, phc: &str) -> bool {
     Argon2::default()
         .verify_password(password.as_bytes(), phc)
         .is_ok()
 }
 
+/// A user name as logged: at most 32 characters, control and non-ASCII characters escaped.
+pub fn log_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .take(32)
+        .flat_map(char::escape_default)
+        .collect();
+    if name.chars().nth(32).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 impl Auth {
     pub fn new(console: Console) -> Self {
         let timeout = Duration::from_secs(u64::from(console.session_timeout_min.max(1)) * 60);
         Auth {
+            throttle: Throttle::new(console.lockout_after_failures),
             console,
             timeout,
             sessions: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            checker: Checker::start(),
         }
     }
 
@@ -89,32 +121,36 @@ impl Auth {
         self.timeout
     }
 
-    /// Is `username` locked out now? Returns the time left.
-    pub fn locked(&self, username: &str, now: Instant) -> Option<Duration> {
-        let failures = self.failures.lock().ok()?;
-        let until = failures.get(username)?.locked_until?;
-        (until > now).then(|| until - now)
-    }
-
-    /// Checks the credentials (blocking: argon2) and opens a session; returns its token.
-    pub fn login(
+    /// Checks the credentials of a login from `from` and opens a session; returns its
+    /// token. The password is hashed only when the name and password are of sane length,
+    /// the pair is not throttled, and the checker has room.
+    pub async fn login(
         &self,
         username: &str,
         password: &str,
+        from: IpAddr,
         now: Instant,
     ) -> Result<(String, Session), LoginRefused> {
-        if let Some(left) = self.locked(username, now) {
-            return Err(LoginRefused::Locked(left));
+        if username.len() > MAX_USERNAME || password.len() > MAX_PASSWORD {
+            return Err(LoginRefused::TooLong);
+        }
+        if let Some(left) = self.throttle.wait_left(username, from, now) {
+            return Err(LoginRefused::Throttled(left));
         }
         let staff = self.console.staff(username);
         let hash = staff.map_or(DUMMY_HASH, |s| s.password_hash.as_str());
-        let ok = verify_password(password, hash) && staff.is_some();
+        let ok = self
+            .checker
+            .verify(from, password, hash)
+            .await
+            .map_err(LoginRefused::Refused)?;
         let Some(staff) = staff.filter(|_| ok) else {
-            return Err(self.fail(username, now));
+            return Err(match self.throttle.fail(username, from, now) {
+                Some(delay) => LoginRefused::Throttled(delay),
+                None => LoginRefused::BadCredentials,
+            });
         };
-        if let Ok(mut f) = self.failures.lock() {
-            f.remove(username);
-        }
+        self.throttle.forget(username, from);
         let token = new_token().map_err(|_| LoginRefused::BadCredentials)?;
         let session = Session {
             username: staff.username.clone(),
@@ -123,46 +159,45 @@ impl Auth {
             expires: now + self.timeout,
         };
         if let Ok(mut s) = self.sessions.lock() {
-            s.retain(|_, v| v.expires > now);
-            s.insert(token_hash(&token), session.clone());
+            s.retain(|_, live| {
+                let keep = live.session.expires > now;
+                if !keep {
+                    live.ended.cancel();
+                }
+                keep
+            });
+            let ended = CancellationToken::new();
+            s.insert(
+                token_hash(&token),
+                Live {
+                    session: session.clone(),
+                    ended,
+                },
+            );
         }
         Ok((token, session))
     }
 
-    fn fail(&self, username: &str, now: Instant) -> LoginRefused {
-        let Ok(mut all) = self.failures.lock() else {
-            return LoginRefused::BadCredentials;
-        };
-        // Bound the table: unknown names could otherwise grow it without limit.
-        if all.len() > 10_000 {
-            all.retain(|_, f| f.locked_until.is_some_and(|t| t > now));
-        }
-        let f = all.entry(username.to_owned()).or_default();
-        if f.locked_until.is_some_and(|t| t <= now) {
-            *f = Failures::default();
-        }
-        f.count += 1;
-        if f.count >= self.console.lockout_after_failures.max(1) {
-            f.locked_until = Some(now + LOCKOUT);
-            tracing::warn!(username, failures = f.count, "console account locked");
-            return LoginRefused::Locked(LOCKOUT);
-        }
-        LoginRefused::BadCredentials
-    }
-
     /// The live session of a token, if any.
     pub fn session(&self, token: &str, now: Instant) -> Option<Session> {
-        let key = token_hash(token);
-        let sessions = self.sessions.lock().ok()?;
-        let (stored, session) = sessions.get_key_value(&key)?;
-        let same: bool = stored.ct_eq(&key).into();
-        (same && session.expires > now).then(|| session.clone())
+        self.live(token, now).map(|(s, _)| s)
     }
 
-    /// Ends a session.
+    /// The live session of a token and the token its streams end with.
+    pub fn live(&self, token: &str, now: Instant) -> Option<(Session, CancellationToken)> {
+        let key = token_hash(token);
+        let sessions = self.sessions.lock().ok()?;
+        let (stored, live) = sessions.get_key_value(&key)?;
+        let same: bool = stored.ct_eq(&key).into();
+        (same && live.session.expires > now).then(|| (live.session.clone(), live.ended.clone()))
+    }
+
+    /// Ends a session (and its event streams).
     pub fn logout(&self, token: &str) {
         if let Ok(mut s) = self.sessions.lock() {
-            s.remove(&token_hash(token));
+            if let Some(live) = s.remove(&token_hash(token)) {
+                live.ended.cancel();
+            }
         }
     }
 }
@@ -195,6 +230,8 @@ mod tests {
     use super::*;
 
     const DEMO: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZaTelU1nfxz3/8UfuGG6UrIxQfDFnKLoYXNk";
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const THERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
 
     fn console(lockout: u32) -> Console {
         Console {
@@ -216,41 +253,75 @@ mod tests {
         assert!(!verify_password("shouwang-demo", DUMMY_HASH));
     }
 
-    #[test]
-    fn a_session_expires_and_ends_at_logout() {
+    #[tokio::test]
+    async fn a_session_expires_and_ends_at_logout_with_its_streams() {
         let auth = Auth::new(console(5));
         let now = Instant::now();
-        let (token, s) = auth.login("duty", "shouwang-demo", now).unwrap();
+        let (token, s) = auth
+            .login("duty", "shouwang-demo", HERE, now)
+            .await
+            .unwrap();
         assert_eq!(s.username, "duty");
-        assert_eq!(
-            auth.session(&token, now).map(|s| s.username),
-            Some("duty".into())
-        );
+        let (_, ended) = auth.live(&token, now).unwrap();
         assert_eq!(auth.session(&token, now + auth.timeout()), None);
         assert_eq!(auth.session("nope", now), None);
+        assert!(!ended.is_cancelled());
         auth.logout(&token);
         assert_eq!(auth.session(&token, now), None);
+        assert!(ended.is_cancelled(), "streams of the session end with it");
     }
 
-    #[test]
-    fn an_account_locks_after_the_configured_failures_even_for_the_right_password() {
+    #[tokio::test]
+    async fn failures_throttle_the_address_that_made_them_not_the_account() {
         let auth = Auth::new(console(3));
         let now = Instant::now();
         for _ in 0..2 {
             assert_eq!(
-                auth.login("duty", "wrong", now).unwrap_err(),
+                auth.login("duty", "wrong", THERE, now).await.unwrap_err(),
                 LoginRefused::BadCredentials
             );
         }
         assert!(matches!(
-            auth.login("duty", "wrong", now),
-            Err(LoginRefused::Locked(_))
+            auth.login("duty", "wrong", THERE, now).await,
+            Err(LoginRefused::Throttled(_))
         ));
         assert!(matches!(
-            auth.login("duty", "shouwang-demo", now),
-            Err(LoginRefused::Locked(_))
+            auth.login("duty", "shouwang-demo", THERE, now).await,
+            Err(LoginRefused::Throttled(_))
         ));
-        assert!(auth.login("duty", "shouwang-demo", now + LOCKOUT).is_ok());
+        assert!(auth.login("duty", "shouwang-demo", HERE, now).await.is_ok());
+        let later = now + super::super::throttle::FIRST_DELAY;
+        assert!(auth
+            .login("duty", "shouwang-demo", THERE, later)
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn overlong_names_and_passwords_are_refused_before_hashing() {
+        let auth = Auth::new(console(3));
+        let now = Instant::now();
+        let long_name = "x".repeat(MAX_USERNAME + 1);
+        let long_password = "x".repeat(MAX_PASSWORD + 1);
+        assert_eq!(
+            auth.login(&long_name, "pw", HERE, now).await.unwrap_err(),
+            LoginRefused::TooLong
+        );
+        assert_eq!(
+            auth.login("duty", &long_password, HERE, now)
+                .await
+                .unwrap_err(),
+            LoginRefused::TooLong
+        );
+        assert!(auth.throttle.is_empty(), "nothing stored for them");
+    }
+
+    #[test]
+    fn logged_names_are_truncated_and_escaped() {
+        assert_eq!(log_name("duty"), "duty");
+        assert_eq!(log_name("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
+        let long = log_name(&"y".repeat(100_000));
+        assert!(long.len() < 40 && long.ends_with('…'), "{long}");
     }
 
     #[test]

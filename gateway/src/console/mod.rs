@@ -2,22 +2,30 @@
 //! axum on `[console] bind`.
 //!
 //! ```text
-//! browser ──HTTP──▶ router ─┬─ /healthz, /login (open)
-//!                           ├─ /, /api/* (session cookie) ─▶ read-only SQLite (alerts, outbox)
-//!                           │                              ─▶ AlertInput::{Acknowledge,Resolve} ─▶ alert task
-//!                           ├─ /api/events (SSE) ◀── broadcast of committed alert events
-//!                           └─ /r/{token}… resident pages (see crate::residents)
+//! browser ──HTTP──▶ serve (caps, timeouts) ──▶ same-origin check (POST) ──▶ router
+//!   router ─┬─ /healthz, /login (open; password checks bounded, failures throttled)
+//!           ├─ /, /api/* (session cookie) ─▶ read-only SQLite (alerts, outbox)
+//!           │                              ─▶ AlertBus::{acknowledge,resolve} ─▶ alert task
+//!           ├─ /api/events (SSE) ◀── broadcast of committed alert events (ends with the session)
+//!           └─ /r/{token}… resident pages (see crate::residents), here or on a listener
+//!              of their own (`[residents] bind`)
 //! ```
 //!
 //! The console runs in the Inputs stage: staff actions are inputs, so it stops first and
 //! the alert task still records what it already accepted. Sessions live in memory (a
-//! restart logs everyone out); see [`auth`].
+//! restart logs everyone out); see [`auth`]. What a hostile LAN can and cannot do to it:
+//! [`serve`] (connections), [`checker`] (password checks), [`throttle`] (guessing),
+//! [`origin`] (forged form posts).
 
 pub mod api;
 pub mod auth;
+pub mod checker;
 pub mod devices;
+pub mod origin;
 pub mod pages;
+pub mod serve;
 pub mod store;
+pub mod throttle;
 
 use crate::ingest::board::DeviceBoard;
 use std::net::SocketAddr;
@@ -25,10 +33,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use edge_config::Config;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::task::AlertInput;
 use crate::alerts::Alert;
 use crate::shutdown::{Lifecycle as Stages, Stage};
 use crate::supervise::Severity;
@@ -62,7 +69,7 @@ pub struct ConsoleDeps {
     /// `<data_dir>`: the database (`shouwang.db`) and evidence live there.
     pub data_dir: PathBuf,
     /// Staff actions go to the alert task through this.
-    pub alert_inputs: mpsc::Sender<AlertInput>,
+    pub alert_inputs: crate::alerts::AlertBus,
     /// Committed alert events (a receiver, so the console never keeps the channel open).
     pub events: Arc<broadcast::Receiver<Alert>>,
     pub uplink: Arc<UplinkStatus>,
@@ -86,7 +93,12 @@ pub struct ConsoleDeps {
 pub struct ConsoleHandle {
     /// The real listening address (port 0 in the configuration picks a free one).
     pub local_addr: SocketAddr,
+    /// The resident pages' own listener (`[residents] bind`), if configured.
+    pub residents_addr: Option<SocketAddr>,
 }
+
+/// Connections one address may hold open to the staff console.
+pub const CONSOLE_CONNECTIONS_PER_ADDRESS: usize = 32;
 
 /// Shared state of the handlers.
 pub(crate) struct State {
@@ -99,14 +111,17 @@ pub(crate) struct State {
     pub db_path: PathBuf,
 }
 
-/// Binds `config.console.bind`, logs the real address and serves the console (and the
-/// resident pages) as a task of the Inputs stage until shutdown.
+/// Binds `config.console.bind` (and `config.residents.bind` when set), logs the real
+/// addresses and serves the console and the resident pages as supervised tasks of the
+/// Inputs stage until shutdown.
 pub fn spawn(deps: ConsoleDeps, stages: &Stages) -> Result<ConsoleHandle, ConsoleError> {
-    let addr = deps.config.console.bind;
-    let bind_err = |source| ConsoleError::Bind { addr, source };
-    let std_listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
-    std_listener.set_nonblocking(true).map_err(bind_err)?;
-    let local_addr = std_listener.local_addr().map_err(bind_err)?;
+    let console_listener = bind(deps.config.console.bind)?;
+    let residents_listener = deps.config.residents.bind.map(bind).transpose()?;
+    let local_addr = local(&console_listener, deps.config.console.bind)?;
+    let residents_addr = match (&residents_listener, deps.config.residents.bind) {
+        (Some(l), Some(addr)) => Some(local(l, addr)?),
+        _ => None,
+    };
     let token = stages.token(Stage::Inputs);
     let state = Arc::new(State {
         auth: auth::Auth::new(deps.config.console.clone()),
@@ -128,29 +143,70 @@ pub fn spawn(deps: ConsoleDeps, stages: &Stages) -> Result<ConsoleHandle, Consol
             }
         },
     );
-    // The listening socket outlives a crash of the server: a restart serves a clone of it.
-    let std_listener = Arc::new(std_listener);
-    stages.supervise(Stage::Inputs, "console", Severity::Degraded, move |token| {
-        let (state, std_listener) = (state.clone(), std_listener.clone());
+    let fds = crate::os::fd_limit();
+    let console_gate = serve::Limits::for_fd_limit(fds, Some(CONSOLE_CONNECTIONS_PER_ADDRESS));
+    let app = match residents_listener {
+        Some(listener) => {
+            let pages = crate::residents::web::routes(state.clone());
+            let gate = serve::Gate::new("residents", serve::Limits::for_fd_limit(fds, None));
+            supervise_server(stages, "residents_web", listener, pages, gate, &state);
+            api::routes(state.clone())
+        }
+        None => router(state.clone()),
+    };
+    let gate = serve::Gate::new("console", console_gate);
+    supervise_server(stages, "console", console_listener, app, gate, &state);
+    tracing::info!(
+        console = %local_addr,
+        residents = %residents_addr.map_or_else(|| "(console)".to_owned(), |a| a.to_string()),
+        max_connections = console_gate.max_connections,
+        "console listening"
+    );
+    Ok(ConsoleHandle {
+        local_addr,
+        residents_addr,
+    })
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ConsoleError> {
+    let bind_err = |source| ConsoleError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    Ok(listener)
+}
+
+fn local(listener: &std::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, ConsoleError> {
+    listener
+        .local_addr()
+        .map_err(|source| ConsoleError::Bind { addr, source })
+}
+
+/// Serves `app` on `listener` as the supervised stage `name`. The listening socket and the
+/// connection gate outlive a crash of the server: a restart serves a clone of the socket.
+fn supervise_server(
+    stages: &Stages,
+    name: &'static str,
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    gate: serve::Gate,
+    state: &Arc<State>,
+) {
+    let (listener, gate, stop) = (Arc::new(listener), Arc::new(gate), state.stop.clone());
+    // `stop` is a child of the Inputs stage's token: shutdown ends the server, its
+    // connections and their event streams.
+    stages.supervise(Stage::Inputs, name, Severity::Degraded, move |_| {
+        let (listener, gate, app, stop) =
+            (listener.clone(), gate.clone(), app.clone(), stop.clone());
         async move {
-            let listener = std_listener
+            let listener = listener
                 .try_clone()
                 .and_then(tokio::net::TcpListener::from_std)
-                .map_err(|e| format!("console listener: {e}"))?;
-            let stop = state.stop.clone();
-            let shutdown = async move {
-                token.cancelled().await;
-                stop.cancel();
-            };
-            let result = axum::serve(listener, router(state))
-                .with_graceful_shutdown(shutdown)
-                .await;
-            tracing::info!("console stopped");
-            result.map_err(|e| format!("console: {e}"))
+                .map_err(|e| format!("{name} listener: {e}"))?;
+            serve::serve(listener, app, gate, stop).await;
+            tracing::info!(listener = name, "stopped");
+            Ok(())
         }
     });
-    tracing::info!(console = %local_addr, "console listening");
-    Ok(ConsoleHandle { local_addr })
 }
 
 /// The whole HTTP surface (console + resident pages), for tests and [`spawn`].

@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::ConsoleError;
@@ -24,12 +23,7 @@ pub struct AlertQuery {
 
 /// Opens the database read-only.
 pub fn open(db: &Path) -> Result<Connection, ConsoleError> {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
+    Ok(crate::db::open_reader(db)?)
 }
 
 fn decode(body: &str) -> Result<Alert, ConsoleError> {
@@ -116,9 +110,10 @@ pub fn alert(conn: &Connection, id: &str) -> Result<Option<Alert>, ConsoleError>
     body.map(|b| decode(&b)).transpose()
 }
 
-/// Alerts raised at or after `since` (RFC 3339), any state.
-pub fn raised_since(conn: &Connection, since: &str) -> Result<Vec<Alert>, ConsoleError> {
+/// Alerts raised at or after `since`, any state.
+pub fn raised_since(conn: &Connection, since: DateTime<Utc>) -> Result<Vec<Alert>, ConsoleError> {
     let mut stmt = conn.prepare("SELECT body FROM alerts WHERE raised_at >= ?1")?;
+    let since = crate::alerts::lifecycle::timestamp(since);
     let rows = stmt.query_map([since], |r| r.get::<_, String>(0))?;
     rows.map(|b| decode(&b?)).collect()
 }
@@ -158,10 +153,8 @@ pub struct KindFigures {
     pub resolve: Figures,
 }
 
-fn secs_between(a: &str, b: Option<&str>) -> Option<f64> {
-    let a = DateTime::parse_from_rfc3339(a).ok()?;
-    let b = DateTime::parse_from_rfc3339(b?).ok()?;
-    Some(((b - a).num_milliseconds().max(0)) as f64 / 1000.0)
+fn secs_between(a: DateTime<Utc>, b: Option<DateTime<Utc>>) -> Option<f64> {
+    Some(((b? - a).num_milliseconds().max(0)) as f64 / 1000.0)
 }
 
 /// Response-time figures per kind over the alerts raised since `since`.
@@ -170,10 +163,10 @@ pub fn response_times(alerts: &[Alert]) -> BTreeMap<String, KindFigures> {
     for a in alerts {
         let e = acc.entry(a.kind.as_str().to_owned()).or_default();
         e.0 += 1;
-        if let Some(s) = secs_between(&a.raised_at, a.acknowledged_at.as_deref()) {
+        if let Some(s) = secs_between(a.raised_at, a.acknowledged_at) {
             e.1.push(s);
         }
-        if let Some(s) = secs_between(&a.raised_at, a.resolved_at.as_deref()) {
+        if let Some(s) = secs_between(a.raised_at, a.resolved_at) {
             e.2.push(s);
         }
     }
@@ -191,9 +184,9 @@ pub fn response_times(alerts: &[Alert]) -> BTreeMap<String, KindFigures> {
         .collect()
 }
 
-/// RFC 3339 (ms) of `now - d`.
-pub fn ago(now: DateTime<Utc>, d: chrono::Duration) -> String {
-    (now - d).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// `now - d`.
+pub fn ago(now: DateTime<Utc>, d: chrono::Duration) -> DateTime<Utc> {
+    now - d
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ impl Outbox {
     /// Opens (creating if needed) the database file, configures the
     /// connection ([`super::configure_connection`]) and migrates the tables.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OutboxError> {
-        Self::from_connection(Connection::open(path)?)
+        Self::from_connection(crate::db::open_writer(path.as_ref())?)
     }
 
     /// Uses an already opened connection; configures it and migrates.

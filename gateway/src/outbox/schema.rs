@@ -67,13 +67,10 @@ pub fn configure_connection(conn: &Connection) -> Result<(), OutboxError> {
     if !conn.is_autocommit() {
         return Err(OutboxError::TransactionAlreadyOpen);
     }
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    let mode = crate::db::configure(conn)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(OutboxError::NotWal(mode));
     }
-    conn.pragma_update(None, "synchronous", 1_i64)?;
     Ok(())
 }
 

@@ -30,7 +30,8 @@ pub struct QrArgs {
     /// Where the SVG files and `index.html` go.
     #[arg(long)]
     pub out: PathBuf,
-    /// How residents reach the gateway; default `http://{console.bind}`.
+    /// How residents reach the gateway; default `http://{residents.bind}`, or
+    /// `http://{console.bind}` without one.
     #[arg(long)]
     pub base_url: Option<String>,
     /// Only these units (`BUILDING/UNIT`, repeatable); default every unit.
@@ -53,16 +54,18 @@ pub fn run(cmd: &ResidentsCommand) -> ExitCode {
 
 fn qr_cmd(args: &QrArgs) -> Result<(), String> {
     let config = edge_config::load(&args.config).map_err(|e| e.to_string())?;
+    // The database, QR codes and links this writes are the operator's alone.
+    crate::os::private_umask();
     let data_dir = args
         .data_dir
         .clone()
         .unwrap_or_else(|| config.storage.data_dir.clone());
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let db = data_dir.join(crate::db::FILE_NAME);
-    let base = args
-        .base_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.console.bind));
+    let base = args.base_url.clone().unwrap_or_else(|| {
+        let pages = config.residents.bind.unwrap_or(config.console.bind);
+        format!("http://{pages}")
+    });
     let units = if args.units.is_empty() {
         None
     } else {
@@ -92,15 +95,7 @@ fn qr_cmd(args: &QrArgs) -> Result<(), String> {
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())
+    qr::write_private(path, text.as_bytes())
 }
 
 #[cfg(test)]

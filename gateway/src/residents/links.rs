@@ -13,10 +13,9 @@
 //! Issuing a unit's link revokes its previous one (rotation).
 
 use std::path::Path;
-use std::time::Duration;
 
 use edge_config::Config;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
@@ -55,9 +54,7 @@ fn hash(token: &str) -> Vec<u8> {
 }
 
 fn open_rw(db: &Path) -> Result<Connection, ResidentsError> {
-    let conn = Connection::open(db)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let conn = crate::db::open_writer(db)?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
@@ -115,11 +112,7 @@ pub fn lookup(db: &Path, token: &str) -> Result<Option<(String, String)>, Reside
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(None);
     }
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    let conn = crate::db::open_reader(db)?;
     let wanted = hash(token);
     let row: Result<Option<(String, String, Vec<u8>)>, _> = conn
         .query_row(

@@ -203,7 +203,7 @@ pub fn notice(alert: &Alert) -> Notice {
         location: alert.location.label.clone(),
         message,
         advice,
-        at: alert.updated_at.clone(),
+        at: crate::alerts::lifecycle::timestamp(alert.updated_at),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `gateway residents qr`: one QR code per unit (SVG, printable at any size) with its link,
 //! and an `index.html` to print them all. Writing them issues fresh links (the tokens are
-//! not stored in clear), so the previous stickers stop working.
+//! not stored in clear), so the previous stickers stop working. Every file written is
+//! readable by its owner only (0600): the codes carry the secret links.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,7 @@ pub fn write(
             .quiet_zone(true)
             .build();
         let file = out.join(format!("{}-{}.svg", i.building, i.unit));
-        std::fs::write(&file, image).map_err(io(&file))?;
+        write_private(&file, image.as_bytes()).map_err(io(&file))?;
         written.push(Written {
             building: i.building,
             unit: i.unit,
@@ -74,8 +75,23 @@ pub fn write(
         );
     }
     let index = out.join("index.html");
-    std::fs::write(&index, html).map_err(io(&index))?;
+    write_private(&index, html.as_bytes()).map_err(io(&index))?;
     Ok(written)
+}
+
+/// Writes `bytes` readable by the owner only: each QR code is a unit's secret link.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its old mode through open(2): set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)
 }
 
 fn label(config: &Config, building: &str, unit: &str) -> String {

@@ -1,10 +1,10 @@
 //! Commands from the platform: `{prefix}/{site}/commands/ack`.
 
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
 
+use crate::alerts::bus::ActionError;
 use crate::alerts::lifecycle::LifecycleError;
-use crate::alerts::task::AlertInput;
+use crate::alerts::WeakAlertBus;
 
 /// `{"id":"<alert id>","by":"<who>"}`: acknowledge an alert remotely.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -34,7 +34,7 @@ pub fn parse_ack(payload: &[u8]) -> Result<AckCommand, String> {
 
 /// Applies an ack command through the alert task and logs the outcome. Never blocks the
 /// caller (the MQTT event loop): the reply is awaited on its own task.
-pub fn apply_ack(inputs: Option<&mpsc::WeakSender<AlertInput>>, topic: &str, payload: &[u8]) {
+pub fn apply_ack(bus: Option<&WeakAlertBus>, topic: &str, payload: &[u8]) {
     let cmd = match parse_ack(payload) {
         Ok(cmd) => cmd,
         Err(why) => {
@@ -42,32 +42,24 @@ pub fn apply_ack(inputs: Option<&mpsc::WeakSender<AlertInput>>, topic: &str, pay
             return;
         }
     };
-    let Some(inputs) = inputs.and_then(mpsc::WeakSender::upgrade) else {
+    let Some(bus) = bus.and_then(WeakAlertBus::upgrade) else {
         tracing::warn!(topic, id = %cmd.id, "upstream command ignored: the alert task has stopped");
         return;
     };
     tokio::spawn(async move {
-        let (reply, answer) = oneshot::channel();
-        let input = AlertInput::Acknowledge {
-            id: cmd.id.clone(),
-            by: cmd.by.clone(),
-            reply,
-        };
-        if inputs.send(input).await.is_err() {
-            tracing::warn!(id = %cmd.id, "upstream ack not applied: the alert task has stopped");
-            return;
-        }
-        match answer.await {
-            Ok(Ok(alert)) => tracing::info!(
+        match bus.acknowledge(cmd.id.clone(), cmd.by.clone()).await {
+            Ok(alert) => tracing::info!(
                 id = %alert.id, by = %cmd.by, seq = alert.seq, "upstream ack applied"
             ),
-            Ok(Err(e @ LifecycleError::Store(_))) => {
+            Err(ActionError::Refused(e @ LifecycleError::Store(_))) => {
                 tracing::error!(id = %cmd.id, error = %e, "upstream ack not recorded")
             }
-            Ok(Err(e @ (LifecycleError::NotFound(_) | LifecycleError::Resolved(_)))) => {
+            Err(ActionError::Refused(e)) => {
                 tracing::warn!(id = %cmd.id, error = %e, "upstream ack rejected")
             }
-            Err(_) => tracing::warn!(id = %cmd.id, "upstream ack: no answer from the alert task"),
+            Err(e @ ActionError::Unavailable(_)) => {
+                tracing::warn!(id = %cmd.id, error = %e, "upstream ack not applied")
+            }
         }
     });
 }

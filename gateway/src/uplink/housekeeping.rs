@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edge_config::{AlertKind, Level};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::status::{now_ms, StatusFile, UplinkStatus, STATUS_TOP_DEVICES};
 use super::SharedOutbox;
-use crate::alerts::task::{AlertInput, AlertTaskStats, Trigger};
-use crate::alerts::{Location, Source};
+use crate::alerts::task::{AlertTaskStats, Trigger};
+use crate::alerts::{Location, Source, WeakAlertBus};
 use crate::outbox::QuotaReport;
 
 /// What housekeeping does and how often.
@@ -52,7 +51,7 @@ pub async fn run(
     settings: HousekeepingSettings,
     outbox: SharedOutbox,
     status: Arc<UplinkStatus>,
-    alert_inputs: mpsc::WeakSender<AlertInput>,
+    alert_inputs: WeakAlertBus,
     token: CancellationToken,
 ) {
     status
@@ -104,7 +103,7 @@ fn report_status_write(was_ok: bool, result: Result<(), String>) -> bool {
     }
 }
 
-async fn signal_buffer_full(inputs: &mpsc::WeakSender<AlertInput>, report: &QuotaReport) {
+async fn signal_buffer_full(inputs: &WeakAlertBus, report: &QuotaReport) {
     let input = if report.buffer_full {
         tracing::warn!(
             bytes = report.bytes_after,

@@ -9,7 +9,7 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
     Packet, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,8 +18,7 @@ use super::backoff::Backoff;
 use super::commands;
 use super::status::UplinkStatus;
 use super::{LinkSettings, SharedOutbox, UplinkError, FLUSH_GRACE};
-use crate::alerts::task::AlertInput;
-use crate::alerts::Alert;
+use crate::alerts::{Alert, WeakAlertBus};
 use crate::outbox::{Delivery, OutboxRow, RowId, Stream, MAX_PAYLOAD_BYTES};
 
 /// Largest MQTT packet either way: the largest outbox payload plus room for topic and header.
@@ -31,7 +30,7 @@ pub struct Link {
     outbox: SharedOutbox,
     status: Arc<UplinkStatus>,
     /// Weak, so that the alert task can stop during shutdown even while the link runs.
-    commands: Option<mpsc::WeakSender<AlertInput>>,
+    commands: Option<WeakAlertBus>,
     /// Committed alert events: wake an idle link at once instead of at its next poll.
     wake: Option<broadcast::Receiver<Alert>>,
 }
@@ -86,7 +85,7 @@ impl Link {
     }
 
     /// Apply upstream `commands/ack` through the alert task.
-    pub fn with_commands(mut self, inputs: mpsc::WeakSender<AlertInput>) -> Self {
+    pub fn with_commands(mut self, inputs: WeakAlertBus) -> Self {
         self.commands = Some(inputs);
         self
     }

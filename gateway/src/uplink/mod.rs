@@ -111,10 +111,9 @@ use std::time::Duration;
 
 use edge_config::Config;
 use rumqttc::QoS;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
-use crate::alerts::task::AlertInput;
-use crate::alerts::Alert;
+use crate::alerts::{Alert, AlertBus};
 use crate::outbox::{Outbox, OutboxError};
 use crate::shutdown::{Lifecycle as Stages, Stage};
 use crate::supervise::Severity;
@@ -328,7 +327,7 @@ pub fn start(
     config: &Config,
     db_path: &Path,
     stages: &Stages,
-    alert_inputs: &mpsc::Sender<AlertInput>,
+    alert_inputs: &AlertBus,
     events: broadcast::Receiver<Alert>,
     sources: StatusSources,
 ) -> Result<Arc<UplinkStatus>, UplinkError> {

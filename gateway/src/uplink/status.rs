@@ -263,7 +263,7 @@ impl StatusFile {
             source,
         })?;
         let tmp = path.with_extension("json.tmp");
-        let atomic = std::fs::write(&tmp, &json).and_then(|()| std::fs::rename(&tmp, path));
+        let atomic = write_private(&tmp, &json).and_then(|()| std::fs::rename(&tmp, path));
         match atomic {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -301,6 +301,21 @@ impl StatusFile {
 
 /// Overwrites an existing file from its start without truncating it first; shorter content is
 /// padded with spaces (JSON allows trailing whitespace) so the file keeps its blocks.
+/// Writes `bytes` to `path` readable by its owner only (the status names devices and
+/// faults; an older install may have left a world-readable file behind).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)
+}
+
 fn overwrite_in_place(path: &Path, mut json: Vec<u8>) -> std::io::Result<()> {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
@@ -353,12 +368,7 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, UplinkError> {
         path: db_path.clone(),
         source,
     };
-    let conn = rusqlite::Connection::open_with_flags(
-        &db_path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(db_err)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+    let conn = crate::db::open_reader(&db_path).map_err(db_err)?;
     let stats = outbox::stats(&conn)?;
     let now = now_ms();
     let file = match StatusFile::read(&data_dir.join(STATUS_FILE)) {

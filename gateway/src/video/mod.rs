@@ -32,10 +32,10 @@ use chrono::Utc;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use edge_config::{AlertKind, Camera, CameraRuleKind, Config, Level};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::task::{AlertInput, Trigger};
+use crate::alerts::AlertBus;
 use crate::alerts::{Location, Source};
 use crate::shutdown::{Lifecycle as Stages, Stage};
 use crate::supervise::Severity;
@@ -227,7 +227,7 @@ impl Default for PipelineOptions {
 #[derive(Clone)]
 pub struct Outputs {
     /// Rule edges and camera down/up, as alert inputs.
-    pub alerts: Option<mpsc::Sender<AlertInput>>,
+    pub alerts: Option<AlertBus>,
     /// Per-frame reports (the CLI, tests); a bounded channel: the analysis waits for it.
     pub reports: Option<Sender<FrameReport>>,
 }
@@ -386,7 +386,7 @@ struct CaptureStage {
     location: Location,
     frames: Sender<Frame>,
     clips: Receiver<ClipRequest>,
-    alerts: Option<mpsc::Sender<AlertInput>>,
+    alerts: Option<AlertBus>,
     motion: MotionDetector,
     spec: InputSpec,
     gating: bool,
@@ -471,7 +471,7 @@ impl CaptureSink for CaptureStage {
     }
 }
 
-fn send_alert(alerts: &Option<mpsc::Sender<AlertInput>>, input: AlertInput) {
+fn send_alert(alerts: &Option<AlertBus>, input: AlertInput) {
     if let Some(tx) = alerts {
         // Only fails when the alert task is gone (shutdown): nothing left to tell.
         let _ = tx.blocking_send(input);
@@ -801,7 +801,7 @@ pub struct VideoHandle {
 pub fn spawn(
     config: Arc<Config>,
     stages: &Stages,
-    alerts: mpsc::Sender<AlertInput>,
+    alerts: AlertBus,
     data_dir: &Path,
 ) -> Result<VideoHandle, VideoError> {
     let cameras: Vec<&Camera> = config.cameras.iter().filter(|c| c.enabled).collect();
