@@ -226,8 +226,10 @@ impl Alerts {
             let key = (s.device, s.kind);
             match s.change {
                 Change::Raise(level) => {
+                    // Every SOS press is a raise; the alert task folds one on an open alert
+                    // into it (see `Engine::hazards`).
                     assert!(
-                        self.open.insert(key),
+                        self.open.insert(key) || s.kind == AlertKind::Sos,
                         "raise of an alert already open: {s:?}"
                     );
                     self.raised.push((s.device, s.kind, level));
