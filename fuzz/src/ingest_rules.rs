@@ -291,8 +291,7 @@ pub fn run(data: &[u8]) {
                 if !site.router.is_ignorable(&topic) {
                     counted += 1;
                 }
-                if let Some(Ingested::Reading(mut reading)) = ingest.ingest(&topic, payload, now)
-                {
+                if let Some(Ingested::Reading(mut reading)) = ingest.ingest(&topic, payload, now) {
                     reading.at = wall0 + elapsed;
                     alerts.apply(&engine.on_reading(&reading));
                 }

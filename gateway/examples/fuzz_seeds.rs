@@ -78,57 +78,71 @@ fn write(dir: &std::path::Path, name: &str, msgs: &[Msg]) -> std::io::Result<()>
 /// Normal traffic, the device's hazard and its end, then silence long enough to go offline.
 fn scenario(sim: &mut SimDevice) -> Vec<Msg> {
     let mut out = vec![(NOW, sim.state_topic.clone(), sim.payload())];
-    let mut send = |sim: &SimDevice, advance: u8, out: &mut Vec<Msg>| {
-        out.push((advance, sim.state_topic.clone(), sim.payload()))
-    };
+    hazard(sim, &mut out);
+    sim.tamper = true;
+    sim.battery_pct = 8.0;
+    send(sim, MIN1, &mut out);
+    sim.tamper = false;
+    send(sim, MIN17, &mut out);
+    alive(sim, &mut out);
+    out
+}
+
+/// The device's state payload now, after `advance`.
+fn send(sim: &SimDevice, advance: u8, out: &mut Vec<Msg>) {
+    out.push((advance, sim.state_topic.clone(), sim.payload()))
+}
+
+/// The device's own hazard, from its start to its end.
+fn hazard(sim: &mut SimDevice, out: &mut Vec<Msg>) {
     match sim.kind {
         DeviceKind::Smoke => {
             sim.smoke = true;
-            send(sim, S10, &mut out);
-            send(sim, S1, &mut out);
+            send(sim, S10, out);
+            send(sim, S1, out);
             sim.smoke = false;
-            send(sim, MIN1, &mut out);
+            send(sim, MIN1, out);
         }
         DeviceKind::Heat => {
             for t in [35.0, 48.0, 58.0, 66.0, 75.0, 40.0, 26.0] {
                 sim.temperature_c = t;
-                send(sim, S10, &mut out);
+                send(sim, S10, out);
             }
         }
         DeviceKind::Gas => {
             for lel in [4.0, 12.0, 18.0, 30.0, 55.0, 12.0, 3.0, 0.5] {
                 sim.gas_lel_pct = lel;
-                send(sim, S10, &mut out);
+                send(sim, S10, out);
             }
         }
         DeviceKind::WaterLeak => {
             sim.water_leak = true;
-            send(sim, S10, &mut out);
+            send(sim, S10, out);
             sim.water_leak = false;
-            send(sim, MIN17, &mut out);
+            send(sim, MIN17, out);
             sim.water_leak = true;
-            send(sim, MIN1, &mut out);
+            send(sim, MIN1, out);
         }
         DeviceKind::EbikeBattery => {
             sim.start_charging();
             for (temp, advance) in [(32.0, S10), (45.0, MIN1), (58.0, MIN1), (75.0, S10)] {
                 sim.battery_temp_c = temp;
-                send(sim, advance, &mut out);
+                send(sim, advance, out);
             }
             sim.battery_temp_c = 120.0;
             sim.voltage_v = 30.0;
-            send(sim, S1, &mut out);
+            send(sim, S1, out);
             sim.stop_charging();
             sim.battery_temp_c = 30.0;
-            send(sim, MIN17, &mut out);
+            send(sim, MIN17, out);
             sim.present = false;
-            send(sim, H2, &mut out);
+            send(sim, H2, out);
         }
         DeviceKind::Sos => {
             sim.pressed = true;
-            send(sim, S10, &mut out);
+            send(sim, S10, out);
             sim.pressed = false;
-            send(sim, S1, &mut out);
+            send(sim, S1, out);
         }
         DeviceKind::Valve | DeviceKind::Siren | DeviceKind::PaSpeaker => {
             sim.actuator = match sim.kind {
@@ -137,16 +151,9 @@ fn scenario(sim: &mut SimDevice) -> Vec<Msg> {
                 _ => "playing",
             }
             .to_owned();
-            send(sim, S10, &mut out);
+            send(sim, S10, out);
         }
     }
-    sim.tamper = true;
-    sim.battery_pct = 8.0;
-    send(sim, MIN1, &mut out);
-    sim.tamper = false;
-    send(sim, MIN17, &mut out);
-    alive(sim, &mut out);
-    out
 }
 
 /// Heartbeats or availability, then silence, then back.
@@ -179,7 +186,10 @@ fn malformed() -> Vec<Msg> {
             r#"{"ts":"2026-11-23T03:12:45.120+08:00","smoke":true,"temperature_c":1e308}"#,
         ),
         m("sensors/b1-u1-1201-gas/state", r#"{"gas_lel_pct":-5}"#),
-        m("zigbee2mqtt/b1_u2_0803_smoke", r#"{"smoke":null,"battery":"x"}"#),
+        m(
+            "zigbee2mqtt/b1_u2_0803_smoke",
+            r#"{"smoke":null,"battery":"x"}"#,
+        ),
         m("zigbee2mqtt/b1-elevator-sos", r#"{"action":"emergency"}"#),
         m("zigbee2mqtt/b1-elevator-sos", r#"{"action":"release"}"#),
         m("zigbee2mqtt/b2-u1-0601-valve", r#"{"state":"CLOSE"}"#),
