@@ -1,4 +1,8 @@
 //! Arbitrary bytes on any topic: ingest rejects or accepts, never panics.
+//!
+//! The 1 M-input runs are coverage-guided fuzzing (`fuzz/run`, see the README's "Fuzzing");
+//! here, besides the property tests, every seed of the fuzz corpora and every input that once
+//! crashed a fuzz target (fuzz/regressions/) goes through the same harnesses.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +12,70 @@ use gateway::ingest::decode::{decode, Role};
 use gateway::ingest::Ingest;
 use gateway::rules::Engine;
 use proptest::prelude::*;
+
+#[path = "../../fuzz/src/ingest_rules.rs"]
+#[allow(dead_code)]
+mod ingest_rules;
+
+#[path = "../../fuzz/src/config.rs"]
+#[allow(dead_code)]
+mod config_harness;
+
+/// The files of `dirs` (relative to the repository root), recursively, sorted.
+fn inputs(dirs: &[&str]) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        if dir.is_file() {
+            out.push(dir.to_path_buf());
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut out = Vec::new();
+    for d in dirs {
+        walk(&root.join(d), &mut out);
+    }
+    out.sort();
+    out
+}
+
+/// Runs `harness` on every file, naming the file that panics.
+fn replay(files: &[std::path::PathBuf], harness: fn(&[u8])) {
+    for f in files {
+        let data = std::fs::read(f).unwrap();
+        if std::panic::catch_unwind(|| harness(&data)).is_err() {
+            panic!("fuzz input {} panics", f.display());
+        }
+    }
+}
+
+#[test]
+fn every_ingest_seed_and_past_crash_replays_without_panic() {
+    let files = inputs(&["fuzz/seeds/ingest_rules", "fuzz/regressions/ingest_rules"]);
+    assert!(files.len() > 20, "the ingest seed corpus is missing");
+    replay(&files, ingest_rules::run);
+}
+
+#[test]
+fn every_config_seed_fixture_and_past_crash_replays_without_panic() {
+    let files = inputs(&[
+        "fuzz/seeds/config",
+        "fuzz/regressions/config",
+        "edge-config/examples/demo.toml",
+        "edge-config/tests/fixtures",
+    ]);
+    assert!(files.len() > 20, "the config seed corpus is missing");
+    replay(&files, config_harness::run);
+}
 
 const CONFIG: &str = r#"
 [site]
@@ -70,7 +138,12 @@ fn json_like() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    // XorShift: in a debug build proptest's default ChaCha generator took most of the time
+    // (the payloads are up to 2 KiB of random bytes).
+    #![proptest_config(ProptestConfig {
+        rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+        ..ProptestConfig::with_cases(2000)
+    })]
 
     #[test]
     fn decode_never_panics_on_arbitrary_payloads(payload in json_like(), z2m in any::<bool>(), role in 0u8..3) {
@@ -91,7 +164,10 @@ proptest! {
             1..40,
         )
     ) {
-        let config = Arc::new(edge_config::parse(CONFIG, "fuzz.toml", Path::new(".")).unwrap());
+        static PARSED: std::sync::OnceLock<Arc<edge_config::Config>> = std::sync::OnceLock::new();
+        let config = PARSED
+            .get_or_init(|| Arc::new(edge_config::parse(CONFIG, "fuzz.toml", Path::new(".")).unwrap()))
+            .clone();
         let mut ingest = Ingest::new(config.clone());
         let t0 = tokio::time::Instant::now();
         let mut engine = Engine::new(config, t0);
