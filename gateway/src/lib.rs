@@ -20,8 +20,8 @@
 //! Back edges, named: staff and platform actions, `buffer_full` and gateway faults enter the
 //! alert task through [`alerts::AlertBus`]; a staff resolve resets its rule condition
 //! through [`rules::reset`]; actuator confirmations come back as readings
-//! (broker → ingest → rules → alerts). Modules import only earlier layers, except the
-//! console and the resident pages, which still import each other (issue 17).
+//! (broker → ingest → rules → alerts). No module imports a later one; the console serves
+//! the resident pages ([`console::resident_pages`]) and uses [`residents`] for links.
 //!
 //! Modules present today:
 //!
@@ -61,6 +61,7 @@
 //!   throttled guessing, bounded password checks, same-origin posts, capped connections,
 //!   live alert feed (SSE), acknowledge/resolve, devices, cameras, uplink, response times;
 //!   also serves the resident pages (or `[residents] bind` does).
+//! - [`token`] — secret tokens (sessions, resident links).
 //! - [`residents`] — hazard notices for residents on `residents/{building}/{unit}/alerts` and
 //!   `residents/{building}/all`, per-unit secret links (rotatable) with a live page, QR codes.
 //!
@@ -87,5 +88,6 @@ pub mod selftest;
 pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;
+pub mod token;
 pub mod uplink;
 pub mod video;

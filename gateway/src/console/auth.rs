@@ -76,12 +76,7 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// 32 random bytes from the OS, hex-encoded.
-pub fn new_token() -> Result<String, getrandom::Error> {
-    let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
+pub use crate::token::new_token;
 
 /// Checks `password` against an argon2 PHC string (slow by design: call off the runtime;
 /// logins go through [`super::checker`], which bounds how many run).

@@ -23,6 +23,7 @@ pub mod checker;
 pub mod devices;
 pub mod origin;
 pub mod pages;
+pub mod resident_pages;
 pub mod serve;
 pub mod store;
 pub mod throttle;
@@ -147,7 +148,7 @@ pub fn spawn(deps: ConsoleDeps, stages: &Stages) -> Result<ConsoleHandle, Consol
     let console_gate = serve::Limits::for_fd_limit(fds, Some(CONSOLE_CONNECTIONS_PER_ADDRESS));
     let app = match residents_listener {
         Some(listener) => {
-            let pages = crate::residents::web::routes(state.clone());
+            let pages = resident_pages::routes(state.clone());
             let gate = serve::Gate::new("residents", serve::Limits::for_fd_limit(fds, None));
             supervise_server(stages, "residents_web", listener, pages, gate, &state);
             api::routes(state.clone())
@@ -211,7 +212,7 @@ fn supervise_server(
 
 /// The whole HTTP surface (console + resident pages), for tests and [`spawn`].
 pub(crate) fn router(state: Arc<State>) -> axum::Router {
-    api::routes(state.clone()).merge(crate::residents::web::routes(state))
+    api::routes(state.clone()).merge(resident_pages::routes(state))
 }
 
 /// Builds the router without binding (for in-process tests with `tower::ServiceExt`).

@@ -66,7 +66,7 @@ pub fn issue(db: &Path, units: &[(String, String)]) -> Result<Vec<Issued>, Resid
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut out = Vec::with_capacity(units.len());
     for (building, unit) in units {
-        let token = crate::console::auth::new_token().map_err(ResidentsError::Random)?;
+        let token = crate::token::new_token().map_err(ResidentsError::Random)?;
         tx.execute(
             "UPDATE resident_links SET revoked = 1 WHERE building = ?1 AND unit = ?2",
             params![building, unit],

@@ -14,13 +14,13 @@
 //! ([`crate::alerts::lifecycle`]) and residents see it as the same notice, under the same id
 //! (the alert's `continues`), until the sensor ends it.
 //! - [`links`]: per-unit secret links (`/r/{token}`), stored as SHA-256 hashes, rotatable.
-//! - [`web`]: the resident page and its SSE stream, showing only that unit's alerts.
+//! - the resident page and its SSE stream, showing only that unit's alerts, are served by
+//!   the console's web stack: [`crate::console::resident_pages`].
 //! - [`qr`]: `gateway residents qr` writes one QR code (SVG) per unit plus an index.
 
 pub mod cli;
 pub mod links;
 pub mod qr;
-pub mod web;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -11,8 +11,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::StreamExt;
 
-use super::{concerns, links, notice};
-use crate::console::{store, State};
+use super::{store, State};
+use crate::residents::{concerns, links, notice, Filter, HAZARDS};
 
 type St = Arc<State>;
 
@@ -45,7 +45,7 @@ async fn unit_of(state: &St, token: String) -> Option<(String, String)> {
 
 async fn page(AxState(state): AxState<St>, Path(token): Path<String>) -> Response {
     match unit_of(&state, token).await {
-        Some(_) => Html(crate::console::pages::RESIDENT).into_response(),
+        Some(_) => Html(super::pages::RESIDENT).into_response(),
         None => not_found(),
     }
 }
@@ -83,8 +83,8 @@ fn unit_alerts(
     conn: &rusqlite::Connection,
     config: &edge_config::Config,
     building: &str,
-) -> Result<Vec<crate::alerts::Alert>, crate::console::ConsoleError> {
-    let kinds: Vec<&str> = super::HAZARDS.iter().map(|k| k.as_str()).collect();
+) -> Result<Vec<crate::alerts::Alert>, super::ConsoleError> {
+    let kinds: Vec<&str> = HAZARDS.iter().map(|k| k.as_str()).collect();
     let areas: Vec<&str> = config
         .locations
         .areas
@@ -123,7 +123,7 @@ async fn events(AxState(state): AxState<St>, Path(token): Path<String>) -> Respo
         })
     };
     let config = state.deps.config.clone();
-    let mut filter = super::Filter::default();
+    let mut filter = Filter::default();
     let rx = state.deps.events.resubscribe();
     let keep =
         move |a: &crate::alerts::Alert| concerns(&config, a, &b, &u) && filter.should_publish(a);
