@@ -1226,11 +1226,27 @@ impl Conn {
                 "MQTT publish refused by the broker's access rules"
             );
         }
+        self.answer(st, qos, pkid, false)
+    }
+
+    /// The PUBACK (QoS 1) or PUBREC (QoS 2, remembered for its PUBREL) that ends a publish
+    /// the front took out of the flow; nothing for QoS 0.
+    fn answer(
+        &self,
+        st: &mut PumpState,
+        qos: u8,
+        pkid: u16,
+        authorized: bool,
+    ) -> Result<Step, FrontError> {
         let reply = match qos {
             1 => Packet::PubAck(
                 PubAck {
                     pkid,
-                    reason: PubAckReason::NotAuthorized,
+                    reason: if authorized {
+                        PubAckReason::Success
+                    } else {
+                        PubAckReason::NotAuthorized
+                    },
                 },
                 None,
             ),
@@ -1239,7 +1255,11 @@ impl Conn {
                 Packet::PubRec(
                     PubRec {
                         pkid,
-                        reason: PubRecReason::NotAuthorized,
+                        reason: if authorized {
+                            PubRecReason::Success
+                        } else {
+                            PubRecReason::NotAuthorized
+                        },
                     },
                     None,
                 )
@@ -1350,27 +1370,7 @@ impl Conn {
                 "MQTT delivery withheld by the broker's access rules"
             );
         }
-        let ack = match qos {
-            1 => Packet::PubAck(
-                PubAck {
-                    pkid,
-                    reason: PubAckReason::Success,
-                },
-                None,
-            ),
-            2 => {
-                st.answered_qos2.insert(pkid);
-                Packet::PubRec(
-                    PubRec {
-                        pkid,
-                        reason: PubRecReason::Success,
-                    },
-                    None,
-                )
-            }
-            _ => return Ok(Step::default()),
-        };
-        Ok(Step::reply(self.dialect.encode(ack)?))
+        self.answer(st, qos, pkid, true)
     }
 
     /// rumqttd's SUBACK for the granted filters, with the refused ones put back in place.
