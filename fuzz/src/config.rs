@@ -10,8 +10,8 @@
 //!
 //! # What is checked
 //!
-//! Nothing panics; a rejected file has at least one error, each at a line and column inside
-//! the file (1-based) and naming the file; a valid one builds ingest (routing, subscriptions)
+//! Nothing panics; a rejected file has at least one error, each naming the file, at a line
+//! and column inside it (1-based, columns in characters), in file order; a valid one builds ingest (routing, subscriptions)
 //! and the rules engine, and one heartbeat-like message per device goes through both.
 
 use std::path::{Path, PathBuf};
@@ -47,13 +47,21 @@ pub fn run(data: &[u8]) {
 /// On an error list that breaks that: a finding.
 fn check_errors(text: &str, errors: &ConfigErrors) {
     assert!(!errors.is_empty(), "a rejected configuration with no error");
-    let lines = text.split('\n').count();
+    let lines: Vec<&str> = text.split('\n').collect();
+    let mut previous = (0, 0);
     for e in errors.iter() {
         assert_eq!(e.file, FILE_NAME, "error names another file: {e}");
+        let Some(line) = e.line.checked_sub(1).and_then(|i| lines.get(i)) else {
+            panic!("error outside the file ({} lines): {e}", lines.len());
+        };
+        // Columns count characters; one past the end points at a missing value.
+        let width = line.chars().count() + 1;
         assert!(
-            (1..=lines).contains(&e.line) && e.col >= 1,
-            "error outside the file ({lines} lines): {e}"
+            (1..=width).contains(&e.col),
+            "error beside its line ({width} columns): {e}"
         );
+        assert!((e.line, e.col) >= previous, "errors out of file order: {e}");
+        previous = (e.line, e.col);
         assert!(!e.message.is_empty(), "error without a message: {e}");
     }
     let rendered = errors.to_string();

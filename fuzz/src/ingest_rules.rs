@@ -25,9 +25,10 @@
 //!
 //! Nothing panics; every message not skipped as bridge/command traffic is counted once,
 //! accepted or rejected; and the rules' edges are consistent per (device, kind): `Raise` only
-//! when no alert is open, `Update` and `Clear` only when one is.
+//! when no alert is open (but every SOS press is a raise, by design), `Update` (to another
+//! level) and `Clear` only when one is.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -210,9 +211,10 @@ pub fn encode(records: &[(u8, &str, &[u8])]) -> Vec<u8> {
 /// The alerts the rules hold open, as the alert task would see them from the edges.
 #[derive(Default)]
 struct Alerts {
-    open: HashSet<(usize, AlertKind)>,
-    /// Every (device, kind, level) raised so far, for staff resolves to pick from.
-    raised: Vec<(usize, AlertKind, Level)>,
+    /// Open alerts and their levels.
+    open: HashMap<(usize, AlertKind), Level>,
+    /// Every (device, kind) raised so far, for staff resolves to pick from.
+    raised: Vec<(usize, AlertKind)>,
 }
 
 impl Alerts {
@@ -229,16 +231,23 @@ impl Alerts {
                     // Every SOS press is a raise; the alert task folds one on an open alert
                     // into it (see `Engine::hazards`).
                     assert!(
-                        self.open.insert(key) || s.kind == AlertKind::Sos,
+                        self.open.insert(key, level).is_none() || s.kind == AlertKind::Sos,
                         "raise of an alert already open: {s:?}"
                     );
-                    self.raised.push((s.device, s.kind, level));
+                    self.raised.push((s.device, s.kind));
                 }
-                Change::Update(_) => {
-                    assert!(self.open.contains(&key), "update of no open alert: {s:?}")
+                Change::Update(level) => {
+                    let Some(open) = self.open.get_mut(&key) else {
+                        panic!("update of no open alert: {s:?}");
+                    };
+                    assert_ne!(*open, level, "update to the same level: {s:?}");
+                    *open = level;
                 }
                 Change::Clear => {
-                    assert!(self.open.remove(&key), "clear of no open alert: {s:?}")
+                    assert!(
+                        self.open.remove(&key).is_some(),
+                        "clear of no open alert: {s:?}"
+                    )
                 }
             }
         }
@@ -250,10 +259,10 @@ impl Alerts {
         if self.raised.is_empty() {
             return;
         }
-        let (device, kind, level) = self.raised[usize::from(pick) % self.raised.len()];
-        if !self.open.remove(&(device, kind)) {
+        let (device, kind) = self.raised[usize::from(pick) % self.raised.len()];
+        let Some(level) = self.open.remove(&(device, kind)) else {
             return;
-        }
+        };
         resets.send(RuleReset {
             device,
             kind,
