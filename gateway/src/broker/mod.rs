@@ -35,15 +35,52 @@
 //!   republished by the gateway after a restart; sensors must resubscribe.
 //! - No client certificate authentication (the TLS listener authenticates the server only;
 //!   clients still log in with username/password).
-//! - Bounded in-memory logs: rumqttd keeps, per subscription filter (and per topic published
-//!   before anyone subscribed to it), a commit log of [`LOG_SEGMENT_COUNT`] segments of
-//!   [`LOG_SEGMENT_BYTES`] (or more if one packet is larger). A subscriber that falls further
-//!   behind than that silently skips the oldest messages (rumqttd logs a warning, "cursor
-//!   jumped"). Everyone who subscribes one filter shares its log, so a wildcard subscriber
-//!   can lose a quiet device's message to a noisy one: the gateway's own ingest therefore
-//!   subscribes every device topic exactly, through in-process links (see [`local`]).
+//! - Bounded in-memory logs, sized as buffers, not stores (see "Memory" below). A subscriber
+//!   that falls further behind than its filter's log silently skips the oldest messages
+//!   (rumqttd logs a warning, "cursor jumped"). Everyone who subscribes one filter shares its
+//!   log, so a wildcard subscriber can lose a quiet device's message to a noisy one: the
+//!   gateway's own ingest therefore subscribes every device topic exactly, through
+//!   in-process links (see [`local`]).
 //! - A client beyond the connection limit gets a CONNACK "server unavailable" (MQTT 5:
 //!   "server busy"); the [`RESERVED_CONNECTIONS`] on top of it are the gateway's alone.
+//!
+//! # Memory
+//!
+//! rumqttd keeps one commit log per subscription filter: a queue of segments. A segment takes
+//! packets while it holds fewer bytes than its size (so it overflows by at most one packet),
+//! and when the newest is full a new one is started and, past the segment count, the oldest
+//! dropped. Nothing else ever drops a message: a log fills to its size and stays full. A log
+//! sized for history (rumqttd's examples use 100 × 100 MiB; this module once used 16 × 1 MiB,
+//! about 47 MB per filter with ~175-byte sensor messages) therefore makes memory grow with
+//! every message until every log is full: devices × gigabytes.
+//!
+//! Every log here is sized for a burst, because its readers are in-process and read at once:
+//!
+//! - **Device logs**, [`DEVICE_LOG_SEGMENT_COUNT`] × [`DEVICE_LOG_SEGMENT_BYTES`]: the logs
+//!   of the exact topics an in-process subscriber names (ingest: every device topic). A
+//!   device log keeps the newest message plus at least one full segment (5–12 typical sensor
+//!   messages) for ingest to read; a device that sends more than that in one go, faster than
+//!   ingest reads, loses its own oldest ones, and ingest counts them (`broker_overrun`). The
+//!   newest message, the device's current state, is always kept. Worst case per log:
+//!   2 × (1 KiB + the packet limit).
+//! - **Shared logs**, [`LOG_SEGMENT_COUNT`] × [`LOG_SEGMENT_BYTES`] (segments raised to the
+//!   packet limit): every other filter — ingest's `#` watch link, consumers of `shouwang/…`
+//!   alerts, `residents/…` notices, `zigbee2mqtt/#`. Few, with room for a burst of a few
+//!   hundred alerts.
+//!
+//! rumqttd picks a filter's log size by matching the filter against override patterns one by
+//! one, so the exact device topics as patterns would cost devices² matches at start-up. The
+//! patterns are instead the *shapes* of the in-process subscribers' exact topics: the first
+//! level kept, every other level `+` (`sensors/+/+`, `zigbee2mqtt/+`, `zigbee2mqtt/+/+`).
+//! Filters of the same shape get a device log too: actuators' command topics
+//! (`sensors/ID/set`), and a network client subscribing e.g. `sensors/+/state`, which then
+//! shares one small log for all devices; `sensors/#` or `zigbee2mqtt/#` match no shape and
+//! get a shared log.
+//!
+//! A message in a log is a slice of the network read buffer rumqttd parsed it from (10 KiB,
+//! larger only while a larger packet is read), and keeps that whole buffer allocated. Each
+//! device's newest messages stay in its logs, so each device connection keeps about one or
+//! two such buffers: this is in the README's memory ceiling.
 //!
 //! # Threads and shutdown
 //!
@@ -113,7 +150,9 @@ use rumqttd::local::LinkBuilder;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::Protocol;
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{
+    ConnectionSettings, LinkType, Router, RouterConfig, SegmentConfig, Server, ServerSettings,
+};
 use tokio_rustls::rustls;
 
 pub mod acl;
@@ -124,11 +163,21 @@ pub use acl::{AccessRules, Grants, Principal};
 pub use front::FrontSnapshot;
 pub use local::{LocalLink, LocalLinkError, LocalPublish, LocalSubscriber};
 
-/// Size of one segment of rumqttd's per-filter in-memory commit log (raised to the packet
-/// limit if that is larger).
-pub const LOG_SEGMENT_BYTES: usize = 1024 * 1024;
-/// Number of segments rumqttd keeps per filter before dropping the oldest.
-pub const LOG_SEGMENT_COUNT: usize = 16;
+/// Segment size of a shared log (every filter that is not a device log, see "Memory" in the
+/// module docs); raised to the packet limit, so a segment holds at least one max-size packet.
+pub const LOG_SEGMENT_BYTES: usize = 64 * 1024;
+/// Segments of a shared log: at least three full ones (~190 KiB, a few hundred alert
+/// messages) are kept behind the one being written.
+pub const LOG_SEGMENT_COUNT: usize = 4;
+/// Segment size of a device log (the log of one exact device topic): rumqttd's smallest. Not
+/// raised to the packet limit: a segment takes any packet while it holds less than this, so
+/// a max-size packet still fits (alone in its segment).
+pub const DEVICE_LOG_SEGMENT_BYTES: usize = MIN_LOG_SEGMENT_BYTES;
+/// Segments of a device log: two, the fewest that keep a full segment behind the one being
+/// written (with one, starting a new segment drops everything ingest has not read yet).
+pub const DEVICE_LOG_SEGMENT_COUNT: usize = 2;
+/// rumqttd panics on a smaller segment size.
+pub const MIN_LOG_SEGMENT_BYTES: usize = 1024;
 /// How many fresh ports are tried when a port picked for port 0 was taken by another
 /// process before rumqttd could bind it.
 pub const PORT_PICK_ATTEMPTS: u32 = 5;
@@ -190,11 +239,18 @@ pub struct BrokerSettings {
     /// In-process subscribers attached (and subscribed) before any listener opens; take
     /// them with [`EmbeddedBroker::take_local_link`].
     pub local_subscribers: Vec<LocalSubscriber>,
-    /// Size of one segment of each filter's commit log ([`LOG_SEGMENT_BYTES`]; raised to
-    /// the packet limit if smaller).
+    /// Size of one segment of a shared log ([`LOG_SEGMENT_BYTES`]; raised to the packet limit
+    /// if smaller). Logs are buffers for readers that read at once, not stores: see "Memory"
+    /// in the module docs for why they are this small.
     pub log_segment_bytes: usize,
-    /// Segments kept per filter before the oldest is dropped ([`LOG_SEGMENT_COUNT`]).
+    /// Segments of a shared log ([`LOG_SEGMENT_COUNT`]).
     pub log_segment_count: usize,
+    /// Size of one segment of a device log ([`DEVICE_LOG_SEGMENT_BYTES`], at least
+    /// [`MIN_LOG_SEGMENT_BYTES`]): the logs of the local subscribers' exact topics and of any
+    /// filter of the same shape (see "Memory" in the module docs).
+    pub device_log_segment_bytes: usize,
+    /// Segments of a device log ([`DEVICE_LOG_SEGMENT_COUNT`], at least 2).
+    pub device_log_segment_count: usize,
 }
 
 impl BrokerSettings {
@@ -214,6 +270,8 @@ impl BrokerSettings {
             local_subscribers: Vec::new(),
             log_segment_bytes: LOG_SEGMENT_BYTES,
             log_segment_count: LOG_SEGMENT_COUNT,
+            device_log_segment_bytes: DEVICE_LOG_SEGMENT_BYTES,
+            device_log_segment_count: DEVICE_LOG_SEGMENT_COUNT,
         }
     }
 }
@@ -236,6 +294,8 @@ impl fmt::Debug for BrokerSettings {
             .field("local_subscribers", &self.local_subscribers)
             .field("log_segment_bytes", &self.log_segment_bytes)
             .field("log_segment_count", &self.log_segment_count)
+            .field("device_log_segment_bytes", &self.device_log_segment_bytes)
+            .field("device_log_segment_count", &self.device_log_segment_count)
             .finish()
     }
 }
@@ -670,10 +730,36 @@ fn router_config(settings: &BrokerSettings, max_packet_bytes: usize) -> RouterCo
         max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
         max_segment_size: settings.log_segment_bytes.max(max_packet_bytes),
         max_segment_count: settings.log_segment_count,
-        custom_segment: None,
+        custom_segment: Some(device_logs(settings)),
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     }
+}
+
+/// rumqttd's per-filter log overrides: the shape of every exact topic of a local subscriber
+/// gets a device log (see "Memory" in the module docs).
+fn device_logs(settings: &BrokerSettings) -> HashMap<String, SegmentConfig> {
+    let log = SegmentConfig {
+        max_segment_size: settings.device_log_segment_bytes,
+        max_segment_count: settings.device_log_segment_count,
+    };
+    settings
+        .local_subscribers
+        .iter()
+        .flat_map(|s| &s.filters)
+        .filter(|f| !f.contains(['+', '#']))
+        .map(|f| (topic_shape(f), log.clone()))
+        .collect()
+}
+
+/// `sensors/smoke-1/state` → `sensors/+/+`; `zigbee2mqtt/kitchen` → `zigbee2mqtt/+`.
+fn topic_shape(topic: &str) -> String {
+    let mut levels = topic.split('/');
+    let first = levels.next().unwrap_or_default();
+    std::iter::once(first)
+        .chain(levels.map(|_| "+"))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// What the front enforces, from the settings; `internal` is the gateway's login.
@@ -1009,6 +1095,13 @@ fn validate(settings: &BrokerSettings) -> Result<(), BrokerError> {
             "the filter log needs a non-empty segment size and at least 2 segments".to_owned(),
         );
     }
+    if settings.device_log_segment_bytes < MIN_LOG_SEGMENT_BYTES
+        || settings.device_log_segment_count < 2
+    {
+        return invalid(format!(
+            "a device log needs segments of at least {MIN_LOG_SEGMENT_BYTES} bytes and at least 2 segments"
+        ));
+    }
     let mut ids: Vec<&str> = settings
         .local_subscribers
         .iter()
@@ -1253,6 +1346,42 @@ mod tests {
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         }
+    }
+
+    #[test]
+    fn device_log_patterns_are_the_shapes_of_the_exact_topics_only() {
+        let mut settings = BrokerSettings::new("127.0.0.1:0".parse().unwrap());
+        let local = |role: &str, filters: &[&str]| LocalSubscriber {
+            role: role.into(),
+            client_id: role.into(),
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+        };
+        settings.local_subscribers = vec![
+            local(
+                "devices",
+                &[
+                    "sensors/smoke-1/state",
+                    "sensors/smoke-1/heartbeat",
+                    "zigbee2mqtt/kitchen",
+                    "zigbee2mqtt/kitchen/availability",
+                    "legacy-gas",
+                ],
+            ),
+            local("watch", &["#", "sensors/+/state"]),
+        ];
+        let mut patterns: Vec<String> = device_logs(&settings).into_keys().collect();
+        patterns.sort();
+        assert_eq!(
+            patterns,
+            [
+                "legacy-gas",
+                "sensors/+/+",
+                "zigbee2mqtt/+",
+                "zigbee2mqtt/+/+"
+            ],
+            "a few shapes, not one pattern per device (rumqttd matches every new filter \
+             against every pattern)"
+        );
     }
 
     #[test]

@@ -1,0 +1,74 @@
+//! Machinery shared by the sensor-side benchmarks (`ingest`, `ack_window`): the bench
+//! configuration, MQTT clients as a sensor would build them, their event loops, percentiles.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet};
+use tokio::sync::mpsc;
+
+/// A site `bench` with `heats` heat detectors (`heat-{i}`) and `smokes` smoke detectors
+/// (`smoke-{i}`) in one 30-floor building, on an embedded broker on a free port, no debounce.
+pub fn config(heats: usize, smokes: usize) -> String {
+    let mut c = String::from(
+        "[site]\nid = \"bench\"\nname = \"Bench\"\nkind = \"compound\"\n[broker]\nbind = \"127.0.0.1:0\"\n\
+         [[locations.buildings]]\nid = \"b1\"\nname = \"1\"\nfloors = 30\n\
+         [rules.timing]\ndebounce_s = 0\n",
+    );
+    for i in 0..heats {
+        let _ = write!(
+            c,
+            "[[devices]]\nid = \"heat-{i}\"\nkind = \"heat\"\nlocation = {{ building = \"b1\" }}\n"
+        );
+    }
+    for i in 0..smokes {
+        let _ = write!(
+            c,
+            "[[devices]]\nid = \"smoke-{i}\"\nkind = \"smoke\"\nlocation = {{ building = \"b1\" }}\n"
+        );
+    }
+    c
+}
+
+/// A sensor-like client: 30 s keep-alive, 100 in flight, `TCP_NODELAY`.
+pub fn client(addr: SocketAddr, id: &str) -> (AsyncClient, EventLoop) {
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(100);
+    let (c, mut e) = AsyncClient::new(o, 10_000);
+    let mut n = e.network_options();
+    n.set_tcp_nodelay(true);
+    e.set_network_options(n);
+    (c, e)
+}
+
+/// Drives an event loop, forwarding publishes (topic, payload) to `tx`.
+pub fn spawn_loop(e: EventLoop, tx: Option<mpsc::UnboundedSender<(String, Vec<u8>)>>) {
+    spawn_events(e, move |_, event| {
+        if let (Some(tx), Event::Incoming(Packet::Publish(p))) = (&tx, event) {
+            let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+        }
+    });
+}
+
+/// Drives an event loop, handing every event to `on_event` with the instant it was polled
+/// (e.g. to time PUBACKs); ends when the connection fails or closes.
+pub fn spawn_events(mut e: EventLoop, mut on_event: impl FnMut(Instant, &Event) + Send + 'static) {
+    tokio::spawn(async move {
+        while let Ok(event) = e.poll().await {
+            on_event(Instant::now(), &event);
+        }
+    });
+}
+
+/// The `p` quantile (0–1) of sorted `samples`, nearest rank; `None` when there are none.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let last = sorted.len().checked_sub(1)?;
+    sorted.get(((last as f64) * p).round() as usize).copied()
+}
+
+/// Milliseconds, for tables.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,140 @@
+//! The embedded broker's logs are buffers for readers that read at once, not stores: a
+//! device topic keeps a burst for ingest, never the topic's history, and memory stays flat
+//! however many messages pass (see `broker`, "Memory").
+
+use std::time::Duration;
+
+use gateway::broker::{
+    BrokerError, BrokerSettings, EmbeddedBroker, LocalLink, LocalSubscriber,
+    DEVICE_LOG_SEGMENT_BYTES, MIN_LOG_SEGMENT_BYTES,
+};
+use rumqttc::{Event, Packet, QoS};
+
+/// A broker whose in-process subscriber `reader` names `filters`, not read yet.
+fn broker_with_reader(filters: &[&str]) -> (EmbeddedBroker, LocalLink) {
+    let mut settings = BrokerSettings::new("127.0.0.1:0".parse().unwrap());
+    settings.local_subscribers = vec![LocalSubscriber {
+        role: "reader".into(),
+        client_id: "reader".into(),
+        filters: filters.iter().map(|f| f.to_string()).collect(),
+    }];
+    let mut broker = EmbeddedBroker::start(settings).expect("broker starts");
+    let link = broker.take_local_link("reader").expect("the reader's link");
+    (broker, link)
+}
+
+/// Publishes at QoS 1 and returns once the broker acknowledged every message, i.e. appended
+/// it to its logs.
+async fn publish_acked(broker: &EmbeddedBroker, messages: Vec<(String, Vec<u8>)>) {
+    let (client, mut events) = broker.async_client("publisher", messages.len() + 10);
+    let total = messages.len();
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher connection failed: {e}"),
+            }
+        }
+    });
+    for (topic, payload) in messages {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), acks)
+        .await
+        .expect("every publish acknowledged within 30 s")
+        .unwrap();
+}
+
+/// Reads the link until it has been quiet for 500 ms: the payloads read and the number of
+/// messages the link reported dropped.
+async fn drain(link: &mut LocalLink) -> (Vec<Vec<u8>>, u64) {
+    let (mut got, mut dropped) = (Vec::new(), 0);
+    while let Ok(Ok(p)) = tokio::time::timeout(Duration::from_millis(500), link.next()).await {
+        dropped += p.dropped_before;
+        got.push(p.payload.to_vec());
+    }
+    (got, dropped)
+}
+
+fn numbered(topic: &str, n: usize, size: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (topic.to_owned(), format!("{i:0size$}").into_bytes()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_device_topic_log_keeps_a_burst_for_ingest_not_the_topics_history() {
+    let topic = "sensors/heat-1/state";
+    let (broker, mut link) = broker_with_reader(&[topic]);
+    // 2,000 × 100 B: far more than the link's buffer (200 messages) and a device log (2 KiB).
+    publish_acked(&broker, numbered(topic, 2_000, 100)).await;
+    let (got, dropped) = drain(&mut link).await;
+    assert_eq!(
+        got.len() as u64 + dropped,
+        2_000,
+        "every message read or counted as dropped"
+    );
+    assert!(
+        got.len() < 500 && dropped > 1_500,
+        "the broker kept {} of 2,000 messages of one device topic: a store, not a buffer",
+        got.len()
+    );
+    assert_eq!(
+        got.last(),
+        Some(&format!("{:0100}", 1_999).into_bytes()),
+        "the newest message, the device's current state, is always kept"
+    );
+}
+
+#[tokio::test]
+async fn a_max_size_packet_fits_a_device_log_and_waits_there_for_ingest() {
+    let topic = "sensors/cam-1/state";
+    let (broker, mut link) = broker_with_reader(&[topic]);
+    // Fill the link's buffer first, so that what follows waits in the device log.
+    let mut messages = numbered(topic, 1_000, 100);
+    let big = vec![b'x'; BrokerSettings::new(broker.local_addr()).max_payload_bytes];
+    assert!(big.len() > 30 * DEVICE_LOG_SEGMENT_BYTES);
+    messages.push((topic.to_owned(), big.clone()));
+    messages.extend(numbered(topic, 3, 100));
+    publish_acked(&broker, messages).await;
+    let (got, dropped) = drain(&mut link).await;
+    assert_eq!(got.len() as u64 + dropped, 1_004);
+    let at = got.iter().position(|p| *p == big);
+    assert_eq!(
+        at.map(|i| got.len() - i),
+        Some(4),
+        "the max-size packet, then the 3 small ones after it"
+    );
+}
+
+#[tokio::test]
+async fn a_wildcard_subscriber_keeps_a_burst_of_alerts_in_a_shared_log() {
+    let (broker, mut link) = broker_with_reader(&["shouwang/site/alerts/#"]);
+    // 350 alert-sized messages, each on its own topic: 200 wait in the link's buffer, the
+    // other ~150 KB in the shared log.
+    let alerts = (0..350)
+        .map(|i| (format!("shouwang/site/alerts/{i}"), vec![b'a'; 1000]))
+        .collect();
+    publish_acked(&broker, alerts).await;
+    let (got, dropped) = drain(&mut link).await;
+    assert_eq!(got.len(), 350, "alerts lost from a shared log");
+    assert_eq!(dropped, 0);
+}
+
+#[test]
+fn a_device_log_smaller_than_rumqttd_allows_is_refused_before_anything_starts() {
+    for (bytes, count) in [(MIN_LOG_SEGMENT_BYTES - 1, 2), (MIN_LOG_SEGMENT_BYTES, 1)] {
+        let mut settings = BrokerSettings::new("127.0.0.1:0".parse().unwrap());
+        settings.device_log_segment_bytes = bytes;
+        settings.device_log_segment_count = count;
+        assert!(matches!(
+            EmbeddedBroker::start(settings),
+            Err(BrokerError::InvalidSettings(_))
+        ));
+    }
+}
