@@ -8,9 +8,9 @@
 //! With one wildcard filter for every sensor, a single device flooding at full speed shares
 //! that log with every smoke detector of the compound: one alarm in a flood could be skipped.
 //!
-//! A [`LocalSubscriber`] therefore names its filters exactly (the ingest gives one per
-//! device topic), so each device gets a log of its own and a flood can only overrun the
-//! flooder's own log. Reading through an in-process link also removes the TCP hop, the MQTT
+//! A [`LocalSubscriber`] therefore names one filter per device (the ingest gives
+//! `sensors/{id}/+`, or a device's topics exactly), so each device gets logs of its own and a
+//! flood can only overrun the flooder's own. Reading through an in-process link also removes the TCP hop, the MQTT
 //! encode/decode and the QoS 1 in-flight window (100 messages) between router and ingest.
 //!
 //! # Ordering with the listeners
@@ -70,8 +70,9 @@ impl LocalLinkError {
 pub struct LocalPublish {
     pub topic: Bytes,
     pub payload: Bytes,
-    /// Messages of this topic the router dropped just before this one because its log
-    /// overran (counted on links whose filters are all exact topics; 0 on wildcard links).
+    /// Messages of this publish's log (its filter's) the router dropped just before this one
+    /// because the log overran (counted on links whose filters are exact topics or
+    /// `PREFIX/+`; 0 on links with other wildcards).
     pub dropped_before: u64,
 }
 
@@ -86,13 +87,60 @@ pub struct LocalLink {
     /// waits for room in the router's channel retries it: a lost wake-up would stall the
     /// link for good.
     wake_pending: bool,
-    /// Exact-topic links only: the log offset of the last message read per topic. Each exact
-    /// filter has a log of its own whose offsets count up by one per message, so a jump is
-    /// the number of messages the router dropped when the log overran.
-    last_offsets: Option<HashMap<Bytes, u64>>,
+    /// Which of the link's filters (and so which broker log) a publish came from, and the
+    /// offset of the last message read from each; `None` for a link with other wildcards.
+    /// Each filter has a log of its own whose offsets count up by one per message, so a jump
+    /// is the number of messages the router dropped when the log overran.
+    logs: Option<Logs>,
     /// Whether this link's filters started with it (first offset 0) or existed before (a
-    /// re-attached link: the first offset seen per topic is where it started reading).
+    /// re-attached link: the first offset seen per log is where it started reading).
     fresh_filters: bool,
+}
+
+/// The logs of a link whose filters are exact topics or `PREFIX/+`, found for a topic with
+/// two hash lookups. Keyed by owned strings, never by a publish's topic: a `Bytes` from the
+/// router would keep the whole network buffer it was parsed from.
+#[derive(Debug)]
+struct Logs {
+    exact: HashMap<String, usize>,
+    /// `PREFIX/+`, by `PREFIX`.
+    children: HashMap<String, usize>,
+    /// Offset of the last message read, per filter.
+    last: Vec<Option<u64>>,
+}
+
+impl Logs {
+    fn new(filters: &[String]) -> Option<Logs> {
+        let plain = |p: &str| !p.contains(['+', '#']);
+        let mut logs = Logs {
+            exact: HashMap::new(),
+            children: HashMap::new(),
+            last: vec![None; filters.len()],
+        };
+        for (i, f) in filters.iter().enumerate() {
+            if plain(f) {
+                logs.exact.insert(f.clone(), i);
+            } else if let Some(p) = f.strip_suffix("/+").filter(|p| plain(p)) {
+                logs.children.insert(p.to_owned(), i);
+            } else {
+                return None;
+            }
+        }
+        Some(logs)
+    }
+
+    /// The one filter matching `topic`; `None` if none or two do (the router then delivers
+    /// it once per filter and a jump cannot be told apart).
+    fn log_of(&self, topic: &str) -> Option<usize> {
+        let exact = self.exact.get(topic);
+        let child = topic
+            .rsplit_once('/')
+            .and_then(|(parent, _)| self.children.get(parent));
+        match (exact, child) {
+            (Some(i), None) | (None, Some(i)) => Some(*i),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for LocalLink {
@@ -104,23 +152,20 @@ impl std::fmt::Debug for LocalLink {
 }
 
 impl LocalLink {
-    /// How many messages of `topic` were skipped before the one at `cursor`. The filter was
-    /// created by our subscription before any listener opened, so its first message is at
-    /// offset 0.
-    fn dropped_before(&mut self, topic: &Bytes, cursor: Option<(u64, u64)>) -> u64 {
-        let (Some(last), Some((_, offset))) = (self.last_offsets.as_mut(), cursor) else {
+    /// How many messages of `topic`'s log were skipped before the one at `cursor`. A fresh
+    /// filter was created by our subscription before any listener opened, so its first
+    /// message is at offset 0.
+    fn dropped_before(&mut self, topic: &[u8], cursor: Option<(u64, u64)>) -> u64 {
+        let (Some(logs), Some((_, offset))) = (self.logs.as_mut(), cursor) else {
             return 0;
         };
-        let expected = match last.get_mut(topic) {
-            Some(seen) => std::mem::replace(seen, offset) + 1,
-            None => {
-                last.insert(topic.clone(), offset);
-                if self.fresh_filters {
-                    0
-                } else {
-                    offset
-                }
-            }
+        let Some(i) = std::str::from_utf8(topic).ok().and_then(|t| logs.log_of(t)) else {
+            return 0;
+        };
+        let expected = match logs.last[i].replace(offset) {
+            Some(seen) => seen + 1,
+            None if self.fresh_filters => 0,
+            None => offset,
         };
         offset.saturating_sub(expected)
     }
@@ -144,11 +189,7 @@ impl LocalLink {
             rx,
             wake_pending: false,
             fresh_filters,
-            last_offsets: spec
-                .filters
-                .iter()
-                .all(|f| !f.contains(['+', '#']))
-                .then(HashMap::new),
+            logs: Logs::new(&spec.filters),
         })
     }
 
@@ -191,5 +232,26 @@ impl LocalLink {
                 Some(_) | None => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_is_traced_to_the_one_filter_whose_log_it_came_from() {
+        let filters: Vec<String> = ["sensors/a/+", "legacy/gas", "x/+", "x/y"]
+            .map(String::from)
+            .to_vec();
+        let logs = Logs::new(&filters).expect("exact and PREFIX/+ filters");
+        assert_eq!(logs.log_of("sensors/a/state"), Some(0));
+        assert_eq!(logs.log_of("sensors/a/heartbeat"), Some(0));
+        assert_eq!(logs.log_of("sensors/a/b/c"), None);
+        assert_eq!(logs.log_of("legacy/gas"), Some(1));
+        assert_eq!(logs.log_of("x/y"), None, "two filters match: ambiguous");
+        assert_eq!(logs.log_of("x/z"), Some(2));
+        assert!(Logs::new(&["sensors/+/state".to_owned()]).is_none());
+        assert!(Logs::new(&["#".to_owned()]).is_none());
     }
 }

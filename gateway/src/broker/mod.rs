@@ -736,23 +736,25 @@ fn router_config(settings: &BrokerSettings, max_packet_bytes: usize) -> RouterCo
     }
 }
 
-/// rumqttd's per-filter log overrides: the shape of every exact topic of a local subscriber
-/// gets a device log (see "Memory" in the module docs).
+/// rumqttd's per-filter log overrides: the shape of every exact topic (or `PREFIX/+`) of a
+/// local subscriber gets a device log (see "Memory" in the module docs).
 fn device_logs(settings: &BrokerSettings) -> HashMap<String, SegmentConfig> {
     let log = SegmentConfig {
         max_segment_size: settings.device_log_segment_bytes,
         max_segment_count: settings.device_log_segment_count,
     };
+    let plain = |f: &str| !f.contains(['+', '#']);
     settings
         .local_subscribers
         .iter()
         .flat_map(|s| &s.filters)
-        .filter(|f| !f.contains(['+', '#']))
+        .filter(|f| plain(f) || f.strip_suffix("/+").is_some_and(plain))
         .map(|f| (topic_shape(f), log.clone()))
         .collect()
 }
 
-/// `sensors/smoke-1/state` → `sensors/+/+`; `zigbee2mqtt/kitchen` → `zigbee2mqtt/+`.
+/// `sensors/smoke-1/state` and `sensors/smoke-1/+` → `sensors/+/+`; `zigbee2mqtt/kitchen` →
+/// `zigbee2mqtt/+`.
 fn topic_shape(topic: &str) -> String {
     let mut levels = topic.split('/');
     let first = levels.next().unwrap_or_default();
@@ -1360,14 +1362,14 @@ mod tests {
             local(
                 "devices",
                 &[
-                    "sensors/smoke-1/state",
-                    "sensors/smoke-1/heartbeat",
+                    "sensors/smoke-1/+",
+                    "sensors/smoke-2/heartbeat",
                     "zigbee2mqtt/kitchen",
                     "zigbee2mqtt/kitchen/availability",
                     "legacy-gas",
                 ],
             ),
-            local("watch", &["#", "sensors/+/state"]),
+            local("watch", &["#", "sensors/+/state", "zigbee2mqtt/#"]),
         ];
         let mut patterns: Vec<String> = device_logs(&settings).into_keys().collect();
         patterns.sort();

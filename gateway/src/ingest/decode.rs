@@ -119,13 +119,53 @@ impl Router {
         filters
     }
 
-    /// Every topic a device owns, sorted: the embedded broker's in-process device link
-    /// subscribes each one exactly, so every device has a broker log of its own and a
-    /// flooding device cannot push another device's alarm out of a shared log.
+    /// The embedded broker's in-process device link subscribes these, so every device has
+    /// broker logs of its own and a flooding device cannot push another device's alarm out
+    /// of a shared log. Sorted. A native device with the standard topics gets one filter,
+    /// `sensors/{id}/+`, so its state and heartbeats share one small log: with a log per
+    /// topic, a quiet topic's messages (heartbeats) would stay for tens of minutes, each
+    /// keeping the broker's network read buffer it was parsed from (see `broker`, "Memory").
+    /// Any other device, or one whose `sensors/{id}/+` would also match another device's
+    /// topic, gets its topics exactly. Other topics under a device's filter (actuator
+    /// commands on `sensors/{id}/set`) reach the device link too, which skips them.
     pub fn device_filters(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self.topics.keys().cloned().collect();
-        topics.sort();
-        topics
+        let mut by_device: HashMap<usize, Vec<&str>> = HashMap::new();
+        for (topic, (device, _)) in &self.topics {
+            by_device.entry(*device).or_default().push(topic);
+        }
+        let mut filters: Vec<String> = Vec::new();
+        for (device, topics) in by_device {
+            match self.native_family(device, &topics) {
+                Some(family) => filters.push(family),
+                None => filters.extend(topics.iter().map(|t| t.to_string())),
+            }
+        }
+        filters.sort();
+        filters
+    }
+
+    /// `sensors/{id}/+` when `topics` are exactly `sensors/{id}/state` and `…/heartbeat` and
+    /// no other device owns a topic that filter matches.
+    fn native_family(&self, device: usize, topics: &[&str]) -> Option<String> {
+        let [a, b] = topics else {
+            return None;
+        };
+        let id = [a, b].iter().find_map(|t| {
+            let id = t.strip_prefix("sensors/")?.strip_suffix("/state")?;
+            (!id.is_empty() && !id.contains(['/', '+', '#'])).then_some(id)
+        })?;
+        let (state, heartbeat) = (
+            format!("sensors/{id}/state"),
+            format!("sensors/{id}/heartbeat"),
+        );
+        let standard = [a, b].iter().all(|t| **t == state || **t == heartbeat) && a != b;
+        let prefix = format!("sensors/{id}/");
+        let alone = self.topics.iter().all(|(t, (d, _))| {
+            *d == device
+                || t.strip_prefix(&prefix)
+                    .is_none_or(|rest| rest.contains('/'))
+        });
+        (standard && alone).then(|| format!("sensors/{id}/+"))
     }
 
     /// What the embedded broker's in-process *watch* link subscribes to (everything), so
@@ -319,6 +359,36 @@ fn values_are_finite(v: &Values) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_native_device_gets_one_broker_filter_unless_it_would_cover_another_devices_topic() {
+        let config = edge_config::parse(
+            "[site]\nid='s'\nname='s'\nkind='compound'\n[[locations.buildings]]\nid='b'\nname='b'\nfloors=2\n\
+             [[devices]]\nid='a'\nkind='smoke'\nlocation={building='b'}\n\
+             [[devices]]\nid='c'\nkind='gas'\ntopic='legacy/kitchen/gas'\nlocation={building='b'}\n\
+             [[devices]]\nid='d'\nkind='heat'\nlocation={building='b'}\n\
+             [[devices]]\nid='e'\nkind='gas'\ntopic='sensors/d/gas'\nlocation={building='b'}\n\
+             [[devices]]\nid='k'\nkind='heat'\nformat='zigbee2mqtt'\nfriendly_name='kitchen'\nlocation={building='b'}\n",
+            "t.toml",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            Router::new(&config).device_filters(),
+            [
+                "legacy/kitchen/gas",
+                "sensors/a/+",
+                "sensors/c/heartbeat",
+                // `sensors/d/+` would also match device e's topic.
+                "sensors/d/gas",
+                "sensors/d/heartbeat",
+                "sensors/d/state",
+                "sensors/e/heartbeat",
+                "zigbee2mqtt/kitchen",
+                "zigbee2mqtt/kitchen/availability",
+            ]
+        );
+    }
 
     #[test]
     fn subscriptions_use_wildcards_plus_custom_topics() {

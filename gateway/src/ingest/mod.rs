@@ -3,8 +3,9 @@
 //! Two ways in, one [`Ingest::handle`]:
 //!
 //! - **Embedded broker** ([`run_local`]): two in-process links to rumqttd's router. The
-//!   *device* link subscribes every device topic exactly, so each device has a broker log of
-//!   its own: a device flooding at full speed can only overrun its own log, never push a smoke
+//!   *device* link subscribes one filter per device (`sensors/{id}/+`, or the device's topics
+//!   exactly; see [`decode::Router::device_filters`]), so each device has broker logs of its
+//!   own: a device flooding at full speed can only overrun its own log, never push a smoke
 //!   detector's alarm out of a shared one (see `broker::local`). The *watch* link subscribes
 //!   to everything (`#`, which also spares rumqttd from matching a foreign topic against every
 //!   device filter on each publish) and counts sensor-family topics no device owns
@@ -140,6 +141,13 @@ impl Ingest {
             .map(Ingested::Reading)
     }
 
+    /// Whether `topic` is read from the device link: a device's own topic or the self-test
+    /// probe's.
+    fn on_device_link(&self, topic: &str) -> bool {
+        self.router.route(topic).is_some()
+            || self.self_test.as_ref().is_some_and(|s| s.topic() == topic)
+    }
+
     /// Counts `n` messages of `topic` the embedded broker dropped before ingest could read
     /// them (see [`Reject::BrokerOverrun`]).
     pub fn broker_overrun(&self, topic: &str, n: u64) {
@@ -267,6 +275,11 @@ async fn read_devices(
         };
         if publish.dropped_before > 0 {
             ingest.broker_overrun(topic, publish.dropped_before);
+        }
+        // A device's filter also brings other topics under it (actuator commands): not
+        // readings, and the watch link's to count if anyone's.
+        if !ingest.on_device_link(topic) {
+            continue;
         }
         if let Some(item) = ingest.ingest(topic, &publish.payload, Instant::now()) {
             out.send(item).await.map_err(|_| IngestError::RulesGone)?;
