@@ -368,7 +368,12 @@ fn main() {
     let alive = process.0.try_wait().ok().flatten().is_none();
     let final_status = status(&data).unwrap_or_default();
     drop(process);
-    report(&s, idle_mb, &samples, published, alive, &final_status, &log);
+    let pass = report(&s, idle_mb, &samples, published, alive, &final_status, &log);
+    // Stop mosquitto and remove the temporary directory before exiting.
+    drop((_mosquitto, sensors_broker, dir));
+    if !pass {
+        std::process::exit(1);
+    }
 }
 
 fn report(
@@ -379,7 +384,7 @@ fn report(
     alive: bool,
     status: &serde_json::Value,
     log: &Path,
-) {
+) -> bool {
     let accepted = status["ingest"]["accepted"].as_u64().unwrap_or(0);
     let minutes = s.duration.as_secs_f64() / 60.0;
     let v = verdict(samples, s.warmup, s.band_mb);
@@ -408,7 +413,7 @@ fn report(
     let _ = writeln!(out, "| RSS idle (before traffic) | {idle_mb:.1} MB |");
     let Some(v) = v else {
         let _ = writeln!(out, "| verdict | FAIL: no samples after the warm-up |");
-        std::process::exit(1);
+        return false;
     };
     let _ = writeln!(
         out,
@@ -449,8 +454,8 @@ fn report(
             "last gateway log lines:\n{}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
-        std::process::exit(1);
     }
+    pass
 }
 
 fn cores() -> usize {

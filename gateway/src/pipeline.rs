@@ -129,6 +129,7 @@ pub fn start_with_reserve(
         reserve: reserve.clone(),
         self_test: self_test.clone(),
         resets: restored.resets,
+        gate: broker.as_ref().and_then(EmbeddedBroker::commit_gate),
     };
     spawn_alert_task(stages, parts, input_rx);
     let telemetry_stats = Arc::new(TelemetryStats::default());
@@ -252,6 +253,8 @@ struct AlertTaskParts {
     self_test: Arc<SelfTest>,
     /// Staff resolves reach the rules through this (a restarted task gets a handle of it).
     resets: crate::rules::reset::ResetSender,
+    /// The embedded broker's commit gate: sensors' PUBACKs wait for the task's commits.
+    gate: Option<Arc<crate::broker::CommitGate>>,
 }
 
 impl AlertTaskParts {
@@ -270,7 +273,8 @@ impl AlertTaskParts {
         Ok(
             AlertTask::new(lifecycle, self.published.clone(), self.stats.clone())
                 .with_reserve(self.reserve.clone())
-                .with_self_test(Some(self.self_test.clone())),
+                .with_self_test(Some(self.self_test.clone()))
+                .with_commit_gate(self.gate.clone()),
         )
     }
 }
@@ -494,6 +498,10 @@ async fn run_rules(
                     if out.send(AlertInput::Probe(p)).await.is_err() { return gone(); }
                     Vec::new()
                 }
+                Some(Ingested::Handled(m)) => {
+                    if out.send(AlertInput::Handled(m)).await.is_err() { return gone(); }
+                    Vec::new()
+                }
                 None => break,
             },
             _ = tick.tick() => {
@@ -608,6 +616,7 @@ fn connect(
         BrokerMode::Embedded => {
             let mut settings = BrokerSettings::from_config(config)?;
             settings.local_subscribers = ingest.local_subscribers();
+            settings.commit_gate = ingest.commit_gate().map(Arc::new);
             let broker = EmbeddedBroker::start(settings)?;
             tracing::info!(addr = %broker.local_addr(), "embedded MQTT broker listening");
             let options = broker.client_options(&internal_client_id("options"));

@@ -15,8 +15,16 @@
 //! At most [`MAX_DEFERRED`] events wait; beyond that new ones are dropped, counted and
 //! logged. Staff actions (acknowledge, resolve) are not deferred: their caller gets the
 //! error. Counts go to [`AlertTaskStats`] (`status.json`, `gateway status`).
+//!
+//! # Commit marks
+//!
+//! After each message of a device log, ingest sends its [`Mark`] down the same path as its
+//! reading ([`AlertInput::Handled`]). Whatever the reading caused came before it and is
+//! committed by then, so the task tells the broker's [`CommitGate`], which releases the
+//! sensor's PUBACK. While events are deferred, marks wait too (the newest per log) and are
+//! given once the deferred events are committed: a PUBACK never says more than the disk has.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +36,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::lifecycle::{Lifecycle, LifecycleError, PartialCommit};
 use super::model::{Alert, Location, Source};
 use super::store::StoreError;
+use crate::broker::{CommitGate, Mark};
 use crate::reserve::{is_disk_trouble, Reserve};
 use crate::rules::Signal;
 use crate::selftest::{Probe, SelfTest};
@@ -56,6 +65,8 @@ pub enum AlertInput {
     },
     /// A self-test probe: committed, never turned into an alert (see [`crate::selftest`]).
     Probe(Probe),
+    /// Everything a device-log message caused is in (see "Commit marks" above).
+    Handled(Mark),
 }
 
 /// An input that changes alerts without a person behind it, so it can wait and be retried.
@@ -151,6 +162,11 @@ pub struct AlertTask {
     reserve: Option<Arc<Reserve>>,
     /// Told of each probe committed, which completes a self-test round trip.
     self_test: Option<Arc<SelfTest>>,
+    /// Told of each device-log message whose consequences are committed.
+    gate: Option<Arc<CommitGate>>,
+    /// Marks held back while events are deferred: the newest per log (so bounded by the
+    /// number of devices however long the database refuses writes).
+    waiting_marks: HashMap<usize, Mark>,
 }
 
 /// Runs `task` until `inputs` is closed. Every committed alert event is published. The
@@ -184,6 +200,34 @@ impl AlertTask {
             failing_since_log: None,
             reserve: None,
             self_test: None,
+            gate: None,
+            waiting_marks: HashMap::new(),
+        }
+    }
+
+    /// Tells `gate` of every device-log message whose consequences are committed.
+    pub fn with_commit_gate(mut self, gate: Option<Arc<CommitGate>>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    fn handled(&mut self, mark: Mark) {
+        let Some(gate) = &self.gate else {
+            return;
+        };
+        if self.deferred.is_empty() {
+            gate.commit(mark);
+        } else {
+            self.waiting_marks.insert(mark.log, mark);
+        }
+    }
+
+    /// Gives the marks held back while events were deferred, once none are.
+    fn give_waiting_marks(&mut self) {
+        if let (Some(gate), true) = (&self.gate, self.deferred.is_empty()) {
+            for (_, mark) in self.waiting_marks.drain() {
+                gate.commit(mark);
+            }
         }
     }
 
@@ -236,6 +280,7 @@ impl AlertTask {
             AlertInput::Trigger(trigger) => trigger,
             AlertInput::Tick => return self.tick(at),
             AlertInput::Probe(probe) => return self.probe(probe),
+            AlertInput::Handled(mark) => return self.handled(mark),
             AlertInput::Acknowledge { id, by, reply } => {
                 let result = self.lifecycle.acknowledge(&id, &by, at);
                 return self.reply(result, reply);
@@ -298,6 +343,7 @@ impl AlertTask {
             self.recovered();
         }
         self.count_deferred();
+        self.give_waiting_marks();
     }
 
     /// A commit went through: ends a run of failures once nothing waits any more.

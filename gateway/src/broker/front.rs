@@ -75,11 +75,12 @@ use rumqttd::protocol::{
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::{AccessRules, Grants, LoginRefusal, Logins, Principal};
+use super::gate::{CommitGate, HOLD_MAX};
 
 /// Time from accept to a complete CONNECT (TLS handshake included).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -220,6 +221,8 @@ pub struct FrontStats {
     denied_delivery: AtomicU64,
     retained_capped: AtomicU64,
     protocol_errors: AtomicU64,
+    acks_held: AtomicU64,
+    acks_released_uncommitted: AtomicU64,
 }
 
 /// What the front has refused so far (since start).
@@ -253,6 +256,10 @@ pub struct FrontSnapshot {
     pub retained_capped: u64,
     /// Connections closed for malformed MQTT.
     pub protocol_errors: u64,
+    /// PUBACKs (PUBRECs) that waited for their message's commit ([`super::gate`]).
+    pub acks_held: u64,
+    /// Of those, released after [`HOLD_MAX`] without a commit (alarm path broken or slow).
+    pub acks_released_uncommitted: u64,
 }
 
 impl FrontStats {
@@ -274,6 +281,8 @@ impl FrontStats {
             denied_delivery: get(&self.denied_delivery),
             retained_capped: get(&self.retained_capped),
             protocol_errors: get(&self.protocol_errors),
+            acks_held: get(&self.acks_held),
+            acks_released_uncommitted: get(&self.acks_released_uncommitted),
         }
     }
 }
@@ -307,6 +316,8 @@ pub struct FrontSettings {
     pub max_retained_messages: usize,
     /// Bytes (topic plus payload) of those retained messages.
     pub max_retained_bytes: usize,
+    /// PUBACKs for publishes into these logs wait for their commit ([`super::gate`]).
+    pub commit_gate: Option<Arc<CommitGate>>,
 }
 
 /// One public listener of the front.
@@ -881,6 +892,8 @@ async fn session(
         principal,
         grants,
         masks: Mutex::new(HashMap::new()),
+        gated: Mutex::new(HashMap::new()),
+        held: Mutex::new(VecDeque::new()),
         _slot: slot,
     };
     bridge(&conn, io, buf, backend).await
@@ -978,7 +991,22 @@ struct Conn {
     /// SUBSCRIBE packet id → which of its filters were granted, until rumqttd's SUBACK.
     /// Written by the client side, read by the rumqttd side; never held across an await.
     masks: Mutex<HashMap<u16, Vec<bool>>>,
+    /// Packet id of a QoS 1/2 publish forwarded into a gated log → that log, until rumqttd's
+    /// PUBACK (PUBREC). Written by the client side, read by the rumqttd side.
+    gated: Mutex<HashMap<u16, usize>>,
+    /// Acknowledgements for the client waiting for a commit, in the order rumqttd sent them
+    /// (MQTT wants PUBACKs in publish order, so once one waits, all later ones queue too).
+    /// Used by the rumqttd side only.
+    held: Mutex<VecDeque<Held>>,
     _slot: Slot,
+}
+
+/// An acknowledgement for the client, held back.
+struct Held {
+    raw: Bytes,
+    /// The log and the committed mark it waits for; `None`: it only keeps its place.
+    wait: Option<(usize, u64)>,
+    since: tokio::time::Instant,
 }
 
 /// What one packet turns into.
@@ -1017,20 +1045,24 @@ async fn bridge(
     let up = pump(
         conn,
         Side::Client,
-        client_rd,
-        buf,
+        (client_rd, buf),
         backend_wr,
-        to_client,
-        for_backend,
+        (to_client, for_backend),
+        None,
     );
+    let commits = conn
+        .shared
+        .settings
+        .commit_gate
+        .as_ref()
+        .map(|g| g.subscribe());
     let down = pump(
         conn,
         Side::Backend,
-        backend_rd,
-        BytesMut::new(),
+        (backend_rd, BytesMut::new()),
         client_wr,
-        to_backend,
-        for_client,
+        (to_backend, for_client),
+        commits,
     );
     tokio::select! {
         r = up => r,
@@ -1054,16 +1086,17 @@ struct PumpState {
     answered_qos2: HashSet<u16>,
 }
 
-/// Reads packets from one side, writes what passes to the other; replies the front makes
-/// go back through `replies` (the other pump owns that writer).
+/// Reads packets from one side (`rd` and what was already read of it), writes what passes
+/// to the other; replies the front makes go back through the first channel (the other pump
+/// owns that writer) and the other pump's come in on the second. `commits` (rumqttd side,
+/// with a commit gate): wakes held acknowledgements.
 async fn pump(
     conn: &Conn,
     side: Side,
-    mut rd: impl AsyncRead + Unpin,
-    mut buf: BytesMut,
+    (mut rd, mut buf): (impl AsyncRead + Unpin, BytesMut),
     mut wr: impl AsyncWrite + Unpin,
-    replies: mpsc::Sender<Bytes>,
-    mut from_other: mpsc::Receiver<Bytes>,
+    (replies, mut from_other): (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>),
+    mut commits: Option<watch::Receiver<u64>>,
 ) -> Result<(), FrontError> {
     let max = match side {
         Side::Client => conn.shared.settings.max_packet_bytes,
@@ -1087,20 +1120,54 @@ async fn pump(
             }
             need = 1;
         }
+        if let Some(commits) = commits.as_mut() {
+            commits.borrow_and_update();
+            conn.release_held(&mut wr).await?;
+        }
+        let holding = match side {
+            Side::Backend => conn.held_since(),
+            Side::Client => None,
+        };
         buf.reserve(need.max(1024));
         tokio::select! {
             n = rd.read_buf(&mut buf) => if n? == 0 { return Ok(()) },
             Some(b) = from_other.recv() => {
-                wr.write_all(&b).await?;
-                wr.flush().await?;
+                if holding.is_some() {
+                    conn.hold(b, None);
+                } else {
+                    wr.write_all(&b).await?;
+                    wr.flush().await?;
+                }
+            }
+            () = commit_or_deadline(&mut commits, holding), if holding.is_some() => {}
+        }
+    }
+}
+
+/// Returns on the next commit anywhere, or once the oldest held acknowledgement has waited
+/// [`HOLD_MAX`].
+async fn commit_or_deadline(
+    commits: &mut Option<watch::Receiver<u64>>,
+    oldest: Option<tokio::time::Instant>,
+) {
+    let deadline =
+        tokio::time::sleep_until(oldest.map_or_else(tokio::time::Instant::now, |t| t + HOLD_MAX));
+    match commits {
+        Some(rx) => {
+            tokio::select! {
+                _ = rx.changed() => {}
+                () = deadline => {}
             }
         }
+        None => deadline.await,
     }
 }
 
 /// Packet type (upper nibble of the first byte).
 mod kind {
     pub const PUBLISH: u8 = 3;
+    pub const PUBACK: u8 = 4;
+    pub const PUBREC: u8 = 5;
     pub const PUBREL: u8 = 6;
     pub const SUBSCRIBE: u8 = 8;
     pub const SUBACK: u8 = 9;
@@ -1148,7 +1215,13 @@ impl Conn {
         frame: Frame,
     ) -> Result<Step, FrontError> {
         match raw[0] >> 4 {
-            kind::PUBLISH => self.client_publish(st, raw, frame),
+            kind::PUBLISH => {
+                let (step, topic) = self.client_publish(st, raw, frame)?;
+                if step.forward.is_some() {
+                    self.forwarded(&step, frame, topic.as_deref())?;
+                }
+                Ok(step)
+            }
             kind::SUBSCRIBE if self.grants.is_some() => self.client_subscribe(raw),
             kind::PUBREL => match packet_id(&raw, frame) {
                 Some(id) if st.answered_qos2.remove(&id) => {
@@ -1167,15 +1240,17 @@ impl Conn {
         }
     }
 
+    /// What becomes of a client's PUBLISH, and its topic with any MQTT 5 alias resolved
+    /// (`None` for the gateway's own clients, whose packets are not decoded).
     fn client_publish(
         &self,
         st: &mut PumpState,
         raw: Bytes,
         frame: Frame,
-    ) -> Result<Step, FrontError> {
+    ) -> Result<(Step, Option<String>), FrontError> {
         // The gateway's own clients are not checked (nor decoded: the hot path of alerts).
         let Some(grants) = &self.grants else {
-            return Ok(Step::forward(raw));
+            return Ok((Step::forward(raw), None));
         };
         let (qos, pkid, _) = publish_header(&raw, frame)?;
         let max = self.shared.settings.max_packet_bytes;
@@ -1198,16 +1273,38 @@ impl Conn {
             }
         }
         if !grants.may_publish(&topic) {
-            return self.deny_publish(st, &topic, qos, pkid);
+            return Ok((self.deny_publish(st, &topic, qos, pkid)?, None));
         }
         if publish.retain
             && !retain_admitted(&self.shared, &self.principal, &topic, publish.payload.len())
         {
             let mut cleared = BytesMut::from(&raw[..]);
             cleared[0] &= !1;
-            return Ok(Step::forward(cleared.freeze()));
+            return Ok((Step::forward(cleared.freeze()), Some(topic)));
         }
-        Ok(Step::forward(raw))
+        Ok((Step::forward(raw), Some(topic)))
+    }
+
+    /// A PUBLISH went to rumqttd: counted for its log if gated, its acknowledgement to be
+    /// held ([`super::gate`]). `topic`: resolved already, else read from the packet.
+    fn forwarded(&self, step: &Step, frame: Frame, topic: Option<&str>) -> Result<(), FrontError> {
+        let (Some(gate), Some(raw)) = (&self.shared.settings.commit_gate, &step.forward) else {
+            return Ok(());
+        };
+        let (qos, pkid, raw_topic) = publish_header(raw, frame)?;
+        let log = match topic {
+            Some(t) => gate.log_of(t),
+            None => std::str::from_utf8(raw_topic)
+                .ok()
+                .and_then(|t| gate.log_of(t)),
+        };
+        if let Some(log) = log {
+            gate.forwarded(log);
+            if qos > 0 {
+                lock(&self.gated).insert(pkid, log);
+            }
+        }
+        Ok(())
     }
 
     /// Drops a PUBLISH the client may not make, acknowledging it so it is not retried.
@@ -1343,6 +1440,7 @@ impl Conn {
                 }
                 _ => Ok(Step::forward(raw)),
             },
+            kind::PUBACK | kind::PUBREC => Ok(self.acknowledgement(raw, frame)),
             kind::SUBACK => {
                 let mask = packet_id(&raw, frame).and_then(|id| lock(&self.masks).remove(&id));
                 match mask {
@@ -1351,6 +1449,90 @@ impl Conn {
                 }
             }
             _ => Ok(Step::forward(raw)),
+        }
+    }
+
+    /// rumqttd's PUBACK (PUBREC) for the client: passed on, or held until its message is
+    /// committed (or behind one that is held).
+    fn acknowledgement(&self, raw: Bytes, frame: Frame) -> Step {
+        let Some(gate) = &self.shared.settings.commit_gate else {
+            return Step::forward(raw);
+        };
+        let log = packet_id(&raw, frame).and_then(|id| lock(&self.gated).remove(&id));
+        let wait = log.map(|log| (log, gate.threshold(log)));
+        let queued = !lock(&self.held).is_empty();
+        match wait {
+            Some((log, mark)) if queued || !gate.is_committed(log, mark) => {
+                self.stats().acks_held.fetch_add(1, Ordering::Relaxed);
+                self.hold(raw, wait);
+                Step::default()
+            }
+            None if queued => {
+                self.hold(raw, None);
+                Step::default()
+            }
+            _ => Step::forward(raw),
+        }
+    }
+
+    /// Queues an acknowledgement (or anything else for the client that must not pass one).
+    fn hold(&self, raw: Bytes, wait: Option<(usize, u64)>) {
+        lock(&self.held).push_back(Held {
+            raw,
+            wait,
+            since: tokio::time::Instant::now(),
+        });
+    }
+
+    /// When the oldest held acknowledgement was queued, if one is.
+    fn held_since(&self) -> Option<tokio::time::Instant> {
+        lock(&self.held).front().map(|h| h.since)
+    }
+
+    /// Writes the held acknowledgements that may go now, in order.
+    async fn release_held(&self, wr: &mut (impl AsyncWrite + Unpin)) -> Result<(), FrontError> {
+        let ready = self.ready_held();
+        for b in &ready {
+            wr.write_all(b).await?;
+        }
+        if !ready.is_empty() {
+            wr.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the held acknowledgements from the front of the queue whose message is
+    /// committed, or that waited [`HOLD_MAX`] (counted and logged).
+    fn ready_held(&self) -> Vec<Bytes> {
+        let Some(gate) = &self.shared.settings.commit_gate else {
+            return Vec::new();
+        };
+        let mut held = lock(&self.held);
+        let mut ready = Vec::new();
+        while let Some(h) = held.front() {
+            let committed = h
+                .wait
+                .is_none_or(|(log, mark)| gate.is_committed(log, mark));
+            if !committed && h.since.elapsed() < HOLD_MAX {
+                break;
+            }
+            if !committed {
+                self.uncommitted_release();
+            }
+            ready.extend(held.pop_front().map(|h| h.raw));
+        }
+        ready
+    }
+
+    fn uncommitted_release(&self) {
+        if let Some(n) = count(&self.stats().acks_released_uncommitted) {
+            tracing::warn!(
+                principal = self.principal.label(),
+                count = n,
+                waited_s = HOLD_MAX.as_secs(),
+                "MQTT acknowledgement sent before its message was committed: the alarm path \
+                 did not commit it in time"
+            );
         }
     }
 

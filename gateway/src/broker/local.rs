@@ -31,6 +31,8 @@ use bytes::Bytes;
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::Notification;
 
+use super::gate::Mark;
+
 /// An in-process subscriber to attach when the broker starts.
 #[derive(Debug, Clone)]
 pub struct LocalSubscriber {
@@ -74,6 +76,9 @@ pub struct LocalPublish {
     /// because the log overran (counted on links whose filters are exact topics or
     /// `PREFIX/+`; 0 on links with other wildcards).
     pub dropped_before: u64,
+    /// Its log and offset there (same links only): what the alert task marks committed
+    /// (see [`super::gate`]).
+    pub mark: Option<Mark>,
 }
 
 /// A subscriber attached to the router in-process; see the [module docs](self).
@@ -87,35 +92,35 @@ pub struct LocalLink {
     /// waits for room in the router's channel retries it: a lost wake-up would stall the
     /// link for good.
     wake_pending: bool,
-    /// Which of the link's filters (and so which broker log) a publish came from, and the
-    /// offset of the last message read from each; `None` for a link with other wildcards.
-    /// Each filter has a log of its own whose offsets count up by one per message, so a jump
-    /// is the number of messages the router dropped when the log overran.
-    logs: Option<Logs>,
+    /// Which of the link's filters (and so which broker log) a publish came from; `None`
+    /// for a link with other wildcards.
+    logs: Option<TopicLogs>,
+    /// Offset of the last message read, per filter. Each filter has a log of its own whose
+    /// offsets count up by one per message, so a jump is the number of messages the router
+    /// dropped when the log overran.
+    last: Vec<Option<u64>>,
     /// Whether this link's filters started with it (first offset 0) or existed before (a
     /// re-attached link: the first offset seen per log is where it started reading).
     fresh_filters: bool,
 }
 
-/// The logs of a link whose filters are exact topics or `PREFIX/+`, found for a topic with
-/// two hash lookups. Keyed by owned strings, never by a publish's topic: a `Bytes` from the
-/// router would keep the whole network buffer it was parsed from.
+/// The logs of filters that are exact topics or `PREFIX/+`, found for a topic with two hash
+/// lookups. Keyed by owned strings, never by a publish's topic: a `Bytes` from the router
+/// would keep the whole network buffer it was parsed from.
 #[derive(Debug)]
-struct Logs {
+pub(crate) struct TopicLogs {
     exact: HashMap<String, usize>,
     /// `PREFIX/+`, by `PREFIX`.
     children: HashMap<String, usize>,
-    /// Offset of the last message read, per filter.
-    last: Vec<Option<u64>>,
 }
 
-impl Logs {
-    fn new(filters: &[String]) -> Option<Logs> {
+impl TopicLogs {
+    /// `None` if a filter is another kind of wildcard.
+    pub(crate) fn new(filters: &[String]) -> Option<TopicLogs> {
         let plain = |p: &str| !p.contains(['+', '#']);
-        let mut logs = Logs {
+        let mut logs = TopicLogs {
             exact: HashMap::new(),
             children: HashMap::new(),
-            last: vec![None; filters.len()],
         };
         for (i, f) in filters.iter().enumerate() {
             if plain(f) {
@@ -131,7 +136,7 @@ impl Logs {
 
     /// The one filter matching `topic`; `None` if none or two do (the router then delivers
     /// it once per filter and a jump cannot be told apart).
-    fn log_of(&self, topic: &str) -> Option<usize> {
+    pub(crate) fn log_of(&self, topic: &str) -> Option<usize> {
         let exact = self.exact.get(topic);
         let child = topic
             .rsplit_once('/')
@@ -152,22 +157,22 @@ impl std::fmt::Debug for LocalLink {
 }
 
 impl LocalLink {
-    /// How many messages of `topic`'s log were skipped before the one at `cursor`. A fresh
-    /// filter was created by our subscription before any listener opened, so its first
-    /// message is at offset 0.
-    fn dropped_before(&mut self, topic: &[u8], cursor: Option<(u64, u64)>) -> u64 {
-        let (Some(logs), Some((_, offset))) = (self.logs.as_mut(), cursor) else {
-            return 0;
+    /// Which log `topic` came from, its offset there, and how many messages of that log were
+    /// skipped before it. A fresh filter was created by our subscription before any listener
+    /// opened, so its first message is at offset 0.
+    fn position(&mut self, topic: &[u8], cursor: Option<(u64, u64)>) -> (Option<Mark>, u64) {
+        let (Some(logs), Some((_, offset))) = (self.logs.as_ref(), cursor) else {
+            return (None, 0);
         };
-        let Some(i) = std::str::from_utf8(topic).ok().and_then(|t| logs.log_of(t)) else {
-            return 0;
+        let Some(log) = std::str::from_utf8(topic).ok().and_then(|t| logs.log_of(t)) else {
+            return (None, 0);
         };
-        let expected = match logs.last[i].replace(offset) {
+        let expected = match self.last[log].replace(offset) {
             Some(seen) => seen + 1,
             None if self.fresh_filters => 0,
             None => offset,
         };
-        offset.saturating_sub(expected)
+        (Some(Mark { log, offset }), offset.saturating_sub(expected))
     }
 
     /// Wraps a freshly built link and subscribes every filter of `spec`. `fresh_filters`:
@@ -189,7 +194,8 @@ impl LocalLink {
             rx,
             wake_pending: false,
             fresh_filters,
-            logs: Logs::new(&spec.filters),
+            logs: TopicLogs::new(&spec.filters),
+            last: vec![None; spec.filters.len()],
         })
     }
 
@@ -215,11 +221,12 @@ impl LocalLink {
                 .map_err(|e| LocalLinkError::router(&self.client_id, e))?;
             match notification {
                 Some(Notification::Forward(f)) => {
-                    let dropped_before = self.dropped_before(&f.publish.topic, f.cursor);
+                    let (mark, dropped_before) = self.position(&f.publish.topic, f.cursor);
                     return Ok(LocalPublish {
                         topic: f.publish.topic,
                         payload: f.publish.payload,
                         dropped_before,
+                        mark,
                     });
                 }
                 // The router paused us; tell it we drained (at the top of the loop, so a
@@ -244,14 +251,14 @@ mod tests {
         let filters: Vec<String> = ["sensors/a/+", "legacy/gas", "x/+", "x/y"]
             .map(String::from)
             .to_vec();
-        let logs = Logs::new(&filters).expect("exact and PREFIX/+ filters");
+        let logs = TopicLogs::new(&filters).expect("exact and PREFIX/+ filters");
         assert_eq!(logs.log_of("sensors/a/state"), Some(0));
         assert_eq!(logs.log_of("sensors/a/heartbeat"), Some(0));
         assert_eq!(logs.log_of("sensors/a/b/c"), None);
         assert_eq!(logs.log_of("legacy/gas"), Some(1));
         assert_eq!(logs.log_of("x/y"), None, "two filters match: ambiguous");
         assert_eq!(logs.log_of("x/z"), Some(2));
-        assert!(Logs::new(&["sensors/+/state".to_owned()]).is_none());
-        assert!(Logs::new(&["#".to_owned()]).is_none());
+        assert!(TopicLogs::new(&["sensors/+/state".to_owned()]).is_none());
+        assert!(TopicLogs::new(&["#".to_owned()]).is_none());
     }
 }

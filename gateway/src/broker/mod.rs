@@ -141,7 +141,7 @@ use std::future::Future;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::task::Poll;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -158,9 +158,11 @@ use tokio_rustls::rustls;
 pub mod acl;
 pub mod config;
 pub mod front;
+pub mod gate;
 pub mod local;
 pub use acl::{AccessRules, Grants, Principal};
 pub use front::FrontSnapshot;
+pub use gate::{CommitGate, Mark};
 pub use local::{LocalLink, LocalLinkError, LocalPublish, LocalSubscriber};
 
 /// Segment size of a shared log (every filter that is not a device log, see "Memory" in the
@@ -251,6 +253,9 @@ pub struct BrokerSettings {
     pub device_log_segment_bytes: usize,
     /// Segments of a device log ([`DEVICE_LOG_SEGMENT_COUNT`], at least 2).
     pub device_log_segment_count: usize,
+    /// Hold each PUBACK (PUBREC) for a publish into one of this gate's logs until the alert
+    /// task marks it committed ([`gate`]); `None`: rumqttd's PUBACK is passed on at once.
+    pub commit_gate: Option<Arc<CommitGate>>,
 }
 
 impl BrokerSettings {
@@ -272,6 +277,7 @@ impl BrokerSettings {
             log_segment_count: LOG_SEGMENT_COUNT,
             device_log_segment_bytes: DEVICE_LOG_SEGMENT_BYTES,
             device_log_segment_count: DEVICE_LOG_SEGMENT_COUNT,
+            commit_gate: None,
         }
     }
 }
@@ -296,6 +302,7 @@ impl fmt::Debug for BrokerSettings {
             .field("log_segment_count", &self.log_segment_count)
             .field("device_log_segment_bytes", &self.device_log_segment_bytes)
             .field("device_log_segment_count", &self.device_log_segment_count)
+            .field("commit_gate", &self.commit_gate.is_some())
             .finish()
     }
 }
@@ -380,6 +387,8 @@ pub struct EmbeddedBroker {
     /// Attaches more in-process links to the running router (a supervised ingest re-links
     /// after its link failed).
     links: LinkFactory,
+    /// Shared with the front and the alert task (see [`gate`]).
+    commit_gate: Option<Arc<CommitGate>>,
 }
 
 /// Builds rumqttd's in-process links; holds the router's sender (rumqttd does not name its
@@ -511,7 +520,13 @@ impl EmbeddedBroker {
             listeners,
             local_links,
             links,
+            commit_gate: settings.commit_gate.clone(),
         })
+    }
+
+    /// The gate that holds sensors' PUBACKs until their commit, if configured.
+    pub fn commit_gate(&self) -> Option<Arc<CommitGate>> {
+        self.commit_gate.clone()
     }
 
     /// Counters of what the front accepted and refused.
@@ -783,6 +798,7 @@ fn front_settings(
         max_packet_bytes,
         max_retained_messages: settings.max_retained_messages,
         max_retained_bytes: settings.max_retained_bytes,
+        commit_gate: settings.commit_gate.clone(),
     }
 }
 

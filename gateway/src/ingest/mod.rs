@@ -33,7 +33,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{internal_client_id, LocalLink, LocalPublish, LocalSubscriber};
+use crate::broker::{
+    internal_client_id, CommitGate, LocalLink, LocalPublish, LocalSubscriber, Mark,
+};
 use crate::reading::Reading;
 use crate::selftest::{Probe, SelfTest};
 use crate::supervise::fault_point;
@@ -70,6 +72,10 @@ pub enum Ingested {
     Reading(Reading),
     /// A self-test probe on its way to the alert store.
     Probe(Probe),
+    /// A message of a device log is handled (whatever became of it): the alert task marks
+    /// it committed once everything before it is, which releases its PUBACK (see
+    /// `broker::gate`). Sent after the message's reading, on the same ordered path.
+    Handled(Mark),
 }
 
 /// The role of the embedded broker's in-process link that reads every device topic.
@@ -139,6 +145,15 @@ impl Ingest {
             .ok()
             .flatten()
             .map(Ingested::Reading)
+    }
+
+    /// The gate over this ingest's device logs, which holds sensors' PUBACKs until the
+    /// alert task has committed their messages (see `broker::gate`).
+    pub fn commit_gate(&self) -> Option<CommitGate> {
+        self.local_subscribers()
+            .into_iter()
+            .find(|s| s.role == DEVICES_LINK)
+            .and_then(|s| CommitGate::new(&s.filters))
     }
 
     /// Whether `topic` is read from the device link: a device's own topic or the self-test
@@ -278,10 +293,11 @@ async fn read_devices(
         }
         // A device's filter also brings other topics under it (actuator commands): not
         // readings, and the watch link's to count if anyone's.
-        if !ingest.on_device_link(topic) {
-            continue;
-        }
-        if let Some(item) = ingest.ingest(topic, &publish.payload, Instant::now()) {
+        let item = ingest
+            .on_device_link(topic)
+            .then(|| ingest.ingest(topic, &publish.payload, Instant::now()))
+            .flatten();
+        for item in item.into_iter().chain(publish.mark.map(Ingested::Handled)) {
             out.send(item).await.map_err(|_| IngestError::RulesGone)?;
         }
     }
