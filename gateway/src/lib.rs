@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! The daemon reads top-down as two pipelines joined by typed, bounded channels, wired in
-//! one place ([`pipeline::start_with_reserve`]); every stage runs supervised:
+//! one place ([`topology::start_with_reserve`]); every stage runs supervised:
 //!
 //! ```text
 //! broker ─▶ ingest ─(Ingested)─▶ rules ─(AlertBus)─▶ alerts ─▶ outbox ─▶ uplink
@@ -38,8 +38,9 @@
 //!   ingest → rules → alert store commit); a missed round trip is a red `gateway_fault`.
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
 //! - [`os`] — process-wide start-up settings: a private umask, the open-file limit raised.
-//! - [`pipeline`] — wires the sensor side together: broker → ingest → rules → alerts →
-//!   local publication, telemetry and the uplink.
+//! - [`topology`] — builds every channel and task of the sensor side in one place:
+//!   broker → ingest → rules → alerts → local publication, actuators, telemetry and the
+//!   uplink; its docs draw each channel with its stage and name the back edges.
 //! - [`broker`] — the embedded MQTT broker (rumqttd) behind a front of its own (TLS, logins,
 //!   topic ACLs, connection and retained limits) and its in-process links.
 //! - [`ingest`] — sensor messages in (one broker log per device topic), decoded readings
@@ -78,7 +79,6 @@ pub mod ingest;
 pub mod logging;
 pub mod os;
 pub mod outbox;
-pub mod pipeline;
 pub mod publish;
 pub mod reading;
 pub mod reserve;
@@ -89,5 +89,6 @@ pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;
 pub mod token;
+pub mod topology;
 pub mod uplink;
 pub mod video;

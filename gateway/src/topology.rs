@@ -1,12 +1,30 @@
-//! Wires the stages of the sensor pipeline together:
+//! The topology: every channel and task of the sensor side, built in one place.
+//!
+//! Read it like the diagram in the crate docs ([`crate`]): each arrow below is a bounded
+//! channel created in [`start_with_reserve`], each box a supervised task of a shutdown
+//! [`Stage`] (stopped inputs → processing → outbox flush → database).
 //!
 //! ```text
-//! broker ─▶ ingest ─(readings)─▶ rules ─(signals, ticks)─▶ alerts (SQLite + outbox) ─(events)─▶ local publish
-//!  Inputs      Inputs                Processing                Processing                         Processing
+//! Inputs       broker ─▶ ingest ──(readings: Ingested, READINGS_CAPACITY)──┐
+//!              self_test_probe ─(MQTT, the sensors' listener)─▶ broker     │
+//!                                                                          ▼
+//! Processing   rules ──(AlertBus: AlertInput, ALERT_INPUT_CAPACITY)──▶ alerts (thread)
+//!                │ └─(telemetry: Record, TELEMETRY_CAPACITY, never waits)─▶ telemetry (thread)
+//!              faults ─(AlertBus)─▶ alerts
+//!              alerts ─(events: broadcast<Alert>, EVENTS_CAPACITY)─▶ publisher (local MQTT)
+//!              alerts ─(commands: Command, COMMANDS_CAPACITY)─▶ actuators (MQTT)
+//! Outbox       alerts ─(events)─▶ uplink (wake-up);  housekeeping (quota, status.json)
 //! ```
 //!
+//! Back edges, named: the uplink (platform `commands/ack`) and housekeeping (`buffer_full`)
+//! send into the alert task through a weak [`AlertBus`] (they never keep it alive); the
+//! fault reporter through a strong one; a staff resolve resets its rule condition through
+//! [`crate::rules::reset`] (alerts → rules); actuator confirmations come back as readings
+//! (actuators → broker → ingest → rules → alerts). The daemon adds the cameras, the console
+//! and the resident publisher from the handles in [`Running`] (`alert_inputs`, `events`).
+//!
 //! Channels are bounded: a slow stage back-pressures the one before it instead of growing
-//! memory. The alert task is the single database writer.
+//! memory. The alert task is the single writer of alert events.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,9 +61,9 @@ const TELEMETRY_CAPACITY: usize = 16_384;
 /// Committed alert events waiting for publishers (console, residents, local MQTT).
 const EVENTS_CAPACITY: usize = 1024;
 
-/// Errors starting the pipeline.
+/// Errors building the topology.
 #[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
+pub enum TopologyError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -91,7 +109,7 @@ pub fn start(
     config: Arc<Config>,
     db_path: &Path,
     stages: &Stages,
-) -> Result<Running, PipelineError> {
+) -> Result<Running, TopologyError> {
     start_with_reserve(config, db_path, stages, None)
 }
 
@@ -104,7 +122,7 @@ pub fn start_with_reserve(
     db_path: &Path,
     stages: &Stages,
     reserve: Option<Arc<Reserve>>,
-) -> Result<Running, PipelineError> {
+) -> Result<Running, TopologyError> {
     let health = stages.health();
     let self_test = new_self_test(&config, &health);
     let ingest = Ingest::new(config.clone()).with_self_test(self_test.clone());
@@ -201,7 +219,7 @@ struct Restored {
 }
 
 impl Restored {
-    fn load(config: &Arc<Config>, db_path: &Path) -> Result<Self, PipelineError> {
+    fn load(config: &Arc<Config>, db_path: &Path) -> Result<Self, TopologyError> {
         let mut lifecycle = Lifecycle::new(config.clone(), AlertStore::open(db_path)?)?;
         let (commands, command_rx) = mpsc::channel::<Command>(COMMANDS_CAPACITY);
         lifecycle.set_command_sink(commands.clone());
@@ -301,7 +319,7 @@ fn spawn_telemetry(
     db_path: &Path,
     stats: &Arc<TelemetryStats>,
     reserve: &Option<Arc<Reserve>>,
-) -> Result<TelemetrySink, PipelineError> {
+) -> Result<TelemetrySink, TopologyError> {
     let (tx, records) = mpsc::channel(TELEMETRY_CAPACITY);
     let mut first = Some(telemetry::open(db_path)?);
     let db_path = db_path.to_owned();
@@ -603,7 +621,7 @@ fn restore_conditions(config: &Config, engine: &mut Engine, active: &[crate::ale
 fn connect(
     config: &Config,
     ingest: &Ingest,
-) -> Result<(Option<EmbeddedBroker>, MqttOptions), PipelineError> {
+) -> Result<(Option<EmbeddedBroker>, MqttOptions), TopologyError> {
     match config.broker.mode {
         BrokerMode::Embedded => {
             let mut settings = BrokerSettings::from_config(config)?;
@@ -617,14 +635,14 @@ fn connect(
     }
 }
 
-fn external_options(config: &Config) -> Result<MqttOptions, PipelineError> {
+fn external_options(config: &Config) -> Result<MqttOptions, TopologyError> {
     let Some(ext) = config.broker.external.as_ref() else {
-        return Err(PipelineError::External(
+        return Err(TopologyError::External(
             "broker.mode = \"external\" needs [broker.external]".into(),
         ));
     };
     if ext.tls.is_some() {
-        return Err(PipelineError::External(
+        return Err(TopologyError::External(
             "TLS to an external sensor broker is not supported yet; use a plain loopback listener"
                 .into(),
         ));
@@ -635,7 +653,7 @@ fn external_options(config: &Config) -> Result<MqttOptions, PipelineError> {
         (Some(p), _) => Some(p.clone()),
         (None, Some(f)) => Some(
             std::fs::read_to_string(f)
-                .map_err(|e| PipelineError::External(format!("{}: {e}", f.display())))?
+                .map_err(|e| TopologyError::External(format!("{}: {e}", f.display())))?
                 .trim()
                 .to_owned(),
         ),
