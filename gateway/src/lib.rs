@@ -57,7 +57,11 @@
 //! - [`video`] — camera pipelines: capture (FFmpeg) → motion → detect (ONNX Runtime) → track
 //!   → zones → evidence, into the same alert lifecycle; `gateway detect` for installers.
 //! - [`uplink`] — store-and-forward to the platform's MQTT broker: TLS, backoff, in-flight
-//!   window, quota and `buffer_full`, status (`status_report`); design at the top of the module.
+//!   window, quota and `buffer_full`, the link's status snapshot; design at the top of the module.
+//! - [`status`] — the gateway status: every stage's snapshot written to `status.json` each
+//!   second, read back with the outbox (read-only) for `gateway status` and the console
+//!   ([`status::status_report`]); it imports the stages' snapshot types, no stage
+//!   imports it (only the CLI and the console's API read it).
 //! - [`console`] — the station staff's web console and JSON API (axum): session login with
 //!   throttled guessing, bounded password checks, same-origin posts, capped connections,
 //!   live alert feed (SSE), acknowledge/resolve, devices, cameras, uplink, response times;
@@ -86,6 +90,7 @@ pub mod residents;
 pub mod rules;
 pub mod selftest;
 pub mod shutdown;
+pub mod status;
 pub mod supervise;
 pub mod telemetry;
 pub mod token;

@@ -13,7 +13,8 @@
 //!              faults ─(AlertBus)─▶ alerts
 //!              alerts ─(events: broadcast<Alert>, EVENTS_CAPACITY)─▶ publisher (local MQTT)
 //!              alerts ─(commands: Command, COMMANDS_CAPACITY)─▶ actuators (MQTT)
-//! Outbox       alerts ─(events)─▶ uplink (wake-up);  housekeeping (quota, status.json)
+//! Outbox       alerts ─(events)─▶ uplink (wake-up);  housekeeping (quota, buffer_full);
+//!              status (every stage's snapshot ─▶ status.json)
 //! ```
 //!
 //! Back edges, named: the uplink (platform `commands/ack`) and housekeeping (`buffer_full`)
@@ -47,6 +48,7 @@ use crate::reserve::Reserve;
 use crate::rules::{Engine, Reading};
 use crate::selftest::{self, SelfTest};
 use crate::shutdown::{Lifecycle as Stages, Stage};
+use crate::status;
 use crate::supervise::{fault_point, Health, Severity, StageResult};
 use crate::telemetry::{self, TelemetryError, TelemetryStats};
 
@@ -159,17 +161,23 @@ pub fn start_with_reserve(
         move |token| crate::faults::run(health, inputs, token)
     });
 
-    // Outbox: housekeeping (quota, buffer_full, status.json) and the uplink.
+    // Outbox: housekeeping (quota, buffer_full), the uplink, and status.json.
+    let events = events_tx.subscribe();
+    let uplink = crate::uplink::start(&config, db_path, stages, &bus, events)?;
     let cameras = Arc::new(std::sync::OnceLock::new());
-    let sources = crate::uplink::StatusSources {
+    let sources = status::StatusSources {
+        link: uplink.clone(),
         ingest: Some(ingest.stats.clone()),
         alert_store: Some(alert_stats.clone()),
         reserve: reserve.clone(),
         health: Some(health.clone()),
         cameras: cameras.clone(),
     };
-    let events = events_tx.subscribe();
-    let uplink = crate::uplink::start(&config, db_path, stages, &bus, events, sources)?;
+    let status_path = db_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(status::STATUS_FILE);
+    status::spawn(stages, status_path, sources, Duration::from_secs(1));
 
     // Inputs: ingest (in-process links on the embedded broker, a client on an external one)
     // and the self-test's probes, through the listener sensors use.

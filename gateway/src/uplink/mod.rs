@@ -86,11 +86,9 @@
 //!
 //! # Status
 //!
-//! The housekeeping task also writes [`STATUS_FILE`] (`status.json`) into the data directory
-//! every second (atomically: temp file + rename): link state, counters, quota. The
-//! [`status_report`] function (`gateway status`) combines it with outbox figures read
-//! from the database read-only; a status file older than [`STALE_AFTER`] means the daemon is
-//! not running, and the link state is then reported as unknown.
+//! The link and housekeeping keep [`UplinkStatus`] (link state, counters, quota,
+//! `buffer_full`) up to date; its [`LinkSnapshot`] is the uplink's part of the gateway status
+//! ([`crate::status`] writes `status.json` and renders `gateway status`).
 //!
 //! # Upstream commands
 //!
@@ -120,12 +118,9 @@ use crate::supervise::Severity;
 
 pub use backoff::Backoff;
 pub use commands::{parse_ack, AckCommand};
-pub use housekeeping::{HousekeepingSettings, StatusSources};
+pub use housekeeping::HousekeepingSettings;
 pub use link::Link;
-pub use status::{
-    status_report, LinkSnapshot, LinkState, StatusFile, StatusReport, UplinkStatus, STALE_AFTER,
-    STATUS_FILE, STATUS_TOP_DEVICES,
-};
+pub use status::{now_ms, LinkSnapshot, LinkState, UplinkStatus};
 
 /// First reconnect delay; doubled per failed attempt up to `retry_backoff_max_s`.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -159,21 +154,6 @@ pub enum UplinkError {
     Poisoned,
     #[error("uplink: a blocking outbox job failed: {0}")]
     Join(String),
-    #[error("uplink: cannot open the database {path} read-only: {source}")]
-    Database {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("uplink: status file {path}: {source}")]
-    StatusFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("uplink: status file {path} is not valid JSON: {source}")]
-    StatusJson {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
     #[error("uplink: the MQTT client's request queue refused a publish: {0}")]
     Client(String),
 }
@@ -318,7 +298,7 @@ impl SharedOutbox {
     }
 }
 
-/// Starts the outbox housekeeping (quota, `buffer_full`, status file) and, when `[uplink]` is
+/// Starts the outbox housekeeping (quota, `buffer_full`) and, when `[uplink]` is
 /// configured and enabled, the link, as tasks of [`Stage::Outbox`]. Returns the live status.
 ///
 /// `alert_inputs` is only kept as a weak sender (see the module docs); `events` wakes an
@@ -329,16 +309,12 @@ pub fn start(
     stages: &Stages,
     alert_inputs: &AlertBus,
     events: broadcast::Receiver<Alert>,
-    sources: StatusSources,
 ) -> Result<Arc<UplinkStatus>, UplinkError> {
     let link_settings = LinkSettings::from_config(config)?;
     let outbox = SharedOutbox::new(Outbox::open(db_path)?);
     let status = Arc::new(UplinkStatus::new(link_settings.as_ref()));
-    let data_dir = db_path.parent().unwrap_or(Path::new(".")).to_owned();
     let housekeeping = HousekeepingSettings {
         quota_bytes: config.storage.quota_mb.saturating_mul(1024 * 1024),
-        status_file: Some(data_dir.join(STATUS_FILE)),
-        sources,
         every: Duration::from_secs(1),
     };
     let weak_inputs = alert_inputs.downgrade();
