@@ -107,14 +107,9 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
 
     let signal = signals.recv().await;
     tracing::info!(signal, "shutting down");
-    // Staff-action senders must go too, or the alert task would wait for them forever.
-    let Running {
-        broker,
-        alert_inputs,
-        events,
-        ..
-    } = running;
-    drop((alert_inputs, events));
+    // The stages stop by their tokens; only the broker must outlive them (its listeners
+    // close when it is dropped).
+    let Running { broker, .. } = running;
     let report = life.shutdown(options.shutdown_deadline).await;
     drop(broker);
     drop(video);

@@ -37,10 +37,11 @@ use edge_config::{BrokerMode, Config};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::alerts::linkage::Command;
 use crate::alerts::task::{self as alert_task, AlertInput, AlertTask, AlertTaskStats, Trigger};
-use crate::alerts::{AlertBus, AlertStore, Lifecycle, Source};
+use crate::alerts::{AlertBus, AlertStore, EventFeed, Lifecycle, Source};
 use crate::broker::{self, internal_client_id, BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::ingest::{self, Ingest, IngestStats, Ingested};
 use crate::publish;
@@ -95,9 +96,12 @@ pub struct Running {
     pub alert_stats: Arc<AlertTaskStats>,
     /// The disk reserve, if the daemon keeps one.
     pub reserve: Option<Arc<Reserve>>,
-    /// The typed way into the alert task, for the console and cameras.
+    /// The typed way into the alert task, for the console and cameras. Holding it does not
+    /// hold up shutdown: the alert task stops by its stage's token (see [`spawn_alert_task`]).
     pub alert_inputs: AlertBus,
-    pub events: broadcast::Sender<crate::alerts::Alert>,
+    /// Committed alert events, for the console and resident notices; it does not keep the
+    /// event channel open once the alert task has stopped.
+    pub events: EventFeed,
     /// Live uplink state and counters (also written to `status.json` every second).
     pub uplink: Arc<crate::uplink::UplinkStatus>,
     /// Every supervised stage's state and the self-test.
@@ -150,15 +154,26 @@ pub fn start_with_reserve(
         self_test: self_test.clone(),
         resets: restored.resets,
     };
-    spawn_alert_task(stages, parts, input_rx);
+    let producers = AlertProducers::new();
+    spawn_alert_task(stages, parts, input_rx, producers.stopped.clone());
     let telemetry_stats = Arc::new(TelemetryStats::default());
     let sink = spawn_telemetry(stages, &config, db_path, &telemetry_stats, &reserve)?;
-    spawn_rules(stages, restored.engine, reading_rx, bus.clone(), sink);
+    let rules = RulesParts {
+        engine: restored.engine,
+        readings: reading_rx,
+        out: bus.clone(),
+        telemetry: sink,
+        producer: producers.guard.clone(),
+    };
+    spawn_rules(stages, rules);
     spawn_local_publisher(stages, &options, events_tx.subscribe(), restored.republish);
     spawn_commands(stages, &options, restored.command_rx);
     stages.spawn(Stage::Processing, {
-        let (health, inputs) = (health.clone(), bus.clone());
-        move |token| crate::faults::run(health, inputs, token)
+        let (health, inputs, producer) = (health.clone(), bus.clone(), producers.guard);
+        move |token| async move {
+            crate::faults::run(health, inputs, token).await;
+            drop(producer);
+        }
     });
 
     // Outbox: housekeeping (quota, buffer_full), the uplink, and status.json.
@@ -195,7 +210,7 @@ pub fn start_with_reserve(
         alert_stats,
         reserve,
         alert_inputs: bus,
-        events: events_tx,
+        events: EventFeed::new(&events_tx),
         uplink,
         health,
         cameras,
@@ -301,12 +316,36 @@ impl AlertTaskParts {
     }
 }
 
+/// The alert task's in-stage producers (the rules, the fault reporter) each hold `guard`;
+/// `stopped` is cancelled once the last of them has ended. They stop with the processing
+/// stage, so this is the processing stage's token, ordered after everything that feeds the
+/// alert task within the stage.
+struct AlertProducers {
+    guard: Arc<tokio_util::sync::DropGuard>,
+    stopped: CancellationToken,
+}
+
+impl AlertProducers {
+    fn new() -> Self {
+        let stopped = CancellationToken::new();
+        AlertProducers {
+            guard: Arc::new(stopped.clone().drop_guard()),
+            stopped,
+        }
+    }
+}
+
 /// The alert task: the single writer of alert events, on a thread of its own; its input
-/// queue outlives a crash of the task.
+/// queue outlives a crash of the task. It stops by its stage's token once its in-stage
+/// producers have stopped (`stop`, see [`AlertProducers`]), after draining what they queued —
+/// not when the last sender goes away: the console, cameras and the uplink may outlive it.
+/// Its supervisor holds the only strong senders of the event channel, so the publishers
+/// downstream (local MQTT, resident notices) end after it.
 fn spawn_alert_task(
     stages: &Stages,
     mut parts: AlertTaskParts,
     inputs: mpsc::Receiver<AlertInput>,
+    stop: CancellationToken,
 ) {
     let inputs = Arc::new(tokio::sync::Mutex::new(inputs));
     stages.supervise_blocking(
@@ -315,7 +354,7 @@ fn spawn_alert_task(
         Severity::AlarmPath,
         move |_token| {
             let task = parts.task()?;
-            alert_task::run(task, &mut inputs.blocking_lock());
+            alert_task::run(task, &mut inputs.blocking_lock(), &stop);
             Ok(())
         },
     );
@@ -358,13 +397,23 @@ fn spawn_telemetry(
     })
 }
 
-fn spawn_rules(
-    stages: &Stages,
+/// What the rules stage runs on; `producer` is held until the stage has stopped for good.
+struct RulesParts {
     engine: Engine,
     readings: mpsc::Receiver<Ingested>,
     out: AlertBus,
     telemetry: TelemetrySink,
-) {
+    producer: Arc<tokio_util::sync::DropGuard>,
+}
+
+fn spawn_rules(stages: &Stages, parts: RulesParts) {
+    let RulesParts {
+        engine,
+        readings,
+        out,
+        telemetry,
+        producer,
+    } = parts;
     let engine = Arc::new(std::sync::Mutex::new(engine));
     let readings = Arc::new(tokio::sync::Mutex::new(readings));
     let telemetry = Arc::new(telemetry);
@@ -373,6 +422,7 @@ fn spawn_rules(
         "rules",
         Severity::AlarmPath,
         move |_token| {
+            let _producer = &producer;
             let (engine, readings, out, telemetry) = (
                 engine.clone(),
                 readings.clone(),
