@@ -707,18 +707,9 @@ fn external_options(config: &Config) -> Result<MqttOptions, TopologyError> {
     }
     let mut o = MqttOptions::new(ext.client_id(&config.site.id), ext.host.clone(), ext.port());
     o.set_keep_alive(Duration::from_secs(30));
-    let password = match (&ext.password, &ext.password_file) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|e| TopologyError::External(format!("{}: {e}", f.display())))?
-                .trim()
-                .to_owned(),
-        ),
-        _ => None,
-    };
-    if let (Some(user), Some(password)) = (&ext.username, password) {
-        o.set_credentials(user.clone(), password);
+    // edge-config has read `password_file` into `password` already.
+    if let (Some(user), Some(password)) = (&ext.username, &ext.password) {
+        o.set_credentials(user.clone(), password.clone());
     }
     Ok(o)
 }

@@ -202,20 +202,17 @@ impl std::fmt::Debug for LinkSettings {
 
 impl LinkSettings {
     /// Resolves `config.uplink`; `Ok(None)` when there is no `[uplink]` or it is disabled.
-    /// Reads the password file and the TLS files now, so a broken file is a start-up error.
+    /// Reads the TLS files now, so a broken file is a start-up error (edge-config has read
+    /// the password file).
     pub fn from_config(config: &Config) -> Result<Option<LinkSettings>, UplinkError> {
         let Some(up) = config.uplink.as_ref().filter(|u| u.enabled) else {
             return Ok(None);
         };
-        let password = match (&up.password, &up.password_file) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(path)) => Some(read_password(path)?),
-            (None, None) => None,
-        };
+        // edge-config has read `password_file` into `password` already.
         let credentials = up
             .username
             .clone()
-            .map(|user| (user, password.unwrap_or_default()));
+            .map(|user| (user, up.password.clone().unwrap_or_default()));
         let tls = up.tls.as_ref().map(tls::client_config).transpose()?;
         Ok(Some(LinkSettings {
             host: up.host.clone(),
@@ -225,10 +222,10 @@ impl LinkSettings {
             credentials,
             site: config.site.id.clone(),
             topic_prefix: up.topic_prefix.clone(),
-            qos: if up.qos >= 2 {
-                QoS::ExactlyOnce
-            } else {
-                QoS::AtLeastOnce
+            qos: match up.qos {
+                edge_config::Qos::ExactlyOnce => QoS::ExactlyOnce,
+                // QoS 0 is refused by validation: alerts are never sent at most once.
+                edge_config::Qos::AtLeastOnce | edge_config::Qos::AtMostOnce => QoS::AtLeastOnce,
             },
             keep_alive: Duration::from_secs(u64::from(up.keep_alive_s.max(5))),
             max_inflight: u16::try_from(up.outbox.max_inflight.clamp(1, 65_535)).unwrap_or(64),
@@ -244,16 +241,6 @@ impl LinkSettings {
     pub fn ack_command_topic(&self) -> String {
         format!("{}/{}/commands/ack", self.topic_prefix, self.site)
     }
-}
-
-/// First line of a password file, without the line end.
-fn read_password(path: &Path) -> Result<String, UplinkError> {
-    let text = std::fs::read_to_string(path).map_err(|source| UplinkError::ReadFile {
-        what: "uplink.password_file",
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(text.lines().next().unwrap_or("").trim_end().to_owned())
 }
 
 /// The outbox shared by the link and housekeeping tasks. Every call runs on a blocking thread.
