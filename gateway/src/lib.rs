@@ -51,7 +51,7 @@
 //!   alert task (the single writer of alert events) and the typed [`alerts::AlertBus`] into it.
 //! - [`publish`] / [`telemetry`] — retained local alert topics; durable telemetry batches.
 //! - [`db`] — the single SQLite (WAL) database: every connection opened there, who writes
-//!   what.
+//!   what, the versioned schema migrations (`PRAGMA user_version`; a newer file is refused).
 //! - [`reserve`] — disk space held back so that alarms can still be recorded on a full disk.
 //! - [`outbox`] — the durable store-and-forward queue; its design is at the top of the module.
 //! - [`video`] — camera pipelines: capture (FFmpeg) → motion → detect (ONNX Runtime) → track
