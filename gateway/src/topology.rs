@@ -142,39 +142,17 @@ pub fn start_with_reserve(
     let (events_tx, _) = broadcast::channel(EVENTS_CAPACITY);
 
     // Processing: alert task (thread), telemetry writer (thread), rules, publishers, faults.
-    let alert_stats = Arc::new(AlertTaskStats::default());
-    let parts = AlertTaskParts {
-        first: Some(restored.lifecycle),
-        config: config.clone(),
-        db_path: db_path.to_owned(),
-        commands: restored.commands,
-        published: events_tx.clone(),
-        stats: alert_stats.clone(),
+    let processing = ProcessingParts {
+        restored,
+        readings: reading_rx,
+        inputs: input_rx,
+        bus: bus.clone(),
+        events: events_tx.clone(),
         reserve: reserve.clone(),
         self_test: self_test.clone(),
-        resets: restored.resets,
     };
-    let producers = AlertProducers::new();
-    spawn_alert_task(stages, parts, input_rx, producers.stopped.clone());
-    let telemetry_stats = Arc::new(TelemetryStats::default());
-    let sink = spawn_telemetry(stages, &config, db_path, &telemetry_stats, &reserve)?;
-    let rules = RulesParts {
-        engine: restored.engine,
-        readings: reading_rx,
-        out: bus.clone(),
-        telemetry: sink,
-        producer: producers.guard.clone(),
-    };
-    spawn_rules(stages, rules);
-    spawn_local_publisher(stages, &options, events_tx.subscribe(), restored.republish);
-    spawn_commands(stages, &options, restored.command_rx);
-    stages.spawn(Stage::Processing, {
-        let (health, inputs, producer) = (health.clone(), bus.clone(), producers.guard);
-        move |token| async move {
-            crate::faults::run(health, inputs, token).await;
-            drop(producer);
-        }
-    });
+    let (alert_stats, telemetry_stats) =
+        spawn_processing(stages, &config, db_path, &options, processing)?;
 
     // Outbox: housekeeping (quota, buffer_full), the uplink, and status.json.
     let events = events_tx.subscribe();
@@ -188,11 +166,7 @@ pub fn start_with_reserve(
         health: Some(health.clone()),
         cameras: cameras.clone(),
     };
-    let status_path = db_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(status::STATUS_FILE);
-    status::spawn(stages, status_path, sources, Duration::from_secs(1));
+    spawn_status(stages, db_path, sources);
 
     // Inputs: ingest (in-process links on the embedded broker, a client on an external one)
     // and the self-test's probes, through the listener sensors use.
@@ -215,6 +189,83 @@ pub fn start_with_reserve(
         health,
         cameras,
     })
+}
+
+/// The state and channel ends the processing stage starts from.
+struct ProcessingParts {
+    restored: Restored,
+    readings: mpsc::Receiver<Ingested>,
+    inputs: mpsc::Receiver<AlertInput>,
+    bus: AlertBus,
+    events: broadcast::Sender<crate::alerts::Alert>,
+    reserve: Option<Arc<Reserve>>,
+    self_test: Arc<SelfTest>,
+}
+
+/// The processing stage: the alert task (thread), the telemetry writer (thread), rules,
+/// local publisher, actuators and fault reporter. Returns the alert task's and the telemetry
+/// writer's counters.
+fn spawn_processing(
+    stages: &Stages,
+    config: &Arc<Config>,
+    db_path: &Path,
+    options: &MqttOptions,
+    p: ProcessingParts,
+) -> Result<(Arc<AlertTaskStats>, Arc<TelemetryStats>), TopologyError> {
+    let (restored, bus, reserve) = (p.restored, p.bus, p.reserve);
+    let alert_stats = Arc::new(AlertTaskStats::default());
+    let parts = AlertTaskParts {
+        first: Some(restored.lifecycle),
+        config: config.clone(),
+        db_path: db_path.to_owned(),
+        commands: restored.commands,
+        published: p.events.clone(),
+        stats: alert_stats.clone(),
+        reserve: reserve.clone(),
+        self_test: p.self_test,
+        resets: restored.resets,
+    };
+    let producers = AlertProducers::new();
+    spawn_alert_task(stages, parts, p.inputs, producers.stopped.clone());
+    let telemetry_stats = Arc::new(TelemetryStats::default());
+    let sink = spawn_telemetry(stages, config, db_path, &telemetry_stats, &reserve)?;
+    let rules = RulesParts {
+        engine: restored.engine,
+        readings: p.readings,
+        out: bus.clone(),
+        telemetry: sink,
+        producer: producers.guard.clone(),
+    };
+    spawn_rules(stages, rules);
+    spawn_local_publisher(stages, options, p.events.subscribe(), restored.republish);
+    spawn_commands(stages, options, restored.command_rx);
+    spawn_faults(stages, &stages.health(), &bus, producers.guard);
+    Ok((alert_stats, telemetry_stats))
+}
+
+/// The fault reporter: an in-stage producer of the alert task (it holds `producer`).
+fn spawn_faults(
+    stages: &Stages,
+    health: &Arc<Health>,
+    bus: &AlertBus,
+    producer: Arc<tokio_util::sync::DropGuard>,
+) {
+    let (health, inputs) = (health.clone(), bus.clone());
+    stages.spawn(Stage::Processing, move |token| async move {
+        crate::faults::run(health, inputs, token).await;
+        drop(producer);
+    });
+}
+
+/// `status.json` beside the database, every second.
+fn spawn_status(stages: &Stages, db_path: &Path, sources: status::StatusSources) {
+    let dir = db_path.parent().unwrap_or(Path::new("."));
+    status::spawn(
+        stages,
+        dir.join(status::STATUS_FILE),
+        sources,
+        Duration::from_secs(1),
+    );
 }
 
 fn new_self_test(config: &Config, health: &Arc<Health>) -> Arc<SelfTest> {
