@@ -15,7 +15,13 @@
 //! alerts ─(committed events)─▶ local publish, residents, console, uplink wake-up
 //! selftest probe ─(broker)─▶ ingest → rules → alerts (commit) ─▶ selftest
 //! supervise (stage health) → faults ─(AlertBus)─▶ alerts
+//! every stage's snapshot ─▶ status ─▶ status.json ─▶ `gateway status`, console
 //! ```
+//!
+//! The daemon adds the cameras, the console and the resident notices to what the topology
+//! built. On shutdown every stage stops by its token; the alert task, once the rules and the
+//! fault reporter have stopped, drains its queue and ends whoever still holds an
+//! [`alerts::AlertBus`].
 //!
 //! Back edges, named: staff and platform actions, `buffer_full` and gateway faults enter the
 //! alert task through [`alerts::AlertBus`]; a staff resolve resets its rule condition

@@ -97,7 +97,7 @@ pub struct Running {
     /// The disk reserve, if the daemon keeps one.
     pub reserve: Option<Arc<Reserve>>,
     /// The typed way into the alert task, for the console and cameras. Holding it does not
-    /// hold up shutdown: the alert task stops by its stage's token (see [`spawn_alert_task`]).
+    /// hold up shutdown: the alert task stops by its stage's token, not when senders go.
     pub alert_inputs: AlertBus,
     /// Committed alert events, for the console and resident notices; it does not keep the
     /// event channel open once the alert task has stopped.

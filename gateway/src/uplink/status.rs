@@ -46,7 +46,7 @@ impl fmt::Display for LinkState {
 }
 
 /// A copy of the link's state and counters (counters are since the daemon started; the
-/// outbox's own counters in [`OutboxStats`] are persistent).
+/// outbox's own counters in [`crate::outbox::OutboxStats`] are persistent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkSnapshot {
     pub state: LinkState,
