@@ -23,6 +23,8 @@
 //!   unknown keys or wrong types are reported in one run.
 //! - `resolve`: relative file paths become absolute against the config
 //!   file's directory (`base_dir`).
+//! - `secrets`: after validation, every `password_file` is read (its first
+//!   line, trailing whitespace removed) into its `password`, once, here.
 //! - `validate`: one pass over the typed config producing
 //!   `(key path, message)` pairs (ids, references, ranges, files, hashes).
 //! - `locate`: byte offset → line:column, key path → offset (falling back to
@@ -56,6 +58,7 @@ mod parse;
 mod path;
 mod repair;
 mod resolve;
+mod secrets;
 mod starter;
 mod validate;
 
@@ -63,5 +66,6 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use parse::{load, parse};
 pub use path::{KeyPath, Segment};
+pub use secrets::read_password_file;
 pub use starter::starter;
 pub use validate::id_problem;

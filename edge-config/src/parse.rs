@@ -9,6 +9,7 @@ use crate::model::Config;
 use crate::path::{KeyPath, Segment};
 use crate::repair::{self, Edit};
 use crate::resolve;
+use crate::secrets;
 use crate::validate;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -67,7 +68,10 @@ pub fn parse(source: &str, file_name: &str, base_dir: &Path) -> Result<Config, C
     }
     let mut config = deserialize_all(&tree, &spans, source).map_err(finish)?;
     resolve::relative_paths(&mut config, base_dir, &spans);
-    let problems = validate::validate(&config);
+    let mut problems = validate::validate(&config);
+    if problems.is_empty() {
+        problems = secrets::resolve(&mut config);
+    }
     if problems.is_empty() {
         return Ok(config);
     }

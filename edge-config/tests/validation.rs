@@ -330,12 +330,53 @@ fn external_broker_with_existing_files_validates() {
 fn uplink_client_certificate_needs_its_key_and_qos_must_be_valid() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("gw.pem"), "cert").expect("write");
-    let src = format!(
-        "{SITE}[uplink]\nhost = \"up\"\nqos = 3\ntls = {{ cert = \"gw.pem\", verify = false }}\n"
+    let tls = "tls = { cert = \"gw.pem\", verify = false }\n";
+    // `qos` is a typed QoS: 3 is refused as it is read, like an unknown name, before the
+    // checks of the whole configuration (so the certificate is reported once qos is fixed).
+    let src = format!("{SITE}[uplink]\nhost = \"up\"\nqos = 3\n{tls}");
+    assert_eq!(positions_in(&src, dir.path()), ["11:7 uplink.qos"]);
+    let message = parse(&src, "inline.toml", dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("MQTT QoS is 0, 1 or 2, got 3; use 1 or 2"),
+        "{message}"
     );
+    let src = format!("{SITE}[uplink]\nhost = \"up\"\nqos = 2\n{tls}");
+    assert_eq!(positions_in(&src, dir.path()), ["12:16 uplink.tls.cert"]);
+}
+
+#[test]
+fn a_time_zone_and_a_qos_are_read_as_types() {
+    let src = format!(
+        "{}timezone = \"Europe/Berlin\"\n{}[uplink]\nhost = \"up\"\nqos = 2\n",
+        &SITE[..SITE.find("[[").expect("areas")],
+        &SITE[SITE.find("[[").expect("areas")..]
+    );
+    let config = parse(&src, "inline.toml", Path::new(".")).expect("valid");
+    assert_eq!(config.site.tz(), chrono_tz::Europe::Berlin);
+    assert_eq!(config.site.timezone.name(), "Europe/Berlin");
+    let up = config.uplink.expect("uplink");
+    assert_eq!(up.qos, edge_config::Qos::ExactlyOnce);
+    assert_eq!(u8::from(up.qos), 2);
+}
+
+#[test]
+fn password_files_are_read_once_by_the_config_with_one_rule_for_every_login() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("up.pass"), "upstream-pw  \r\nignored\n").expect("write");
+    std::fs::write(dir.path().join("reader.pass"), "reader-pw\n").expect("write");
+    let src = format!(
+        "{SITE}[[broker.readers]]\nusername = \"board\"\npassword_file = \"reader.pass\"\n\
+         topics = [\"residents/#\"]\n[uplink]\nhost = \"up\"\nusername = \"gw\"\n\
+         password_file = \"up.pass\"\n"
+    );
+    let config = parse(&src, "inline.toml", dir.path()).expect("valid");
+    let up = config.uplink.expect("uplink");
+    assert_eq!(up.password.as_deref(), Some("upstream-pw"));
     assert_eq!(
-        positions_in(&src, dir.path()),
-        ["11:7 uplink.qos", "12:16 uplink.tls.cert"]
+        config.broker.readers[0].password.as_deref(),
+        Some("reader-pw")
     );
 }
 

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway::alerts::{Alert, EventKind, Source};
-use gateway::pipeline;
 use gateway::shutdown::Lifecycle;
+use gateway::topology;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use support::{client, ms, percentile, spawn_events, spawn_loop};
 use tokio::sync::{broadcast, mpsc};
@@ -114,7 +114,7 @@ async fn published(
 /// how many alarms were lost.
 async fn alarms(
     addr: std::net::SocketAddr,
-    running: &pipeline::Running,
+    running: &topology::Running,
     first: usize,
     count: usize,
 ) -> (Vec<Alarm>, usize) {
@@ -229,7 +229,7 @@ fn main() {
         let text = support::config(HEATS, 2 * ALARMS);
         let config = Arc::new(edge_config::parse(&text, "bench.toml", Path::new(".")).unwrap());
         let stages = Lifecycle::new();
-        let running = pipeline::start(config, &dir.path().join("shouwang.db"), &stages).unwrap();
+        let running = topology::start(config, &dir.path().join("shouwang.db"), &stages).unwrap();
         let addr = running.broker_addr.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
 

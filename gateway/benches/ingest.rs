@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::pipeline;
 use gateway::shutdown::Lifecycle;
+use gateway::topology;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -148,7 +148,7 @@ async fn raw_routing(addr: std::net::SocketAddr) -> f64 {
 /// then waits until every one is durable. Returns (readings lost, seconds until durable).
 async fn paced(
     addr: std::net::SocketAddr,
-    running: &pipeline::Running,
+    running: &topology::Running,
     rate: usize,
     secs: usize,
 ) -> (u64, f64) {
@@ -205,7 +205,7 @@ async fn paced(
 /// Steps the offered rate up; returns rows (rate, lost, durable rate) for each step.
 async fn sustained(
     addr: std::net::SocketAddr,
-    running: &pipeline::Running,
+    running: &topology::Running,
 ) -> Vec<(usize, u64, f64)> {
     let mut rows = Vec::new();
     for rate in [2_000, 5_000, 10_000, 20_000, 40_000] {
@@ -311,7 +311,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let config = Arc::new(edge_config::parse(&config(), "bench.toml", Path::new(".")).unwrap());
         let stages = Lifecycle::new();
-        let running = pipeline::start(config.clone(), &dir.path().join("shouwang.db"), &stages).unwrap();
+        let running = topology::start(config.clone(), &dir.path().join("shouwang.db"), &stages).unwrap();
         let addr = running.broker_addr.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
 

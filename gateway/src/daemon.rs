@@ -10,9 +10,9 @@ use edge_config::Config;
 use std::sync::Arc;
 
 use crate::db;
-use crate::pipeline::{self, Running};
 use crate::reserve::{is_disk_trouble, Reserve};
 use crate::shutdown::{self, Lifecycle, Stage};
+use crate::topology::{self, Running};
 
 /// How the daemon runs, from the command line.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Database(#[from] db::DbError),
     #[error(transparent)]
-    Pipeline(#[from] crate::pipeline::PipelineError),
+    Topology(#[from] crate::topology::TopologyError),
     #[error(transparent)]
     Console(#[from] crate::console::ConsoleError),
     #[error("cannot listen for shutdown signals: {0}")]
@@ -60,7 +60,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     let life = Lifecycle::new();
     spawn_database(&life, conn, db_path.clone());
     let config = Arc::new(config);
-    let running = pipeline::start_with_reserve(config.clone(), &db_path, &life, Some(reserve))?;
+    let running = topology::start_with_reserve(config.clone(), &db_path, &life, Some(reserve))?;
     let video = start_video(&config, &life, &running, &options.data_dir).await;
     if let Some(v) = &video {
         let _ = running.cameras.set(v.cameras.clone());
@@ -107,14 +107,9 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
 
     let signal = signals.recv().await;
     tracing::info!(signal, "shutting down");
-    // Staff-action senders must go too, or the alert task would wait for them forever.
-    let Running {
-        broker,
-        alert_inputs,
-        events,
-        ..
-    } = running;
-    drop((alert_inputs, events));
+    // The stages stop by their tokens; only the broker must outlive them (its listeners
+    // close when it is dropped).
+    let Running { broker, .. } = running;
     let report = life.shutdown(options.shutdown_deadline).await;
     drop(broker);
     drop(video);

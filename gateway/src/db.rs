@@ -19,8 +19,21 @@
 //!
 //! SQLite serialises the writers (one write transaction at a time, the others wait up to the
 //! busy timeout); each writer owns distinct rows, so their transactions never conflict in
-//! meaning, only in time. Schemas: the alert tables are created if missing
-//! (`alerts::store`), the outbox checks its own schema version (`outbox::schema`).
+//! meaning, only in time.
+//!
+//! # Schema versions
+//!
+//! The alert tables (`alerts`, `alert_events`, `alerts_meta`) and `resident_links` are
+//! versioned here by `PRAGMA user_version`: [`MIGRATIONS`] is the ordered list of steps,
+//! [`migrate`] applies the missing ones, each in one transaction with the version it brings
+//! the file to, and refuses a file whose version is newer than this gateway knows
+//! ([`DbError::TooNew`]) rather than use it half-understood. Version 1 is the schema as it was
+//! created before versioning, written `IF NOT EXISTS`, so a database from then (version 0,
+//! its tables present) is stamped version 1 unchanged, rows intact. A new schema change is a
+//! new entry at the end, never an edit of an old one. Writers of these tables migrate before
+//! first use ([`open`] for the daemon, the alert store, resident links). The outbox tables
+//! carry their own version in `outbox_meta.schema_version` (`outbox::schema`), checked the
+//! same way.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +57,121 @@ pub enum DbError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error(
+        "database {path} has schema version {found}, newer than this gateway knows \
+         ({supported}): it was written by a newer gateway; run that version or restore a \
+         backup — it is not used"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("database {path}: schema migration to version {version} failed: {source}")]
+    Migrate {
+        path: PathBuf,
+        version: u32,
+        source: rusqlite::Error,
+    },
+}
+
+/// One step of the schema: applied once, in order, in one transaction that also sets
+/// `PRAGMA user_version` to `version`.
+pub struct Migration {
+    pub version: u32,
+    /// What it changes, for the log.
+    pub what: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every schema step, oldest first (see [Schema versions](self#schema-versions)).
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    what: "alerts, alert_events, alerts_meta, resident_links (the schema before versioning)",
+    sql: SCHEMA_V1,
+}];
+
+/// The schema version this gateway writes: the last of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Version 1, exactly as the alert store and resident links created it before versioning.
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    state TEXT NOT NULL,
+    raised_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_one_active ON alerts (source, kind) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (raised_at);
+CREATE TABLE IF NOT EXISTS alert_events (
+    seq INTEGER PRIMARY KEY,
+    alert_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO alerts_meta (name, value) VALUES ('next_seq', 1);
+CREATE TABLE IF NOT EXISTS resident_links (
+    building TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    token_hash BLOB NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS resident_links_unit ON resident_links (building, unit);
+";
+
+/// Brings the database of `conn` to [`SCHEMA_VERSION`]; returns the version it found. A
+/// file from a newer gateway is refused ([`DbError::TooNew`]). Must be called outside a
+/// transaction.
+pub fn migrate(conn: &Connection) -> Result<u32, DbError> {
+    let path = PathBuf::from(conn.path().unwrap_or(":memory:"));
+    let sql = |source| DbError::Sql {
+        path: path.clone(),
+        source,
+    };
+    let found: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql)?;
+    if found > SCHEMA_VERSION {
+        return Err(DbError::TooNew {
+            path,
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for step in MIGRATIONS.iter().filter(|m| m.version > found) {
+        apply(conn, step).map_err(|source| DbError::Migrate {
+            path: path.clone(),
+            version: step.version,
+            source,
+        })?;
+        tracing::info!(
+            version = step.version,
+            what = step.what,
+            "database schema migrated"
+        );
+    }
+    Ok(found)
+}
+
+/// One migration and its version stamp in one immediate transaction (a concurrent opener
+/// waits, then finds the version set and skips it).
+fn apply(conn: &Connection, step: &Migration) -> rusqlite::Result<()> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let now: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if now < step.version {
+        tx.execute_batch(step.sql)?;
+        tx.pragma_update(None, "user_version", step.version)?;
+    }
+    tx.commit()
 }
 
 /// File name of the database inside the data directory.
@@ -52,8 +180,9 @@ pub const FILE_NAME: &str = "shouwang.db";
 /// How long a connection waits for another writer's transaction.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Opens (creating if needed) the database with the gateway's pragmas: the daemon's own
-/// connection, held from start to the final checkpoint.
+/// Opens (creating if needed) the database with the gateway's pragmas and brings its
+/// schema up to date ([`migrate`]): the daemon's own connection, held from start to the
+/// final checkpoint.
 pub fn open(path: &Path) -> Result<Connection, DbError> {
     let conn = open_writer(path).map_err(|source| DbError::Open {
         path: path.to_owned(),
@@ -63,6 +192,7 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
         path: path.to_owned(),
         source,
     })?;
+    migrate(&conn)?;
     Ok(conn)
 }
 
@@ -146,5 +276,104 @@ mod tests {
         let wal = dir.path().join(format!("{FILE_NAME}-wal"));
         let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         assert_eq!(wal_len, 0, "WAL should be checkpointed and truncated");
+    }
+
+    /// The alert tables exactly as the gateway created them before schema versions.
+    const UNVERSIONED: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY, source TEXT NOT NULL, kind TEXT NOT NULL, active INTEGER NOT NULL,
+    level TEXT NOT NULL, state TEXT NOT NULL, raised_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_one_active ON alerts (source, kind) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (raised_at);
+CREATE TABLE IF NOT EXISTS alert_events (
+    seq INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, event TEXT NOT NULL, at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO alerts_meta (name, value) VALUES ('next_seq', 1);
+CREATE TABLE IF NOT EXISTS resident_links (
+    building TEXT NOT NULL, unit TEXT NOT NULL, token_hash BLOB NOT NULL UNIQUE,
+    created_at TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS resident_links_unit ON resident_links (building, unit);
+INSERT INTO alerts VALUES ('01A', 'device:b1-smoke', 'smoke', 1, 'red', 'raised',
+    '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', '{}');
+INSERT INTO alert_events VALUES (1, '01A', 'raised', '2026-01-01T00:00:00.000Z', '{}');
+UPDATE alerts_meta SET value = 2 WHERE name = 'next_seq';
+INSERT INTO resident_links VALUES ('b1', 'u1', x'00', '2026-01-01T00:00:00.000Z', 0);
+";
+
+    fn count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_database_from_before_schema_versions_opens_as_version_1_with_its_rows_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(UNVERSIONED).unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+        assert_eq!(count(&conn, "alerts"), 1);
+        assert_eq!(count(&conn, "alert_events"), 1);
+        assert_eq!(count(&conn, "resident_links"), 1);
+        let next_seq: i64 = conn
+            .query_row(
+                "SELECT value FROM alerts_meta WHERE name = 'next_seq'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(next_seq, 2, "the sequence goes on where it was");
+        assert_eq!(migrate(&conn).unwrap(), 1, "a second open finds version 1");
+        let store = crate::alerts::AlertStore::open(&path);
+        assert!(store.is_ok(), "the alert store opens it: {:?}", store.err());
+    }
+
+    #[test]
+    fn a_database_from_a_newer_gateway_is_refused_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let newer = Connection::open(&path).unwrap();
+            newer
+                .execute_batch(
+                    "CREATE TABLE alerts (id TEXT PRIMARY KEY, v2 BLOB); PRAGMA user_version = 7;",
+                )
+                .unwrap();
+        }
+        let err = open(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DbError::TooNew {
+                    found: 7,
+                    supported: SCHEMA_VERSION,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("schema version 7") && text.contains("newer gateway"),
+            "{text}"
+        );
+        let store = crate::alerts::AlertStore::open(&path);
+        assert!(store.is_err(), "the alert store refuses it too");
+        let conn = Connection::open(&path).unwrap();
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 7, "left as it was");
     }
 }

@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! The daemon reads top-down as two pipelines joined by typed, bounded channels, wired in
-//! one place ([`pipeline::start_with_reserve`]); every stage runs supervised:
+//! one place ([`topology::start_with_reserve`]); every stage runs supervised:
 //!
 //! ```text
 //! broker ─▶ ingest ─(Ingested)─▶ rules ─(AlertBus)─▶ alerts ─▶ outbox ─▶ uplink
@@ -15,7 +15,13 @@
 //! alerts ─(committed events)─▶ local publish, residents, console, uplink wake-up
 //! selftest probe ─(broker)─▶ ingest → rules → alerts (commit) ─▶ selftest
 //! supervise (stage health) → faults ─(AlertBus)─▶ alerts
+//! every stage's snapshot ─▶ status ─▶ status.json ─▶ `gateway status`, console
 //! ```
+//!
+//! The daemon adds the cameras, the console and the resident notices to what the topology
+//! built. On shutdown every stage stops by its token; the alert task, once the rules and the
+//! fault reporter have stopped, drains its queue and ends whoever still holds an
+//! [`alerts::AlertBus`].
 //!
 //! Back edges, named: staff and platform actions, `buffer_full` and gateway faults enter the
 //! alert task through [`alerts::AlertBus`]; a staff resolve resets its rule condition
@@ -38,8 +44,9 @@
 //!   ingest → rules → alert store commit); a missed round trip is a red `gateway_fault`.
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
 //! - [`os`] — process-wide start-up settings: a private umask, the open-file limit raised.
-//! - [`pipeline`] — wires the sensor side together: broker → ingest → rules → alerts →
-//!   local publication, telemetry and the uplink.
+//! - [`topology`] — builds every channel and task of the sensor side in one place:
+//!   broker → ingest → rules → alerts → local publication, actuators, telemetry and the
+//!   uplink; its docs draw each channel with its stage and name the back edges.
 //! - [`broker`] — the embedded MQTT broker (rumqttd) behind a front of its own (TLS, logins,
 //!   topic ACLs, connection and retained limits) and its in-process links.
 //! - [`ingest`] — sensor messages in (one broker log per device topic), decoded readings
@@ -50,13 +57,17 @@
 //!   alert task (the single writer of alert events) and the typed [`alerts::AlertBus`] into it.
 //! - [`publish`] / [`telemetry`] — retained local alert topics; durable telemetry batches.
 //! - [`db`] — the single SQLite (WAL) database: every connection opened there, who writes
-//!   what.
+//!   what, the versioned schema migrations (`PRAGMA user_version`; a newer file is refused).
 //! - [`reserve`] — disk space held back so that alarms can still be recorded on a full disk.
 //! - [`outbox`] — the durable store-and-forward queue; its design is at the top of the module.
 //! - [`video`] — camera pipelines: capture (FFmpeg) → motion → detect (ONNX Runtime) → track
 //!   → zones → evidence, into the same alert lifecycle; `gateway detect` for installers.
 //! - [`uplink`] — store-and-forward to the platform's MQTT broker: TLS, backoff, in-flight
-//!   window, quota and `buffer_full`, status (`status_report`); design at the top of the module.
+//!   window, quota and `buffer_full`, the link's status snapshot; design at the top of the module.
+//! - [`status`] — the gateway status: every stage's snapshot written to `status.json` each
+//!   second, read back with the outbox (read-only) for `gateway status` and the console
+//!   ([`status::status_report`]); it imports the stages' snapshot types, no stage
+//!   imports it (only the CLI and the console's API read it).
 //! - [`console`] — the station staff's web console and JSON API (axum): session login with
 //!   throttled guessing, bounded password checks, same-origin posts, capped connections,
 //!   live alert feed (SSE), acknowledge/resolve, devices, cameras, uplink, response times;
@@ -78,7 +89,6 @@ pub mod ingest;
 pub mod logging;
 pub mod os;
 pub mod outbox;
-pub mod pipeline;
 pub mod publish;
 pub mod reading;
 pub mod reserve;
@@ -86,8 +96,10 @@ pub mod residents;
 pub mod rules;
 pub mod selftest;
 pub mod shutdown;
+pub mod status;
 pub mod supervise;
 pub mod telemetry;
 pub mod token;
+pub mod topology;
 pub mod uplink;
 pub mod video;

@@ -81,7 +81,7 @@ fn status(args: StatusArgs) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    match gateway::uplink::status_report(&data_dir) {
+    match gateway::status::status_report(&data_dir) {
         Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
             Ok(text) => {
                 println!("{text}");

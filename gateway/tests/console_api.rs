@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway::console::{self, api::API_ROUTES, ConsoleDeps};
-use gateway::pipeline::{self, Running};
 use gateway::residents;
 use gateway::shutdown::Lifecycle;
+use gateway::topology::{self, Running};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -103,7 +103,7 @@ impl Site {
         let conn = gateway::db::open(&db).unwrap();
         seed(&db);
         let life = Lifecycle::new();
-        let running = pipeline::start(config.clone(), &db, &life).unwrap();
+        let running = topology::start(config.clone(), &db, &life).unwrap();
         let broker = running.broker_addr.unwrap();
         residents::spawn_publisher(
             config.clone(),

@@ -194,6 +194,7 @@ fn cyclists_in_bikes_mp4_are_detected_as_bicycles_or_motorcycles_and_tracked() {
 /// Runs the real alert task (lifecycle + SQLite store + outbox) on a thread.
 struct AlertTask {
     tx: tokio::sync::mpsc::Sender<AlertInput>,
+    stop: tokio_util::sync::CancellationToken,
     events: tokio::sync::broadcast::Receiver<gateway::alerts::Alert>,
     thread: std::thread::JoinHandle<()>,
     db: PathBuf,
@@ -206,23 +207,29 @@ impl AlertTask {
             Lifecycle::new(Arc::new(config.clone()), AlertStore::open(&db).unwrap()).unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let (events_tx, events) = tokio::sync::broadcast::channel(256);
-        let thread = std::thread::spawn(move || {
-            let task =
-                gateway::alerts::task::AlertTask::new(lifecycle, events_tx, Default::default());
-            gateway::alerts::task::run(task, &mut { rx })
+        let stop = tokio_util::sync::CancellationToken::new();
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let task =
+                    gateway::alerts::task::AlertTask::new(lifecycle, events_tx, Default::default());
+                gateway::alerts::task::run(task, &mut { rx }, &stop)
+            }
         });
         AlertTask {
             tx,
+            stop,
             events,
             thread,
             db,
         }
     }
 
-    /// Stops the task (after the pipeline dropped its sender) and returns every event.
+    /// Stops the task (it drains what the pipeline queued) and returns every event.
     fn finish(mut self) -> (Vec<gateway::alerts::Alert>, i64) {
-        drop(self.tx);
+        self.stop.cancel();
         self.thread.join().unwrap();
+        drop(self.tx);
         let mut out = Vec::new();
         while let Ok(a) = self.events.try_recv() {
             out.push(a);

@@ -201,6 +201,52 @@ pub fn serve(mounts: Vec<Mount>, port: u16) -> Result<CameraServer, CameraError>
 /// Serves as `options` say.
 pub fn serve_with(options: &CameraOptions) -> Result<CameraServer, CameraError> {
     gst::init().map_err(CameraError::Init)?;
+    check(options)?;
+    let server = RTSPServer::new();
+    server.set_address(&options.address);
+    server.set_service(&options.port.to_string());
+    let points = server
+        .mount_points()
+        .ok_or_else(|| CameraError::Pipeline("RTSP mount points".to_owned()))?;
+    let mut producers = Vec::new();
+    let mut served = Vec::new();
+    for m in &options.mounts {
+        let (factory, producer) = factory(m, options)?;
+        points.add_factory(&m.path, factory);
+        served.push((m, producer.as_ref().map(|p| p.size)));
+        producers.extend(producer);
+    }
+    let running = MainLoop::start(&server, options)?;
+    let host = if options.address == "0.0.0.0" {
+        "127.0.0.1"
+    } else {
+        options.address.as_str()
+    };
+    let port = running.port;
+    let mounts = served
+        .into_iter()
+        .map(|(m, size)| Served {
+            path: m.path.clone(),
+            footage: m.footage.clone(),
+            url: format!("rtsp://{host}:{port}{}", m.path),
+            size,
+        })
+        .collect();
+    Ok(CameraServer {
+        port,
+        mounts,
+        server,
+        context: running.context,
+        main_loop: running.main_loop,
+        source: Some(running.source),
+        thread: Some(running.thread),
+        producers,
+    })
+}
+
+/// Options that can be served: mounts with valid, distinct paths and readable footage, a
+/// frame rate of 1–60.
+fn check(options: &CameraOptions) -> Result<(), CameraError> {
     if options.mounts.is_empty() {
         return Err(CameraError::NoMounts);
     }
@@ -224,93 +270,81 @@ pub fn serve_with(options: &CameraOptions) -> Result<CameraServer, CameraError> 
             source,
         })?;
     }
+    Ok(())
+}
 
-    let server = RTSPServer::new();
-    server.set_address(&options.address);
-    server.set_service(&options.port.to_string());
-    let points = server
-        .mount_points()
-        .ok_or_else(|| CameraError::Pipeline("RTSP mount points".to_owned()))?;
-    let mut producers = Vec::new();
-    let mut served = Vec::new();
-    for m in &options.mounts {
-        let factory = RTSPMediaFactory::new();
-        let size = if options.looping {
-            let producer = Producer::start(&m.footage, options.fps)?;
-            factory.set_launch(&format!(
-                "( intervideosrc channel={channel} timeout=5000000000 \
-                 ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
-                 ! {encode} )",
-                channel = producer.channel,
-                w = producer.size.0,
-                h = producer.size.1,
-                fps = options.fps,
-                encode = encoder(options.fps),
-            ));
-            factory.set_shared(true);
-            let size = producer.size;
-            producers.push(producer);
-            Some(size)
-        } else {
-            factory.set_launch(&format!(
-                "( filesrc location={file} ! decodebin ! videoconvert ! videorate \
-                 ! video/x-raw,format=I420,framerate={fps}/1 ! {encode} )",
-                file = quoted(&m.footage),
-                fps = options.fps,
-                encode = encoder(options.fps),
-            ));
-            factory.set_shared(false);
-            None
-        };
-        points.add_factory(&m.path, factory);
-        served.push((m, size));
+/// The media factory of one mount: looping, every client sees one shared live stream fed
+/// by a [`Producer`] (returned too); otherwise each client gets the file from its start.
+fn factory(
+    m: &Mount,
+    options: &CameraOptions,
+) -> Result<(RTSPMediaFactory, Option<Producer>), CameraError> {
+    let factory = RTSPMediaFactory::new();
+    if !options.looping {
+        factory.set_launch(&format!(
+            "( filesrc location={file} ! decodebin ! videoconvert ! videorate \
+             ! video/x-raw,format=I420,framerate={fps}/1 ! {encode} )",
+            file = quoted(&m.footage),
+            fps = options.fps,
+            encode = encoder(options.fps),
+        ));
+        factory.set_shared(false);
+        return Ok((factory, None));
     }
+    let producer = Producer::start(&m.footage, options.fps)?;
+    factory.set_launch(&format!(
+        "( intervideosrc channel={channel} timeout=5000000000 \
+         ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
+         ! {encode} )",
+        channel = producer.channel,
+        w = producer.size.0,
+        h = producer.size.1,
+        fps = options.fps,
+        encode = encoder(options.fps),
+    ));
+    factory.set_shared(true);
+    Ok((factory, Some(producer)))
+}
 
-    let context = glib::MainContext::new();
-    let main_loop = glib::MainLoop::new(Some(&context), false);
-    let source = server
-        .attach(Some(&context))
-        .map_err(|e| CameraError::Listen {
+/// The RTSP server attached to a GLib main loop of its own, run on a named thread.
+struct MainLoop {
+    context: glib::MainContext,
+    main_loop: glib::MainLoop,
+    source: glib::SourceId,
+    thread: JoinHandle<()>,
+    /// The port the server is bound to (the requested one, or the free one it got for 0).
+    port: u16,
+}
+
+impl MainLoop {
+    fn start(server: &RTSPServer, options: &CameraOptions) -> Result<Self, CameraError> {
+        let listen = |reason: String| CameraError::Listen {
             address: options.address.clone(),
             port: options.port,
-            reason: e.to_string(),
-        })?;
-    let port = u16::try_from(server.bound_port()).map_err(|_| CameraError::Listen {
-        address: options.address.clone(),
-        port: options.port,
-        reason: "no bound port".to_owned(),
-    })?;
-    let (running, owned) = (main_loop.clone(), context.clone());
-    let thread = std::thread::Builder::new()
-        .name("sim-camera-rtsp".to_owned())
-        .spawn(move || {
-            let _ = owned.with_thread_default(|| running.run());
+            reason,
+        };
+        let context = glib::MainContext::new();
+        let main_loop = glib::MainLoop::new(Some(&context), false);
+        let source = server
+            .attach(Some(&context))
+            .map_err(|e| listen(e.to_string()))?;
+        let port =
+            u16::try_from(server.bound_port()).map_err(|_| listen("no bound port".to_owned()))?;
+        let (running, owned) = (main_loop.clone(), context.clone());
+        let thread = std::thread::Builder::new()
+            .name("sim-camera-rtsp".to_owned())
+            .spawn(move || {
+                let _ = owned.with_thread_default(|| running.run());
+            })
+            .map_err(|e| CameraError::Pipeline(format!("RTSP thread: {e}")))?;
+        Ok(MainLoop {
+            context,
+            main_loop,
+            source,
+            thread,
+            port,
         })
-        .map_err(|e| CameraError::Pipeline(format!("RTSP thread: {e}")))?;
-    let host = if options.address == "0.0.0.0" {
-        "127.0.0.1"
-    } else {
-        options.address.as_str()
-    };
-    let mounts = served
-        .into_iter()
-        .map(|(m, size)| Served {
-            path: m.path.clone(),
-            footage: m.footage.clone(),
-            url: format!("rtsp://{host}:{port}{}", m.path),
-            size,
-        })
-        .collect();
-    Ok(CameraServer {
-        port,
-        mounts,
-        server,
-        context,
-        main_loop,
-        source: Some(source),
-        thread: Some(thread),
-        producers,
-    })
+    }
 }
 
 /// H.264 for live viewing: no B-frames, a keyframe (with SPS/PPS) every second.

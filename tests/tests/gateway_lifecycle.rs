@@ -98,7 +98,7 @@ async fn gateway_status_reports_a_running_daemon_its_outbox_and_rejected_sensor_
         Duration::from_secs(10),
         "status.json counts the three rejected messages",
         || {
-            let report = gateway::uplink::status_report(&dir).map_err(|e| e.to_string())?;
+            let report = gateway::status::status_report(&dir).map_err(|e| e.to_string())?;
             match report.ingest.as_ref().map(|i| i.rejected_total) {
                 Some(n) if n >= 3 => Ok(()),
                 seen => Err(format!("rejected_total {seen:?}")),

@@ -167,7 +167,7 @@ async fn a_link_cut_while_a_thousand_alerts_are_raised_loses_none_and_keeps_seq_
     assert!(collector.alerts().iter().all(|r| r.json["id"].is_string()));
 
     let status = eventually(Duration::from_secs(20), "the alarm backlog drains", || {
-        let status = gateway::uplink::status_report(&site.data).map_err(|e| e.to_string())?;
+        let status = gateway::status::status_report(&site.data).map_err(|e| e.to_string())?;
         match status.outbox.backlog_by_class.alarm {
             0 => Ok(status),
             _ => Err(status.to_string()),
@@ -287,7 +287,7 @@ async fn a_tiny_quota_evicts_telemetry_first_delivers_every_red_alert_and_raises
         Duration::from_secs(20),
         "buffer_full and the smoke alert in the status",
         || {
-            let s = gateway::uplink::status_report(&site.data).map_err(|e| e.to_string())?;
+            let s = gateway::status::status_report(&site.data).map_err(|e| e.to_string())?;
             if s.link.as_ref().is_some_and(|l| l.buffer_full)
                 && s.outbox.backlog_by_class.alarm >= RED + 2
             {
@@ -513,7 +513,7 @@ async fn with_qos_2_a_backlog_arrives_exactly_once_and_a_broker_restart_mid_drai
         "QoS 2 over one connection: exactly once"
     );
     let drained = |data: &Path| {
-        let status = gateway::uplink::status_report(data).map_err(|e| e.to_string())?;
+        let status = gateway::status::status_report(data).map_err(|e| e.to_string())?;
         match status.outbox.backlog_total {
             0 => Ok(()),
             _ => Err(status.to_string()),

@@ -85,14 +85,16 @@ impl Broker {
 pub struct BrokerReader {
     /// User name (not a device's).
     pub username: String,
-    /// Password (shown as `********` when serialized). Not with `password_file`.
+    /// Password (shown as `********` when serialized). Not with `password_file`. Once
+    /// loaded, it also holds the secret read from `password_file` (see
+    /// [`crate::read_password_file`]).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "redact"
     )]
     pub password: Option<String>,
-    /// File holding the password (first line). Not with `password`.
+    /// File holding the password (its first line). Not with `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
     /// Topic filters this login may read, e.g. `["residents/b1/#"]` for building 1's
@@ -138,14 +140,16 @@ pub struct ExternalBroker {
     /// User name, if the broker wants one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// Password (shown as `********` when serialized). Not with `password_file`.
+    /// Password (shown as `********` when serialized). Not with `password_file`. Once
+    /// loaded, it also holds the secret read from `password_file` (see
+    /// [`crate::read_password_file`]).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "redact"
     )]
     pub password: Option<String>,
-    /// File holding the password (first line). Not with `password`.
+    /// File holding the password (its first line). Not with `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
     /// `tls = { ca }`: connect with TLS, verifying the broker against `ca`.

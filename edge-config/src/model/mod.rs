@@ -21,7 +21,7 @@ pub use rules::{
     DeviceHealthRule, EbikeBatteryRule, GasRule, HeatRule, Linkage, LinkageAction, Rules,
     SmokeRule, SosRule, Timing, WaterLeakRule,
 };
-pub use uplink::{Outbox, Uplink, UplinkTls};
+pub use uplink::{Outbox, Qos, Uplink, UplinkTls};
 
 pub(crate) use common::{redact, redact_required};
 
@@ -161,9 +161,9 @@ pub struct Site {
     /// (street police station, 街道派出所/警务站).
     pub kind: SiteKind,
     /// IANA time zone used for time windows and reports. Default
-    /// `"Asia/Shanghai"`.
+    /// `"Asia/Shanghai"`; an unknown name is an error.
     #[serde(default = "default_timezone")]
-    pub timezone: String,
+    pub timezone: TimeZone,
     /// Languages of messages and announcements, first = primary.
     /// Default `["zh-CN", "en"]`.
     #[serde(default = "default_languages")]
@@ -171,15 +171,49 @@ pub struct Site {
 }
 
 impl Site {
-    /// The time zone (falls back to Asia/Shanghai for an unvalidated,
-    /// unknown name).
+    /// The time zone.
     pub fn tz(&self) -> chrono_tz::Tz {
-        self.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai)
+        self.timezone.0
     }
 }
 
-fn default_timezone() -> String {
-    "Asia/Shanghai".to_string()
+fn default_timezone() -> TimeZone {
+    TimeZone(chrono_tz::Asia::Shanghai)
+}
+
+/// An IANA time zone, written by name (`"Asia/Shanghai"`); an unknown name is refused with
+/// the closest known one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TimeZone(pub chrono_tz::Tz);
+
+impl TimeZone {
+    /// Its IANA name.
+    pub fn name(&self) -> &'static str {
+        self.0.name()
+    }
+}
+
+impl TryFrom<String> for TimeZone {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse().map(TimeZone).map_err(|_| {
+            let hint = crate::hints::did_you_mean(
+                &name,
+                chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()),
+            );
+            format!(
+                "unknown time zone \"{name}\"{hint}; use an IANA name such as \"Asia/Shanghai\""
+            )
+        })
+    }
+}
+
+impl From<TimeZone> for String {
+    fn from(tz: TimeZone) -> String {
+        tz.name().to_owned()
+    }
 }
 
 fn default_languages() -> Vec<Language> {

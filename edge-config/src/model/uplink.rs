@@ -28,7 +28,8 @@ pub struct Uplink {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Password (shown as `********` when serialized). Not with
-    /// `password_file`.
+    /// `password_file`. Once loaded, it also holds the secret read from
+    /// `password_file` (see [`crate::read_password_file`]).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -46,7 +47,7 @@ pub struct Uplink {
     /// QoS of alert messages: 1 (default) or 2. QoS 0 may lose alerts and
     /// is rejected.
     #[serde(default = "default_qos")]
-    pub qos: u8,
+    pub qos: Qos,
     /// MQTT keep-alive, seconds (5..=3600). Default 30.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u32,
@@ -63,8 +64,43 @@ fn default_prefix() -> String {
     "shouwang".to_string()
 }
 
-fn default_qos() -> u8 {
-    1
+fn default_qos() -> Qos {
+    Qos::AtLeastOnce
+}
+
+/// An MQTT quality of service, written as the integer 0, 1 or 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum Qos {
+    /// 0: at most once (may lose messages).
+    AtMostOnce,
+    /// 1: at least once.
+    AtLeastOnce,
+    /// 2: exactly once.
+    ExactlyOnce,
+}
+
+impl TryFrom<u8> for Qos {
+    type Error = String;
+
+    fn try_from(q: u8) -> Result<Self, Self::Error> {
+        match q {
+            0 => Ok(Qos::AtMostOnce),
+            1 => Ok(Qos::AtLeastOnce),
+            2 => Ok(Qos::ExactlyOnce),
+            q => Err(format!("MQTT QoS is 0, 1 or 2, got {q}; use 1 or 2")),
+        }
+    }
+}
+
+impl From<Qos> for u8 {
+    fn from(q: Qos) -> u8 {
+        match q {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+            Qos::ExactlyOnce => 2,
+        }
+    }
 }
 
 fn default_keep_alive() -> u32 {

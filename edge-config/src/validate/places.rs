@@ -15,19 +15,6 @@ pub(super) fn check_site(config: &Config, p: &mut Problems) {
         &site.name,
         "\"幸福里小区 (Xingfuli compound)\"",
     );
-    if site.timezone.parse::<chrono_tz::Tz>().is_err() {
-        let hint = did_you_mean(
-            &site.timezone,
-            chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()),
-        );
-        p.push(
-            at.key("timezone"),
-            format!(
-                "unknown time zone \"{}\"{hint}; use an IANA name such as \"Asia/Shanghai\"",
-                site.timezone
-            ),
-        );
-    }
     if site.languages.is_empty() {
         p.push(
             at.key("languages"),

@@ -1,7 +1,7 @@
 //! `[detector]`, `[uplink]`, `[console]` and `[storage]`.
 
 use super::{topic_problem, Problems};
-use crate::model::{Config, Uplink};
+use crate::model::{Config, Qos, Uplink};
 use crate::path::KeyPath;
 
 pub(super) fn check_detector(config: &Config, p: &mut Problems) {
@@ -49,13 +49,11 @@ pub(super) fn check_uplink(config: &Config, p: &mut Problems) {
             format!("{problem} (topic_prefix, e.g. \"shouwang\")"),
         );
     }
-    match up.qos {
-        1 | 2 => {}
-        0 => p.push(
+    if up.qos == Qos::AtMostOnce {
+        p.push(
             at.key("qos"),
             "qos 0 may silently lose alerts; use qos = 1 (at least once, default) or 2 (exactly once)",
-        ),
-        q => p.push(at.key("qos"), format!("MQTT QoS is 0, 1 or 2, got {q}; use 1 or 2")),
+        );
     }
     p.range(at.key("keep_alive_s"), up.keep_alive_s, 5, 3600);
     let o = &up.outbox;

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::lifecycle::LifecycleError;
 use super::model::Alert;
@@ -130,6 +130,30 @@ impl AlertBus {
     }
 }
 
+/// Where committed alert events can be subscribed to (console, residents, benches), without
+/// keeping the event channel open: it closes when the alert task — its only strong sender —
+/// has stopped, which is what ends the publishers downstream of it on shutdown.
+#[derive(Debug, Clone)]
+pub struct EventFeed {
+    tx: broadcast::WeakSender<Alert>,
+}
+
+impl EventFeed {
+    /// A feed of the events `tx` carries (the caller keeps or drops the strong sender).
+    pub fn new(tx: &broadcast::Sender<Alert>) -> Self {
+        EventFeed { tx: tx.downgrade() }
+    }
+
+    /// Every event committed from now on; an already closed receiver once the alert task has
+    /// stopped.
+    pub fn subscribe(&self) -> broadcast::Receiver<Alert> {
+        match self.tx.upgrade() {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +189,21 @@ mod tests {
         let weak = bus.downgrade();
         drop(bus);
         assert!(weak.upgrade().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_event_feed_does_not_keep_the_events_open_after_the_alert_task() {
+        let (tx, _) = broadcast::channel::<Alert>(4);
+        let feed = EventFeed::new(&tx);
+        let mut live = feed.subscribe();
+        drop(tx);
+        assert!(matches!(
+            live.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
+        assert!(matches!(
+            feed.subscribe().recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
     }
 }

@@ -10,7 +10,7 @@ pub mod model;
 pub mod store;
 pub mod task;
 
-pub use bus::{AlertBus, WeakAlertBus};
+pub use bus::{AlertBus, EventFeed, WeakAlertBus};
 pub use lifecycle::Lifecycle;
 pub use model::{Alert, AlertState, EventKind, Location, Source};
 pub use store::AlertStore;

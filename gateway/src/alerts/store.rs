@@ -17,6 +17,8 @@
 //! CREATE TABLE alerts_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- next_seq
 //! ```
 //!
+//! The tables are created and versioned by [`crate::db::migrate`] (schema version 1).
+//!
 //! The partial unique index enforces "one active alert per (source, kind)" in the database
 //! itself. `seq` comes from `alerts_meta.next_seq`, incremented in the same transaction, so
 //! it is strictly increasing and gap-free per site even across crashes.
@@ -37,6 +39,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("alert store: {0}")]
     Outbox(#[from] outbox::OutboxError),
+    #[error("alert store: {0}")]
+    Db(#[from] crate::db::DbError),
     #[error("alert store: cannot encode alert {id}: {source}")]
     Encode {
         id: String,
@@ -48,31 +52,6 @@ pub enum StoreError {
         source: serde_json::Error,
     },
 }
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS alerts (
-    id TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    active INTEGER NOT NULL,
-    level TEXT NOT NULL,
-    state TEXT NOT NULL,
-    raised_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS alerts_one_active ON alerts (source, kind) WHERE active = 1;
-CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (raised_at);
-CREATE TABLE IF NOT EXISTS alert_events (
-    seq INTEGER PRIMARY KEY,
-    alert_id TEXT NOT NULL,
-    event TEXT NOT NULL,
-    at TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS alerts_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-INSERT OR IGNORE INTO alerts_meta (name, value) VALUES ('next_seq', 1);
-";
 
 /// Maps an alert level to its outbox class (drain priority and eviction order).
 pub fn class_of(level: Level) -> Class {
@@ -91,7 +70,7 @@ pub struct AlertStore {
 }
 
 impl AlertStore {
-    /// Opens the gateway database and creates the alert and outbox tables.
+    /// Opens the gateway database, migrating its schema, and creates the outbox tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = crate::db::open_writer(path)?;
         Self::from_connection(conn)
@@ -99,7 +78,7 @@ impl AlertStore {
 
     pub fn from_connection(conn: Connection) -> Result<Self, StoreError> {
         outbox::configure_connection(&conn)?;
-        conn.execute_batch(SCHEMA)?;
+        crate::db::migrate(&conn)?;
         outbox::migrate(&conn)?;
         Ok(AlertStore { conn })
     }

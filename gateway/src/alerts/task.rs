@@ -1,6 +1,8 @@
 //! The alert task: owns the [`Lifecycle`] (and so the database writer) on a thread of its
-//! own, because SQLite commits block. It drains its input channel until every sender is
-//! gone, so on shutdown it finishes what the rules already decided before it stops.
+//! own, because SQLite commits block. It runs until its stop token is cancelled (see
+//! [`run`]), then drains what is already queued, so on shutdown it finishes what the rules
+//! already decided before it stops. Producers that outlive it (the console, cameras, the
+//! uplink) do not keep it alive: their sends fail with [`super::bus::BusError::Closed`].
 //!
 //! # When the database refuses a write
 //!
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::lifecycle::{Lifecycle, LifecycleError, PartialCommit};
 use super::model::{Alert, Location, Source};
@@ -169,12 +172,21 @@ pub struct AlertTask {
     waiting_marks: HashMap<usize, Mark>,
 }
 
-/// Runs `task` until `inputs` is closed. Every committed alert event is published. The
-/// receiver is borrowed: after a panic its supervisor starts a new task on the same queue.
-pub fn run(mut task: AlertTask, inputs: &mut mpsc::Receiver<AlertInput>) {
-    while let Some(input) = inputs.blocking_recv() {
+/// Runs `task` until `stop` is cancelled, then handles what is already queued at that
+/// moment and returns, whether or not senders are still alive. Every committed alert event is
+/// published. The receiver is borrowed: after a panic its supervisor starts a new task on the
+/// same queue. When every sender is gone before the stop, nothing more can arrive: it waits
+/// for the stop (returning early would look like a crash to its supervisor).
+///
+/// Blocks its thread (a SQLite writer must not run on the async workers); needs no runtime.
+pub fn run(mut task: AlertTask, inputs: &mut mpsc::Receiver<AlertInput>, stop: &CancellationToken) {
+    while let Some(input) = next_input(inputs, stop) {
         task.handle(input, Utc::now());
         fault_point_blocking("alerts");
+    }
+    let queued = inputs.len();
+    for input in std::iter::from_fn(|| inputs.try_recv().ok()).take(queued) {
+        task.handle(input, Utc::now());
     }
     task.retry_deferred();
     if !task.deferred.is_empty() {
@@ -183,7 +195,61 @@ pub fn run(mut task: AlertTask, inputs: &mut mpsc::Receiver<AlertInput>) {
             "alert task stopped with alert events the database never accepted"
         );
     }
-    tracing::info!("alert task stopped");
+    tracing::info!(drained = queued, "alert task stopped");
+}
+
+/// The next input, or `None` once `stop` is cancelled (inputs still queued stay queued).
+fn next_input(
+    inputs: &mut mpsc::Receiver<AlertInput>,
+    stop: &CancellationToken,
+) -> Option<AlertInput> {
+    if stop.is_cancelled() {
+        return None;
+    }
+    match inputs.try_recv() {
+        Ok(input) => return Some(input),
+        Err(mpsc::error::TryRecvError::Empty) => {}
+        Err(mpsc::error::TryRecvError::Disconnected) => {
+            block_on(stop.cancelled());
+            return None;
+        }
+    }
+    let received = block_on(async {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => None,
+            input = inputs.recv() => Some(input),
+        }
+    });
+    match received {
+        Some(Some(input)) => Some(input),
+        Some(None) => {
+            block_on(stop.cancelled());
+            None
+        }
+        None => None,
+    }
+}
+
+/// Drives `future` to completion on this thread (parking it while the future waits). The
+/// channel and token futures it is used with need no runtime, so the task also runs on a
+/// plain thread.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut future = std::pin::pin!(future);
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
 }
 
 impl AlertTask {
@@ -586,6 +652,58 @@ location = { building = "b2", unit = "u3", floor = 5, room = "501" }
         let active = task.lifecycle().store().active().unwrap();
         assert_eq!(active.len(), 2, "both recorded");
         assert_eq!(stats.snapshot().deferred, 0);
+    }
+
+    #[test]
+    fn an_input_queued_before_the_stop_is_committed_and_the_task_ends_while_a_sender_is_still_alive(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (task, mut rx, _) = task(dir.path());
+        let (tx, mut inputs) = mpsc::channel(8);
+        let stop = CancellationToken::new();
+        // The smoke alarm is queued, then the stage is stopped, before the task even runs.
+        tx.try_send(smoke(Change::Raise(Level::Red))).unwrap();
+        stop.cancel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            run(task, &mut inputs, &stop);
+            done_tx.send(()).unwrap();
+        });
+        let ended = done.recv_timeout(Duration::from_secs(10));
+        assert!(ended.is_ok(), "the task must end although `tx` is alive");
+        thread.join().unwrap();
+        let published = drain(&mut rx);
+        assert_eq!(
+            published.iter().map(|a| a.kind).collect::<Vec<_>>(),
+            [AlertKind::Smoke],
+            "the queued alarm was committed and published"
+        );
+        let store = AlertStore::open(&dir.path().join("db")).unwrap();
+        assert_eq!(store.active().unwrap().len(), 1, "and it is in the store");
+        // The sender lived through it all: only now does it go.
+        drop(tx);
+    }
+
+    #[test]
+    fn a_running_task_stops_by_its_token_after_what_was_sent_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (task, mut rx, _) = task(dir.path());
+        let (tx, mut inputs) = mpsc::channel(8);
+        let stop = CancellationToken::new();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || run(task, &mut inputs, &stop))
+        };
+        tx.blocking_send(smoke(Change::Raise(Level::Red))).unwrap();
+        tx.blocking_send(smoke(Change::Clear)).unwrap();
+        stop.cancel();
+        thread.join().unwrap();
+        let events: Vec<_> = drain(&mut rx).into_iter().map(|a| a.event).collect();
+        assert_eq!(events, [EventKind::Raised, EventKind::Resolved]);
+        assert!(
+            tx.try_send(AlertInput::Tick).is_err(),
+            "the queue is closed once the task is gone"
+        );
     }
 
     #[test]

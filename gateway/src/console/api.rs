@@ -577,7 +577,7 @@ fn latest_file(dir: &std::path::Path, ext: &str) -> Option<String> {
 
 async fn uplink(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value>> {
     let dir = state.deps.data_dir.clone();
-    let report = tokio::task::spawn_blocking(move || crate::uplink::status_report(&dir))
+    let report = tokio::task::spawn_blocking(move || crate::status::status_report(&dir))
         .await
         .map_err(ConsoleError::from)?
         .map_err(ConsoleError::from)?;

@@ -56,7 +56,7 @@ pub enum ConsoleError {
     #[error("console: stored alert is unreadable: {0}")]
     Json(#[from] serde_json::Error),
     #[error("console: {0}")]
-    Uplink(#[from] crate::uplink::UplinkError),
+    Status(#[from] crate::status::StatusError),
     #[error("console: {0}")]
     Residents(#[from] crate::residents::ResidentsError),
     #[error("console: background task failed: {0}")]

@@ -68,8 +68,9 @@
 //!
 //! `outbox_meta` holds `schema_version`, `bytes` and the persisted counters
 //! (`delivered_total`, `evicted_{warning,notice,telemetry}`,
-//! `requeued_total`, `acks_for_missing_rows`). `PRAGMA user_version` is left
-//! to the alert store; the outbox only ever reads and writes its own tables.
+//! `requeued_total`, `acks_for_missing_rows`). `PRAGMA user_version` belongs
+//! to [`crate::db::migrate`] (the alert and resident-link tables); the outbox
+//! only ever reads and writes its own tables.
 //!
 //! `AUTOINCREMENT` costs one extra write to `sqlite_sequence` per insert and
 //! buys a guarantee the uplink depends on: a row id is never reused, so a

@@ -10,6 +10,7 @@
 //! );
 //! ```
 //!
+//! The table is created and versioned by [`crate::db::migrate`] (schema version 1).
 //! Issuing a unit's link revokes its previous one (rotation).
 
 use std::path::Path;
@@ -20,17 +21,6 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::ResidentsError;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS resident_links (
-    building TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    token_hash BLOB NOT NULL UNIQUE,
-    created_at TEXT NOT NULL,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS resident_links_unit ON resident_links (building, unit);
-";
 
 /// One unit and its (secret) token, as just issued.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +45,7 @@ fn hash(token: &str) -> Vec<u8> {
 
 fn open_rw(db: &Path) -> Result<Connection, ResidentsError> {
     let conn = crate::db::open_writer(db)?;
-    conn.execute_batch(SCHEMA)?;
+    crate::db::migrate(&conn)?;
     Ok(conn)
 }
 

@@ -41,6 +41,8 @@ use crate::supervise::Severity;
 pub enum ResidentsError {
     #[error("residents: database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("residents: {0}")]
+    Db(#[from] crate::db::DbError),
     #[error("residents: no secure random numbers: {0}")]
     Random(getrandom::Error),
     #[error("residents: {path}: {source}")]

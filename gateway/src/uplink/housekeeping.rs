@@ -1,8 +1,6 @@
-//! Housekeeping: quota enforcement, the `buffer_full` alert and the status file, every
-//! second, whatever the link state.
+//! Housekeeping: quota enforcement and the `buffer_full` alert, every second, whatever the
+//! link state.
 
-use crate::ingest::IngestStats;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +8,9 @@ use std::time::Duration;
 use edge_config::{AlertKind, Level};
 use tokio_util::sync::CancellationToken;
 
-use super::status::{now_ms, StatusFile, UplinkStatus, STATUS_TOP_DEVICES};
+use super::status::UplinkStatus;
 use super::SharedOutbox;
-use crate::alerts::task::{AlertTaskStats, Trigger};
+use crate::alerts::task::Trigger;
 use crate::alerts::{Location, Source, WeakAlertBus};
 use crate::outbox::QuotaReport;
 
@@ -21,24 +19,7 @@ use crate::outbox::QuotaReport;
 pub struct HousekeepingSettings {
     /// `storage.quota_mb` in bytes: the outbox's data budget.
     pub quota_bytes: u64,
-    /// Where to write `status.json` (`None`: don't).
-    pub status_file: Option<PathBuf>,
-    /// Counters of other stages to include in `status.json`.
-    pub sources: StatusSources,
     pub every: Duration,
-}
-
-/// Counters of other stages that `status.json` carries (`None`: not included).
-#[derive(Debug, Clone, Default)]
-pub struct StatusSources {
-    pub ingest: Option<Arc<IngestStats>>,
-    pub alert_store: Option<Arc<AlertTaskStats>>,
-    pub reserve: Option<Arc<crate::reserve::Reserve>>,
-    /// Supervised stages and the self-test.
-    pub health: Option<Arc<crate::supervise::Health>>,
-    /// The analysed cameras' counters, filled in once the cameras have started (they start
-    /// after the outbox).
-    pub cameras: crate::video::CameraSlot,
 }
 
 /// The source of gateway-raised outbox alerts.
@@ -62,7 +43,6 @@ pub async fn run(
     // Unknown at start: the first check resolves a `buffer_full` left active by a previous
     // run if the outbox fits now.
     let mut buffer_full: Option<bool> = None;
-    let mut status_ok = true;
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
@@ -82,24 +62,6 @@ pub async fn run(
             }
             Err(e) => tracing::error!(error = %e, "outbox quota check failed"),
         }
-        status_ok = report_status_write(status_ok, write_status(&settings, &status).await);
-    }
-    report_status_write(status_ok, write_status(&settings, &status).await);
-}
-
-/// Logs a failure to write `status.json` once when it starts and once when it ends (it is
-/// retried every second; a full disk would otherwise log every second). Returns the new state.
-fn report_status_write(was_ok: bool, result: Result<(), String>) -> bool {
-    match (was_ok, result) {
-        (true, Err(e)) => {
-            tracing::warn!(error = %e, "cannot write the status file; `gateway status` will call it stale");
-            false
-        }
-        (false, Ok(())) => {
-            tracing::info!("status file written again");
-            true
-        }
-        (_, r) => r.is_ok(),
     }
 }
 
@@ -140,37 +102,5 @@ async fn signal_buffer_full(inputs: &WeakAlertBus, report: &QuotaReport) {
         .map_or(true, |sent| sent.is_err())
     {
         tracing::warn!("buffer_full change not recorded: the alert task did not take it");
-    }
-}
-
-async fn write_status(
-    settings: &HousekeepingSettings,
-    status: &UplinkStatus,
-) -> Result<(), String> {
-    let Some(path) = settings.status_file.clone() else {
-        return Ok(());
-    };
-    let file = StatusFile {
-        pid: std::process::id(),
-        updated_at_ms: now_ms(),
-        link: status.snapshot(),
-        ingest: settings
-            .sources
-            .ingest
-            .as_ref()
-            .map(|i| i.snapshot().with_top_devices(STATUS_TOP_DEVICES)),
-        alert_store: settings.sources.alert_store.as_ref().map(|a| a.snapshot()),
-        reserve: settings.sources.reserve.as_ref().map(|r| r.snapshot()),
-        health: settings.sources.health.as_ref().map(|h| h.snapshot()),
-        cameras: settings
-            .sources
-            .cameras
-            .get()
-            .map(|c| c.iter().map(|(id, s)| (id.clone(), s.snapshot())).collect())
-            .unwrap_or_default(),
-    };
-    match tokio::task::spawn_blocking(move || file.write(&path)).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("status file writer failed: {e}")),
     }
 }

@@ -86,11 +86,9 @@
 //!
 //! # Status
 //!
-//! The housekeeping task also writes [`STATUS_FILE`] (`status.json`) into the data directory
-//! every second (atomically: temp file + rename): link state, counters, quota. The
-//! [`status_report`] function (`gateway status`) combines it with outbox figures read
-//! from the database read-only; a status file older than [`STALE_AFTER`] means the daemon is
-//! not running, and the link state is then reported as unknown.
+//! The link and housekeeping keep [`UplinkStatus`] (link state, counters, quota,
+//! `buffer_full`) up to date; its [`LinkSnapshot`] is the uplink's part of the gateway status
+//! ([`crate::status`] writes `status.json` and renders `gateway status`).
 //!
 //! # Upstream commands
 //!
@@ -120,12 +118,9 @@ use crate::supervise::Severity;
 
 pub use backoff::Backoff;
 pub use commands::{parse_ack, AckCommand};
-pub use housekeeping::{HousekeepingSettings, StatusSources};
+pub use housekeeping::HousekeepingSettings;
 pub use link::Link;
-pub use status::{
-    status_report, LinkSnapshot, LinkState, StatusFile, StatusReport, UplinkStatus, STALE_AFTER,
-    STATUS_FILE, STATUS_TOP_DEVICES,
-};
+pub use status::{now_ms, LinkSnapshot, LinkState, UplinkStatus};
 
 /// First reconnect delay; doubled per failed attempt up to `retry_backoff_max_s`.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -159,21 +154,6 @@ pub enum UplinkError {
     Poisoned,
     #[error("uplink: a blocking outbox job failed: {0}")]
     Join(String),
-    #[error("uplink: cannot open the database {path} read-only: {source}")]
-    Database {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("uplink: status file {path}: {source}")]
-    StatusFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("uplink: status file {path} is not valid JSON: {source}")]
-    StatusJson {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
     #[error("uplink: the MQTT client's request queue refused a publish: {0}")]
     Client(String),
 }
@@ -222,20 +202,17 @@ impl std::fmt::Debug for LinkSettings {
 
 impl LinkSettings {
     /// Resolves `config.uplink`; `Ok(None)` when there is no `[uplink]` or it is disabled.
-    /// Reads the password file and the TLS files now, so a broken file is a start-up error.
+    /// Reads the TLS files now, so a broken file is a start-up error (edge-config has read
+    /// the password file).
     pub fn from_config(config: &Config) -> Result<Option<LinkSettings>, UplinkError> {
         let Some(up) = config.uplink.as_ref().filter(|u| u.enabled) else {
             return Ok(None);
         };
-        let password = match (&up.password, &up.password_file) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(path)) => Some(read_password(path)?),
-            (None, None) => None,
-        };
+        // edge-config has read `password_file` into `password` already.
         let credentials = up
             .username
             .clone()
-            .map(|user| (user, password.unwrap_or_default()));
+            .map(|user| (user, up.password.clone().unwrap_or_default()));
         let tls = up.tls.as_ref().map(tls::client_config).transpose()?;
         Ok(Some(LinkSettings {
             host: up.host.clone(),
@@ -245,10 +222,10 @@ impl LinkSettings {
             credentials,
             site: config.site.id.clone(),
             topic_prefix: up.topic_prefix.clone(),
-            qos: if up.qos >= 2 {
-                QoS::ExactlyOnce
-            } else {
-                QoS::AtLeastOnce
+            qos: match up.qos {
+                edge_config::Qos::ExactlyOnce => QoS::ExactlyOnce,
+                // QoS 0 is refused by validation: alerts are never sent at most once.
+                edge_config::Qos::AtLeastOnce | edge_config::Qos::AtMostOnce => QoS::AtLeastOnce,
             },
             keep_alive: Duration::from_secs(u64::from(up.keep_alive_s.max(5))),
             max_inflight: u16::try_from(up.outbox.max_inflight.clamp(1, 65_535)).unwrap_or(64),
@@ -264,16 +241,6 @@ impl LinkSettings {
     pub fn ack_command_topic(&self) -> String {
         format!("{}/{}/commands/ack", self.topic_prefix, self.site)
     }
-}
-
-/// First line of a password file, without the line end.
-fn read_password(path: &Path) -> Result<String, UplinkError> {
-    let text = std::fs::read_to_string(path).map_err(|source| UplinkError::ReadFile {
-        what: "uplink.password_file",
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(text.lines().next().unwrap_or("").trim_end().to_owned())
 }
 
 /// The outbox shared by the link and housekeeping tasks. Every call runs on a blocking thread.
@@ -318,7 +285,7 @@ impl SharedOutbox {
     }
 }
 
-/// Starts the outbox housekeeping (quota, `buffer_full`, status file) and, when `[uplink]` is
+/// Starts the outbox housekeeping (quota, `buffer_full`) and, when `[uplink]` is
 /// configured and enabled, the link, as tasks of [`Stage::Outbox`]. Returns the live status.
 ///
 /// `alert_inputs` is only kept as a weak sender (see the module docs); `events` wakes an
@@ -329,16 +296,12 @@ pub fn start(
     stages: &Stages,
     alert_inputs: &AlertBus,
     events: broadcast::Receiver<Alert>,
-    sources: StatusSources,
 ) -> Result<Arc<UplinkStatus>, UplinkError> {
     let link_settings = LinkSettings::from_config(config)?;
     let outbox = SharedOutbox::new(Outbox::open(db_path)?);
     let status = Arc::new(UplinkStatus::new(link_settings.as_ref()));
-    let data_dir = db_path.parent().unwrap_or(Path::new(".")).to_owned();
     let housekeeping = HousekeepingSettings {
         quota_bytes: config.storage.quota_mb.saturating_mul(1024 * 1024),
-        status_file: Some(data_dir.join(STATUS_FILE)),
-        sources,
         every: Duration::from_secs(1),
     };
     let weak_inputs = alert_inputs.downgrade();

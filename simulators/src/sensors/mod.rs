@@ -70,10 +70,12 @@ pub enum SensorsError {
     NoSuchDevice(String),
     #[error("the configuration has no devices")]
     NoDevices,
-    #[error("could not connect to the broker at {broker} within {seconds} s: {reason}")]
+    #[error("could not connect to the broker at {broker} within {seconds} s ({budget}): {reason}")]
     Connect {
         broker: String,
-        seconds: u64,
+        seconds: f64,
+        /// How the time was given: `10 s + 10 ms × 150 devices`.
+        budget: String,
         reason: String,
     },
     #[error("speed must be a positive number, not {0}")]
@@ -353,8 +355,18 @@ pub(crate) struct Fleet {
 
 /// Default period of normal reports.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
-/// How long the devices have to connect.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the devices have to connect: [`CONNECT_TIMEOUT_BASE`] plus
+/// [`CONNECT_TIMEOUT_PER_DEVICE`] for each device, because connecting takes time per device
+/// (a 2,000-device soak on a busy 2-core box needs more than 10 s; it gets 30 s).
+const CONNECT_TIMEOUT_BASE: Duration = Duration::from_secs(10);
+/// See [`CONNECT_TIMEOUT_BASE`].
+const CONNECT_TIMEOUT_PER_DEVICE: Duration = Duration::from_millis(10);
+
+/// How long a fleet of `devices` has to connect.
+fn connect_timeout(devices: usize) -> Duration {
+    let devices = u32::try_from(devices).unwrap_or(u32::MAX);
+    CONNECT_TIMEOUT_BASE.saturating_add(CONNECT_TIMEOUT_PER_DEVICE.saturating_mul(devices))
+}
 
 /// Runs `options.scenario` against the broker until it ends, its duration elapses or `stop`
 /// is cancelled; then disconnects every device.
@@ -363,6 +375,30 @@ pub async fn run(
     options: &Options,
     stop: CancellationToken,
 ) -> Result<Report, SensorsError> {
+    check(config, options)?;
+    let config = Arc::new(config.clone());
+    let plan = scenarios::plan(&config, options)?;
+    let started = Instant::now();
+    let (fleet, pollers, command_rx) = connect_fleet(&config, options, &plan);
+    let result = drive(&fleet, options, plan, stop, started, command_rx).await;
+    // Disconnect everyone; the pollers end when their DISCONNECT went out.
+    for h in &fleet.handles {
+        let _ = h.client.try_disconnect();
+    }
+    for p in pollers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
+    let mut report = result?;
+    for h in &fleet.handles {
+        let n = h.published.load(Ordering::Relaxed);
+        report.published += n;
+        report.by_device.insert(h.id(), n);
+    }
+    Ok(report)
+}
+
+/// The options and configuration a run can start with.
+fn check(config: &Config, options: &Options) -> Result<(), SensorsError> {
     if !(options.speed.is_finite() && options.speed > 0.0) {
         return Err(SensorsError::BadSpeed(options.speed));
     }
@@ -374,11 +410,18 @@ pub async fn run(
     if config.devices.is_empty() {
         return Err(SensorsError::NoDevices);
     }
-    let config = Arc::new(config.clone());
-    let plan = scenarios::plan(&config, options)?;
-    let started = Instant::now();
+    Ok(())
+}
 
-    // One client per device.
+/// Commands received by actuators: (device index, payload).
+type Commands = mpsc::UnboundedReceiver<(usize, Vec<u8>)>;
+
+/// One client per device, each with its poller (connecting starts at once).
+fn connect_fleet(
+    config: &Arc<Config>,
+    options: &Options,
+    plan: &scenarios::Plan,
+) -> (Arc<Fleet>, Vec<JoinHandle<()>>, Commands) {
     let mut handles = Vec::new();
     let mut pollers = Vec::new();
     let (command_tx, command_rx) = mpsc::unbounded_channel::<(usize, Vec<u8>)>();
@@ -390,7 +433,7 @@ pub async fn run(
         let capacity = if flooder { 20_000 } else { 256 };
         let (client, events) = mqtt::client(&format!("sim-{}", d.id), &at, capacity);
         let handle = Arc::new(Handle {
-            dev: Mutex::new(SimDevice::new(&config, d, options.seed)),
+            dev: Mutex::new(SimDevice::new(config, d, options.seed)),
             client,
             mode: AtomicU8::new(Mode::Normal as u8),
             published: AtomicU64::new(0),
@@ -408,91 +451,104 @@ pub async fn run(
         )));
         handles.push(handle);
     }
-    drop(command_tx);
     let fleet = Arc::new(Fleet {
         handles,
         config: config.clone(),
     });
-
-    let result: Result<Report, SensorsError> = async {
-        wait_connected(&fleet, &options.broker).await?;
-        tracing::info!(devices = fleet.handles.len(), scenario = %options.scenario, "simulated devices connected");
-        let devices_stop = stop.child_token();
-        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        for h in &fleet.handles {
-            tasks.push(tokio::spawn(normal_loop(h.clone(), options.rate, devices_stop.clone())));
-        }
-        tasks.push(tokio::spawn(commands(fleet.clone(), command_rx, devices_stop.clone())));
-        let mut report = Report {
-            targets: plan.targets.clone(),
-            ..Report::default()
-        };
-        let script = if options.scenario == Scenario::Demo {
-            // The demo cycles until stopped or, with a duration, until that elapsed.
-            let script_stop = stop.child_token();
-            if let Some(d) = options.duration {
-                let t = script_stop.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(d).await;
-                    t.cancel();
-                });
-            }
-            scenarios::demo(fleet.clone(), options.clone(), script_stop, &mut report).await
-        } else {
-            scenarios::play(fleet.clone(), options.clone(), plan, stop.clone(), &mut report).await
-        };
-        // Scripted devices keep reporting their last values for the rest of the run.
-        for h in &fleet.handles {
-            if h.mode() == Mode::Scripted {
-                h.set_mode(Mode::Frozen);
-            }
-        }
-        let hold = match (options.duration, options.scenario) {
-            (Some(d), _) => Some(d),
-            (None, Scenario::Soak) => Some(Duration::from_secs(4 * 3600)),
-            (None, Scenario::Normal) => None,
-            (None, _) => Some(Duration::ZERO),
-        };
-        let outcome = match script {
-            Ok(()) => {
-                match hold.and_then(|d| started.checked_add(d)) {
-                    Some(until) => tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = tokio::time::sleep_until(until) => {}
-                    },
-                    None => stop.cancelled().await,
-                }
-                Ok(())
-            }
-            Err(scenarios::Halt::Stopped) => Ok(()),
-            Err(scenarios::Halt::Failed(e)) => Err(e),
-        };
-        devices_stop.cancel();
-        for t in tasks {
-            let _ = t.await;
-        }
-        outcome.map(|()| report)
-    }
-    .await;
-
-    // Disconnect everyone; the pollers end when their DISCONNECT went out.
-    for h in &fleet.handles {
-        let _ = h.client.try_disconnect();
-    }
-    for p in pollers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
-    }
-    let mut report = result?;
-    for h in &fleet.handles {
-        let n = h.published.load(Ordering::Relaxed);
-        report.published += n;
-        report.by_device.insert(h.id(), n);
-    }
-    Ok(report)
+    (fleet, pollers, command_rx)
 }
 
+/// Once every device is connected: normal behaviour on every device, actuator commands,
+/// and the scenario's script; then the hold until the run's end.
+async fn drive(
+    fleet: &Arc<Fleet>,
+    options: &Options,
+    plan: scenarios::Plan,
+    stop: CancellationToken,
+    started: Instant,
+    command_rx: Commands,
+) -> Result<Report, SensorsError> {
+    wait_connected(fleet, &options.broker).await?;
+    tracing::info!(devices = fleet.handles.len(), scenario = %options.scenario, "simulated devices connected");
+    let devices_stop = stop.child_token();
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    for h in &fleet.handles {
+        let normal = normal_loop(h.clone(), options.rate, devices_stop.clone());
+        tasks.push(tokio::spawn(normal));
+    }
+    let commands = commands(fleet.clone(), command_rx, devices_stop.clone());
+    tasks.push(tokio::spawn(commands));
+    let mut report = Report {
+        targets: plan.targets.clone(),
+        ..Report::default()
+    };
+    let script = script(fleet, options, plan, &stop, &mut report).await;
+    // Scripted devices keep reporting their last values for the rest of the run.
+    for h in &fleet.handles {
+        if h.mode() == Mode::Scripted {
+            h.set_mode(Mode::Frozen);
+        }
+    }
+    let outcome = match script {
+        Ok(()) => {
+            hold(options, started, &stop).await;
+            Ok(())
+        }
+        Err(scenarios::Halt::Stopped) => Ok(()),
+        Err(scenarios::Halt::Failed(e)) => Err(e),
+    };
+    devices_stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    outcome.map(|()| report)
+}
+
+/// Plays the scenario (the demo cycles until stopped or, with a duration, until that
+/// elapsed).
+async fn script(
+    fleet: &Arc<Fleet>,
+    options: &Options,
+    plan: scenarios::Plan,
+    stop: &CancellationToken,
+    report: &mut Report,
+) -> Result<(), scenarios::Halt> {
+    if options.scenario != Scenario::Demo {
+        return scenarios::play(fleet.clone(), options.clone(), plan, stop.clone(), report).await;
+    }
+    let script_stop = stop.child_token();
+    if let Some(d) = options.duration {
+        let t = script_stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            t.cancel();
+        });
+    }
+    scenarios::demo(fleet.clone(), options.clone(), script_stop, report).await
+}
+
+/// After the script: keeps the devices running for `--duration` from the start (soak: 4 h;
+/// normal: until stopped; other scenarios: not at all), or until `stop`.
+async fn hold(options: &Options, started: Instant, stop: &CancellationToken) {
+    let hold = match (options.duration, options.scenario) {
+        (Some(d), _) => Some(d),
+        (None, Scenario::Soak) => Some(Duration::from_secs(4 * 3600)),
+        (None, Scenario::Normal) => None,
+        (None, _) => Some(Duration::ZERO),
+    };
+    match hold.and_then(|d| started.checked_add(d)) {
+        Some(until) => tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep_until(until) => {}
+        },
+        None => stop.cancelled().await,
+    }
+}
+
+/// Waits until every device is connected, within [`connect_timeout`] of the fleet's size.
 async fn wait_connected(fleet: &Fleet, broker: &Endpoint) -> Result<(), SensorsError> {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let timeout = connect_timeout(fleet.handles.len());
+    let deadline = Instant::now() + timeout;
     for h in &fleet.handles {
         loop {
             let notified = h.connected_note.notified();
@@ -508,7 +564,13 @@ async fn wait_connected(fleet: &Fleet, broker: &Endpoint) -> Result<(), SensorsE
                     .unwrap_or_else(|| "no CONNACK".to_owned());
                 return Err(SensorsError::Connect {
                     broker: broker.to_string(),
-                    seconds: CONNECT_TIMEOUT.as_secs(),
+                    seconds: timeout.as_secs_f64(),
+                    budget: format!(
+                        "{} s + {} ms × {} devices",
+                        CONNECT_TIMEOUT_BASE.as_secs(),
+                        CONNECT_TIMEOUT_PER_DEVICE.as_millis(),
+                        fleet.handles.len()
+                    ),
                     reason: format!("device {}: {reason}", h.id()),
                 });
             }
@@ -653,6 +715,51 @@ mod tests {
         .unwrap();
         let options = Options::new(Endpoint::parse("127.0.0.1:1").unwrap(), Scenario::Normal);
         is_send(&run(&config, &options, CancellationToken::new()));
+    }
+
+    #[test]
+    fn the_connect_timeout_grows_by_10_ms_per_device_from_10_s() {
+        assert_eq!(connect_timeout(0), Duration::from_secs(10));
+        assert_eq!(connect_timeout(150), Duration::from_millis(11_500));
+        assert_eq!(connect_timeout(2_000), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn devices_that_never_connect_fail_after_the_fleets_timeout_and_say_so() {
+        let config = edge_config::parse(
+            "[site]\nid = \"t\"\nname = \"T\"\nkind = \"compound\"\n\
+             [[locations.areas]]\nid = \"a\"\nname = \"A\"\nkind = \"lobby\"\n\
+             [[devices]]\nid = \"d0\"\nkind = \"smoke\"\nlocation = { area = \"a\" }\n",
+            "t.toml",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        // Nothing listens there, and no poller drives the client: nobody ever connects.
+        let broker = Endpoint::parse("127.0.0.1:1").unwrap();
+        let (client, _events) = mqtt::client("sim-never", &broker, 4);
+        let handle = || {
+            Arc::new(Handle {
+                dev: Mutex::new(SimDevice::new(&config, &config.devices[0], 1)),
+                client: client.clone(),
+                mode: AtomicU8::new(Mode::Normal as u8),
+                published: AtomicU64::new(0),
+                connected: AtomicBool::new(false),
+                connected_note: Notify::new(),
+                last_error: Mutex::new(None),
+            })
+        };
+        let fleet = Fleet {
+            handles: (0..150).map(|_| handle()).collect(),
+            config: Arc::new(config.clone()),
+        };
+        let started = Instant::now();
+        let err = wait_connected(&fleet, &broker).await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_millis(11_500));
+        let text = err.to_string();
+        assert!(
+            text.contains("within 11.5 s (10 s + 10 ms × 150 devices)"),
+            "{text}"
+        );
     }
 
     #[test]

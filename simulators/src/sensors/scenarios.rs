@@ -291,7 +291,7 @@ pub(crate) async fn demo(
     Ok(())
 }
 
-/// Plays the scenario.
+/// Plays the scenario: one [`Script`] method per scenario.
 pub(crate) async fn play(
     fleet: Arc<Fleet>,
     options: Options,
@@ -299,9 +299,6 @@ pub(crate) async fn play(
     stop: CancellationToken,
     report: &mut Report,
 ) -> Result<(), Halt> {
-    let pace = Pace {
-        speed: options.speed,
-    };
     let h = |i: usize| fleet.handles[i].clone();
     let primary: Vec<Arc<Handle>> = plan.primary.iter().map(|&i| h(i)).collect();
     let secondary = plan.secondary.map(h);
@@ -310,294 +307,354 @@ pub(crate) async fn play(
             d.set_mode(Mode::Scripted);
         }
     }
-    let mut rng = rng_for(options.seed, options.scenario.as_str());
-    let s = &stop;
+    let mut script = Script {
+        pace: Pace {
+            speed: options.speed,
+        },
+        rng: rng_for(options.seed, options.scenario.as_str()),
+        fleet: &fleet,
+        options: &options,
+        primary,
+        secondary,
+        stop: &stop,
+        report,
+    };
     match options.scenario {
         Scenario::Normal | Scenario::Soak | Scenario::Demo => Ok(()),
-        Scenario::KitchenFire => {
-            let heat = &primary[0];
-            let rate = rng.gen_range(10.0..14.0); // °C per minute
-            let heats = |d: &mut SimDevice, dt: f64, _: f64| {
-                d.temperature_c += rate / 60.0 * dt + d.jitter(0.05);
-                true
-            };
-            animate(heat, s, pace.sample(), pace.speed, 30.0, |d, _, _| {
-                d.temperature_c += (d.ambient_c - d.temperature_c) * 0.2 + d.jitter(0.03);
-                true
-            })
-            .await?;
-            report
-                .notes
-                .push(format!("{}: fire starts, {rate:.1} °C/min", heat.id()));
-            animate(heat, s, pace.sample(), pace.speed, 60.0, heats).await?;
-            if let Some(smoke) = &secondary {
-                smoke.update(|d| d.smoke = true).await?;
-                report.notes.push(format!("{}: smoke", smoke.id()));
-            }
-            animate(heat, s, pace.sample(), pace.speed, 120.0, heats).await?;
-            animate(heat, s, pace.sample(), pace.speed, 20.0, |d, _, _| {
-                d.temperature_c += d.jitter(0.1);
-                true
-            })
-            .await
+        Scenario::KitchenFire => script.kitchen_fire().await,
+        Scenario::GasLeak => script.gas_leak().await,
+        Scenario::WaterLeak => script.water_leak().await,
+        Scenario::EbikeThermalRunaway => script.ebike_thermal_runaway().await,
+        Scenario::BatteryTheft => script.battery_theft().await,
+        Scenario::Sos => script.sos().await,
+        Scenario::DeviceOffline => script.device_offline().await,
+        Scenario::Malformed => script.malformed().await,
+        Scenario::Flood => script.flood().await,
+    }
+}
+
+/// What a scenario script plays with: its devices (from the [`Plan`]), its pace and random
+/// numbers, and the report it writes notes into.
+struct Script<'a> {
+    pace: Pace,
+    rng: rand_chacha::ChaCha8Rng,
+    fleet: &'a Fleet,
+    options: &'a Options,
+    primary: Vec<Arc<Handle>>,
+    secondary: Option<Arc<Handle>>,
+    stop: &'a CancellationToken,
+    report: &'a mut Report,
+}
+
+impl Script<'_> {
+    /// [`animate`] at the scenario's pace.
+    async fn animate(
+        &self,
+        h: &Handle,
+        total: f64,
+        step: impl FnMut(&mut SimDevice, f64, f64) -> bool,
+    ) -> Result<(), Halt> {
+        animate(
+            h,
+            self.stop,
+            self.pace.sample(),
+            self.pace.speed,
+            total,
+            step,
+        )
+        .await
+    }
+
+    fn note(&mut self, note: String) {
+        self.report.notes.push(note);
+    }
+
+    /// A heat detector warms at 10–14 °C/min; the smoke detector near it alarms on the way.
+    async fn kitchen_fire(&mut self) -> Result<(), Halt> {
+        let heat = self.primary[0].clone();
+        let rate = self.rng.gen_range(10.0..14.0); // °C per minute
+        let heats = |d: &mut SimDevice, dt: f64, _: f64| {
+            d.temperature_c += rate / 60.0 * dt + d.jitter(0.05);
+            true
+        };
+        self.animate(&heat, 30.0, |d, _, _| {
+            d.temperature_c += (d.ambient_c - d.temperature_c) * 0.2 + d.jitter(0.03);
+            true
+        })
+        .await?;
+        self.note(format!("{}: fire starts, {rate:.1} °C/min", heat.id()));
+        self.animate(&heat, 60.0, heats).await?;
+        if let Some(smoke) = self.secondary.clone() {
+            smoke.update(|d| d.smoke = true).await?;
+            self.note(format!("{}: smoke", smoke.id()));
         }
-        Scenario::GasLeak => {
-            let gas = &primary[0];
-            let rate = rng.gen_range(12.0..18.0); // %LEL per minute
-            animate(gas, s, pace.sample(), pace.speed, 30.0, |d, _, _| {
-                d.gas_lel_pct = (0.5 + d.jitter(0.3)).max(0.0);
-                true
-            })
-            .await?;
-            report
-                .notes
-                .push(format!("{}: leak starts, {rate:.1} %LEL/min", gas.id()));
-            animate(gas, s, pace.sample(), pace.speed, 300.0, |d, dt, _| {
-                d.gas_lel_pct += rate / 60.0 * dt;
-                d.gas_lel_pct < 32.0
-            })
-            .await?;
-            let valve = secondary.clone();
-            let closed = move || {
-                valve
-                    .as_ref()
-                    .is_some_and(|v| v.lock().actuator == "closed")
-            };
-            animate(gas, s, pace.sample(), pace.speed, 300.0, |d, _, _| {
-                d.gas_lel_pct = (d.gas_lel_pct + d.jitter(0.4)).clamp(30.0, 36.0);
-                !closed()
-            })
-            .await?;
-            if !closed() {
-                report
-                    .notes
-                    .push("the valve was not closed: the leak goes on".to_owned());
-                return Ok(());
-            }
-            if let Some(v) = &secondary {
-                report
-                    .notes
-                    .push(format!("{}: closed on command; the gas disperses", v.id()));
-            }
-            animate(gas, s, pace.sample(), pace.speed, 300.0, |d, dt, _| {
-                d.gas_lel_pct = (d.gas_lel_pct - 20.0 / 60.0 * dt).max(0.5);
-                d.gas_lel_pct > 0.5
-            })
-            .await?;
-            animate(gas, s, pace.sample(), pace.speed, 30.0, |d, _, _| {
-                d.gas_lel_pct = (0.5 + d.jitter(0.3)).max(0.0);
-                true
-            })
-            .await
+        self.animate(&heat, 120.0, heats).await?;
+        self.animate(&heat, 20.0, |d, _, _| {
+            d.temperature_c += d.jitter(0.1);
+            true
+        })
+        .await
+    }
+
+    /// Gas rises 12–18 %LEL/min to ~32 %, holds until the valve closes, then disperses.
+    async fn gas_leak(&mut self) -> Result<(), Halt> {
+        let gas = self.primary[0].clone();
+        let rate = self.rng.gen_range(12.0..18.0); // %LEL per minute
+        let background = |d: &mut SimDevice, _: f64, _: f64| {
+            d.gas_lel_pct = (0.5 + d.jitter(0.3)).max(0.0);
+            true
+        };
+        self.animate(&gas, 30.0, background).await?;
+        self.note(format!("{}: leak starts, {rate:.1} %LEL/min", gas.id()));
+        self.animate(&gas, 300.0, |d, dt, _| {
+            d.gas_lel_pct += rate / 60.0 * dt;
+            d.gas_lel_pct < 32.0
+        })
+        .await?;
+        let valve = self.secondary.clone();
+        let closed = move || {
+            valve
+                .as_ref()
+                .is_some_and(|v| v.lock().actuator == "closed")
+        };
+        self.animate(&gas, 300.0, |d, _, _| {
+            d.gas_lel_pct = (d.gas_lel_pct + d.jitter(0.4)).clamp(30.0, 36.0);
+            !closed()
+        })
+        .await?;
+        if !closed() {
+            self.note("the valve was not closed: the leak goes on".to_owned());
+            return Ok(());
         }
-        Scenario::WaterLeak => {
-            let w = &primary[0];
-            for (leak, nominal_s) in [
-                (false, 10.0),
-                (true, 60.0),
-                (false, 60.0),
-                (true, 60.0),
-                (false, 60.0),
-            ] {
-                report.notes.push(format!("{}: water_leak={leak}", w.id()));
-                animate(w, s, pace.sample(), pace.speed, nominal_s, |d, _, _| {
-                    d.water_leak = leak;
-                    true
-                })
-                .await?;
-            }
-            Ok(())
+        if let Some(v) = self.secondary.clone() {
+            self.note(format!("{}: closed on command; the gas disperses", v.id()));
         }
-        Scenario::EbikeThermalRunaway => {
-            let b = &primary[0];
-            let rise = rng.gen_range(1.0..3.0); // °C per minute, while charging
-            let runaway = rng.gen_range(1.5..2.5); // °C per second
-            {
-                let mut d = b.lock();
-                d.start_charging();
-                d.battery_temp_c = d.ambient_c + 3.0;
-                d.voltage_v = 50.0;
-            }
-            animate(b, s, pace.sample(), pace.speed, 30.0, |d, dt, _| {
-                d.voltage_v += 0.005 * dt;
-                d.battery_temp_c += d.jitter(0.02);
+        self.animate(&gas, 300.0, |d, dt, _| {
+            d.gas_lel_pct = (d.gas_lel_pct - 20.0 / 60.0 * dt).max(0.5);
+            d.gas_lel_pct > 0.5
+        })
+        .await?;
+        self.animate(&gas, 30.0, background).await
+    }
+
+    /// Dry, wet, dry, wet, dry.
+    async fn water_leak(&mut self) -> Result<(), Halt> {
+        let w = self.primary[0].clone();
+        for (leak, nominal_s) in [
+            (false, 10.0),
+            (true, 60.0),
+            (false, 60.0),
+            (true, 60.0),
+            (false, 60.0),
+        ] {
+            self.note(format!("{}: water_leak={leak}", w.id()));
+            self.animate(&w, nominal_s, |d, _, _| {
+                d.water_leak = leak;
                 true
             })
             .await?;
-            report.notes.push(format!(
-                "{}: temperature rising {rise:.1} °C/min while charging",
-                b.id()
-            ));
-            animate(b, s, pace.sample(), pace.speed, 240.0, |d, dt, _| {
-                d.voltage_v += 0.005 * dt;
-                d.battery_temp_c += rise / 60.0 * dt;
-                true
-            })
-            .await?;
-            if let Some(smoke) = &secondary {
-                smoke.update(|d| d.smoke = true).await?;
-                report
-                    .notes
-                    .push(format!("{}: smoke (off-gassing)", smoke.id()));
-            }
-            // Thermal runaway is seconds-scale in reality: never compressed.
-            report
-                .notes
-                .push(format!("{}: thermal runaway, {runaway:.1} °C/s", b.id()));
-            let v0 = b.lock().voltage_v;
-            animate(b, s, Duration::from_millis(500), 1.0, 8.0, |d, dt, t| {
+        }
+        Ok(())
+    }
+
+    /// A charging battery warms 1–3 °C/min, smokes, then runs away at 1.5–2.5 °C/s.
+    async fn ebike_thermal_runaway(&mut self) -> Result<(), Halt> {
+        let b = self.primary[0].clone();
+        let rise = self.rng.gen_range(1.0..3.0); // °C per minute, while charging
+        let runaway = self.rng.gen_range(1.5..2.5); // °C per second
+        {
+            let mut d = b.lock();
+            d.start_charging();
+            d.battery_temp_c = d.ambient_c + 3.0;
+            d.voltage_v = 50.0;
+        }
+        self.animate(&b, 30.0, |d, dt, _| {
+            d.voltage_v += 0.005 * dt;
+            d.battery_temp_c += d.jitter(0.02);
+            true
+        })
+        .await?;
+        self.note(format!(
+            "{}: temperature rising {rise:.1} °C/min while charging",
+            b.id()
+        ));
+        self.animate(&b, 240.0, |d, dt, _| {
+            d.voltage_v += 0.005 * dt;
+            d.battery_temp_c += rise / 60.0 * dt;
+            true
+        })
+        .await?;
+        if let Some(smoke) = self.secondary.clone() {
+            smoke.update(|d| d.smoke = true).await?;
+            self.note(format!("{}: smoke (off-gassing)", smoke.id()));
+        }
+        // Thermal runaway is seconds-scale in reality: never compressed.
+        self.note(format!("{}: thermal runaway, {runaway:.1} °C/s", b.id()));
+        let v0 = b.lock().voltage_v;
+        animate(
+            &b,
+            self.stop,
+            Duration::from_millis(500),
+            1.0,
+            8.0,
+            |d, dt, t| {
                 d.battery_temp_c += runaway * dt;
                 d.voltage_v = v0 * (1.0 - 0.3 * (t / 5.0).min(1.0));
                 true
-            })
-            .await
-        }
-        Scenario::BatteryTheft => {
-            let b = &primary[0];
-            b.lock().stop_charging();
-            animate(b, s, pace.sample(), pace.speed, 20.0, |d, _, _| {
-                d.present = true;
-                true
-            })
-            .await?;
-            report.notes.push(format!("{}: battery removed", b.id()));
-            animate(b, s, pace.sample(), pace.speed, 30.0, |d, _, _| {
-                d.present = false;
-                true
-            })
-            .await
-        }
-        Scenario::Sos => {
-            let p = &primary[0];
-            pause(s, pace.real(5.0)).await?;
-            p.update(|d| d.pressed = true).await?;
-            report.notes.push(format!("{}: pressed", p.id()));
-            pause(s, Duration::from_millis(800)).await?;
-            p.update(|d| d.pressed = false).await?;
-            pause(s, pace.real(10.0)).await
-        }
-        Scenario::DeviceOffline => {
-            let d = &primary[0];
-            pause(s, pace.real(10.0)).await?;
-            let (native, heartbeat) = {
-                let dev = d.lock();
-                (dev.format == PayloadFormat::Native, dev.heartbeat)
-            };
-            d.availability(false).await?;
-            d.set_mode(Mode::Muted);
-            // A native device is noticed only by its missing heartbeats.
-            let missed = fleet.config.rules.device.offline_after_heartbeats;
-            let by_heartbeat = if native {
-                heartbeat * missed + Duration::from_secs(3)
-            } else {
-                Duration::from_secs(2)
-            };
-            let silence = pace.real(120.0).max(by_heartbeat);
-            report.notes.push(format!(
-                "{}: offline for {:.0} s",
-                d.id(),
-                silence.as_secs_f64()
-            ));
-            pause(s, silence).await?;
-            d.set_mode(Mode::Normal);
-            d.availability(true).await?;
-            d.heartbeat().await?;
-            d.update(|_| {}).await?;
-            report.notes.push(format!("{}: back online", d.id()));
-            pause(s, pace.real(10.0)).await
-        }
-        Scenario::Malformed => {
-            for round in 0..3 {
-                for d in &primary {
-                    let messages = malformed(&d.lock());
-                    for (topic, payload, reason) in messages {
-                        d.publish(topic, QoS::AtLeastOnce, false, payload).await?;
-                        *report
-                            .malformed
-                            .entry((d.id(), reason.to_owned()))
-                            .or_default() += 1;
-                    }
-                }
-                for (topic, payload) in foreign() {
-                    primary[0]
-                        .publish(topic, QoS::AtLeastOnce, false, payload)
-                        .await?;
-                    *report
+            },
+        )
+        .await
+    }
+
+    /// The battery is taken out of its e-bike.
+    async fn battery_theft(&mut self) -> Result<(), Halt> {
+        let b = self.primary[0].clone();
+        b.lock().stop_charging();
+        self.animate(&b, 20.0, |d, _, _| {
+            d.present = true;
+            true
+        })
+        .await?;
+        self.note(format!("{}: battery removed", b.id()));
+        self.animate(&b, 30.0, |d, _, _| {
+            d.present = false;
+            true
+        })
+        .await
+    }
+
+    /// The button is pressed once, for 0.8 s.
+    async fn sos(&mut self) -> Result<(), Halt> {
+        let p = self.primary[0].clone();
+        pause(self.stop, self.pace.real(5.0)).await?;
+        p.update(|d| d.pressed = true).await?;
+        self.note(format!("{}: pressed", p.id()));
+        pause(self.stop, Duration::from_millis(800)).await?;
+        p.update(|d| d.pressed = false).await?;
+        pause(self.stop, self.pace.real(10.0)).await
+    }
+
+    /// The device goes silent long enough to be noticed (by its heartbeats if native), then
+    /// comes back.
+    async fn device_offline(&mut self) -> Result<(), Halt> {
+        let d = self.primary[0].clone();
+        pause(self.stop, self.pace.real(10.0)).await?;
+        let (native, heartbeat) = {
+            let dev = d.lock();
+            (dev.format == PayloadFormat::Native, dev.heartbeat)
+        };
+        d.availability(false).await?;
+        d.set_mode(Mode::Muted);
+        // A native device is noticed only by its missing heartbeats.
+        let missed = self.fleet.config.rules.device.offline_after_heartbeats;
+        let by_heartbeat = if native {
+            heartbeat * missed + Duration::from_secs(3)
+        } else {
+            Duration::from_secs(2)
+        };
+        let silence = self.pace.real(120.0).max(by_heartbeat);
+        self.note(format!(
+            "{}: offline for {:.0} s",
+            d.id(),
+            silence.as_secs_f64()
+        ));
+        pause(self.stop, silence).await?;
+        d.set_mode(Mode::Normal);
+        d.availability(true).await?;
+        d.heartbeat().await?;
+        d.update(|_| {}).await?;
+        self.note(format!("{}: back online", d.id()));
+        pause(self.stop, self.pace.real(10.0)).await
+    }
+
+    /// Three rounds of bad messages from each device and alarms on foreign topics, each
+    /// counted by the reason the gateway must reject it for.
+    async fn malformed(&mut self) -> Result<(), Halt> {
+        for round in 0..3 {
+            for d in &self.primary {
+                let messages = malformed(&d.lock());
+                for (topic, payload, reason) in messages {
+                    d.publish(topic, QoS::AtLeastOnce, false, payload).await?;
+                    *self
+                        .report
                         .malformed
-                        .entry(("-".to_owned(), "foreign_topic".to_owned()))
+                        .entry((d.id(), reason.to_owned()))
                         .or_default() += 1;
                 }
-                if round < 2 {
-                    pause(s, pace.real(5.0).max(Duration::from_millis(200))).await?;
-                }
             }
-            pause(s, Duration::from_millis(500)).await
-        }
-        Scenario::Flood => {
-            let f = &primary[0];
-            let rate = options.rate.unwrap_or(10_000.0);
-            let length = options.duration.unwrap_or(Duration::from_secs(10));
-            let start = Instant::now();
-            let mut alarm_sent = secondary.is_none();
-            let mut sent: u64 = 0;
-            let tick = Duration::from_millis(10);
-            report.notes.push(format!(
-                "{}: flooding at {rate:.0} msg/s for {:.0} s",
-                f.id(),
-                length.as_secs_f64()
-            ));
-            while start.elapsed() < length {
-                pause(s, tick).await?;
-                let due = (start.elapsed().as_secs_f64() * rate) as u64;
-                while sent < due {
-                    let (topic, payload) = {
-                        let mut d = f.lock();
-                        d.step_normal(Duration::from_secs_f64(1.0 / rate));
-                        (d.state_topic.clone(), d.payload())
-                    };
-                    f.publish(topic, QoS::AtMostOnce, false, payload).await?;
-                    sent += 1;
-                }
-                if !alarm_sent && start.elapsed() >= length / 2 {
-                    if let Some(smoke) = &secondary {
-                        smoke.update(|d| d.smoke = true).await?;
-                        report
-                            .notes
-                            .push(format!("{}: smoke during the flood", smoke.id()));
-                    }
-                    alarm_sent = true;
-                }
+            for (topic, payload) in foreign() {
+                self.primary[0]
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await?;
+                *self
+                    .report
+                    .malformed
+                    .entry(("-".to_owned(), "foreign_topic".to_owned()))
+                    .or_default() += 1;
             }
-            report
-                .notes
-                .push(format!("{}: {sent} flood messages sent", f.id()));
-            Ok(())
+            if round < 2 {
+                let gap = self.pace.real(5.0).max(Duration::from_millis(200));
+                pause(self.stop, gap).await?;
+            }
         }
+        pause(self.stop, Duration::from_millis(500)).await
+    }
+
+    /// One device floods at `--rate` for `--duration`; halfway through, a smoke detector
+    /// elsewhere alarms and must still be heard.
+    async fn flood(&mut self) -> Result<(), Halt> {
+        let f = self.primary[0].clone();
+        let rate = self.options.rate.unwrap_or(10_000.0);
+        let length = self.options.duration.unwrap_or(Duration::from_secs(10));
+        let start = Instant::now();
+        let mut alarm_sent = self.secondary.is_none();
+        let mut sent: u64 = 0;
+        let tick = Duration::from_millis(10);
+        self.note(format!(
+            "{}: flooding at {rate:.0} msg/s for {:.0} s",
+            f.id(),
+            length.as_secs_f64()
+        ));
+        while start.elapsed() < length {
+            pause(self.stop, tick).await?;
+            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+            while sent < due {
+                let (topic, payload) = {
+                    let mut d = f.lock();
+                    d.step_normal(Duration::from_secs_f64(1.0 / rate));
+                    (d.state_topic.clone(), d.payload())
+                };
+                f.publish(topic, QoS::AtMostOnce, false, payload).await?;
+                sent += 1;
+            }
+            if !alarm_sent && start.elapsed() >= length / 2 {
+                if let Some(smoke) = self.secondary.clone() {
+                    smoke.update(|d| d.smoke = true).await?;
+                    self.note(format!("{}: smoke during the flood", smoke.id()));
+                }
+                alarm_sent = true;
+            }
+        }
+        self.note(format!("{}: {sent} flood messages sent", f.id()));
+        Ok(())
     }
 }
+
+/// `{"smoke": tru`: JSON cut short (the brace escaped, so that no tool counting braces
+/// mistakes it for the start of a block).
+const TRUNCATED_JSON: &[u8] = b"\x7b\"smoke\": tru";
 
 /// Bad messages from one device, each with the reason the gateway must reject it for.
 fn malformed(d: &SimDevice) -> Vec<(String, Vec<u8>, &'static str)> {
     let topic = d.state_topic.clone();
-    let field = match (d.format, d.kind) {
-        (_, DeviceKind::Smoke) => "smoke",
-        (PayloadFormat::Native, DeviceKind::Heat) => "temperature_c",
-        (PayloadFormat::Zigbee2mqtt, DeviceKind::Heat | DeviceKind::EbikeBattery) => "temperature",
-        (PayloadFormat::Native, DeviceKind::Gas) => "gas_lel_pct",
-        (PayloadFormat::Zigbee2mqtt, DeviceKind::Gas) => "gas_density",
-        (_, DeviceKind::WaterLeak) => "water_leak",
-        (PayloadFormat::Native, DeviceKind::EbikeBattery) => "battery_temp_c",
-        (PayloadFormat::Native, DeviceKind::Sos) => "pressed",
-        (PayloadFormat::Zigbee2mqtt, DeviceKind::Sos) => "battery",
-        (_, DeviceKind::Siren | DeviceKind::Valve | DeviceKind::PaSpeaker) => "state",
-    };
+    let field = value_field(d.format, d.kind);
     let wrong = if field == "state" {
         format!(r#"{{"{field}":42}}"#)
     } else {
         format!(r#"{{"{field}":"yes"}}"#)
     };
     let mut out = vec![
-        (topic.clone(), br#"{"smoke": tru"#.to_vec(), "invalid_json"),
+        (topic.clone(), TRUNCATED_JSON.to_vec(), "invalid_json"),
         (topic.clone(), vec![0xff, 0xfe, 0x00, 0x01], "invalid_json"),
         (topic.clone(), b"[1,2,3]".to_vec(), "not_an_object"),
         (topic.clone(), b"\"smoke\"".to_vec(), "not_an_object"),
@@ -618,6 +675,22 @@ fn malformed(d: &SimDevice) -> Vec<(String, Vec<u8>, &'static str)> {
         }
     }
     out
+}
+
+/// The payload field that carries a device's main value (given a wrong type by `malformed`).
+fn value_field(format: PayloadFormat, kind: DeviceKind) -> &'static str {
+    match (format, kind) {
+        (_, DeviceKind::Smoke) => "smoke",
+        (PayloadFormat::Native, DeviceKind::Heat) => "temperature_c",
+        (PayloadFormat::Zigbee2mqtt, DeviceKind::Heat | DeviceKind::EbikeBattery) => "temperature",
+        (PayloadFormat::Native, DeviceKind::Gas) => "gas_lel_pct",
+        (PayloadFormat::Zigbee2mqtt, DeviceKind::Gas) => "gas_density",
+        (_, DeviceKind::WaterLeak) => "water_leak",
+        (PayloadFormat::Native, DeviceKind::EbikeBattery) => "battery_temp_c",
+        (PayloadFormat::Native, DeviceKind::Sos) => "pressed",
+        (PayloadFormat::Zigbee2mqtt, DeviceKind::Sos) => "battery",
+        (_, DeviceKind::Siren | DeviceKind::Valve | DeviceKind::PaSpeaker) => "state",
+    }
 }
 
 /// Valid-looking alarms on topics no configured device owns: the gateway never subscribes

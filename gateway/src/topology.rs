@@ -1,12 +1,31 @@
-//! Wires the stages of the sensor pipeline together:
+//! The topology: every channel and task of the sensor side, built in one place.
+//!
+//! Read it like the diagram in the crate docs ([`crate`]): each arrow below is a bounded
+//! channel created in [`start_with_reserve`], each box a supervised task of a shutdown
+//! [`Stage`] (stopped inputs → processing → outbox flush → database).
 //!
 //! ```text
-//! broker ─▶ ingest ─(readings)─▶ rules ─(signals, ticks)─▶ alerts (SQLite + outbox) ─(events)─▶ local publish
-//!  Inputs      Inputs                Processing                Processing                         Processing
+//! Inputs       broker ─▶ ingest ──(readings: Ingested, READINGS_CAPACITY)──┐
+//!              self_test_probe ─(MQTT, the sensors' listener)─▶ broker     │
+//!                                                                          ▼
+//! Processing   rules ──(AlertBus: AlertInput, ALERT_INPUT_CAPACITY)──▶ alerts (thread)
+//!                │ └─(telemetry: Record, TELEMETRY_CAPACITY, never waits)─▶ telemetry (thread)
+//!              faults ─(AlertBus)─▶ alerts
+//!              alerts ─(events: broadcast<Alert>, EVENTS_CAPACITY)─▶ publisher (local MQTT)
+//!              alerts ─(commands: Command, COMMANDS_CAPACITY)─▶ actuators (MQTT)
+//! Outbox       alerts ─(events)─▶ uplink (wake-up);  housekeeping (quota, buffer_full);
+//!              status (every stage's snapshot ─▶ status.json)
 //! ```
 //!
+//! Back edges, named: the uplink (platform `commands/ack`) and housekeeping (`buffer_full`)
+//! send into the alert task through a weak [`AlertBus`] (they never keep it alive); the
+//! fault reporter through a strong one; a staff resolve resets its rule condition through
+//! [`crate::rules::reset`] (alerts → rules); actuator confirmations come back as readings
+//! (actuators → broker → ingest → rules → alerts). The daemon adds the cameras, the console
+//! and the resident publisher from the handles in [`Running`] (`alert_inputs`, `events`).
+//!
 //! Channels are bounded: a slow stage back-pressures the one before it instead of growing
-//! memory. The alert task is the single database writer.
+//! memory. The alert task is the single writer of alert events.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,10 +37,11 @@ use edge_config::{BrokerMode, Config};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::alerts::linkage::Command;
 use crate::alerts::task::{self as alert_task, AlertInput, AlertTask, AlertTaskStats, Trigger};
-use crate::alerts::{AlertBus, AlertStore, Lifecycle, Source};
+use crate::alerts::{AlertBus, AlertStore, EventFeed, Lifecycle, Source};
 use crate::broker::{self, internal_client_id, BrokerError, BrokerSettings, EmbeddedBroker};
 use crate::ingest::{self, Ingest, IngestStats, Ingested};
 use crate::publish;
@@ -29,6 +49,7 @@ use crate::reserve::Reserve;
 use crate::rules::{Engine, Reading};
 use crate::selftest::{self, SelfTest};
 use crate::shutdown::{Lifecycle as Stages, Stage};
+use crate::status;
 use crate::supervise::{fault_point, Health, Severity, StageResult};
 use crate::telemetry::{self, TelemetryError, TelemetryStats};
 
@@ -43,9 +64,9 @@ const TELEMETRY_CAPACITY: usize = 16_384;
 /// Committed alert events waiting for publishers (console, residents, local MQTT).
 const EVENTS_CAPACITY: usize = 1024;
 
-/// Errors starting the pipeline.
+/// Errors building the topology.
 #[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
+pub enum TopologyError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -75,9 +96,12 @@ pub struct Running {
     pub alert_stats: Arc<AlertTaskStats>,
     /// The disk reserve, if the daemon keeps one.
     pub reserve: Option<Arc<Reserve>>,
-    /// The typed way into the alert task, for the console and cameras.
+    /// The typed way into the alert task, for the console and cameras. Holding it does not
+    /// hold up shutdown: the alert task stops by its stage's token, not when senders go.
     pub alert_inputs: AlertBus,
-    pub events: broadcast::Sender<crate::alerts::Alert>,
+    /// Committed alert events, for the console and resident notices; it does not keep the
+    /// event channel open once the alert task has stopped.
+    pub events: EventFeed,
     /// Live uplink state and counters (also written to `status.json` every second).
     pub uplink: Arc<crate::uplink::UplinkStatus>,
     /// Every supervised stage's state and the self-test.
@@ -91,7 +115,7 @@ pub fn start(
     config: Arc<Config>,
     db_path: &Path,
     stages: &Stages,
-) -> Result<Running, PipelineError> {
+) -> Result<Running, TopologyError> {
     start_with_reserve(config, db_path, stages, None)
 }
 
@@ -104,7 +128,7 @@ pub fn start_with_reserve(
     db_path: &Path,
     stages: &Stages,
     reserve: Option<Arc<Reserve>>,
-) -> Result<Running, PipelineError> {
+) -> Result<Running, TopologyError> {
     let health = stages.health();
     let self_test = new_self_test(&config, &health);
     let ingest = Ingest::new(config.clone()).with_self_test(self_test.clone());
@@ -118,41 +142,32 @@ pub fn start_with_reserve(
     let (events_tx, _) = broadcast::channel(EVENTS_CAPACITY);
 
     // Processing: alert task (thread), telemetry writer (thread), rules, publishers, faults.
-    let alert_stats = Arc::new(AlertTaskStats::default());
-    let parts = AlertTaskParts {
-        first: Some(restored.lifecycle),
-        config: config.clone(),
-        db_path: db_path.to_owned(),
-        commands: restored.commands,
-        published: events_tx.clone(),
-        stats: alert_stats.clone(),
+    let processing = ProcessingParts {
+        restored,
+        readings: reading_rx,
+        inputs: input_rx,
+        bus: bus.clone(),
+        events: events_tx.clone(),
         reserve: reserve.clone(),
         self_test: self_test.clone(),
-        resets: restored.resets,
         gate: broker.as_ref().and_then(EmbeddedBroker::commit_gate),
     };
-    spawn_alert_task(stages, parts, input_rx);
-    let telemetry_stats = Arc::new(TelemetryStats::default());
-    let sink = spawn_telemetry(stages, &config, db_path, &telemetry_stats, &reserve)?;
-    spawn_rules(stages, restored.engine, reading_rx, bus.clone(), sink);
-    spawn_local_publisher(stages, &options, events_tx.subscribe(), restored.republish);
-    spawn_commands(stages, &options, restored.command_rx);
-    stages.spawn(Stage::Processing, {
-        let (health, inputs) = (health.clone(), bus.clone());
-        move |token| crate::faults::run(health, inputs, token)
-    });
+    let (alert_stats, telemetry_stats) =
+        spawn_processing(stages, &config, db_path, &options, processing)?;
 
-    // Outbox: housekeeping (quota, buffer_full, status.json) and the uplink.
+    // Outbox: housekeeping (quota, buffer_full), the uplink, and status.json.
+    let events = events_tx.subscribe();
+    let uplink = crate::uplink::start(&config, db_path, stages, &bus, events)?;
     let cameras = Arc::new(std::sync::OnceLock::new());
-    let sources = crate::uplink::StatusSources {
+    let sources = status::StatusSources {
+        link: uplink.clone(),
         ingest: Some(ingest.stats.clone()),
         alert_store: Some(alert_stats.clone()),
         reserve: reserve.clone(),
         health: Some(health.clone()),
         cameras: cameras.clone(),
     };
-    let events = events_tx.subscribe();
-    let uplink = crate::uplink::start(&config, db_path, stages, &bus, events, sources)?;
+    spawn_status(stages, db_path, sources);
 
     // Inputs: ingest (in-process links on the embedded broker, a client on an external one)
     // and the self-test's probes, through the listener sensors use.
@@ -170,11 +185,91 @@ pub fn start_with_reserve(
         alert_stats,
         reserve,
         alert_inputs: bus,
-        events: events_tx,
+        events: EventFeed::new(&events_tx),
         uplink,
         health,
         cameras,
     })
+}
+
+/// The state and channel ends the processing stage starts from.
+struct ProcessingParts {
+    restored: Restored,
+    readings: mpsc::Receiver<Ingested>,
+    inputs: mpsc::Receiver<AlertInput>,
+    bus: AlertBus,
+    events: broadcast::Sender<crate::alerts::Alert>,
+    reserve: Option<Arc<Reserve>>,
+    self_test: Arc<SelfTest>,
+    /// The embedded broker's commit gate, for the alert task.
+    gate: Option<Arc<crate::broker::CommitGate>>,
+}
+
+/// The processing stage: the alert task (thread), the telemetry writer (thread), rules,
+/// local publisher, actuators and fault reporter. Returns the alert task's and the telemetry
+/// writer's counters.
+fn spawn_processing(
+    stages: &Stages,
+    config: &Arc<Config>,
+    db_path: &Path,
+    options: &MqttOptions,
+    p: ProcessingParts,
+) -> Result<(Arc<AlertTaskStats>, Arc<TelemetryStats>), TopologyError> {
+    let (restored, bus, reserve) = (p.restored, p.bus, p.reserve);
+    let alert_stats = Arc::new(AlertTaskStats::default());
+    let parts = AlertTaskParts {
+        first: Some(restored.lifecycle),
+        config: config.clone(),
+        db_path: db_path.to_owned(),
+        commands: restored.commands,
+        published: p.events.clone(),
+        stats: alert_stats.clone(),
+        reserve: reserve.clone(),
+        self_test: p.self_test,
+        resets: restored.resets,
+        gate: p.gate,
+    };
+    let producers = AlertProducers::new();
+    spawn_alert_task(stages, parts, p.inputs, producers.stopped.clone());
+    let telemetry_stats = Arc::new(TelemetryStats::default());
+    let sink = spawn_telemetry(stages, config, db_path, &telemetry_stats, &reserve)?;
+    let rules = RulesParts {
+        engine: restored.engine,
+        readings: p.readings,
+        out: bus.clone(),
+        telemetry: sink,
+        producer: producers.guard.clone(),
+    };
+    spawn_rules(stages, rules);
+    spawn_local_publisher(stages, options, p.events.subscribe(), restored.republish);
+    spawn_commands(stages, options, restored.command_rx);
+    spawn_faults(stages, &stages.health(), &bus, producers.guard);
+    Ok((alert_stats, telemetry_stats))
+}
+
+/// The fault reporter: an in-stage producer of the alert task (it holds `producer`).
+fn spawn_faults(
+    stages: &Stages,
+    health: &Arc<Health>,
+    bus: &AlertBus,
+    producer: Arc<tokio_util::sync::DropGuard>,
+) {
+    let (health, inputs) = (health.clone(), bus.clone());
+    stages.spawn(Stage::Processing, move |token| async move {
+        crate::faults::run(health, inputs, token).await;
+        drop(producer);
+    });
+}
+
+/// `status.json` beside the database, every second.
+fn spawn_status(stages: &Stages, db_path: &Path, sources: status::StatusSources) {
+    let dir = db_path.parent().unwrap_or(Path::new("."));
+    status::spawn(
+        stages,
+        dir.join(status::STATUS_FILE),
+        sources,
+        Duration::from_secs(1),
+    );
 }
 
 fn new_self_test(config: &Config, health: &Arc<Health>) -> Arc<SelfTest> {
@@ -202,7 +297,7 @@ struct Restored {
 }
 
 impl Restored {
-    fn load(config: &Arc<Config>, db_path: &Path) -> Result<Self, PipelineError> {
+    fn load(config: &Arc<Config>, db_path: &Path) -> Result<Self, TopologyError> {
         let mut lifecycle = Lifecycle::new(config.clone(), AlertStore::open(db_path)?)?;
         let (commands, command_rx) = mpsc::channel::<Command>(COMMANDS_CAPACITY);
         lifecycle.set_command_sink(commands.clone());
@@ -279,12 +374,36 @@ impl AlertTaskParts {
     }
 }
 
+/// The alert task's in-stage producers (the rules, the fault reporter) each hold `guard`;
+/// `stopped` is cancelled once the last of them has ended. They stop with the processing
+/// stage, so this is the processing stage's token, ordered after everything that feeds the
+/// alert task within the stage.
+struct AlertProducers {
+    guard: Arc<tokio_util::sync::DropGuard>,
+    stopped: CancellationToken,
+}
+
+impl AlertProducers {
+    fn new() -> Self {
+        let stopped = CancellationToken::new();
+        AlertProducers {
+            guard: Arc::new(stopped.clone().drop_guard()),
+            stopped,
+        }
+    }
+}
+
 /// The alert task: the single writer of alert events, on a thread of its own; its input
-/// queue outlives a crash of the task.
+/// queue outlives a crash of the task. It stops by its stage's token once its in-stage
+/// producers have stopped (`stop`, see [`AlertProducers`]), after draining what they queued —
+/// not when the last sender goes away: the console, cameras and the uplink may outlive it.
+/// Its supervisor holds the only strong senders of the event channel, so the publishers
+/// downstream (local MQTT, resident notices) end after it.
 fn spawn_alert_task(
     stages: &Stages,
     mut parts: AlertTaskParts,
     inputs: mpsc::Receiver<AlertInput>,
+    stop: CancellationToken,
 ) {
     let inputs = Arc::new(tokio::sync::Mutex::new(inputs));
     stages.supervise_blocking(
@@ -293,7 +412,7 @@ fn spawn_alert_task(
         Severity::AlarmPath,
         move |_token| {
             let task = parts.task()?;
-            alert_task::run(task, &mut inputs.blocking_lock());
+            alert_task::run(task, &mut inputs.blocking_lock(), &stop);
             Ok(())
         },
     );
@@ -305,7 +424,7 @@ fn spawn_telemetry(
     db_path: &Path,
     stats: &Arc<TelemetryStats>,
     reserve: &Option<Arc<Reserve>>,
-) -> Result<TelemetrySink, PipelineError> {
+) -> Result<TelemetrySink, TopologyError> {
     let (tx, records) = mpsc::channel(TELEMETRY_CAPACITY);
     let mut first = Some(telemetry::open(db_path)?);
     let db_path = db_path.to_owned();
@@ -336,13 +455,23 @@ fn spawn_telemetry(
     })
 }
 
-fn spawn_rules(
-    stages: &Stages,
+/// What the rules stage runs on; `producer` is held until the stage has stopped for good.
+struct RulesParts {
     engine: Engine,
     readings: mpsc::Receiver<Ingested>,
     out: AlertBus,
     telemetry: TelemetrySink,
-) {
+    producer: Arc<tokio_util::sync::DropGuard>,
+}
+
+fn spawn_rules(stages: &Stages, parts: RulesParts) {
+    let RulesParts {
+        engine,
+        readings,
+        out,
+        telemetry,
+        producer,
+    } = parts;
     let engine = Arc::new(std::sync::Mutex::new(engine));
     let readings = Arc::new(tokio::sync::Mutex::new(readings));
     let telemetry = Arc::new(telemetry);
@@ -351,6 +480,7 @@ fn spawn_rules(
         "rules",
         Severity::AlarmPath,
         move |_token| {
+            let _producer = &producer;
             let (engine, readings, out, telemetry) = (
                 engine.clone(),
                 readings.clone(),
@@ -611,7 +741,7 @@ fn restore_conditions(config: &Config, engine: &mut Engine, active: &[crate::ale
 fn connect(
     config: &Config,
     ingest: &Ingest,
-) -> Result<(Option<EmbeddedBroker>, MqttOptions), PipelineError> {
+) -> Result<(Option<EmbeddedBroker>, MqttOptions), TopologyError> {
     match config.broker.mode {
         BrokerMode::Embedded => {
             let mut settings = BrokerSettings::from_config(config)?;
@@ -626,32 +756,23 @@ fn connect(
     }
 }
 
-fn external_options(config: &Config) -> Result<MqttOptions, PipelineError> {
+fn external_options(config: &Config) -> Result<MqttOptions, TopologyError> {
     let Some(ext) = config.broker.external.as_ref() else {
-        return Err(PipelineError::External(
+        return Err(TopologyError::External(
             "broker.mode = \"external\" needs [broker.external]".into(),
         ));
     };
     if ext.tls.is_some() {
-        return Err(PipelineError::External(
+        return Err(TopologyError::External(
             "TLS to an external sensor broker is not supported yet; use a plain loopback listener"
                 .into(),
         ));
     }
     let mut o = MqttOptions::new(ext.client_id(&config.site.id), ext.host.clone(), ext.port());
     o.set_keep_alive(Duration::from_secs(30));
-    let password = match (&ext.password, &ext.password_file) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|e| PipelineError::External(format!("{}: {e}", f.display())))?
-                .trim()
-                .to_owned(),
-        ),
-        _ => None,
-    };
-    if let (Some(user), Some(password)) = (&ext.username, password) {
-        o.set_credentials(user.clone(), password);
+    // edge-config has read `password_file` into `password` already.
+    if let (Some(user), Some(password)) = (&ext.username, &ext.password) {
+        o.set_credentials(user.clone(), password.clone());
     }
     Ok(o)
 }
