@@ -166,6 +166,7 @@ pub fn start_with_reserve(
         reserve: reserve.clone(),
         health: Some(health.clone()),
         cameras: cameras.clone(),
+        broker: broker.as_ref().map(EmbeddedBroker::front_counters),
     };
     spawn_status(stages, db_path, sources);
 

@@ -217,3 +217,41 @@ async fn alarms_the_gateway_did_not_commit_are_not_acknowledged_and_come_again_a
         "every alarm is in the database: {alerts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_alarm_path_delays_a_sensors_puback_but_never_silences_the_sensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 0);
+    let (data, faults) = (dir.path().join("data"), dir.path().join("faults"));
+    std::fs::create_dir_all(&faults).unwrap();
+    std::fs::write(faults.join("alerts.wedge"), "").unwrap();
+    let mut gateway = start_with_faults(&config, &data, &faults);
+    let broker = gateway.wait_ready();
+    let (client, events) = sensor(broker, "smoke-0").await;
+    let began = Instant::now();
+    let mut acks = alarm_until_acknowledged("smoke-0".to_owned(), client, events);
+    tokio::time::timeout(Duration::from_secs(20), acks.wait_for(|n| *n >= 1))
+        .await
+        .expect("the PUBACK comes after the hold limit even though nothing commits")
+        .unwrap();
+    let waited = began.elapsed();
+    assert!(
+        waited >= gateway::broker::gate::HOLD_MAX,
+        "acknowledged after {waited:?} although nothing was committed"
+    );
+    e2e::eventually(
+        Duration::from_secs(10),
+        "status.json counts the acknowledgement released before its commit",
+        || {
+            let text =
+                std::fs::read_to_string(data.join("status.json")).map_err(|e| e.to_string())?;
+            let status: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            match status["broker"]["acks_released_uncommitted"].as_u64() {
+                Some(n) if n >= 1 => Ok(n),
+                _ => Err(status["broker"].to_string()),
+            }
+        },
+    )
+    .await;
+}

@@ -226,7 +226,8 @@ pub struct FrontStats {
 }
 
 /// What the front has refused so far (since start).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct FrontSnapshot {
     /// TCP connections accepted.
     pub accepted: u64,
@@ -381,6 +382,11 @@ impl Front {
     /// The counters so far.
     pub fn stats(&self) -> FrontSnapshot {
         self.stats.snapshot()
+    }
+
+    /// The live counters, for `status.json`.
+    pub fn counters(&self) -> Arc<FrontStats> {
+        self.stats.clone()
     }
 
     /// Closes the listeners and every connection, and joins the thread.

@@ -529,6 +529,11 @@ impl EmbeddedBroker {
         self.commit_gate.clone()
     }
 
+    /// The front's live counters (for `status.json`).
+    pub fn front_counters(&self) -> Arc<front::FrontStats> {
+        self.front.counters()
+    }
+
     /// Counters of what the front accepted and refused.
     pub fn front_stats(&self) -> FrontSnapshot {
         self.front.stats()

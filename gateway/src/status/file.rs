@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StatusError;
 use crate::alerts::task::AlertStoreSnapshot;
+use crate::broker::FrontSnapshot;
 use crate::ingest::StatsSnapshot;
 use crate::reserve::ReserveSnapshot;
 use crate::supervise::HealthSnapshot;
@@ -38,6 +39,10 @@ pub struct StatusFile {
     /// streams but is not watched.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub cameras: BTreeMap<String, CameraSnapshot>,
+    /// The embedded broker's front: connections and packets refused, acknowledgements held
+    /// for their commit (absent with an external broker or in files from older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<FrontSnapshot>,
 }
 
 impl StatusFile {

@@ -86,6 +86,8 @@ pub struct StatusSources {
     /// The analysed cameras' counters, filled in once the cameras have started (they start
     /// after the outbox).
     pub cameras: crate::video::CameraSlot,
+    /// The embedded broker's front (absent with an external broker).
+    pub broker: Option<Arc<crate::broker::front::FrontStats>>,
 }
 
 impl StatusSources {
@@ -102,6 +104,7 @@ impl StatusSources {
             alert_store: self.alert_store.as_ref().map(|a| a.snapshot()),
             reserve: self.reserve.as_ref().map(|r| r.snapshot()),
             health: self.health.as_ref().map(|h| h.snapshot()),
+            broker: self.broker.as_ref().map(|b| b.snapshot()),
             cameras: self
                 .cameras
                 .get()

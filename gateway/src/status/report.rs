@@ -120,6 +120,7 @@ mod tests {
             reserve: None,
             health: None,
             cameras: BTreeMap::new(),
+            broker: None,
         }
     }
 
