@@ -9,10 +9,6 @@ use clap::Parser;
 use gateway::cli::{Cli, Command, ConfigCommand, RunArgs, StatusArgs};
 use gateway::{daemon, logging};
 
-/// The allocator: see `mimalloc` in Cargo.toml (memory stays flat under steady traffic).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// sysexits.h EX_CONFIG: the configuration is invalid.
 const EX_CONFIG: u8 = 78;
 
