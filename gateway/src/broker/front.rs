@@ -875,6 +875,10 @@ async fn session(
         // No broker topic aliases: every delivery carries its topic, so it can be checked.
         p.topic_alias_max = None;
     }
+    let will_log = shared.settings.commit_gate.as_ref().and_then(|g| {
+        let w = will.as_ref()?;
+        g.log_of(std::str::from_utf8(&w.topic).ok()?)
+    });
     let (user, password) = &shared.settings.internal;
     let upstream = Packet::Connect(
         rumqttd::protocol::Connect {
@@ -900,9 +904,13 @@ async fn session(
         masks: Mutex::new(HashMap::new()),
         gated: Mutex::new(HashMap::new()),
         held: Mutex::new(VecDeque::new()),
+        will_log,
+        disconnected: std::sync::atomic::AtomicBool::new(false),
         _slot: slot,
     };
-    bridge(&conn, io, buf, backend).await
+    let ended = bridge(&conn, io, buf, backend).await;
+    conn.count_will();
+    ended
 }
 
 /// Whether the client may leave this will (its topic is one it may publish on); a retained
@@ -1004,6 +1012,11 @@ struct Conn {
     /// (MQTT wants PUBACKs in publish order, so once one waits, all later ones queue too).
     /// Used by the rumqttd side only.
     held: Mutex<VecDeque<Held>>,
+    /// The gated log the client's will goes to; rumqttd appends the will there if the
+    /// connection ends without a DISCONNECT ([`Conn::disconnected`] stays false).
+    will_log: Option<usize>,
+    /// The client sent DISCONNECT (its will is not published).
+    disconnected: std::sync::atomic::AtomicBool,
     _slot: Slot,
 }
 
@@ -1178,6 +1191,7 @@ mod kind {
     pub const SUBSCRIBE: u8 = 8;
     pub const SUBACK: u8 = 9;
     pub const CONNECT: u8 = 1;
+    pub const DISCONNECT: u8 = 14;
 }
 
 /// QoS, packet id (0 for QoS 0) and topic of a PUBLISH, read from the raw packet (rumqttd's
@@ -1242,6 +1256,10 @@ impl Conn {
                 _ => Ok(Step::forward(raw)),
             },
             kind::CONNECT => Err(FrontError::Protocol("a second CONNECT".to_owned())),
+            kind::DISCONNECT => {
+                self.disconnected.store(true, Ordering::Relaxed);
+                Ok(Step::forward(raw))
+            }
             _ => Ok(Step::forward(raw)),
         }
     }
@@ -1415,6 +1433,16 @@ impl Conn {
         ))
     }
 
+    /// The connection is over: rumqttd publishes the client's will into a gated log unless
+    /// the client said DISCONNECT, so the front counts it there (see [`super::gate`]).
+    fn count_will(&self) {
+        if let (Some(gate), Some(log)) = (&self.shared.settings.commit_gate, self.will_log) {
+            if !self.disconnected.load(Ordering::Relaxed) {
+                gate.forwarded(log);
+            }
+        }
+    }
+
     /// A packet from rumqttd for the client.
     fn backend_packet(
         &self,
@@ -1522,8 +1550,9 @@ impl Conn {
             if !committed && h.since.elapsed() < HOLD_MAX {
                 break;
             }
-            if !committed {
+            if let (false, Some((log, _))) = (committed, h.wait) {
                 self.uncommitted_release();
+                gate.resync(log);
             }
             ready.extend(held.pop_front().map(|h| h.raw));
         }

@@ -35,7 +35,13 @@
 //! A held PUBACK is released after [`HOLD_MAX`] even without a commit, counted
 //! (`acks_released_uncommitted`) and logged: a broken alarm path (the self-test reports it
 //! as a fault) or a full disk then costs latency, never a sensor's whole in-flight window
-//! (a sensor that stops sending would be deaf in a new way).
+//! (a sensor that stops sending would be deaf in a new way). The log's forwarded count is
+//! then lowered to its committed mark, so that if the count was ever wrong (something
+//! reached the log without the front counting it) later PUBACKs are not held up for good.
+//!
+//! A client's will is appended by rumqttd, not forwarded by the front: the front counts it
+//! when the client's connection ends without a DISCONNECT, which is when rumqttd
+//! publishes it.
 //!
 //! Not gated: topics outside the device logs (they have no reader that commits), and an
 //! external broker (no front).
@@ -88,8 +94,12 @@ impl CommitGate {
         })
     }
 
-    /// The log a publish on `topic` goes to, if it is gated.
+    /// The log a publish on `topic` goes to, if it is gated (never for a topic with
+    /// wildcards, which rumqttd does not append anywhere).
     pub fn log_of(&self, topic: &str) -> Option<usize> {
+        if topic.is_empty() || topic.contains(['+', '#']) {
+            return None;
+        }
         self.logs.log_of(topic)
     }
 
@@ -105,6 +115,15 @@ impl CommitGate {
         self.forwarded
             .get(log)
             .map_or(0, |n| n.load(Ordering::Acquire))
+    }
+
+    /// A PUBACK of `log` waited [`HOLD_MAX`] for its commit: its forwarded count drops to
+    /// the committed mark, so a count that ran ahead of the log cannot hold every later
+    /// PUBACK of it for good (the alarm path is failing anyway when this runs).
+    pub(super) fn resync(&self, log: usize) {
+        if let (Some(f), Some(c)) = (self.forwarded.get(log), self.committed.get(log)) {
+            f.fetch_min(c.load(Ordering::Acquire), Ordering::AcqRel);
+        }
     }
 
     /// Whether every message of `log` below `threshold` is committed.
@@ -144,6 +163,11 @@ mod tests {
         let log = g.log_of("sensors/a/state").unwrap();
         assert_eq!(g.log_of("sensors/a/heartbeat"), Some(log));
         assert_eq!(g.log_of("sensors/b/state"), None);
+        assert_eq!(
+            g.log_of("sensors/a/+"),
+            None,
+            "a wildcard is appended nowhere"
+        );
         g.forwarded(log);
         g.forwarded(log);
         let threshold = g.threshold(log);
@@ -158,6 +182,27 @@ mod tests {
         assert!(g.is_committed(log, threshold));
         g.commit(Mark { log, offset: 0 });
         assert!(g.is_committed(log, threshold), "a mark never goes back");
+    }
+
+    #[test]
+    fn a_count_that_ran_ahead_of_its_log_is_lowered_after_a_timed_out_hold() {
+        let g = gate();
+        let log = g.log_of("legacy/gas").unwrap();
+        for _ in 0..3 {
+            g.forwarded(log);
+        }
+        g.commit(Mark { log, offset: 1 });
+        assert!(
+            !g.is_committed(log, g.threshold(log)),
+            "one count too many, held"
+        );
+        g.resync(log);
+        g.forwarded(log);
+        g.commit(Mark { log, offset: 2 });
+        assert!(
+            g.is_committed(log, g.threshold(log)),
+            "the next PUBACK is not held"
+        );
     }
 
     #[test]
