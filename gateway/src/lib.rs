@@ -16,6 +16,7 @@
 //! selftest probe ─(broker)─▶ ingest → rules → alerts (commit) ─▶ selftest
 //! supervise (stage health) → faults ─(AlertBus)─▶ alerts
 //! every stage's snapshot ─▶ status ─▶ status.json ─▶ `gateway status`, console
+//! alerts ─(commit marks)─▶ broker::gate ─▶ the sensor's PUBACK
 //! ```
 //!
 //! The daemon adds the cameras, the console and the resident notices to what the topology
@@ -26,7 +27,9 @@
 //! Back edges, named: staff and platform actions, `buffer_full` and gateway faults enter the
 //! alert task through [`alerts::AlertBus`]; a staff resolve resets its rule condition
 //! through [`rules::reset`]; actuator confirmations come back as readings
-//! (broker → ingest → rules → alerts). No module imports a later one; the console serves
+//! (broker → ingest → rules → alerts); the alert task marks each device-log message
+//! committed in [`broker::CommitGate`], which releases the sensor's PUBACK (the only state
+//! a later stage hands back to the broker, through a type the broker owns). No module imports a later one; the console serves
 //! the resident pages ([`console::resident_pages`]) and uses [`residents`] for links.
 //!
 //! Modules present today:
@@ -48,8 +51,9 @@
 //!   broker → ingest → rules → alerts → local publication, actuators, telemetry and the
 //!   uplink; its docs draw each channel with its stage and name the back edges.
 //! - [`broker`] — the embedded MQTT broker (rumqttd) behind a front of its own (TLS, logins,
-//!   topic ACLs, connection and retained limits) and its in-process links.
-//! - [`ingest`] — sensor messages in (one broker log per device topic), decoded readings
+//!   topic ACLs, connection and retained limits, PUBACKs held until their commit), its
+//!   in-process links and logs sized as buffers, not stores.
+//! - [`ingest`] — sensor messages in (one broker log per device), decoded readings
 //!   out; rejections counted per reason and device; the devices board.
 //! - [`reading`] — the decoded reading, the neutral type between ingest and rules.
 //! - [`rules`] — hazard rules as state machines with debounce, hysteresis and clear-hold.

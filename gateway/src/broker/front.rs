@@ -875,10 +875,7 @@ async fn session(
         // No broker topic aliases: every delivery carries its topic, so it can be checked.
         p.topic_alias_max = None;
     }
-    let will_log = shared.settings.commit_gate.as_ref().and_then(|g| {
-        let w = will.as_ref()?;
-        g.log_of(std::str::from_utf8(&w.topic).ok()?)
-    });
+    let will_log = will_log(shared, will.as_ref());
     let (user, password) = &shared.settings.internal;
     let upstream = Packet::Connect(
         rumqttd::protocol::Connect {
@@ -911,6 +908,12 @@ async fn session(
     let ended = bridge(&conn, io, buf, backend).await;
     conn.count_will();
     ended
+}
+
+/// The gated log the client's will would be appended to, if any (see [`super::gate`]).
+fn will_log(shared: &Shared, will: Option<&rumqttd::protocol::LastWill>) -> Option<usize> {
+    let gate = shared.settings.commit_gate.as_ref()?;
+    gate.log_of(std::str::from_utf8(&will?.topic).ok()?)
 }
 
 /// Whether the client may leave this will (its topic is one it may publish on); a retained
