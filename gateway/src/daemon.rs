@@ -120,13 +120,9 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Files created from now on are private; the open-file limit is raised to its hard limit;
-/// large allocations go back to the system when freed.
+/// Files created from now on are private; the open-file limit is raised to its hard limit.
 fn harden_process() {
     crate::os::private_umask();
-    if !crate::os::fixed_mmap_threshold() {
-        tracing::info!("allocator tunables left as they are (not glibc)");
-    }
     match crate::os::raise_fd_limit() {
         Ok(l) if l.before != l.now => {
             tracing::info!(before = l.before, now = l.now, "open file limit raised")

@@ -1,7 +1,6 @@
 //! Process-wide settings made once at start-up: a private umask (every file the gateway
-//! creates — database, status, evidence, QR codes — is its owner's alone), the open file
-//! limit raised to its hard limit (the broker, the console and SQLite share it), and glibc's
-//! mmap threshold fixed (see [`fixed_mmap_threshold`]).
+//! creates — database, status, evidence, QR codes — is its owner's alone) and the open
+//! file limit raised to its hard limit (the broker, the console and SQLite share it).
 
 /// The open-file limit as found and as set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,30 +17,6 @@ pub fn private_umask() {
     // SAFETY: umask(2) only swaps the process's file mode creation mask.
     unsafe {
         libc::umask(0o077);
-    }
-}
-
-/// Allocations from 128 KiB up get pages of their own (`mmap`), given back to the system
-/// when freed, as glibc does by default until it "adapts": after the first such block is
-/// freed it raises the threshold and serves them from its heap, where a freed block's
-/// touched pages stay resident. rumqttd allocates every log segment with room for 1,024
-/// entries (~235 KB) and writes only the first few; with segments rotated every few
-/// messages, the heap then fills with pages touched once and never returned, and RSS crept
-/// up by ~1 MB a minute under steady sensor traffic (the soak benchmark) towards a ceiling
-/// of ~0.5 MB per device log. Setting the threshold explicitly turns the adaptation off.
-/// Returns whether the allocator took it (always `true` with glibc; other C libraries
-/// are left alone).
-pub fn fixed_mmap_threshold() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        /// glibc's default threshold.
-        const THRESHOLD: libc::c_int = 128 * 1024;
-        // SAFETY: mallopt(3) only changes an allocator tunable; it is thread-safe.
-        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) == 1 }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
     }
 }
 
