@@ -10,13 +10,15 @@ use gateway::broker::{
 };
 use rumqttc::{Event, Packet, QoS};
 
-/// A broker whose in-process subscriber `reader` names `filters`, not read yet.
-fn broker_with_reader(filters: &[&str]) -> (EmbeddedBroker, LocalLink) {
+/// A broker whose in-process subscriber `reader` names `filters` (each one device's, as
+/// ingest's device link does, or not), not read yet.
+fn broker_with_reader(filters: &[&str], per_device: bool) -> (EmbeddedBroker, LocalLink) {
     let mut settings = BrokerSettings::new("127.0.0.1:0".parse().unwrap());
     settings.local_subscribers = vec![LocalSubscriber {
         role: "reader".into(),
         client_id: "reader".into(),
         filters: filters.iter().map(|f| f.to_string()).collect(),
+        per_device,
     }];
     let mut broker = EmbeddedBroker::start(settings).expect("broker starts");
     let link = broker.take_local_link("reader").expect("the reader's link");
@@ -70,7 +72,7 @@ fn numbered(topic: &str, n: usize, size: usize) -> Vec<(String, Vec<u8>)> {
 #[tokio::test]
 async fn a_device_topic_log_keeps_a_burst_for_ingest_not_the_topics_history() {
     let topic = "sensors/heat-1/state";
-    let (broker, mut link) = broker_with_reader(&[topic]);
+    let (broker, mut link) = broker_with_reader(&[topic], true);
     // 2,000 × 100 B: far more than the link's buffer (200 messages) and a device log (2 KiB).
     publish_acked(&broker, numbered(topic, 2_000, 100)).await;
     let (got, dropped) = drain(&mut link).await;
@@ -94,7 +96,7 @@ async fn a_device_topic_log_keeps_a_burst_for_ingest_not_the_topics_history() {
 #[tokio::test]
 async fn a_max_size_packet_fits_a_device_log_and_waits_there_for_ingest() {
     let topic = "sensors/cam-1/state";
-    let (broker, mut link) = broker_with_reader(&[topic]);
+    let (broker, mut link) = broker_with_reader(&[topic], true);
     // Fill the link's buffer first, so that what follows waits in the device log.
     let mut messages = numbered(topic, 1_000, 100);
     let big = vec![b'x'; BrokerSettings::new(broker.local_addr()).max_payload_bytes];
@@ -114,7 +116,7 @@ async fn a_max_size_packet_fits_a_device_log_and_waits_there_for_ingest() {
 
 #[tokio::test]
 async fn a_wildcard_subscriber_keeps_a_burst_of_alerts_in_a_shared_log() {
-    let (broker, mut link) = broker_with_reader(&["shouwang/site/alerts/#"]);
+    let (broker, mut link) = broker_with_reader(&["shouwang/site/alerts/#"], false);
     // 350 alert-sized messages, each on its own topic: 200 wait in the link's buffer, the
     // other ~150 KB in the shared log.
     let alerts = (0..350)
@@ -141,7 +143,7 @@ fn a_device_log_smaller_than_rumqttd_allows_is_refused_before_anything_starts() 
 
 #[tokio::test]
 async fn a_devices_state_and_heartbeats_share_one_log_and_every_message_is_read_or_counted() {
-    let (broker, mut link) = broker_with_reader(&["sensors/smoke-1/+"]);
+    let (broker, mut link) = broker_with_reader(&["sensors/smoke-1/+"], true);
     let interleaved = |n: usize| -> Vec<(String, Vec<u8>)> {
         (0..n)
             .map(|i| {

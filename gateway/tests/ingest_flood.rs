@@ -62,6 +62,7 @@ fn broker(ingest: &Ingest) -> (EmbeddedBroker, LocalLink, LocalLink, LocalLink) 
         role: "control-shared-wildcard".into(),
         client_id: "control-shared-wildcard".into(),
         filters: vec!["sensors/+/state".into()],
+        per_device: false,
     });
     let mut b = EmbeddedBroker::start(s).expect("broker starts");
     let d = b.take_local_link(devices).unwrap();

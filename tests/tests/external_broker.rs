@@ -90,7 +90,7 @@ async fn sensors_on_an_external_mosquitto_raise_alerts_there_even_after_it_resta
     let mut gateway = Gateway::start(&path, &dir.path().join("data"));
     let ready = gateway.wait_for_message("gateway ready", Duration::from_secs(30));
     assert_eq!(ready["broker"], "external", "no embedded broker: {ready}");
-    wait_for_nth(&mut gateway, "ingest connected, subscribing", 1);
+    wait_for_nth(&mut gateway, "ingest subscribed", 1);
 
     let mut watch = client(&upstream, "w-external").await;
     watch.subscribe("shouwang/test-site/alerts/#").await;
@@ -116,7 +116,7 @@ async fn sensors_on_an_external_mosquitto_raise_alerts_there_even_after_it_resta
     // The site's broker restarts: the gateway reconnects, subscribes again and hears the
     // smoke detector clear.
     upstream.restart();
-    wait_for_nth(&mut gateway, "ingest connected, subscribing", 2);
+    wait_for_nth(&mut gateway, "ingest subscribed", 2);
     let mut watch = client(&upstream, "w-external-2").await;
     watch.subscribe("shouwang/test-site/alerts/#").await;
     let sensors = client(&upstream, "sensors-2").await;

@@ -44,6 +44,9 @@ pub struct LocalSubscriber {
     pub client_id: String,
     /// Topic filters, subscribed at QoS 0 before any listener opens.
     pub filters: Vec<String>,
+    /// Each filter names one device's topics (ingest's device link): their logs, and those
+    /// of filters of the same shape, get the small device size (see `broker`, "Memory").
+    pub per_device: bool,
 }
 
 /// Why a local link failed.
@@ -104,14 +107,16 @@ pub struct LocalLink {
     fresh_filters: bool,
 }
 
-/// The logs of filters that are exact topics or `PREFIX/+`, found for a topic with two hash
-/// lookups. Keyed by owned strings, never by a publish's topic: a `Bytes` from the router
+/// The logs of filters that are exact topics, `PREFIX/+` or `PREFIX/#`, found for a topic
+/// with a few hash lookups. Keyed by owned strings, never by a publish's topic: a `Bytes` from the router
 /// would keep the whole network buffer it was parsed from.
 #[derive(Debug)]
 pub(crate) struct TopicLogs {
     exact: HashMap<String, usize>,
     /// `PREFIX/+`, by `PREFIX`.
     children: HashMap<String, usize>,
+    /// `PREFIX/#`, by `PREFIX` (it matches `PREFIX` itself too).
+    subtree: HashMap<String, usize>,
 }
 
 impl TopicLogs {
@@ -121,12 +126,15 @@ impl TopicLogs {
         let mut logs = TopicLogs {
             exact: HashMap::new(),
             children: HashMap::new(),
+            subtree: HashMap::new(),
         };
         for (i, f) in filters.iter().enumerate() {
             if plain(f) {
                 logs.exact.insert(f.clone(), i);
             } else if let Some(p) = f.strip_suffix("/+").filter(|p| plain(p)) {
                 logs.children.insert(p.to_owned(), i);
+            } else if let Some(p) = f.strip_suffix("/#").filter(|p| plain(p)) {
+                logs.subtree.insert(p.to_owned(), i);
             } else {
                 return None;
             }
@@ -141,8 +149,13 @@ impl TopicLogs {
         let child = topic
             .rsplit_once('/')
             .and_then(|(parent, _)| self.children.get(parent));
-        match (exact, child) {
-            (Some(i), None) | (None, Some(i)) => Some(*i),
+        let ancestors = std::iter::successors(Some(topic), |t| t.rsplit_once('/').map(|(p, _)| p));
+        let mut found = exact
+            .into_iter()
+            .chain(child)
+            .chain(ancestors.filter_map(|a| self.subtree.get(a)));
+        match (found.next(), found.next()) {
+            (Some(i), None) => Some(*i),
             _ => None,
         }
     }
@@ -248,10 +261,14 @@ mod tests {
 
     #[test]
     fn a_topic_is_traced_to_the_one_filter_whose_log_it_came_from() {
-        let filters: Vec<String> = ["sensors/a/+", "legacy/gas", "x/+", "x/y"]
+        let filters: Vec<String> = ["sensors/a/+", "legacy/gas", "x/+", "x/y", "zigbee2mqtt/k/#"]
             .map(String::from)
             .to_vec();
-        let logs = TopicLogs::new(&filters).expect("exact and PREFIX/+ filters");
+        let logs = TopicLogs::new(&filters).expect("exact, PREFIX/+ and PREFIX/# filters");
+        assert_eq!(logs.log_of("zigbee2mqtt/k"), Some(4));
+        assert_eq!(logs.log_of("zigbee2mqtt/k/availability"), Some(4));
+        assert_eq!(logs.log_of("zigbee2mqtt/k/set/x"), Some(4));
+        assert_eq!(logs.log_of("zigbee2mqtt/kk"), None);
         assert_eq!(logs.log_of("sensors/a/state"), Some(0));
         assert_eq!(logs.log_of("sensors/a/heartbeat"), Some(0));
         assert_eq!(logs.log_of("sensors/a/b/c"), None);

@@ -71,16 +71,18 @@
 //! rumqttd picks a filter's log size by matching the filter against override patterns one by
 //! one, so the exact device topics as patterns would cost devices² matches at start-up. The
 //! patterns are instead the *shapes* of the in-process subscribers' exact topics: the first
-//! level kept, every other level `+` (`sensors/+/+`, `zigbee2mqtt/+`, `zigbee2mqtt/+/+`).
+//! level kept, every other level `+`, a final `#` kept (`sensors/+/+` for `sensors/{id}/+`,
+//! `zigbee2mqtt/+/#` for `zigbee2mqtt/{name}/#`, `zigbee2mqtt/+` for an exact topic).
 //! Filters of the same shape get a device log too: actuators' command topics
 //! (`sensors/ID/set`), and a network client subscribing e.g. `sensors/+/state`, which then
 //! shares one small log for all devices; `sensors/#` or `zigbee2mqtt/#` match no shape and
 //! get a shared log.
 //!
 //! A message in a log is a slice of the network read buffer rumqttd parsed it from (10 KiB,
-//! larger only while a larger packet is read), and keeps that whole buffer allocated. Each
-//! device's newest messages stay in its logs, so each device connection keeps about one or
-//! two such buffers: this is in the README's memory ceiling.
+//! larger only while a larger packet is read), and keeps that whole buffer allocated. So a
+//! device's topics share one log (ingest's family filters): a log of its own for a quiet
+//! topic (heartbeats, availability) would keep ~40 messages spread over many minutes, each
+//! holding a different buffer of that device's connection.
 //!
 //! # Threads and shutdown
 //!
@@ -756,30 +758,40 @@ fn router_config(settings: &BrokerSettings, max_packet_bytes: usize) -> RouterCo
     }
 }
 
-/// rumqttd's per-filter log overrides: the shape of every exact topic (or `PREFIX/+`) of a
-/// local subscriber gets a device log (see "Memory" in the module docs).
+/// rumqttd's per-filter log overrides: the shape of every filter (exact, `PREFIX/+` or
+/// `PREFIX/#`) of a per-device local subscriber gets a device log (see "Memory" in the
+/// module docs).
 fn device_logs(settings: &BrokerSettings) -> HashMap<String, SegmentConfig> {
     let log = SegmentConfig {
         max_segment_size: settings.device_log_segment_bytes,
         max_segment_count: settings.device_log_segment_count,
     };
     let plain = |f: &str| !f.contains(['+', '#']);
+    // A wildcard filter names one device only below its first level (`zigbee2mqtt/#` is
+    // every device's).
+    let one_device = |p: &str| plain(p) && p.contains('/');
     settings
         .local_subscribers
         .iter()
+        .filter(|s| s.per_device)
         .flat_map(|s| &s.filters)
-        .filter(|f| plain(f) || f.strip_suffix("/+").is_some_and(plain))
+        .filter(|f| {
+            plain(f)
+                || f.strip_suffix("/+").is_some_and(one_device)
+                || f.strip_suffix("/#").is_some_and(one_device)
+        })
         .map(|f| (topic_shape(f), log.clone()))
         .collect()
 }
 
 /// `sensors/smoke-1/state` and `sensors/smoke-1/+` → `sensors/+/+`; `zigbee2mqtt/kitchen` →
-/// `zigbee2mqtt/+`.
+/// `zigbee2mqtt/+`; `zigbee2mqtt/kitchen/#` → `zigbee2mqtt/+/#` (rumqttd does not match
+/// `zigbee2mqtt/#` against it, so that filter keeps a shared log).
 fn topic_shape(topic: &str) -> String {
     let mut levels = topic.split('/');
     let first = levels.next().unwrap_or_default();
     std::iter::once(first)
-        .chain(levels.map(|_| "+"))
+        .chain(levels.map(|l| if l == "#" { "#" } else { "+" }))
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -1378,6 +1390,7 @@ mod tests {
             role: role.into(),
             client_id: role.into(),
             filters: filters.iter().map(|f| f.to_string()).collect(),
+            per_device: role == "devices",
         };
         settings.local_subscribers = vec![
             local(
@@ -1385,6 +1398,7 @@ mod tests {
                 &[
                     "sensors/smoke-1/+",
                     "sensors/smoke-2/heartbeat",
+                    "zigbee2mqtt/hall/#",
                     "zigbee2mqtt/kitchen",
                     "zigbee2mqtt/kitchen/availability",
                     "legacy-gas",
@@ -1400,11 +1414,20 @@ mod tests {
                 "legacy-gas",
                 "sensors/+/+",
                 "zigbee2mqtt/+",
+                "zigbee2mqtt/+/#",
                 "zigbee2mqtt/+/+"
             ],
             "a few shapes, not one pattern per device (rumqttd matches every new filter \
              against every pattern)"
         );
+        use rumqttd::protocol::matches;
+        for shared in ["#", "zigbee2mqtt/#", "sensors/#", "shouwang/site/alerts/#"] {
+            assert!(
+                patterns.iter().all(|p| !matches(shared, p)),
+                "{shared} must keep a shared log"
+            );
+        }
+        assert!(matches("zigbee2mqtt/kitchen/#", "zigbee2mqtt/+/#"));
     }
 
     #[test]

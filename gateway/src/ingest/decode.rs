@@ -122,9 +122,10 @@ impl Router {
     /// The embedded broker's in-process device link subscribes these, so every device has
     /// broker logs of its own and a flooding device cannot push another device's alarm out
     /// of a shared log. Sorted. A native device with the standard topics gets one filter,
-    /// `sensors/{id}/+`, so its state and heartbeats share one small log: with a log per
-    /// topic, a quiet topic's messages (heartbeats) would stay for tens of minutes, each
-    /// keeping the broker's network read buffer it was parsed from (see `broker`, "Memory").
+    /// `sensors/{id}/+` (a zigbee2mqtt one `zigbee2mqtt/{name}/#`), so all its topics share
+    /// one small log: with a log per topic, a quiet topic's messages (heartbeats,
+    /// availability) would stay for tens of minutes, each keeping the broker's network read
+    /// buffer it was parsed from (see `broker`, "Memory").
     /// Any other device, or one whose `sensors/{id}/+` would also match another device's
     /// topic, gets its topics exactly. Other topics under a device's filter (actuator
     /// commands on `sensors/{id}/set`) reach the device link too, which skips them.
@@ -135,7 +136,10 @@ impl Router {
         }
         let mut filters: Vec<String> = Vec::new();
         for (device, topics) in by_device {
-            match self.native_family(device, &topics) {
+            match self
+                .native_family(device, &topics)
+                .or_else(|| self.zigbee_family(device, &topics))
+            {
                 Some(family) => filters.push(family),
                 None => filters.extend(topics.iter().map(|t| t.to_string())),
             }
@@ -166,6 +170,31 @@ impl Router {
                     .is_none_or(|rest| rest.contains('/'))
         });
         (standard && alone).then(|| format!("sensors/{id}/+"))
+    }
+
+    /// `zigbee2mqtt/{name}/#` when `topics` are exactly `zigbee2mqtt/{name}` and
+    /// `…/availability` and no other device owns a topic that filter matches. Without it the
+    /// availability topic had a log of its own that only its rare messages rotate: a
+    /// device republishing `online` every few seconds kept ~40 of them, each holding the
+    /// broker's read buffer it was parsed from (see `broker`, "Memory").
+    fn zigbee_family(&self, device: usize, topics: &[&str]) -> Option<String> {
+        let [a, b] = topics else {
+            return None;
+        };
+        let (state, availability) = if a.ends_with("/availability") {
+            (b, a)
+        } else {
+            (a, b)
+        };
+        let name = state.strip_prefix("zigbee2mqtt/")?;
+        let plain = !name.is_empty() && !name.contains(['/', '+', '#']);
+        let standard = *availability == format!("{state}/availability");
+        let prefix = format!("{state}/");
+        let alone = self
+            .topics
+            .iter()
+            .all(|(t, (d, _))| *d == device || (t != state && !t.starts_with(&prefix)));
+        (plain && standard && alone).then(|| format!("{state}/#"))
     }
 
     /// What the embedded broker's in-process *watch* link subscribes to (everything), so
@@ -384,8 +413,7 @@ mod tests {
                 "sensors/d/heartbeat",
                 "sensors/d/state",
                 "sensors/e/heartbeat",
-                "zigbee2mqtt/kitchen",
-                "zigbee2mqtt/kitchen/availability",
+                "zigbee2mqtt/kitchen/#",
             ]
         );
     }

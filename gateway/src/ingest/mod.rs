@@ -122,11 +122,13 @@ impl Ingest {
                 role: DEVICES_LINK.to_owned(),
                 client_id: internal_client_id(DEVICES_LINK),
                 filters: device_filters,
+                per_device: true,
             },
             LocalSubscriber {
                 role: WATCH_LINK.to_owned(),
                 client_id: internal_client_id(WATCH_LINK),
                 filters: self.router.watch_filters(),
+                per_device: false,
             },
         ]
     }
@@ -360,6 +362,8 @@ pub async fn run(
     token: CancellationToken,
 ) -> Result<(), IngestError> {
     let subscriptions = ingest.subscriptions();
+    // SUBACKs still to come for this connection's SUBSCRIBE packets.
+    let mut unacknowledged = 0usize;
     loop {
         let event = tokio::select! {
             _ = token.cancelled() => break,
@@ -373,10 +377,19 @@ pub async fn run(
                 );
                 // Many small SUBSCRIBE packets: one packet for thousands of devices would
                 // exceed the broker's packet size limit and get the connection closed.
+                unacknowledged = 0;
                 for chunk in subscriptions.chunks(SUBSCRIBE_CHUNK) {
-                    if let Err(e) = client.subscribe_many(chunk.to_vec()).await {
-                        tracing::error!(error = %e, "ingest subscribe failed");
+                    match client.subscribe_many(chunk.to_vec()).await {
+                        Ok(()) => unacknowledged += 1,
+                        Err(e) => tracing::error!(error = %e, "ingest subscribe failed"),
                     }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) if unacknowledged > 0 => {
+                unacknowledged -= 1;
+                if unacknowledged == 0 {
+                    // From here on, sensor messages reach the gateway.
+                    tracing::info!(topics = subscriptions.len(), "ingest subscribed");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
