@@ -299,11 +299,10 @@ async fn a_tiny_quota_evicts_telemetry_first_delivers_every_red_alert_and_raises
     )
     .await;
     let evicted = status.outbox.evicted_by_class;
-    assert_eq!(
-        (evicted.telemetry, evicted.notice, evicted.warning),
-        (6_000, 200, 200),
-        "{status}"
-    );
+    // Every seeded telemetry row, plus any the live gateway wrote meanwhile (the smoke
+    // reading itself is telemetry, and may be evicted too).
+    assert!(evicted.telemetry >= 6_000, "{status}");
+    assert_eq!((evicted.notice, evicted.warning), (200, 200), "{status}");
     assert_eq!(
         count_rows(
             &site.db(),
