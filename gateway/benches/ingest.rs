@@ -8,7 +8,8 @@
 //!
 //! Run: `cargo bench -p gateway --bench ingest` (release build). Figures go in the README.
 
-use std::fmt::Write as _;
+mod support;
+
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use gateway::shutdown::Lifecycle;
 use gateway::topology;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
+use support::{client, ms, spawn_loop};
 use tokio::sync::mpsc;
 
 const DEVICES: usize = 2000;
@@ -25,51 +27,6 @@ const SMOKES: usize = 100;
 /// subscriber that lags the publisher loses nothing and the rate is comparable.
 const RAW: usize = 30_000;
 
-fn config() -> String {
-    let mut c = String::from(
-        "[site]\nid = \"bench\"\nname = \"Bench\"\nkind = \"compound\"\n[broker]\nbind = \"127.0.0.1:0\"\n\
-         [[locations.buildings]]\nid = \"b1\"\nname = \"1\"\nfloors = 30\n\
-         [rules.timing]\ndebounce_s = 0\n",
-    );
-    for i in 0..DEVICES {
-        let _ = write!(
-            c,
-            "[[devices]]\nid = \"heat-{i}\"\nkind = \"heat\"\nlocation = {{ building = \"b1\" }}\n"
-        );
-    }
-    for i in 0..SMOKES {
-        let _ = write!(c, "[[devices]]\nid = \"smoke-{i}\"\nkind = \"smoke\"\nlocation = {{ building = \"b1\" }}\n");
-    }
-    c
-}
-
-fn client(addr: std::net::SocketAddr, id: &str) -> (AsyncClient, EventLoop) {
-    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_inflight(100);
-    let (c, mut e) = AsyncClient::new(o, 10_000);
-    let mut n = e.network_options();
-    n.set_tcp_nodelay(true);
-    e.set_network_options(n);
-    (c, e)
-}
-
-/// Drives an event loop, forwarding publishes (topic, payload) to `tx`.
-fn spawn_loop(mut e: EventLoop, tx: Option<mpsc::UnboundedSender<(String, Vec<u8>)>>) {
-    tokio::spawn(async move {
-        loop {
-            match e.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some(tx) = &tx {
-                        let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
-}
 
 /// Publish → subscriber latency p50 of 100 QoS 1 messages on one topic, then on 100 topics
 /// the broker has never seen (rumqttd matches a new topic against every subscription filter:
@@ -309,7 +266,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let config = Arc::new(edge_config::parse(&config(), "bench.toml", Path::new(".")).unwrap());
+        let config = Arc::new(edge_config::parse(&support::config(DEVICES, SMOKES), "bench.toml", Path::new(".")).unwrap());
         let stages = Lifecycle::new();
         let running = topology::start(config.clone(), &dir.path().join("shouwang.db"), &stages).unwrap();
         let addr = running.broker_addr.unwrap();
@@ -344,8 +301,4 @@ fn main() {
         println!("| publish → subscriber p50 with {} device topics subscribed: same topic / never-seen topic | {:.2} ms / {:.2} ms |", config.devices.len() * 2, ms(same_topic), ms(new_topic));
         drop(running);
     });
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

@@ -1,5 +1,7 @@
 //! Machinery shared by the sensor-side benchmarks (`ingest`, `ack_window`): the bench
 //! configuration, MQTT clients as a sensor would build them, their event loops, percentiles.
+// Each bench uses a part of it.
+#![allow(dead_code)]
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
