@@ -27,10 +27,9 @@ const SMOKES: usize = 100;
 /// subscriber that lags the publisher loses nothing and the rate is comparable.
 const RAW: usize = 30_000;
 
-
 /// Publish → subscriber latency p50 of 100 QoS 1 messages on one topic, then on 100 topics
 /// the broker has never seen (rumqttd matches a new topic against every subscription filter:
-/// with ingest's one filter per device topic that is the cost of, e.g., each new alert's topic).
+/// with ingest's one filter per device that is the cost of, e.g., each new alert's topic).
 async fn new_topic_cost(addr: std::net::SocketAddr) -> (Duration, Duration) {
     let (sub, sub_loop) = client(addr, "topics-sub");
     let (tx, mut rx) = mpsc::unbounded_channel();
