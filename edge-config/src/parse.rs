@@ -145,7 +145,7 @@ fn deserialize_all(
         let message = err.message();
         let edit = if let Some(field) = hints::missing_field(message) {
             let full = path.key(field);
-            if !removed.contains(&full) && !misspelt(&renamed, &path, field) {
+            if !under_removed(&removed, &full) && !misspelt(&renamed, &path, field) {
                 issues.push(missing(span.start, full, field));
             }
             Edit::Remove
@@ -246,6 +246,14 @@ fn repair_for(message: &str, node: Option<&Node>, present: &[String]) -> Edit {
     Edit::Remove
 }
 
+/// Whether `path` or a table above it was removed in an earlier round: a field missing
+/// there is a consequence of that repair (a table dropped for lacking one required key
+/// reports the rest of it, or itself, missing next), not a new error.
+fn under_removed(removed: &HashSet<KeyPath>, path: &KeyPath) -> bool {
+    let segments = path.segments();
+    (1..=segments.len()).any(|n| removed.contains(&KeyPath::from_segments(&segments[..n])))
+}
+
 /// Whether a key renamed in `table` (a likely misspelling) was renamed to
 /// the missing `field`'s neighbour: then the missing field is a consequence.
 fn misspelt(renamed: &[KeyPath], table: &KeyPath, field: &str) -> bool {
@@ -339,6 +347,20 @@ mod tests {
         );
         assert!(
             e[1].starts_with("5:23 site.languages[1] | unknown value `fr`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_site_with_a_misspelt_kind_and_no_name_reports_exactly_those_two() {
+        let e = errors("[site]\nid = \"x1\"\nkind = \"compund\"\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("1:1 site.name | missing required key `name`"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("3:8 site.kind | unknown value `compund`"),
             "{e:?}"
         );
     }

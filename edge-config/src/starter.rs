@@ -9,18 +9,26 @@ use crate::model::SiteKind;
 /// still parses but validation reports `site.id`.
 pub fn starter(site_id: &str, kind: SiteKind) -> String {
     let id = toml::Value::String(site_id.to_string()).to_string();
-    let (kind_name, body) = match kind {
-        SiteKind::Compound => ("compound", COMPOUND),
-        SiteKind::StreetStation => ("street_station", STATION),
+    // A station has no residents: its starter says nothing of resident pages.
+    let (body, residents) = match kind {
+        SiteKind::Compound => (COMPOUND, RESIDENTS),
+        SiteKind::StreetStation => (STATION, ""),
     };
-    format!("{HEADER}{}{body}{FOOTER}", site(&id, kind_name))
+    format!(
+        "{HEADER}{}{body}{UPLINK_CONSOLE}{residents}{STORAGE}",
+        site(&id, kind)
+    )
 }
 
-fn site(id: &str, kind: &str) -> String {
+fn site(id: &str, kind: SiteKind) -> String {
+    let (kind, example) = match kind {
+        SiteKind::Compound => ("compound", "幸福里小区 (Xingfuli compound)"),
+        SiteKind::StreetStation => ("street_station", "幸福街警务站 (Xingfu Street police station)"),
+    };
     format!(
         r#"[site]
 id = {id}
-name = {id}  # TODO: the site's name, e.g. "幸福里小区 (Xingfuli compound)"
+name = {id}  # TODO: the site's name, e.g. "{example}"
 kind = "{kind}"  # compound | street_station
 timezone = "Asia/Shanghai"
 languages = ["zh-CN", "en"]
@@ -128,18 +136,24 @@ zone = "door"
 
 "#;
 
-const STATION: &str = r#"# The station building and named areas. Floor 1 is the ground floor.
+const STATION: &str = r#"# A street police station (警务站): its own building, the door and the street
+# in front of it. Floor 1 is the ground floor.
 [[locations.buildings]]
 id = "station"
-name = "派出所办公楼 (Station building)"
-floors = 3
+name = "警务站 (Station building)"
+floors = 2
 
 [[locations.areas]]
-id = "reception"
-name = "接警大厅 (Reception hall)"
+id = "door"
+name = "警务站门口 (Station door)"
 kind = "lobby"
 building = "station"
 floor = 1
+
+[[locations.areas]]
+id = "street"
+name = "站前街面 (Street in front of the station)"
+kind = "other"
 
 [[locations.areas]]
 id = "yard"
@@ -158,20 +172,22 @@ bind = "127.0.0.1:1883"
 
 # Devices: kind = smoke | heat | water_leak | gas | ebike_battery | sos |
 # siren | valve | pa_speaker.
+# The one-key alarm column (一键报警柱) on the street: a citizen presses it, the
+# duty staff see a red SOS with the street camera beside it.
 [[devices]]
-id = "reception-smoke"
-kind = "smoke"
-location = { area = "reception" }
-
-[[devices]]
-id = "reception-sos"
+id = "street-alarm-column"
 kind = "sos"
-location = { area = "reception" }
+location = { area = "street" }
 
 [[devices]]
-id = "records-room-smoke"
+id = "door-sos"
+kind = "sos"
+location = { area = "door" }
+
+[[devices]]
+id = "station-smoke"
 kind = "smoke"
-location = { building = "station", floor = 2, room = "档案室 records" }
+location = { building = "station", floor = 1, room = "值班室 duty room" }
 
 [[devices]]
 id = "yard-battery-01"
@@ -193,22 +209,42 @@ targets = ["yard-pa"]
 
 # Cameras: zones are polygons of [x, y] fractions of the frame.
 [[cameras]]
-id = "cam-yard"
-url = "rtsp://127.0.0.1:8554/yard"       # TODO: the camera's stream
-location = { area = "yard" }
+id = "cam-door"
+url = "rtsp://127.0.0.1:8554/door"       # TODO: the door camera's stream
+location = { area = "door" }
 
 [[cameras.zones]]
-id = "shed"
-polygon = [[0.1, 0.4], [0.9, 0.4], [0.9, 1.0], [0.1, 1.0]]
+id = "entrance"
+polygon = [[0.2, 0.2], [0.8, 0.2], [0.8, 1.0], [0.2, 1.0]]
 
 [[cameras.rules]]
 kind = "intrusion"
-zone = "shed"
-window = { from = "23:00", to = "05:00" }
+zone = "entrance"
+window = { from = "23:00", to = "06:00" }
+
+[[cameras]]
+id = "cam-street"
+url = "rtsp://127.0.0.1:8554/street"     # TODO: the street camera's stream
+location = { area = "street" }
+
+[[cameras.zones]]
+id = "pavement"
+polygon = [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]]
+
+[[cameras.rules]]
+kind = "crowd"
+zone = "pavement"
+min_persons = 10
+min_duration_s = 30
+
+[[cameras.rules]]
+kind = "loitering"
+zone = "pavement"
+dwell_s = 300
 
 "#;
 
-const FOOTER: &str = r#"# Upstream platform (uncomment and fill in). Production uses TLS:
+const UPLINK_CONSOLE: &str = r#"# Upstream platform (uncomment and fill in). Production uses TLS:
 # [uplink]
 # host = "platform.example.org"
 # port = 8883
@@ -226,12 +262,16 @@ bind = "0.0.0.0:8080"
 # password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
 # role = "admin"
 
-# Resident pages on a listener of their own (e.g. on the residents' Wi-Fi), so that
+"#;
+
+const RESIDENTS: &str = r#"# Resident pages on a listener of their own (e.g. on the residents' Wi-Fi), so that
 # network need not reach the staff console; without it they are served on [console] bind.
 # [residents]
 # bind = "0.0.0.0:8081"
 
-[storage]
+"#;
+
+const STORAGE: &str = r#"[storage]
 data_dir = "/var/lib/shouwang"
 quota_mb = 1024
 # Held back and given up when the disk is full, so alarms can still be recorded (0: none).

@@ -156,10 +156,37 @@ fn compound_starter_parses_and_validates() {
 }
 
 #[test]
-fn street_station_starter_parses_and_validates() {
-    let config = parse_ok(&starter("jiedao-ps-02", SiteKind::StreetStation));
+fn street_station_starter_describes_a_station_not_a_compound() {
+    let text = starter("jiedao-ps-02", SiteKind::StreetStation);
+    let config = parse_ok(&text);
     assert_eq!(config.site.kind, SiteKind::StreetStation);
-    assert!(config.devices_of(DeviceKind::Sos).count() > 0);
+    // Its own cameras at the door and on the street.
+    let areas: Vec<_> = config
+        .cameras
+        .iter()
+        .filter_map(|c| c.location.area.as_deref())
+        .collect();
+    assert!(areas.contains(&"door") && areas.contains(&"street"), "{areas:?}");
+    // The one-key alarm column on the street is an SOS device there.
+    assert!(
+        config
+            .devices_of(DeviceKind::Sos)
+            .any(|d| d.location.area.as_deref() == Some("street")),
+        "no SOS device on the street"
+    );
+    // No residents: neither a resident section nor residential units.
+    assert!(!text.contains("[residents]"), "{text}");
+    assert!(config.residents.bind.is_none());
+    assert!(config
+        .locations
+        .buildings
+        .iter()
+        .all(|b| b.units.is_empty()));
+}
+
+#[test]
+fn compound_starter_shows_where_resident_pages_go() {
+    assert!(starter("xingfuli-01", SiteKind::Compound).contains("# [residents]"));
 }
 
 #[test]
