@@ -23,7 +23,10 @@ pub fn starter(site_id: &str, kind: SiteKind) -> String {
 fn site(id: &str, kind: SiteKind) -> String {
     let (kind, example) = match kind {
         SiteKind::Compound => ("compound", "幸福里小区 (Xingfuli compound)"),
-        SiteKind::StreetStation => ("street_station", "幸福街警务站 (Xingfu Street police station)"),
+        SiteKind::StreetStation => (
+            "street_station",
+            "幸福街警务站 (Xingfu Street police station)",
+        ),
     };
     format!(
         r#"[site]

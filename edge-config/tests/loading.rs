@@ -166,7 +166,10 @@ fn street_station_starter_describes_a_station_not_a_compound() {
         .iter()
         .filter_map(|c| c.location.area.as_deref())
         .collect();
-    assert!(areas.contains(&"door") && areas.contains(&"street"), "{areas:?}");
+    assert!(
+        areas.contains(&"door") && areas.contains(&"street"),
+        "{areas:?}"
+    );
     // The one-key alarm column on the street is an SOS device there.
     assert!(
         config

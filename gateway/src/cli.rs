@@ -104,7 +104,9 @@ pub enum ConfigCommand {
 pub enum KindArg {
     /// A residential compound (智安小区).
     Compound,
-    /// A street police station (警务站).
+    /// A street police station (警务站); `street_station`, as the config file spells it,
+    /// is accepted too.
+    #[value(alias = "street_station")]
     StreetStation,
 }
 

@@ -104,9 +104,16 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
         residents = %console.residents_addr.unwrap_or(console.local_addr),
         "gateway ready"
     );
+    crate::service::ready(&format!(
+        "watching {} devices and {} cameras",
+        config.devices.len(),
+        video.as_ref().map_or(0, |v| v.cameras.len())
+    ));
+    crate::service::spawn_watchdog(&life, running.health.clone());
 
     let signal = signals.recv().await;
     tracing::info!(signal, "shutting down");
+    crate::service::stopping();
     // The stages stop by their tokens; only the broker must outlive them (its listeners
     // close when it is dropped).
     let Running { broker, .. } = running;

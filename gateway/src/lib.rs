@@ -46,6 +46,8 @@
 //! - [`selftest`] — a probe every few seconds through the real alarm path (broker listener →
 //!   ingest → rules → alert store commit); a missed round trip is a red `gateway_fault`.
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
+//! - [`service`] — the service manager's protocol (systemd `Type=notify`): `READY=1`, and
+//!   watchdog pings only while the self-test passes, so systemd restarts a wedged gateway.
 //! - [`os`] — process-wide start-up settings: a private umask, the open-file limit raised.
 //! - [`topology`] — builds every channel and task of the sensor side in one place:
 //!   broker → ingest → rules → alerts → local publication, actuators, telemetry and the
@@ -99,6 +101,7 @@ pub mod reserve;
 pub mod residents;
 pub mod rules;
 pub mod selftest;
+pub mod service;
 pub mod shutdown;
 pub mod status;
 pub mod supervise;

@@ -29,7 +29,8 @@ fn config_check_accepts_the_demo_compound() {
 
 #[test]
 fn config_init_output_passes_config_check_on_stdin() {
-    for kind in ["compound", "street-station"] {
+    // `street_station` is how the config file's `site.kind` spells it: installers copy it.
+    for kind in ["compound", "street-station", "street_station"] {
         let init = gateway()
             .args(["config", "init", "--site-id", "test-site", "--kind", kind])
             .output()
