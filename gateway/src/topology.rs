@@ -745,7 +745,7 @@ fn connect(
 ) -> Result<(Option<EmbeddedBroker>, MqttOptions), TopologyError> {
     match config.broker.mode {
         BrokerMode::Embedded => {
-            let mut settings = BrokerSettings::from_config(config)?;
+            let mut settings = BrokerSettings::from_config(config);
             settings.local_subscribers = ingest.local_subscribers();
             settings.commit_gate = ingest.commit_gate().map(Arc::new);
             let broker = EmbeddedBroker::start(settings)?;

@@ -355,14 +355,6 @@ pub enum BrokerError {
     /// The front (public listeners) could not start.
     #[error("MQTT broker front: {0}")]
     Front(#[from] front::FrontError),
-    /// A reader's password file cannot be read.
-    #[error("MQTT broker login {user}: password file {path}: {source}")]
-    PasswordFile {
-        user: String,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     /// A listener was started but does not serve MQTT (timeout, refused probe, thread died).
     #[error("MQTT broker {listener} listener on {addr} is not ready: {reason}")]
     NotReady {
