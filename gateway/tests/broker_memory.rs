@@ -8,7 +8,8 @@ use gateway::broker::{
     BrokerError, BrokerSettings, EmbeddedBroker, LocalLink, LocalSubscriber,
     DEVICE_LOG_SEGMENT_BYTES, MIN_LOG_SEGMENT_BYTES,
 };
-use rumqttc::{Event, Packet, QoS};
+
+mod support;
 
 /// A broker whose in-process subscriber `reader` names `filters` (each one device's, as
 /// ingest's device link does, or not), not read yet.
@@ -25,31 +26,9 @@ fn broker_with_reader(filters: &[&str], per_device: bool) -> (EmbeddedBroker, Lo
     (broker, link)
 }
 
-/// Publishes at QoS 1 and returns once the broker acknowledged every message, i.e. appended
-/// it to its logs.
+/// Publishes at QoS 1 and returns once the broker acknowledged every message.
 async fn publish_acked(broker: &EmbeddedBroker, messages: Vec<(String, Vec<u8>)>) {
-    let (client, mut events) = broker.async_client("publisher", messages.len() + 10);
-    let total = messages.len();
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < total {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(_) => {}
-                Err(e) => panic!("publisher connection failed: {e}"),
-            }
-        }
-    });
-    for (topic, payload) in messages {
-        client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .unwrap();
-    }
-    tokio::time::timeout(Duration::from_secs(30), acks)
-        .await
-        .expect("every publish acknowledged within 30 s")
-        .unwrap();
+    support::publish_acked(broker, "publisher", messages, Duration::from_secs(30)).await;
 }
 
 /// Reads the link until it has been quiet for 500 ms: the payloads read and the number of

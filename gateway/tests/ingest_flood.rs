@@ -13,9 +13,11 @@ use edge_config::Config;
 use gateway::broker::{BrokerSettings, EmbeddedBroker, LocalLink, LocalSubscriber};
 use gateway::ingest::{self, Ingest, Ingested};
 use gateway::rules::Reading;
-use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use rumqttc::{Event, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+mod support;
 
 /// Largest payload the broker takes; with it each filter log is 2 segments of ~17 KiB.
 const MAX_PAYLOAD: usize = 16 * 1024;
@@ -74,28 +76,8 @@ fn broker(ingest: &Ingest) -> (EmbeddedBroker, LocalLink, LocalLink, LocalLink) 
 /// Publishes everything at QoS 1 and returns once the broker acknowledged each message
 /// (rumqttd acknowledges after appending to the logs), so the logs hold their final state.
 async fn publish_all(broker: &EmbeddedBroker, messages: &[(String, String)]) {
-    let (client, mut events): (AsyncClient, _) = broker.async_client("flooder", 10_000);
-    let total = messages.len();
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < total {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(_) => {}
-                Err(e) => panic!("publisher connection failed: {e}"),
-            }
-        }
-    });
-    for (topic, payload) in messages {
-        client
-            .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.as_bytes())
-            .await
-            .unwrap();
-    }
-    tokio::time::timeout(Duration::from_secs(60), acks)
-        .await
-        .expect("every publish acknowledged within 60 s")
-        .unwrap();
+    let messages = messages.to_vec();
+    support::publish_acked(broker, "flooder", messages, Duration::from_secs(60)).await;
 }
 
 fn heat(i: usize) -> (String, String) {
