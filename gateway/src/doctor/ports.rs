@@ -190,7 +190,7 @@ mod tests {
 
     fn config(body: &str) -> Config {
         let text = format!("[site]\nid = \"t\"\nname = \"T\"\nkind = \"compound\"\n{body}\n");
-        edge_config::parse(&text, "t.toml", Path::new(".")).unwrap()
+        edge_config::parse(&text, "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn absent() -> Presence {
@@ -258,9 +258,15 @@ mod tests {
 
     #[test]
     fn the_tls_and_residents_listeners_are_checked_too() {
-        let c = config(
-            "[broker]\nbind = \"127.0.0.1:0\"\ntls = { cert = \"/dev/null\", key = \"/dev/null\", bind = \"127.0.0.1:0\" }\n[residents]\nbind = \"127.0.0.1:0\"\n",
-        );
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "not checked here").unwrap();
+        std::fs::write(&key, "not checked here").unwrap();
+        let c = config(&format!(
+            "[broker]\nbind = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?}, bind = \"127.0.0.1:0\" }}\n[residents]\nbind = \"127.0.0.1:0\"\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ));
         let names: Vec<&str> = listeners(&c).iter().map(|l| l.name).collect();
         assert_eq!(
             names,
