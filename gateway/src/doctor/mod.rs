@@ -40,13 +40,23 @@ pub use report::{Check, Report, State, Summary};
 /// sysexits.h EX_CONFIG: the configuration is invalid.
 pub const EX_CONFIG: u8 = 78;
 
-/// What can stop the doctor itself (a finding is never an error: it is a [`Check`]).
+/// What can stop the doctor itself, or a camera probe (a finding is never an error: it is a
+/// [`Check`], whose finding may quote one).
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot write the report as JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A camera did not open within its time (a silent or unreachable address).
+    #[error("no answer within {} s", .0.as_secs())]
+    NoAnswer(Duration),
+    /// A camera's stream opened but gave no decodable frame within its time.
+    #[error("no picture within {} s", .0.as_secs())]
+    NoPicture(Duration),
+    /// A camera could not be opened or decoded (the capture's own error).
+    #[error(transparent)]
+    Capture(#[from] crate::video::capture::CaptureError),
 }
 
 /// How the doctor runs, from the command line.

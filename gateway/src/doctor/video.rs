@@ -9,6 +9,7 @@ use ffmpeg::{codec, format, media, Packet};
 use ffmpeg_next as ffmpeg;
 
 use super::report::Check;
+use super::DoctorError;
 use crate::video::capture::{self, redact_url, CaptureError};
 use crate::video::detect::{self, DetectError, Detector, OrtDetector};
 
@@ -98,20 +99,23 @@ pub struct Probe {
 
 /// Opens `source` as capture does and decodes until the first frame; everything, the open
 /// included, ends by `timeout` (FFmpeg's interrupt callback aborts a blocking read).
-pub fn probe(source: &CameraSource, timeout: Duration) -> Result<Probe, CaptureError> {
+pub fn probe(source: &CameraSource, timeout: Duration) -> Result<Probe, DoctorError> {
     capture::init_ffmpeg()?;
     let started = Instant::now();
     let deadline = started + timeout;
     let (target, dict) = capture::input_options(source, timeout);
-    let mut input = format::input_with_interrupt_and_dictionary(
-        &target,
-        move || Instant::now() > deadline,
-        dict,
-    )
-    .map_err(|error| CaptureError::Open {
-        source_name: source_name(source),
-        error,
-    })?;
+    let interrupt = move || Instant::now() > deadline;
+    let mut input =
+        format::input_with_interrupt_and_dictionary(&target, interrupt, dict).map_err(|error| {
+            // Out of time, whatever FFmpeg makes of it (a silent server reads as invalid data).
+            if started.elapsed() >= timeout.mul_f32(0.9) || matches!(error, ffmpeg::Error::Exit) {
+                return DoctorError::NoAnswer(timeout);
+            }
+            DoctorError::Capture(CaptureError::Open {
+                source_name: source_name(source),
+                error,
+            })
+        })?;
     let stream = input
         .streams()
         .best(media::Type::Video)
@@ -121,12 +125,9 @@ pub fn probe(source: &CameraSource, timeout: Duration) -> Result<Probe, CaptureE
         .map_err(CaptureError::Decoder)?;
     let mut decoder = context.decoder().video().map_err(CaptureError::Decoder)?;
     let mut frame = ffmpeg::frame::Video::empty();
-    loop {
-        if decoder.receive_frame(&mut frame).is_ok() {
-            break;
-        }
+    while decoder.receive_frame(&mut frame).is_err() {
         if Instant::now() > deadline {
-            return Err(CaptureError::Stalled(timeout));
+            return Err(DoctorError::NoPicture(timeout));
         }
         let mut packet = Packet::empty();
         match packet.read(&mut input) {
@@ -135,9 +136,11 @@ pub fn probe(source: &CameraSource, timeout: Duration) -> Result<Probe, CaptureE
                 let _ = decoder.send_packet(&packet);
             }
             Ok(()) | Err(ffmpeg::Error::InvalidData) => {}
-            Err(ffmpeg::Error::Eof) => return Err(CaptureError::NoVideo(source_name(source))),
-            Err(_) if Instant::now() > deadline => return Err(CaptureError::Stalled(timeout)),
-            Err(e) => return Err(CaptureError::Read(e)),
+            Err(ffmpeg::Error::Eof) => {
+                return Err(CaptureError::NoVideo(source_name(source)).into())
+            }
+            Err(_) if Instant::now() > deadline => return Err(DoctorError::NoPicture(timeout)),
+            Err(e) => return Err(CaptureError::Read(e).into()),
         }
     }
     let fps = (rate.numerator() > 0 && rate.denominator() > 0).then(|| f64::from(rate));
@@ -158,11 +161,7 @@ fn source_name(source: &CameraSource) -> String {
 }
 
 /// The report line of one camera from its probe.
-pub fn camera_check(
-    camera: &Camera,
-    result: Result<Probe, CaptureError>,
-    timeout: Duration,
-) -> Check {
+pub fn camera_check(camera: &Camera, result: Result<Probe, DoctorError>) -> Check {
     let name = format!("camera {}", camera.id);
     let url = source_name(&camera.source());
     match result {
@@ -182,58 +181,74 @@ pub fn camera_check(
             )
         }
         Err(e) => {
-            let fix = camera_fix(&e, &url, timeout);
+            let fix = camera_fix(&e, &url);
             Check::fail(name, format!("{url}: {}", camera_error(&e)), fix)
         }
     }
 }
 
 /// The error without its repeated URL (`cannot open URL: …` → `…`).
-fn camera_error(e: &CaptureError) -> String {
+fn camera_error(e: &DoctorError) -> String {
     match e {
-        CaptureError::Open { error, .. } => error.to_string(),
-        CaptureError::Stalled(d) => format!("no frame within {} s", d.as_secs()),
+        DoctorError::Capture(CaptureError::Open { error, .. }) => error.to_string(),
         other => other.to_string(),
     }
 }
 
 /// What an installer does about a camera that gave no frame.
-pub fn camera_fix(e: &CaptureError, url: &str, timeout: Duration) -> String {
+pub fn camera_fix(e: &DoctorError, url: &str) -> String {
+    let test = if url.starts_with("rtsp") {
+        format!("test with `ffprobe -rtsp_transport tcp {url}`")
+    } else {
+        format!("test with `ffprobe {url}`")
+    };
+    let what = match e {
+        DoctorError::NoAnswer(_) => "the camera does not answer: check its power, cable and IP \
+             address (`ping` it), and that no firewall drops its stream"
+            .to_owned(),
+        DoctorError::NoPicture(_) => "the stream opened but sent no picture: check the camera's \
+             encoder settings (H.264/H.265) and the bandwidth"
+            .to_owned(),
+        DoctorError::Capture(CaptureError::Open { error, .. }) => open_fix(error, url),
+        DoctorError::Capture(CaptureError::NoVideo(_)) => {
+            "the source has no video stream: point the url at the camera's video stream".to_owned()
+        }
+        DoctorError::Capture(CaptureError::Decoder(_)) => {
+            "this FFmpeg cannot decode the camera's codec: set the camera to H.264 or H.265"
+                .to_owned()
+        }
+        _ => "check the camera and its url".to_owned(),
+    };
+    format!("{what}; {test}")
+}
+
+/// What to do when FFmpeg could not open the camera's url.
+fn open_fix(error: &ffmpeg::Error, url: &str) -> String {
     use ffmpeg::Error as F;
-    let test = format!("test with `ffprobe -rtsp_transport tcp {url}`");
-    match e {
-        CaptureError::Open { error, .. } => match error {
-            F::Other { errno } if *errno == libc::ECONNREFUSED => format!(
-                "check the camera's address and that RTSP is on; {test}"
-            ),
-            F::Other { errno } if *errno == libc::ETIMEDOUT || *errno == libc::EHOSTUNREACH || *errno == libc::ENETUNREACH => format!(
-                "the camera does not answer: check its power, cable and IP address (`ping` it); {test}"
-            ),
-            F::Exit => format!(
-                "no answer within {} s: check the camera's power, network and IP address, and that no firewall drops RTSP; {test}",
-                timeout.as_secs()
-            ),
-            F::HttpUnauthorized | F::HttpForbidden => format!(
-                "the camera refused the login: put its user and password in the URL (rtsp://USER:PASSWORD@host/…); {test}"
-            ),
-            F::Other { errno } if *errno == libc::EACCES => format!(
-                "the camera refused the login: put its user and password in the URL (rtsp://USER:PASSWORD@host/…); {test}"
-            ),
-            F::HttpNotFound | F::StreamNotFound => format!(
-                "the camera answers but has no stream at this path: take the stream path from the camera's manual or web page; {test}"
-            ),
-            F::Other { errno } if *errno == libc::ENOENT => {
-                "no such file: check the camera's url".to_owned()
-            }
-            _ => format!("check the camera's url; {test}"),
-        },
-        CaptureError::Stalled(_) => format!(
-            "the stream opened but sent no picture within {} s: check the camera's encoder settings (H.264/H.265) and bandwidth; {test}",
-            timeout.as_secs()
-        ),
-        CaptureError::NoVideo(_) => format!("the source has no video stream: point the url at the camera's video stream; {test}"),
-        CaptureError::Decoder(_) => "this FFmpeg cannot decode the camera's codec: set the camera to H.264 or H.265".to_owned(),
-        CaptureError::Init(_) | CaptureError::Read(_) | CaptureError::Scale(_) => format!("check the camera and its url; {test}"),
+    let protocol = if url.starts_with("rtsp") {
+        "RTSP"
+    } else {
+        "its stream"
+    };
+    let login = "the camera refused the login: put its user and password in the url \
+         (rtsp://USER:PASSWORD@host/…)";
+    match error {
+        F::Other { errno } if *errno == libc::ECONNREFUSED => {
+            format!("check the camera's address and that {protocol} is on")
+        }
+        F::Other { errno }
+            if [libc::ETIMEDOUT, libc::EHOSTUNREACH, libc::ENETUNREACH].contains(errno) =>
+        {
+            "the camera does not answer: check its power, cable and IP address (`ping` it)"
+                .to_owned()
+        }
+        F::HttpUnauthorized | F::HttpForbidden => login.to_owned(),
+        F::Other { errno } if *errno == libc::EACCES => login.to_owned(),
+        F::HttpNotFound | F::StreamNotFound => "the camera answers but has no stream at this \
+             path: take the stream path from the camera's manual or web page"
+            .to_owned(),
+        F::Other { errno } if *errno == libc::ENOENT => "no such file: check the url".to_owned(),
+        _ => "check the camera's url".to_owned(),
     }
 }
 
@@ -260,14 +275,72 @@ pub async fn camera_checks(config: &Config, timeout: Duration) -> Vec<Check> {
             continue;
         };
         checks.push(match tokio::time::timeout_at(until, handle).await {
-            Ok(Ok(result)) => camera_check(camera, result, timeout),
+            Ok(Ok(result)) => camera_check(camera, result),
             Ok(Err(e)) => Check::fail(
                 name,
                 format!("the probe failed: {e}"),
                 "test the camera with `ffprobe -rtsp_transport tcp URL` and report this failure",
             ),
-            Err(_) => camera_check(camera, Err(CaptureError::Stalled(timeout)), timeout),
+            Err(_) => camera_check(camera, Err(DoctorError::NoAnswer(timeout))),
         });
     }
     checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::report::State;
+
+    #[test]
+    fn a_camera_that_accepts_but_never_answers_fails_within_its_timeout() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "rtsp://127.0.0.1:{}/live",
+            silent.local_addr().unwrap().port()
+        );
+        let started = Instant::now();
+        let result = probe(&CameraSource::Stream(url.clone()), Duration::from_secs(1));
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "bounded by its timeout: {:?}",
+            started.elapsed()
+        );
+        let camera: Camera = serde_json::from_value(serde_json::json!({
+            "id": "cam-silent", "url": url, "location": { "area": "a" },
+        }))
+        .unwrap();
+        let check = camera_check(&camera, result);
+        assert_eq!(check.state, State::Fail, "{check:?}");
+        assert_eq!(check.finding, format!("{url}: no answer within 1 s"));
+        let fix = check.fix.as_deref().unwrap();
+        assert!(fix.starts_with("the camera does not answer"), "{check:?}");
+        assert!(
+            fix.ends_with(&format!("`ffprobe -rtsp_transport tcp {url}`")),
+            "{fix}"
+        );
+    }
+
+    #[test]
+    fn credentials_in_a_camera_url_stay_out_of_the_report() {
+        let camera: Camera = serde_json::from_value(serde_json::json!({
+            "id": "cam-door", "url": "rtsp://admin:s3cret@127.0.0.1:9/door",
+            "location": { "area": "a" },
+        }))
+        .unwrap();
+        let refused = CaptureError::Open {
+            source_name: String::new(),
+            error: ffmpeg::Error::Other {
+                errno: libc::ECONNREFUSED,
+            },
+        };
+        let check = camera_check(&camera, Err(refused.into()));
+        let text = format!("{check:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            check.finding.starts_with("rtsp://***@127.0.0.1:9/door: "),
+            "{text}"
+        );
+        assert!(check.fix.unwrap().contains("that RTSP is on"));
+    }
 }
