@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::mqtt::Mqtt;
-use e2e::upstream::{free_port, Upstream};
+use e2e::upstream::{free_port, ServerCert, Upstream};
 use e2e::{bin, demo_config_on_free_ports, workspace_root, write_config, Gateway};
 use serde_json::Value;
 use simulators::process::{self, ChildGuard};
@@ -183,7 +183,8 @@ fn doctor_reports_a_dead_camera_and_an_unreachable_upstream_with_their_fixes() {
 }
 
 #[test]
-fn doctor_connects_to_a_reachable_upstream_over_tls_and_names_a_refused_login() {
+fn doctor_connects_to_a_reachable_upstream_over_tls_and_names_a_refused_login_and_a_rogue_certificate(
+) {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start(dir.path());
     let config = write_config(dir.path(), &upstream.uplink_toml("gw.pass"));
@@ -224,6 +225,28 @@ fn doctor_connects_to_a_reachable_upstream_over_tls_and_names_a_refused_login() 
     );
     assert!(
         up["fix"].as_str().unwrap().contains("uplink.password"),
+        "{up:#}"
+    );
+
+    // A server whose certificate the configured CA did not sign: a TLS finding, not a refusal.
+    let rogue_dir = dir.path().join("rogue");
+    std::fs::create_dir_all(&rogue_dir).unwrap();
+    let rogue = Upstream::start_with(&rogue_dir, ServerCert::Rogue);
+    let config = write_config(&rogue_dir, &rogue.uplink_toml("gw.pass"));
+    let out = doctor(&config, &["--data-dir", data.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let up = check(&report, "upstream");
+    assert_eq!(up["state"], "fail", "{up:#}");
+    assert!(
+        up["finding"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("TLS with 127.0.0.1:{} failed: ", rogue.tls_port)),
+        "{up:#}"
+    );
+    assert!(
+        up["fix"].as_str().unwrap().contains("uplink.tls.ca"),
         "{up:#}"
     );
 }
