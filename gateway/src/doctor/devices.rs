@@ -3,7 +3,6 @@
 //! own, and never starts a broker.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,24 +11,33 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
 
 use super::ports::Presence;
 use super::report::Check;
-use crate::ingest::decode::Router;
+use crate::ingest::decode::{self, Role, Router};
 
 const NAME: &str = "devices";
 
 /// What the doctor heard from one device.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Heard {
+    /// Live (not retained) messages.
     pub messages: u64,
-    /// When its last live (not retained) message came.
+    /// Of those, the ones the gateway's decoder refuses, and the last reason.
+    pub rejected: u64,
+    pub last_reject: Option<&'static str>,
+    /// When its last live message came.
     pub last: Option<Instant>,
-    /// Its retained availability, if the broker kept one (`online` / `offline`).
-    pub retained: Option<String>,
+    /// Its retained availability, if the broker kept one (`true` = online).
+    pub retained_online: Option<bool>,
 }
 
 impl Heard {
-    /// Heard live, or retained as online.
+    /// Heard with a message the gateway accepts, or retained as online.
     fn alive(&self) -> bool {
-        self.last.is_some() || self.retained.as_deref().is_some_and(|r| r != "offline")
+        self.messages > self.rejected || self.retained_online == Some(true)
+    }
+
+    /// Heard, but every message refused.
+    fn only_rejected(&self) -> bool {
+        self.messages > 0 && self.messages == self.rejected
     }
 }
 
@@ -48,7 +56,7 @@ pub async fn check(config: &Config, file: &Path, presence: &Presence, listen: Du
         options.broker_address().1
     );
     let router = Router::new(config);
-    match listen_for(options, &router, config.devices.len(), listen).await {
+    match listen_for(options, &router, config, listen).await {
         Ok(heard) => verdict(config, presence, &heard, listen, &broker),
         Err(e) => Check::fail(
             NAME,
@@ -82,7 +90,7 @@ fn options(config: &Config, file: &Path, presence: &Presence) -> Result<MqttOpti
 }
 
 fn embedded_options(config: &Config, id: String) -> Result<MqttOptions, Box<Check>> {
-    let addr = loopback_if_unspecified(config.broker.bind_addr());
+    let addr = crate::broker::connect_addr(config.broker.bind_addr());
     if addr.port() == 0 {
         return Err(Box::new(Check::warn(
             NAME,
@@ -111,22 +119,12 @@ fn embedded_options(config: &Config, id: String) -> Result<MqttOptions, Box<Chec
     Ok(o)
 }
 
-/// `0.0.0.0:P` / `[::]:P` → the loopback address on `P` (where a listener on every address
-/// is reached from this machine).
-fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
-        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
-        _ => addr,
-    }
-}
-
 /// Subscribes to every device topic and records what arrives within `listen` (the clock
 /// starts at the CONNACK). Each device is indexed like `Config::devices`.
 async fn listen_for(
     options: MqttOptions,
     router: &Router,
-    devices: usize,
+    config: &Config,
     listen: Duration,
 ) -> Result<Vec<Heard>, String> {
     let (client, mut events) = AsyncClient::new(options, 64);
@@ -145,11 +143,11 @@ async fn listen_for(
         .subscribe_many(filters)
         .await
         .map_err(|e| e.to_string())?;
-    let mut heard = vec![Heard::default(); devices];
+    let mut heard = vec![Heard::default(); config.devices.len()];
     let until = tokio::time::Instant::now() + listen;
     while let Ok(event) = tokio::time::timeout_at(until, events.poll()).await {
         match event {
-            Ok(Event::Incoming(Packet::Publish(p))) => record(&mut heard, router, &p),
+            Ok(Event::Incoming(Packet::Publish(p))) => record(&mut heard, router, config, &p),
             Ok(_) => {}
             Err(e) => return Err(e.to_string()),
         }
@@ -159,33 +157,33 @@ async fn listen_for(
     Ok(heard)
 }
 
-fn record(heard: &mut [Heard], router: &Router, p: &rumqttc::Publish) {
-    let Some((device, role)) = router.route(&p.topic) else {
+/// Counts one publish for its device, decoded as ingest decodes it (so a device whose
+/// payloads the gateway refuses is told apart from one that works).
+fn record(heard: &mut [Heard], router: &Router, config: &Config, p: &rumqttc::Publish) {
+    let Some((i, role)) = router.route(&p.topic) else {
         return;
     };
-    let Some(h) = heard.get_mut(device) else {
+    let (Some(h), Some(d)) = (heard.get_mut(i), config.devices.get(i)) else {
         return;
     };
+    let decoded = decode::decode(&p.payload, d.format, role, d.kind);
     if p.retain {
-        if role == crate::ingest::decode::Role::Availability {
-            h.retained = Some(availability(&p.payload));
+        if role == Role::Availability {
+            h.retained_online = decoded.ok().and_then(|d| d.online);
         }
         return;
     }
     h.messages += 1;
     h.last = Some(Instant::now());
+    if let Err(reason) = decoded {
+        h.rejected += 1;
+        h.last_reject = Some(reason.as_str());
+    }
 }
 
-/// `online` / `offline` from `online` or `{"state":"online"}`.
-fn availability(payload: &[u8]) -> String {
-    let text = String::from_utf8_lossy(payload).trim().to_owned();
-    serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v["state"].as_str().map(str::to_owned))
-        .unwrap_or(text)
-}
-
-/// The check from what was heard: ok when every device was, a warning listing the others.
+/// The check from what was heard: ok when every device was heard with a message the
+/// gateway accepts; otherwise a warning naming the devices whose messages are rejected and
+/// those never heard.
 fn verdict(
     config: &Config,
     presence: &Presence,
@@ -193,7 +191,7 @@ fn verdict(
     listen: Duration,
     broker: &str,
 ) -> Check {
-    let rejected: BTreeMap<String, u64> = presence
+    let since_start: BTreeMap<String, u64> = presence
         .status
         .as_ref()
         .and_then(|s| s.ingest.as_ref())
@@ -204,49 +202,71 @@ fn verdict(
         .devices
         .iter()
         .zip(heard)
-        .map(|(d, h)| detail(d, h, now, rejected.get(&d.id).copied()))
+        .map(|(d, h)| detail(d, h, now, since_start.get(&d.id).copied()))
         .collect();
-    let silent: Vec<&str> = config
-        .devices
-        .iter()
-        .zip(heard)
-        .filter(|(_, h)| !h.alive())
-        .map(|(d, _)| d.id.as_str())
-        .collect();
+    let ids = |keep: fn(&Heard) -> bool| -> Vec<&str> {
+        config
+            .devices
+            .iter()
+            .zip(heard)
+            .filter(|(_, h)| !h.alive() && keep(h))
+            .map(|(d, _)| d.id.as_str())
+            .collect()
+    };
+    let (refused, silent) = (ids(Heard::only_rejected), ids(|h| !h.only_rejected()));
     let (n, secs) = (config.devices.len(), listen.as_secs());
-    if silent.is_empty() {
+    if refused.is_empty() && silent.is_empty() {
         return Check::ok(NAME, format!("all {n} devices heard within {secs} s"))
             .with_details(details);
     }
-    Check::warn(
-        NAME,
-        format!(
-            "{} of {n} devices heard within {secs} s; never heard: {}",
-            n - silent.len(),
-            abbreviate(&silent, 6)
-        ),
-        format!(
+    let mut finding = format!(
+        "{} of {n} devices heard within {secs} s",
+        n - refused.len() - silent.len()
+    );
+    let mut fixes = Vec::new();
+    if !refused.is_empty() {
+        finding.push_str(&format!("; messages rejected: {}", abbreviate(&refused, 6)));
+        fixes.push(
+            "make each device whose messages are rejected send what its `format` says \
+             (native JSON on sensors/ID/state, or zigbee2mqtt); its line gives the reason"
+                .to_owned(),
+        );
+    }
+    if !silent.is_empty() {
+        finding.push_str(&format!("; never heard: {}", abbreviate(&silent, 6)));
+        fixes.push(format!(
             "trigger each device never heard (its test button) while `gateway doctor \
              --listen-s 120` runs; check that it publishes to {broker} on its topic \
              (sensors/ID/state or zigbee2mqtt/NAME) with its login"
-        ),
-    )
-    .with_details(details)
+        ));
+    }
+    Check::warn(NAME, finding, fixes.join("; ")).with_details(details)
 }
 
-fn detail(d: &edge_config::Device, h: &Heard, now: Instant, rejected: Option<u64>) -> String {
-    let mut line = match (h.last, &h.retained) {
-        (Some(at), _) => format!(
-            "{}: heard {:.1} s ago ({} message{})",
-            d.id,
-            now.saturating_duration_since(at).as_secs_f64(),
-            h.messages,
-            if h.messages == 1 { "" } else { "s" }
+fn detail(d: &edge_config::Device, h: &Heard, now: Instant, since_start: Option<u64>) -> String {
+    let mut line = match (h.last, h.retained_online) {
+        (Some(at), _) => {
+            let plural = if h.messages == 1 { "" } else { "s" };
+            let mut l = format!(
+                "{}: heard {:.1} s ago ({} message{plural}",
+                d.id,
+                now.saturating_duration_since(at).as_secs_f64(),
+                h.messages
+            );
+            if let Some(reason) = h.last_reject {
+                l.push_str(&format!(", {} rejected: {reason}", h.rejected));
+            }
+            l.push(')');
+            l
+        }
+        (None, Some(true)) => format!("{}: not heard; its retained availability is online", d.id),
+        (None, Some(false)) => format!(
+            "{}: not heard; its retained availability is offline (zigbee2mqtt lost it)",
+            d.id
         ),
-        (None, Some(state)) => format!("{}: not heard; its retained availability is {state}", d.id),
         (None, None) => format!("{}: never heard ({})", d.id, d.state_topic()),
     };
-    if let Some(n) = rejected.filter(|n| *n > 0) {
+    if let Some(n) = since_start.filter(|n| *n > 0) {
         line.push_str(&format!(
             "; {n} of its messages rejected since the gateway started (`gateway status`)"
         ));
@@ -272,19 +292,75 @@ mod tests {
         assert_eq!(abbreviate(&["a", "b", "c", "d"], 2), "a, b and 2 more");
     }
 
+    fn publish(topic: &str, payload: &str, retain: bool) -> rumqttc::Publish {
+        let mut p = rumqttc::Publish::new(topic, QoS::AtMostOnce, payload.as_bytes().to_vec());
+        p.retain = retain;
+        p
+    }
+
     #[test]
-    fn a_retained_offline_availability_is_not_a_device_heard() {
-        assert_eq!(availability(br#"{"state":"offline"}"#), "offline");
-        assert_eq!(availability(b"online"), "online");
-        let offline = Heard {
-            retained: Some("offline".into()),
-            ..Heard::default()
-        };
-        assert!(!offline.alive());
-        let online = Heard {
-            retained: Some("online".into()),
-            ..Heard::default()
-        };
-        assert!(online.alive());
+    fn devices_are_told_apart_as_heard_rejected_offline_or_never_heard() {
+        let text = r#"
+[site]
+id = "t"
+name = "T"
+kind = "compound"
+[[locations.areas]]
+id = "hall"
+name = "Hall"
+kind = "lobby"
+[[devices]]
+id = "good"
+kind = "smoke"
+location = { area = "hall" }
+[[devices]]
+id = "garbled"
+kind = "smoke"
+location = { area = "hall" }
+[[devices]]
+id = "gone"
+kind = "smoke"
+format = "zigbee2mqtt"
+location = { area = "hall" }
+[[devices]]
+id = "quiet"
+kind = "smoke"
+location = { area = "hall" }
+"#;
+        let config = edge_config::parse(text, "t.toml", Path::new(".")).unwrap();
+        let router = Router::new(&config);
+        let mut heard = vec![Heard::default(); config.devices.len()];
+        for p in [
+            publish("sensors/good/state", r#"{"smoke":false}"#, false),
+            publish("sensors/garbled/state", "smoke=0", false),
+            publish(
+                "zigbee2mqtt/gone/availability",
+                r#"{"state":"offline"}"#,
+                true,
+            ),
+            publish("sensors/nobody/state", r#"{"smoke":true}"#, false),
+        ] {
+            record(&mut heard, &router, &config, &p);
+        }
+        let presence = Presence::of(Path::new("/nonexistent/doctor-test"));
+        let check = verdict(&config, &presence, &heard, Duration::from_secs(4), "b:1");
+        assert_eq!(
+            check.finding,
+            "1 of 4 devices heard within 4 s; messages rejected: garbled; never heard: gone, quiet"
+        );
+        let fix = check.fix.as_deref().unwrap();
+        assert!(fix.contains("send what its `format` says"), "{fix}");
+        assert!(fix.contains("publishes to b:1"), "{fix}");
+        assert!(check.details[0].starts_with("good: heard "), "{check:?}");
+        assert!(check.details[0].ends_with("(1 message)"), "{check:?}");
+        assert!(
+            check.details[1].ends_with("(1 message, 1 rejected: invalid_json)"),
+            "{check:?}"
+        );
+        assert_eq!(
+            check.details[2],
+            "gone: not heard; its retained availability is offline (zigbee2mqtt lost it)"
+        );
+        assert_eq!(check.details[3], "quiet: never heard (sensors/quiet/state)");
     }
 }

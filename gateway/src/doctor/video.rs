@@ -10,7 +10,7 @@ use ffmpeg_next as ffmpeg;
 
 use super::report::Check;
 use super::DoctorError;
-use crate::video::capture::{self, redact_url, CaptureError};
+use crate::video::capture::{self, CaptureError};
 use crate::video::detect::{self, DetectError, Detector, OrtDetector};
 
 /// The ONNX Runtime + model check; skipped when no camera is enabled (the model is then
@@ -112,14 +112,14 @@ pub fn probe(source: &CameraSource, timeout: Duration) -> Result<Probe, DoctorEr
                 return DoctorError::NoAnswer(timeout);
             }
             DoctorError::Capture(CaptureError::Open {
-                source_name: source_name(source),
+                source_name: capture::name(source),
                 error,
             })
         })?;
     let stream = input
         .streams()
         .best(media::Type::Video)
-        .ok_or_else(|| CaptureError::NoVideo(source_name(source)))?;
+        .ok_or_else(|| CaptureError::NoVideo(capture::name(source)))?;
     let (index, rate) = (stream.index(), stream.avg_frame_rate());
     let context = codec::context::Context::from_parameters(stream.parameters())
         .map_err(CaptureError::Decoder)?;
@@ -137,7 +137,7 @@ pub fn probe(source: &CameraSource, timeout: Duration) -> Result<Probe, DoctorEr
             }
             Ok(()) | Err(ffmpeg::Error::InvalidData) => {}
             Err(ffmpeg::Error::Eof) => {
-                return Err(CaptureError::NoVideo(source_name(source)).into())
+                return Err(CaptureError::NoVideo(capture::name(source)).into())
             }
             Err(_) if Instant::now() > deadline => return Err(DoctorError::NoPicture(timeout)),
             Err(e) => return Err(CaptureError::Read(e).into()),
@@ -153,17 +153,10 @@ pub fn probe(source: &CameraSource, timeout: Duration) -> Result<Probe, DoctorEr
     })
 }
 
-fn source_name(source: &CameraSource) -> String {
-    match source {
-        CameraSource::Stream(url) => redact_url(url),
-        CameraSource::File(p) => p.display().to_string(),
-    }
-}
-
 /// The report line of one camera from its probe.
 pub fn camera_check(camera: &Camera, result: Result<Probe, DoctorError>) -> Check {
     let name = format!("camera {}", camera.id);
-    let url = source_name(&camera.source());
+    let url = capture::name(&camera.source());
     match result {
         Ok(p) => {
             let fps = p

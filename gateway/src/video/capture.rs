@@ -651,7 +651,7 @@ impl Health {
     }
 }
 
-fn name(source: &CameraSource) -> String {
+pub(crate) fn name(source: &CameraSource) -> String {
     match source {
         CameraSource::Stream(url) => redact_url(url),
         CameraSource::File(p) => p.display().to_string(),
