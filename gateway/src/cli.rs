@@ -12,7 +12,8 @@ Examples:
   gateway config check /etc/shouwang/gateway.toml
   gateway run --config /etc/shouwang/gateway.toml
   gateway run --config edge-config/examples/demo.toml --data-dir /tmp/shouwang-demo --log-format json
-  gateway status --data-dir /tmp/shouwang-demo";
+  gateway status --data-dir /tmp/shouwang-demo
+  gateway doctor --config /etc/shouwang/gateway.toml";
 
 /// shouwang (守望) edge gateway for residential compounds and street police stations.
 #[derive(Debug, Parser)]
@@ -45,6 +46,35 @@ pub enum Command {
         after_help = "Examples:\n  gateway status --data-dir /var/lib/shouwang\n  gateway status --config /etc/shouwang/gateway.toml --json"
     )]
     Status(StatusArgs),
+    /// Commissioning report: config, ports, ONNX Runtime and model, cameras, devices heard,
+    /// upstream; each problem with its fix. Exit 0 ok, 1 a check failed, 78 invalid config.
+    #[command(
+        after_help = "Examples:\n  gateway doctor --config /etc/shouwang/gateway.toml\n  gateway doctor --config gateway.toml --listen-s 120 --json"
+    )]
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The gateway's TOML configuration file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The gateway's data directory (default: `storage.data_dir`), to tell whether it runs.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to listen for devices on the sensor broker, in seconds (press the sensors'
+    /// test buttons meanwhile).
+    #[arg(long, default_value_t = 10.0, value_name = "N")]
+    pub listen_s: f64,
+    /// How long each camera may take to give its first frame, in seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "N")]
+    pub camera_timeout_s: f64,
+    /// How long the upstream may take to accept the connection, in seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "N")]
+    pub upstream_timeout_s: f64,
 }
 
 #[derive(Debug, Args)]

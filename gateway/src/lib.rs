@@ -45,6 +45,8 @@
 //! - [`faults`] — the fault reporter: faulted stages in, `gateway_fault` alerts out.
 //! - [`selftest`] — a probe every few seconds through the real alarm path (broker listener →
 //!   ingest → rules → alert store commit); a missed round trip is a red `gateway_fault`.
+//! - [`doctor`] — `gateway doctor`: the installer's commissioning report (config, ports,
+//!   ONNX Runtime, cameras, devices heard, upstream), each problem with its fix.
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
 //! - [`service`] — the service manager's protocol (systemd `Type=notify`): `READY=1`, and
 //!   watchdog pings only while the self-test passes, so systemd restarts a wedged gateway.
@@ -90,6 +92,7 @@ pub mod cli;
 pub mod console;
 pub mod daemon;
 pub mod db;
+pub mod doctor;
 pub mod faults;
 pub mod ingest;
 pub mod logging;

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Config(ConfigCommand::Check { file }) => check(&file),
         Command::Status(args) => status(args),
+        Command::Doctor(args) => gateway::doctor::main(&args),
         Command::Residents(cmd) => gateway::residents::cli::run(&cmd),
         Command::Detect(args) => match gateway::video::detect_cli::run(&args) {
             Ok(()) => ExitCode::SUCCESS,

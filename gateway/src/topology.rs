@@ -757,7 +757,9 @@ fn connect(
     }
 }
 
-fn external_options(config: &Config) -> Result<MqttOptions, TopologyError> {
+/// Options for the external sensor broker (`[broker.external]`); `gateway doctor` listens
+/// for devices with them (under a client id of its own).
+pub(crate) fn external_options(config: &Config) -> Result<MqttOptions, TopologyError> {
     let Some(ext) = config.broker.external.as_ref() else {
         return Err(TopologyError::External(
             "broker.mode = \"external\" needs [broker.external]".into(),

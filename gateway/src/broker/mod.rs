@@ -1228,7 +1228,7 @@ fn internal_login(existing: &HashMap<String, String>) -> (String, String) {
 }
 
 /// Where a local client connects to reach a listener bound to `addr`.
-fn connect_addr(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn connect_addr(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())

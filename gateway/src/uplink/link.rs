@@ -145,21 +145,7 @@ impl Link {
     }
 
     fn options(&self) -> MqttOptions {
-        let s = &self.settings;
-        let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
-        o.set_keep_alive(s.keep_alive)
-            .set_clean_session(true)
-            .set_inflight(s.max_inflight)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
-        if let Some((user, password)) = &s.credentials {
-            o.set_credentials(user.clone(), password.clone());
-        }
-        if let Some(tls) = &s.tls {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
-        }
-        o
+        self.settings.mqtt_options()
     }
 
     async fn session(&mut self, token: &CancellationToken) -> End {
@@ -451,6 +437,29 @@ async fn wake(events: &mut Option<broadcast::Receiver<Alert>>) {
             *events = None;
             std::future::pending::<()>().await;
         }
+    }
+}
+
+impl LinkSettings {
+    /// The MQTT options of a session: client id, keep-alive, clean session, in-flight window,
+    /// packet limits, login and TLS. Shared with `gateway doctor`, so its upstream check
+    /// connects exactly as the link does.
+    pub fn mqtt_options(&self) -> MqttOptions {
+        let s = self;
+        let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        o.set_keep_alive(s.keep_alive)
+            .set_clean_session(true)
+            .set_inflight(s.max_inflight)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        if let Some((user, password)) = &s.credentials {
+            o.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(tls) = &s.tls {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        o
     }
 }
 

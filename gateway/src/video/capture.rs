@@ -651,7 +651,7 @@ impl Health {
     }
 }
 
-fn name(source: &CameraSource) -> String {
+pub(crate) fn name(source: &CameraSource) -> String {
     match source {
         CameraSource::Stream(url) => redact_url(url),
         CameraSource::File(p) => p.display().to_string(),
@@ -682,16 +682,17 @@ fn ms_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
 
-fn open(
+/// What FFmpeg opens for `source` and how: RTSP over TCP with a socket I/O timeout, other
+/// streams with a read/write timeout (both `timeout`, in FFmpeg's microseconds). Shared with
+/// `gateway doctor`, so the installer's check opens a camera exactly as the pipeline does.
+pub(crate) fn input_options(
     source: &CameraSource,
-    options: &CaptureOptions,
-    activity: &Activity,
-    cancel: CancellationToken,
-) -> Result<format::context::Input, CaptureError> {
+    timeout: Duration,
+) -> (PathBuf, Dictionary<'static>) {
     let mut dict = Dictionary::new();
     let target: PathBuf = match source {
         CameraSource::Stream(url) => {
-            let micros = options.stall_timeout.as_micros().to_string();
+            let micros = timeout.as_micros().to_string();
             if url.starts_with("rtsp") {
                 dict.set("rtsp_transport", "tcp");
                 // FFmpeg 5: socket I/O timeout of the RTSP demuxer, in microseconds.
@@ -703,6 +704,16 @@ fn open(
         }
         CameraSource::File(p) => p.clone(),
     };
+    (target, dict)
+}
+
+fn open(
+    source: &CameraSource,
+    options: &CaptureOptions,
+    activity: &Activity,
+    cancel: CancellationToken,
+) -> Result<format::context::Input, CaptureError> {
+    let (target, dict) = input_options(source, options.stall_timeout);
     let stall_ms = options.stall_timeout.as_millis() as u64;
     activity.touch();
     let (epoch, last_ms) = (activity.epoch, activity.last_ms.clone());
