@@ -103,6 +103,7 @@ qemu_recent() {
 install_qemu() {
   qemu_recent && return 0
   local release=() codename plan
+  # shellcheck source=/dev/null
   codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
   if [ "$codename" = bookworm ]; then
     if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
@@ -149,13 +150,13 @@ prepare_sysroot() {
   want=$(sysroot_versions 2>/dev/null) || { apt_update_once; want=$(sysroot_versions); }
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
   say "unpacking into $SYSROOT: ${SYSROOT_PACKAGES[*]}"
-  local tmp
+  local tmp debs
+  mapfile -t debs <<<"$want"
   tmp=$(mktemp -d)
   chmod 755 "$tmp" # apt's _apt user downloads into it
-  # shellcheck disable=SC2046
-  (cd "$tmp" && apt-get download -qq $want >/dev/null 2>&1) \
-    || { apt_update_once && (cd "$tmp" && apt-get download -qq $want >/dev/null); } \
-    || die "apt-get download failed for: $want"
+  (cd "$tmp" && apt-get download -qq "${debs[@]}" >/dev/null 2>&1) \
+    || { apt_update_once && (cd "$tmp" && apt-get download -qq "${debs[@]}" >/dev/null); } \
+    || die "apt-get download failed for: ${debs[*]}"
   rm -rf "$SYSROOT"
   mkdir -p "$SYSROOT"
   local deb
