@@ -19,10 +19,10 @@
 #      `{"smoke":true}` on sensors/smoke-1/state; mosquitto_sub on the platform must receive
 #      the red smoke alert on shouwang/<site>/alerts; then SIGTERM stops it cleanly (exit 0,
 #      "gateway stopped cleanly");
-#   4. detection: `gateway detect` loads the arm64 ONNX Runtime (the library pinned in ./x,
-#      fetched once from the onnxruntime wheel on PyPI into
-#      $CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/onnxruntime/ and checked against x's
-#      SHA-256) and models/yolox_nano.onnx, and must find a person in the first frame of
+#   4. detection: `gateway detect` loads the arm64 ONNX Runtime (the library pinned in ./x:
+#      vendor/onnxruntime-aarch64/'s copy if there, else fetched once from the onnxruntime
+#      wheel on PyPI into $CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/onnxruntime/; checked
+#      against x's SHA-256) and models/yolox_nano.onnx, and must find a person in the first frame of
 #      vendor/footage/vtest.avi (`./x deps` fetches the model and the footage). This needs
 #      qemu-user >= 10: under Debian 12's qemu-user 7.2 ONNX Runtime segfaults at start-up
 #      (a NULL dereference right after reading /sys/devices/system/cpu/*/cache), which is
@@ -241,9 +241,12 @@ fetch_onnxruntime() {
   version=$(sed -n 's/^ORT_VERSION=//p' "$ROOT/x")
   sha=$(sed -n 's/^ORT_SO_SHA256_aarch64=//p' "$ROOT/x")
   { [ -n "$version" ] && [ -n "$sha" ]; } || die "no ORT_VERSION / ORT_SO_SHA256_aarch64 pin in $ROOT/x"
-  so="$ORT_DIR/libonnxruntime.so.$version"
-  ORT_SO=$so
-  [ -f "$so" ] && [ "$(sha256sum "$so" | cut -d' ' -f1)" = "$sha" ] && return 0
+  # `./x package arm64` keeps its copy in vendor/onnxruntime-aarch64/: use it when it is there.
+  for so in "$ROOT/vendor/onnxruntime-aarch64/libonnxruntime.so.$version" \
+    "$ORT_DIR/libonnxruntime.so.$version"; do
+    ORT_SO=$so
+    [ -f "$so" ] && [ "$(sha256sum "$so" | cut -d' ' -f1)" = "$sha" ] && return 0
+  done
   say "fetching the arm64 ONNX Runtime $version from the onnxruntime wheel on PyPI"
   mkdir -p "$ORT_DIR"
   wheel_dir="$WORK/wheel"
