@@ -69,13 +69,19 @@ shlibs() {
   tmp=$(mktemp -d)
   mkdir "$tmp/debian"
   printf 'Source: shouwang\n\nPackage: shouwang\nArchitecture: any\n' >"$tmp/debian/control"
-  (cd "$tmp" && DEB_HOST_ARCH=$arch dpkg-shlibdeps -O -l"/usr/lib/$triplet" \
-      "$lib/gateway" "$lib/sim" "$lib/$ort_name" 2>/dev/null) \
+  # --ignore-missing-info: the arm64 GStreamer RTSP server library `sim` links is unpacked
+  # into a private sysroot by cross-arm64.sh (Debian 12 cannot co-install it beside amd64's),
+  # so dpkg knows no package for it; it is named below.
+  (cd "$tmp" && DEB_HOST_ARCH=$arch dpkg-shlibdeps -O --ignore-missing-info -l"/usr/lib/$triplet" \
+      "$lib/gateway" "$lib/sim" "$lib/$ort_name" 2>"$tmp/warnings") \
     | sed -n 's/^shlibs:Depends=//p'
   rm -rf "$tmp"
 }
 depends=$(shlibs)
 [ -n "$depends" ] || die "dpkg-shlibdeps found no dependencies for $arch (are the $arch libraries installed?)"
+for needed in libavcodec59 libavformat59 libswscale6 libgstrtspserver-1.0-0; do
+  grep -q "$needed" <<<"$depends" || depends="$depends, $needed"
+done
 
 # Control files.
 cp "$ROOT"/packaging/debian/{postinst,prerm,postrm} "$stage/DEBIAN/"
