@@ -130,6 +130,16 @@ fn tally<'a>(items: impl IntoIterator<Item = &'a String>) -> BTreeMap<&'a str, u
     counts
 }
 
+/// How many of the `old` readings the platform has not received yet.
+fn readings_short(collector: &Collector, old: &[String]) -> usize {
+    let telemetry: Vec<String> = collector.telemetry().iter().map(Value::to_string).collect();
+    let received = tally(&telemetry);
+    tally(old)
+        .into_iter()
+        .map(|(payload, n)| n.saturating_sub(received.get(payload).copied().unwrap_or(0)))
+        .sum()
+}
+
 /// The unit's resident link path (`/r/…`) the previous release issued (`links.tsv`).
 fn resident_link(unit: &str) -> String {
     let tsv = std::fs::read_to_string(fixture("links.tsv")).unwrap();
@@ -196,21 +206,29 @@ async fn an_outbox_written_by_the_previous_release_is_delivered_in_order_by_this
         }
     })
     .await;
+    // The platform has them once each, in the outbox's order (class, then seq).
+    let old_arrived = collector
+        .wait_until(Duration::from_secs(30), |a| {
+            a.iter().filter(|r| r.seq < next).count() >= old.alerts.len()
+        })
+        .await;
+    assert!(old_arrived, "{:?}", collector.counts());
     let arrived: Vec<(String, u64)> = collector
         .alerts()
         .iter()
         .filter(|r| r.seq < next)
         .map(|r| (r.json["id"].as_str().unwrap_or("").to_owned(), r.seq))
         .collect();
-    assert_eq!(
-        arrived, old.alerts,
-        "each old alert row exactly once, in the outbox's order (class, then seq)"
-    );
-    let telemetry: Vec<String> = collector.telemetry().iter().map(Value::to_string).collect();
-    let received = tally(&telemetry);
-    for (payload, n) in tally(&old.telemetry) {
-        assert_eq!(received.get(payload), Some(&n), "reading {payload} once");
-    }
+    assert_eq!(arrived, old.alerts, "each old alert row once, in order");
+    eventually(
+        Duration::from_secs(30),
+        "every old reading upstream",
+        || match readings_short(&collector, &old.telemetry) {
+            0 => Ok(()),
+            n => Err(format!("{n} readings missing")),
+        },
+    )
+    .await;
 
     // The alerts the previous release left raised carry on: unacknowledged for longer than
     // escalate_after_s (180 s), each is escalated under its old id, taking the next numbers.
@@ -284,8 +302,13 @@ async fn an_outbox_written_by_the_previous_release_is_delivered_in_order_by_this
     assert_eq!(user_version(&conn), SCHEMA_VERSION);
     assert_eq!(next_seq(&conn), new.seq + 1);
     let counts = collector.counts();
-    for seq in next..=new.seq {
+    for seq in 1..=new.seq {
         assert_eq!(counts.get(&seq), Some(&1), "event {seq} arrived once");
+    }
+    let telemetry: Vec<String> = collector.telemetry().iter().map(Value::to_string).collect();
+    let received = tally(&telemetry);
+    for (payload, n) in tally(&old.telemetry) {
+        assert_eq!(received.get(payload), Some(&n), "reading {payload} once");
     }
 }
 
