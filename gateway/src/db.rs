@@ -25,8 +25,9 @@
 //!
 //! The alert tables (`alerts`, `alert_events`, `alerts_meta`) and `resident_links` are
 //! versioned here by `PRAGMA user_version`: [`MIGRATIONS`] is the ordered list of steps,
-//! [`migrate`] applies the missing ones, each in one transaction with the version it brings
-//! the file to, and refuses a file whose version is newer than this gateway knows
+//! [`migrate`] applies the missing ones all in one transaction with the version they bring
+//! the file to (a failure in any step leaves the file exactly as it was, at its old version,
+//! for the old binary or a fixed new one), and refuses a file whose version is newer than this gateway knows
 //! ([`DbError::TooNew`]) rather than use it half-understood. Version 1 is the schema as it was
 //! created before versioning, written `IF NOT EXISTS`, so a database from then (version 0,
 //! its tables present) is stamped version 1 unchanged, rows intact. A new schema change is a
@@ -75,8 +76,8 @@ pub enum DbError {
     },
 }
 
-/// One step of the schema: applied once, in order, in one transaction that also sets
-/// `PRAGMA user_version` to `version`.
+/// One step of the schema: applied once, in order, in the one transaction of [`migrate`]
+/// that also sets `PRAGMA user_version` to the last step's `version`.
 pub struct Migration {
     pub version: u32,
     /// What it changes, for the log.
@@ -147,31 +148,41 @@ pub fn migrate(conn: &Connection) -> Result<u32, DbError> {
             supported: SCHEMA_VERSION,
         });
     }
-    for step in MIGRATIONS.iter().filter(|m| m.version > found) {
-        apply(conn, step).map_err(|source| DbError::Migrate {
-            path: path.clone(),
-            version: step.version,
-            source,
-        })?;
+    migrate_steps(conn, MIGRATIONS).map_err(|(version, source)| DbError::Migrate {
+        path,
+        version,
+        source,
+    })?;
+    Ok(found)
+}
+
+/// Every step of `steps` newer than the file's version, and the last one's version stamp, in
+/// one immediate transaction (a concurrent opener waits, then finds the version set and
+/// skips them). On failure: the version of the step that failed, nothing changed.
+fn migrate_steps(conn: &Connection, steps: &[Migration]) -> Result<(), (u32, rusqlite::Error)> {
+    let first = steps.first().map_or(0, |s| s.version);
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| (first, e))?;
+    let now: u32 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| (first, e))?;
+    let mut applied = Vec::new();
+    for step in steps.iter().filter(|m| m.version > now) {
+        tx.execute_batch(step.sql)
+            .and_then(|()| tx.pragma_update(None, "user_version", step.version))
+            .map_err(|e| (step.version, e))?;
+        applied.push(step);
+    }
+    let last = applied.last().map_or(first, |s| s.version);
+    tx.commit().map_err(|e| (last, e))?;
+    for step in applied {
         tracing::info!(
             version = step.version,
             what = step.what,
             "database schema migrated"
         );
     }
-    Ok(found)
-}
-
-/// One migration and its version stamp in one immediate transaction (a concurrent opener
-/// waits, then finds the version set and skips it).
-fn apply(conn: &Connection, step: &Migration) -> rusqlite::Result<()> {
-    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-    let now: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if now < step.version {
-        tx.execute_batch(step.sql)?;
-        tx.pragma_update(None, "user_version", step.version)?;
-    }
-    tx.commit()
+    Ok(())
 }
 
 /// File name of the database inside the data directory.
@@ -337,6 +348,37 @@ INSERT INTO resident_links VALUES ('b1', 'u1', x'00', '2026-01-01T00:00:00.000Z'
         assert_eq!(migrate(&conn).unwrap(), 1, "a second open finds version 1");
         let store = crate::alerts::AlertStore::open(&path);
         assert!(store.is_ok(), "the alert store opens it: {:?}", store.err());
+    }
+
+    #[test]
+    fn migrations_are_all_or_nothing_a_failing_later_step_leaves_the_file_at_its_old_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        let step = |version, sql| Migration {
+            version,
+            what: "test",
+            sql,
+        };
+        let steps = [
+            step(1, "CREATE TABLE a (x INTEGER);"),
+            step(2, "CREATE TABLE b (x INTEGER); INSERT INTO b VALUES (1);"),
+            step(3, "CREATE TABLE c (x INTEGER); THIS IS NOT SQL;"),
+        ];
+        let (failed, _) = migrate_steps(&conn, &steps).unwrap_err();
+        assert_eq!(failed, 3, "the error names the step that failed");
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 0, "no step's version was kept");
+        let tables: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0, "no earlier step's table was kept");
+        migrate_steps(&conn, &steps[..2]).unwrap();
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2, "the good steps apply together");
     }
 
     #[test]
