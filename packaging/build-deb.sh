@@ -72,7 +72,8 @@ shlibs() {
   # --ignore-missing-info: the arm64 GStreamer RTSP server library `sim` links is unpacked
   # into a private sysroot by cross-arm64.sh (Debian 12 cannot co-install it beside amd64's),
   # so dpkg knows no package for it; it is named below.
-  (cd "$tmp" && DEB_HOST_ARCH=$arch dpkg-shlibdeps -O --ignore-missing-info -l"/usr/lib/$triplet" \
+  local sysroot="${CARGO_TARGET_DIR:-$ROOT/target}/arm64-sysroot/usr/lib/$triplet"
+  (cd "$tmp" && DEB_HOST_ARCH=$arch dpkg-shlibdeps -O --ignore-missing-info -l"/usr/lib/$triplet" -l"$sysroot" \
       "$lib/gateway" "$lib/sim" "$lib/$ort_name" 2>"$tmp/warnings") \
     | sed -n 's/^shlibs:Depends=//p'
   rm -rf "$tmp"
