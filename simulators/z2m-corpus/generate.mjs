@@ -360,7 +360,11 @@ function numericFor(kind, e, state) {
 /** Ordinary values of the other state properties (battery, voltage, …), by their exposes. */
 function fillValue(e) {
   if (e.type === "binary") return e.value_off;
-  if (e.type === "enum") return (e.values ?? [])[0];
+  if (e.type === "enum") {
+    // The ordinary value where the list has one (a full battery, no fault), else the first.
+    const vs = e.values ?? [];
+    return vs.find((v) => /^(normal|high|idle|off|none|ok|no_fault_detected)$/i.test(String(v))) ?? vs[0];
+  }
   if (e.type === "text") return "";
   if (e.type !== "numeric") return undefined;
   const typical = { battery: 87, voltage: e.unit === "mV" ? 3000 : 230, humidity: 45, temperature: 24, device_temperature: 30 };
