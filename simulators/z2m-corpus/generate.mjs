@@ -122,10 +122,16 @@ const STATE_ACCESS = 1; // exposes access bit: published in the state
 
 // ---------------------------------------------------------------- a fake Zigbee device
 
+// Named like zigbee-herdsman's classes: the converters' global store keys entities by
+// `constructor.name`.
+class Device {}
+class Endpoint {}
+
 function fakeDevice(def) {
   const fp = (def.fingerprint ?? [])[0] ?? {};
   const endpoints = new Map();
-  const device = {
+  const device = Object.create(Device.prototype);
+  Object.defineProperties(device, Object.getOwnPropertyDescriptors({
     ieeeAddr: "0x00124b0012345678",
     networkAddress: 0x1a2b,
     modelID: (def.zigbeeModel ?? [])[0] ?? fp.modelID ?? def.model,
@@ -146,17 +152,19 @@ function fakeDevice(def) {
     },
     save() {},
     addCustomCluster() {},
-  };
+  }));
   device.getEndpoint(1);
   return device;
 }
 
 function fakeEndpoint(id, device) {
   const noop = async () => ({});
-  return {
+  return Object.assign(new Endpoint(), {
     ID: id,
     deviceIeeeAddress: device.ieeeAddr,
     clusters: {},
+    configuredReportings: [],
+    binds: [],
     inputClusters: [],
     outputClusters: [],
     getDevice: () => device,
@@ -174,7 +182,7 @@ function fakeEndpoint(id, device) {
     getClusterAttributeValue: (_cluster, attr) => (/multiplier|divisor/i.test(attr) ? 1 : undefined),
     supportsInputCluster: () => true,
     supportsOutputCluster: () => true,
-  };
+  });
 }
 
 // ---------------------------------------------------------------- driving converters
@@ -226,11 +234,22 @@ function* candidates(def, prop, value) {
   const clusters = new Set(def.fromZigbee.map((c) => c.cluster));
   const rawBools = [true, false];
   const rawNums = [0, 1, 2, 3, 4, 5, ...numericCandidates(value)];
-  if (clusters.has("manuSpecificTuya") && def.meta?.tuyaDatapoints) {
-    for (const entry of def.meta.tuyaDatapoints) {
-      if (entry[1] !== prop && entry[1] !== undefined) continue;
+  if (clusters.has("manuSpecificTuya")) {
+    // The definition's datapoint map names the dp of a property; legacy converters and
+    // `dpAction` extends keep theirs in code, so every dp number is tried for those.
+    const mapped = (def.meta?.tuyaDatapoints ?? []).filter((entry) => entry[1] === prop || entry[1] === undefined);
+    const dps = mapped.length ? mapped.map((entry) => entry[0]) : Array.from({ length: 128 }, (_, i) => i + 1);
+    for (const dp of dps) {
       for (const raw of [...rawBools, ...rawNums]) {
-        yield ["manuSpecificTuya", "commandDataReport", { seq: seq++, dpValues: [tuyaDp(entry[0], raw)] }, 1];
+        yield ["manuSpecificTuya", "commandDataReport", { seq: seq++, dpValues: [tuyaDp(dp, raw)] }, 1];
+      }
+    }
+  }
+  if (prop === "action") {
+    // Button commands (IAS ACE emergency, on/off, scenes…) carry their meaning in the command.
+    for (const c of def.fromZigbee) {
+      for (const type of Array.isArray(c.type) ? c.type : [c.type]) {
+        if (/^command/.test(type)) yield [c.cluster, type, {}, 1];
       }
     }
   }
