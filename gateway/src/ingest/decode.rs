@@ -743,6 +743,15 @@ mod tests {
             on("zigbee2mqtt/floor2/bath/last_seen", &seen).1.values,
             Values::default()
         );
+        // A property's value still needs the type the converters give it.
+        let wet = decode_on(
+            "zigbee2mqtt/floor2/bath/water_leak",
+            b"wet",
+            PayloadFormat::Zigbee2mqtt,
+            Role::Property,
+            DeviceKind::WaterLeak,
+        );
+        assert_eq!(wet, Err(Reject::WrongType));
         // Commands, availability and the bridge keep their meaning.
         assert_eq!(router.route("zigbee2mqtt/floor2/bath/set"), None);
         assert!(router.is_ignorable("zigbee2mqtt/floor2/bath/set"));
