@@ -56,6 +56,8 @@ fn expected_level(kind: &str) -> &'static str {
 
 const PHASES: [&str; 3] = ["normal", "alarm", "clear"];
 const WAIT: Duration = Duration::from_secs(15);
+/// How long the normal phase listens for alerts that should not come.
+const QUIET: Duration = Duration::from_secs(4);
 
 fn corpus_path() -> PathBuf {
     workspace_root().join("tests/fixtures/zigbee2mqtt/corpus.json")
@@ -203,22 +205,10 @@ async fn play(broker: SocketAddr, devices: &[&Device]) -> (Events, u64) {
         };
         // The normal phase waits its whole time (nothing should come); the others end early
         // once every expected event is in, then wait a little for stray events.
-        pump(
-            &mut w,
-            &mut events,
-            phase,
-            WAIT.min(Duration::from_secs(if phase == "normal" { 4 } else { 15 })),
-            done,
-        )
-        .await;
-        pump(
-            &mut w,
-            &mut events,
-            phase,
-            Duration::from_millis(1500),
-            |_| false,
-        )
-        .await;
+        let wait = if phase == "normal" { QUIET } else { WAIT };
+        pump(&mut w, &mut events, phase, wait, done).await;
+        let stray = Duration::from_millis(1500);
+        pump(&mut w, &mut events, phase, stray, |_| false).await;
     }
     (events, published)
 }
@@ -338,37 +328,7 @@ async fn every_corpus_device_alerts_on_alarm_stays_quiet_when_normal_and_resolve
     let ingest = ingest_counters(&data, published);
     let rejected = rejections_from_log(&mut gateway);
 
-    let unowned = ingest["rejected_by_reason"]["unknown_device"]
-        .as_u64()
-        .unwrap_or(0);
-    let mut failures: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for d in &devices {
-        let mut why = judge(d, &events);
-        if let Some(r) = rejected.get(&d.id) {
-            why.push(format!(
-                "rejected: {}",
-                r.iter().cloned().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        // Topics no device owns are counted under `-`, and the log names only the first of
-        // them every few seconds: a device with messages off its state topic (the `/action`
-        // side topic, `output: attribute`) is blamed for any such count.
-        let side = d
-            .messages
-            .iter()
-            .filter(|m| !m.topic_suffix.is_empty())
-            .count();
-        if side > 0 && unowned > 0 {
-            why.push(format!(
-                "its {side} messages on zigbee2mqtt/{}/…: the site counted {unowned} unknown_device",
-                d.id
-            ));
-        }
-        if !why.is_empty() {
-            failures.insert(d.id.as_str(), why);
-        }
-    }
-
+    let failures = failures(&devices, &events, &rejected, &ingest);
     let table = report(&corpus, &devices, &failures, &ingest);
     eprintln!("{table}");
     let pending: BTreeMap<&str, &str> = PENDING.iter().copied().collect();
@@ -397,6 +357,47 @@ async fn every_corpus_device_alerts_on_alarm_stays_quiet_when_normal_and_resolve
             "well-formed Zigbee2MQTT messages were rejected\n{table}"
         );
     }
+}
+
+/// Every failing device and why: its alert events, and the rejections of its messages.
+fn failures<'a>(
+    devices: &[&'a Device],
+    events: &Events,
+    rejected: &BTreeMap<String, BTreeSet<String>>,
+    ingest: &Value,
+) -> BTreeMap<&'a str, Vec<String>> {
+    let unowned = ingest["rejected_by_reason"]["unknown_device"]
+        .as_u64()
+        .unwrap_or(0);
+    let mut failures: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for d in devices {
+        let mut why = judge(d, events);
+        if let Some(r) = rejected.get(&d.id) {
+            why.push(format!(
+                "rejected: {}",
+                r.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        // Topics no device owns are counted under `-`, and the log names only the first of
+        // them every few seconds: a device with messages off its state topic (the `/action`
+        // side topic, `output: attribute`) is blamed for any such count.
+        let side = d
+            .messages
+            .iter()
+            .filter(|m| !m.topic_suffix.is_empty())
+            .count();
+        if side > 0 && unowned > 0 {
+            why.push(format!(
+                "its {side} messages on zigbee2mqtt/{}/…: the site counted {unowned} unknown_device",
+                d.id
+            ));
+        }
+        if !why.is_empty() {
+            failures.insert(d.id.as_str(), why);
+        }
+    }
+
+    failures
 }
 
 fn report(
