@@ -70,6 +70,10 @@ pub enum Role {
     Heartbeat,
     /// `zigbee2mqtt/{name}/availability`: `online` / `offline`.
     Availability,
+    /// `zigbee2mqtt/{name}/{property}`: one property's bare value — Zigbee2MQTT's
+    /// `output: attribute` mode, and the `{name}/action` side topic Home Assistant set-ups
+    /// enable. The property is the topic's last level (see [`decode_on`]).
+    Property,
 }
 
 /// Maps topics to devices, built once from the configuration.
@@ -77,13 +81,20 @@ pub enum Role {
 pub struct Router {
     /// Exact topic → (device index in `Config::devices`, role).
     topics: HashMap<String, (usize, Role)>,
+    /// A zigbee2mqtt device's state topic `zigbee2mqtt/{name}` → its index: the prefix of
+    /// its property topics.
+    zigbee: HashMap<String, usize>,
 }
 
 impl Router {
     pub fn new(config: &Config) -> Self {
         let mut topics = HashMap::new();
+        let mut zigbee = HashMap::new();
         for (i, d) in config.devices.iter().enumerate() {
             topics.insert(d.state_topic(), (i, Role::State));
+            if d.format == PayloadFormat::Zigbee2mqtt {
+                zigbee.entry(d.state_topic()).or_insert(i);
+            }
             let extra = match d.format {
                 PayloadFormat::Native => (format!("sensors/{}/heartbeat", d.id), Role::Heartbeat),
                 PayloadFormat::Zigbee2mqtt => (
@@ -93,12 +104,23 @@ impl Router {
             };
             topics.entry(extra.0).or_insert((i, extra.1));
         }
-        Router { topics }
+        Router { topics, zigbee }
     }
 
-    /// The device and role of a topic, if any device owns it.
+    /// The device and role of a topic, if any device owns it: its exact topics first, then a
+    /// zigbee2mqtt device's property topics `zigbee2mqtt/{name}/{property}` (not its
+    /// commands `set`/`get`).
     pub fn route(&self, topic: &str) -> Option<(usize, Role)> {
-        self.topics.get(topic).copied()
+        if let Some(hit) = self.topics.get(topic) {
+            return Some(*hit);
+        }
+        let (state, property) = topic.rsplit_once('/')?;
+        if state == "zigbee2mqtt/bridge" {
+            return None;
+        }
+        let device = self.zigbee.get(state)?;
+        let plain = !property.is_empty() && !property.contains(['+', '#']);
+        (plain && !matches!(property, "set" | "get")).then_some((*device, Role::Property))
     }
 
     /// Topic filters an MQTT client subscribes to (external broker): the standard topic
@@ -187,7 +209,9 @@ impl Router {
             (a, b)
         };
         let name = state.strip_prefix("zigbee2mqtt/")?;
-        let plain = !name.is_empty() && !name.contains(['/', '+', '#']);
+        // A name may have levels of its own (`floor2/kitchen`): its property topics
+        // (`output: attribute`, `/action`) must still reach the device link.
+        let plain = !name.is_empty() && !name.contains(['+', '#']);
         let standard = *availability == format!("{state}/availability");
         let prefix = format!("{state}/");
         let alone = self
@@ -246,45 +270,164 @@ struct Native {
     values: Values,
 }
 
-/// Zigbee2MQTT's field names (see zigbee-herdsman-converters' `exposes`).
-#[derive(Deserialize)]
-struct Z2m {
-    smoke: Option<bool>,
-    gas: Option<bool>,
-    /// Some gas detectors report a density in % LEL.
-    gas_density: Option<f64>,
-    water_leak: Option<bool>,
-    tamper: Option<bool>,
-    battery_low: Option<bool>,
-    battery: Option<f64>,
-    temperature: Option<f64>,
-    linkquality: Option<f64>,
-    /// Valves and sirens report `state` ("ON"/"OFF", "OPEN"/"CLOSE").
-    state: Option<String>,
-    /// Buttons report what was done (`emergency`, `sos`, `single`, …).
-    action: Option<String>,
+type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+/// Zigbee2MQTT's field names, as zigbee-herdsman-converters' `exposes` define them (checked
+/// against `tests/fixtures/zigbee2mqtt/corpus.json`, generated from the converters). Each
+/// publish is the device's whole cached state, so most keys are none of ours and are
+/// ignored; the keys read here must have the type the converters give them (`wrong_type`).
+fn z2m_values(map: &JsonMap, kind: DeviceKind) -> Result<Values, Reject> {
+    let (gas, gas_lel_pct) = z2m_gas(map)?;
+    Ok(Values {
+        smoke: flag(map, "smoke")?,
+        gas,
+        gas_lel_pct,
+        water_leak: flag(map, "water_leak")?,
+        tamper: boolean(map, "tamper")?,
+        battery_low: battery_low(map)?,
+        battery_pct: number(map, "battery")?,
+        temperature_c: temperature(map)?,
+        linkquality: number(map, "linkquality")?,
+        // Valves and sirens report `state` ("ON"/"OFF", "OPEN"/"CLOSE").
+        state: text(map, "state")?.map(str::to_ascii_lowercase),
+        pressed: if kind == DeviceKind::Sos {
+            sos_pressed(map)?
+        } else {
+            None
+        },
+        ..Values::default()
+    })
 }
 
-impl From<Z2m> for Values {
-    fn from(z: Z2m) -> Values {
-        Values {
-            smoke: z.smoke,
-            gas: z.gas,
-            gas_lel_pct: z.gas_density,
-            water_leak: z.water_leak,
-            tamper: z.tamper,
-            battery_low: z.battery_low,
-            battery_pct: z.battery,
-            temperature_c: z.temperature,
-            linkquality: z.linkquality,
-            state: z.state.map(|s| s.to_ascii_lowercase()),
-            ..Values::default()
-        }
+/// A key's value; JSON `null` (Zigbee2MQTT publishes it for a value it lost) is absent.
+fn field<'a>(map: &'a JsonMap, key: &str) -> Option<&'a serde_json::Value> {
+    map.get(key).filter(|v| !v.is_null())
+}
+
+fn boolean(map: &JsonMap, key: &str) -> Result<Option<bool>, Reject> {
+    field(map, key)
+        .map(|v| v.as_bool().ok_or(Reject::WrongType))
+        .transpose()
+}
+
+fn number(map: &JsonMap, key: &str) -> Result<Option<f64>, Reject> {
+    field(map, key)
+        .map(|v| v.as_f64().ok_or(Reject::WrongType))
+        .transpose()
+}
+
+fn text<'a>(map: &'a JsonMap, key: &str) -> Result<Option<&'a str>, Reject> {
+    field(map, key)
+        .map(|v| v.as_str().ok_or(Reject::WrongType))
+        .transpose()
+}
+
+/// Whether `suffix` names an endpoint: Zigbee2MQTT suffixes a property of a multi-endpoint
+/// device with the endpoint's name or number (`smoke_l1`, `temperature_38`, `water_leak_left`).
+fn is_endpoint(suffix: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(suffix)
+        || suffix.strip_prefix('l').is_some_and(digits)
+        || matches!(suffix, "left" | "right" | "top" | "bottom" | "center")
+}
+
+/// The values of `key`'s endpoint-suffixed variants (`key_38`, `key_l1`) in `map`.
+fn per_endpoint<'a>(
+    map: &'a JsonMap,
+    key: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    map.iter()
+        .filter(move |(k, v)| {
+            !v.is_null()
+                && k.strip_prefix(key)
+                    .and_then(|rest| rest.strip_prefix('_'))
+                    .is_some_and(is_endpoint)
+        })
+        .map(|(_, v)| v)
+}
+
+/// An alarm flag, on the device or on any of its endpoints: set if any is set.
+fn flag(map: &JsonMap, key: &str) -> Result<Option<bool>, Reject> {
+    let mut out = boolean(map, key)?;
+    for v in per_endpoint(map, key) {
+        let on = v.as_bool().ok_or(Reject::WrongType)?;
+        out = Some(out.unwrap_or(false) || on);
     }
+    Ok(out)
 }
 
-/// Decodes one payload for a device of `kind` in `format`, arriving on a topic of `role`.
+/// `temperature`, else the hottest endpoint's (`temperature_38` on Frient's fire detector).
+fn temperature(map: &JsonMap) -> Result<Option<f64>, Reject> {
+    if let Some(t) = number(map, "temperature")? {
+        return Ok(Some(t));
+    }
+    let mut hottest: Option<f64> = None;
+    for v in per_endpoint(map, "temperature") {
+        let t = v.as_f64().ok_or(Reject::WrongType)?;
+        hottest = Some(hottest.map_or(t, |h| h.max(t)));
+    }
+    Ok(hottest)
+}
+
+/// `battery_low`, else the Tuya-style `battery_state` (`low` / `medium` / `high`).
+fn battery_low(map: &JsonMap) -> Result<Option<bool>, Reject> {
+    if let Some(low) = boolean(map, "battery_low")? {
+        return Ok(Some(low));
+    }
+    Ok(text(map, "battery_state")?.map(|s| s.eq_ignore_ascii_case("low")))
+}
+
+/// The gas alarm flag and concentration (% LEL). `gas` is a boolean alarm on most detectors
+/// and a concentration in % LEL on some (Lincukoo E04CF-Z10T), whose alarm is then
+/// `gas_sensor_state: "alarm"`; Xiaomi/Aqara report `gas_density` in % LEL. `gas_value` is
+/// not read: its unit differs by model (LEL on some Tuya detectors, ppm on others), and those
+/// models publish the `gas` flag too.
+fn z2m_gas(map: &JsonMap) -> Result<(Option<bool>, Option<f64>), Reject> {
+    let (mut alarm, mut lel) = match field(map, "gas") {
+        None => (None, None),
+        Some(serde_json::Value::Bool(b)) => (Some(*b), None),
+        Some(v) => (None, Some(v.as_f64().ok_or(Reject::WrongType)?)),
+    };
+    match text(map, "gas_sensor_state")? {
+        Some("alarm") => alarm = Some(true),
+        Some("normal") => alarm = alarm.or(Some(false)),
+        _ => {}
+    }
+    if lel.is_none() {
+        lel = number(map, "gas_density")?;
+    }
+    Ok((alarm, lel))
+}
+
+/// A zigbee2mqtt SOS/emergency button: any `action` press counts (`emergency`, `sos`,
+/// `single`, `double`, `hold`…) but a release, an empty action or `off` (an IAS button's
+/// zone back to idle); so does an IAS panic button's boolean `sos`, `sos_alarm`,
+/// `emergency` or `panic` when set.
+fn sos_pressed(map: &JsonMap) -> Result<Option<bool>, Reject> {
+    let action = text(map, "action")?.map(str::trim).unwrap_or("");
+    let press = !action.is_empty() && action != "off" && !action.contains("release");
+    let mut flagged = false;
+    for key in ["sos", "sos_alarm", "emergency", "panic"] {
+        flagged |= boolean(map, key)? == Some(true);
+    }
+    Ok((press || flagged).then_some(true))
+}
+
+/// Decodes one payload for a device of `kind` in `format`, arriving on a topic of `role`
+/// (a [`Role::Property`] topic has no property here: see [`decode_on`]).
 pub fn decode(
+    payload: &[u8],
+    format: PayloadFormat,
+    role: Role,
+    kind: DeviceKind,
+) -> Result<Decoded, Reject> {
+    decode_on("", payload, format, role, kind)
+}
+
+/// Decodes one payload that arrived on `topic`, for a device of `kind` in `format`, the topic
+/// having `role` for the device.
+pub fn decode_on(
+    topic: &str,
     payload: &[u8],
     format: PayloadFormat,
     role: Role,
@@ -301,6 +444,10 @@ pub fn decode(
         }),
         Role::Availability => decode_availability(payload),
         Role::State => decode_state(payload, format, kind),
+        Role::Property => {
+            let property = topic.rsplit('/').next().unwrap_or_default();
+            decode_property(property, payload, kind)
+        }
     }
 }
 
@@ -311,22 +458,36 @@ fn decode_state(
 ) -> Result<Decoded, Reject> {
     let json: serde_json::Value =
         serde_json::from_slice(payload).map_err(|_| Reject::InvalidJson)?;
-    if !json.is_object() {
+    let serde_json::Value::Object(map) = json else {
         return Err(Reject::NotAnObject);
-    }
+    };
     let (values, sensor_ts) = match format {
         PayloadFormat::Native => {
-            let n: Native = serde_json::from_value(json).map_err(|_| Reject::WrongType)?;
+            let n: Native = serde_json::from_value(serde_json::Value::Object(map))
+                .map_err(|_| Reject::WrongType)?;
             (n.values, n.ts)
         }
-        PayloadFormat::Zigbee2mqtt => {
-            let z: Z2m = serde_json::from_value(json).map_err(|_| Reject::WrongType)?;
-            let pressed = sos_pressed(kind, z.action.as_deref());
-            let mut values = Values::from(z);
-            values.pressed = values.pressed.or(pressed);
-            (values, None)
+        PayloadFormat::Zigbee2mqtt => (z2m_values(&map, kind)?, None),
+    };
+    finite(values, sensor_ts)
+}
+
+/// One property's bare value (`output: attribute`, the `/action` side topic): JSON for
+/// numbers, booleans and objects, the plain text for strings (`single`, `ON`).
+fn decode_property(property: &str, payload: &[u8], kind: DeviceKind) -> Result<Decoded, Reject> {
+    let value = match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(v) => v,
+        Err(_) => {
+            let text = std::str::from_utf8(payload).map_err(|_| Reject::InvalidJson)?;
+            serde_json::Value::String(text.to_owned())
         }
     };
+    let mut map = JsonMap::new();
+    map.insert(property.to_owned(), value);
+    finite(z2m_values(&map, kind)?, None)
+}
+
+fn finite(values: Values, sensor_ts: Option<DateTime<FixedOffset>>) -> Result<Decoded, Reject> {
     if !values_are_finite(&values) {
         return Err(Reject::WrongType);
     }
@@ -335,13 +496,6 @@ fn decode_state(
         sensor_ts,
         online: Some(true),
     })
-}
-
-/// A zigbee2mqtt SOS/emergency button's `action`: any press counts (`emergency`, `sos`,
-/// `single`, `double`, `hold`…), a release or an empty action does not.
-fn sos_pressed(kind: DeviceKind, action: Option<&str>) -> Option<bool> {
-    let action = action?.trim();
-    (kind == DeviceKind::Sos && !action.is_empty() && !action.contains("release")).then_some(true)
 }
 
 /// `online` / `offline`, or `{"state":"online"}`.
@@ -514,6 +668,164 @@ mod tests {
                 .pressed,
             None
         );
+    }
+
+    /// A message of the Zigbee2MQTT corpus generated from zigbee-herdsman-converters'
+    /// device definitions (`tests/fixtures/zigbee2mqtt/corpus.json`, see
+    /// `simulators/z2m-corpus`), as the bytes Zigbee2MQTT puts on the wire.
+    fn corpus(id: &str, state: &str, topic_suffix: &str) -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/zigbee2mqtt/corpus.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let corpus: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let device = corpus["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in the corpus"));
+        let message = device["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["state"] == state && m["topic_suffix"] == topic_suffix)
+            .unwrap_or_else(|| panic!("no {state} message on {topic_suffix:?} for {id}"));
+        match &message["payload"] {
+            serde_json::Value::String(s) => s.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        }
+    }
+
+    fn z2m(payload: &[u8], kind: DeviceKind) -> Values {
+        decode(payload, PayloadFormat::Zigbee2mqtt, Role::State, kind)
+            .unwrap()
+            .values
+    }
+
+    #[test]
+    fn zigbee2mqtt_side_and_attribute_topics_belong_to_their_device() {
+        let config = edge_config::parse(
+            "[site]\nid='s'\nname='s'\nkind='compound'\n[[locations.buildings]]\nid='b'\nname='b'\nfloors=2\n\
+             [[devices]]\nid='sos'\nkind='sos'\nformat='zigbee2mqtt'\nfriendly_name='ts0215a-sos'\nlocation={building='b'}\n\
+             [[devices]]\nid='leak'\nkind='water_leak'\nformat='zigbee2mqtt'\nfriendly_name='floor2/bath'\nlocation={building='b'}\n",
+            "t.toml",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let router = Router::new(&config);
+        let on = |topic: &str, payload: &[u8]| {
+            let (device, role) = router.route(topic).unwrap();
+            let kind = config.devices[device].kind;
+            (
+                device,
+                decode_on(topic, payload, PayloadFormat::Zigbee2mqtt, role, kind).unwrap(),
+            )
+        };
+        // Home Assistant's side topic: the bare action string, a press.
+        let (device, d) = on(
+            "zigbee2mqtt/ts0215a-sos/action",
+            &corpus("ts0215a-sos", "alarm", "/action"),
+        );
+        assert_eq!((device, d.values.pressed), (0, Some(true)));
+        // `output: attribute`: one property per topic, bare values.
+        let leak = corpus("sjcgq11lm-attr", "alarm", "/water_leak");
+        assert_eq!(
+            on("zigbee2mqtt/floor2/bath/water_leak", &leak)
+                .1
+                .values
+                .water_leak,
+            Some(true)
+        );
+        let seen = corpus("sjcgq11lm-attr", "alarm", "/last_seen");
+        assert_eq!(
+            on("zigbee2mqtt/floor2/bath/last_seen", &seen).1.values,
+            Values::default()
+        );
+        // A property's value still needs the type the converters give it.
+        let wet = decode_on(
+            "zigbee2mqtt/floor2/bath/water_leak",
+            b"wet",
+            PayloadFormat::Zigbee2mqtt,
+            Role::Property,
+            DeviceKind::WaterLeak,
+        );
+        assert_eq!(wet, Err(Reject::WrongType));
+        // Commands, availability and the bridge keep their meaning.
+        assert_eq!(router.route("zigbee2mqtt/floor2/bath/set"), None);
+        assert!(router.is_ignorable("zigbee2mqtt/floor2/bath/set"));
+        assert_eq!(
+            router.route("zigbee2mqtt/ts0215a-sos/availability"),
+            Some((0, Role::Availability))
+        );
+        assert_eq!(router.route("zigbee2mqtt/bridge/state"), None);
+        // A name with levels still gets one broker filter covering its property topics.
+        assert!(router
+            .device_filters()
+            .contains(&"zigbee2mqtt/floor2/bath/#".to_owned()));
+    }
+
+    #[test]
+    fn an_ias_emergency_buttons_off_action_is_the_zone_back_to_idle_not_a_press() {
+        for id in ["hs1eb-hs1eb-e", "se21"] {
+            let off = z2m(&corpus(id, "clear", ""), DeviceKind::Sos);
+            assert_eq!(off.pressed, None, "{id}: action off");
+            let press = z2m(&corpus(id, "alarm", ""), DeviceKind::Sos);
+            assert_eq!(press.pressed, Some(true), "{id}: action single");
+        }
+    }
+
+    #[test]
+    fn a_panic_buttons_boolean_sos_is_a_press() {
+        for id in ["seb01zb", "pb206"] {
+            assert_eq!(
+                z2m(&corpus(id, "alarm", ""), DeviceKind::Sos).pressed,
+                Some(true),
+                "{id}"
+            );
+            assert_eq!(
+                z2m(&corpus(id, "clear", ""), DeviceKind::Sos).pressed,
+                None,
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_gas_concentration_in_gas_with_its_alarm_in_gas_sensor_state_is_decoded() {
+        let alarm = z2m(&corpus("e04cf-z10t", "alarm", ""), DeviceKind::Gas);
+        assert_eq!((alarm.gas, alarm.gas_lel_pct), (Some(true), Some(20.0)));
+        let clear = z2m(&corpus("e04cf-z10t", "clear", ""), DeviceKind::Gas);
+        assert_eq!((clear.gas, clear.gas_lel_pct), (Some(false), Some(0.0)));
+        // The usual boolean `gas` with a `gas_value` of model-specific unit: the flag only.
+        let tuya = z2m(&corpus("ts0601-gas-sensor-2", "alarm", ""), DeviceKind::Gas);
+        assert_eq!((tuya.gas, tuya.gas_lel_pct), (Some(true), None));
+    }
+
+    #[test]
+    fn an_endpoint_suffixed_temperature_is_the_heat_detectors_temperature() {
+        let alarm = z2m(&corpus("heszb-120", "alarm", ""), DeviceKind::Heat);
+        assert_eq!(alarm.temperature_c, Some(68.0));
+        let normal = z2m(&corpus("heszb-120", "normal", ""), DeviceKind::Heat);
+        assert_eq!(normal.temperature_c, Some(24.0));
+        // Suffixes that are not endpoints are other properties.
+        let offset = z2m(
+            br#"{"temperature_offset":-15,"smoke_density":3}"#,
+            DeviceKind::Heat,
+        );
+        assert_eq!((offset.temperature_c, offset.smoke), (None, None));
+    }
+
+    #[test]
+    fn a_tuya_battery_state_maps_to_battery_low() {
+        let v = z2m(&corpus("zss-hm-ssd01", "normal", ""), DeviceKind::Smoke);
+        assert_eq!(v.battery_low, Some(false));
+        let low = z2m(
+            br#"{"battery_state":"low","smoke":false}"#,
+            DeviceKind::Smoke,
+        );
+        assert_eq!(low.battery_low, Some(true));
     }
 
     #[test]

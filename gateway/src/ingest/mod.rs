@@ -40,7 +40,7 @@ use crate::reading::Reading;
 use crate::selftest::{Probe, SelfTest};
 use crate::supervise::fault_point;
 use board::DeviceBoard;
-use decode::{decode, Reject, Router};
+use decode::{decode_on, Reject, Router};
 pub use stats::{IngestStats, StatsSnapshot};
 use throttle::Throttle;
 
@@ -202,7 +202,7 @@ impl Ingest {
         let d = &self.config.devices[device];
         // Decoded before the bucket is consulted: invalid messages spend none of it, and a
         // change of hazard state passes even an empty one (see `throttle`).
-        let decoded = match decode(payload, d.format, role, d.kind) {
+        let decoded = match decode_on(topic, payload, d.format, role, d.kind) {
             Ok(decoded) => decoded,
             Err(reason) => {
                 self.stats.reject(Some(&d.id), reason, topic);
