@@ -113,6 +113,7 @@ run_gateway() {
   kill "$sub_pid" 2>/dev/null || true
   grep -q '"level":"red"' <<<"$smoke" || die "the smoke alert is not red: $smoke"
   say "alert: $(cut -c1-160 <<<"$smoke")"
+  doctor
   kill -TERM "$gw_pid"
   wait "$gw_pid" || die "the gateway did not stop cleanly: $(tail -5 "$log")"
   gw_pid=
@@ -122,6 +123,21 @@ run_gateway() {
 alerts() {
   python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM alerts").fetchone()[0])' \
     "$R/var/lib/shouwang/shouwang.db"
+}
+
+# `gateway doctor` beside the running gateway, as the service user: ONNX Runtime and the
+# model are found at the packaged paths; the starter's camera (nothing serves its URL here)
+# fails with its fix, so doctor exits 1.
+doctor() {
+  say "gateway doctor on the packaged config"
+  local report rc=0
+  report=$(in_root setpriv --reuid=shouwang --regid=shouwang --init-groups shouwang-gateway doctor \
+    --config /etc/shouwang/gateway.toml --listen-s 1 --camera-timeout-s 3 --upstream-timeout-s 3) || rc=$?
+  [ "$rc" = 1 ] || die "doctor exited $rc (expected 1: the starter's camera is not there): $report"
+  grep -q '^ok  *onnxruntime .*/usr/lib/shouwang/libonnxruntime.so' <<<"$report" \
+    || die "doctor did not load ONNX Runtime from the package: $report"
+  grep -q '^ok  *port broker .*in use by the running gateway' <<<"$report" || die "doctor: $report"
+  grep -q '^FAIL  *camera cam-b1-lobby' <<<"$report" || die "doctor did not report the dead camera: $report"
 }
 
 upgrade() {
