@@ -4,15 +4,17 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use simulators::mqtt::Endpoint;
+use simulators::process::{self, ChildGuard};
 use simulators::sensors::{self, Options, Report, Scenario};
 use tokio_util::sync::CancellationToken;
 
 use crate::mqtt::Mqtt;
-use crate::{write_config, Gateway};
+use crate::{bin, workspace_root, write_config, Gateway};
 
 /// Places every scenario's devices can refer to, and rule timings short enough for tests:
 /// no debounce beyond 1 s, 1 s clear hold, rate windows of 10 s, escalation out of reach.
@@ -259,4 +261,26 @@ pub fn recorded_alert_events(data_dir: &std::path::Path) -> u64 {
         r.get::<_, i64>(0)
     })
     .unwrap_or_else(|e| panic!("count alert_events in {}: {e}", db.display())) as u64
+}
+
+/// `sim camera` serving vtest.avi (768×576) as `/cam0` on `port`, stopped on drop; returns
+/// once the port accepts connections.
+pub fn start_camera(port: u16) -> ChildGuard {
+    let footage = workspace_root().join("vendor/footage/vtest.avi");
+    assert!(footage.exists(), "run ./x deps to fetch the footage");
+    let mut camera = ChildGuard(
+        Command::new(bin("sim"))
+            .args(["camera", "--loop", "--port", &port.to_string(), "--footage"])
+            .arg(&footage)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sim camera"),
+    );
+    let refused = process::wait_listening(&[port], Duration::from_secs(10), || {
+        process::is_running(&mut camera.0)
+    });
+    assert!(refused.is_none(), "sim camera did not listen on {port}");
+    camera
 }

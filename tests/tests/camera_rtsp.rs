@@ -7,32 +7,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e::mqtt::Mqtt;
+use e2e::sim::start_camera;
 use e2e::{bin, workspace_root, write_config, Gateway};
 use simulators::process::{self, ChildGuard};
 
 fn free_port() -> u16 {
     process::free_port().expect("a free loopback port")
-}
-
-/// `sim camera` on `port`, stopped on drop; returns once the port accepts connections.
-fn start_camera(port: u16) -> ChildGuard {
-    let footage = workspace_root().join("vendor/footage/vtest.avi");
-    assert!(footage.exists(), "run ./x deps to fetch the footage");
-    let mut camera = ChildGuard(
-        Command::new(bin("sim"))
-            .args(["camera", "--loop", "--port", &port.to_string(), "--footage"])
-            .arg(&footage)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sim camera"),
-    );
-    let refused = process::wait_listening(&[port], Duration::from_secs(10), || {
-        process::is_running(&mut camera.0)
-    });
-    assert!(refused.is_none(), "sim camera did not listen on {port}");
-    camera
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,31 +9,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::mqtt::Mqtt;
+use e2e::sim::start_camera;
 use e2e::upstream::{free_port, ServerCert, Upstream};
-use e2e::{bin, demo_config_on_free_ports, workspace_root, write_config, Gateway};
+use e2e::{bin, demo_config_on_free_ports, write_config, Gateway};
 use serde_json::Value;
-use simulators::process::{self, ChildGuard};
-
-/// `sim camera` serving vtest.avi (768×576) as `/cam0` on `port`, stopped on drop.
-fn start_camera(port: u16) -> ChildGuard {
-    let footage = workspace_root().join("vendor/footage/vtest.avi");
-    assert!(footage.exists(), "run ./x deps to fetch the footage");
-    let mut camera = ChildGuard(
-        Command::new(bin("sim"))
-            .args(["camera", "--loop", "--port", &port.to_string(), "--footage"])
-            .arg(&footage)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sim camera"),
-    );
-    let refused = process::wait_listening(&[port], Duration::from_secs(10), || {
-        process::is_running(&mut camera.0)
-    });
-    assert!(refused.is_none(), "sim camera did not listen on {port}");
-    camera
-}
 
 /// `gateway doctor --config CONFIG ARGS…`, run to its end.
 fn doctor(config: &Path, args: &[&str]) -> Output {
