@@ -25,6 +25,11 @@ pub struct Values {
     pub smoke: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature_c: Option<f64>,
+    /// A heat detector's own alarm (zigbee2mqtt `heat`, `alarm`, or `smoke` on a heat
+    /// detector): it trips by its own design (fixed or rate-of-rise), whatever temperature
+    /// it reports, so it alarms even below the gateway's fixed threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heat: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gas_lel_pct: Option<f64>,
     /// Boolean gas alarm (zigbee2mqtt `gas`): counts as a high alarm.
@@ -74,6 +79,7 @@ impl Values {
         take!(
             smoke,
             temperature_c,
+            heat,
             gas_lel_pct,
             gas,
             water_leak,

@@ -295,6 +295,11 @@ fn z2m_values(map: &JsonMap, kind: DeviceKind) -> Result<Values, Reject> {
         } else {
             None
         },
+        heat: if kind == DeviceKind::Heat {
+            heat_alarm(map)?
+        } else {
+            None
+        },
         ..Values::default()
     })
 }
@@ -354,6 +359,16 @@ fn flag(map: &JsonMap, key: &str) -> Result<Option<bool>, Reject> {
         out = Some(out.unwrap_or(false) || on);
     }
     Ok(out)
+}
+
+/// A heat detector's own alarm flag: `heat` (Frient/Develco-style), `smoke` (heat alarms
+/// built on the IAS fire zone, e.g. Develco HESZB-120) or a boolean `alarm` (Heiman
+/// HM-5HA-E); set when any is. `alarm` is another kind of value on other devices, so only a
+/// boolean one is read.
+fn heat_alarm(map: &JsonMap) -> Result<Option<bool>, Reject> {
+    let alarm = field(map, "alarm").and_then(serde_json::Value::as_bool);
+    let flags = [flag(map, "heat")?, flag(map, "smoke")?, alarm];
+    Ok(flags.into_iter().flatten().reduce(|any, on| any || on))
 }
 
 /// `temperature`, else the hottest endpoint's (`temperature_38` on Frient's fire detector).
@@ -801,6 +816,20 @@ mod tests {
         // The usual boolean `gas` with a `gas_value` of model-specific unit: the flag only.
         let tuya = z2m(&corpus("ts0601-gas-sensor-2", "alarm", ""), DeviceKind::Gas);
         assert_eq!((tuya.gas, tuya.gas_lel_pct), (Some(true), None));
+    }
+
+    #[test]
+    fn a_heat_detectors_own_alarm_is_read_from_heat_smoke_or_a_boolean_alarm() {
+        // W599001 publishes `heat`, HESZB-120 `smoke`, HM-5HA-E a boolean `alarm`.
+        for id in ["w599001", "heszb-120", "hm-5ha-e"] {
+            let alarm = z2m(&corpus(id, "alarm", ""), DeviceKind::Heat);
+            assert_eq!(alarm.heat, Some(true), "{id}");
+            let normal = z2m(&corpus(id, "normal", ""), DeviceKind::Heat);
+            assert_eq!(normal.heat, Some(false), "{id}");
+        }
+        // Other kinds do not read it.
+        let smoke = z2m(&corpus("w599001", "alarm", ""), DeviceKind::Smoke);
+        assert_eq!(smoke.heat, None);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub enum Cause {
         threshold_pct: f64,
     },
     GasAlarmFlag,
+    /// The heat detector's own alarm flag.
+    HeatAlarmFlag,
     WaterLeak,
     WaterLeakRepeated {
         within_min: u32,
@@ -150,6 +152,27 @@ pub struct HeatEval {
 }
 
 impl HeatEval {
+    /// A heat detector's reading: its temperature (fixed threshold, rate of rise) when it
+    /// reports one, and its own alarm flag when it has one — the flag alone raises the alarm.
+    pub fn eval_reading(
+        &mut self,
+        rule: &HeatRule,
+        temp_c: Option<f64>,
+        flag: Option<bool>,
+        active: bool,
+        now: Instant,
+    ) -> Wish {
+        let mut w = match temp_c {
+            Some(t) => self.eval(rule, t, active, now),
+            None => Wish::normal(),
+        };
+        if flag == Some(true) {
+            w.add(rule.level, Cause::HeatAlarmFlag);
+            w.urgent = true;
+        }
+        w
+    }
+
     pub fn eval(&mut self, rule: &HeatRule, temp_c: f64, active: bool, now: Instant) -> Wish {
         let window = Duration::from_secs(rule.rate_window_s.into());
         self.samples.push(now, temp_c, window);
@@ -423,6 +446,30 @@ mod tests {
         let w = gas(&GasRule::default(), None, Some(true), None);
         assert_eq!(w.level, Some(Level::Red));
         assert!(w.urgent);
+    }
+
+    #[test]
+    fn a_heat_detectors_own_alarm_flag_raises_the_alarm_below_the_fixed_temperature() {
+        let rule = HeatRule::default();
+        let t0 = Instant::now();
+        let mut eval = HeatEval::default();
+        // The detector tripped by its own design at 40 °C: the gateway's 57 °C is not reached.
+        let tripped = eval.eval_reading(&rule, Some(40.0), Some(true), false, t0);
+        assert_eq!(tripped.level, Some(rule.level));
+        assert!(tripped.urgent);
+        let quiet = eval.eval_reading(&rule, Some(40.0), Some(false), true, s(t0, 10));
+        assert_eq!(
+            quiet.level, None,
+            "the flag cleared and the temperature is normal"
+        );
+        let flag_only = HeatEval::default().eval_reading(&rule, None, Some(true), false, t0);
+        assert_eq!(
+            flag_only.level,
+            Some(rule.level),
+            "a flag without a temperature"
+        );
+        let hot = HeatEval::default().eval_reading(&rule, Some(60.0), Some(false), false, t0);
+        assert_eq!(hot.level, Some(Level::Red), "the temperature still counts");
     }
 
     #[test]

@@ -234,12 +234,15 @@ impl Engine {
                 }
             }
             DeviceKind::Heat => {
-                if let Some(t) = v.temperature_c {
+                if v.temperature_c.is_some() || v.heat.is_some() {
                     let active = self.is_active(r.device, AlertKind::Heat);
-                    let wish =
-                        self.devices[r.device]
-                            .heat
-                            .eval(&rules.heat_for(device), t, active, r.now);
+                    let wish = self.devices[r.device].heat.eval_reading(
+                        &rules.heat_for(device),
+                        v.temperature_c,
+                        v.heat,
+                        active,
+                        r.now,
+                    );
                     self.apply(r.device, AlertKind::Heat, wish, r.now, out);
                 }
             }
