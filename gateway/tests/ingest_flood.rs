@@ -267,7 +267,7 @@ async fn alarms_during_a_flood_on(flood_topic: &'static str) -> gateway::ingest:
                 // A send into a channel with room completes without yielding: yield now and
                 // then, or this task holds its worker for good (and a failing test hangs in
                 // the runtime's shutdown instead of failing).
-                if n % 64 == 0 {
+                if n.is_multiple_of(64) {
                     tokio::task::yield_now().await;
                 }
             }
