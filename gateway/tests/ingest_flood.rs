@@ -257,13 +257,11 @@ async fn alarms_during_a_flood_on(flood_topic: &'static str) -> gateway::ingest:
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let (_, payload) = heat(n as usize);
-                let sent = flooder
+                let _ = flooder
                     .publish(flood_topic, QoS::AtMostOnce, false, payload)
                     .await;
-                if sent.is_err() {
-                    break; // the flooder's event loop ended
-                }
                 n += 1;
+                // (A send error is ignored: while connecting, the flooder has no link yet.)
                 // A send into a channel with room completes without yielding: yield now and
                 // then, or this task holds its worker for good (and a failing test hangs in
                 // the runtime's shutdown instead of failing).
