@@ -56,6 +56,7 @@ mod locate;
 mod model;
 mod parse;
 mod path;
+pub mod profiles;
 mod repair;
 mod resolve;
 mod secrets;

@@ -81,12 +81,23 @@ fn demo_linkage_closes_valves_on_gas_and_announces_battery_alarms() {
             .count(),
         0
     );
-    let pa: Vec<&Linkage> = config
+    let battery: Vec<&Linkage> = config
         .rules
         .linkages_for(AlertKind::EbikeBattery, Level::Red)
         .collect();
-    assert_eq!(pa[0].action, LinkageAction::PlayPa);
-    assert!(pa[0].message.is_some());
+    let actions: Vec<LinkageAction> = battery.iter().map(|l| l.action).collect();
+    assert_eq!(actions, [LinkageAction::SwitchOff, LinkageAction::PlayPa]);
+    assert!(battery[0].own_plug, "the battery's own charger plug is cut");
+    assert!(battery[1].message.is_some());
+    let plug: Vec<&Linkage> = config
+        .rules
+        .linkages_for(AlertKind::SmartPlug, Level::Red)
+        .collect();
+    assert_eq!(plug[0].action, LinkageAction::SwitchOff);
+    assert_eq!(
+        config.device("shed-bay-01-battery").and_then(|d| d.plug.as_deref()),
+        Some("shed-bay-01-plug")
+    );
     for kind in [AlertKind::Smoke, AlertKind::Heat] {
         let l: Vec<&Linkage> = config.rules.linkages_for(kind, Level::Red).collect();
         assert_eq!(l[0].action, LinkageAction::SoundSiren, "{kind}");

@@ -404,3 +404,13 @@ fn staff_usernames_must_be_unique() {
     let src = format!("{SITE}{staff}{staff}");
     assert_eq!(positions(&src), ["14:12 console.staff[1].username"]);
 }
+
+#[test]
+fn field_maps_models_plugs_and_co_and_plug_thresholds_are_checked_at_their_keys() {
+    check("27-device-fields-and-plugs.toml");
+}
+
+#[test]
+fn an_unknown_reading_in_a_field_map_names_the_valid_ones() {
+    check("28-unknown-field-reading.toml");
+}

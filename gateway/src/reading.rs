@@ -35,6 +35,12 @@ pub struct Values {
     /// Boolean gas alarm (zigbee2mqtt `gas`): counts as a high alarm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gas: Option<bool>,
+    /// A CO alarm's own flag (zigbee2mqtt `carbon_monoxide`, `co_state: "alarm"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carbon_monoxide: Option<bool>,
+    /// Carbon monoxide concentration, ppm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub co_ppm: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub water_leak: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +55,15 @@ pub struct Values {
     pub voltage_v: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_a: Option<f64>,
+    /// A smart plug's load, W.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_w: Option<f64>,
+    /// A smart plug's energy meter, kWh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_kwh: Option<f64>,
+    /// A smart plug's own temperature (zigbee2mqtt `device_temperature`), °C.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plug_temp_c: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charging: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +97,8 @@ impl Values {
             heat,
             gas_lel_pct,
             gas,
+            carbon_monoxide,
+            co_ppm,
             water_leak,
             battery_pct,
             battery_low,
@@ -89,6 +106,9 @@ impl Values {
             battery_temp_c,
             voltage_v,
             current_a,
+            power_w,
+            energy_kwh,
+            plug_temp_c,
             charging,
             present,
             pressed,

@@ -696,7 +696,7 @@ impl TelemetrySink {
     fn actuator_state(&self, r: &Reading) -> Option<AlertInput> {
         let device = self.config.devices.get(r.device)?;
         let state = r.decoded.values.state.clone()?;
-        device.kind.is_actuator().then(|| {
+        device.kind.takes_commands().then(|| {
             Trigger::ActuatorState {
                 device: device.id.clone(),
                 state,

@@ -54,7 +54,7 @@ const SELECTION = [
   ["E04CF-Z10T", "gas", "Lincukoo gas/CO: gas as a %LEL number, alarm in gas_sensor_state"],
   ["TS0204", "gas", "Tuya IAS gas sensor"],
   ["E9", "gas", "Nous gas detector"],
-  // Carbon monoxide (no shouwang kind yet)
+  // Carbon monoxide
   ["HS1CA-E", "carbon_monoxide", "Heiman CO detector, IAS zone"],
   ["ZC-HM", "carbon_monoxide", "Moes CO detector, datapoints"],
   ["ZBCO-AE-10X-EUR", "carbon_monoxide", "FireAngel CO alarm"],
@@ -76,14 +76,14 @@ const SELECTION = [
   ["SEB01ZB", "sos", "Feibit SOS button: boolean sos (IAS)"],
   ["PB206", "sos", "OWON panic button: boolean sos (IAS)"],
   ["SE21", "sos", "ORVIBO emergency button"],
-  // Smart plugs in the charging shed (no shouwang kind yet)
-  ["SP-EUC01", "plug", "Aqara smart plug EU: power, current, voltage, energy, device_temperature"],
-  ["ZNCZ02LM", "plug", "Xiaomi Mi smart plug (CN): power, energy, device_temperature"],
-  ["TS011F_plug_1", "plug", "Tuya smart plug with power monitoring (the common charger plug)"],
-  ["E22xx", "plug", "IKEA INSPELNING smart plug"],
-  ["S60ZBTPF", "plug", "SONOFF smart plug with power monitoring"],
-  ["SPLZB-131", "plug", "Frient (Develco) power plug with device_temperature"],
-  ["HS2SK", "plug", "Heiman smart metering plug"],
+  // Smart plugs in the charging shed
+  ["SP-EUC01", "smart_plug", "Aqara smart plug EU: power, current, voltage, energy, device_temperature"],
+  ["ZNCZ02LM", "smart_plug", "Xiaomi Mi smart plug (CN): power, energy, device_temperature"],
+  ["TS011F_plug_1", "smart_plug", "Tuya smart plug with power monitoring (the common charger plug)"],
+  ["E22xx", "smart_plug", "IKEA INSPELNING smart plug"],
+  ["S60ZBTPF", "smart_plug", "SONOFF smart plug with power monitoring"],
+  ["SPLZB-131", "smart_plug", "Frient (Develco) power plug with device_temperature"],
+  ["HS2SK", "smart_plug", "Heiman smart metering plug"],
 ];
 
 /** Devices also published in Zigbee2MQTT's `output: attribute` mode (one topic per property). */
@@ -334,14 +334,14 @@ const HAZARD = {
   carbon_monoxide: /^(carbon_monoxide|co|carbon_monoxide_value|co_state)$/,
   water_leak: /^(water_leak|water_leak_alarm_1)$/,
   sos: /^(sos|sos_alarm|emergency)$/,
-  plug: /^(state|power|current|voltage|energy|device_temperature|temperature)$/,
+  smart_plug: /^(state|power|current|voltage|energy|device_temperature|temperature)$/,
 };
 
-/** The value an exposed property takes in a scenario state. */
+/** The value an exposed property takes in a scenario step (a plug's steps are its loads). */
 function valueFor(kind, e, state) {
   const alarm = state === "alarm";
   if (e.type === "binary") {
-    if (kind === "plug") return e.value_on;
+    if (kind === "smart_plug") return e.value_on;
     return alarm ? e.value_on : e.value_off;
   }
   if (e.type === "enum") {
@@ -359,10 +359,10 @@ function numericFor(kind, e, state) {
   const max = e.value_max;
   const clamp = (v) => (typeof max === "number" ? Math.min(v, max) : v);
   if (/temperature/.test(p)) {
-    if (kind === "plug") return { hot: 82, clear: 31 }[state] ?? 33;
+    if (kind === "smart_plug") return { hot: 82, clear: 31 }[state] ?? 33;
     return state === "alarm" ? 68 : state === "clear" ? 25 : 24;
   }
-  if (kind === "plug") {
+  if (kind === "smart_plug") {
     const load = {
       normal: { power: 1.2, current: 0.01, voltage: 230, energy: 12.5 },
       charging: { power: 180, current: 0.82, voltage: 229, energy: 12.7 },
@@ -392,15 +392,28 @@ function fillValue(e) {
   return 0;
 }
 
-function statesFor(kind) {
-  if (kind === "plug") return ["normal", "charging", "over_current", "hot", "clear"];
-  return ["normal", "alarm", "clear"];
+/**
+ * The scenario as [phase, step] pairs: the phase (normal, alarm, clear) is what the test
+ * expects of the gateway, the step what the device does. A plug idles then charges (normal),
+ * draws an over-current and, if it measures its temperature, overheats while charging
+ * (alarm), then is unloaded (clear).
+ */
+function stepsFor(kind, hazard) {
+  if (kind !== "smart_plug") return [["normal", "normal"], ["alarm", "alarm"], ["clear", "clear"]];
+  const hot = hazard.some((e) => /temperature/.test(e.property));
+  return [
+    ["normal", "normal"],
+    ["normal", "charging"],
+    ["alarm", "over_current"],
+    ...(hot ? [["alarm", "hot"]] : []),
+    ["clear", "clear"],
+  ];
 }
 
-function expectFor(kind, state) {
-  if (state === "normal" || state === "charging") return "none";
-  if (kind === "sos") return state === "alarm" ? "raise" : "none";
-  if (state === "clear") return "resolve";
+function expectFor(kind, phase) {
+  if (phase === "normal") return "none";
+  if (kind === "sos") return phase === "alarm" ? "raise" : "none";
+  if (phase === "clear") return "resolve";
   return "raise";
 }
 
@@ -432,7 +445,7 @@ async function deviceEntry(def0, kind, why, output) {
   }
 
   const messages = [];
-  for (const [i, state] of statesFor(kind).entries()) {
+  for (const [i, [phase, state]] of stepsFor(kind, hazard).entries()) {
     const produced = {};
     const stateFilled = [];
     const clusters = new Set();
@@ -459,11 +472,12 @@ async function deviceEntry(def0, kind, why, output) {
     cache = { ...cache, ...stateKeys };
     const payload = publishable(cache, i, ota, actionValue);
     const base = {
-      state,
+      state: phase,
+      ...(phase !== state ? { step: state } : {}),
       source: stateFilled.length || (kind !== "sos" && clusters.size === 0) ? "exposes" : "fromZigbee",
       zigbee: [...clusters].sort(),
       exposes_filled: [...new Set([...filled, ...stateFilled])].sort(),
-      expect: expectFor(kind, state),
+      expect: expectFor(kind, phase),
     };
     if (output === "attribute") {
       for (const [k, v] of Object.entries(payload)) {
@@ -557,6 +571,31 @@ function slug(model) {
   return model.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "");
 }
 
+// ---------------------------------------------------------------- units
+
+/** Numeric properties whose unit differs by model: the gateway's device profiles map them. */
+const AMBIGUOUS = ["gas_value", "gas", "gas_density", "co", "carbon_monoxide_value", "smoke_concentration"];
+
+/** For every definition in the package, the unit each ambiguous numeric property has. */
+function unitsOfAmbiguous(defs) {
+  const out = [];
+  for (const [model, def0] of [...defs.entries()].sort(([a], [b]) => a.localeCompare(b))) {
+    let exposes;
+    try {
+      const def = zhc.prepareDefinition(def0);
+      exposes = exposesOf(def, fakeDevice(def));
+    } catch {
+      continue; // exposes that need a real device's configuration: not these sensors
+    }
+    for (const e of exposes) {
+      if (e.type === "numeric" && AMBIGUOUS.includes(e.property) && e.access & STATE_ACCESS) {
+        out.push({ model, property: e.property, unit: e.unit ?? "" });
+      }
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------- main
 
 const defs = await loadDefinitions();
@@ -572,6 +611,7 @@ const corpus = {
   source: `zigbee-herdsman-converters ${zhcPkg.version}`,
   note: "Generated; do not edit. Regenerate: cd simulators/z2m-corpus && npm ci --ignore-scripts && node generate.mjs",
   devices,
+  units: unitsOfAmbiguous(defs),
 };
 fs.mkdirSync(path.dirname(OUT), { recursive: true });
 fs.writeFileSync(OUT, `${JSON.stringify(corpus, null, 2)}\n`);

@@ -533,3 +533,133 @@ location = { building = "b1", unit = "u1", floor = 12, room = "1201" }
         events.dump()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn co_leak_warns_yellow_goes_red_past_three_hundred_ppm_and_resolves_once_aired() {
+    let bench = Bench::start(
+        r#"
+[[devices]]
+id = "bath-co"
+kind = "carbon_monoxide"
+format = "zigbee2mqtt"
+friendly_name = "bath_0802_co"
+model = "ZC-HM"
+location = { building = "b1", unit = "u1", floor = 8, room = "0802" }
+"#,
+    );
+    let (report, events) = bench
+        .play(bench.options(Scenario::CoLeak, 20.0), SETTLE)
+        .await;
+    assert_eq!(report.targets, ["bath-co"]);
+    let raised = events.of("carbon_monoxide", "raised");
+    assert_eq!(raised.len(), 1, "one CO alert:\n{}", events.dump());
+    // CO climbs ~25 ppm/s here: past the warning (30 ppm) within the 1 s debounce, so the
+    // alert is raised as a warning (yellow) or at the alarm point (orange), never red.
+    let history = events.history(&raised[0]["id"]);
+    assert!(
+        ["yellow", "orange"].contains(&raised[0]["level"].as_str().unwrap_or("")),
+        "CO present is a warning first: {history:?}"
+    );
+    let levels: Vec<&str> = history.iter().map(|(_, l)| l.as_str()).collect();
+    let first = |l: &str| levels.iter().position(|x| *x == l);
+    let (orange, red) = (first("orange"), first("red"));
+    assert!(
+        orange.is_some() && red.is_some() && orange < red,
+        "orange at the alarm point, then red at 300 ppm: {history:?}"
+    );
+    assert_eq!(
+        history.last().map(|(e, _)| e.as_str()),
+        Some("resolved"),
+        "resolved once aired:\n{}",
+        events.dump()
+    );
+    let red_event = events
+        .0
+        .iter()
+        .find(|v| v["id"] == raised[0]["id"] && v["level"] == "red")
+        .expect("the red event");
+    let causes = red_event["readings"]["causes"].to_string();
+    assert!(
+        causes.contains("co_alarm"),
+        "red on the alarm point or the detector's own flag: {causes}"
+    );
+    assert_eq!(events.raised_kinds(), ["carbon_monoxide"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_overheating_charger_plug_is_switched_off_by_linkage_and_the_confirmation_is_on_its_alert(
+) {
+    let bench = Bench::start(
+        r#"
+[[devices]]
+id = "shed-plug-07"
+kind = "smart_plug"
+format = "zigbee2mqtt"
+friendly_name = "shed_plug_07"
+model = "TS011F_plug_1"
+location = { area = "shed" }
+[rules.smart_plug]
+rise_window_s = 10
+[[rules.linkage]]
+on = "smart_plug"
+min_level = "red"
+action = "switch_off"
+own_plug = true
+"#,
+    );
+    let mut watcher = bench.watch().await;
+    let mut commands = Mqtt::connect(bench.broker, "plug-command-watcher").await;
+    commands.subscribe("zigbee2mqtt/shed_plug_07/set").await;
+    let config = bench.config.clone();
+    let options = bench.options(Scenario::ChargerOverheat, 20.0);
+    let run =
+        tokio::spawn(
+            async move { sensors::run(&config, &options, CancellationToken::new()).await },
+        );
+    let off = commands
+        .collect(1, Duration::from_secs(30), |v| v["state"] == "OFF")
+        .await;
+    assert_eq!(off.len(), 1, "the gateway switched the plug off");
+
+    let (report, mut events) = record(&mut watcher, run).await;
+    let report = report.unwrap().unwrap();
+    events.extend(drain(&mut watcher, SETTLE).await);
+    let events = Events(events);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("shed-plug-07: switched off on command")),
+        "{:?}",
+        report.notes
+    );
+    let raised = events.of("smart_plug", "raised");
+    assert_eq!(raised.len(), 1, "one plug alert:\n{}", events.dump());
+    let history = events.history(&raised[0]["id"]);
+    assert!(
+        history.iter().any(|(_, l)| l == "red"),
+        "red when the plug overheats: {history:?}"
+    );
+    let ours = || events.0.iter().filter(|v| v["id"] == raised[0]["id"]);
+    let causes: String = ours()
+        .map(|v| v["readings"]["causes"].to_string())
+        .collect();
+    assert!(causes.contains("plug_over_temp"), "{causes}");
+    assert!(
+        ours().any(
+            |v| v["actions"].as_array().is_some_and(|a| a.iter().any(|x| {
+                x["action"] == "switch_off"
+                    && x["target"] == "shed-plug-07"
+                    && x["outcome"] == "confirmed"
+            }))
+        ),
+        "the switch-off was confirmed by the plug's OFF state:\n{}",
+        events.dump()
+    );
+    assert_eq!(
+        history.last().map(|(e, _)| e.as_str()),
+        Some("resolved"),
+        "resolved once the plug cooled:\n{}",
+        events.dump()
+    );
+}

@@ -62,6 +62,12 @@ pub enum AlertKind {
     WaterLeak,
     /// Combustible gas above a threshold.
     Gas,
+    /// Carbon monoxide: the alarm's own flag or a concentration over the EN 50291-1
+    /// alarm points.
+    CarbonMonoxide,
+    /// A smart plug in the charging shed: over-current, overheating, power with a rising
+    /// temperature, charging past the limit.
+    SmartPlug,
     /// E-bike battery over-temperature, fast rise, thermal runaway, etc.
     EbikeBattery,
     /// SOS / panic button pressed.
@@ -99,6 +105,8 @@ impl AlertKind {
             AlertKind::Heat => "heat",
             AlertKind::WaterLeak => "water_leak",
             AlertKind::Gas => "gas",
+            AlertKind::CarbonMonoxide => "carbon_monoxide",
+            AlertKind::SmartPlug => "smart_plug",
             AlertKind::EbikeBattery => "ebike_battery",
             AlertKind::Sos => "sos",
             AlertKind::DeviceOffline => "device_offline",

@@ -16,10 +16,10 @@ pub use broker::{
 pub use camera::{Camera, CameraRule, CameraRuleKind, CameraSource, Mask, Zone, COCO_CLASSES};
 pub use common::{AlertKind, HhMm, Level, LocationRef, Point, TimeWindow};
 pub use console::{Console, Role, Staff};
-pub use device::{Device, DeviceKind, PayloadFormat, Thresholds};
+pub use device::{Device, DeviceKind, Field, FieldType, PayloadFormat, Thresholds};
 pub use rules::{
-    DeviceHealthRule, EbikeBatteryRule, GasRule, HeatRule, Linkage, LinkageAction, Rules,
-    SmokeRule, SosRule, Timing, WaterLeakRule,
+    CarbonMonoxideRule, DeviceHealthRule, EbikeBatteryRule, GasRule, HeatRule, Linkage,
+    LinkageAction, Rules, SmartPlugRule, SmokeRule, SosRule, Timing, WaterLeakRule,
 };
 pub use uplink::{Outbox, Qos, Uplink, UplinkTls};
 

@@ -22,6 +22,10 @@ pub struct Rules {
     pub ebike_battery: EbikeBatteryRule,
     /// `[rules.sos]`.
     pub sos: SosRule,
+    /// `[rules.carbon_monoxide]`.
+    pub carbon_monoxide: CarbonMonoxideRule,
+    /// `[rules.smart_plug]`.
+    pub smart_plug: SmartPlugRule,
     /// `[rules.device]`: offline, low battery and tamper alerts.
     pub device: DeviceHealthRule,
     /// `[[rules.linkage]]`: what actuators do when an alert is raised.
@@ -57,6 +61,16 @@ impl Rules {
     /// The SOS rule for `device` (with its `thresholds` applied).
     pub fn sos_for(&self, device: &Device) -> SosRule {
         self.sos.merged(device.thresholds.as_ref())
+    }
+
+    /// The carbon monoxide rule for `device` (with its `thresholds` applied).
+    pub fn carbon_monoxide_for(&self, device: &Device) -> CarbonMonoxideRule {
+        self.carbon_monoxide.merged(device.thresholds.as_ref())
+    }
+
+    /// The smart plug rule for `device` (with its `thresholds` applied).
+    pub fn smart_plug_for(&self, device: &Device) -> SmartPlugRule {
+        self.smart_plug.merged(device.thresholds.as_ref())
     }
 
     /// Linkages that fire for an alert of `kind` at `level`.
@@ -342,6 +356,132 @@ impl EbikeBatteryRule {
     }
 }
 
+/// `[rules.carbon_monoxide]`: CO alarms on the EN 50291-1 alarm points (50 ppm: alarm
+/// after 60–90 min; 100 ppm: after 10–40 min; 300 ppm: within 3 min), which household CO
+/// alarms sold in China follow too. The gateway raises the alarm at the earliest of each
+/// window, warns before it, and takes the device's own `carbon_monoxide` flag as the alarm
+/// whatever the concentration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CarbonMonoxideRule {
+    /// CO present: a warning at or above this, ppm (> 0). Default 30.
+    pub warn_ppm: f64,
+    /// First alarm point, ppm (warn_ppm < low < mid). Default 50.
+    pub low_ppm: f64,
+    /// Minutes at or above `low_ppm` before the alarm (1..=240). Default 60.
+    pub low_after_min: u32,
+    /// Second alarm point, ppm (low < mid < high). Default 100.
+    pub mid_ppm: f64,
+    /// Minutes at or above `mid_ppm` before the alarm (1..=240). Default 10.
+    pub mid_after_min: u32,
+    /// Immediate alarm at or above this, ppm (mid < high <= 10000). Default 300.
+    pub high_ppm: f64,
+    /// Clear only when this far below a point, ppm (0 <= x < warn_ppm). Default 5.
+    pub hysteresis_ppm: f64,
+    /// Level of the warning (CO present). Default yellow.
+    pub warn_level: Level,
+    /// Level while at an alarm point but not yet for its time. Default orange.
+    pub pre_alarm_level: Level,
+    /// Level of the alarm (and of the device's own flag). Default red.
+    pub level: Level,
+}
+
+impl Default for CarbonMonoxideRule {
+    fn default() -> Self {
+        Self {
+            warn_ppm: 30.0,
+            low_ppm: 50.0,
+            low_after_min: 60,
+            mid_ppm: 100.0,
+            mid_after_min: 10,
+            high_ppm: 300.0,
+            hysteresis_ppm: 5.0,
+            warn_level: Level::Yellow,
+            pre_alarm_level: Level::Orange,
+            level: Level::Red,
+        }
+    }
+}
+
+impl CarbonMonoxideRule {
+    /// This rule with a device's overrides applied.
+    pub fn merged(&self, t: Option<&Thresholds>) -> Self {
+        Self {
+            warn_ppm: pick(t, |t| t.warn_ppm, self.warn_ppm),
+            low_ppm: pick(t, |t| t.low_ppm, self.low_ppm),
+            mid_ppm: pick(t, |t| t.mid_ppm, self.mid_ppm),
+            high_ppm: pick(t, |t| t.high_ppm, self.high_ppm),
+            warn_level: pick(t, |t| t.warn_level, self.warn_level),
+            level: pick(t, |t| t.level, self.level),
+            ..self.clone()
+        }
+    }
+}
+
+/// `[rules.smart_plug]`: a smart plug or charging socket in the charging shed. Over-current
+/// and an overheating plug are dangers (a short, a failing charger, a battery in thermal
+/// trouble); over-power, a temperature rising while charging and charging past the limit
+/// are warnings. Link `switch_off` to cut the plug.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmartPlugRule {
+    /// A load at or above this is charging, W (> 0, below max_power_w). Default 10.
+    pub charging_min_w: f64,
+    /// Over-current at or above this, A (0 < x <= 63); the plug's rating. Default 10.
+    pub max_current_a: f64,
+    /// Over-power at or above this, W (0 < x <= 20000): more than an e-bike charger
+    /// draws. Default 1000.
+    pub max_power_w: f64,
+    /// Overheating plug at or above this, °C (30..=120). Default 70.
+    pub max_temp_c: f64,
+    /// Warning when the plug's temperature rises faster than this while charging, °C per
+    /// minute over `rise_window_s` (> 0). Default 2.
+    pub rise_c_per_min: f64,
+    /// Window for `rise_c_per_min`, seconds (10..=3600). Default 300.
+    pub rise_window_s: u32,
+    /// Warning when one charging session lasts longer than this, hours (0 < x <= 48).
+    /// Default 8.
+    pub max_charging_h: f64,
+    /// Level of warnings (over-power, rising temperature, charging too long). Default
+    /// orange.
+    pub level: Level,
+    /// Level of over-current and an overheating plug (at least `level`). Default red.
+    pub danger_level: Level,
+}
+
+impl Default for SmartPlugRule {
+    fn default() -> Self {
+        Self {
+            charging_min_w: 10.0,
+            max_current_a: 10.0,
+            max_power_w: 1000.0,
+            max_temp_c: 70.0,
+            rise_c_per_min: 2.0,
+            rise_window_s: 300,
+            max_charging_h: 8.0,
+            level: Level::Orange,
+            danger_level: Level::Red,
+        }
+    }
+}
+
+impl SmartPlugRule {
+    /// This rule with a device's overrides applied.
+    pub fn merged(&self, t: Option<&Thresholds>) -> Self {
+        Self {
+            charging_min_w: pick(t, |t| t.charging_min_w, self.charging_min_w),
+            max_current_a: pick(t, |t| t.max_current_a, self.max_current_a),
+            max_power_w: pick(t, |t| t.max_power_w, self.max_power_w),
+            max_temp_c: pick(t, |t| t.max_temp_c, self.max_temp_c),
+            rise_c_per_min: pick(t, |t| t.rise_c_per_min, self.rise_c_per_min),
+            rise_window_s: pick(t, |t| t.rise_window_s, self.rise_window_s),
+            max_charging_h: pick(t, |t| t.max_charging_h, self.max_charging_h),
+            level: pick(t, |t| t.level, self.level),
+            danger_level: pick(t, |t| t.danger_level, self.danger_level),
+        }
+    }
+}
+
 /// `[rules.device]`: device health.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -383,8 +523,13 @@ pub struct Linkage {
     /// What to do.
     pub action: LinkageAction,
     /// Ids of the actuators: valves for `close_valve`, sirens for
-    /// `sound_siren`, PA speakers for `play_pa`.
+    /// `sound_siren`, PA speakers for `play_pa`, smart plugs for `switch_off`.
+    #[serde(default)]
     pub targets: Vec<String>,
+    /// `switch_off` only: also switch off the alert's own plug — the smart plug that
+    /// raised it, or the `plug` of the e-bike battery monitor that raised it. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_plug: bool,
     /// `play_pa` only: the announcement (default: generated from the alert).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -404,6 +549,8 @@ pub enum LinkageAction {
     SoundSiren,
     /// Play an announcement (targets: `pa_speaker` devices).
     PlayPa,
+    /// Switch smart plugs off: cut a charger's power (targets: `smart_plug` devices).
+    SwitchOff,
 }
 
 impl LinkageAction {
@@ -413,6 +560,7 @@ impl LinkageAction {
             LinkageAction::CloseValve => super::DeviceKind::Valve,
             LinkageAction::SoundSiren => super::DeviceKind::Siren,
             LinkageAction::PlayPa => super::DeviceKind::PaSpeaker,
+            LinkageAction::SwitchOff => super::DeviceKind::SmartPlug,
         }
     }
 
@@ -422,6 +570,7 @@ impl LinkageAction {
             LinkageAction::CloseValve => "close_valve",
             LinkageAction::SoundSiren => "sound_siren",
             LinkageAction::PlayPa => "play_pa",
+            LinkageAction::SwitchOff => "switch_off",
         }
     }
 }

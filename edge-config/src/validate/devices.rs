@@ -2,7 +2,8 @@
 
 use super::places::check_location;
 use super::{filter_problem, topic_problem, Problems};
-use crate::model::{BrokerMode, Config, Device, PayloadFormat};
+use crate::hints::{did_you_mean, list};
+use crate::model::{BrokerMode, Config, Device, DeviceKind, Field, PayloadFormat};
 use crate::path::KeyPath;
 use std::collections::HashMap;
 
@@ -230,6 +231,80 @@ fn check_device(config: &Config, d: &Device, at: &KeyPath, p: &mut Problems) {
         p.range(at.key("heartbeat_s"), hb, 10, 86_400);
     }
     check_credentials(config, d, at, p);
+    check_fields(d, at, p);
+    check_plug_link(config, d, at, p);
+}
+
+/// `model` (zigbee2mqtt only) and `fields` (each reading fits the kind, each key is a
+/// plain payload key).
+fn check_fields(d: &Device, at: &KeyPath, p: &mut Problems) {
+    if let Some(model) = &d.model {
+        if d.format != PayloadFormat::Zigbee2mqtt {
+            p.push(
+                at.key("model"),
+                "model only applies to format = \"zigbee2mqtt\"; remove it or set the format",
+            );
+        } else if model.trim().is_empty() {
+            p.push(
+                at.key("model"),
+                "write the Zigbee2MQTT model (as zigbee2mqtt/bridge/devices lists it), or remove it",
+            );
+        }
+    }
+    for (field, key) in &d.fields {
+        let here = at.key("fields").key(field.as_str());
+        if !field.applies_to(d.kind) {
+            let fitting: Vec<&str> = Field::ALL
+                .iter()
+                .filter(|f| f.applies_to(d.kind))
+                .map(|f| f.as_str())
+                .collect();
+            p.push(
+                here,
+                format!(
+                    "a {} device has no `{field}` reading; it takes: {}",
+                    d.kind,
+                    fitting.join(", ")
+                ),
+            );
+        } else if key.trim().is_empty() || key.contains(['/', '+', '#']) || key != key.trim() {
+            p.push(
+                here,
+                format!(
+                    "\"{key}\" is not a payload key: write the key of the device's JSON that carries {field}, e.g. \"gas_value\""
+                ),
+            );
+        }
+    }
+}
+
+/// `plug` (ebike_battery only) names a smart plug.
+fn check_plug_link(config: &Config, d: &Device, at: &KeyPath, p: &mut Problems) {
+    let Some(plug) = &d.plug else {
+        return;
+    };
+    let plugs: Vec<&str> = config
+        .devices_of(DeviceKind::SmartPlug)
+        .map(|d| d.id.as_str())
+        .collect();
+    if d.kind != DeviceKind::EbikeBattery {
+        p.push(
+            at.key("plug"),
+            format!(
+                "plug only applies to ebike_battery devices (the plug its charger is on); remove it from this {}",
+                d.kind
+            ),
+        );
+    } else if !plugs.contains(&plug.as_str()) {
+        p.push(
+            at.key("plug"),
+            format!(
+                "\"{plug}\" is not a smart_plug device{}; smart_plug devices: {}",
+                did_you_mean(plug, plugs.iter().copied()),
+                list(plugs.iter().copied())
+            ),
+        );
+    }
 }
 
 fn check_credentials(config: &Config, d: &Device, at: &KeyPath, p: &mut Problems) {

@@ -3,8 +3,8 @@
 use super::Problems;
 use crate::hints::{did_you_mean, list};
 use crate::model::{
-    Config, Device, DeviceKind, EbikeBatteryRule, GasRule, HeatRule, Level, Linkage, Rules,
-    Thresholds, WaterLeakRule,
+    CarbonMonoxideRule, Config, Device, DeviceKind, EbikeBatteryRule, GasRule, HeatRule, Level,
+    Linkage, LinkageAction, Rules, SmartPlugRule, Thresholds, WaterLeakRule,
 };
 use crate::path::KeyPath;
 
@@ -50,6 +50,8 @@ pub(super) fn check_rules(config: &Config, p: &mut Problems) {
     check_heat(&rules.heat, &base("heat"), p);
     check_ebike(&rules.ebike_battery, &base("ebike_battery"), p);
     check_water(&rules.water_leak, &base("water_leak"), p);
+    check_co(&rules.carbon_monoxide, &base("carbon_monoxide"), p);
+    check_plug(&rules.smart_plug, &base("smart_plug"), p);
     check_timing_and_health(rules, p);
     for (i, d) in config.devices.iter().enumerate() {
         if let Some(t) = &d.thresholds {
@@ -143,6 +145,58 @@ fn check_water(w: &WaterLeakRule, o: &Origin<'_>, p: &mut Problems) {
     );
 }
 
+/// `a` < `b`, blaming the overridden one.
+fn check_order(a: (&str, f64), b: (&str, f64), o: &Origin<'_>, p: &mut Problems) {
+    if a.1 >= b.1 {
+        p.push(
+            o.blame(a.0, b.0),
+            format!("{} ({}) must be greater than {} ({})", b.0, b.1, a.0, a.1),
+        );
+    }
+}
+
+fn check_co(c: &CarbonMonoxideRule, o: &Origin<'_>, p: &mut Problems) {
+    p.positive(o.at("warn_ppm"), c.warn_ppm, 10_000.0);
+    p.positive(o.at("low_ppm"), c.low_ppm, 10_000.0);
+    p.positive(o.at("mid_ppm"), c.mid_ppm, 10_000.0);
+    p.positive(o.at("high_ppm"), c.high_ppm, 10_000.0);
+    check_order(("warn_ppm", c.warn_ppm), ("low_ppm", c.low_ppm), o, p);
+    check_order(("low_ppm", c.low_ppm), ("mid_ppm", c.mid_ppm), o, p);
+    check_order(("mid_ppm", c.mid_ppm), ("high_ppm", c.high_ppm), o, p);
+    p.range(o.at("low_after_min"), c.low_after_min, 1, 240);
+    p.range(o.at("mid_after_min"), c.mid_after_min, 1, 240);
+    p.below(o.at("hysteresis_ppm"), c.hysteresis_ppm, 0.0, c.warn_ppm);
+    check_levels(
+        ("warn_level", c.warn_level),
+        ("pre_alarm_level", c.pre_alarm_level),
+        o,
+        p,
+    );
+    check_levels(
+        ("pre_alarm_level", c.pre_alarm_level),
+        ("level", c.level),
+        o,
+        p,
+    );
+}
+
+fn check_plug(s: &SmartPlugRule, o: &Origin<'_>, p: &mut Problems) {
+    p.positive(o.at("charging_min_w"), s.charging_min_w, 20_000.0);
+    p.positive(o.at("max_current_a"), s.max_current_a, 63.0);
+    p.positive(o.at("max_power_w"), s.max_power_w, 20_000.0);
+    check_order(
+        ("charging_min_w", s.charging_min_w),
+        ("max_power_w", s.max_power_w),
+        o,
+        p,
+    );
+    p.range(o.at("max_temp_c"), s.max_temp_c, 30.0, 120.0);
+    p.positive(o.at("rise_c_per_min"), s.rise_c_per_min, 60.0);
+    p.range(o.at("rise_window_s"), s.rise_window_s, 10, 3600);
+    p.positive(o.at("max_charging_h"), s.max_charging_h, 48.0);
+    check_levels(("level", s.level), ("danger_level", s.danger_level), o, p);
+}
+
 fn check_timing_and_health(rules: &Rules, p: &mut Problems) {
     let t = &rules.timing;
     let at = KeyPath::of("rules.timing");
@@ -169,6 +223,8 @@ fn rule_table(kind: DeviceKind) -> &'static str {
         DeviceKind::WaterLeak => "water_leak",
         DeviceKind::EbikeBattery => "ebike_battery",
         DeviceKind::Sos => "sos",
+        DeviceKind::CarbonMonoxide => "carbon_monoxide",
+        DeviceKind::SmartPlug => "smart_plug",
         DeviceKind::Siren | DeviceKind::Valve | DeviceKind::PaSpeaker => "",
     }
 }
@@ -197,6 +253,8 @@ fn check_overrides(rules: &Rules, d: &Device, t: &Thresholds, at: KeyPath, p: &m
         DeviceKind::Heat => check_heat(&rules.heat_for(d), &o, p),
         DeviceKind::EbikeBattery => check_ebike(&rules.ebike_battery_for(d), &o, p),
         DeviceKind::WaterLeak => check_water(&rules.water_leak_for(d), &o, p),
+        DeviceKind::CarbonMonoxide => check_co(&rules.carbon_monoxide_for(d), &o, p),
+        DeviceKind::SmartPlug => check_plug(&rules.smart_plug_for(d), &o, p),
         _ => {}
     }
 }
@@ -204,11 +262,25 @@ fn check_overrides(rules: &Rules, d: &Device, t: &Thresholds, at: KeyPath, p: &m
 fn check_linkage(config: &Config, l: &Linkage, at: KeyPath, p: &mut Problems) {
     let want = l.action.target_kind();
     let fitting: Vec<&str> = config.devices_of(want).map(|d| d.id.as_str()).collect();
-    if l.targets.is_empty() {
+    if l.own_plug && l.action != LinkageAction::SwitchOff {
+        p.push(
+            at.key("own_plug"),
+            format!(
+                "own_plug only applies to action = \"switch_off\"; remove it from this {} linkage",
+                l.action.as_str()
+            ),
+        );
+    }
+    if l.targets.is_empty() && !l.own_plug {
+        let or_own = if l.action == LinkageAction::SwitchOff {
+            ", or set own_plug = true to switch off the alert's own plug"
+        } else {
+            ""
+        };
         p.push(
             at.key("targets"),
             format!(
-                "list at least one {want} device; {want} devices: {}",
+                "list at least one {want} device{or_own}; {want} devices: {}",
                 list(fitting.iter().copied())
             ),
         );

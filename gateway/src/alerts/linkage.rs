@@ -15,12 +15,17 @@
 //! | `close_valve` | `{"command":"close","alert_id":…}` | `{"state":"OFF"}` |
 //! | `sound_siren` | `{"command":"on","alert_id":…}` | `{"warning":{"mode":"emergency","duration":600}}` |
 //! | `play_pa` | `{"command":"play","alert_id":…,"message":{"zh-CN":…,"en":…}}` | (not supported: PA speakers are native) |
+//! | `switch_off` | `{"command":"off","alert_id":…}` | `{"state":"OFF"}` |
+//!
+//! `switch_off` with `own_plug = true` also targets the alert's own plug: the smart plug that
+//! raised it, or the `plug` of the e-bike battery monitor that raised it — so one linkage
+//! covers every charging slot of a shed.
 
 use chrono::{DateTime, Utc};
-use edge_config::{Config, Device, LinkageAction, PayloadFormat};
+use edge_config::{Config, Device, DeviceKind, LinkageAction, PayloadFormat};
 use serde_json::json;
 
-use super::model::{ActionOutcome, ActionRecord, Alert};
+use super::model::{ActionOutcome, ActionRecord, Alert, Source};
 
 /// A command to publish to an actuator.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +39,8 @@ pub struct Command {
 pub fn plan(config: &Config, alert: &mut Alert, at: DateTime<Utc>) -> Vec<Command> {
     let mut commands = Vec::new();
     for linkage in config.rules.linkages_for(alert.kind, alert.level) {
-        for target in &linkage.targets {
+        let own = linkage.own_plug.then(|| own_plug(config, alert)).flatten();
+        for target in linkage.targets.iter().chain(own.as_ref()) {
             let action = linkage.action;
             if alert
                 .actions
@@ -60,6 +66,19 @@ pub fn plan(config: &Config, alert: &mut Alert, at: DateTime<Utc>) -> Vec<Comman
     commands
 }
 
+/// The plug of the alert's source device: the device itself if it is a smart plug, else its
+/// `plug` (an e-bike battery monitor's charger socket).
+fn own_plug(config: &Config, alert: &Alert) -> Option<String> {
+    let Source::Device(id) = &alert.source else {
+        return None;
+    };
+    let source = config.device(id)?;
+    match source.kind {
+        DeviceKind::SmartPlug => Some(source.id.clone()),
+        _ => source.plug.clone(),
+    }
+}
+
 fn command(
     device: &Device,
     action: LinkageAction,
@@ -71,7 +90,9 @@ fn command(
         (PayloadFormat::Zigbee2mqtt, LinkageAction::SoundSiren) => {
             json!({"warning": {"mode": "emergency", "duration": 600}})
         }
+        (PayloadFormat::Zigbee2mqtt, LinkageAction::SwitchOff) => json!({"state": "OFF"}),
         (_, LinkageAction::CloseValve) => json!({"command": "close", "alert_id": alert.id}),
+        (_, LinkageAction::SwitchOff) => json!({"command": "off", "alert_id": alert.id}),
         (_, LinkageAction::SoundSiren) => json!({"command": "on", "alert_id": alert.id}),
         (_, LinkageAction::PlayPa) => {
             let text = match message {
@@ -95,6 +116,7 @@ pub fn confirms(action: LinkageAction, state: &str) -> bool {
         LinkageAction::CloseValve => matches!(state.as_str(), "closed" | "close" | "off"),
         LinkageAction::SoundSiren => matches!(state.as_str(), "on" | "sounding" | "alarm"),
         LinkageAction::PlayPa => matches!(state.as_str(), "playing" | "played" | "on"),
+        LinkageAction::SwitchOff => state == "off",
     }
 }
 

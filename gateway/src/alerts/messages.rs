@@ -29,6 +29,8 @@ fn title(kind: AlertKind) -> (&'static str, &'static str) {
         AlertKind::Heat => ("高温报警", "Heat alarm"),
         AlertKind::WaterLeak => ("漏水报警", "Water leak"),
         AlertKind::Gas => ("燃气泄漏报警", "Combustible gas alarm"),
+        AlertKind::CarbonMonoxide => ("一氧化碳报警", "Carbon monoxide alarm"),
+        AlertKind::SmartPlug => ("充电插座异常", "Charging socket hazard"),
         AlertKind::EbikeBattery => ("电动车电池异常", "E-bike battery hazard"),
         AlertKind::Sos => ("紧急求助", "SOS emergency call"),
         AlertKind::DeviceOffline => ("设备离线", "Device offline"),
@@ -55,6 +57,14 @@ fn advice(kind: AlertKind) -> (&'static str, &'static str) {
         AlertKind::Gas => (
             "关闭燃气阀门并开窗通风，勿开关电器、勿用明火，撤离后拨打燃气抢修电话。",
             "Close the gas valve, open windows, do not touch switches or use flames; leave and call the gas emergency line.",
+        ),
+        AlertKind::CarbonMonoxide => (
+            "立即开窗通风，关闭燃气热水器和炉灶，人员撤到室外；有头晕恶心者拨打120。",
+            "Open the windows, turn off the gas water heater and stove, and get everyone outside; call 120 for anyone dizzy or sick.",
+        ),
+        AlertKind::SmartPlug => (
+            "立即切断该插座电源，人员远离充电车辆，准备灭火器材；冒烟起火拨打119。",
+            "Cut the socket's power now, keep people away from the charging e-bike and ready extinguishers; call 119 if it smokes or burns.",
         ),
         AlertKind::WaterLeak => (
             "关闭进水总阀，切断附近电源，通知物业维修。",

@@ -166,7 +166,13 @@ fn record(heard: &mut [Heard], router: &Router, config: &Config, p: &rumqttc::Pu
     let (Some(h), Some(d)) = (heard.get_mut(i), config.devices.get(i)) else {
         return;
     };
-    let decoded = decode::decode(&p.payload, d.format, role, d.kind);
+    let decoded = decode::decode_on(
+        &p.topic,
+        &p.payload,
+        d.format,
+        role,
+        &decode::Spec::for_device(d),
+    );
     if p.retain {
         if role == Role::Availability {
             h.retained_online = decoded.ok().and_then(|d| d.online);

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, FixedOffset};
-use edge_config::{Config, DeviceKind, PayloadFormat};
+use edge_config::{Config, Device, DeviceKind, Field, FieldType, PayloadFormat};
 use serde::{Deserialize, Serialize};
 
 pub use crate::reading::{Decoded, Values};
@@ -57,6 +57,37 @@ impl Reject {
             Reject::UnknownDevice => "unknown_device",
             Reject::Throttled => "throttled",
             Reject::BrokerOverrun => "broker_overrun",
+        }
+    }
+}
+
+/// How to read one device's payloads: its kind, and what its model's profile and its own
+/// `fields` say beyond the generic decoding (see `edge_config::profiles`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub kind: DeviceKind,
+    /// (reading, payload key) pairs read after the generic decoding, over it.
+    pub fields: Vec<(Field, String)>,
+    /// Payload keys the generic decoding must not read (a gas meter's `gas` in m³).
+    pub ignore: Vec<&'static str>,
+}
+
+impl Spec {
+    /// The generic decoding of a kind.
+    pub fn of(kind: DeviceKind) -> Self {
+        Spec {
+            kind,
+            fields: Vec::new(),
+            ignore: Vec::new(),
+        }
+    }
+
+    /// A configured device's decoding: its kind, profile and `fields`.
+    pub fn for_device(d: &Device) -> Self {
+        Spec {
+            kind: d.kind,
+            fields: d.field_map(),
+            ignore: d.ignored_keys(),
         }
     }
 }
@@ -300,8 +331,103 @@ fn z2m_values(map: &JsonMap, kind: DeviceKind) -> Result<Values, Reject> {
         } else {
             None
         },
-        ..Values::default()
+        ..z2m_kind_values(map, kind)?
     })
+}
+
+/// What only a CO alarm or a smart plug reports: read for those kinds alone, so another
+/// device's unrelated `co` or `power` key is never taken for one.
+fn z2m_kind_values(map: &JsonMap, kind: DeviceKind) -> Result<Values, Reject> {
+    Ok(match kind {
+        DeviceKind::CarbonMonoxide => Values {
+            carbon_monoxide: co_alarm(map)?,
+            co_ppm: match number(map, "co")? {
+                Some(ppm) => Some(ppm),
+                None => number(map, "carbon_monoxide_value")?,
+            },
+            ..Values::default()
+        },
+        DeviceKind::SmartPlug => Values {
+            power_w: number(map, "power")?,
+            current_a: number(map, "current")?,
+            voltage_v: number(map, "voltage")?,
+            energy_kwh: number(map, "energy")?,
+            plug_temp_c: match number(map, "device_temperature")? {
+                Some(t) => Some(t),
+                None => number(map, "temperature")?,
+            },
+            ..Values::default()
+        },
+        _ => Values::default(),
+    })
+}
+
+/// A CO alarm's own flag: `carbon_monoxide` (IAS zone, Tuya), or `co_state` `alarm` /
+/// `normal` (Lincukoo).
+fn co_alarm(map: &JsonMap) -> Result<Option<bool>, Reject> {
+    let flag = flag(map, "carbon_monoxide")?;
+    let state = match text(map, "co_state")? {
+        Some("alarm") => Some(true),
+        Some("normal") => Some(false),
+        _ => None,
+    };
+    Ok([flag, state]
+        .into_iter()
+        .flatten()
+        .reduce(|any, on| any || on))
+}
+
+/// Applies a device's field map (profile + `fields`) over the generic values: each mapped
+/// key present in the payload sets its reading; a key of the wrong JSON type is `wrong_type`.
+fn apply_fields(map: &JsonMap, spec: &Spec, values: &mut Values) -> Result<(), Reject> {
+    for (f, key) in &spec.fields {
+        let Some(v) = field(map, key) else {
+            continue;
+        };
+        let wrong = || Reject::WrongType;
+        match f.value_type() {
+            FieldType::Flag => set_flag(values, *f, v.as_bool().ok_or_else(wrong)?),
+            FieldType::Number => set_number(values, *f, v.as_f64().ok_or_else(wrong)?),
+            FieldType::Text => {
+                values.state = Some(v.as_str().ok_or_else(wrong)?.to_ascii_lowercase())
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_flag(v: &mut Values, f: Field, on: bool) {
+    let slot = match f {
+        Field::Smoke => &mut v.smoke,
+        Field::Heat => &mut v.heat,
+        Field::Gas => &mut v.gas,
+        Field::CarbonMonoxide => &mut v.carbon_monoxide,
+        Field::WaterLeak => &mut v.water_leak,
+        Field::BatteryLow => &mut v.battery_low,
+        Field::Tamper => &mut v.tamper,
+        Field::Charging => &mut v.charging,
+        Field::Present => &mut v.present,
+        Field::Pressed => &mut v.pressed,
+        _ => return,
+    };
+    *slot = Some(on);
+}
+
+fn set_number(v: &mut Values, f: Field, x: f64) {
+    let slot = match f {
+        Field::TemperatureC => &mut v.temperature_c,
+        Field::GasLelPct => &mut v.gas_lel_pct,
+        Field::CoPpm => &mut v.co_ppm,
+        Field::BatteryPct => &mut v.battery_pct,
+        Field::BatteryTempC => &mut v.battery_temp_c,
+        Field::VoltageV => &mut v.voltage_v,
+        Field::CurrentA => &mut v.current_a,
+        Field::PowerW => &mut v.power_w,
+        Field::EnergyKwh => &mut v.energy_kwh,
+        Field::PlugTempC => &mut v.plug_temp_c,
+        _ => return,
+    };
+    *slot = Some(x);
 }
 
 /// A key's value; JSON `null` (Zigbee2MQTT publishes it for a value it lost) is absent.
@@ -436,17 +562,17 @@ pub fn decode(
     role: Role,
     kind: DeviceKind,
 ) -> Result<Decoded, Reject> {
-    decode_on("", payload, format, role, kind)
+    decode_on("", payload, format, role, &Spec::of(kind))
 }
 
-/// Decodes one payload that arrived on `topic`, for a device of `kind` in `format`, the topic
-/// having `role` for the device.
+/// Decodes one payload that arrived on `topic`, for a device read as `spec` in `format`, the
+/// topic having `role` for the device.
 pub fn decode_on(
     topic: &str,
     payload: &[u8],
     format: PayloadFormat,
     role: Role,
-    kind: DeviceKind,
+    spec: &Spec,
 ) -> Result<Decoded, Reject> {
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(Reject::Oversized);
@@ -458,38 +584,45 @@ pub fn decode_on(
             online: Some(true),
         }),
         Role::Availability => decode_availability(payload),
-        Role::State => decode_state(payload, format, kind),
+        Role::State => decode_state(payload, format, spec),
         Role::Property => {
             let property = topic.rsplit('/').next().unwrap_or_default();
-            decode_property(property, payload, kind)
+            decode_property(property, payload, spec)
         }
     }
 }
 
-fn decode_state(
-    payload: &[u8],
-    format: PayloadFormat,
-    kind: DeviceKind,
-) -> Result<Decoded, Reject> {
+fn decode_state(payload: &[u8], format: PayloadFormat, spec: &Spec) -> Result<Decoded, Reject> {
     let json: serde_json::Value =
         serde_json::from_slice(payload).map_err(|_| Reject::InvalidJson)?;
     let serde_json::Value::Object(map) = json else {
         return Err(Reject::NotAnObject);
     };
-    let (values, sensor_ts) = match format {
+    let (mut values, sensor_ts) = match format {
         PayloadFormat::Native => {
-            let n: Native = serde_json::from_value(serde_json::Value::Object(map))
+            let n: Native = serde_json::from_value(serde_json::Value::Object(map.clone()))
                 .map_err(|_| Reject::WrongType)?;
             (n.values, n.ts)
         }
-        PayloadFormat::Zigbee2mqtt => (z2m_values(&map, kind)?, None),
+        PayloadFormat::Zigbee2mqtt => (z2m_generic(&map, spec)?, None),
     };
+    apply_fields(&map, spec, &mut values)?;
     finite(values, sensor_ts)
+}
+
+/// The generic Zigbee2MQTT reading, without the keys the device's profile says not to read.
+fn z2m_generic(map: &JsonMap, spec: &Spec) -> Result<Values, Reject> {
+    if spec.ignore.is_empty() {
+        return z2m_values(map, spec.kind);
+    }
+    let mut kept = map.clone();
+    kept.retain(|k, _| !spec.ignore.contains(&k.as_str()));
+    z2m_values(&kept, spec.kind)
 }
 
 /// One property's bare value (`output: attribute`, the `/action` side topic): JSON for
 /// numbers, booleans and objects, the plain text for strings (`single`, `ON`).
-fn decode_property(property: &str, payload: &[u8], kind: DeviceKind) -> Result<Decoded, Reject> {
+fn decode_property(property: &str, payload: &[u8], spec: &Spec) -> Result<Decoded, Reject> {
     let value = match serde_json::from_slice::<serde_json::Value>(payload) {
         Ok(v) => v,
         Err(_) => {
@@ -499,7 +632,9 @@ fn decode_property(property: &str, payload: &[u8], kind: DeviceKind) -> Result<D
     };
     let mut map = JsonMap::new();
     map.insert(property.to_owned(), value);
-    finite(z2m_values(&map, kind)?, None)
+    let mut values = z2m_generic(&map, spec)?;
+    apply_fields(&map, spec, &mut values)?;
+    finite(values, None)
 }
 
 fn finite(values: Values, sensor_ts: Option<DateTime<FixedOffset>>) -> Result<Decoded, Reject> {
@@ -547,6 +682,10 @@ fn values_are_finite(v: &Values) -> bool {
         v.battery_temp_c,
         v.voltage_v,
         v.current_a,
+        v.co_ppm,
+        v.power_w,
+        v.energy_kwh,
+        v.plug_temp_c,
         v.linkquality,
     ]
     .into_iter()
@@ -735,7 +874,14 @@ mod tests {
             let kind = config.devices[device].kind;
             (
                 device,
-                decode_on(topic, payload, PayloadFormat::Zigbee2mqtt, role, kind).unwrap(),
+                decode_on(
+                    topic,
+                    payload,
+                    PayloadFormat::Zigbee2mqtt,
+                    role,
+                    &Spec::of(kind),
+                )
+                .unwrap(),
             )
         };
         // Home Assistant's side topic: the bare action string, a press.
@@ -764,7 +910,7 @@ mod tests {
             b"wet",
             PayloadFormat::Zigbee2mqtt,
             Role::Property,
-            DeviceKind::WaterLeak,
+            &Spec::of(DeviceKind::WaterLeak),
         );
         assert_eq!(wet, Err(Reject::WrongType));
         // Commands, availability and the bridge keep their meaning.
@@ -855,6 +1001,145 @@ mod tests {
             DeviceKind::Smoke,
         );
         assert_eq!(low.battery_low, Some(true));
+    }
+
+    #[test]
+    fn co_alarms_from_the_corpus_give_their_flag_and_concentration() {
+        let co = DeviceKind::CarbonMonoxide;
+        for id in ["hs1ca-e", "zc-hm", "zbco-ae-10x-eur", "e12"] {
+            let alarm = z2m(&corpus(id, "alarm", ""), co);
+            assert_eq!(alarm.carbon_monoxide, Some(true), "{id}");
+            let clear = z2m(&corpus(id, "clear", ""), co);
+            assert_eq!(clear.carbon_monoxide, Some(false), "{id}");
+        }
+        // The concentration from `co` (Moes) or `carbon_monoxide_value` (Nous).
+        assert_eq!(z2m(&corpus("zc-hm", "alarm", ""), co).co_ppm, Some(50.0));
+        assert_eq!(z2m(&corpus("e12", "alarm", ""), co).co_ppm, Some(50.0));
+        // A gas detector's `co` is none of its readings.
+        let gas = z2m(&corpus("e04cf-z10t", "alarm", ""), DeviceKind::Gas);
+        assert_eq!((gas.co_ppm, gas.carbon_monoxide), (None, None));
+    }
+
+    #[test]
+    fn smart_plugs_from_the_corpus_give_load_current_and_their_own_temperature() {
+        let plug = DeviceKind::SmartPlug;
+        let v = z2m(&corpus("sp-euc01", "alarm", ""), plug);
+        assert_eq!((v.current_a, v.power_w), (Some(12.6), Some(2900.0)));
+        assert_eq!(v.plug_temp_c, Some(33.0));
+        assert_eq!(v.state.as_deref(), Some("on"));
+        assert!(v.energy_kwh.is_some() && v.voltage_v == Some(226.0));
+        // Tuya plugs without a temperature sensor.
+        let t = z2m(&corpus("ts011f-plug-1", "clear", ""), plug);
+        assert_eq!((t.power_w, t.plug_temp_c), (Some(0.0), None));
+        // A smoke detector's battery `voltage` (mV) is not a plug's.
+        let smoke = z2m(&corpus("jtyj-gd-01lm-bw", "normal", ""), DeviceKind::Smoke);
+        assert_eq!((smoke.voltage_v, smoke.power_w), (None, None));
+    }
+
+    fn spec(kind: &str, extra: &str) -> Spec {
+        let config = edge_config::parse(
+            &format!(
+                "[site]\nid='s'\nname='s'\nkind='compound'\n[[locations.buildings]]\nid='b'\nname='b'\nfloors=2\n\
+                 [[devices]]\nid='d'\nkind='{kind}'\nformat='zigbee2mqtt'\nlocation={{building='b'}}\n{extra}\n"
+            ),
+            "t.toml",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        Spec::for_device(&config.devices[0])
+    }
+
+    fn z2m_as(payload: &[u8], spec: &Spec) -> Result<Values, Reject> {
+        decode_on("", payload, PayloadFormat::Zigbee2mqtt, Role::State, spec).map(|d| d.values)
+    }
+
+    #[test]
+    fn a_models_profile_reads_gas_value_as_lel_where_the_converters_say_lel() {
+        let payload = corpus("ts0601-gas-sensor-2", "alarm", "");
+        let generic = z2m_as(&payload, &spec("gas", "")).unwrap();
+        assert_eq!(generic.gas_lel_pct, None);
+        let profiled = z2m_as(&payload, &spec("gas", "model='TS0601_gas_sensor_2'")).unwrap();
+        assert_eq!(profiled.gas_lel_pct, Some(50.0));
+        // ZG-225Z's gas_value is ppm: its profile keeps it out even under `output: attribute`.
+        let zg = spec("gas", "model='ZG-225Z'");
+        let attr = decode_on(
+            "zigbee2mqtt/d/gas_value",
+            b"50",
+            PayloadFormat::Zigbee2mqtt,
+            Role::Property,
+            &zg,
+        )
+        .unwrap();
+        assert_eq!(attr.values.gas_lel_pct, None);
+    }
+
+    #[test]
+    fn an_installers_fields_map_reads_an_unknown_models_keys() {
+        let s = spec(
+            "gas",
+            "fields = { gas_lel_pct = 'lel', gas = 'alarm_state_bool', battery_pct = 'bat' }",
+        );
+        let v = z2m_as(br#"{"lel": 12.5, "alarm_state_bool": true, "bat": 80}"#, &s).unwrap();
+        assert_eq!(
+            (v.gas_lel_pct, v.gas, v.battery_pct),
+            (Some(12.5), Some(true), Some(80.0))
+        );
+        // The mapped key must have the reading's type.
+        assert_eq!(z2m_as(br#"{"lel": "high"}"#, &s), Err(Reject::WrongType));
+        // A device's own map wins over its profile.
+        let own = spec(
+            "gas",
+            "model='TS0601_gas_sensor_2'\nfields = { gas_lel_pct = 'gas_density' }",
+        );
+        let v = z2m_as(br#"{"gas_value": 40, "gas_density": 3}"#, &own).unwrap();
+        assert_eq!(v.gas_lel_pct, Some(3.0));
+    }
+
+    /// Units of the properties whose meaning differs by model, over every definition of
+    /// zigbee-herdsman-converters (the corpus's `units`, generated from the package).
+    #[test]
+    fn every_model_whose_converters_give_a_gas_concentration_in_lel_is_read_as_lel_and_no_other() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/zigbee2mqtt/corpus.json"
+        );
+        let corpus: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let units = corpus["units"].as_array().expect("units in the corpus");
+        let mut checked = 0;
+        for u in units {
+            let (model, property, unit) = (
+                u["model"].as_str().unwrap(),
+                u["property"].as_str().unwrap(),
+                u["unit"].as_str().unwrap(),
+            );
+            let kind = if matches!(property, "co" | "carbon_monoxide_value") {
+                "carbon_monoxide"
+            } else if property == "smoke_concentration" {
+                "smoke"
+            } else {
+                "gas"
+            };
+            let s = spec(kind, &format!("model = '{model}'"));
+            let v = z2m_as(format!("{{\"{property}\": 42}}").as_bytes(), &s).unwrap();
+            // Xiaomi's `gas_density` has no unit in its exposes; Xiaomi documents % LEL.
+            let lel = unit.contains("LEL") || (property == "gas_density" && unit.is_empty());
+            assert_eq!(
+                v.gas_lel_pct.is_some(),
+                lel,
+                "{model}: {property} in {unit:?} read as % LEL: {:?}",
+                v.gas_lel_pct
+            );
+            if kind == "carbon_monoxide" {
+                assert_eq!(
+                    v.co_ppm,
+                    (unit == "ppm").then_some(42.0),
+                    "{model}: {property}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} units checked");
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::reading::Reading;
 use crate::selftest::{Probe, SelfTest};
 use crate::supervise::fault_point;
 use board::DeviceBoard;
-use decode::{decode_on, Reject, Router};
+use decode::{decode_on, Reject, Router, Spec};
 pub use stats::{IngestStats, StatsSnapshot};
 use throttle::Throttle;
 
@@ -55,6 +55,8 @@ const CLOCK_SKEW_WARN: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 pub struct Ingest {
     config: Arc<Config>,
     router: Router,
+    /// How each device's payloads are read (kind, profile, `fields`), by device index.
+    specs: Vec<Spec>,
     throttle: Throttle,
     /// Shared with the status API: counters are atomics and a small locked map, so reading
     /// them never blocks ingest for long.
@@ -87,6 +89,7 @@ impl Ingest {
     pub fn new(config: Arc<Config>) -> Self {
         Ingest {
             router: Router::new(&config),
+            specs: config.devices.iter().map(Spec::for_device).collect(),
             throttle: Throttle::new(config.devices.len()),
             stats: Arc::new(IngestStats::default()),
             board: Arc::new(DeviceBoard::new(config.devices.len())),
@@ -202,7 +205,7 @@ impl Ingest {
         let d = &self.config.devices[device];
         // Decoded before the bucket is consulted: invalid messages spend none of it, and a
         // change of hazard state passes even an empty one (see `throttle`).
-        let decoded = match decode_on(topic, payload, d.format, role, d.kind) {
+        let decoded = match decode_on(topic, payload, d.format, role, &self.specs[device]) {
             Ok(decoded) => decoded,
             Err(reason) => {
                 self.stats.reject(Some(&d.id), reason, topic);

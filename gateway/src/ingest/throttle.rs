@@ -17,6 +17,14 @@ use super::decode::{Decoded, Values};
 /// change of band, or lies within one band of it.
 pub const BAND: f64 = 5.0;
 
+/// Bands of a CO concentration (ppm): the alarm points (30 / 50 / 100 / 300 ppm) are band
+/// edges.
+pub const CO_BAND_PPM: f64 = 10.0;
+/// Bands of a plug's current (A) and power (W): over-current (10 A) and over-power (1000 W)
+/// are band edges, a charger's own wobble (0.82 / 0.84 A) is not.
+pub const CURRENT_BAND_A: f64 = 1.0;
+pub const POWER_BAND_W: f64 = 100.0;
+
 /// Sustained messages per second a device may send.
 pub const RATE_PER_S: f64 = 20.0;
 /// Burst a device may send at once.
@@ -31,21 +39,24 @@ struct Bucket {
 /// What a device says about hazards, coarsely: equal keys mean "nothing new".
 #[derive(Debug, Clone, Default, PartialEq)]
 struct HazardKey {
-    flags: [Option<bool>; 9],
-    bands: [Option<i64>; 3],
+    flags: [Option<bool>; 11],
+    bands: [Option<i64>; 7],
     state: Option<String>,
 }
 
 impl HazardKey {
     fn of(v: &Values, online: Option<bool>) -> Self {
-        let band = |x: Option<f64>| {
+        let band_of = |x: Option<f64>, width: f64| {
             x.filter(|x| x.is_finite())
-                .map(|x| (x / BAND).floor() as i64)
+                .map(|x| (x / width).floor() as i64)
         };
+        let band = |x: Option<f64>| band_of(x, BAND);
         HazardKey {
             flags: [
                 v.smoke,
                 v.gas,
+                v.heat,
+                v.carbon_monoxide,
                 v.water_leak,
                 v.tamper,
                 v.battery_low,
@@ -58,6 +69,10 @@ impl HazardKey {
                 band(v.gas_lel_pct),
                 band(v.temperature_c),
                 band(v.battery_temp_c),
+                band(v.plug_temp_c),
+                band_of(v.co_ppm, CO_BAND_PPM),
+                band_of(v.current_a, CURRENT_BAND_A),
+                band_of(v.power_w, POWER_BAND_W),
             ],
             state: v.state.clone(),
         }

@@ -61,6 +61,41 @@ pub enum Cause {
         limit_h: f64,
     },
     BatteryRemoved,
+    /// The CO alarm's own flag.
+    CoAlarmFlag,
+    /// CO present, below the alarm points.
+    CoWarning {
+        ppm: f64,
+        threshold_ppm: f64,
+    },
+    /// At an alarm point, not yet for its time: the alarm follows after `alarm_after_min`.
+    CoAtAlarmPoint {
+        ppm: f64,
+        threshold_ppm: f64,
+        alarm_after_min: u32,
+    },
+    /// At an alarm point for its time (or at the immediate one).
+    CoAlarm {
+        ppm: f64,
+        threshold_ppm: f64,
+        for_min: f64,
+    },
+    PlugOverCurrent {
+        current_a: f64,
+        limit_a: f64,
+    },
+    PlugOverPower {
+        power_w: f64,
+        limit_w: f64,
+    },
+    PlugOverTemp {
+        temp_c: f64,
+        threshold_c: f64,
+    },
+    PlugTempRising {
+        c_per_min: f64,
+        threshold_c_per_min: f64,
+    },
     SosPressed,
     Offline {
         silent_s: u64,
@@ -85,7 +120,7 @@ impl Wish {
         Wish::default()
     }
 
-    fn add(&mut self, level: Level, cause: Cause) {
+    pub(super) fn add(&mut self, level: Level, cause: Cause) {
         self.level = Some(self.level.map_or(level, |l| l.max(level)));
         self.causes.push(cause);
     }
@@ -403,7 +438,7 @@ impl EbikeEval {
     }
 }
 
-fn round1(x: f64) -> f64 {
+pub(super) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 

@@ -10,8 +10,10 @@
 //! comes back as a [`RuleReset`] ([`reset`]): the condition is reset so the detector is never
 //! left deaf.
 
+pub mod co;
 pub mod condition;
 pub mod hazards;
+pub mod plug;
 pub mod reset;
 
 use std::collections::HashMap;
@@ -22,10 +24,12 @@ use edge_config::{AlertKind, Config, DeviceKind, Level};
 use tokio::time::Instant;
 
 use crate::reading::Values;
+use co::CoEval;
 pub use condition::Change;
 use condition::{Condition, Timing};
 pub use hazards::Cause;
 use hazards::{BatteryReading, EbikeEval, HeatEval, Wish};
+use plug::{PlugEval, PlugReading};
 pub use reset::{ResetReceiver, ResetSender, RuleReset};
 
 pub use crate::reading::Reading;
@@ -47,6 +51,8 @@ struct DeviceState {
     conditions: HashMap<AlertKind, Condition>,
     heat: HeatEval,
     ebike: EbikeEval,
+    co: CoEval,
+    plug: PlugEval,
     /// Last message of any kind (monotonic); offline is measured from here.
     last_seen: Option<Instant>,
     /// Latest value of every field, merged across messages.
@@ -170,7 +176,7 @@ impl Engine {
         self.apply_resets(now, &mut out);
         for i in 0..self.devices.len() {
             self.check_offline(i, now, &mut out);
-            self.tick_ebike(i, now, &mut out);
+            self.tick_timed(i, now, &mut out);
             let values = self.devices[i].values.clone();
             for (kind, cond) in &mut self.devices[i].conditions {
                 let reported = cond.reports();
@@ -259,6 +265,16 @@ impl Engine {
                     self.apply(r.device, AlertKind::WaterLeak, wish, r.now, out);
                 }
             }
+            DeviceKind::CarbonMonoxide => {
+                if v.co_ppm.is_some() || v.carbon_monoxide.is_some() {
+                    let active = self.level(r.device, AlertKind::CarbonMonoxide);
+                    let rule = rules.carbon_monoxide_for(device);
+                    let co = &mut self.devices[r.device].co;
+                    let wish = co.eval(&rule, v.co_ppm, v.carbon_monoxide, active, r.now);
+                    self.apply(r.device, AlertKind::CarbonMonoxide, wish, r.now, out);
+                }
+            }
+            DeviceKind::SmartPlug => self.plug(r, out),
             DeviceKind::EbikeBattery => self.ebike(r, out),
             DeviceKind::Sos => {
                 if v.pressed == Some(true) {
@@ -321,19 +337,63 @@ impl Engine {
         }
     }
 
-    fn tick_ebike(&mut self, i: usize, now: Instant, out: &mut Vec<Signal>) {
-        let config = self.config.clone();
-        let device = &config.devices[i];
-        if device.kind != DeviceKind::EbikeBattery {
+    fn plug(&mut self, r: &Reading, out: &mut Vec<Signal>) {
+        let v = &r.decoded.values;
+        let reading = PlugReading {
+            power_w: v.power_w,
+            current_a: v.current_a,
+            voltage_v: v.voltage_v,
+            temp_c: v.plug_temp_c,
+            on: v.state.as_deref().and_then(|s| match s {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            }),
+        };
+        let measured = [reading.power_w, reading.current_a, reading.temp_c];
+        if measured.iter().all(Option::is_none) && reading.on.is_none() {
             return;
         }
-        let active = self.is_active(i, AlertKind::EbikeBattery);
-        let wish = self.devices[i]
-            .ebike
-            .tick(&config.rules.ebike_battery_for(device), active, now);
-        // Only time-based causes can appear on a tick; don't clear on a tick.
+        let config = self.config.clone();
+        let rule = config.rules.smart_plug_for(&config.devices[r.device]);
+        let active = self.is_active(r.device, AlertKind::SmartPlug);
+        let wish = self.devices[r.device]
+            .plug
+            .eval(&rule, reading, active, r.now);
+        self.apply(r.device, AlertKind::SmartPlug, wish, r.now, out);
+    }
+
+    /// Time-based causes without a reading: over-long charging (e-bike battery, smart
+    /// plug), time at a CO alarm point. A tick never clears: readings do.
+    fn tick_timed(&mut self, i: usize, now: Instant, out: &mut Vec<Signal>) {
+        let config = self.config.clone();
+        let device = &config.devices[i];
+        let rules = &config.rules;
+        let (kind, wish) = match device.kind {
+            DeviceKind::EbikeBattery => {
+                let active = self.is_active(i, AlertKind::EbikeBattery);
+                let rule = rules.ebike_battery_for(device);
+                let wish = self.devices[i].ebike.tick(&rule, active, now);
+                (AlertKind::EbikeBattery, wish)
+            }
+            DeviceKind::SmartPlug => {
+                let active = self.is_active(i, AlertKind::SmartPlug);
+                let rule = rules.smart_plug_for(device);
+                (
+                    AlertKind::SmartPlug,
+                    self.devices[i].plug.tick(&rule, active, now),
+                )
+            }
+            DeviceKind::CarbonMonoxide => {
+                let active = self.level(i, AlertKind::CarbonMonoxide);
+                let rule = rules.carbon_monoxide_for(device);
+                let wish = self.devices[i].co.tick(&rule, active, now);
+                (AlertKind::CarbonMonoxide, wish)
+            }
+            _ => return,
+        };
         if wish.level.is_some() {
-            self.apply(i, AlertKind::EbikeBattery, wish, now, out);
+            self.apply(i, kind, wish, now, out);
         }
     }
 

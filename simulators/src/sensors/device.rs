@@ -66,7 +66,18 @@ pub struct SimDevice {
     pub charging: bool,
     pub present: bool,
     pub pressed: bool,
-    /// Actuators: `open`/`closed` (valve), `on`/`off` (siren), `idle`/`playing` (PA).
+    /// CO alarms: the concentration, ppm.
+    pub co_ppm: f64,
+    /// CO alarms raise their own `carbon_monoxide` flag at this ppm (the rules' immediate
+    /// alarm point, as an EN 50291 alarm does within minutes at 300 ppm).
+    pub co_flag_ppm: f64,
+    /// Smart plugs: the charger's load, W, and the plug's own temperature, °C.
+    pub power_w: f64,
+    pub plug_temp_c: f64,
+    /// Smart plugs: the energy meter, kWh.
+    pub energy_kwh: f64,
+    /// Actuators: `open`/`closed` (valve), `on`/`off` (siren, smart plug), `idle`/`playing`
+    /// (PA).
     pub actuator: String,
     cycle: Cycle,
 }
@@ -95,6 +106,7 @@ impl SimDevice {
             DeviceKind::Valve => "open",
             DeviceKind::Siren => "off",
             DeviceKind::PaSpeaker => "idle",
+            DeviceKind::SmartPlug => "on",
             _ => "",
         };
         let charging = rng.gen_bool(0.5);
@@ -127,6 +139,11 @@ impl SimDevice {
             charging,
             present: true,
             pressed: false,
+            co_ppm: rng.gen_range(0.0..3.0_f64).round(),
+            co_flag_ppm: config.rules.carbon_monoxide_for(device).high_ppm,
+            power_w: if charging { 180.0 } else { 0.8 },
+            plug_temp_c: ambient_c + if charging { 6.0 } else { 1.0 },
+            energy_kwh: rng.gen_range(1.0..40.0_f64).round(),
             actuator: actuator.to_owned(),
             cycle: if charging {
                 Cycle::Charging
@@ -168,6 +185,34 @@ impl SimDevice {
         if self.kind == DeviceKind::EbikeBattery && self.present {
             self.step_charging(s);
         }
+        if self.kind == DeviceKind::SmartPlug {
+            self.step_plug(s);
+        }
+        if self.kind == DeviceKind::CarbonMonoxide {
+            let noise = self.jitter(0.5);
+            self.co_ppm = (self.co_ppm + (1.0 - self.co_ppm) * pull + noise).clamp(0.0, 5.0);
+        }
+    }
+
+    /// A smart plug follows the same charging cycle as a battery: ~180 W while charging
+    /// (a 48 V charger), under a watt idle, its own temperature a few degrees above the
+    /// room's; nothing flows while it is switched off.
+    fn step_plug(&mut self, s: f64) {
+        if self.present {
+            self.step_charging(s);
+        }
+        let on = self.actuator != "off";
+        let load = if on && self.charging {
+            180.0 + self.jitter(4.0)
+        } else if on {
+            0.8
+        } else {
+            0.0
+        };
+        self.power_w = load;
+        self.energy_kwh += load * s / 3_600_000.0;
+        let target = self.ambient_c + if load > 10.0 { 6.0 } else { 1.0 };
+        self.plug_temp_c += (target - self.plug_temp_c) * (s / 600.0).min(1.0);
     }
 
     fn step_charging(&mut self, s: f64) {
@@ -269,6 +314,19 @@ impl SimDevice {
                 m.insert("pressed".into(), json!(self.pressed));
                 battery(&mut m);
             }
+            DeviceKind::CarbonMonoxide => {
+                m.insert("co_ppm".into(), json!(self.co_ppm.round()));
+                m.insert("carbon_monoxide".into(), json!(self.co_alarm()));
+                battery(&mut m);
+            }
+            DeviceKind::SmartPlug => {
+                m.insert("state".into(), json!(self.actuator));
+                m.insert("power_w".into(), json!(round1(self.power_w)));
+                m.insert("current_a".into(), json!(self.plug_current_a()));
+                m.insert("voltage_v".into(), json!(230.0));
+                m.insert("energy_kwh".into(), json!(round3(self.energy_kwh)));
+                m.insert("plug_temp_c".into(), json!(round1(self.plug_temp_c)));
+            }
             DeviceKind::Siren | DeviceKind::Valve | DeviceKind::PaSpeaker => {
                 m.insert("state".into(), json!(self.actuator));
             }
@@ -322,6 +380,22 @@ impl SimDevice {
                 }
                 battery(&mut m);
             }
+            DeviceKind::CarbonMonoxide => {
+                // As the Moes ZC-HM / Heiman HS1CA-E publish (see the z2m corpus).
+                m.insert("carbon_monoxide".into(), json!(self.co_alarm()));
+                m.insert("co".into(), json!(self.co_ppm.round()));
+                battery(&mut m);
+            }
+            DeviceKind::SmartPlug => {
+                // As a Tuya TS011F / Aqara SP-EUC01 publishes (see the z2m corpus).
+                let on = self.actuator != "off";
+                m.insert("state".into(), json!(if on { "ON" } else { "OFF" }));
+                m.insert("power".into(), json!(round1(self.power_w)));
+                m.insert("current".into(), json!(self.plug_current_a()));
+                m.insert("voltage".into(), json!(230));
+                m.insert("energy".into(), json!(round3(self.energy_kwh)));
+                m.insert("device_temperature".into(), json!(round1(self.plug_temp_c)));
+            }
             DeviceKind::Valve => {
                 let s = if self.actuator == "closed" {
                     "CLOSE"
@@ -359,10 +433,25 @@ impl SimDevice {
             (DeviceKind::Siren, "off" | "stop" | "silence") => "off",
             (DeviceKind::PaSpeaker, "play" | "on" | "play_pa" | "announce") => "playing",
             (DeviceKind::PaSpeaker, "stop" | "off" | "idle") => "idle",
+            (DeviceKind::SmartPlug, "off" | "switch_off") => "off",
+            (DeviceKind::SmartPlug, "on") => "on",
             _ => return None,
         };
         self.actuator = next.to_owned();
+        if self.kind == DeviceKind::SmartPlug && next == "off" {
+            self.power_w = 0.0;
+        }
         Some(next.to_owned())
+    }
+
+    /// A CO alarm's own flag: set at the immediate alarm point.
+    pub fn co_alarm(&self) -> bool {
+        self.co_ppm >= self.co_flag_ppm
+    }
+
+    /// A plug's current from its load at 230 V, two decimals.
+    pub fn plug_current_a(&self) -> f64 {
+        (self.power_w / 230.0 * 100.0).round() / 100.0
     }
 }
 
@@ -378,6 +467,11 @@ pub fn now_rfc3339() -> String {
 /// One decimal, as sensors report.
 pub fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+/// Three decimals (energy meters, kWh).
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]

@@ -96,6 +96,11 @@ pub enum Scenario {
     EbikeThermalRunaway,
     BatteryTheft,
     Sos,
+    /// A CO alarm: a blocked gas water heater flue, CO past the alarm points, then aired.
+    CoLeak,
+    /// A smart plug whose charger fails: the plug overheats while charging (linkage should
+    /// switch it off).
+    ChargerOverheat,
     DeviceOffline,
     Malformed,
     Flood,
@@ -107,16 +112,18 @@ pub enum Scenario {
 
 impl Scenario {
     /// The hazards `demo` plays in turn.
-    pub const DEMO_CYCLE: [Scenario; 6] = [
+    pub const DEMO_CYCLE: [Scenario; 8] = [
         Scenario::KitchenFire,
         Scenario::GasLeak,
         Scenario::WaterLeak,
         Scenario::EbikeThermalRunaway,
         Scenario::BatteryTheft,
         Scenario::Sos,
+        Scenario::CoLeak,
+        Scenario::ChargerOverheat,
     ];
 
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::Normal,
         Scenario::KitchenFire,
         Scenario::GasLeak,
@@ -124,6 +131,8 @@ impl Scenario {
         Scenario::EbikeThermalRunaway,
         Scenario::BatteryTheft,
         Scenario::Sos,
+        Scenario::CoLeak,
+        Scenario::ChargerOverheat,
         Scenario::DeviceOffline,
         Scenario::Malformed,
         Scenario::Flood,
@@ -140,6 +149,8 @@ impl Scenario {
             Scenario::EbikeThermalRunaway => "ebike_thermal_runaway",
             Scenario::BatteryTheft => "battery_theft",
             Scenario::Sos => "sos",
+            Scenario::CoLeak => "co_leak",
+            Scenario::ChargerOverheat => "charger_overheat",
             Scenario::DeviceOffline => "device_offline",
             Scenario::Malformed => "malformed",
             Scenario::Flood => "flood",
@@ -441,7 +452,7 @@ fn connect_fleet(
             connected_note: Notify::new(),
             last_error: Mutex::new(None),
         });
-        let command_topic = d.kind.is_actuator().then(|| d.command_topic());
+        let command_topic = d.kind.takes_commands().then(|| d.command_topic());
         pollers.push(tokio::spawn(poll(
             i,
             handle.clone(),

@@ -137,6 +137,12 @@ pub(crate) fn plan(config: &Config, options: &Options) -> Result<Plan, SensorsEr
             plan.secondary = near(config, bike, K::Smoke, false);
         }
         Scenario::BatteryTheft => plan.primary = vec![pick(config, options, &[K::EbikeBattery])?],
+        Scenario::CoLeak => plan.primary = vec![pick(config, options, &[K::CarbonMonoxide])?],
+        Scenario::ChargerOverheat => {
+            let plug = pick(config, options, &[K::SmartPlug])?;
+            plan.primary = vec![plug];
+            plan.secondary = near(config, plug, K::Smoke, false);
+        }
         Scenario::Sos => plan.primary = vec![pick(config, options, &[K::Sos])?],
         Scenario::DeviceOffline => plan.primary = vec![pick(config, options, &DeviceKind::ALL)?],
         Scenario::Malformed => {
@@ -326,6 +332,8 @@ pub(crate) async fn play(
         Scenario::WaterLeak => script.water_leak().await,
         Scenario::EbikeThermalRunaway => script.ebike_thermal_runaway().await,
         Scenario::BatteryTheft => script.battery_theft().await,
+        Scenario::CoLeak => script.co_leak().await,
+        Scenario::ChargerOverheat => script.charger_overheat().await,
         Scenario::Sos => script.sos().await,
         Scenario::DeviceOffline => script.device_offline().await,
         Scenario::Malformed => script.malformed().await,
@@ -503,6 +511,89 @@ impl Script<'_> {
                 true
             },
         )
+        .await
+    }
+
+    /// A gas water heater's flue is blocked: CO in the bathroom climbs 60–90 ppm/min past
+    /// the warning and the alarm points to ~350 ppm, where the alarm's own flag trips too;
+    /// then the window is opened and it clears.
+    async fn co_leak(&mut self) -> Result<(), Halt> {
+        let co = self.primary[0].clone();
+        let rate = self.rng.gen_range(60.0..90.0); // ppm per minute
+        let clean = |d: &mut SimDevice, _: f64, _: f64| {
+            d.co_ppm = (1.0 + d.jitter(1.0)).max(0.0);
+            true
+        };
+        self.animate(&co, 20.0, clean).await?;
+        self.note(format!("{}: CO rising {rate:.0} ppm/min", co.id()));
+        self.animate(&co, 600.0, |d, dt, _| {
+            d.co_ppm += rate / 60.0 * dt;
+            d.co_ppm < 350.0
+        })
+        .await?;
+        self.animate(&co, 60.0, |d, _, _| {
+            d.co_ppm = (350.0 + d.jitter(10.0)).max(300.0);
+            true
+        })
+        .await?;
+        self.note(format!("{}: window opened, CO disperses", co.id()));
+        self.animate(&co, 600.0, |d, dt, _| {
+            d.co_ppm = (d.co_ppm - 120.0 / 60.0 * dt).max(1.0);
+            d.co_ppm > 1.0
+        })
+        .await?;
+        self.animate(&co, 30.0, clean).await
+    }
+
+    /// A charger fails while charging: the plug warms 8–12 °C/min past 70 °C. If linkage
+    /// switches the plug off, the load drops to 0 and it cools; if not, it goes on heating
+    /// and the smoke detector nearby (if any) alarms.
+    async fn charger_overheat(&mut self) -> Result<(), Halt> {
+        let plug = self.primary[0].clone();
+        let rate = self.rng.gen_range(8.0..12.0); // °C per minute
+        {
+            let mut d = plug.lock();
+            d.actuator = "on".to_owned();
+            d.charging = true;
+            d.power_w = 180.0;
+            d.plug_temp_c = d.ambient_c + 6.0;
+        }
+        let off = |d: &SimDevice| d.actuator == "off";
+        self.animate(&plug, 20.0, |d, _, _| {
+            d.power_w = 180.0 + d.jitter(3.0);
+            true
+        })
+        .await?;
+        self.note(format!(
+            "{}: charger failing, plug heating {rate:.1} °C/min",
+            plug.id()
+        ));
+        self.animate(&plug, 600.0, |d, dt, _| {
+            if !off(d) {
+                d.power_w = 190.0 + d.jitter(5.0);
+                d.plug_temp_c += rate / 60.0 * dt;
+            }
+            !off(d) && d.plug_temp_c < 85.0
+        })
+        .await?;
+        if !off(&plug.lock()) {
+            if let Some(smoke) = self.secondary.clone() {
+                smoke.update(|d| d.smoke = true).await?;
+                self.note(format!(
+                    "{}: smoke: the plug was not switched off",
+                    smoke.id()
+                ));
+            }
+            self.animate(&plug, 60.0, |d, _, _| !off(d)).await?;
+        }
+        if off(&plug.lock()) {
+            self.note(format!("{}: switched off on command; cooling", plug.id()));
+        }
+        self.animate(&plug, 600.0, |d, dt, _| {
+            d.power_w = if off(d) { 0.0 } else { d.power_w };
+            d.plug_temp_c = (d.plug_temp_c - 6.0 / 60.0 * dt).max(d.ambient_c + 1.0);
+            d.plug_temp_c > d.ambient_c + 1.0
+        })
         .await
     }
 
@@ -689,6 +780,10 @@ fn value_field(format: PayloadFormat, kind: DeviceKind) -> &'static str {
         (PayloadFormat::Native, DeviceKind::EbikeBattery) => "battery_temp_c",
         (PayloadFormat::Native, DeviceKind::Sos) => "pressed",
         (PayloadFormat::Zigbee2mqtt, DeviceKind::Sos) => "battery",
+        (PayloadFormat::Native, DeviceKind::CarbonMonoxide) => "co_ppm",
+        (PayloadFormat::Zigbee2mqtt, DeviceKind::CarbonMonoxide) => "co",
+        (PayloadFormat::Native, DeviceKind::SmartPlug) => "power_w",
+        (PayloadFormat::Zigbee2mqtt, DeviceKind::SmartPlug) => "power",
         (_, DeviceKind::Siren | DeviceKind::Valve | DeviceKind::PaSpeaker) => "state",
     }
 }
