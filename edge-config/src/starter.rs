@@ -80,9 +80,10 @@ warns = ["b1"]           # buildings warned of a fire here
 mode = "embedded"
 bind = "127.0.0.1:1883"
 
-# Devices: kind = smoke | heat | water_leak | gas | ebike_battery | sos |
-# siren | valve | pa_speaker; format = native (sensors/{id}/state) or
-# zigbee2mqtt (zigbee2mqtt/{friendly_name}).
+# Devices: kind = smoke | heat | water_leak | gas | carbon_monoxide |
+# ebike_battery | sos | smart_plug | siren | valve | pa_speaker; format = native
+# (sensors/{id}/state) or zigbee2mqtt (zigbee2mqtt/{friendly_name}, with
+# model = "<Zigbee2MQTT model>" where the README's device profiles list it).
 [[devices]]
 id = "b1-u1-0101-smoke"
 kind = "smoke"
@@ -173,8 +174,8 @@ warns = ["station"]
 mode = "embedded"
 bind = "127.0.0.1:1883"
 
-# Devices: kind = smoke | heat | water_leak | gas | ebike_battery | sos |
-# siren | valve | pa_speaker.
+# Devices: kind = smoke | heat | water_leak | gas | carbon_monoxide |
+# ebike_battery | sos | smart_plug | siren | valve | pa_speaker.
 # The one-key alarm column (一键报警柱) on the street: a citizen presses it, the
 # duty staff see a red SOS with the street camera beside it.
 [[devices]]

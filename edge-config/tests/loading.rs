@@ -95,7 +95,9 @@ fn demo_linkage_closes_valves_on_gas_and_announces_battery_alarms() {
         .collect();
     assert_eq!(plug[0].action, LinkageAction::SwitchOff);
     assert_eq!(
-        config.device("shed-bay-01-battery").and_then(|d| d.plug.as_deref()),
+        config
+            .device("shed-bay-01-battery")
+            .and_then(|d| d.plug.as_deref()),
         Some("shed-bay-01-plug")
     );
     for kind in [AlertKind::Smoke, AlertKind::Heat] {

@@ -72,6 +72,16 @@ friendly_name = "shed/pa 2"
 location = { area = "charging-shed" }
 
 [[devices]]
+id = "fuzz-native-co"
+kind = "carbon_monoxide"
+location = { building = "b1", unit = "u1", floor = 3, room = "0301" }
+
+[[devices]]
+id = "fuzz-native-plug"
+kind = "smart_plug"
+location = { area = "charging-shed", room = "bay 09" }
+
+[[devices]]
 id = "fuzz-legacy-gas"
 kind = "gas"
 topic = "legacy/kitchen/gas"

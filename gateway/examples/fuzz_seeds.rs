@@ -115,6 +115,25 @@ fn hazard(sim: &mut SimDevice, out: &mut Vec<Msg>) {
                 send(sim, S10, out);
             }
         }
+        DeviceKind::CarbonMonoxide => {
+            for ppm in [5.0, 35.0, 60.0, 120.0, 320.0, 90.0, 20.0, 1.0] {
+                sim.co_ppm = ppm;
+                send(sim, S10, out);
+            }
+        }
+        DeviceKind::SmartPlug => {
+            for (w, t) in [
+                (180.0, 33.0),
+                (185.0, 45.0),
+                (190.0, 72.0),
+                (2900.0, 60.0),
+                (0.0, 30.0),
+            ] {
+                sim.power_w = w;
+                sim.plug_temp_c = t;
+                send(sim, S10, out);
+            }
+        }
         DeviceKind::WaterLeak => {
             sim.water_leak = true;
             send(sim, S10, out);

@@ -69,6 +69,9 @@ pub struct Ingest {
 
 /// What ingest hands to the rules.
 #[derive(Debug)]
+// Nearly every message is a `Reading`: boxing it would allocate per message to shrink the
+// rare variants.
+#[allow(clippy::large_enum_variant)]
 pub enum Ingested {
     /// A sensor reading.
     Reading(Reading),
