@@ -421,3 +421,96 @@ fn report(
     }
     t
 }
+
+/// Garbage on a charging plug's own topic — invalid JSON, wrong types, oversized, empty —
+/// two hundred messages of it, then the plug's real over-current report (from the corpus):
+/// the alert is raised red, the plug is switched off by linkage and its OFF report confirms
+/// it. The rejections are counted, nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_on_a_plugs_topic_does_not_stop_its_over_current_cut_off() {
+    let corpus = load_corpus();
+    let plug = corpus
+        .devices
+        .iter()
+        .find(|d| d.model == "TS011F_plug_1" && d.output == "json")
+        .expect("TS011F_plug_1 in the corpus");
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}\n[[rules.linkage]]\non = \"smart_plug\"\nmin_level = \"red\"\naction = \"switch_off\"\nown_plug = true\n",
+        config_for(&[plug])
+    );
+    let config = write_config(dir.path(), &body);
+    let data = dir.path().join("data");
+    let mut gateway = Gateway::start(&config, &data);
+    let broker = gateway.wait_ready();
+
+    let mut w = Mqtt::connect(broker, "plug-watch").await;
+    w.subscribe("shouwang/test-site/alerts/#").await;
+    let mut set = Mqtt::connect(broker, "plug-set-watch").await;
+    set.subscribe(&format!("zigbee2mqtt/{}/set", plug.id)).await;
+    let z2m = Mqtt::connect(broker, "zigbee2mqtt-bridge").await;
+    let topic = format!("zigbee2mqtt/{}", plug.id);
+    let step = |state: &str, n: usize| {
+        wire(
+            &plug
+                .messages
+                .iter()
+                .filter(|m| m.state == state)
+                .nth(n)
+                .unwrap()
+                .payload,
+        )
+    };
+    z2m.publish(&topic, step("normal", 1)).await; // charging
+    let garbage: [Vec<u8>; 5] = [
+        b"{\"power\":".to_vec(),
+        br#"{"power":"lots","current":12.6}"#.to_vec(),
+        br#"{"current":[12.6]}"#.to_vec(),
+        Vec::new(),
+        format!(r#"{{"pad":"{}"}}"#, "x".repeat(20_000)).into_bytes(),
+    ];
+    for i in 0..200 {
+        z2m.publish(&topic, garbage[i % garbage.len()].clone())
+            .await;
+    }
+    z2m.publish(&topic, step("alarm", 0)).await; // over-current
+
+    let red = w
+        .collect(1, WAIT, |v| {
+            v["kind"] == "smart_plug" && v["level"] == "red"
+        })
+        .await;
+    assert_eq!(red.len(), 1, "a red plug alert despite the garbage");
+    let off = set.collect(1, WAIT, |v| v["state"] == "OFF").await;
+    assert_eq!(off.len(), 1, "the plug was switched off");
+    // The plug reports itself off, as Zigbee2MQTT publishes it after the command.
+    let mut report: Value = plug
+        .messages
+        .iter()
+        .find(|m| m.state == "clear")
+        .unwrap()
+        .payload
+        .clone();
+    report["state"] = Value::from("OFF");
+    z2m.publish(&topic, report.to_string()).await;
+    let confirmed = w
+        .collect(1, WAIT, |v| {
+            v["actions"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|x| x["action"] == "switch_off" && x["outcome"] == "confirmed")
+            })
+        })
+        .await;
+    assert_eq!(
+        confirmed.len(),
+        1,
+        "the OFF report confirmed the cut-off on the alert"
+    );
+    // Every message is accounted for: the garbage rejected (what the plug's own broker log
+    // could not hold is `broker_overrun`, the oldest first), the alarm and the OFF accepted.
+    let ingest = ingest_counters(&data, 203);
+    let accepted = ingest["accepted"].as_u64().unwrap_or(0);
+    let rejected = ingest["rejected_total"].as_u64().unwrap_or(0);
+    assert_eq!(accepted + rejected, 203, "{ingest}");
+    assert!(accepted >= 2 && rejected >= 200, "{ingest}");
+}

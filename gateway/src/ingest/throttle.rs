@@ -195,6 +195,46 @@ mod tests {
     }
 
     #[test]
+    fn a_plug_flooding_its_meter_readings_still_gets_its_over_current_and_heat_through() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(1);
+        let charging = reading(r#"{"power_w": 180.0, "current_a": 0.82, "plug_temp_c": 33.0}"#);
+        while t.admit_decoded(0, &charging, t0) {}
+        let wobble = reading(r#"{"power_w": 185.0, "current_a": 0.84, "plug_temp_c": 34.0}"#);
+        assert!(!t.admit_decoded(0, &wobble, t0), "a charger's wobble");
+        let short = reading(r#"{"power_w": 2900.0, "current_a": 12.6}"#);
+        assert!(t.admit_decoded(0, &short, t0), "over-current");
+        let hot = reading(r#"{"plug_temp_c": 72.0}"#);
+        assert!(t.admit_decoded(0, &hot, t0), "overheating plug");
+        let off = reading(r#"{"state": "off", "power_w": 0.0, "current_a": 0.0}"#);
+        assert!(
+            t.admit_decoded(0, &off, t0),
+            "switched off: the linkage's confirmation"
+        );
+    }
+
+    #[test]
+    fn a_co_alarm_flooding_its_readings_still_gets_its_rise_and_its_flag_through() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(1);
+        let clean = reading(r#"{"co_ppm": 2.0, "carbon_monoxide": false}"#);
+        while t.admit_decoded(0, &clean, t0) {}
+        assert!(!t.admit_decoded(0, &reading(r#"{"co_ppm": 4.0}"#), t0));
+        assert!(
+            t.admit_decoded(0, &reading(r#"{"co_ppm": 35.0}"#), t0),
+            "warning point"
+        );
+        assert!(
+            t.admit_decoded(0, &reading(r#"{"co_ppm": 310.0}"#), t0),
+            "alarm point"
+        );
+        assert!(
+            t.admit_decoded(0, &reading(r#"{"carbon_monoxide": true}"#), t0),
+            "the alarm's own flag"
+        );
+    }
+
+    #[test]
     fn a_gas_reading_crossing_a_band_passes_an_empty_bucket() {
         let t0 = Instant::now();
         let mut t = Throttle::new(1);
