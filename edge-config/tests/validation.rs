@@ -414,3 +414,8 @@ fn field_maps_models_plugs_and_co_and_plug_thresholds_are_checked_at_their_keys(
 fn an_unknown_reading_in_a_field_map_names_the_valid_ones() {
     check("28-unknown-field-reading.toml");
 }
+
+#[test]
+fn a_zigbee_name_under_another_devices_name_is_refused() {
+    check("29-zigbee-name-under-another.toml");
+}

@@ -204,6 +204,48 @@ pub(super) fn check_devices(config: &Config, p: &mut Problems) {
         ids.map(|(i, d)| (KeyPath::of("devices").index(i).key("id"), d.id.as_str())),
     );
     check_topics_unique(config, p);
+    check_under_zigbee_devices(config, p);
+}
+
+/// A topic under a zigbee2mqtt device's `zigbee2mqtt/{name}/…` is that device's property
+/// topic (`output: attribute`, `/action`) as much as another device's: `floor2/bath` next to
+/// `floor2` makes `zigbee2mqtt/floor2/bath` mean two things, and the first device's property
+/// topics could not get a broker log of their own. Refused, naming both.
+fn check_under_zigbee_devices(config: &Config, p: &mut Problems) {
+    let zigbee: HashMap<String, &Device> = config
+        .devices
+        .iter()
+        .filter(|d| d.format == PayloadFormat::Zigbee2mqtt)
+        .map(|d| (d.state_topic(), d))
+        .collect();
+    for (i, d) in config.devices.iter().enumerate() {
+        let topic = d.state_topic();
+        let owner = ancestors(&topic).find_map(|a| zigbee.get(a).filter(|o| o.id != d.id));
+        let Some(owner) = owner else {
+            continue;
+        };
+        let at = KeyPath::of("devices").index(i);
+        let key = match (&d.topic, &d.friendly_name) {
+            (Some(_), _) => at.key("topic"),
+            (None, Some(_)) => at.key("friendly_name"),
+            (None, None) => at.key("id"),
+        };
+        p.push(
+            key,
+            format!(
+                "topic \"{topic}\" lies under zigbee2mqtt device \"{}\" (\"{}/…\" are its property topics); rename one so that neither name is a level of the other (e.g. \"{}/hall\" for \"{}\")",
+                owner.id,
+                owner.state_topic(),
+                owner.friendly_name(),
+                owner.friendly_name()
+            ),
+        );
+    }
+}
+
+/// `a/b/c` → `a/b`, `a`.
+fn ancestors(topic: &str) -> impl Iterator<Item = &str> {
+    topic.rmatch_indices('/').map(move |(i, _)| &topic[..i])
 }
 
 fn check_device(config: &Config, d: &Device, at: &KeyPath, p: &mut Problems) {
