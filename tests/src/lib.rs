@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end scenarios: locate the built binaries, start a gateway
 //! as a real child process, read its JSON log lines, signal it.
 
+pub mod cluster;
 pub mod http;
 pub mod mqtt;
 pub mod sim;

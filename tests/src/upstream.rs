@@ -255,9 +255,17 @@ pub struct Collector {
 impl Collector {
     /// Connects as `id`, subscribes to `shouwang/test-site/#` and waits for the SUBACK.
     pub async fn start(upstream: &Upstream, id: &str) -> Collector {
-        let mut options = MqttOptions::new(id, "127.0.0.1", upstream.plain_port);
+        Self::start_at(upstream.plain_port, Some(OBSERVER), id).await
+    }
+
+    /// [`Collector::start`] on any broker at `127.0.0.1:port` (a NATS or RabbitMQ node's
+    /// MQTT listener), with a login if given.
+    pub async fn start_at(port: u16, login: Option<(&str, &str)>, id: &str) -> Collector {
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         options
-            .set_credentials(OBSERVER.0, OBSERVER.1)
             .set_keep_alive(Duration::from_secs(5))
             .set_clean_session(false)
             .set_max_packet_size(2 << 20, 2 << 20);

@@ -21,7 +21,7 @@ pub use rules::{
     CarbonMonoxideRule, DeviceHealthRule, EbikeBatteryRule, GasRule, HeatRule, Linkage,
     LinkageAction, Rules, SmartPlugRule, SmokeRule, SosRule, Timing, WaterLeakRule,
 };
-pub use uplink::{Outbox, Qos, Uplink, UplinkTls};
+pub use uplink::{split_host_port, Outbox, Qos, Uplink, UplinkTls};
 
 pub(crate) use common::{redact, redact_required};
 

@@ -11,8 +11,15 @@ pub struct Uplink {
     /// Whether to connect. Default true.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Host name or IP address of the upstream broker.
+    /// Host name or IP address of the upstream broker. Not with `hosts`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host: String,
+    /// The upstream brokers of a clustered platform, tried in order:
+    /// `hosts = ["a.example.org:8883", "b.example.org:8883", "[fd00::3]:8883"]`
+    /// (an entry without a port takes `port`). Not with `host`. See the
+    /// uplink's failover notes (README, "Fleet").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// Port. Default 8883 with `tls`, 1883 without (see [`Uplink::port`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
@@ -114,12 +121,62 @@ impl Uplink {
             .unwrap_or(if self.tls.is_some() { 8883 } else { 1883 })
     }
 
+    /// Every broker to try, in order, as (host, port): `hosts` (each entry's port, else
+    /// [`Uplink::port`]), else `host` with [`Uplink::port`]. An entry that does not parse
+    /// is left out (validation reports it).
+    pub fn endpoints(&self) -> Vec<(String, u16)> {
+        if self.hosts.is_empty() {
+            return vec![(self.host.clone(), self.port())];
+        }
+        self.hosts
+            .iter()
+            .filter_map(|h| split_host_port(h, self.port()).ok())
+            .collect()
+    }
+
     /// The effective client id: `client_id`, else `shouwang-{site_id}`.
     pub fn client_id(&self, site_id: &str) -> String {
         self.client_id
             .clone()
             .unwrap_or_else(|| format!("shouwang-{site_id}"))
     }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` → (host, port), the port defaulting to
+/// `default_port`; the error says what is wrong.
+pub fn split_host_port(entry: &str, default_port: u16) -> Result<(String, u16), String> {
+    let entry = entry.trim();
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        let (v6, after) = rest
+            .split_once(']')
+            .ok_or("an IPv6 address needs its closing ']'")?;
+        match after {
+            "" => (v6, None),
+            _ => (
+                v6,
+                Some(after.strip_prefix(':').ok_or("write [address]:port")?),
+            ),
+        }
+    } else {
+        match entry.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => {
+                return Err("write an IPv6 address in brackets: [fd00::1]:8883".into())
+            }
+            Some((h, p)) => (h, Some(p)),
+            None => (entry, None),
+        }
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+        return Err("write a host name or address, e.g. \"platform-a.example.org:8883\"".into());
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("\"{p}\" is not a port (1..=65535)")),
+        },
+    };
+    Ok((host.to_owned(), port))
 }
 
 /// `tls = { ca, cert, key, verify }` of the uplink.

@@ -25,7 +25,7 @@ pub(super) fn check_detector(config: &Config, p: &mut Problems) {
 pub(super) fn check_uplink(config: &Config, p: &mut Problems) {
     let Some(up) = &config.uplink else { return };
     let at = KeyPath::of("uplink");
-    p.not_blank(at.key("host"), &up.host, "\"platform.example.org\"");
+    check_uplink_hosts(up, &at, p);
     if up.port == Some(0) {
         p.push(
             at.key("port"),
@@ -66,6 +66,34 @@ pub(super) fn check_uplink(config: &Config, p: &mut Problems) {
         1,
         3600,
     );
+}
+
+/// `host` or `hosts`, not both; every `hosts` entry a host with an optional port, no
+/// entry twice.
+fn check_uplink_hosts(up: &Uplink, at: &KeyPath, p: &mut Problems) {
+    match (up.host.is_empty(), up.hosts.is_empty()) {
+        (true, true) => p.push(
+            at.key("host"),
+            "write the platform broker's host, e.g. host = \"platform.example.org\", or hosts = [\"a:8883\", \"b:8883\"] for a cluster",
+        ),
+        (false, false) => p.push(
+            at.key("hosts"),
+            "use either host or hosts, not both: put every broker in hosts",
+        ),
+        (false, true) => p.not_blank(at.key("host"), &up.host, "\"platform.example.org\""),
+        (true, false) => {}
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, entry) in up.hosts.iter().enumerate() {
+        match crate::model::split_host_port(entry, up.port()) {
+            Err(why) => p.push(at.key("hosts").index(i), format!("\"{entry}\": {why}")),
+            Ok(endpoint) if !seen.insert(endpoint.clone()) => p.push(
+                at.key("hosts").index(i),
+                format!("{}:{} is listed twice", endpoint.0, endpoint.1),
+            ),
+            Ok(_) => {}
+        }
+    }
 }
 
 fn check_uplink_tls(up: &Uplink, at: &KeyPath, p: &mut Problems) {

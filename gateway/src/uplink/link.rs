@@ -114,7 +114,12 @@ impl Link {
         // A link that crashed mid-session (and was restarted by its supervisor) left rows in
         // flight: they go first, as after any lost session.
         self.requeue_inflight().await;
+        // Failover: after a failed attempt or a lost connection the next broker of
+        // `[uplink] hosts` is tried at once; the backoff applies once a whole round failed.
+        let mut tried = 0;
         loop {
+            self.status
+                .set_endpoint(&self.settings.host, self.settings.port);
             self.status.set_connecting();
             let end = self.session(&token).await;
             self.requeue_inflight().await;
@@ -124,12 +129,24 @@ impl Link {
             };
             if connected {
                 backoff.reset();
+                tried = 0;
             }
-            let delay = backoff.next_delay();
+            tried += 1;
+            let (failed_host, failed_port) = (self.settings.host.clone(), self.settings.port);
+            self.settings.next_endpoint();
+            let round = tried >= self.settings.endpoints.len().max(1);
+            let delay = if round {
+                tried = 0;
+                backoff.next_delay()
+            } else {
+                std::time::Duration::ZERO
+            };
             tracing::warn!(
                 error = %error,
-                host = %self.settings.host,
-                port = self.settings.port,
+                host = %failed_host,
+                port = failed_port,
+                next_host = %self.settings.host,
+                next_port = self.settings.port,
                 attempt = backoff.attempts(),
                 retry_in_ms = delay.as_millis() as u64,
                 "uplink connection failed"

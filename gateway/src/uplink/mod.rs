@@ -161,8 +161,12 @@ pub enum UplinkError {
 /// Connection settings of the link, resolved from `[uplink]` (files read, defaults applied).
 #[derive(Clone)]
 pub struct LinkSettings {
+    /// The broker of the current attempt: one of `endpoints`.
     pub host: String,
     pub port: u16,
+    /// Every broker of `[uplink] host`/`hosts`, in the order they are tried; the link moves
+    /// to the next one when a connection fails or ends.
+    pub endpoints: Vec<(String, u16)>,
     pub client_id: String,
     /// TLS client configuration (ring provider); `None` = plain TCP.
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -214,9 +218,15 @@ impl LinkSettings {
             .clone()
             .map(|user| (user, up.password.clone().unwrap_or_default()));
         let tls = up.tls.as_ref().map(tls::client_config).transpose()?;
+        let endpoints = up.endpoints();
+        let (host, port) = endpoints
+            .first()
+            .cloned()
+            .unwrap_or_else(|| (up.host.clone(), up.port()));
         Ok(Some(LinkSettings {
-            host: up.host.clone(),
-            port: up.port(),
+            host,
+            port,
+            endpoints,
             client_id: up.client_id(&config.site.id),
             tls,
             credentials,
@@ -235,6 +245,24 @@ impl LinkSettings {
             idle_poll: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(5),
         }))
+    }
+
+    /// Moves to the endpoint after the current one (wrapping); true when that completes a
+    /// round, i.e. every endpoint has been tried since the first.
+    pub fn next_endpoint(&mut self) -> bool {
+        let n = self.endpoints.len();
+        if n <= 1 {
+            return true;
+        }
+        let current = (self.host.clone(), self.port);
+        let i = self
+            .endpoints
+            .iter()
+            .position(|e| *e == current)
+            .unwrap_or(0);
+        let next = (i + 1) % n;
+        (self.host, self.port) = self.endpoints[next].clone();
+        next == 0
     }
 
     /// `{prefix}/{site}/commands/ack`.

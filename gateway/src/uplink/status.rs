@@ -74,6 +74,9 @@ pub struct LinkSnapshot {
 
 #[derive(Debug)]
 struct Inner {
+    /// The broker the link is on (or trying): one of `[uplink] hosts`.
+    host: Option<String>,
+    port: Option<u16>,
     state: LinkState,
     since_ms: i64,
     last_error: Option<String>,
@@ -83,8 +86,6 @@ struct Inner {
 /// Live link status, shared by the link and housekeeping tasks and the daemon.
 #[derive(Debug)]
 pub struct UplinkStatus {
-    host: Option<String>,
-    port: Option<u16>,
     /// State transitions are rare (connect, fail); a mutex keeps state, time and error
     /// consistent with each other, counters are separate atomics on the hot path.
     inner: Mutex<Inner>,
@@ -107,9 +108,9 @@ pub fn now_ms() -> i64 {
 impl UplinkStatus {
     pub fn new(settings: Option<&LinkSettings>) -> Self {
         Self {
-            host: settings.map(|s| s.host.clone()),
-            port: settings.map(|s| s.port),
             inner: Mutex::new(Inner {
+                host: settings.map(|s| s.host.clone()),
+                port: settings.map(|s| s.port),
                 state: if settings.is_some() {
                     LinkState::Connecting
                 } else {
@@ -133,6 +134,14 @@ impl UplinkStatus {
         if let Ok(mut inner) = self.inner.lock() {
             f(&mut inner);
         }
+    }
+
+    /// The broker the next attempt goes to (failover between `[uplink] hosts`).
+    pub fn set_endpoint(&self, host: &str, port: u16) {
+        self.update(|i| {
+            i.host = Some(host.to_owned());
+            i.port = Some(port);
+        });
     }
 
     pub fn set_connecting(&self) {
@@ -181,15 +190,25 @@ impl UplinkStatus {
     }
 
     pub fn snapshot(&self) -> LinkSnapshot {
-        let (state, since_ms, last_error, retry_at_ms) = self
+        let (state, since_ms, last_error, retry_at_ms, host, port) = self
             .inner
             .lock()
-            .map(|i| (i.state, i.since_ms, i.last_error.clone(), i.retry_at_ms))
-            .unwrap_or((LinkState::Stopped, now_ms(), None, None));
+            .map(|i| {
+                let (h, p) = (i.host.clone(), i.port);
+                (
+                    i.state,
+                    i.since_ms,
+                    i.last_error.clone(),
+                    i.retry_at_ms,
+                    h,
+                    p,
+                )
+            })
+            .unwrap_or((LinkState::Stopped, now_ms(), None, None, None, None));
         LinkSnapshot {
             state,
-            host: self.host.clone(),
-            port: self.port,
+            host,
+            port,
             since_ms,
             last_error,
             retry_at_ms,
