@@ -88,7 +88,10 @@ location = { area = "gate" }
     );
     assert_eq!(
         at(&e),
-        [(4, 11, "cameras[0].sub_url"), (10, 11, "cameras[1].sub_url")],
+        [
+            (4, 11, "cameras[0].sub_url"),
+            (10, 11, "cameras[1].sub_url")
+        ],
         "{e:?}"
     );
     assert!(e[0].3.contains("must be a stream"), "{e:?}");
@@ -113,7 +116,10 @@ location = { area = "gate" }
     );
     assert_eq!(
         at(&e),
-        [(4, 12, "cameras[0].username"), (10, 12, "cameras[1].password")],
+        [
+            (4, 12, "cameras[0].username"),
+            (10, 12, "cameras[1].password")
+        ],
         "{e:?}"
     );
     assert!(e[0].3.contains("needs a password"), "{e:?}");

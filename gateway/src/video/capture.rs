@@ -226,7 +226,7 @@ enum Read {
 
 /// When the input last delivered something, for the stall check (shared with FFmpeg's
 /// interrupt callback, which runs inside its blocking reads).
-struct Activity {
+pub(super) struct Activity {
     epoch: Instant,
     /// Milliseconds since `epoch`; atomic because the interrupt callback reads it from
     /// inside FFmpeg while this thread is blocked in a read.
@@ -234,10 +234,16 @@ struct Activity {
 }
 
 impl Activity {
-    fn touch(&self) {
+    pub(super) fn new() -> Self {
+        Activity {
+            epoch: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+    pub(super) fn touch(&self) {
         self.last_ms.store(ms_since(self.epoch), Ordering::Relaxed);
     }
-    fn idle_ms(&self) -> u64 {
+    pub(super) fn idle_ms(&self) -> u64 {
         ms_since(self.epoch).saturating_sub(self.last_ms.load(Ordering::Relaxed))
     }
 }
@@ -245,10 +251,7 @@ impl Activity {
 impl Run<'_> {
     /// One session: open the source, decode until it ends, fails or the run stops.
     fn session(&mut self, recorder: &mut ClipRecorder) -> Result<End, CaptureError> {
-        let activity = Activity {
-            epoch: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        };
+        let activity = Activity::new();
         let mut input = open(self.source, self.options, &activity, self.cancel.clone())?;
         let stream = input
             .streams()
@@ -651,22 +654,16 @@ impl Health {
     }
 }
 
+/// A source as shown in logs, errors and reports: a stream's URL with its password
+/// replaced by `***` ([`edge_config::redact_url`], the one redaction of camera URLs).
 pub(crate) fn name(source: &CameraSource) -> String {
     match source {
-        CameraSource::Stream(url) => redact_url(url),
+        CameraSource::Stream(url) => edge_config::redact_url(url),
         CameraSource::File(p) => p.display().to_string(),
     }
 }
 
-/// `rtsp://user:pass@host/…` → `rtsp://***@host/…` for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(a)) if a > s => format!("{}***{}", &url[..s + 3], &url[a..]),
-        _ => url.to_owned(),
-    }
-}
-
-fn sleep_cancellable(d: Duration, cancel: &CancellationToken) -> bool {
+pub(super) fn sleep_cancellable(d: Duration, cancel: &CancellationToken) -> bool {
     let until = Instant::now() + d;
     while Instant::now() < until {
         if cancel.is_cancelled() {
@@ -707,7 +704,7 @@ pub(crate) fn input_options(
     (target, dict)
 }
 
-fn open(
+pub(super) fn open(
     source: &CameraSource,
     options: &CaptureOptions,
     activity: &Activity,
@@ -790,6 +787,31 @@ impl Converter {
         };
         Ok((image, grey))
     }
+}
+
+/// A decoded frame as a full-size BGR image (evidence from a stream that is not analysed).
+pub(super) fn bgr_image(frame: &ffmpeg::frame::Video) -> Result<BgrImage, CaptureError> {
+    let (w, h) = (frame.width(), frame.height());
+    if w == 0 || h == 0 {
+        return Err(CaptureError::Scale(ffmpeg::Error::InvalidData));
+    }
+    let mut out = ffmpeg::frame::Video::empty();
+    scaling::Context::get(
+        frame.format(),
+        w,
+        h,
+        Pixel::BGR24,
+        w,
+        h,
+        scaling::Flags::BILINEAR,
+    )
+    .and_then(|mut ctx| ctx.run(frame, &mut out))
+    .map_err(CaptureError::Scale)?;
+    Ok(BgrImage {
+        width: w,
+        height: h,
+        data: tight(&out, w as usize * 3, h as usize),
+    })
 }
 
 /// Copies plane 0 without its row padding.
