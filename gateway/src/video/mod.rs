@@ -1058,6 +1058,45 @@ pub fn spawn(
 mod tests {
     use super::*;
 
+    fn reporter(separate: bool) -> HealthReporter {
+        HealthReporter {
+            camera: "cam-gate".into(),
+            location: Location::default(),
+            alerts: None,
+            separate,
+            state: Mutex::new(HealthState::default()),
+        }
+    }
+
+    fn reported(r: &HealthReporter) -> Option<String> {
+        r.state.lock().unwrap().reported.clone()
+    }
+
+    #[test]
+    fn a_camera_is_down_while_either_stream_is_and_up_when_both_are() {
+        let r = reporter(true);
+        r.set(StreamRole::Main, Some("Server returned 401".into()));
+        assert_eq!(
+            reported(&r).as_deref(),
+            Some(
+                "main stream: Server returned 401 (analysis goes on; evidence from the sub-stream)"
+            )
+        );
+        assert!(!r.is_up(StreamRole::Main) && r.is_up(StreamRole::Analysed));
+        r.set(StreamRole::Analysed, Some("stalled".into()));
+        assert!(reported(&r)
+            .unwrap()
+            .starts_with("sub-stream: stalled; main stream: "));
+        r.set(StreamRole::Main, None);
+        assert_eq!(reported(&r).as_deref(), Some("sub-stream: stalled"));
+        r.set(StreamRole::Analysed, None);
+        assert_eq!(reported(&r), None, "resolved once both are well");
+        // A camera with one stream keeps its reasons as they are.
+        let single = reporter(false);
+        single.set(StreamRole::Analysed, Some("stalled".into()));
+        assert_eq!(reported(&single).as_deref(), Some("stalled"));
+    }
+
     #[test]
     fn camera_stats_show_decoded_analysed_and_discontinuities_and_read_older_snapshots() {
         let stats = CameraStats::default();
