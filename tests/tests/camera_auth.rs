@@ -346,3 +346,60 @@ async fn a_wrong_camera_password_reports_the_camera_down_with_an_authentication_
     assert!(!status_text.contains("wrong"), "{status_text}");
     drop(gw);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_main_stream_that_fails_while_the_sub_stream_runs_reports_the_camera_down_and_the_evidence_comes_from_the_sub_stream(
+) {
+    let port = free_port();
+    let _camera = start_dual_camera(port, "admin", PASSWORD);
+    let dir = tempfile::tempdir().unwrap();
+    let toml_password = PASSWORD.replace('\\', "\\\\").replace('"', "\\\"");
+    // The main stream's path is wrong (the camera has no channel 103).
+    let config_path = config(
+        dir.path(),
+        &format!(
+            "url = \"rtsp://127.0.0.1:{port}/Streaming/Channels/103\"\n\
+             sub_url = \"rtsp://127.0.0.1:{port}/Streaming/Channels/102\"\n\
+             username = \"admin\"\npassword = \"{toml_password}\"\n"
+        ),
+    );
+    let data = dir.path().join("data");
+    let mut gw = Gateway::start(&config_path, &data);
+    let broker: SocketAddr = gw.wait_ready();
+    let mut w = Mqtt::connect(broker, "w-camera-main-down").await;
+    w.subscribe("shouwang/test-site/alerts/#").await;
+
+    let events = w
+        .collect(2, WAIT, |v| {
+            (v["kind"] == "camera_down" || v["kind"] == "intrusion") && v["event"] == "raised"
+        })
+        .await;
+    let down = events
+        .iter()
+        .find(|v| v["kind"] == "camera_down")
+        .unwrap_or_else(|| panic!("camera_down raised: {events:?}"));
+    let reason = down["readings"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("main stream: cannot open rtsp://admin:***@127.0.0.1:")
+            && reason.contains("404"),
+        "the main stream named as the one down: {reason}"
+    );
+    assert_no_password("camera_down", &down.to_string());
+    // The analysis goes on on the sub-stream, and so does the evidence.
+    let intrusion = events
+        .iter()
+        .find(|v| v["kind"] == "intrusion")
+        .unwrap_or_else(|| panic!("the sub-stream is still analysed: {events:?}"));
+    assert_eq!(intrusion["readings"]["evidence_stream"], "sub");
+    let snapshot = Path::new(
+        intrusion["readings"]["snapshot"]
+            .as_str()
+            .expect("a snapshot"),
+    );
+    written(snapshot).await;
+    let (_, w_snap, h_snap, _) = ffprobe(snapshot);
+    assert_eq!((w_snap, h_snap), (640, 480), "the sub-stream's picture");
+    gw.drain_log();
+    assert_no_password("the gateway log", &gw.seen.join("\n"));
+    drop(gw);
+}

@@ -201,8 +201,8 @@ impl MainStream {
         let context = codec::context::Context::from_parameters(params.clone())
             .map_err(CaptureError::Decoder)?;
         let mut decoder = context.decoder().video().map_err(CaptureError::Decoder)?;
-        let mut frame = ffmpeg::frame::Video::empty();
-        let mut last = None;
+        let (mut frame, mut last) = (ffmpeg::frame::Video::empty(), ffmpeg::frame::Video::empty());
+        let mut any = false;
         for p in packets.iter().map(Some).chain([None]) {
             let sent = match p {
                 Some(p) => decoder.send_packet(p),
@@ -211,11 +211,18 @@ impl MainStream {
             if sent.is_err() {
                 continue;
             }
+            // Only the last frame is converted: the others are decoded to get there.
             while decoder.receive_frame(&mut frame).is_ok() {
-                last = Some(capture::bgr_image(&frame)?);
+                std::mem::swap(&mut frame, &mut last);
+                any = true;
             }
         }
-        last.ok_or_else(|| CaptureError::NoVideo("main stream (nothing decoded)".into()))
+        if !any {
+            return Err(CaptureError::NoVideo(
+                "main stream (nothing decoded)".into(),
+            ));
+        }
+        capture::bgr_image(&last)
     }
 }
 
