@@ -172,7 +172,16 @@ async fn a_digest_camera_is_analysed_on_its_h264_sub_stream_with_h265_main_strea
         ),
     );
     let data = dir.path().join("data");
-    let mut gw = Gateway::start(&config_path, &data);
+    // stdout joins stderr, so that the log checked below is everything the gateway printed.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "exec \"$0\" \"$@\" 1>&2"])
+        .arg(bin("gateway"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config_path)
+        .arg("--data-dir")
+        .arg(&data);
+    let mut gw = Gateway::spawn(command);
     let ready = gw.wait_for_message("gateway ready", Duration::from_secs(30));
     let broker: SocketAddr = ready["broker"].as_str().unwrap().parse().unwrap();
     let console = ready["console"].as_str().unwrap().to_owned();
@@ -273,7 +282,8 @@ async fn a_digest_camera_is_analysed_on_its_h264_sub_stream_with_h265_main_strea
     assert_no_password("the console API", &answers);
     assert_no_password("the alert event", &raised[0].to_string());
 
-    // Nor does the gateway's log, which does name the stream it logged in to.
+    // Nor does what the gateway printed (stdout and stderr), which does name the stream it
+    // logged in to.
     gw.drain_log();
     let log = gw.seen.join("\n");
     assert!(log.contains("rtsp://admin:***@127.0.0.1:"), "{log}");

@@ -332,26 +332,19 @@ impl Run<'_> {
         (index, time_base): (usize, Rational),
         activity: &Activity,
     ) -> Result<Read, CaptureError> {
-        let mut packet = Packet::empty();
-        match packet.read(input) {
-            Ok(()) => {}
-            Err(ffmpeg::Error::Eof) => {
-                activity.touch();
+        let packet = match next_packet(input, activity, self.options.stall_timeout, self.cancel)? {
+            Next::Packet(p) => p,
+            Next::Eof => {
                 let _ = decoder.send_eof();
                 return Ok(Read::Eof);
             }
-            Err(ffmpeg::Error::InvalidData) => {
+            Next::Corrupt => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(source = %name(self.source), "corrupt packet skipped");
                 return Ok(Read::Other);
             }
-            Err(_) if self.cancel.is_cancelled() => return Ok(Read::Cancelled),
-            Err(_) if activity.idle_ms() > self.options.stall_timeout.as_millis() as u64 => {
-                return Err(CaptureError::Stalled(self.options.stall_timeout))
-            }
-            Err(e) => return Err(CaptureError::Read(e)),
-        }
-        activity.touch();
+            Next::Cancelled => return Ok(Read::Cancelled),
+        };
         if packet.stream() != index {
             return Ok(Read::Other);
         }
@@ -661,6 +654,42 @@ pub(crate) fn name(source: &CameraSource) -> String {
         CameraSource::Stream(url) => edge_config::redact_url(url),
         CameraSource::File(p) => p.display().to_string(),
     }
+}
+
+/// What reading the next packet of an input gave.
+pub(super) enum Next {
+    Packet(Packet),
+    /// A corrupt packet (skipped; the caller counts it).
+    Corrupt,
+    Eof,
+    Cancelled,
+}
+
+/// Reads the next packet of `input`: a failed read is the end of the session, a stall
+/// (nothing for `stall_timeout`, FFmpeg's interrupt callback having aborted the read) or an
+/// error; shared by the analysed stream's capture and the main-stream reader.
+pub(super) fn next_packet(
+    input: &mut format::context::Input,
+    activity: &Activity,
+    stall_timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<Next, CaptureError> {
+    let mut packet = Packet::empty();
+    match packet.read(input) {
+        Ok(()) => {}
+        Err(ffmpeg::Error::Eof) => {
+            activity.touch();
+            return Ok(Next::Eof);
+        }
+        Err(ffmpeg::Error::InvalidData) => return Ok(Next::Corrupt),
+        Err(_) if cancel.is_cancelled() => return Ok(Next::Cancelled),
+        Err(_) if activity.idle_ms() > stall_timeout.as_millis() as u64 => {
+            return Err(CaptureError::Stalled(stall_timeout))
+        }
+        Err(e) => return Err(CaptureError::Read(e)),
+    }
+    activity.touch();
+    Ok(Next::Packet(packet))
 }
 
 pub(super) fn sleep_cancellable(d: Duration, cancel: &CancellationToken) -> bool {

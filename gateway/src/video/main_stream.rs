@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use edge_config::CameraSource;
-use ffmpeg::{codec, media, Packet};
+use ffmpeg::{codec, media};
 use ffmpeg_next as ffmpeg;
 use tokio_util::sync::CancellationToken;
 
-use super::capture::{self, Activity, CaptureError, CaptureOptions};
+use super::capture::{self, Activity, CaptureError, CaptureOptions, Next};
 use super::evidence::{self, ClipRecorder, ClipRequest, Mark};
 use super::{BgrImage, CameraStats, HealthReporter, StreamRole};
 
@@ -51,6 +51,8 @@ pub struct MainStream {
     pub source: CameraSource,
     pub options: CaptureOptions,
     pub recorder: ClipRecorder,
+    /// Bounded (8): the analysis never waits on this thread; a request that finds it full
+    /// is served from the analysed stream instead.
     pub requests: Receiver<Evidence>,
     /// Whether the ring holds a keyframe of a live session, i.e. evidence can come from
     /// the main stream. Written here, read by the analysis thread to route its requests;
@@ -126,20 +128,16 @@ impl MainStream {
             if cancel.is_cancelled() {
                 return Ok(End::Cancelled);
             }
-            let mut packet = Packet::empty();
-            match packet.read(&mut input) {
-                Ok(()) => activity.touch(),
-                Err(ffmpeg::Error::Eof) => return Ok(End::Eof),
-                Err(ffmpeg::Error::InvalidData) => {
+            let stall = self.options.stall_timeout;
+            let packet = match capture::next_packet(&mut input, &activity, stall, cancel)? {
+                Next::Packet(p) => p,
+                Next::Eof => return Ok(End::Eof),
+                Next::Cancelled => return Ok(End::Cancelled),
+                Next::Corrupt => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                Err(_) if cancel.is_cancelled() => return Ok(End::Cancelled),
-                Err(_) if activity.idle_ms() > self.options.stall_timeout.as_millis() as u64 => {
-                    return Err(CaptureError::Stalled(self.options.stall_timeout))
-                }
-                Err(e) => return Err(CaptureError::Read(e)),
-            }
+            };
             if packet.stream() != index {
                 continue;
             }

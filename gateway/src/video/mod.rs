@@ -394,23 +394,8 @@ impl CameraJobs {
         let mut capture_options = options.capture.clone();
         capture_options.analyse_fps = camera.analyse_fps;
         let health = Arc::new(HealthReporter::new(camera, config, outputs.alerts.clone()));
-        let (main, main_link) = match camera.evidence_source() {
-            Some(source) => {
-                let (tx, rx) = crossbeam_channel::bounded::<Evidence>(8);
-                let ready = Arc::new(AtomicBool::new(false));
-                let reader = MainStream {
-                    source,
-                    options: capture_options.clone(),
-                    recorder: ClipRecorder::new(options.clip_pre_s, options.clip_post_s, 64 << 20),
-                    requests: rx,
-                    ready: ready.clone(),
-                    health: health.clone(),
-                    stats: stats.clone(),
-                };
-                (Some(reader), Some((tx, ready)))
-            }
-            None => (None, None),
-        };
+        let (main, main_link) =
+            MainStream::for_camera(camera, &options, &capture_options, &health, &stats);
         let capture = CaptureJob {
             source: camera.analysis_source(),
             options: capture_options,
@@ -506,6 +491,37 @@ impl CameraJobs {
             std::panic::resume_unwind(panic);
         }
         Ok(stats.snapshot())
+    }
+}
+
+impl MainStream {
+    /// The main-stream reader of a camera with a `sub_url`, and the analysis' link to it
+    /// (its requests, whether it has a picture); `None` for a camera of one stream.
+    fn for_camera(
+        camera: &Camera,
+        options: &PipelineOptions,
+        capture: &CaptureOptions,
+        health: &Arc<HealthReporter>,
+        stats: &Arc<CameraStats>,
+    ) -> (
+        Option<MainStream>,
+        Option<(Sender<Evidence>, Arc<AtomicBool>)>,
+    ) {
+        let Some(source) = camera.evidence_source() else {
+            return (None, None);
+        };
+        let (tx, rx) = crossbeam_channel::bounded::<Evidence>(8);
+        let ready = Arc::new(AtomicBool::new(false));
+        let reader = MainStream {
+            source,
+            options: capture.clone(),
+            recorder: ClipRecorder::new(options.clip_pre_s, options.clip_post_s, 64 << 20),
+            requests: rx,
+            ready: ready.clone(),
+            health: health.clone(),
+            stats: stats.clone(),
+        };
+        (Some(reader), Some((tx, ready)))
     }
 }
 
