@@ -494,6 +494,9 @@ impl CameraJobs {
     }
 }
 
+/// The analysis' link to a main-stream reader: its requests, and whether it has a picture.
+type MainLink = (Sender<Evidence>, Arc<AtomicBool>);
+
 impl MainStream {
     /// The main-stream reader of a camera with a `sub_url`, and the analysis' link to it
     /// (its requests, whether it has a picture); `None` for a camera of one stream.
@@ -503,10 +506,7 @@ impl MainStream {
         capture: &CaptureOptions,
         health: &Arc<HealthReporter>,
         stats: &Arc<CameraStats>,
-    ) -> (
-        Option<MainStream>,
-        Option<(Sender<Evidence>, Arc<AtomicBool>)>,
-    ) {
+    ) -> (Option<MainStream>, Option<MainLink>) {
         let Some(source) = camera.evidence_source() else {
             return (None, None);
         };
@@ -680,7 +680,7 @@ struct AnalysisJob {
     clips: Sender<ClipRequest>,
     /// The main-stream reader's requests and whether it has a picture (cameras with a
     /// `sub_url`); evidence comes from the analysed stream otherwise.
-    main: Option<(Sender<Evidence>, Arc<AtomicBool>)>,
+    main: Option<MainLink>,
     detector: SharedDetector,
     tracker: Tracker,
     zones: ZoneRules,
