@@ -2,16 +2,25 @@
 //! (`libgstrtspserver-1.0`, bound with the `gstreamer-rtsp-server` crate).
 //!
 //! Every mount re-encodes its file to H.264 (x264enc, `tune=zerolatency`, a keyframe every
-//! second) packetised by `rtph264pay`, whatever the footage's own codec (vtest.avi is DivX 3,
-//! bikes.mp4 H.264), so a client such as the gateway's FFmpeg reader sees what an IP camera
-//! sends.
+//! second, `rtph264pay`) or H.265 (x265enc, the same settings, `rtph265pay`), whatever the
+//! footage's own codec (vtest.avi is DivX 3, bikes.mp4 H.264), optionally scaled down, so a
+//! client such as the gateway's FFmpeg reader sees what an IP camera sends.
+//!
+//! An installer's camera (Hikvision, Dahua) serves two streams of one picture: the main
+//! stream in H.265 at full size and a sub-stream in H.264, smaller, for analysis and
+//! previews, behind RTSP digest authentication. [`Mount::dual`] gives that pair of mounts
+//! (Hikvision's paths, `/Streaming/Channels/101` and `/102`), fed by one decoder, and
+//! [`CameraOptions::auth`] makes every mount require a digest login (the password is never
+//! printed or logged).
 //!
 //! ```text
 //!  looping (the default):
 //!   filesrc ─ decodebin ─ videoconvert ─ videorate ─ intervideosink     one per mount, always
 //!        ▲ seek to 0 at EOS                               │ channel        playing (real time)
 //!                                                         ▼
-//!   RTSP media (shared by every client): intervideosrc ─ x264enc ─ rtph264pay name=pay0
+//!   RTSP media (shared by every client): intervideosrc [─ videoscale] ─ x264enc ─ rtph264pay
+//!                                    (or for H.265)                    ─ x265enc ─ rtph265pay
+//!   every mount of the same footage reads the same channel (main and sub of one camera)
 //!
 //!  once (`looping = false`): every client gets its own pipeline from the start of the file
 //!   filesrc ─ decodebin ─ videoconvert ─ videorate ─ x264enc ─ rtph264pay name=pay0  → EOS
@@ -30,7 +39,9 @@ use std::time::Duration;
 
 use gstreamer_rtsp_server::gst::prelude::*;
 use gstreamer_rtsp_server::prelude::*;
-use gstreamer_rtsp_server::{glib, gst, RTSPFilterResult, RTSPMediaFactory, RTSPServer};
+use gstreamer_rtsp_server::{
+    glib, gst, gst_rtsp, RTSPAuth, RTSPFilterResult, RTSPMediaFactory, RTSPServer, RTSPToken,
+};
 
 /// Errors of the camera simulator.
 #[derive(Debug, thiserror::Error)]
@@ -60,22 +71,95 @@ pub enum CameraError {
     },
     #[error("frames per second must be between 1 and 60, not {0}")]
     BadFps(u32),
+    #[error("mount {path}: a scaled width must be even and between 16 and 4096, not {width}")]
+    BadWidth { path: String, width: u32 },
+    #[error("RTSP authentication needs a user name without ':' and a non-empty password")]
+    BadAuth,
 }
 
-/// One camera: an RTSP path and the file it shows.
+/// How a mount is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Codec {
+    /// H.264 constrained baseline (x264enc, `rtph264pay`).
+    #[default]
+    H264,
+    /// H.265 main (x265enc, `rtph265pay`), as a camera's main stream.
+    H265,
+}
+
+impl Codec {
+    /// `H.264` / `H.265`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Codec::H264 => "H.264",
+            Codec::H265 => "H.265",
+        }
+    }
+}
+
+/// The login every mount requires (RTSP digest authentication). `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// One stream: an RTSP path, the file it shows, its codec and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     /// `/cam0`, `/lobby`, …
     pub path: String,
     pub footage: PathBuf,
+    /// H.264 unless said otherwise.
+    pub codec: Codec,
+    /// Scale the picture down to this width (even; the height keeps the aspect ratio);
+    /// `None` = the footage's size. Looping mounts only.
+    pub width: Option<u32>,
 }
 
 impl Mount {
+    /// An H.264 mount at the footage's size.
     pub fn new(path: &str, footage: impl Into<PathBuf>) -> Mount {
         Mount {
             path: path.to_owned(),
             footage: footage.into(),
+            codec: Codec::H264,
+            width: None,
         }
+    }
+
+    /// This mount encoded with `codec`.
+    pub fn with_codec(mut self, codec: Codec) -> Mount {
+        self.codec = codec;
+        self
+    }
+
+    /// This mount scaled down to `width`.
+    pub fn scaled_to(mut self, width: u32) -> Mount {
+        self.width = Some(width);
+        self
+    }
+
+    /// Camera `channel` (1, 2, …) as an installer's camera serves it, one picture on two
+    /// mounts: the main stream in H.265 at full size on `/Streaming/Channels/{channel}01`
+    /// and the sub-stream in H.264, `sub_width` wide, on `/Streaming/Channels/{channel}02`
+    /// (Hikvision's paths).
+    pub fn dual(channel: u32, footage: impl Into<PathBuf>, sub_width: u32) -> [Mount; 2] {
+        let footage = footage.into();
+        [
+            Mount::new(&format!("/Streaming/Channels/{channel}01"), footage.clone())
+                .with_codec(Codec::H265),
+            Mount::new(&format!("/Streaming/Channels/{channel}02"), footage).scaled_to(sub_width),
+        ]
     }
 
     /// `/cam0`, `/cam1`, … for a list of files.
@@ -116,6 +200,8 @@ pub struct CameraOptions {
     /// Frames per second of the stream (the footage is resampled); keyframes come once a
     /// second. Default 15.
     pub fps: u32,
+    /// Require this login (RTSP digest authentication) on every mount; `None` = open.
+    pub auth: Option<Auth>,
 }
 
 impl CameraOptions {
@@ -126,6 +212,7 @@ impl CameraOptions {
             port,
             looping: true,
             fps: 15,
+            auth: None,
         }
     }
 }
@@ -135,10 +222,12 @@ impl CameraOptions {
 pub struct Served {
     pub path: String,
     pub footage: PathBuf,
-    /// `rtsp://ADDRESS:PORT/PATH`.
+    /// `rtsp://ADDRESS:PORT/PATH`, without credentials.
     pub url: String,
-    /// The picture size (looping mounts; `None` for play-once mounts, probed per client).
+    /// The picture size as streamed (looping mounts; `None` for play-once mounts, probed
+    /// per client).
     pub size: Option<(i32, i32)>,
+    pub codec: Codec,
 }
 
 /// A running RTSP server; stops (and disconnects its clients) when dropped.
@@ -205,16 +294,21 @@ pub fn serve_with(options: &CameraOptions) -> Result<CameraServer, CameraError> 
     let server = RTSPServer::new();
     server.set_address(&options.address);
     server.set_service(&options.port.to_string());
+    if let Some(auth) = &options.auth {
+        server.set_auth(Some(&digest_auth(auth)));
+    }
     let points = server
         .mount_points()
         .ok_or_else(|| CameraError::Pipeline("RTSP mount points".to_owned()))?;
-    let mut producers = Vec::new();
+    let mut producers: Vec<Producer> = Vec::new();
     let mut served = Vec::new();
     for m in &options.mounts {
-        let (factory, producer) = factory(m, options)?;
+        let (factory, size) = factory(m, options, &mut producers)?;
+        if options.auth.is_some() {
+            factory.add_role_from_structure(&camera_role());
+        }
         points.add_factory(&m.path, factory);
-        served.push((m, producer.as_ref().map(|p| p.size)));
-        producers.extend(producer);
+        served.push((m, size));
     }
     let running = MainLoop::start(&server, options)?;
     let host = if options.address == "0.0.0.0" {
@@ -230,6 +324,7 @@ pub fn serve_with(options: &CameraOptions) -> Result<CameraServer, CameraError> 
             footage: m.footage.clone(),
             url: format!("rtsp://{host}:{port}{}", m.path),
             size,
+            codec: m.codec,
         })
         .collect();
     Ok(CameraServer {
@@ -244,14 +339,46 @@ pub fn serve_with(options: &CameraOptions) -> Result<CameraServer, CameraError> 
     })
 }
 
-/// Options that can be served: mounts with valid, distinct paths and readable footage, a
-/// frame rate of 1–60.
+/// The role a logged-in client gets, and the only one allowed to see and play the mounts.
+const ROLE: &str = "camera-user";
+
+/// Digest authentication with one login; anyone else gets `401 Unauthorized` and a digest
+/// challenge, as an IP camera answers.
+fn digest_auth(auth: &Auth) -> RTSPAuth {
+    let rtsp_auth = RTSPAuth::new();
+    rtsp_auth.set_supported_methods(gst_rtsp::RTSPAuthMethod::Digest);
+    rtsp_auth.set_realm(Some("IP Camera"));
+    let token = RTSPToken::builder()
+        .field(gstreamer_rtsp_server::RTSP_TOKEN_MEDIA_FACTORY_ROLE, ROLE)
+        .build();
+    rtsp_auth.add_digest(&auth.user, &auth.password, &token);
+    rtsp_auth
+}
+
+/// The permissions of [`ROLE`] on a mount: see it and have its media built.
+fn camera_role() -> gst::Structure {
+    gst::Structure::builder(ROLE)
+        .field(gstreamer_rtsp_server::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+        .field(
+            gstreamer_rtsp_server::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT,
+            true,
+        )
+        .build()
+}
+
+/// Options that can be served: mounts with valid, distinct paths, readable footage and
+/// sane widths, a frame rate of 1–60, a usable login.
 fn check(options: &CameraOptions) -> Result<(), CameraError> {
     if options.mounts.is_empty() {
         return Err(CameraError::NoMounts);
     }
     if !(1..=60).contains(&options.fps) {
         return Err(CameraError::BadFps(options.fps));
+    }
+    if let Some(auth) = &options.auth {
+        if auth.user.is_empty() || auth.user.contains(':') || auth.password.is_empty() {
+            return Err(CameraError::BadAuth);
+        }
     }
     for (i, m) in options.mounts.iter().enumerate() {
         let valid = m.path.len() > 1
@@ -265,6 +392,14 @@ fn check(options: &CameraOptions) -> Result<(), CameraError> {
         if options.mounts[..i].iter().any(|o| o.path == m.path) {
             return Err(CameraError::DuplicatePath(m.path.clone()));
         }
+        if let Some(width) = m.width {
+            if width % 2 != 0 || !(16..=4096).contains(&width) {
+                return Err(CameraError::BadWidth {
+                    path: m.path.clone(),
+                    width,
+                });
+            }
+        }
         std::fs::File::open(&m.footage).map_err(|source| CameraError::Footage {
             path: m.footage.clone(),
             source,
@@ -273,37 +408,70 @@ fn check(options: &CameraOptions) -> Result<(), CameraError> {
     Ok(())
 }
 
-/// The media factory of one mount: looping, every client sees one shared live stream fed
-/// by a [`Producer`] (returned too); otherwise each client gets the file from its start.
+/// The media factory of one mount and its picture size: looping, every client sees one
+/// shared live stream fed by the footage's [`Producer`] (started here unless another mount
+/// of the same footage did, kept in `producers`); otherwise each client gets the file from
+/// its start.
 fn factory(
     m: &Mount,
     options: &CameraOptions,
-) -> Result<(RTSPMediaFactory, Option<Producer>), CameraError> {
+    producers: &mut Vec<Producer>,
+) -> Result<(RTSPMediaFactory, Option<(i32, i32)>), CameraError> {
     let factory = RTSPMediaFactory::new();
     if !options.looping {
         factory.set_launch(&format!(
             "( filesrc location={file} ! decodebin ! videoconvert ! videorate \
-             ! video/x-raw,format=I420,framerate={fps}/1 ! {encode} )",
+             ! video/x-raw,format=I420,framerate={fps}/1 {scale} ! {encode} )",
             file = quoted(&m.footage),
             fps = options.fps,
-            encode = encoder(options.fps),
+            scale = m
+                .width
+                .map(|w| format!("! videoscale ! video/x-raw,width={w}"))
+                .unwrap_or_default(),
+            encode = encoder(m.codec, options.fps),
         ));
         factory.set_shared(false);
         return Ok((factory, None));
     }
-    let producer = Producer::start(&m.footage, options.fps)?;
+    let producer = match producers.iter().position(|p| p.footage == m.footage) {
+        Some(i) => &producers[i],
+        None => {
+            producers.push(Producer::start(&m.footage, options.fps)?);
+            &producers[producers.len() - 1]
+        }
+    };
+    let (w, h) = producer.size;
+    let size = scaled(producer.size, m.width);
+    let scale = if size == (w, h) {
+        String::new()
+    } else {
+        format!(
+            "! videoscale ! video/x-raw,width={},height={} ",
+            size.0, size.1
+        )
+    };
     factory.set_launch(&format!(
         "( intervideosrc channel={channel} timeout=5000000000 \
          ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
-         ! {encode} )",
+         {scale}! {encode} )",
         channel = producer.channel,
-        w = producer.size.0,
-        h = producer.size.1,
         fps = options.fps,
-        encode = encoder(options.fps),
+        encode = encoder(m.codec, options.fps),
     ));
     factory.set_shared(true);
-    Ok((factory, Some(producer)))
+    Ok((factory, Some(size)))
+}
+
+/// The size of a `size` picture scaled to `width` (even height, aspect kept); never larger.
+fn scaled(size: (i32, i32), width: Option<u32>) -> (i32, i32) {
+    match width {
+        Some(w) if (w as i32) < size.0 => {
+            let w = w as i32;
+            let h = ((i64::from(size.1) * i64::from(w) / i64::from(size.0)) as i32 / 2 * 2).max(2);
+            (w, h)
+        }
+        _ => size,
+    }
 }
 
 /// The RTSP server attached to a GLib main loop of its own, run on a named thread.
@@ -347,13 +515,21 @@ impl MainLoop {
     }
 }
 
-/// H.264 for live viewing: no B-frames, a keyframe (with SPS/PPS) every second.
-fn encoder(fps: u32) -> String {
-    format!(
-        "x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} bitrate=2048 threads=1 \
-         ! video/x-h264,profile=constrained-baseline \
-         ! rtph264pay name=pay0 pt=96 config-interval=-1"
-    )
+/// H.264 or H.265 for live viewing: no B-frames, a keyframe (with the parameter sets)
+/// every second.
+fn encoder(codec: Codec, fps: u32) -> String {
+    match codec {
+        Codec::H264 => format!(
+            "x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} bitrate=2048 \
+             threads=1 ! video/x-h264,profile=constrained-baseline \
+             ! rtph264pay name=pay0 pt=96 config-interval=-1"
+        ),
+        Codec::H265 => format!(
+            "x265enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} bitrate=2048 \
+             option-string=\"pools=1:frame-threads=1:log-level=error\" \
+             ! video/x-h265,profile=main ! rtph265pay name=pay0 pt=96 config-interval=-1"
+        ),
+    }
 }
 
 /// A file path as a quoted gst-launch value.
@@ -364,6 +540,7 @@ fn quoted(path: &Path) -> String {
 
 /// A looping decoder feeding an `intervideosink` channel in real time.
 struct Producer {
+    footage: PathBuf,
     channel: String,
     size: (i32, i32),
     pipeline: gst::Pipeline,
@@ -437,6 +614,7 @@ impl Producer {
                 .map_err(|e| CameraError::Pipeline(format!("loop thread: {e}")))?
         };
         Ok(Producer {
+            footage: footage.to_owned(),
             channel,
             size,
             pipeline,

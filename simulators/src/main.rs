@@ -38,7 +38,8 @@ enum Command {
     #[command(after_help = UPSTREAM_EXAMPLES)]
     Upstream(UpstreamArgs),
     /// Serve video files as live RTSP cameras (GStreamer's RTSP server, re-encoded to H.264
-    /// with a keyframe every second), as many as given, until Ctrl-C.
+    /// or H.265 with a keyframe every second), as many as given, until Ctrl-C; optionally
+    /// as installers' cameras (H.265 main + H.264 sub-stream) behind digest authentication.
     #[command(after_help = CAMERA_EXAMPLES)]
     Camera(CameraArgs),
 }
@@ -58,7 +59,13 @@ Examples:
 
   # the same footage as HTTP MPEG-TS too
   sim camera --footage vendor/footage/vtest.avi --loop --http-port 8081
-  ffprobe http://127.0.0.1:8081/cam0.ts";
+  ffprobe http://127.0.0.1:8081/cam0.ts
+
+  # an installer's camera: H.265 main stream (/Streaming/Channels/101, full size) and H.264
+  # sub-stream (/Streaming/Channels/102, 640 wide), digest login required
+  SIM_CAMERA_PASSWORD='s3cret' sim camera --loop --port 8554 --dual vendor/footage/vtest.avi \
+      --user admin
+  ffprobe -rtsp_transport tcp 'rtsp://admin:s3cret@127.0.0.1:8554/Streaming/Channels/101'";
 
 #[derive(clap::Args)]
 struct CameraArgs {
@@ -84,6 +91,53 @@ struct CameraArgs {
     /// Also serve every mount as HTTP MPEG-TS on this port (`/cam0.ts`; 0 = any free port).
     #[arg(long, value_name = "P")]
     http_port: Option<u16>,
+    /// Encode the --footage and --mount streams as H.264 (default) or H.265.
+    #[arg(long, default_value = "h264", value_name = "CODEC", value_parser = parse_codec)]
+    codec: simulators::camera::Codec,
+    /// A video file served as an installer's camera with two streams: H.265 main stream at
+    /// full size on /Streaming/Channels/101 and H.264 sub-stream (--sub-width wide) on
+    /// /Streaming/Channels/102; the next file on .../201 and .../202, ... Repeatable;
+    /// needs --loop.
+    #[arg(long, value_name = "FILE")]
+    dual: Vec<PathBuf>,
+    /// Width of the --dual sub-streams.
+    #[arg(long, default_value_t = 640, value_name = "W")]
+    sub_width: u32,
+    /// Require RTSP digest authentication as this user on every mount (with the password
+    /// of SIM_CAMERA_PASSWORD or --password-file; the password is never printed).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// A file whose first line is the --user's password (instead of SIM_CAMERA_PASSWORD).
+    #[arg(long, value_name = "FILE", requires = "user")]
+    password_file: Option<PathBuf>,
+}
+
+fn parse_codec(s: &str) -> Result<simulators::camera::Codec, String> {
+    use simulators::camera::Codec;
+    match s.to_ascii_lowercase().replace(['.', '-'], "").as_str() {
+        "h264" => Ok(Codec::H264),
+        "h265" | "hevc" => Ok(Codec::H265),
+        _ => Err(format!("--codec is h264 or h265, not {s:?}")),
+    }
+}
+
+/// The login of `sim camera --user`: the password from --password-file, else from
+/// SIM_CAMERA_PASSWORD (kept out of the command line, where `ps` would show it).
+fn camera_auth(args: &CameraArgs) -> Result<Option<simulators::camera::Auth>> {
+    let Some(user) = &args.user else {
+        return Ok(None);
+    };
+    let password = match &args.password_file {
+        Some(file) => edge_config::read_password_file(file)
+            .map_err(|e| anyhow!("cannot read --password-file {}: {e}", file.display()))?,
+        None => std::env::var("SIM_CAMERA_PASSWORD").map_err(|_| {
+            anyhow!("--user needs a password: set SIM_CAMERA_PASSWORD or give --password-file")
+        })?,
+    };
+    Ok(Some(simulators::camera::Auth {
+        user: user.clone(),
+        password,
+    }))
 }
 
 fn parse_mount(spec: &str) -> Result<simulators::camera::Mount, String> {
@@ -381,11 +435,21 @@ async fn upstream_cmd(args: UpstreamArgs) -> Result<()> {
 
 async fn camera_cmd(args: CameraArgs) -> Result<()> {
     use simulators::camera::{self, CameraOptions, Mount};
+    let auth = camera_auth(&args)?;
     let mut mounts = Mount::numbered(&args.footage);
     mounts.extend(args.mount);
+    for m in &mut mounts {
+        m.codec = args.codec;
+    }
+    if !args.dual.is_empty() && !args.looping {
+        return Err(anyhow!("--dual cameras are live: add --loop"));
+    }
+    for (i, file) in args.dual.iter().enumerate() {
+        mounts.extend(Mount::dual(i as u32 + 1, file, args.sub_width));
+    }
     if mounts.is_empty() {
         return Err(anyhow!(
-            "give at least one --footage FILE or --mount /PATH=FILE"
+            "give at least one --footage FILE, --mount /PATH=FILE or --dual FILE"
         ));
     }
     let http_streams: Vec<(String, PathBuf)> = mounts
@@ -398,17 +462,25 @@ async fn camera_cmd(args: CameraArgs) -> Result<()> {
         port: args.port,
         looping: args.looping,
         fps: args.fps,
+        auth,
     };
     let server = camera::serve_with(&options)?;
+    if let Some(auth) = &options.auth {
+        println!(
+            "digest authentication required: user {} (password not shown)",
+            auth.user
+        );
+    }
     for m in &server.mounts {
         let size = m
             .size
             .map(|(w, h)| format!(", {w}x{h}"))
             .unwrap_or_default();
         println!(
-            "camera ready: {} ({}{size}, H.264 {} fps{})",
+            "camera ready: {} ({}{size}, {} {} fps{})",
             m.url,
             m.footage.display(),
+            m.codec.label(),
             options.fps,
             if options.looping { ", looping" } else { "" }
         );

@@ -212,3 +212,50 @@ async fn the_footage_is_also_served_as_http_mpeg_ts_that_ffprobe_reads_as_h264()
     s.read_to_string(&mut r).unwrap();
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
 }
+
+/// ffprobe's stderr for `url` when it fails (the RTSP answer FFmpeg reports).
+fn probe_error(url: &str) -> String {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-rtsp_transport", "tcp", url])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ffprobe (install ffmpeg: ./x deps)");
+    assert!(!out.status.success(), "{url} opened");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_dual_camera_serves_h265_main_and_h264_sub_streams_behind_digest_authentication() {
+    let mut options =
+        camera::CameraOptions::new(Mount::dual(1, footage("vtest.avi"), 640).to_vec(), 0);
+    options.fps = 10;
+    options.auth = Some(camera::Auth {
+        user: "admin".into(),
+        password: "p@ss:w/rd%1".into(),
+    });
+    assert!(
+        !format!("{options:?}").contains("p@ss"),
+        "Debug hides the password"
+    );
+    let server = camera::serve_with(&options).unwrap();
+    let main = server.url("/Streaming/Channels/101").unwrap().to_owned();
+    let sub = server.url("/Streaming/Channels/102").unwrap().to_owned();
+    assert_eq!(server.mounts[0].size, Some((768, 576)));
+    assert_eq!(server.mounts[1].size, Some((640, 480)));
+
+    // No login, a wrong one: 401 (the server's digest challenge refused).
+    assert!(probe_error(&main).contains("401"));
+    let wrong = main.replace("rtsp://", "rtsp://admin:nope@");
+    assert!(probe_error(&wrong).contains("401"));
+
+    // The right one, percent-encoded in the URL as cameras' users write it.
+    let login = |url: &str| url.replace("rtsp://", "rtsp://admin:p%40ss%3Aw%2Frd%251@");
+    let (codec, w, h, _) = probe(&login(&main), None);
+    assert_eq!((codec.as_str(), w, h), ("hevc", 768, 576));
+    let (codec, w, h, frames) = probe(&login(&sub), Some(3));
+    assert_eq!((codec.as_str(), w, h), ("h264", 640, 480));
+    assert!(
+        frames >= 20,
+        "3 s of a live 10 fps sub-stream, got {frames}"
+    );
+}

@@ -284,3 +284,37 @@ pub fn start_camera(port: u16) -> ChildGuard {
     assert!(refused.is_none(), "sim camera did not listen on {port}");
     camera
 }
+
+/// `sim camera` serving vtest.avi (768×576) as an installer's camera on `port`: the H.265
+/// main stream at full size on `/Streaming/Channels/101`, the H.264 sub-stream 640×480 on
+/// `/Streaming/Channels/102`, both behind RTSP digest authentication as `user`/`password`
+/// (handed over in SIM_CAMERA_PASSWORD, never on the command line), 10 fps; stopped on drop,
+/// returns once the port accepts connections.
+pub fn start_dual_camera(port: u16, user: &str, password: &str) -> ChildGuard {
+    let footage = workspace_root().join("vendor/footage/vtest.avi");
+    assert!(footage.exists(), "run ./x deps to fetch the footage");
+    let mut camera = ChildGuard(
+        Command::new(bin("sim"))
+            .args([
+                "camera",
+                "--loop",
+                "--fps",
+                "10",
+                "--port",
+                &port.to_string(),
+            ])
+            .args(["--user", user, "--dual"])
+            .arg(&footage)
+            .env("SIM_CAMERA_PASSWORD", password)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sim camera"),
+    );
+    let refused = process::wait_listening(&[port], Duration::from_secs(10), || {
+        process::is_running(&mut camera.0)
+    });
+    assert!(refused.is_none(), "sim camera did not listen on {port}");
+    camera
+}

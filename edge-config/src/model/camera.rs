@@ -1,7 +1,7 @@
 //! `[[cameras]]`: video sources, their zones and detection rules.
 
-use super::{Level, LocationRef, Point, TimeWindow};
-use serde::{Deserialize, Serialize};
+use super::{redact, Level, LocationRef, Point, TimeWindow};
+use serde::{Deserialize, Serialize, Serializer};
 use std::path::PathBuf;
 
 /// `[[cameras]]`: one video source.
@@ -16,8 +16,45 @@ pub struct Camera {
     /// Stream URL: `rtsp://`, `rtsps://`, `http://`, `https://`, a
     /// `file://` URL or a plain file path (relative = against the config
     /// file's directory). Only the scheme is checked: footage may be
-    /// mounted later.
+    /// mounted later. With `sub_url`, this is the camera's main stream
+    /// (e.g. H.265 at full size, Hikvision `/Streaming/Channels/101`):
+    /// snapshots and event clips come from it.
+    ///
+    /// The camera's login may be written in it, `rtsp://USER:PASSWORD@host/…`
+    /// (percent-encode `/ ? # %` in the password: `%2F %3F %23 %25`), or
+    /// given as `username` / `password`. FFmpeg answers the camera's basic or
+    /// digest challenge with it. Wherever the URL is shown (logs, errors,
+    /// `gateway status` / `doctor`, the console, the serialized
+    /// configuration) the password reads `***` (see [`redact_url`]).
+    #[serde(serialize_with = "redact_url_ser")]
     pub url: String,
+    /// The camera's sub-stream (optional; `rtsp://`, `rtsps://`, `http://` or
+    /// `https://`, e.g. H.264 640×480, Hikvision `/Streaming/Channels/102`):
+    /// when set, detection runs on it (cheaper to decode) while snapshots and
+    /// clips come from `url`, the main stream, with the boxes scaled to its
+    /// size. Without a login of its own it uses the camera's (`username` /
+    /// `password`, or the one written in `url`). Not with a file source. If
+    /// either stream fails while the other runs, the camera is reported down
+    /// (`camera_down`) saying which stream.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact_url_opt"
+    )]
+    pub sub_url: Option<String>,
+    /// The camera's user name for RTSP / HTTP authentication, instead of
+    /// writing it in `url` (needs `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The camera's password (shown as `********` when serialized); needs
+    /// `username`. Any character is fine: it is percent-encoded into the
+    /// URLs FFmpeg opens.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
+    pub password: Option<String>,
     /// Where the camera looks (see [`LocationRef`]).
     pub location: LocationRef,
     /// Frames analysed per second (0.1..=30). Default 5.
@@ -51,15 +88,113 @@ impl Camera {
         self.zones.iter().find(|z| z.id == id)
     }
 
-    /// The source: a network stream or a local file.
+    /// The source of `url` (the main stream): a network stream, with the
+    /// camera's login in its URL, or a local file.
     pub fn source(&self) -> CameraSource {
         if let Some(path) = self.url.strip_prefix("file://") {
             return CameraSource::File(PathBuf::from(path));
         }
         match self.url.split_once("://") {
-            Some(_) => CameraSource::Stream(self.url.clone()),
+            Some(_) => CameraSource::Stream(self.with_login(&self.url)),
             None => CameraSource::File(PathBuf::from(&self.url)),
         }
+    }
+
+    /// What detection analyses: the sub-stream when there is one, else the
+    /// main stream.
+    pub fn analysis_source(&self) -> CameraSource {
+        match &self.sub_url {
+            Some(sub) => CameraSource::Stream(self.with_login(sub)),
+            None => self.source(),
+        }
+    }
+
+    /// The main stream, when it is kept apart from the analysed one (a
+    /// `sub_url` is set): snapshots and clips come from it.
+    pub fn evidence_source(&self) -> Option<CameraSource> {
+        self.sub_url.as_ref().map(|_| self.source())
+    }
+
+    /// `url` as shown anywhere (password replaced by `***`).
+    pub fn shown_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// The login as URL userinfo (`USER:PASSWORD`, percent-encoded): from
+    /// `username` / `password`, else the one written in `url`.
+    fn login(&self) -> Option<String> {
+        if let Some(user) = &self.username {
+            let pass = self.password.as_deref().unwrap_or_default();
+            return Some(format!("{}:{}", percent_encode(user), percent_encode(pass)));
+        }
+        parsed_userinfo(&self.url).map(str::to_owned)
+    }
+
+    /// `url` with the camera's login inserted, unless it has one of its own.
+    fn with_login(&self, url: &str) -> String {
+        match (parsed_userinfo(url), self.login(), url.split_once("://")) {
+            (None, Some(login), Some((scheme, rest))) => format!("{scheme}://{login}@{rest}"),
+            _ => url.to_owned(),
+        }
+    }
+}
+
+/// The userinfo of a network URL (`USER[:PASSWORD]` between `://` and the
+/// last `@`) and the byte offset where it starts. The last `@` is taken, not
+/// the first after the host, so that a password holding a raw `@` or `/`
+/// is still recognised as userinfo (and redacted) rather than shown.
+pub(crate) fn userinfo(url: &str) -> Option<(&str, usize)> {
+    let start = url.find("://")? + 3;
+    let at = url[start..].rfind('@')? + start;
+    Some((&url[start..at], start))
+}
+
+/// The userinfo of a network URL as FFmpeg reads it: before the last `@` of
+/// the authority, which ends at the first `/`, `?` or `#`.
+pub(crate) fn parsed_userinfo(url: &str) -> Option<&str> {
+    let start = url.find("://")? + 3;
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rfind('@').map(|at| &authority[..at])
+}
+
+/// A camera URL safe to show: the password in its userinfo replaced by
+/// `***` (`rtsp://admin:s3cret@10.0.0.5/…` → `rtsp://admin:***@10.0.0.5/…`);
+/// a URL without a password (or a file path) is returned as it is. The one
+/// redaction used for camera URLs in logs, errors, status, doctor, the
+/// console and the serialized configuration.
+pub fn redact_url(url: &str) -> String {
+    let Some((info, start)) = userinfo(url) else {
+        return url.to_owned();
+    };
+    match info.split_once(':') {
+        Some((user, _)) => format!("{}{user}:***{}", &url[..start], &url[start + info.len()..]),
+        None => url.to_owned(),
+    }
+}
+
+/// `s` with every byte but RFC 3986's unreserved characters percent-encoded
+/// (userinfo that any URL parser splits the same way).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn redact_url_ser<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+fn redact_url_opt<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => s.serialize_some(&redact_url(url)),
+        None => s.serialize_none(),
     }
 }
 
@@ -306,3 +441,108 @@ pub const COCO_CLASSES: [&str; 80] = [
     "hair drier",
     "toothbrush",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A camera of these keys (TOML lines), `url` defaulting to a main stream.
+    fn camera(keys: &str) -> Camera {
+        let url = if keys.lines().any(|l| l.starts_with("url =")) {
+            ""
+        } else {
+            "url = \"rtsp://10.0.0.5:554/Streaming/Channels/101\"\n"
+        };
+        toml::from_str(&format!(
+            "id = \"cam-gate\"\nlocation = {{ area = \"gate\" }}\n{url}{keys}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn redaction_replaces_the_password_and_keeps_user_host_and_path() {
+        assert_eq!(
+            redact_url("rtsp://admin:s3cret@10.0.0.5:554/Streaming/Channels/101"),
+            "rtsp://admin:***@10.0.0.5:554/Streaming/Channels/101"
+        );
+        // Special characters, raw or percent-encoded, in user and password.
+        assert_eq!(
+            redact_url("rtsp://ad%40min:p%40ss%3Aw%2Frd@cam.local/live?x=1"),
+            "rtsp://ad%40min:***@cam.local/live?x=1"
+        );
+        assert_eq!(
+            redact_url("rtsp://admin:p@ss:w/rd#1@cam.local/live"),
+            "rtsp://admin:***@cam.local/live",
+            "a raw '@', ':', '/' or '#' in the password is still hidden"
+        );
+        assert_eq!(redact_url("rtsp://admin:@h/x"), "rtsp://admin:***@h/x");
+        // Nothing secret: unchanged.
+        assert_eq!(redact_url("rtsp://admin@h/x"), "rtsp://admin@h/x");
+        assert_eq!(redact_url("rtsp://h:554/x"), "rtsp://h:554/x");
+        assert_eq!(redact_url("footage/a b@2x.mp4"), "footage/a b@2x.mp4");
+        assert_eq!(redact_url(""), "");
+    }
+
+    #[test]
+    fn the_login_keys_are_percent_encoded_into_both_streams() {
+        let cam = camera(
+            "sub_url = \"rtsp://10.0.0.5:554/Streaming/Channels/102\"\n\
+             username = \"admin\"\npassword = \"p@ss:w/rd %1\"",
+        );
+        let login = "admin:p%40ss%3Aw%2Frd%20%251@";
+        assert_eq!(
+            cam.source(),
+            CameraSource::Stream(format!("rtsp://{login}10.0.0.5:554/Streaming/Channels/101"))
+        );
+        assert_eq!(
+            cam.analysis_source(),
+            CameraSource::Stream(format!("rtsp://{login}10.0.0.5:554/Streaming/Channels/102"))
+        );
+        assert_eq!(cam.evidence_source(), Some(cam.source()));
+        assert_eq!(
+            cam.shown_url(),
+            "rtsp://10.0.0.5:554/Streaming/Channels/101"
+        );
+    }
+
+    #[test]
+    fn a_login_written_in_url_also_opens_the_sub_stream() {
+        let cam =
+            camera("url = \"rtsp://admin:s3cret@10.0.0.5/101\"\nsub_url = \"rtsp://10.0.0.5/102\"");
+        assert_eq!(
+            cam.analysis_source(),
+            CameraSource::Stream("rtsp://admin:s3cret@10.0.0.5/102".into())
+        );
+        let own = camera(
+            "url = \"rtsp://admin:s3cret@10.0.0.5/101\"\n\
+             sub_url = \"rtsp://viewer:other@10.0.0.5/102\"",
+        );
+        assert_eq!(
+            own.analysis_source(),
+            CameraSource::Stream("rtsp://viewer:other@10.0.0.5/102".into())
+        );
+        let single = camera("");
+        assert_eq!(
+            (single.evidence_source(), single.analysis_source()),
+            (None, single.source())
+        );
+    }
+
+    #[test]
+    fn a_serialized_camera_shows_no_password() {
+        let cam = camera(
+            "url = \"rtsp://admin:s3cret@10.0.0.5/101\"\n\
+             sub_url = \"rtsp://viewer:0ther@10.0.0.5/102\"\n\
+             username = \"admin\"\npassword = \"pa55word\"",
+        );
+        let shown = toml::to_string(&cam).unwrap();
+        for secret in ["s3cret", "0ther", "pa55word"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("url = \"rtsp://admin:***@10.0.0.5/101\""),
+            "{shown}"
+        );
+        assert!(shown.contains("password = \"********\""), "{shown}");
+    }
+}

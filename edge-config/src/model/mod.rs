@@ -13,7 +13,10 @@ pub use broker::{
     Broker, BrokerMode, BrokerReader, CaTls, ExternalBroker, ServerTls, DEFAULT_BROKER_BIND,
     DEFAULT_BROKER_TLS_PORT,
 };
-pub use camera::{Camera, CameraRule, CameraRuleKind, CameraSource, Mask, Zone, COCO_CLASSES};
+pub(crate) use camera::{parsed_userinfo, userinfo};
+pub use camera::{
+    redact_url, Camera, CameraRule, CameraRuleKind, CameraSource, Mask, Zone, COCO_CLASSES,
+};
 pub use common::{AlertKind, HhMm, Level, LocationRef, Point, TimeWindow};
 pub use console::{Console, Role, Staff};
 pub use device::{Device, DeviceKind, Field, FieldType, PayloadFormat, Thresholds};

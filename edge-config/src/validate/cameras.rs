@@ -3,7 +3,10 @@
 use super::places::check_location;
 use super::Problems;
 use crate::hints::{did_you_mean, list};
-use crate::model::{Camera, CameraRule, CameraRuleKind, Config, Point, COCO_CLASSES};
+use crate::model::{
+    parsed_userinfo, userinfo, Camera, CameraRule, CameraRuleKind, CameraSource, Config, Point,
+    COCO_CLASSES,
+};
 use crate::path::KeyPath;
 
 const SCHEMES: [&str; 5] = ["rtsp", "rtsps", "http", "https", "file"];
@@ -28,6 +31,7 @@ fn check_camera(config: &Config, cam: &Camera, at: KeyPath, p: &mut Problems) {
     if let Some(problem) = url_problem(&cam.url) {
         p.push(at.key("url"), problem);
     }
+    check_streams(cam, &at, p);
     check_location(config, &cam.location, &at.key("location"), p);
     p.range(at.key("analyse_fps"), cam.analyse_fps, 0.1, 30.0);
     for (j, z) in cam.zones.iter().enumerate() {
@@ -48,6 +52,86 @@ fn check_camera(config: &Config, cam: &Camera, at: KeyPath, p: &mut Problems) {
     for (j, r) in cam.rules.iter().enumerate() {
         check_rule(cam, r, at.key("rules").index(j), p);
     }
+}
+
+/// `sub_url` and the camera's login: a sub-stream needs a main stream and is a stream
+/// itself; a login is given once, whole, and only to streams. No message quotes a URL that
+/// may hold a password.
+fn check_streams(cam: &Camera, at: &KeyPath, p: &mut Problems) {
+    let file = matches!(cam.source(), CameraSource::File(_));
+    if let Some(sub) = &cam.sub_url {
+        let here = at.key("sub_url");
+        if file {
+            p.push(
+                here.clone(),
+                "sub_url needs url to be the camera's main stream (rtsp://…): a file has one \
+                 stream; remove sub_url",
+            );
+        } else if let Some(problem) = url_problem(sub) {
+            p.push(here, problem);
+        } else if matches!(sub.split_once("://"), None | Some(("file", _))) {
+            p.push(
+                here,
+                "sub_url must be a stream: rtsp://, rtsps://, http:// or https://",
+            );
+        } else if sub.trim() == cam.url.trim() {
+            p.push(
+                here,
+                "sub_url is the same as url; point it at the camera's sub-stream (e.g. \
+                 /Streaming/Channels/102) or remove it",
+            );
+        }
+    }
+    for (key, url) in
+        std::iter::once(("url", &cam.url)).chain(cam.sub_url.iter().map(|u| ("sub_url", u)))
+    {
+        if let Some(problem) = raw_userinfo_problem(url) {
+            p.push(at.key(key), problem);
+        }
+    }
+    match (&cam.username, &cam.password) {
+        (Some(_), None) => p.push(
+            at.key("username"),
+            "username needs a password; add password = \"…\" (or write both in url)",
+        ),
+        (None, Some(_)) => p.push(
+            at.key("password"),
+            "password needs a username; add username = \"…\" (e.g. \"admin\")",
+        ),
+        _ => {}
+    }
+    if cam.username.is_some() && !file && parsed_userinfo(&cam.url).is_some() {
+        p.push(
+            at.key("username"),
+            "the login is given twice, in url and as username/password; keep one",
+        );
+    }
+    if file && (cam.username.is_some() || cam.password.is_some()) {
+        let key = if cam.username.is_some() {
+            "username"
+        } else {
+            "password"
+        };
+        p.push(
+            at.key(key),
+            "a file source has no login; remove username/password",
+        );
+    }
+    if cam.username.as_deref().is_some_and(|u| u.is_empty()) {
+        p.push(at.key("username"), "username must not be empty");
+    }
+}
+
+/// A login in a URL that FFmpeg would split elsewhere than meant: a raw `/`, `?` or `#` in
+/// the password ends the host part early (the password would be sent wrong, and shown).
+fn raw_userinfo_problem(url: &str) -> Option<String> {
+    let (info, _) = userinfo(url)?;
+    let parsed = parsed_userinfo(url);
+    (info.contains(':') && parsed != Some(info)).then(|| {
+        "the login in this URL holds a raw '/', '?' or '#': percent-encode them in the \
+         password (%2F, %3F, %23) or give it as username/password (an '@' in the path: %40)"
+            .to_owned()
+    })
 }
 
 fn url_problem(url: &str) -> Option<String> {

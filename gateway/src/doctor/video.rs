@@ -1,5 +1,6 @@
 //! ONNX Runtime and the model, loaded as the video pipeline loads them; each enabled camera
-//! opened as capture opens it, until its first decoded frame.
+//! opened as capture opens it, until its first decoded frame (a camera with a `sub_url`:
+//! both its streams, each its own line). URLs are shown with the password as `***`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -153,10 +154,36 @@ pub fn probe(source: &CameraSource, timeout: Duration) -> Result<Probe, DoctorEr
     })
 }
 
-/// The report line of one camera from its probe.
-pub fn camera_check(camera: &Camera, result: Result<Probe, DoctorError>) -> Check {
-    let name = format!("camera {}", camera.id);
-    let url = capture::name(&camera.source());
+/// Which of a camera's streams a check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// `url` (the only stream of a camera without `sub_url`).
+    Main,
+    /// `sub_url`, the analysed sub-stream.
+    Sub,
+}
+
+impl Stream {
+    fn check_name(self, camera: &Camera) -> String {
+        match (self, camera.sub_url.is_some()) {
+            (Stream::Main, false) => format!("camera {}", camera.id),
+            (Stream::Main, true) => format!("camera {} main stream", camera.id),
+            (Stream::Sub, _) => format!("camera {} sub-stream", camera.id),
+        }
+    }
+
+    fn source(self, camera: &Camera) -> CameraSource {
+        match self {
+            Stream::Main => camera.source(),
+            Stream::Sub => camera.analysis_source(),
+        }
+    }
+}
+
+/// The report line of one of a camera's streams from its probe.
+pub fn stream_check(camera: &Camera, stream: Stream, result: Result<Probe, DoctorError>) -> Check {
+    let name = stream.check_name(camera);
+    let url = capture::name(&stream.source(camera));
     match result {
         Ok(p) => {
             let fps = p
@@ -223,8 +250,8 @@ fn open_fix(error: &ffmpeg::Error, url: &str) -> String {
     } else {
         "its stream"
     };
-    let login = "the camera refused the login: put its user and password in the url \
-         (rtsp://USER:PASSWORD@host/…)";
+    let login = "the camera refused the login: set the camera's username and password (or \
+         write them in the url, rtsp://USER:PASSWORD@host/…, the password percent-encoded)";
     match error {
         F::Other { errno } if *errno == libc::ECONNREFUSED => {
             format!("check the camera's address and that {protocol} is on")
@@ -245,36 +272,49 @@ fn open_fix(error: &ffmpeg::Error, url: &str) -> String {
     }
 }
 
-/// Probes every camera at once, each on a blocking thread, all within `timeout` and a few
-/// seconds' grace; a disabled camera is skipped.
+/// Probes every camera's streams at once, each on a blocking thread, all within `timeout`
+/// and a few seconds' grace; a disabled camera is skipped.
 pub async fn camera_checks(config: &Config, timeout: Duration) -> Vec<Check> {
     let probes: Vec<_> = config
         .cameras
         .iter()
-        .map(|camera| {
-            let source = camera.source();
-            let probe = camera
-                .enabled
-                .then(|| tokio::task::spawn_blocking(move || probe(&source, timeout)));
-            (camera, probe)
+        .flat_map(|camera| {
+            let streams: &[Stream] = match (camera.enabled, camera.sub_url.is_some()) {
+                (false, _) => &[],
+                (true, false) => &[Stream::Main],
+                (true, true) => &[Stream::Main, Stream::Sub],
+            };
+            let probes: Vec<_> = streams
+                .iter()
+                .map(|&stream| {
+                    let source = stream.source(camera);
+                    let handle = tokio::task::spawn_blocking(move || probe(&source, timeout));
+                    (camera, Some((stream, handle)))
+                })
+                .collect();
+            if camera.enabled {
+                probes
+            } else {
+                vec![(camera, None)]
+            }
         })
         .collect();
     let until = tokio::time::Instant::now() + timeout + Duration::from_secs(5);
     let mut checks = Vec::new();
     for (camera, probe) in probes {
-        let name = format!("camera {}", camera.id);
-        let Some(handle) = probe else {
+        let Some((stream, handle)) = probe else {
+            let name = format!("camera {}", camera.id);
             checks.push(Check::skipped(name, "disabled (enabled = false)"));
             continue;
         };
         checks.push(match tokio::time::timeout_at(until, handle).await {
-            Ok(Ok(result)) => camera_check(camera, result),
+            Ok(Ok(result)) => stream_check(camera, stream, result),
             Ok(Err(e)) => Check::fail(
-                name,
+                stream.check_name(camera),
                 format!("the probe failed: {e}"),
                 "test the camera with `ffprobe -rtsp_transport tcp URL` and report this failure",
             ),
-            Err(_) => camera_check(camera, Err(DoctorError::NoAnswer(timeout))),
+            Err(_) => stream_check(camera, stream, Err(DoctorError::NoAnswer(timeout))),
         });
     }
     checks
@@ -303,7 +343,7 @@ mod tests {
             "id": "cam-silent", "url": url, "location": { "area": "a" },
         }))
         .unwrap();
-        let check = camera_check(&camera, result);
+        let check = stream_check(&camera, Stream::Main, result);
         assert_eq!(check.state, State::Fail, "{check:?}");
         assert_eq!(check.finding, format!("{url}: no answer within 1 s"));
         let fix = check.fix.as_deref().unwrap();
@@ -327,11 +367,13 @@ mod tests {
                 errno: libc::ECONNREFUSED,
             },
         };
-        let check = camera_check(&camera, Err(refused.into()));
+        let check = stream_check(&camera, Stream::Main, Err(refused.into()));
         let text = format!("{check:?}");
         assert!(!text.contains("s3cret"), "{text}");
         assert!(
-            check.finding.starts_with("rtsp://***@127.0.0.1:9/door: "),
+            check
+                .finding
+                .starts_with("rtsp://admin:***@127.0.0.1:9/door: "),
             "{text}"
         );
         assert!(check.fix.unwrap().contains("that RTSP is on"));

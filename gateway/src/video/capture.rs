@@ -226,7 +226,7 @@ enum Read {
 
 /// When the input last delivered something, for the stall check (shared with FFmpeg's
 /// interrupt callback, which runs inside its blocking reads).
-struct Activity {
+pub(super) struct Activity {
     epoch: Instant,
     /// Milliseconds since `epoch`; atomic because the interrupt callback reads it from
     /// inside FFmpeg while this thread is blocked in a read.
@@ -234,10 +234,16 @@ struct Activity {
 }
 
 impl Activity {
-    fn touch(&self) {
+    pub(super) fn new() -> Self {
+        Activity {
+            epoch: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+    pub(super) fn touch(&self) {
         self.last_ms.store(ms_since(self.epoch), Ordering::Relaxed);
     }
-    fn idle_ms(&self) -> u64 {
+    pub(super) fn idle_ms(&self) -> u64 {
         ms_since(self.epoch).saturating_sub(self.last_ms.load(Ordering::Relaxed))
     }
 }
@@ -245,10 +251,7 @@ impl Activity {
 impl Run<'_> {
     /// One session: open the source, decode until it ends, fails or the run stops.
     fn session(&mut self, recorder: &mut ClipRecorder) -> Result<End, CaptureError> {
-        let activity = Activity {
-            epoch: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        };
+        let activity = Activity::new();
         let mut input = open(self.source, self.options, &activity, self.cancel.clone())?;
         let stream = input
             .streams()
@@ -329,26 +332,19 @@ impl Run<'_> {
         (index, time_base): (usize, Rational),
         activity: &Activity,
     ) -> Result<Read, CaptureError> {
-        let mut packet = Packet::empty();
-        match packet.read(input) {
-            Ok(()) => {}
-            Err(ffmpeg::Error::Eof) => {
-                activity.touch();
+        let packet = match next_packet(input, activity, self.options.stall_timeout, self.cancel)? {
+            Next::Packet(p) => p,
+            Next::Eof => {
                 let _ = decoder.send_eof();
                 return Ok(Read::Eof);
             }
-            Err(ffmpeg::Error::InvalidData) => {
+            Next::Corrupt => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(source = %name(self.source), "corrupt packet skipped");
                 return Ok(Read::Other);
             }
-            Err(_) if self.cancel.is_cancelled() => return Ok(Read::Cancelled),
-            Err(_) if activity.idle_ms() > self.options.stall_timeout.as_millis() as u64 => {
-                return Err(CaptureError::Stalled(self.options.stall_timeout))
-            }
-            Err(e) => return Err(CaptureError::Read(e)),
-        }
-        activity.touch();
+            Next::Cancelled => return Ok(Read::Cancelled),
+        };
         if packet.stream() != index {
             return Ok(Read::Other);
         }
@@ -651,22 +647,52 @@ impl Health {
     }
 }
 
+/// A source as shown in logs, errors and reports: a stream's URL with its password
+/// replaced by `***` ([`edge_config::redact_url`], the one redaction of camera URLs).
 pub(crate) fn name(source: &CameraSource) -> String {
     match source {
-        CameraSource::Stream(url) => redact_url(url),
+        CameraSource::Stream(url) => edge_config::redact_url(url),
         CameraSource::File(p) => p.display().to_string(),
     }
 }
 
-/// `rtsp://user:pass@host/…` → `rtsp://***@host/…` for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(a)) if a > s => format!("{}***{}", &url[..s + 3], &url[a..]),
-        _ => url.to_owned(),
-    }
+/// What reading the next packet of an input gave.
+pub(super) enum Next {
+    Packet(Packet),
+    /// A corrupt packet (skipped; the caller counts it).
+    Corrupt,
+    Eof,
+    Cancelled,
 }
 
-fn sleep_cancellable(d: Duration, cancel: &CancellationToken) -> bool {
+/// Reads the next packet of `input`: a failed read is the end of the session, a stall
+/// (nothing for `stall_timeout`, FFmpeg's interrupt callback having aborted the read) or an
+/// error; shared by the analysed stream's capture and the main-stream reader.
+pub(super) fn next_packet(
+    input: &mut format::context::Input,
+    activity: &Activity,
+    stall_timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<Next, CaptureError> {
+    let mut packet = Packet::empty();
+    match packet.read(input) {
+        Ok(()) => {}
+        Err(ffmpeg::Error::Eof) => {
+            activity.touch();
+            return Ok(Next::Eof);
+        }
+        Err(ffmpeg::Error::InvalidData) => return Ok(Next::Corrupt),
+        Err(_) if cancel.is_cancelled() => return Ok(Next::Cancelled),
+        Err(_) if activity.idle_ms() > stall_timeout.as_millis() as u64 => {
+            return Err(CaptureError::Stalled(stall_timeout))
+        }
+        Err(e) => return Err(CaptureError::Read(e)),
+    }
+    activity.touch();
+    Ok(Next::Packet(packet))
+}
+
+pub(super) fn sleep_cancellable(d: Duration, cancel: &CancellationToken) -> bool {
     let until = Instant::now() + d;
     while Instant::now() < until {
         if cancel.is_cancelled() {
@@ -707,7 +733,7 @@ pub(crate) fn input_options(
     (target, dict)
 }
 
-fn open(
+pub(super) fn open(
     source: &CameraSource,
     options: &CaptureOptions,
     activity: &Activity,
@@ -790,6 +816,31 @@ impl Converter {
         };
         Ok((image, grey))
     }
+}
+
+/// A decoded frame as a full-size BGR image (evidence from a stream that is not analysed).
+pub(super) fn bgr_image(frame: &ffmpeg::frame::Video) -> Result<BgrImage, CaptureError> {
+    let (w, h) = (frame.width(), frame.height());
+    if w == 0 || h == 0 {
+        return Err(CaptureError::Scale(ffmpeg::Error::InvalidData));
+    }
+    let mut out = ffmpeg::frame::Video::empty();
+    scaling::Context::get(
+        frame.format(),
+        w,
+        h,
+        Pixel::BGR24,
+        w,
+        h,
+        scaling::Flags::BILINEAR,
+    )
+    .and_then(|mut ctx| ctx.run(frame, &mut out))
+    .map_err(CaptureError::Scale)?;
+    Ok(BgrImage {
+        width: w,
+        height: h,
+        data: tight(&out, w as usize * 3, h as usize),
+    })
 }
 
 /// Copies plane 0 without its row padding.

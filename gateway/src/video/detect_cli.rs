@@ -99,7 +99,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<()> {
     if frames == 0 {
         bail!(
             "no frame could be read from {} (see the log above)",
-            capture::redact_url(&args.input)
+            edge_config::redact_url(&args.input)
         );
     }
     if let Some(path) = &args.annotate {
@@ -131,6 +131,8 @@ fn camera_of(args: &DetectArgs) -> anyhow::Result<(Config, Camera)> {
         }
     };
     camera.url = args.input.clone();
+    // `--input` is the one stream analysed (the camera's login, if configured, still applies).
+    camera.sub_url = None;
     if let Some(fps) = args.fps {
         camera.analyse_fps = fps;
     }

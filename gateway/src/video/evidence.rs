@@ -354,6 +354,22 @@ impl ClipRecorder {
         }
     }
 
+    /// The packets from the ring's last keyframe on (what decodes to the latest frame) and
+    /// the stream's parameters; `None` before a keyframe of this session.
+    pub fn latest_gop(&self) -> Option<(&codec::Parameters, Vec<Packet>)> {
+        let (params, _) = self.session.as_ref()?;
+        let key = self.ring.iter().rposition(|(p, _)| p.is_key())?;
+        Some((
+            params,
+            self.ring.iter().skip(key).map(|(p, _)| p.clone()).collect(),
+        ))
+    }
+
+    /// Whether this session's ring holds a keyframe (a clip or snapshot can start).
+    pub fn has_keyframe(&self) -> bool {
+        self.session.is_some() && !self.ring.is_empty()
+    }
+
     /// Starts collecting a clip: the ring (from its keyframe) plus `post_s` more seconds.
     pub fn request(&mut self, req: ClipRequest) {
         let packets: Vec<Packet> = self.ring.iter().map(|(p, _)| p.clone()).collect();

@@ -7,6 +7,11 @@
 //!    └─ watchdog: reconnect with backoff, camera_down / resolved ─(AlertInput)─▶ alerts
 //! ```
 //!
+//! A camera with a `sub_url` is analysed on its sub-stream while a third thread reads its
+//! main stream for evidence (see [`main_stream`]): clips from the main stream's packets,
+//! snapshots decoded from it on demand with the boxes scaled up. Both streams' outages go
+//! into the camera's one `camera_down` alert through [`HealthReporter`].
+//!
 //! Frames are dropped (and counted) at capture when the analysis is still busy — never
 //! queued without bound. The capture watchdog also watches the analysis: a camera decoded
 //! but not analysed is reported down like a dead stream (see [`CameraStats`]). The detector
@@ -19,12 +24,13 @@ pub mod capture;
 pub mod detect;
 pub mod detect_cli;
 pub mod evidence;
+pub mod main_stream;
 pub mod motion;
 pub mod track;
 pub mod zones;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +48,7 @@ use crate::supervise::Severity;
 use capture::{CaptureError, CaptureOptions, CaptureSink, Captured, Pace};
 use detect::{DetectError, Detector, InputSpec, OrtDetector, Prepared};
 use evidence::{ClipRecorder, ClipRequest, Mark};
+use main_stream::{Evidence, MainStream, SnapshotRequest};
 use motion::MotionDetector;
 use track::{Tracker, TrackerOptions};
 use zones::{RuleEdge, ZoneError, ZoneRules};
@@ -103,6 +110,9 @@ pub struct CameraStats {
     pub discontinuities: AtomicU64,
     /// Times the camera went blind: frames decoded, none analysed, for the stall timeout.
     pub analysis_stalls: AtomicU64,
+    /// Packets read from the main stream kept for evidence (cameras with a `sub_url`,
+    /// whose `decoded` counts the analysed sub-stream).
+    pub main_packets: AtomicU64,
 }
 
 /// Each analysed camera's id and counters.
@@ -126,6 +136,7 @@ pub struct StatsSnapshot {
     pub alerts: u64,
     pub discontinuities: u64,
     pub analysis_stalls: u64,
+    pub main_packets: u64,
 }
 
 impl CameraStats {
@@ -141,6 +152,106 @@ impl CameraStats {
             alerts: g(&self.alerts),
             discontinuities: g(&self.discontinuities),
             analysis_stalls: g(&self.analysis_stalls),
+            main_packets: g(&self.main_packets),
+        }
+    }
+}
+
+/// Which of a camera's streams a health change is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRole {
+    /// The analysed stream (`sub_url`, or `url` when there is no sub-stream).
+    Analysed,
+    /// The main stream read for evidence (cameras with a `sub_url`).
+    Main,
+}
+
+/// The one `camera_down` alert of a camera, fed by its analysed stream's capture (stream
+/// failures and the analysis liveness check) and, with a `sub_url`, by its main-stream
+/// reader: down while either is, the reason naming the stream; resolved when both are well.
+pub struct HealthReporter {
+    camera: String,
+    location: Location,
+    alerts: Option<AlertBus>,
+    /// The camera has a separate main stream: reasons say "sub-stream:" / "main stream:".
+    separate: bool,
+    /// Both streams' reasons and the one last reported, behind one lock held while the
+    /// alert is sent: two threads change it, and sending under the lock keeps the order of
+    /// camera_down raises and resolves the order of the changes.
+    state: Mutex<HealthState>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    analysed: Option<String>,
+    main: Option<String>,
+    reported: Option<String>,
+}
+
+impl HealthReporter {
+    pub fn new(camera: &Camera, config: &Config, alerts: Option<AlertBus>) -> Self {
+        HealthReporter {
+            camera: camera.id.clone(),
+            location: Location::resolve(config, &camera.location),
+            alerts,
+            separate: camera.sub_url.is_some(),
+            state: Mutex::new(HealthState::default()),
+        }
+    }
+
+    /// `role` went down (`Some(reason)`) or came back (`None`); the alert hears changes of
+    /// the camera's combined reason only.
+    pub fn set(&self, role: StreamRole, down: Option<String>) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        match role {
+            StreamRole::Analysed => st.analysed = down,
+            StreamRole::Main => st.main = down,
+        }
+        let now = self.reason(&st);
+        if now == st.reported {
+            return;
+        }
+        st.reported = now.clone();
+        tracing::warn!(camera = %self.camera, down = now.is_some(), reason = now.as_deref().unwrap_or("recovered"), "camera status");
+        let readings = match &now {
+            Some(reason) => serde_json::json!({ "reason": reason }),
+            None => serde_json::json!({ "recovered": true }),
+        };
+        send_alert(
+            &self.alerts,
+            camera_input(
+                &self.camera,
+                AlertKind::CameraDown,
+                Level::Yellow,
+                &self.location,
+                now.is_some(),
+                readings,
+            ),
+        );
+    }
+
+    /// Whether `role` is not reported down.
+    pub fn is_up(&self, role: StreamRole) -> bool {
+        self.state.lock().is_ok_and(|st| match role {
+            StreamRole::Analysed => st.analysed.is_none(),
+            StreamRole::Main => st.main.is_none(),
+        })
+    }
+
+    fn reason(&self, st: &HealthState) -> Option<String> {
+        if !self.separate {
+            return st.analysed.clone();
+        }
+        let sub = st.analysed.as_ref().map(|r| format!("sub-stream: {r}"));
+        let main = st
+            .main
+            .as_ref()
+            .map(|r| format!("main stream: {r} (analysis goes on; evidence from the sub-stream)"));
+        match (sub, main) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -237,6 +348,8 @@ pub struct CameraJobs {
     pub stats: Arc<CameraStats>,
     capture: CaptureJob,
     analysis: AnalysisJob,
+    /// The main-stream reader of a camera with a `sub_url`.
+    main: Option<MainStream>,
 }
 
 impl CameraJobs {
@@ -280,17 +393,18 @@ impl CameraJobs {
         let (clip_tx, clip_rx) = crossbeam_channel::bounded::<ClipRequest>(8);
         let mut capture_options = options.capture.clone();
         capture_options.analyse_fps = camera.analyse_fps;
+        let health = Arc::new(HealthReporter::new(camera, config, outputs.alerts.clone()));
+        let (main, main_link) =
+            MainStream::for_camera(camera, &options, &capture_options, &health, &stats);
         let capture = CaptureJob {
-            source: camera.source(),
+            source: camera.analysis_source(),
             options: capture_options,
             stats: stats.clone(),
             recorder: ClipRecorder::new(options.clip_pre_s, options.clip_post_s, 64 << 20),
             sink: CaptureStage {
-                camera: camera.id.clone(),
-                location: Location::resolve(config, &camera.location),
                 frames: frame_tx,
                 clips: clip_rx,
-                alerts: outputs.alerts.clone(),
+                health,
                 motion: MotionDetector::new(
                     &camera
                         .masks
@@ -303,7 +417,7 @@ impl CameraJobs {
                 full_pass_every_s: options.full_pass_every_s,
                 last_full: None,
                 blocking: options.capture.pace == Pace::AsFastAsAnalysed
-                    && matches!(camera.source(), edge_config::CameraSource::File(_)),
+                    && matches!(camera.analysis_source(), edge_config::CameraSource::File(_)),
                 cancel: CancellationToken::new(),
             },
         };
@@ -313,6 +427,7 @@ impl CameraJobs {
             tz: config.site.tz(),
             frames: frame_rx,
             clips: clip_tx,
+            main: main_link,
             detector,
             tracker: Tracker::new(options.tracker),
             zones,
@@ -325,6 +440,7 @@ impl CameraJobs {
             stats,
             capture,
             analysis,
+            main,
         })
     }
 
@@ -335,21 +451,77 @@ impl CameraJobs {
             stats,
             capture,
             analysis,
+            main,
         } = self;
-        // The capture stops with the analysis, even when the analysis panicked.
+        // The capture (and main-stream) threads stop with the analysis, even when the
+        // analysis panicked.
         let token = cancel.child_token();
         let stop = token.clone();
+        let main = match main {
+            Some(reader) => {
+                let token = token.clone();
+                let handle = std::thread::Builder::new()
+                    .name("video-main-stream".into())
+                    .spawn(move || reader.run(token));
+                match handle {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        stop.cancel();
+                        return Err(VideoError::Thread(e));
+                    }
+                }
+            }
+            None => None,
+        };
         let handle = std::thread::Builder::new()
             .name("video-capture".into())
-            .spawn(move || capture.run(token))
-            .map_err(VideoError::Thread)?;
+            .spawn(move || capture.run(token));
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                stop.cancel();
+                return Err(VideoError::Thread(e));
+            }
+        };
         let analysed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| analysis.run()));
         stop.cancel();
         let captured = handle.join();
-        if let Err(panic) = analysed.and(captured) {
+        let main = main.map_or(Ok(()), |h| h.join());
+        if let Err(panic) = analysed.and(captured).and(main) {
             std::panic::resume_unwind(panic);
         }
         Ok(stats.snapshot())
+    }
+}
+
+/// The analysis' link to a main-stream reader: its requests, and whether it has a picture.
+type MainLink = (Sender<Evidence>, Arc<AtomicBool>);
+
+impl MainStream {
+    /// The main-stream reader of a camera with a `sub_url`, and the analysis' link to it
+    /// (its requests, whether it has a picture); `None` for a camera of one stream.
+    fn for_camera(
+        camera: &Camera,
+        options: &PipelineOptions,
+        capture: &CaptureOptions,
+        health: &Arc<HealthReporter>,
+        stats: &Arc<CameraStats>,
+    ) -> (Option<MainStream>, Option<MainLink>) {
+        let Some(source) = camera.evidence_source() else {
+            return (None, None);
+        };
+        let (tx, rx) = crossbeam_channel::bounded::<Evidence>(8);
+        let ready = Arc::new(AtomicBool::new(false));
+        let reader = MainStream {
+            source,
+            options: capture.clone(),
+            recorder: ClipRecorder::new(options.clip_pre_s, options.clip_post_s, 64 << 20),
+            requests: rx,
+            ready: ready.clone(),
+            health: health.clone(),
+            stats: stats.clone(),
+        };
+        (Some(reader), Some((tx, ready)))
     }
 }
 
@@ -376,17 +548,16 @@ impl CaptureJob {
         self.stats
             .errors
             .fetch_add(self.recorder.failed, Ordering::Relaxed);
-        tracing::info!(camera = %self.sink.camera, stats = ?self.stats.snapshot(), "capture stopped");
+        tracing::info!(camera = %self.sink.health.camera, stats = ?self.stats.snapshot(), "capture stopped");
     }
 }
 
 /// The capture thread's side: motion gating, letterbox, hand-over, camera status.
 struct CaptureStage {
-    camera: String,
-    location: Location,
     frames: Sender<Frame>,
     clips: Receiver<ClipRequest>,
-    alerts: Option<AlertBus>,
+    /// The camera's `camera_down`, shared with its main-stream reader.
+    health: Arc<HealthReporter>,
     motion: MotionDetector,
     spec: InputSpec,
     gating: bool,
@@ -446,22 +617,7 @@ impl CaptureSink for CaptureStage {
     }
 
     fn status(&mut self, down: Option<String>) {
-        tracing::warn!(camera = %self.camera, down = down.is_some(), reason = down.as_deref().unwrap_or("recovered"), "camera status");
-        let readings = match &down {
-            Some(reason) => serde_json::json!({ "reason": reason }),
-            None => serde_json::json!({ "recovered": true }),
-        };
-        send_alert(
-            &self.alerts,
-            camera_input(
-                &self.camera,
-                AlertKind::CameraDown,
-                Level::Yellow,
-                &self.location,
-                down.is_some(),
-                readings,
-            ),
-        );
+        self.health.set(StreamRole::Analysed, down);
     }
 
     fn poll_clips(&mut self, recorder: &mut ClipRecorder, _t: f64) {
@@ -522,6 +678,9 @@ struct AnalysisJob {
     tz: chrono_tz::Tz,
     frames: Receiver<Frame>,
     clips: Sender<ClipRequest>,
+    /// The main-stream reader's requests and whether it has a picture (cameras with a
+    /// `sub_url`); evidence comes from the analysed stream otherwise.
+    main: Option<MainLink>,
     detector: SharedDetector,
     tracker: Tracker,
     zones: ZoneRules,
@@ -725,18 +884,63 @@ impl AnalysisJob {
                 highlight: edge.tracks.contains(&tr.id),
             })
             .collect();
-        match evidence::snapshot(&frame.image, &marks, &jpg) {
-            Ok(()) => readings["snapshot"] = serde_json::json!(jpg),
-            Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(camera = %self.camera, error = %e, "snapshot failed");
-            }
+        // A camera with a sub-stream takes its evidence from the main stream while that
+        // has a picture, else from the analysed frame and stream.
+        let main = self
+            .main
+            .as_ref()
+            .filter(|(_, ready)| ready.load(Ordering::Relaxed))
+            .map(|(tx, _)| tx.clone());
+        if self.main.is_some() {
+            readings["evidence_stream"] =
+                serde_json::json!(if main.is_some() { "main" } else { "sub" });
+        }
+        let request = SnapshotRequest {
+            path: jpg.clone(),
+            marks,
+            analysed: frame.image.clone(),
+        };
+        if self.snapshot(main.as_ref(), request) {
+            readings["snapshot"] = serde_json::json!(jpg);
         }
         let mkv = base.with_extension("mkv");
-        match self.clips.try_send(ClipRequest { path: mkv.clone() }) {
+        let clip = ClipRequest { path: mkv.clone() };
+        let sent = match &main {
+            Some(tx) => tx
+                .try_send(Evidence::Clip(clip.clone()))
+                .or_else(|_| self.clips.try_send(clip)),
+            None => self.clips.try_send(clip),
+        };
+        match sent {
             Ok(()) => readings["clip"] = serde_json::json!(mkv),
             Err(_) => {
                 tracing::warn!(camera = %self.camera, "clip request dropped (capture busy or stopped)")
+            }
+        }
+    }
+
+    /// A snapshot: asked of the main-stream reader (`main`), else (or when it is busy)
+    /// written here from the analysed frame; whether one is (being) written.
+    fn snapshot(&self, main: Option<&Sender<Evidence>>, req: SnapshotRequest) -> bool {
+        let Some(tx) = main else {
+            return self.local_snapshot(req);
+        };
+        match tx.try_send(Evidence::Snapshot(req)) {
+            Ok(()) => true,
+            Err(e) => match e.into_inner() {
+                Evidence::Snapshot(req) => self.local_snapshot(req),
+                Evidence::Clip(_) => false,
+            },
+        }
+    }
+
+    fn local_snapshot(&self, req: SnapshotRequest) -> bool {
+        match evidence::snapshot(&req.analysed, &req.marks, &req.path) {
+            Ok(()) => true,
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(camera = %self.camera, error = %e, "snapshot failed");
+                false
             }
         }
     }
@@ -836,7 +1040,7 @@ pub fn spawn(
         )?;
         let stats = jobs.stats.clone();
         handle.cameras.push((camera.id.clone(), stats.clone()));
-        tracing::info!(camera = %camera.id, url = %capture::redact_url(&camera.url), fps = camera.analyse_fps, "camera started");
+        tracing::info!(camera = %camera.id, url = %camera.shown_url(), sub_url = camera.sub_url.as_deref().map(edge_config::redact_url), fps = camera.analyse_fps, "camera started");
         // Supervised: a camera whose capture or analysis ends or panics outside shutdown is
         // a fault, and starts again with its counters.
         let mut first = Some(jobs);
@@ -869,6 +1073,45 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reporter(separate: bool) -> HealthReporter {
+        HealthReporter {
+            camera: "cam-gate".into(),
+            location: Location::default(),
+            alerts: None,
+            separate,
+            state: Mutex::new(HealthState::default()),
+        }
+    }
+
+    fn reported(r: &HealthReporter) -> Option<String> {
+        r.state.lock().unwrap().reported.clone()
+    }
+
+    #[test]
+    fn a_camera_is_down_while_either_stream_is_and_up_when_both_are() {
+        let r = reporter(true);
+        r.set(StreamRole::Main, Some("Server returned 401".into()));
+        assert_eq!(
+            reported(&r).as_deref(),
+            Some(
+                "main stream: Server returned 401 (analysis goes on; evidence from the sub-stream)"
+            )
+        );
+        assert!(!r.is_up(StreamRole::Main) && r.is_up(StreamRole::Analysed));
+        r.set(StreamRole::Analysed, Some("stalled".into()));
+        assert!(reported(&r)
+            .unwrap()
+            .starts_with("sub-stream: stalled; main stream: "));
+        r.set(StreamRole::Main, None);
+        assert_eq!(reported(&r).as_deref(), Some("sub-stream: stalled"));
+        r.set(StreamRole::Analysed, None);
+        assert_eq!(reported(&r), None, "resolved once both are well");
+        // A camera with one stream keeps its reasons as they are.
+        let single = reporter(false);
+        single.set(StreamRole::Analysed, Some("stalled".into()));
+        assert_eq!(reported(&single).as_deref(), Some("stalled"));
+    }
 
     #[test]
     fn camera_stats_show_decoded_analysed_and_discontinuities_and_read_older_snapshots() {
