@@ -152,3 +152,91 @@ fn mqtt_subscribe_works(port: u16) -> bool {
     // `-E` exits as soon as the subscription is acknowledged: status 0.
     status.is_ok_and(|s| s.success())
 }
+
+/// A RabbitMQ node with its MQTT plugin (Debian's `rabbitmq-server`), private to a test: its
+/// own node name, ports, database and Erlang cookie under `dir`. Killed on drop.
+pub struct RabbitMq {
+    pub mqtt_port: u16,
+    dir: PathBuf,
+    amqp_port: u16,
+    dist_port: u16,
+    child: Option<Child>,
+}
+
+impl RabbitMq {
+    /// Starts the node and waits (up to a minute) until its MQTT listener takes a QoS 1
+    /// subscription.
+    pub fn start(dir: &Path) -> RabbitMq {
+        std::fs::create_dir_all(dir).expect("rabbitmq dir");
+        let mut r = RabbitMq {
+            mqtt_port: free_port(),
+            dir: dir.to_owned(),
+            amqp_port: free_port(),
+            dist_port: free_port(),
+            child: None,
+        };
+        std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_mqtt].\n").expect("plugins");
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp.default = {}\nmqtt.listeners.tcp.default = {}\nmqtt.allow_anonymous = true\n",
+                r.amqp_port, r.mqtt_port
+            ),
+        )
+        .expect("rabbitmq.conf");
+        r.restart();
+        r
+    }
+
+    /// (Re)starts the node on the same database, and waits for its MQTT listener.
+    pub fn restart(&mut self) {
+        self.kill();
+        let d = &self.dir;
+        let log = std::fs::File::create(d.join("out.log")).expect("rabbitmq log");
+        let child = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            .env("HOME", d)
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("shouwang-{}@localhost", self.amqp_port),
+            )
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq"))
+            .env("RABBITMQ_PID_FILE", d.join("pid"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("rabbitmq-server (install it: ./x deps)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !mqtt_subscribe_works(self.mqtt_port) {
+            assert!(
+                Instant::now() < deadline,
+                "RabbitMQ's MQTT listener never came up; its output:\n{}",
+                std::fs::read_to_string(d.join("out.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Kills the node (SIGKILL) and the Erlang VM it runs in.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = std::fs::read_to_string(self.dir.join("pid")).unwrap_or_default();
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // The script's child (beam.smp) holds the ports.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RabbitMq {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -181,3 +181,49 @@ async fn a_drain_of_ten_thousand_alerts_survives_the_nats_node_it_is_on_being_ki
         verdict.duplicates
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_of_ten_thousand_alerts_into_rabbitmq_survives_the_broker_being_killed_and_restarted(
+) {
+    const ROWS: u64 = 10_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rabbit = e2e::cluster::RabbitMq::start(&tmp.path().join("rabbitmq"));
+    let host = format!("127.0.0.1:{}", rabbit.mqtt_port);
+    let platform = Collector::start_at(rabbit.mqtt_port, None, "platform").await;
+    let body = format!("{SITE}\n{}", uplink(std::slice::from_ref(&host), None));
+    let config = write_config(tmp.path(), &body);
+    let data = tmp.path().join("data");
+    let rows: Vec<_> = (1..=ROWS).map(|s| (Class::Alarm, Some(s))).collect();
+    seed_outbox(&data.join("shouwang.db"), &rows, 200);
+
+    let mut gw = Gateway::start(&config, &data);
+    gw.wait_ready();
+    eventually(
+        Duration::from_secs(60),
+        "1,000 alerts reach the platform",
+        || reached(platform.distinct_seqs(is_seeded).len() as u64, 1_000),
+    )
+    .await;
+    let killed_at = platform.distinct_seqs(is_seeded).len();
+    rabbit.kill();
+    rabbit.restart();
+    let done = platform
+        .wait_until(Duration::from_secs(240), |alerts| {
+            let seqs: std::collections::BTreeSet<u64> = alerts
+                .iter()
+                .filter(|r| is_seeded(r))
+                .map(|r| r.seq)
+                .collect();
+            seqs.len() as u64 >= ROWS
+        })
+        .await;
+    let verdict = platform.report(1..=ROWS, is_seeded);
+    assert!(
+        done && verdict.ok(),
+        "RabbitMQ killed after {killed_at} alerts; every alert, in order: {verdict:?}"
+    );
+    eprintln!(
+        "RabbitMQ: killed after {killed_at} of {ROWS}; {} duplicates",
+        verdict.duplicates
+    );
+}
