@@ -33,7 +33,16 @@ impl NatsCluster {
     /// Starts three nodes in `dir` and waits until every MQTT listener accepts
     /// connections and the JetStream meta group has a leader (the MQTT streams need it).
     pub fn start(dir: &Path) -> NatsCluster {
-        let mut nodes: Vec<NatsNode> = (1..=3)
+        let mut cluster = Self::prepare(dir);
+        cluster.start_nodes();
+        cluster
+    }
+
+    /// Chooses the ports and writes the nodes' configurations; starts nothing (so clients
+    /// can be configured for a platform that is not up yet).
+    pub fn prepare(dir: &Path) -> NatsCluster {
+        std::fs::create_dir_all(dir).expect("nats dir");
+        let nodes: Vec<NatsNode> = (1..=3)
             .map(|i| NatsNode {
                 name: format!("n{i}"),
                 client_port: free_port(),
@@ -66,12 +75,23 @@ impl NatsCluster {
             );
             std::fs::write(&n.conf, text).expect("nats config");
         }
-        for n in &mut nodes {
+        NatsCluster { nodes }
+    }
+
+    /// Starts every node and waits until they serve MQTT.
+    pub fn start_nodes(&mut self) {
+        for n in &mut self.nodes {
             n.start();
         }
-        let cluster = NatsCluster { nodes };
-        cluster.wait_ready(Duration::from_secs(60));
-        cluster
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// The nodes' process ids (for their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
     }
 
     /// The MQTT listeners as `[uplink] hosts` entries.
