@@ -12,9 +12,10 @@ use crate::uplink::LinkSettings;
 const NAME: &str = "upstream";
 
 /// Connects to `[uplink]` within `timeout` and disconnects; skipped without an enabled
-/// `[uplink]`.
+/// `[uplink]`. With several `hosts`, each is tried: all reachable is ok, some is a warning
+/// (the link fails over to the others), none is a failure.
 pub async fn check(config: &Config, timeout: Duration) -> Check {
-    let settings = match LinkSettings::from_config(config) {
+    let mut settings = match LinkSettings::from_config(config) {
         Ok(Some(s)) => s,
         Ok(None) => return Check::skipped(NAME, "no [uplink] configured (or enabled = false)"),
         Err(e) => {
@@ -25,6 +26,45 @@ pub async fn check(config: &Config, timeout: Duration) -> Check {
             )
         }
     };
+    if settings.endpoints.len() <= 1 {
+        return check_one(&settings, timeout).await;
+    }
+    let mut checks = Vec::new();
+    for (host, port) in settings.endpoints.clone() {
+        (settings.host, settings.port) = (host, port);
+        checks.push(check_one(&settings, timeout).await);
+    }
+    combine(checks)
+}
+
+/// One check for several brokers: every finding on one line; ok when all are, a failure
+/// when none is, a warning (with the first failure's fix) otherwise.
+fn combine(checks: Vec<Check>) -> Check {
+    let finding = checks
+        .iter()
+        .map(|c| c.finding.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let failed: Vec<&Check> = checks.iter().filter(|c| c.fix.is_some()).collect();
+    match failed.first() {
+        None => Check::ok(NAME, finding),
+        Some(first) if failed.len() == checks.len() => {
+            Check::fail(NAME, finding, first.fix.clone().unwrap_or_default())
+        }
+        Some(first) => Check::warn(
+            NAME,
+            finding,
+            format!(
+                "{} of {} platform brokers unreachable (the uplink fails over to the others): {}",
+                failed.len(),
+                checks.len(),
+                first.fix.clone().unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+async fn check_one(settings: &LinkSettings, timeout: Duration) -> Check {
     let mut options = settings.mqtt_options();
     options.set_client_id(doctor_client_id(&settings.client_id));
     let (client, mut events) = AsyncClient::new(options, 8);
@@ -34,7 +74,7 @@ pub async fn check(config: &Config, timeout: Duration) -> Check {
     events.set_network_options(network);
 
     let at = format!("{}:{}", settings.host, settings.port);
-    let how = describe_transport(&settings);
+    let how = describe_transport(settings);
     let started = Instant::now();
     let first = tokio::time::timeout(timeout, events.poll()).await;
     match first {
@@ -151,6 +191,18 @@ pub fn failure(e: &ConnectionError, at: &str, host: &str, timeout: Duration) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_with_one_broker_down_is_a_warning_and_with_all_down_a_failure() {
+        let ok = || Check::ok(NAME, "connected to a:1883");
+        let down = || Check::fail(NAME, "cannot reach b:1883", "check the WAN");
+        assert_eq!(combine(vec![ok(), ok()]).state, State::Ok);
+        let some = combine(vec![ok(), down(), ok()]);
+        assert_eq!(some.state, State::Warn);
+        assert!(some.fix.unwrap().starts_with("1 of 3 platform brokers unreachable"));
+        assert!(some.finding.contains("cannot reach b:1883"));
+        assert_eq!(combine(vec![down(), down()]).state, State::Fail);
+    }
     use crate::doctor::report::State;
 
     #[test]
