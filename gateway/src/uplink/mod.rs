@@ -68,6 +68,20 @@
 //! outbox's `requeued_total` also counts rows that were ready but not yet published when
 //! the connection ended.)
 //!
+//! # Failover (`[uplink] hosts`)
+//!
+//! A clustered platform lists its brokers: `hosts = ["a:8883", "b:8883", "c:8883"]`. The link
+//! starts with the first; when a connection fails or ends it goes to the next one *at once*
+//! (a node that died should not cost a backoff), and only after a whole round of failures
+//! waits the backoff before the next round. The broker it is on is in `gateway status`
+//! (`link.host`/`port`). Nothing of a session is carried over: the new connection is clean
+//! like any other, the rows that were in flight are requeued and re-sent first (see
+//! "Reconnect and requeue"), so the platform may get the last window again. **The platform's
+//! contract**: deduplicate by the alert event's `id` + `seq` (telemetry by its key); within a
+//! site, the first arrival of each `seq` is in order per priority class. A QoS 1 message a
+//! dying node acknowledged is the cluster's to keep (NATS JetStream and RabbitMQ persist it
+//! before the PUBACK); one it did not acknowledge is re-sent.
+//!
 //! # Priority
 //!
 //! The outbox hands rows out by class — red/orange (alarm), yellow, blue, telemetry — then by
