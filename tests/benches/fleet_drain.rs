@@ -123,7 +123,10 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    eprintln!("fleet drain: sizes {:?}, {rows} alerts each; load before: {load}", sizes());
+    eprintln!(
+        "fleet drain: sizes {:?}, {rows} alerts each; load before: {load}",
+        sizes()
+    );
     let mut runs = Vec::new();
     for n in sizes() {
         let tmp = tempfile::tempdir().expect("temp dir");
@@ -138,7 +141,10 @@ async fn main() {
             rows,
         )
         .await;
-        eprintln!("{:?}", (run.platform, run.gateways, run.rate, run.slowest_s));
+        eprintln!(
+            "{:?}",
+            (run.platform, run.gateways, run.rate, run.slowest_s)
+        );
         runs.push(run);
         drop(cluster);
 
@@ -154,7 +160,10 @@ async fn main() {
             rows,
         )
         .await;
-        eprintln!("{:?}", (run.platform, run.gateways, run.rate, run.slowest_s));
+        eprintln!(
+            "{:?}",
+            (run.platform, run.gateways, run.rate, run.slowest_s)
+        );
         runs.push(run);
         let _ = child.kill();
         let _ = child.wait();
@@ -176,5 +185,8 @@ async fn main() {
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("load after: {load}");
-    assert!(runs.iter().all(|r| r.ok), "a site's backlog was incomplete or out of order");
+    assert!(
+        runs.iter().all(|r| r.ok),
+        "a site's backlog was incomplete or out of order"
+    );
 }

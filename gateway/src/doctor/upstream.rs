@@ -199,7 +199,10 @@ mod tests {
         assert_eq!(combine(vec![ok(), ok()]).state, State::Ok);
         let some = combine(vec![ok(), down(), ok()]);
         assert_eq!(some.state, State::Warn);
-        assert!(some.fix.unwrap().starts_with("1 of 3 platform brokers unreachable"));
+        assert!(some
+            .fix
+            .unwrap()
+            .starts_with("1 of 3 platform brokers unreachable"));
         assert!(some.finding.contains("cannot reach b:1883"));
         assert_eq!(combine(vec![down(), down()]).state, State::Fail);
     }

@@ -868,22 +868,7 @@ impl AnalysisJob {
         ));
         let jpg = base.with_extension("jpg");
         let min_hits = self.tracker.options().min_hits;
-        let marks: Vec<Mark> = self
-            .tracker
-            .tracks()
-            .iter()
-            .filter(|tr| tr.confirmed(min_hits))
-            .map(|tr| Mark {
-                bbox: tr.bbox,
-                label: format!(
-                    "{} {:.2} #{}",
-                    detect::LABELS.get(tr.class).copied().unwrap_or("?"),
-                    tr.score,
-                    tr.id
-                ),
-                highlight: edge.tracks.contains(&tr.id),
-            })
-            .collect();
+        let marks = evidence_marks(edge, self.tracker.tracks(), min_hits);
         // A camera with a sub-stream takes its evidence from the main stream while that
         // has a picture, else from the analysed frame and stream.
         let main = self
@@ -974,6 +959,27 @@ impl AnalysisJob {
 /// Whether the `n`th occurrence of a repeated per-frame problem is logged: the first few,
 /// then one in a hundred (a broken stream or runtime must not flood the log; the counters
 /// have every one).
+/// The boxes of an alert's snapshot: the confirmed objects the triggering rule would count
+/// (its `min_score`), the ones that triggered it highlighted; a low-score detection the rule
+/// ignores is not drawn, so the picture reads at a glance.
+fn evidence_marks(edge: &RuleEdge, tracks: &[track::Track], min_hits: u32) -> Vec<Mark> {
+    tracks
+        .iter()
+        .filter(|tr| tr.confirmed(min_hits))
+        .filter(|tr| tr.best_score >= edge.min_score || edge.tracks.contains(&tr.id))
+        .map(|tr| Mark {
+            bbox: tr.bbox,
+            label: format!(
+                "{} {:.2} #{}",
+                detect::LABELS.get(tr.class).copied().unwrap_or("?"),
+                tr.score,
+                tr.id
+            ),
+            highlight: edge.tracks.contains(&tr.id),
+        })
+        .collect()
+}
+
 fn worth_logging(n: u64) -> bool {
     n <= 5 || n.is_multiple_of(100)
 }
@@ -1073,6 +1079,45 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_alert_snapshot_draws_only_what_the_rule_counts_and_highlights_the_trigger() {
+        let mut tracker = Tracker::new(TrackerOptions::default());
+        let det = |class, score, x: f32| detect::Detection {
+            class,
+            score,
+            bbox: detect::BoxF {
+                x1: x,
+                y1: 100.0,
+                x2: x + 60.0,
+                y2: 220.0,
+            },
+        };
+        // An e-bike (motorcycle 0.82), a person (0.55) and a dubious bicycle (0.47), for
+        // long enough to be confirmed; the rule counts from 0.5.
+        let frame = [det(3, 0.82, 10.0), det(0, 0.55, 200.0), det(1, 0.47, 400.0)];
+        for i in 0..6 {
+            tracker.update(f64::from(i) * 0.2, &frame);
+        }
+        let bike = tracker.tracks().iter().find(|t| t.class == 3).unwrap().id;
+        let edge = RuleEdge {
+            kind: CameraRuleKind::EbikeEntry,
+            zone: "lift".into(),
+            level: Level::Orange,
+            active: true,
+            tracks: vec![bike],
+            min_score: 0.5,
+        };
+        let min_hits = tracker.options().min_hits;
+        let marks = evidence_marks(&edge, tracker.tracks(), min_hits);
+        let drawn: Vec<(&str, bool)> = marks
+            .iter()
+            .map(|m| (m.label.split(' ').next().unwrap_or(""), m.highlight))
+            .collect();
+        assert_eq!(drawn.len(), 2, "{drawn:?}");
+        assert!(drawn.contains(&("motorcycle", true)), "{drawn:?}");
+        assert!(drawn.contains(&("person", false)), "{drawn:?}");
+    }
 
     fn reporter(separate: bool) -> HealthReporter {
         HealthReporter {

@@ -70,6 +70,8 @@ pub struct RuleEdge {
     pub active: bool,
     /// The tracks that triggered it.
     pub tracks: Vec<u64>,
+    /// The triggering rule's `min_score`: the evidence draws only objects it would count.
+    pub min_score: f32,
 }
 
 struct RuleState {
@@ -196,6 +198,7 @@ impl ZoneRules {
                     level: rs.rule.level(),
                     active: true,
                     tracks: fired,
+                    min_score: rs.rule.min_score as f32,
                 });
             }
         }
@@ -227,6 +230,7 @@ impl ZoneRules {
                     level: rs.rule.level(),
                     active: false,
                     tracks: Vec::new(),
+                    min_score: rs.rule.min_score as f32,
                 });
             }
         }
