@@ -434,6 +434,16 @@ async fn a_duty_officer_sees_a_smoke_alarm_live_and_acknowledges_it_in_the_brows
             format!("{base}/"),
             "login did not land on the console"
         );
+        // Chinese first: zh-CN although this browser asks for English (en-US).
+        assert_eq!(
+            b.script("return document.documentElement.lang;"),
+            json!("zh-CN"),
+            "the console is in zh-CN by default"
+        );
+        assert_eq!(
+            b.script("return document.querySelector('[data-t=alerts]').textContent;"),
+            json!("警报")
+        );
         // A marker that a reload or navigation would wipe.
         b.script("window.__noReload = 'still-here'; return null;");
     })
