@@ -433,7 +433,12 @@ async fn resolve(
 }
 
 /// Serves an evidence file named in the alert's readings, only from `<data_dir>/evidence`.
-async fn evidence(state: St, id: String, key: &'static str, mime: &'static str) -> Response {
+async fn evidence(
+    state: St,
+    id: String,
+    key: &'static str,
+    mime: fn(&str) -> &'static str,
+) -> Response {
     let alert = match find(&state, id).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
@@ -452,17 +457,26 @@ async fn evidence(state: St, id: String, key: &'static str, mime: &'static str) 
         }
     };
     match tokio::fs::read(&file).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, mime)], bytes).into_response(),
+        Ok(bytes) => ([(header::CONTENT_TYPE, mime(path))], bytes).into_response(),
         Err(_) => ApiError(StatusCode::NOT_FOUND, format!("{key} not available")).into_response(),
     }
 }
 
 async fn snapshot(AxState(state): AxState<St>, Path(id): Path<String>) -> Response {
-    evidence(state, id, "snapshot", "image/jpeg").await
+    evidence(state, id, "snapshot", |_| "image/jpeg").await
 }
 
 async fn clip(AxState(state): AxState<St>, Path(id): Path<String>) -> Response {
-    evidence(state, id, "clip", "video/x-matroska").await
+    evidence(state, id, "clip", clip_mime).await
+}
+
+/// Clips are MP4 where the camera's codec allows (see `video::evidence`), else Matroska.
+fn clip_mime(path: &str) -> &'static str {
+    if path.ends_with(".mp4") {
+        "video/mp4"
+    } else {
+        "video/x-matroska"
+    }
 }
 
 /// `GET /api/events`: every committed alert event as an SSE `alert` event; `resync` when

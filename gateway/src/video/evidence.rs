@@ -1,12 +1,16 @@
 //! Evidence: a JPEG snapshot with boxes and labels per video alert (FFmpeg's mjpeg encoder),
 //! and an event clip from a few seconds before to a few seconds after, remuxed from the
-//! camera's original packets without re-encoding. The capture thread keeps a ring of packets
+//! camera's original packets without re-encoding — as fragmented MP4 (`moov` first, so a
+//! browser or phone plays it as it downloads; HEVC tagged `hvc1` as Safari wants) when the
+//! codec goes in MP4 (H.264, H.265, MPEG-4, AV1, VP9), else Matroska. The capture thread keeps a ring of packets
 //! starting at a keyframe, so a clip always starts decodable. Files are written under a
 //! temporary name and renamed, so a reader never sees half a file. Retention prunes by age,
 //! then oldest first down to a size budget.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ffmpeg::format::Pixel;
@@ -234,7 +238,19 @@ fn glyph(c: char) -> [u8; 5] {
     }
 }
 
-/// Asks the capture thread for a clip around now, written to `path` (`.mkv`).
+/// Whether a stream of `codec` can be remuxed into MP4 (what browsers and phones play).
+pub fn mp4_capable(codec: codec::Id) -> bool {
+    use codec::Id;
+    matches!(codec, Id::H264 | Id::HEVC | Id::MPEG4 | Id::AV1 | Id::VP9)
+}
+
+/// The clip file for `base`: `.mp4` when the stream goes in MP4, else `.mkv`.
+pub fn clip_path(base: &Path, mp4: bool) -> PathBuf {
+    base.with_extension(if mp4 { "mp4" } else { "mkv" })
+}
+
+/// Asks the capture thread for a clip around now, written to `path` (`.mp4` or `.mkv`, see
+/// [`clip_path`]).
 #[derive(Debug, Clone)]
 pub struct ClipRequest {
     pub path: PathBuf,
@@ -258,6 +274,9 @@ pub struct ClipRecorder {
     /// Media time of the last packet of this session (`None`: none yet).
     last_t: Option<f64>,
     pending: Vec<Pending>,
+    /// Whether the current session's codec goes in MP4: read by the analysis thread when it
+    /// names a clip (it asks before the clip is written).
+    mp4: Arc<AtomicBool>,
     /// Clips written and failed, for the camera's counters.
     pub written: u64,
     pub failed: u64,
@@ -276,14 +295,21 @@ impl ClipRecorder {
             ring_bytes: 0,
             last_t: None,
             pending: Vec::new(),
+            mp4: Arc::new(AtomicBool::new(true)),
             written: 0,
             failed: 0,
         }
     }
 
+    /// Whether this recorder's clips are MP4 (its current stream's codec), shared.
+    pub fn mp4_hint(&self) -> Arc<AtomicBool> {
+        self.mp4.clone()
+    }
+
     /// A new stream was opened: its packets now fill the ring.
     pub fn start_session(&mut self, params: codec::Parameters, time_base: Rational) {
         self.end_session();
+        self.mp4.store(mp4_capable(params.id()), Ordering::Relaxed);
         self.session = Some((params, time_base));
         self.last_t = None;
     }
@@ -417,18 +443,31 @@ pub fn write_clip(
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let tmp = partial(path);
+    let mp4 = path.extension().is_some_and(|e| e == "mp4");
     let mut out = format::output(&tmp)?;
     {
         let mut stream = out.add_stream(encoder::find(codec::Id::None))?;
         stream.set_parameters(params.clone());
-        // SAFETY: the stream's codecpar was just allocated by FFmpeg; clearing the codec tag
-        // lets the muxer choose its own (the standard remux recipe).
+        // `hvc1` (parameter sets in the sample entry) is the HEVC tag Apple's players
+        // require in MP4; Chromium plays both. Any other: the muxer chooses.
+        let tag = match (mp4, params.id()) {
+            (true, codec::Id::HEVC) => u32::from_le_bytes(*b"hvc1"),
+            _ => 0,
+        };
+        // SAFETY: the stream's codecpar was just allocated by FFmpeg; clearing (or setting)
+        // the codec tag is the standard remux recipe.
         unsafe {
-            (*stream.parameters().as_mut_ptr()).codec_tag = 0;
+            (*stream.parameters().as_mut_ptr()).codec_tag = tag;
         }
         stream.set_time_base(tb);
     }
-    out.write_header()?;
+    if mp4 {
+        let mut opts = ffmpeg::Dictionary::new();
+        opts.set("movflags", "+frag_keyframe+empty_moov+default_base_moof");
+        out.write_header_with(opts)?;
+    } else {
+        out.write_header()?;
+    }
     let out_tb = out.stream(0).map(|s| s.time_base()).unwrap_or(tb);
     for p in packets {
         let mut q = p.clone();
@@ -579,6 +618,72 @@ mod tests {
         let path = dir.join("restarted.ts");
         std::fs::write(&path, joined).unwrap();
         path
+    }
+
+    /// ffprobe's `format_name` and codec of a file.
+    fn probe(path: &Path) -> String {
+        let out = std::process::Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "format=format_name:stream=codec_name",
+            ])
+            .args(["-of", "csv=p=0"])
+            .arg(path)
+            .output()
+            .expect("ffprobe is installed");
+        assert!(out.status.success(), "ffprobe refused {}", path.display());
+        String::from_utf8_lossy(&out.stdout).replace('\n', " ")
+    }
+
+    /// Remuxes the first `seconds` of `input` through a recorder into a clip named for the
+    /// recorder's codec; returns its path.
+    fn clip_of(input: &Path, dir: &Path, seconds: f64) -> PathBuf {
+        let mut input = format::input(&input).unwrap();
+        let stream = input.streams().best(ffmpeg::media::Type::Video).unwrap();
+        let (index, tb) = (stream.index(), stream.time_base());
+        let mut recorder = ClipRecorder::new(5.0, 0.5, 64 << 20);
+        recorder.start_session(stream.parameters(), tb);
+        let path = clip_path(
+            &dir.join("clip"),
+            recorder.mp4_hint().load(Ordering::Relaxed),
+        );
+        for (s, packet) in input.packets() {
+            if s.index() != index {
+                continue;
+            }
+            let t = packet.dts().map(|ts| ts as f64 * f64::from(tb));
+            recorder.push(&packet, t);
+            if t.is_some_and(|t| t >= seconds) && recorder.pending.is_empty() && !path.exists() {
+                recorder.request(ClipRequest { path: path.clone() });
+            }
+        }
+        recorder.end_session();
+        path
+    }
+
+    #[test]
+    fn an_h264_clip_is_a_fragmented_mp4_with_its_moov_first_and_divx_stays_matroska() {
+        crate::video::capture::init_ffmpeg().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vendor/footage");
+        let dir = tempfile::tempdir().unwrap();
+        let mp4 = clip_of(&root.join("bikes.mp4"), dir.path(), 1.0);
+        assert_eq!(mp4.extension().unwrap(), "mp4");
+        let probed = probe(&mp4);
+        assert!(
+            probed.contains("h264") && probed.contains("mp4"),
+            "{probed}"
+        );
+        let bytes = std::fs::read(&mp4).unwrap();
+        let at = |tag: &[u8]| bytes.windows(4).position(|w| w == tag);
+        assert_eq!(at(b"ftyp"), Some(4), "an MP4 starts with ftyp");
+        assert!(at(b"moov") < at(b"moof"), "moov first, then fragments");
+        // vtest.avi is DivX 3 (msmpeg4v3): not for MP4, so Matroska.
+        let sub = tempfile::tempdir().unwrap();
+        let mkv = clip_of(&root.join("vtest.avi"), sub.path(), 1.0);
+        assert_eq!(mkv.extension().unwrap(), "mkv");
+        assert!(probe(&mkv).contains("matroska"));
     }
 
     #[test]

@@ -396,11 +396,13 @@ impl CameraJobs {
         let health = Arc::new(HealthReporter::new(camera, config, outputs.alerts.clone()));
         let (main, main_link) =
             MainStream::for_camera(camera, &options, &capture_options, &health, &stats);
+        let recorder = ClipRecorder::new(options.clip_pre_s, options.clip_post_s, 64 << 20);
+        let clip_mp4 = recorder.mp4_hint();
         let capture = CaptureJob {
             source: camera.analysis_source(),
             options: capture_options,
             stats: stats.clone(),
-            recorder: ClipRecorder::new(options.clip_pre_s, options.clip_post_s, 64 << 20),
+            recorder,
             sink: CaptureStage {
                 frames: frame_tx,
                 clips: clip_rx,
@@ -427,6 +429,7 @@ impl CameraJobs {
             tz: config.site.tz(),
             frames: frame_rx,
             clips: clip_tx,
+            clip_mp4,
             main: main_link,
             detector,
             tracker: Tracker::new(options.tracker),
@@ -495,7 +498,9 @@ impl CameraJobs {
 }
 
 /// The analysis' link to a main-stream reader: its requests, and whether it has a picture.
-type MainLink = (Sender<Evidence>, Arc<AtomicBool>);
+/// The main-stream reader's requests, whether it has a picture, and whether its clips are
+/// MP4.
+type MainLink = (Sender<Evidence>, Arc<AtomicBool>, Arc<AtomicBool>);
 
 impl MainStream {
     /// The main-stream reader of a camera with a `sub_url`, and the analysis' link to it
@@ -512,16 +517,18 @@ impl MainStream {
         };
         let (tx, rx) = crossbeam_channel::bounded::<Evidence>(8);
         let ready = Arc::new(AtomicBool::new(false));
+        let recorder = ClipRecorder::new(options.clip_pre_s, options.clip_post_s, 64 << 20);
+        let mp4 = recorder.mp4_hint();
         let reader = MainStream {
             source,
             options: capture.clone(),
-            recorder: ClipRecorder::new(options.clip_pre_s, options.clip_post_s, 64 << 20),
+            recorder,
             requests: rx,
             ready: ready.clone(),
             health: health.clone(),
             stats: stats.clone(),
         };
-        (Some(reader), Some((tx, ready)))
+        (Some(reader), Some((tx, ready, mp4)))
     }
 }
 
@@ -678,6 +685,8 @@ struct AnalysisJob {
     tz: chrono_tz::Tz,
     frames: Receiver<Frame>,
     clips: Sender<ClipRequest>,
+    /// Whether the analysed stream's clips are MP4 (its codec, set by the capture thread).
+    clip_mp4: Arc<AtomicBool>,
     /// The main-stream reader's requests and whether it has a picture (cameras with a
     /// `sub_url`); evidence comes from the analysed stream otherwise.
     main: Option<MainLink>,
@@ -874,8 +883,8 @@ impl AnalysisJob {
         let main = self
             .main
             .as_ref()
-            .filter(|(_, ready)| ready.load(Ordering::Relaxed))
-            .map(|(tx, _)| tx.clone());
+            .filter(|(_, ready, _)| ready.load(Ordering::Relaxed))
+            .map(|(tx, _, mp4)| (tx.clone(), mp4.load(Ordering::Relaxed)));
         if self.main.is_some() {
             readings["evidence_stream"] =
                 serde_json::json!(if main.is_some() { "main" } else { "sub" });
@@ -885,23 +894,34 @@ impl AnalysisJob {
             marks,
             analysed: frame.image.clone(),
         };
-        if self.snapshot(main.as_ref(), request) {
+        if self.snapshot(main.as_ref().map(|(tx, _)| tx), request) {
             readings["snapshot"] = serde_json::json!(jpg);
         }
-        let mkv = base.with_extension("mkv");
-        let clip = ClipRequest { path: mkv.clone() };
+        let analysed_clip = evidence::clip_path(&base, self.clip_mp4.load(Ordering::Relaxed));
         let sent = match &main {
-            Some(tx) => tx
-                .try_send(Evidence::Clip(clip.clone()))
-                .or_else(|_| self.clips.try_send(clip)),
-            None => self.clips.try_send(clip),
+            Some((tx, mp4)) => {
+                let path = evidence::clip_path(&base, *mp4);
+                match tx.try_send(Evidence::Clip(ClipRequest { path: path.clone() })) {
+                    Ok(()) => Ok(path),
+                    Err(_) => self.send_clip(analysed_clip),
+                }
+            }
+            None => self.send_clip(analysed_clip),
         };
         match sent {
-            Ok(()) => readings["clip"] = serde_json::json!(mkv),
+            Ok(path) => readings["clip"] = serde_json::json!(path),
             Err(_) => {
                 tracing::warn!(camera = %self.camera, "clip request dropped (capture busy or stopped)")
             }
         }
+    }
+
+    /// Asks the capture thread for a clip at `path`; the path once asked.
+    fn send_clip(&self, path: PathBuf) -> Result<PathBuf, ()> {
+        self.clips
+            .try_send(ClipRequest { path: path.clone() })
+            .map(|()| path)
+            .map_err(|_| ())
     }
 
     /// A snapshot: asked of the main-stream reader (`main`), else (or when it is busy)
