@@ -300,6 +300,9 @@ fn encode_uplink(out: &mut Out, l: &LinkSnapshot) -> Result {
     )
 }
 
+/// One counter of a camera's snapshot.
+type CameraCounter = fn(&crate::video::StatsSnapshot) -> u64;
+
 fn encode_cameras(out: &mut Out, cameras: &crate::video::Cameras) -> Result {
     let snaps: Vec<(&str, crate::video::StatsSnapshot)> = cameras
         .iter()
@@ -311,7 +314,7 @@ fn encode_cameras(out: &mut Out, cameras: &crate::video::Cameras) -> Result {
             .map(|(id, s)| ([("camera", *id)], f(s)))
             .collect()
     };
-    let families: [(&str, &str, fn(&crate::video::StatsSnapshot) -> u64); 5] = [
+    let families: [(&str, &str, CameraCounter); 5] = [
         (
             "shouwang_camera_frames_decoded",
             "Frames decoded, per camera.",
