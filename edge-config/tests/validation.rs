@@ -436,7 +436,10 @@ fn a_metrics_bind_that_is_no_address_is_refused_at_its_line() {
 fn metrics_are_off_unless_configured_and_listen_on_loopback_by_default() {
     let off = parse(SITE, "inline.toml", Path::new("/nonexistent")).expect("valid");
     assert_eq!(off.metrics, None);
-    assert_eq!(edge_config::Metrics::listen_addr(off.metrics.as_ref()), None);
+    assert_eq!(
+        edge_config::Metrics::listen_addr(off.metrics.as_ref()),
+        None
+    );
 
     let on = parse(
         &format!("{SITE}[metrics]\n"),
