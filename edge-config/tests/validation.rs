@@ -419,3 +419,55 @@ fn an_unknown_reading_in_a_field_map_names_the_valid_ones() {
 fn a_zigbee_name_under_another_devices_name_is_refused() {
     check("29-zigbee-name-under-another.toml");
 }
+
+// ---- [metrics] (issue 15) ----
+
+#[test]
+fn a_metrics_listener_on_the_consoles_address_is_refused() {
+    check("30-metrics-bind-taken.toml");
+}
+
+#[test]
+fn a_metrics_bind_that_is_no_address_is_refused_at_its_line() {
+    check("31-metrics-bad-address.toml");
+}
+
+#[test]
+fn metrics_are_off_unless_configured_and_listen_on_loopback_by_default() {
+    let off = parse(SITE, "inline.toml", Path::new("/nonexistent")).expect("valid");
+    assert_eq!(off.metrics, None);
+    assert_eq!(
+        edge_config::Metrics::listen_addr(off.metrics.as_ref()),
+        None
+    );
+
+    let on = parse(
+        &format!("{SITE}[metrics]\n"),
+        "inline.toml",
+        Path::new("/nonexistent"),
+    )
+    .expect("valid");
+    let addr = edge_config::Metrics::listen_addr(on.metrics.as_ref());
+    assert_eq!(addr, Some(edge_config::DEFAULT_METRICS_BIND));
+    assert!(addr.is_some_and(|a| a.ip().is_loopback() && a.port() == 9464));
+
+    let disabled = format!("{SITE}[metrics]\nenabled = false\nbind = \"0.0.0.0:1883\"\n");
+    let disabled = parse(&disabled, "inline.toml", Path::new("/nonexistent")).expect("valid");
+    assert_eq!(
+        edge_config::Metrics::listen_addr(disabled.metrics.as_ref()),
+        None,
+        "a disabled listener takes no address, so it clashes with none"
+    );
+}
+
+#[test]
+fn a_metrics_listener_on_the_brokers_or_residents_address_is_refused() {
+    let broker = format!("{SITE}[broker]\nbind = \"0.0.0.0:1883\"\nallow_anonymous = true\n[metrics]\nbind = \"127.0.0.1:1883\"\n");
+    assert_eq!(positions(&broker), ["13:8 metrics.bind"]);
+    let residents = format!(
+        "{SITE}[residents]\nbind = \"192.0.2.1:8081\"\n[metrics]\nbind = \"192.0.2.1:8081\"\n"
+    );
+    assert_eq!(positions(&residents), ["12:8 metrics.bind"]);
+    let elsewhere = format!("{SITE}[metrics]\nbind = \"0.0.0.0:9464\"\n");
+    assert_eq!(positions(&elsewhere), Vec::<String>::new());
+}

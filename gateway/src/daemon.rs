@@ -93,6 +93,14 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
         &life,
     )?;
 
+    // ---- /metrics (issue 15): Prometheus on `[metrics] bind`, off unless configured ----
+    crate::metrics::start(
+        &config,
+        crate::metrics::MetricsSources::of(&running, &options.data_dir),
+        &life,
+    );
+    // ---- end /metrics ----
+
     tracing::info!(
         site = %config.site.id,
         data_dir = %options.data_dir.display(),

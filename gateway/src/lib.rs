@@ -80,6 +80,10 @@
 //!   throttled guessing, bounded password checks, same-origin posts, capped connections,
 //!   live alert feed (SSE), acknowledge/resolve, devices, cameras, uplink, response times;
 //!   also serves the resident pages (or `[residents] bind` does).
+//! - [`metrics`] — `GET /metrics` for Prometheus (`[metrics]`, off by default): the stages'
+//!   shared counters read at scrape time, the database read-only, `/proc/self`; its
+//!   [`metrics::hooks`] (a leaf the alert task and the detector call) count alerts raised
+//!   and time commits and inferences.
 //! - [`token`] — secret tokens (sessions, resident links).
 //! - [`residents`] — hazard notices for residents on `residents/{building}/{unit}/alerts` and
 //!   `residents/{building}/all`, per-unit secret links (rotatable) with a live page, QR codes.
@@ -96,6 +100,7 @@ pub mod doctor;
 pub mod faults;
 pub mod ingest;
 pub mod logging;
+pub mod metrics;
 pub mod os;
 pub mod outbox;
 pub mod publish;

@@ -6,6 +6,7 @@ mod camera;
 mod common;
 mod console;
 mod device;
+mod metrics;
 mod rules;
 mod uplink;
 
@@ -20,6 +21,7 @@ pub use camera::{
 pub use common::{AlertKind, HhMm, Level, LocationRef, Point, TimeWindow};
 pub use console::{Console, Role, Staff};
 pub use device::{Device, DeviceKind, Field, FieldType, PayloadFormat, Thresholds};
+pub use metrics::{Metrics, DEFAULT_METRICS_BIND};
 pub use rules::{
     CarbonMonoxideRule, DeviceHealthRule, EbikeBatteryRule, GasRule, HeatRule, Linkage,
     LinkageAction, Rules, SmartPlugRule, SmokeRule, SosRule, Timing, WaterLeakRule,
@@ -70,6 +72,9 @@ pub struct Config {
     /// `[supervision]`: the end-to-end self-test of the alarm path.
     #[serde(default)]
     pub supervision: Supervision,
+    /// `[metrics]`: Prometheus `/metrics`; absent = no listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
 }
 
 impl Config {

@@ -396,7 +396,9 @@ impl AlertTask {
     /// Commits waiting events in order until one fails again.
     pub fn retry_deferred(&mut self) {
         while let Some((trigger, at)) = self.deferred.front() {
+            let started = Instant::now();
             let (committed, error) = attempt(&mut self.lifecycle, trigger, *at);
+            crate::metrics::hooks::alert_commit_took(started.elapsed(), committed.len());
             self.publish(committed);
             if let Some(error) = error {
                 self.failed(&error.to_string());
@@ -469,6 +471,9 @@ impl AlertTask {
                 id = %alert.id, seq = alert.seq, kind = %alert.kind, level = %alert.level.as_str(),
                 event = alert.event.as_str(), source = %alert.source.key(), "alert"
             );
+            if alert.event == super::model::EventKind::Raised {
+                crate::metrics::hooks::alert_raised(alert.kind, alert.level);
+            }
             // No receiver (nobody subscribed yet) is fine: the store has it.
             let _ = self.published.send(alert);
         }

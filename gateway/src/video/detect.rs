@@ -517,6 +517,7 @@ impl Detector for OrtDetector {
     }
 
     fn infer(&mut self, input: &Prepared) -> Result<Vec<Detection>, DetectError> {
+        let _timed = crate::metrics::hooks::InferenceTimer::start();
         self.run_session(input, |data| {
             decode_yolox(data, input.spec, input.ratio, input.origin, CANDIDATE_SCORE)
         })
