@@ -419,3 +419,21 @@ fn an_unknown_reading_in_a_field_map_names_the_valid_ones() {
 fn a_zigbee_name_under_another_devices_name_is_refused() {
     check("29-zigbee-name-under-another.toml");
 }
+
+// --- [homeassistant] (issue 15) ---
+
+#[test]
+fn a_home_assistant_prefix_with_a_wildcard_and_a_zero_readings_interval_are_refused_at_their_keys()
+{
+    check("30-homeassistant-prefix.toml");
+}
+
+#[test]
+fn an_empty_or_misspelt_home_assistant_setting_is_refused_at_its_key() {
+    let empty = format!("{SITE}[homeassistant]\nenabled = true\nprefix = \"\"\n");
+    assert_eq!(positions(&empty), ["11:10 homeassistant.prefix"]);
+    let own = format!("{SITE}[homeassistant]\nprefix = \"shouwang/ha\"\n");
+    assert_eq!(positions(&own), ["10:10 homeassistant.prefix"]);
+    let misspelt = format!("{SITE}[homeassistant]\nenabled = true\ndiscovery_prefix = \"ha\"\n");
+    assert_eq!(positions(&misspelt), ["11:1 homeassistant.discovery_prefix"]);
+}

@@ -6,6 +6,7 @@ mod camera;
 mod common;
 mod console;
 mod device;
+mod homeassistant;
 mod rules;
 mod uplink;
 
@@ -17,6 +18,7 @@ pub use camera::{Camera, CameraRule, CameraRuleKind, CameraSource, Mask, Zone, C
 pub use common::{AlertKind, HhMm, Level, LocationRef, Point, TimeWindow};
 pub use console::{Console, Role, Staff};
 pub use device::{Device, DeviceKind, Field, FieldType, PayloadFormat, Thresholds};
+pub use homeassistant::HomeAssistant;
 pub use rules::{
     CarbonMonoxideRule, DeviceHealthRule, EbikeBatteryRule, GasRule, HeatRule, Linkage,
     LinkageAction, Rules, SmartPlugRule, SmokeRule, SosRule, Timing, WaterLeakRule,
@@ -67,6 +69,9 @@ pub struct Config {
     /// `[supervision]`: the end-to-end self-test of the alarm path.
     #[serde(default)]
     pub supervision: Supervision,
+    /// `[homeassistant]`: Home Assistant MQTT discovery.
+    #[serde(default)]
+    pub homeassistant: HomeAssistant,
 }
 
 impl Config {

@@ -4,6 +4,7 @@
 
 mod cameras;
 mod devices;
+mod homeassistant;
 mod places;
 mod rules;
 mod services;
@@ -28,6 +29,7 @@ pub(crate) fn validate(config: &Config) -> Vec<(KeyPath, String)> {
     services::check_console(config, &mut p);
     services::check_storage(config, &mut p);
     services::check_supervision(config, &mut p);
+    homeassistant::check_homeassistant(config, &mut p);
     p.0
 }
 
