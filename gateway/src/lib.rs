@@ -94,6 +94,7 @@ pub mod daemon;
 pub mod db;
 pub mod doctor;
 pub mod faults;
+pub mod homeassistant;
 pub mod ingest;
 pub mod logging;
 pub mod os;
