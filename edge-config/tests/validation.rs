@@ -435,5 +435,8 @@ fn an_empty_or_misspelt_home_assistant_setting_is_refused_at_its_key() {
     let own = format!("{SITE}[homeassistant]\nprefix = \"shouwang/ha\"\n");
     assert_eq!(positions(&own), ["10:10 homeassistant.prefix"]);
     let misspelt = format!("{SITE}[homeassistant]\nenabled = true\ndiscovery_prefix = \"ha\"\n");
-    assert_eq!(positions(&misspelt), ["11:1 homeassistant.discovery_prefix"]);
+    assert_eq!(
+        positions(&misspelt),
+        ["11:1 homeassistant.discovery_prefix"]
+    );
 }
