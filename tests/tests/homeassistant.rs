@@ -487,7 +487,10 @@ async fn a_smoke_alarm_turns_its_binary_sensor_on_and_off_again_when_it_is_resol
         )
         .await;
     // The alarm at once; its readings with it or at the next (rate-limited) publication.
-    let on = state_until(&mut ha, topic, |v| v["alarm"] == "ON" && v["battery"] == 87.0).await;
+    let on = state_until(&mut ha, topic, |v| {
+        v["alarm"] == "ON" && v["battery"] == 87.0
+    })
+    .await;
     assert_eq!(on["alert"]["level"], "red");
     assert_eq!(on["alert"]["kind"], "smoke");
     assert_eq!(on["temperature"], 24.5);
@@ -561,6 +564,12 @@ async fn forged_configs_and_states_under_the_gateways_topics_change_nothing_it_p
     let smoke_topic = config_topic("binary_sensor", "device_b1-smoke_alarm");
     let state_topic = "shouwang/test-site/ha/device/b1-smoke/state";
     let fake_topic = config_topic("binary_sensor", "device_ghost_alarm");
+    // Home Assistant watches while a client forges: it must never see a forged message.
+    let mut ha = Mqtt::connect(site.broker, "ha-d-watch").await;
+    ha.subscribe(&format!("{PREFIX}/#")).await;
+    ha.subscribe("shouwang/test-site/ha/#").await;
+    ha.subscribe("marker/#").await;
+    ha.drain(Duration::from_millis(300)).await;
     let forger = Mqtt::connect(site.broker, "forger").await;
     let retain = |t: &str, p: &str| {
         let (c, t, p) = (forger.client.clone(), t.to_owned(), p.to_owned());
@@ -574,15 +583,37 @@ async fn forged_configs_and_states_under_the_gateways_topics_change_nothing_it_p
     retain(&fake_topic, r#"{"name":"ghost","stat_t":"x/y"}"#).await;
     retain(state_topic, r#"{"alarm":"ON","available":"online"}"#).await;
     retain(AVAILABILITY, "offline").await;
-    // A marker after the forgeries on a topic the forger may use: once a watcher has it,
+    // A marker after the forgeries on a topic the forger may use: once the watcher has it,
     // the broker has handled the forgeries before it.
-    let mut marker = Mqtt::connect(site.broker, "ha-d-marker").await;
-    marker.subscribe("marker/#").await;
     forger.publish("marker/done", "1").await;
-    assert!(marker
-        .next(WAIT)
-        .await
-        .is_some_and(|m| m.topic == "marker/done"));
+    let mut seen = Vec::new();
+    while let Some(m) = ha.next(WAIT).await {
+        let done = m.topic == "marker/done";
+        seen.push(m);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|m| m.topic == "marker/done"),
+        "marker delivered"
+    );
+    let forged: Vec<_> = seen
+        .iter()
+        .filter(|m| {
+            let p = String::from_utf8_lossy(&m.payload);
+            p.contains("pwned")
+                || p.contains("ghost")
+                || p == "offline"
+                || p.contains(r#""alarm":"ON""#)
+        })
+        .map(|m| m.topic.clone())
+        .collect();
+    assert_eq!(
+        forged,
+        Vec::<String>::new(),
+        "the broker refused every forgery"
+    );
 
     let after = retained(site.broker, "ha-d2", &format!("{PREFIX}/#"), has_all(&want)).await;
     assert_eq!(
@@ -604,6 +635,8 @@ async fn forged_configs_and_states_under_the_gateways_topics_change_nothing_it_p
         states.get(AVAILABILITY).map(Vec::as_slice),
         Some(&b"online"[..])
     );
+    let mut site = site;
+    site.gateway.drain_log();
     let log = site.gateway.seen.join("\n");
     drop(site);
     assert!(

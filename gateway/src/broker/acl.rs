@@ -563,3 +563,32 @@ password = "pw3"
         assert!(!valid_filter("a+/b"));
     }
 }
+
+#[cfg(test)]
+mod homeassistant_tests {
+    use super::*;
+
+    #[test]
+    fn with_home_assistant_on_only_the_gateway_publishes_its_discovery_node_and_readers_may_send_the_birth(
+    ) {
+        let text = "[site]\nid = \"s\"\nname = \"S\"\nkind = \"compound\"\n\
+                    [[broker.readers]]\nusername = \"ha\"\npassword = \"pw\"\n\
+                    topics = [\"homeassistant/#\", \"shouwang/#\"]\n\
+                    [homeassistant]\nenabled = true\n";
+        let config = edge_config::parse(text, "t.toml", std::path::Path::new(".")).unwrap();
+        let rules = AccessRules::from_config(&config);
+        let node = "homeassistant/binary_sensor/shouwang_s/device_x_alarm/config";
+        assert!(!rules.anonymous.may_publish(node));
+        assert!(rules.anonymous.may_publish("homeassistant/status"));
+        assert!(
+            rules
+                .anonymous
+                .may_publish("homeassistant/binary_sensor/other/x/config"),
+            "another integration's node is not the gateway's"
+        );
+        let reader = rules.grants(&Principal::User("ha".into())).unwrap();
+        assert!(reader.may_publish("homeassistant/status"));
+        assert!(!reader.may_publish(node));
+        assert!(reader.may_read(node));
+    }
+}

@@ -174,3 +174,39 @@ pub fn announced_devices(config: &Config) -> Vec<(usize, String, DeviceKind)> {
         .map(|(i, d)| (i, d.id.clone(), d.kind))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(seq: u64, state: &str) -> Alert {
+        serde_json::from_value(json!({
+            "id": "01KAV7Q2XK4T5J0ZC3M8W6E1PB", "seq": seq, "event": state, "site": "s",
+            "kind": "smoke", "level": "red", "state": state,
+            "source": { "type": "device", "id": "d" }, "location": { "label": "L" },
+            "raised_at": "2026-01-01T00:00:00.000Z", "updated_at": "2026-01-01T00:00:00.000Z",
+            "readings": {}, "message": { "zh-CN": "z", "en": "e" },
+            "advice": { "zh-CN": "z", "en": "e" }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_older_event_read_from_the_store_never_overrides_a_newer_one_from_the_feed() {
+        let mut book = AlertBook::default();
+        assert!(book.apply(&alert(5, "resolved")));
+        assert!(!book.apply(&alert(4, "raised")), "older than what is known");
+        assert!(book.hazard("d", DeviceKind::Smoke).is_none());
+        assert!(book.apply(&alert(6, "raised")));
+        let seen = Seen::default();
+        let state = device_state("d", DeviceKind::Smoke, &seen, &book);
+        assert_eq!(state["alarm"], "ON");
+        assert_eq!(state["alert"]["level"], "red");
+        assert_eq!(state["temperature"], Value::Null, "not heard yet");
+        assert!(
+            state.get("lel").is_none(),
+            "a smoke detector has no gas reading"
+        );
+        assert_eq!(book.active_count(), 1);
+    }
+}
