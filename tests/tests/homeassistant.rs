@@ -745,6 +745,19 @@ async fn on_an_external_broker_a_removed_device_is_cleared_a_stop_says_offline_a
         Some(&own),
         "the gateway published its own config again"
     );
+    ha.client
+        .publish(AVAILABILITY, rumqttc::QoS::AtLeastOnce, true, "offline")
+        .await
+        .unwrap();
+    let online = gather(&mut ha, |g| {
+        g.get(AVAILABILITY).is_some_and(|p| p == b"online")
+    })
+    .await;
+    assert_eq!(
+        online.get(AVAILABILITY).map(Vec::as_slice),
+        Some(&b"online"[..]),
+        "a forged offline is answered with online"
+    );
     gateway.signal(libc::SIGTERM);
     let _ = gateway.wait_exit(WAIT);
 }

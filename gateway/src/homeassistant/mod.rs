@@ -451,11 +451,14 @@ impl Publisher {
     /// Someone else's config or state on the gateway's topics: publish the gateway's own
     /// again (or clear a config that is not the gateway's at all).
     async fn reassert(&mut self, topic: &str, payload: &[u8]) {
-        let own = self
-            .configs
-            .get(topic)
-            .or_else(|| self.states.get(topic))
-            .cloned();
+        let own = if topic == self.naming.availability_topic() {
+            Some(b"online".to_vec())
+        } else {
+            self.configs
+                .get(topic)
+                .or_else(|| self.states.get(topic))
+                .cloned()
+        };
         match own {
             Some(own) if own != payload => {
                 tracing::warn!(topic, "Home Assistant: foreign message on the gateway's topic; publishing the gateway's own again");
