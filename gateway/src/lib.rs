@@ -81,6 +81,9 @@
 //!   live alert feed (SSE), acknowledge/resolve, devices, cameras, uplink, response times;
 //!   also serves the resident pages (or `[residents] bind` does).
 //! - [`token`] — secret tokens (sessions, resident links).
+//! - [`homeassistant`] — Home Assistant MQTT discovery: retained configs for each hazard
+//!   device, camera and the gateway, their state from the gateway's own judgement, removed
+//!   entities cleared (`[homeassistant]`).
 //! - [`residents`] — hazard notices for residents on `residents/{building}/{unit}/alerts` and
 //!   `residents/{building}/all`, per-unit secret links (rotatable) with a live page, QR codes.
 //!
