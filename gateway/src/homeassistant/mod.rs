@@ -70,6 +70,8 @@ const SCAN_QUIET: Duration = Duration::from_millis(500);
 const SCAN_MAX: Duration = Duration::from_secs(3);
 /// Home Assistant's birth message is answered at most this often.
 const BIRTH_MIN_INTERVAL: Duration = Duration::from_secs(5);
+/// The outbox backlog is counted (a walk of its index) at most this often.
+const BACKLOG_EVERY: Duration = Duration::from_secs(30);
 /// Messages from the broker waiting for the task (more are dropped and counted).
 const INBOUND_CAPACITY: usize = 1024;
 
@@ -260,6 +262,8 @@ struct Publisher {
     last_birth: Option<tokio::time::Instant>,
     /// Publishes the client refused since start (logged with each failure).
     failures: u64,
+    /// The last backlog count and when it was taken (counting is O(backlog): not per event).
+    backlog: Option<(tokio::time::Instant, Option<u64>)>,
 }
 
 impl Publisher {
@@ -284,6 +288,7 @@ impl Publisher {
             memory_path: Memory::path(&s.db_path),
             last_birth: None,
             failures: 0,
+            backlog: None,
         }
     }
 
@@ -481,7 +486,7 @@ impl Publisher {
         states.extend(self.camera_states(s));
         states.push((
             self.naming.state_topic(&Owner::Gateway),
-            state::gateway_state(gateway_figures(s).await, &self.book),
+            state::gateway_state(self.gateway_figures(s).await, &self.book),
         ));
         for (topic, value) in states {
             let payload = value.to_string().into_bytes();
@@ -531,6 +536,25 @@ impl Publisher {
             .collect()
     }
 
+    /// The uplink's state, the outbox backlog (at most every [`BACKLOG_EVERY`]) and the
+    /// faulted stages.
+    async fn gateway_figures(&mut self, s: &Sources) -> GatewayFigures {
+        let now = tokio::time::Instant::now();
+        let backlog = match self.backlog {
+            Some((at, n)) if now.duration_since(at) < BACKLOG_EVERY => n,
+            _ => {
+                let n = count_backlog(&s.db_path).await;
+                self.backlog = Some((now, n));
+                n
+            }
+        };
+        GatewayFigures {
+            uplink_connected: s.uplink.state() == crate::uplink::LinkState::Connected,
+            backlog,
+            faulted_stages: s.health.snapshot().faults().len(),
+        }
+    }
+
     /// Publishes `offline` (retained) and disconnects cleanly (no last will).
     async fn go_offline(&mut self) {
         self.put(&self.naming.availability_topic(), b"offline".to_vec())
@@ -541,9 +565,9 @@ impl Publisher {
     }
 }
 
-/// The uplink's state, the outbox backlog (read-only) and the faulted stages.
-async fn gateway_figures(s: &Sources) -> GatewayFigures {
-    let path = s.db_path.clone();
+/// The outbox backlog, read-only; `None` when the database cannot tell.
+async fn count_backlog(db_path: &std::path::Path) -> Option<u64> {
+    let path = db_path.to_owned();
     let backlog = tokio::task::spawn_blocking(move || -> Result<u64, HaError> {
         let conn = crate::db::open_reader(&path).map_err(|source| HaError::Store {
             path: path.clone(),
@@ -552,17 +576,12 @@ async fn gateway_figures(s: &Sources) -> GatewayFigures {
         Ok(crate::outbox::stats(&conn)?.backlog_total)
     })
     .await;
-    let backlog = match backlog {
+    match backlog {
         Ok(Ok(n)) => Some(n),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "Home Assistant: backlog unknown");
             None
         }
         Err(_) => None,
-    };
-    GatewayFigures {
-        uplink_connected: s.uplink.state() == crate::uplink::LinkState::Connected,
-        backlog,
-        faulted_stages: s.health.snapshot().faults().len(),
     }
 }
