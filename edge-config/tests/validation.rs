@@ -471,3 +471,23 @@ fn a_metrics_listener_on_the_brokers_or_residents_address_is_refused() {
     let elsewhere = format!("{SITE}[metrics]\nbind = \"0.0.0.0:9464\"\n");
     assert_eq!(positions(&elsewhere), Vec::<String>::new());
 }
+// --- [homeassistant] (issue 15) ---
+
+#[test]
+fn a_home_assistant_prefix_with_a_wildcard_and_a_zero_readings_interval_are_refused_at_their_keys()
+{
+    check("32-homeassistant-prefix.toml");
+}
+
+#[test]
+fn an_empty_or_misspelt_home_assistant_setting_is_refused_at_its_key() {
+    let empty = format!("{SITE}[homeassistant]\nenabled = true\nprefix = \"\"\n");
+    assert_eq!(positions(&empty), ["11:10 homeassistant.prefix"]);
+    let own = format!("{SITE}[homeassistant]\nprefix = \"shouwang/ha\"\n");
+    assert_eq!(positions(&own), ["10:10 homeassistant.prefix"]);
+    let misspelt = format!("{SITE}[homeassistant]\nenabled = true\ndiscovery_prefix = \"ha\"\n");
+    assert_eq!(
+        positions(&misspelt),
+        ["11:1 homeassistant.discovery_prefix"]
+    );
+}

@@ -73,6 +73,21 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
             &life,
         );
     }
+    // --- Home Assistant MQTT discovery (issue 15; [homeassistant] enabled) ---
+    crate::homeassistant::spawn(
+        crate::homeassistant::Sources {
+            config: config.clone(),
+            options: running.internal_options.clone(),
+            db_path: db_path.clone(),
+            board: running.device_board.clone(),
+            uplink: running.uplink.clone(),
+            health: running.health.clone(),
+            cameras: running.cameras.clone(),
+        },
+        running.events.subscribe(),
+        &life,
+    );
+    // --- end Home Assistant ---
     let console = crate::console::spawn(
         crate::console::ConsoleDeps {
             config: config.clone(),

@@ -85,6 +85,9 @@
 //!   [`metrics::hooks`] (a leaf the alert task and the detector call) count alerts raised
 //!   and time commits and inferences.
 //! - [`token`] — secret tokens (sessions, resident links).
+//! - [`homeassistant`] — Home Assistant MQTT discovery: retained configs for each hazard
+//!   device, camera and the gateway, their state from the gateway's own judgement, removed
+//!   entities cleared (`[homeassistant]`).
 //! - [`residents`] — hazard notices for residents on `residents/{building}/{unit}/alerts` and
 //!   `residents/{building}/all`, per-unit secret links (rotatable) with a live page, QR codes.
 //!
@@ -98,6 +101,7 @@ pub mod daemon;
 pub mod db;
 pub mod doctor;
 pub mod faults;
+pub mod homeassistant;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;

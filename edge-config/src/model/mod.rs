@@ -6,6 +6,7 @@ mod camera;
 mod common;
 mod console;
 mod device;
+mod homeassistant;
 mod metrics;
 mod rules;
 mod uplink;
@@ -21,6 +22,7 @@ pub use camera::{
 pub use common::{AlertKind, HhMm, Level, LocationRef, Point, TimeWindow};
 pub use console::{Console, Role, Staff};
 pub use device::{Device, DeviceKind, Field, FieldType, PayloadFormat, Thresholds};
+pub use homeassistant::HomeAssistant;
 pub use metrics::{Metrics, DEFAULT_METRICS_BIND};
 pub use rules::{
     CarbonMonoxideRule, DeviceHealthRule, EbikeBatteryRule, GasRule, HeatRule, Linkage,
@@ -75,6 +77,9 @@ pub struct Config {
     /// `[metrics]`: Prometheus `/metrics`; absent = no listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// `[homeassistant]`: Home Assistant MQTT discovery.
+    #[serde(default)]
+    pub homeassistant: HomeAssistant,
 }
 
 impl Config {

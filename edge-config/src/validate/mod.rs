@@ -4,6 +4,7 @@
 
 mod cameras;
 mod devices;
+mod homeassistant;
 mod metrics;
 mod places;
 mod rules;
@@ -30,6 +31,7 @@ pub(crate) fn validate(config: &Config) -> Vec<(KeyPath, String)> {
     services::check_storage(config, &mut p);
     services::check_supervision(config, &mut p);
     metrics::check_metrics(config, &mut p);
+    homeassistant::check_homeassistant(config, &mut p);
     p.0
 }
 

@@ -23,8 +23,9 @@
 //!
 //! # The gateway's topics
 //!
-//! Only the gateway publishes on `shouwang/…` (alerts, self-test), `residents/…` (resident
-//! notices and all-clears) and every device's command topic: those are denied to every
+//! Only the gateway publishes on `shouwang/…` (alerts, self-test, Home Assistant states),
+//! `residents/…` (resident notices and all-clears), every device's command topic and, with
+//! `[homeassistant]` enabled, its discovery configs `{prefix}/+/shouwang_{site}/#`: those are denied to every
 //! other principal whatever else it is allowed. `residents/…` is readable only by logins
 //! whose grants name it.
 //!
@@ -150,6 +151,17 @@ impl AccessRules {
     pub fn from_config(config: &Config) -> AccessRules {
         let mut gateway_only: Vec<String> = GATEWAY_TOPICS.iter().map(|t| t.to_string()).collect();
         gateway_only.extend(config.devices.iter().map(|d| d.command_topic()));
+        // Home Assistant discovery: this gateway's configs are its own; readers may send
+        // Home Assistant's birth message, which makes the gateway announce again.
+        let ha = &config.homeassistant;
+        let ha_birth: Vec<String> = ha
+            .enabled
+            .then(|| format!("{}/status", ha.prefix))
+            .into_iter()
+            .collect();
+        if ha.enabled {
+            gateway_only.push(format!("{}/+/shouwang_{}/#", ha.prefix, config.site.id));
+        }
         let mut users: HashMap<String, Grants> = HashMap::new();
         for d in &config.devices {
             let Some(user) = d.username.clone() else {
@@ -180,6 +192,7 @@ impl AccessRules {
                 r.username.clone(),
                 Grants {
                     read: r.topics.clone(),
+                    publish: ha_birth.clone(),
                     max_connections: READER_CONNECTIONS,
                     ..Grants::default()
                 },
@@ -548,5 +561,34 @@ password = "pw3"
         assert!(valid_filter("a/+/#"));
         assert!(!valid_filter("a/#/b"));
         assert!(!valid_filter("a+/b"));
+    }
+}
+
+#[cfg(test)]
+mod homeassistant_tests {
+    use super::*;
+
+    #[test]
+    fn with_home_assistant_on_only_the_gateway_publishes_its_discovery_node_and_readers_may_send_the_birth(
+    ) {
+        let text = "[site]\nid = \"s\"\nname = \"S\"\nkind = \"compound\"\n\
+                    [[broker.readers]]\nusername = \"ha\"\npassword = \"pw\"\n\
+                    topics = [\"homeassistant/#\", \"shouwang/#\"]\n\
+                    [homeassistant]\nenabled = true\n";
+        let config = edge_config::parse(text, "t.toml", std::path::Path::new(".")).unwrap();
+        let rules = AccessRules::from_config(&config);
+        let node = "homeassistant/binary_sensor/shouwang_s/device_x_alarm/config";
+        assert!(!rules.anonymous.may_publish(node));
+        assert!(rules.anonymous.may_publish("homeassistant/status"));
+        assert!(
+            rules
+                .anonymous
+                .may_publish("homeassistant/binary_sensor/other/x/config"),
+            "another integration's node is not the gateway's"
+        );
+        let reader = rules.grants(&Principal::User("ha".into())).unwrap();
+        assert!(reader.may_publish("homeassistant/status"));
+        assert!(!reader.may_publish(node));
+        assert!(reader.may_read(node));
     }
 }

@@ -113,6 +113,12 @@ pub struct CameraStats {
     /// Packets read from the main stream kept for evidence (cameras with a `sub_url`,
     /// whose `decoded` counts the analysed sub-stream).
     pub main_packets: AtomicU64,
+    /// Gauge: confirmed person tracks in view after the latest analysed frame (Home
+    /// Assistant's per-camera count).
+    pub persons_in_view: AtomicU64,
+    /// Gauge: confirmed bicycle/motorcycle (e-bike) tracks in view after the latest
+    /// analysed frame.
+    pub two_wheelers_in_view: AtomicU64,
 }
 
 /// Each analysed camera's id and counters.
@@ -744,6 +750,7 @@ impl AnalysisJob {
             }
             None => self.tracker.coast(frame.t),
         }
+        self.count_in_view();
         let local = Utc::now().with_timezone(&self.tz).time();
         let edges = self
             .zones
@@ -785,6 +792,28 @@ impl AnalysisJob {
             let _ = tx.send(report);
         }
         self.prune();
+    }
+
+    /// Updates the in-view gauges from the confirmed tracks (COCO 0 person; 1 bicycle and
+    /// 3 motorcycle, which the tracker groups as one).
+    fn count_in_view(&self) {
+        let min_hits = self.tracker.options().min_hits;
+        let (mut persons, mut two_wheelers) = (0, 0);
+        for t in self
+            .tracker
+            .tracks()
+            .iter()
+            .filter(|t| t.confirmed(min_hits))
+        {
+            match t.class {
+                0 => persons += 1,
+                1 | 3 => two_wheelers += 1,
+                _ => {}
+            }
+        }
+        self.stats.persons_in_view.store(persons, Ordering::Relaxed);
+        let two = &self.stats.two_wheelers_in_view;
+        two.store(two_wheelers, Ordering::Relaxed);
     }
 
     /// Runs the shared detector; a failure is counted and logged (rate-limited), `None`.
