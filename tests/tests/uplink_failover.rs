@@ -58,6 +58,26 @@ fn connected_to(data: &std::path::Path) -> Result<String, String> {
     }
 }
 
+/// Waits until the platform holds seq 1..=rows of the seeded alerts; whether it did, and
+/// the verdict on what arrived.
+async fn every_seeded_alert(
+    platform: &Collector,
+    rows: u64,
+    wait: Duration,
+) -> (bool, simulators::verify::Verdict) {
+    let done = platform
+        .wait_until(wait, |alerts| {
+            let seqs: std::collections::BTreeSet<u64> = alerts
+                .iter()
+                .filter(|r| is_seeded(r))
+                .map(|r| r.seq)
+                .collect();
+            seqs.len() as u64 >= rows
+        })
+        .await;
+    (done, platform.report(1..=rows, is_seeded))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_dying_mid_drain_hands_the_drain_to_the_next_host_and_nothing_is_lost() {
     const ROWS: u64 = 3_000;
@@ -160,17 +180,7 @@ async fn a_drain_of_ten_thousand_alerts_survives_the_nats_node_it_is_on_being_ki
     )
     .await;
     assert!(hosts.contains(&second));
-    let done = platform
-        .wait_until(Duration::from_secs(180), |alerts| {
-            let seqs: std::collections::BTreeSet<u64> = alerts
-                .iter()
-                .filter(|r| is_seeded(r))
-                .map(|r| r.seq)
-                .collect();
-            seqs.len() as u64 >= ROWS
-        })
-        .await;
-    let verdict = platform.report(1..=ROWS, is_seeded);
+    let (done, verdict) = every_seeded_alert(&platform, ROWS, Duration::from_secs(180)).await;
     assert!(
         done && verdict.ok(),
         "node {first} killed after {killed_at} alerts; every alert, in order, on the platform: {verdict:?}"
@@ -207,17 +217,7 @@ async fn a_drain_of_ten_thousand_alerts_into_rabbitmq_survives_the_broker_being_
     let killed_at = platform.distinct_seqs(is_seeded).len();
     rabbit.kill();
     rabbit.restart();
-    let done = platform
-        .wait_until(Duration::from_secs(240), |alerts| {
-            let seqs: std::collections::BTreeSet<u64> = alerts
-                .iter()
-                .filter(|r| is_seeded(r))
-                .map(|r| r.seq)
-                .collect();
-            seqs.len() as u64 >= ROWS
-        })
-        .await;
-    let verdict = platform.report(1..=ROWS, is_seeded);
+    let (done, verdict) = every_seeded_alert(&platform, ROWS, Duration::from_secs(240)).await;
     assert!(
         done && verdict.ok(),
         "RabbitMQ killed after {killed_at} alerts; every alert, in order: {verdict:?}"
