@@ -273,6 +273,20 @@ fn encode_uplink(out: &mut Out, l: &LinkSnapshot) -> Result {
         "1 for the uplink's current state (disabled, connecting, connected, backoff, stopped).",
         &states,
     )?;
+    // Which of `[uplink] hosts` the link is on (or trying): failover is visible.
+    let broker = match (&l.host, l.port) {
+        (Some(h), Some(p)) => vec![format!("{h}:{p}")],
+        _ => Vec::new(),
+    };
+    let on: Vec<(Label, f64)> = broker
+        .iter()
+        .map(|b| ([("broker", b.as_str())], 1.0))
+        .collect();
+    out.gauges(
+        "shouwang_uplink_broker",
+        "1 for the platform broker the uplink is on or trying (one of [uplink] hosts).",
+        &on,
+    )?;
     out.counter(
         "shouwang_uplink_connects",
         "Uplink connections established.",

@@ -63,9 +63,11 @@ fn busy(dir: &Path) -> MetricsSources {
     );
     let telemetry = Arc::new(TelemetryStats::default());
     telemetry.committed.store(5, Ordering::Relaxed);
+    let link = Arc::new(UplinkStatus::new(None));
+    link.set_endpoint("platform-b.example.org", 8883);
     MetricsSources {
         status: StatusSources {
-            link: Arc::new(UplinkStatus::new(None)),
+            link,
             ingest: Some(ingest),
             alert_store: Some(Arc::default()),
             reserve: Some(Arc::new(crate::reserve::Reserve::ensure(dir, 4096))),
@@ -155,6 +157,11 @@ fn a_scrape_is_valid_prometheus_text_with_every_stages_counters() {
     assert_text_format(&text);
 
     let v = |name: &str, labels: &[(&str, &str)]| value(&parsed, name, labels);
+    assert_eq!(
+        v("shouwang_uplink_broker", &[("broker", "platform-b.example.org:8883")]),
+        Some(1.0),
+        "the broker of [uplink] hosts the link is on"
+    );
     assert_eq!(v("shouwang_sensor_messages_accepted_total", &[]), Some(1.0));
     let invalid = [("reason", "invalid_json")];
     assert_eq!(
