@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod fleet;
 pub mod http;
+pub mod memory;
 pub mod mqtt;
 pub mod sim;
 pub mod upstream;

@@ -353,6 +353,8 @@ impl Run<'_> {
             .or(packet.pts())
             .map(|ts| ts as f64 * f64::from(time_base));
         recorder.push(&packet, pt.or(self.clock.last_media));
+        let ring = recorder.ring_bytes() as u64;
+        self.stats.clip_ring_bytes.store(ring, Ordering::Relaxed);
         self.sink
             .poll_clips(recorder, self.clock.last.unwrap_or(0.0));
         if let Err(e) = decoder.send_packet(&packet) {

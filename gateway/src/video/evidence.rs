@@ -19,7 +19,7 @@ use ffmpeg::{codec, encoder, format, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
 use super::detect::BoxF;
-use super::BgrImage;
+use super::{worth_logging, BgrImage};
 
 /// Errors writing evidence (logged and counted; the alert is raised regardless).
 #[derive(Debug, thiserror::Error)]
@@ -260,13 +260,58 @@ struct Pending {
     path: PathBuf,
     until: f64,
     packets: Vec<Packet>,
+    /// Bytes of `packets`: a clip whose timestamps stop advancing is written once it holds
+    /// twice the ring's budget, instead of growing until they move again.
+    bytes: usize,
+}
+
+/// The longest keyframe interval a ring is sized for: it holds `pre_s` plus up to one GOP
+/// (the ring starts at a keyframe, so a clip always starts decodable).
+pub const RING_GOP_S: f64 = 4.0;
+/// The bitrate a ring is sized for when its stream declares none: a 4K camera's main stream
+/// at a high quality (16 Mbit/s).
+pub const ASSUMED_MAX_BITRATE: u64 = 16_000_000;
+/// The smallest ring budget, whatever the stream declares (a keyframe of a still scene can
+/// be larger than a low declared bitrate suggests).
+pub const MIN_RING_BYTES: usize = 1 << 20;
+/// The largest ring budget.
+pub const MAX_RING_BYTES: usize = 64 << 20;
+
+/// The byte budget of a clip ring: `pre_s` plus one GOP ([`RING_GOP_S`]) of a stream at
+/// `bitrate` bits per second, twice over (keyframe bursts, variable bitrate), within
+/// [`MIN_RING_BYTES`]..=[`MAX_RING_BYTES`]. The ring holds what the time bound keeps; this
+/// budget is what it may never exceed.
+pub fn ring_budget(pre_s: f64, bitrate: u64) -> usize {
+    let seconds = pre_s.max(0.0) + RING_GOP_S;
+    let bytes = bitrate as f64 / 8.0 * seconds * 2.0;
+    (bytes as usize).clamp(MIN_RING_BYTES, MAX_RING_BYTES)
+}
+
+/// A new reference to `packet`'s data (FFmpeg's reference count), not a copy:
+/// ffmpeg-next's `clone` copies the data (`av_packet_make_writable`), which a ring and its
+/// clips have no need for — nothing writes into a packet once read.
+pub fn share(packet: &Packet) -> Packet {
+    use ffmpeg::packet::{Mut as _, Ref as _};
+    let mut out = Packet::empty();
+    // SAFETY: both are valid AVPackets owned by ffmpeg-next wrappers; `av_packet_ref` makes
+    // `out` a new reference to `packet`'s buffer (copying the data only when it is not
+    // reference-counted) and copies its properties; `out`'s Drop unreferences it.
+    let rc = unsafe { ffmpeg::ffi::av_packet_ref(out.as_mut_ptr(), packet.as_ptr()) };
+    if rc < 0 {
+        return packet.clone();
+    }
+    out
 }
 
 /// The capture thread's packet ring and the clips being collected.
 pub struct ClipRecorder {
     pre_s: f64,
     post_s: f64,
+    /// The byte budget of the ring for a stream that declares no bitrate (the ceiling).
     max_ring_bytes: usize,
+    /// The budget of the current session: [`ring_budget`] of its declared bitrate, at most
+    /// `max_ring_bytes`.
+    budget: usize,
     session: Option<(codec::Parameters, Rational)>,
     /// (packet, media seconds); starts at a keyframe once one was seen.
     ring: VecDeque<(Packet, f64)>,
@@ -280,6 +325,9 @@ pub struct ClipRecorder {
     /// Clips written and failed, for the camera's counters.
     pub written: u64,
     pub failed: u64,
+    /// Times the ring was emptied because one GOP alone was over the budget (a stream
+    /// without keyframes for that long); it starts again at the next keyframe.
+    pub overflows: u64,
 }
 
 impl ClipRecorder {
@@ -290,6 +338,7 @@ impl ClipRecorder {
             pre_s,
             post_s,
             max_ring_bytes,
+            budget: max_ring_bytes,
             session: None,
             ring: VecDeque::new(),
             ring_bytes: 0,
@@ -298,7 +347,24 @@ impl ClipRecorder {
             mp4: Arc::new(AtomicBool::new(true)),
             written: 0,
             failed: 0,
+            overflows: 0,
         }
+    }
+
+    /// A recorder whose ring is sized by [`ring_budget`]: for the stream's declared bitrate,
+    /// else for [`ASSUMED_MAX_BITRATE`].
+    pub fn for_clips(pre_s: f64, post_s: f64) -> Self {
+        Self::new(pre_s, post_s, ring_budget(pre_s, ASSUMED_MAX_BITRATE))
+    }
+
+    /// The current session's ring budget, in bytes.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Bytes in the ring now.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring_bytes
     }
 
     /// Whether this recorder's clips are MP4 (its current stream's codec), shared.
@@ -310,6 +376,13 @@ impl ClipRecorder {
     pub fn start_session(&mut self, params: codec::Parameters, time_base: Rational) {
         self.end_session();
         self.mp4.store(mp4_capable(params.id()), Ordering::Relaxed);
+        // SAFETY: `params` wraps a valid AVCodecParameters; `bit_rate` is a plain field
+        // (ffmpeg-next has no getter for it). 0 = not declared.
+        let declared = unsafe { (*params.as_ptr()).bit_rate };
+        self.budget = match u64::try_from(declared) {
+            Ok(bps) if bps > 0 => ring_budget(self.pre_s, bps).min(self.max_ring_bytes),
+            _ => self.max_ring_bytes,
+        };
         self.session = Some((params, time_base));
         self.last_t = None;
     }
@@ -345,12 +418,14 @@ impl ClipRecorder {
         if self.ring.is_empty() && !packet.is_key() {
             return;
         }
-        self.ring.push_back((packet.clone(), t));
+        self.ring.push_back((share(packet), t));
         self.ring_bytes += packet.size();
         let mut i = 0;
         while i < self.pending.len() {
-            self.pending[i].packets.push(packet.clone());
-            if t >= self.pending[i].until {
+            let p = &mut self.pending[i];
+            p.packets.push(share(packet));
+            p.bytes += packet.size();
+            if t >= p.until || p.bytes > 2 * self.budget {
                 let p = self.pending.swap_remove(i);
                 self.finish(p);
             } else {
@@ -360,7 +435,8 @@ impl ClipRecorder {
         self.trim(t);
     }
 
-    /// Drops GOPs that are entirely older than `pre_s` (or over the byte budget).
+    /// Drops GOPs that are entirely older than `pre_s` (or over the byte budget); a single
+    /// GOP over the budget empties the ring (its keyframe cannot go alone).
     fn trim(&mut self, now: f64) {
         loop {
             let next_key = self
@@ -369,9 +445,19 @@ impl ClipRecorder {
                 .skip(1)
                 .position(|(p, _)| p.is_key())
                 .map(|i| i + 1);
-            let Some(k) = next_key else { return };
+            let Some(k) = next_key else {
+                if self.ring_bytes > self.budget {
+                    self.overflows += 1;
+                    if worth_logging(self.overflows) {
+                        tracing::warn!(bytes = self.ring_bytes, budget = self.budget, overflows = self.overflows, "one GOP over the clip ring's budget: ring emptied until the next keyframe");
+                    }
+                    self.ring.clear();
+                    self.ring_bytes = 0;
+                }
+                return;
+            };
             let old = self.ring[k].1 <= now - self.pre_s;
-            if !old && self.ring_bytes <= self.max_ring_bytes {
+            if !old && self.ring_bytes <= self.budget {
                 return;
             }
             for (p, _) in self.ring.drain(..k) {
@@ -387,7 +473,7 @@ impl ClipRecorder {
         let key = self.ring.iter().rposition(|(p, _)| p.is_key())?;
         Some((
             params,
-            self.ring.iter().skip(key).map(|(p, _)| p.clone()).collect(),
+            self.ring.iter().skip(key).map(|(p, _)| share(p)).collect(),
         ))
     }
 
@@ -398,11 +484,12 @@ impl ClipRecorder {
 
     /// Starts collecting a clip: the ring (from its keyframe) plus `post_s` more seconds.
     pub fn request(&mut self, req: ClipRequest) {
-        let packets: Vec<Packet> = self.ring.iter().map(|(p, _)| p.clone()).collect();
+        let packets: Vec<Packet> = self.ring.iter().map(|(p, _)| share(p)).collect();
         self.pending.push(Pending {
             path: req.path,
             until: self.last_t.unwrap_or(0.0) + self.post_s,
             packets,
+            bytes: self.ring_bytes,
         });
     }
 
@@ -470,7 +557,7 @@ pub fn write_clip(
     }
     let out_tb = out.stream(0).map(|s| s.time_base()).unwrap_or(tb);
     for p in packets {
-        let mut q = p.clone();
+        let mut q = share(p);
         let dts = p.dts().map(|v| v - first);
         let pts = p.pts().map(|v| v - first).or(dts);
         q.set_dts(dts);
@@ -569,6 +656,77 @@ mod tests {
         assert!(dir.path().join("cam/c").exists());
         let pruned = prune(dir.path(), Duration::from_secs(85), 1000).unwrap();
         assert_eq!(pruned.files, 1, "b is older than 85 s");
+    }
+
+    #[test]
+    fn a_ring_budget_is_pre_s_plus_a_gop_of_the_stream_twice_over_within_bounds() {
+        // The demo's 2 Mbit/s H.264, 5 s before: (5 + 4) s × 250 kB/s × 2 = 4.5 MB.
+        assert_eq!(ring_budget(5.0, 2_000_000), 4_500_000);
+        // No bitrate declared: sized for a 16 Mbit/s 4K main stream.
+        assert_eq!(ring_budget(5.0, ASSUMED_MAX_BITRATE), 36_000_000);
+        assert_eq!(ring_budget(5.0, 10_000), MIN_RING_BYTES);
+        assert_eq!(ring_budget(30.0, 200_000_000), MAX_RING_BYTES);
+        let recorder = ClipRecorder::for_clips(5.0, 5.0);
+        assert_eq!(recorder.budget(), 36_000_000);
+    }
+
+    /// A recorder in a session of a stream with no declared bitrate.
+    fn recording(pre_s: f64, max_ring_bytes: usize) -> ClipRecorder {
+        let mut recorder = ClipRecorder::new(pre_s, 1.0, max_ring_bytes);
+        recorder.start_session(codec::Parameters::new(), Rational(1, 90_000));
+        recorder
+    }
+
+    /// A packet of `size` bytes, a keyframe or not.
+    fn packet(size: usize, key: bool) -> Packet {
+        let mut p = Packet::copy(&vec![0u8; size]);
+        if key {
+            p.set_flags(ffmpeg::packet::Flags::KEY);
+        }
+        p
+    }
+
+    #[test]
+    fn the_ring_of_a_15_fps_stream_covers_pre_s_and_at_most_one_gop_more() {
+        // 15 fps, a keyframe a second, ~2 Mbit/s (a 40 kB keyframe, 15 kB otherwise).
+        let mut recorder = recording(5.0, ring_budget(5.0, ASSUMED_MAX_BITRATE));
+        for i in 0..30 * 15 {
+            let key = i % 15 == 0;
+            recorder.push(&packet(if key { 40_000 } else { 15_000 }, key), Some(i as f64 / 15.0));
+        }
+        let now = recorder.last_t.unwrap();
+        let oldest = recorder.ring.front().unwrap().1;
+        assert!(now - oldest >= 5.0, "covers pre_s: {oldest}..{now}");
+        assert!(now - oldest < 6.0, "at most one GOP more: {oldest}..{now}");
+        assert!(recorder.ring.front().unwrap().0.is_key());
+        assert!(recorder.ring_bytes() < 1_700_000, "{}", recorder.ring_bytes());
+    }
+
+    #[test]
+    fn a_stream_without_keyframes_cannot_grow_the_ring_past_its_budget() {
+        let mut recorder = recording(5.0, MIN_RING_BYTES);
+        recorder.push(&packet(40_000, true), Some(0.0));
+        for i in 1..200 {
+            recorder.push(&packet(15_000, false), Some(f64::from(i) / 15.0));
+            assert!(recorder.ring_bytes() <= MIN_RING_BYTES);
+        }
+        assert!(recorder.overflows >= 1);
+        assert!(recorder.ring.is_empty(), "waits for the next keyframe");
+        recorder.push(&packet(40_000, true), Some(14.0));
+        assert_eq!(recorder.ring.len(), 1, "starts again at a keyframe");
+    }
+
+    #[test]
+    fn a_clip_and_the_ring_share_their_packets_data() {
+        let mut recorder = recording(5.0, MIN_RING_BYTES);
+        recorder.push(&packet(1_000, true), Some(0.0));
+        recorder.request(ClipRequest {
+            path: PathBuf::from("/nonexistent/clip.mkv"),
+        });
+        let ring = recorder.ring[0].0.data().unwrap().as_ptr();
+        let clip = recorder.pending[0].packets[0].data().unwrap().as_ptr();
+        assert_eq!(ring, clip, "one buffer, two references");
+        assert_eq!(recorder.pending[0].bytes, 1_000);
     }
 
     #[test]

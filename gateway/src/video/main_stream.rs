@@ -147,6 +147,8 @@ impl MainStream {
                 .or(packet.pts())
                 .map(|ts| ts as f64 * f64::from(time_base));
             self.recorder.push(&packet, t);
+            let ring = self.recorder.ring_bytes() as u64;
+            self.stats.main_ring_bytes.store(ring, Ordering::Relaxed);
             if !self.ready.load(Ordering::Relaxed) && self.recorder.has_keyframe() {
                 self.ready.store(true, Ordering::Relaxed);
                 self.health.set(StreamRole::Main, None);

@@ -119,6 +119,11 @@ pub struct CameraStats {
     /// Gauge: confirmed bicycle/motorcycle (e-bike) tracks in view after the latest
     /// analysed frame.
     pub two_wheelers_in_view: AtomicU64,
+    /// Gauge: bytes of packets in the analysed stream's clip ring (at most its budget, see
+    /// [`evidence::ring_budget`]).
+    pub clip_ring_bytes: AtomicU64,
+    /// Gauge: bytes of packets in the main stream's clip ring (cameras with a `sub_url`).
+    pub main_ring_bytes: AtomicU64,
 }
 
 /// Each analysed camera's id and counters.
@@ -143,6 +148,8 @@ pub struct StatsSnapshot {
     pub discontinuities: u64,
     pub analysis_stalls: u64,
     pub main_packets: u64,
+    pub clip_ring_bytes: u64,
+    pub main_ring_bytes: u64,
 }
 
 impl CameraStats {
@@ -159,6 +166,8 @@ impl CameraStats {
             discontinuities: g(&self.discontinuities),
             analysis_stalls: g(&self.analysis_stalls),
             main_packets: g(&self.main_packets),
+            clip_ring_bytes: g(&self.clip_ring_bytes),
+            main_ring_bytes: g(&self.main_ring_bytes),
         }
     }
 }
@@ -402,7 +411,7 @@ impl CameraJobs {
         let health = Arc::new(HealthReporter::new(camera, config, outputs.alerts.clone()));
         let (main, main_link) =
             MainStream::for_camera(camera, &options, &capture_options, &health, &stats);
-        let recorder = ClipRecorder::new(options.clip_pre_s, options.clip_post_s, 64 << 20);
+        let recorder = ClipRecorder::for_clips(options.clip_pre_s, options.clip_post_s);
         let clip_mp4 = recorder.mp4_hint();
         let capture = CaptureJob {
             source: camera.analysis_source(),
@@ -523,7 +532,7 @@ impl MainStream {
         };
         let (tx, rx) = crossbeam_channel::bounded::<Evidence>(8);
         let ready = Arc::new(AtomicBool::new(false));
-        let recorder = ClipRecorder::new(options.clip_pre_s, options.clip_post_s, 64 << 20);
+        let recorder = ClipRecorder::for_clips(options.clip_pre_s, options.clip_post_s);
         let mp4 = recorder.mp4_hint();
         let reader = MainStream {
             source,
