@@ -158,7 +158,10 @@ fn a_scrape_is_valid_prometheus_text_with_every_stages_counters() {
 
     let v = |name: &str, labels: &[(&str, &str)]| value(&parsed, name, labels);
     assert_eq!(
-        v("shouwang_uplink_broker", &[("broker", "platform-b.example.org:8883")]),
+        v(
+            "shouwang_uplink_broker",
+            &[("broker", "platform-b.example.org:8883")]
+        ),
         Some(1.0),
         "the broker of [uplink] hosts the link is on"
     );
