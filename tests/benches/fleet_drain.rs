@@ -30,6 +30,11 @@ struct Run {
     slowest_s: f64,
     platform_cpu_pct: f64,
     duplicates: u64,
+    /// The subscriber's CONNACKs (1 = it never reconnected).
+    subscriber_connects: u64,
+    /// The gateways' rows published (re-sends included) and connections made.
+    gateways_published: u64,
+    gateways_connects: u64,
     ok: bool,
 }
 
@@ -92,6 +97,9 @@ async fn drain(
     let wall = t0.elapsed().as_secs_f64();
     let cpu = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0;
     let verdicts = consumer.verdicts(&fleet.sites());
+    // The gateways write status.json every second: let the last counters land.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (published, _, connects) = fleet.uplink_totals();
     let slowest = verdicts
         .iter()
         .filter_map(|v| v.complete_at)
@@ -105,6 +113,9 @@ async fn drain(
         slowest_s: slowest,
         platform_cpu_pct: cpu / wall * 100.0,
         duplicates: verdicts.iter().map(|v| v.duplicates).sum(),
+        subscriber_connects: consumer.connacks.load(std::sync::atomic::Ordering::Relaxed),
+        gateways_published: published,
+        gateways_connects: connects,
         ok: done && verdicts.iter().all(|v| v.ok()),
     }
 }
@@ -128,26 +139,31 @@ async fn main() {
         sizes()
     );
     let mut runs = Vec::new();
+    let platforms = std::env::var("FLEET_PLATFORMS").unwrap_or_else(|_| "nats,mosquitto".into());
     for n in sizes() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let cluster = NatsCluster::start(&tmp.path().join("nats"));
-        let run = drain(
-            "NATS cluster (3 nodes)",
-            cluster.mqtt_hosts(),
-            cluster.nodes[2].mqtt_port,
-            cluster.pids(),
-            tmp.path(),
-            n,
-            rows,
-        )
-        .await;
-        eprintln!(
-            "{:?}",
-            (run.platform, run.gateways, run.rate, run.slowest_s)
-        );
-        runs.push(run);
-        drop(cluster);
-
+        if platforms.contains("nats") {
+            let tmp = tempfile::tempdir().expect("temp dir");
+            let cluster = NatsCluster::start(&tmp.path().join("nats"));
+            let run = drain(
+                "NATS cluster (3 nodes)",
+                cluster.mqtt_hosts(),
+                cluster.nodes[2].mqtt_port,
+                cluster.pids(),
+                tmp.path(),
+                n,
+                rows,
+            )
+            .await;
+            eprintln!(
+                "{:?}",
+                (run.platform, run.gateways, run.rate, run.slowest_s)
+            );
+            runs.push(run);
+            drop(cluster);
+        }
+        if !platforms.contains("mosquitto") {
+            continue;
+        }
         let tmp = tempfile::tempdir().expect("temp dir");
         let (mut child, port) = mosquitto(tmp.path());
         let run = drain(
@@ -168,11 +184,11 @@ async fn main() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    println!("| platform | gateways | alerts each | aggregate drain | slowest gateway empty after | platform CPU | duplicates | complete, in order |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    println!("| platform | gateways | alerts each | aggregate drain | slowest gateway empty after | platform CPU | duplicates | subscriber connects | gateways' rows published / connects | complete, in order |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in &runs {
         println!(
-            "| {} | {} | {} | {:.0} alerts/s | {:.1} s | {:.0} % | {} | {} |",
+            "| {} | {} | {} | {:.0} alerts/s | {:.1} s | {:.0} % | {} | {} | {} / {} | {} |",
             r.platform,
             r.gateways,
             r.rows,
@@ -180,6 +196,9 @@ async fn main() {
             r.slowest_s,
             r.platform_cpu_pct,
             r.duplicates,
+            r.subscriber_connects,
+            r.gateways_published,
+            r.gateways_connects,
             if r.ok { "yes" } else { "NO" }
         );
     }

@@ -117,6 +117,21 @@ impl Fleet {
     pub fn sites(&self) -> Vec<String> {
         self.members.iter().map(|m| m.site.clone()).collect()
     }
+
+    /// The gateways' uplink counters from their `status.json`, summed: (rows published,
+    /// re-sends included; rows acknowledged; connections made).
+    pub fn uplink_totals(&self) -> (u64, u64, u64) {
+        let mut t = (0, 0, 0);
+        for m in &self.members {
+            let text = std::fs::read_to_string(m.data.join("status.json")).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let n = |k: &str| v["link"][k].as_u64().unwrap_or(0);
+            t.0 += n("published_total");
+            t.1 += n("acked_total");
+            t.2 += n("connects_total");
+        }
+        t
+    }
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +148,9 @@ struct SiteTally {
 /// tallied per site.
 pub struct Platform {
     tally: Arc<Mutex<BTreeMap<String, SiteTally>>>,
+    /// CONNACKs the subscriber received: more than one means it reconnected (and the broker
+    /// re-delivered what was in flight to it).
+    pub connacks: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
     rows: u64,
 }
@@ -175,12 +193,17 @@ impl Platform {
         let (client, mut events) = simulators::mqtt::connect(options, 4096);
         let tally: Arc<Mutex<BTreeMap<String, SiteTally>>> = Arc::default();
         let sink = tally.clone();
+        let connacks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = connacks.clone();
         let (subacked_tx, mut subacked) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             loop {
                 match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
-                        let _ = client.try_subscribe("shouwang/+/alerts", QoS::AtLeastOnce);
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if !ack.session_present {
+                            let _ = client.try_subscribe("shouwang/+/alerts", QoS::AtLeastOnce);
+                        }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = subacked_tx.send(());
@@ -203,7 +226,12 @@ impl Platform {
         tokio::time::timeout(Duration::from_secs(20), subacked.recv())
             .await
             .expect("platform SUBACK within 20 s");
-        Platform { tally, task, rows }
+        Platform {
+            tally,
+            connacks,
+            task,
+            rows,
+        }
     }
 
     /// Sites whose every seq arrived.
