@@ -266,23 +266,10 @@ pub fn recorded_alert_events(data_dir: &std::path::Path) -> u64 {
 /// `sim camera` serving vtest.avi (768×576) as `/cam0` on `port`, stopped on drop; returns
 /// once the port accepts connections.
 pub fn start_camera(port: u16) -> ChildGuard {
-    let footage = workspace_root().join("vendor/footage/vtest.avi");
-    assert!(footage.exists(), "run ./x deps to fetch the footage");
-    let mut camera = ChildGuard(
-        Command::new(bin("sim"))
-            .args(["camera", "--loop", "--port", &port.to_string(), "--footage"])
-            .arg(&footage)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sim camera"),
-    );
-    let refused = process::wait_listening(&[port], Duration::from_secs(10), || {
-        process::is_running(&mut camera.0)
-    });
-    assert!(refused.is_none(), "sim camera did not listen on {port}");
-    camera
+    let mut sim = Command::new(bin("sim"));
+    sim.args(["camera", "--loop", "--port", &port.to_string(), "--footage"])
+        .arg(footage("vtest.avi"));
+    spawn_camera(sim, port)
 }
 
 /// `sim camera` serving vtest.avi (768×576) as an installer's camera on `port`: the H.265
@@ -291,22 +278,33 @@ pub fn start_camera(port: u16) -> ChildGuard {
 /// (handed over in SIM_CAMERA_PASSWORD, never on the command line), 10 fps; stopped on drop,
 /// returns once the port accepts connections.
 pub fn start_dual_camera(port: u16, user: &str, password: &str) -> ChildGuard {
-    let footage = workspace_root().join("vendor/footage/vtest.avi");
-    assert!(footage.exists(), "run ./x deps to fetch the footage");
+    let mut sim = Command::new(bin("sim"));
+    sim.args([
+        "camera",
+        "--loop",
+        "--fps",
+        "10",
+        "--port",
+        &port.to_string(),
+    ])
+    .args(["--user", user, "--dual"])
+    .arg(footage("vtest.avi"))
+    .env("SIM_CAMERA_PASSWORD", password);
+    spawn_camera(sim, port)
+}
+
+/// A footage file of `vendor/footage`, which `./x deps` fetches.
+pub fn footage(name: &str) -> PathBuf {
+    let path = workspace_root().join("vendor/footage").join(name);
+    assert!(path.exists(), "run ./x deps to fetch the footage");
+    path
+}
+
+/// Runs a `sim camera` command (output discarded), stopped on drop; returns once `port`
+/// accepts connections, and fails if the camera exits first.
+pub fn spawn_camera(mut sim: Command, port: u16) -> ChildGuard {
     let mut camera = ChildGuard(
-        Command::new(bin("sim"))
-            .args([
-                "camera",
-                "--loop",
-                "--fps",
-                "10",
-                "--port",
-                &port.to_string(),
-            ])
-            .args(["--user", user, "--dual"])
-            .arg(&footage)
-            .env("SIM_CAMERA_PASSWORD", password)
-            .stdin(Stdio::null())
+        sim.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -3,13 +3,13 @@
 //! the same port resolves it.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use e2e::mqtt::Mqtt;
 use e2e::sim::start_camera;
-use e2e::{bin, workspace_root, write_config, Gateway};
-use simulators::process::{self, ChildGuard};
+use e2e::{bin, write_config, Gateway};
+use simulators::process;
 
 fn free_port() -> u16 {
     process::free_port().expect("a free loopback port")
@@ -85,29 +85,18 @@ level = "orange"
 #[test]
 fn the_installer_tool_detects_cyclists_in_an_http_mpeg_ts_camera_stream() {
     let http_port = free_port();
-    let footage = workspace_root().join("vendor/footage/bikes.mp4");
-    let mut camera = ChildGuard(
-        Command::new(bin("sim"))
-            .args([
-                "camera",
-                "--loop",
-                "--port",
-                "0",
-                "--http-port",
-                &http_port.to_string(),
-                "--footage",
-            ])
-            .arg(&footage)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sim camera"),
-    );
-    let refused = process::wait_listening(&[http_port], Duration::from_secs(10), || {
-        process::is_running(&mut camera.0)
-    });
-    assert!(refused.is_none(), "sim camera's HTTP port");
+    let mut sim = Command::new(bin("sim"));
+    sim.args([
+        "camera",
+        "--loop",
+        "--port",
+        "0",
+        "--http-port",
+        &http_port.to_string(),
+    ])
+    .arg("--footage")
+    .arg(e2e::sim::footage("bikes.mp4"));
+    let _camera = e2e::sim::spawn_camera(sim, http_port);
     let out = Command::new(bin("gateway"))
         .args([
             "detect",
