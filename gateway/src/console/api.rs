@@ -45,6 +45,7 @@ pub const API_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/events"),
     ("GET", "/api/devices"),
     ("GET", "/api/cameras"),
+    ("GET", "/api/cameras/{id}/live"),
     ("GET", "/api/uplink"),
     ("GET", "/api/health"),
     ("GET", "/api/stats/response-times"),
@@ -64,6 +65,7 @@ pub(crate) fn routes(state: St) -> Router {
         .route("/api/events", get(events))
         .route("/api/devices", get(devices))
         .route("/api/cameras", get(cameras))
+        .route("/api/cameras/{id}/live", get(super::live::live_socket))
         .route("/api/uplink", get(uplink))
         .route("/api/health", get(health))
         .route("/api/stats/response-times", get(response_times))
@@ -76,6 +78,7 @@ pub(crate) fn routes(state: St) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/login", get(login_page).post(login))
         .route("/", get(console_page))
+        .route("/live", get(super::live::live_page))
         .merge(guarded)
         .layer(middleware::from_fn(super::origin::same_origin_only))
         .layer(middleware::from_fn(request_timeout))
@@ -126,7 +129,7 @@ impl From<LifecycleError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn session_of(state: &State, headers: &HeaderMap) -> Option<(String, Session)> {
+pub(crate) fn session_of(state: &State, headers: &HeaderMap) -> Option<(String, Session)> {
     let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
     let token = auth::token_from_cookies(cookies)?;
     let s = state.auth.session(token, Instant::now())?;
@@ -145,7 +148,7 @@ async fn require_session(AxState(state): AxState<St>, mut req: Request, next: Ne
 }
 
 #[derive(Clone)]
-struct SessionToken(String);
+pub(crate) struct SessionToken(pub(crate) String);
 
 /// Runs a read-only database query off the runtime.
 async fn with_db<T: Send + 'static>(
@@ -501,7 +504,7 @@ async fn events(
 }
 
 /// Completes when a session ends: at logout (`ended` cancelled) or at `expires`.
-fn session_end(
+pub(crate) fn session_end(
     ended: tokio_util::sync::CancellationToken,
     expires: Instant,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {

@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod checker;
 pub mod devices;
+pub mod live;
 pub mod origin;
 pub mod pages;
 pub mod resident_pages;

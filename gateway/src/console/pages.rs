@@ -4,6 +4,8 @@
 pub const LOGIN: &str = include_str!("login.html");
 /// `GET /` (with a session).
 pub const CONSOLE: &str = include_str!("console.html");
+/// `GET /live` (with a session): the camera grid, or one camera.
+pub const LIVE: &str = include_str!("live.html");
 /// `GET /r/{token}`: the resident page.
 pub const RESIDENT: &str = include_str!("resident.html");
 

@@ -199,7 +199,10 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_HEAD);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    // With upgrades: the live view's WebSockets (console::live).
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,

@@ -19,6 +19,7 @@ use ffmpeg::{codec, encoder, format, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
 use super::detect::BoxF;
+use super::live::{LiveFeed, LiveTap};
 use super::{worth_logging, BgrImage};
 
 /// Errors writing evidence (logged and counted; the alert is raised regardless).
@@ -328,6 +329,8 @@ pub struct ClipRecorder {
     /// Times the ring was emptied because one GOP alone was over the budget (a stream
     /// without keyframes for that long); it starts again at the next keyframe.
     pub overflows: u64,
+    /// The stream's live view: every packet goes on to it after the ring (see [`super::live`]).
+    live: Option<LiveTap>,
 }
 
 impl ClipRecorder {
@@ -348,7 +351,14 @@ impl ClipRecorder {
             written: 0,
             failed: 0,
             overflows: 0,
+            live: None,
         }
+    }
+
+    /// This recorder also feeds `feed`, the stream's live view.
+    pub fn with_live(mut self, feed: Arc<LiveFeed>) -> Self {
+        self.live = Some(LiveTap::new(feed));
+        self
     }
 
     /// A recorder whose ring is sized by [`ring_budget`]: for the stream's declared bitrate,
@@ -383,6 +393,9 @@ impl ClipRecorder {
             Ok(bps) if bps > 0 => ring_budget(self.pre_s, bps).min(self.max_ring_bytes),
             _ => self.max_ring_bytes,
         };
+        if let Some(live) = self.live.as_mut() {
+            live.start_session(&params, time_base);
+        }
         self.session = Some((params, time_base));
         self.last_t = None;
     }
@@ -394,6 +407,9 @@ impl ClipRecorder {
         }
         self.ring.clear();
         self.ring_bytes = 0;
+        if let Some(live) = self.live.as_mut() {
+            live.restart();
+        }
     }
 
     /// Adds a packet of the video stream at media time `t` (seconds; `None` = untimed).
@@ -415,9 +431,18 @@ impl ClipRecorder {
             self.end_session();
         }
         self.last_t = Some(t);
-        if self.ring.is_empty() && !packet.is_key() {
-            return;
+        if !self.ring.is_empty() || packet.is_key() {
+            self.keep(packet, t);
         }
+        if let Some(live) = self.live.as_mut() {
+            let ring = &self.ring;
+            live.on_packet(packet, || gop_of(ring));
+        }
+    }
+
+    /// Keeps a packet of the ring (which starts at a keyframe) in the ring and the pending
+    /// clips.
+    fn keep(&mut self, packet: &Packet, t: f64) {
         self.ring.push_back((share(packet), t));
         self.ring_bytes += packet.size();
         let mut i = 0;
@@ -470,11 +495,8 @@ impl ClipRecorder {
     /// the stream's parameters; `None` before a keyframe of this session.
     pub fn latest_gop(&self) -> Option<(&codec::Parameters, Vec<Packet>)> {
         let (params, _) = self.session.as_ref()?;
-        let key = self.ring.iter().rposition(|(p, _)| p.is_key())?;
-        Some((
-            params,
-            self.ring.iter().skip(key).map(|(p, _)| share(p)).collect(),
-        ))
+        let gop = gop_of(&self.ring);
+        (!gop.is_empty()).then_some((params, gop))
     }
 
     /// Whether this session's ring holds a keyframe (a clip or snapshot can start).
@@ -507,6 +529,14 @@ impl ClipRecorder {
                 tracing::warn!(path = %p.path.display(), error = %e, "event clip failed");
             }
         }
+    }
+}
+
+/// The ring's packets from its latest keyframe on (none without one).
+fn gop_of(ring: &VecDeque<(Packet, f64)>) -> Vec<Packet> {
+    match ring.iter().rposition(|(p, _)| p.is_key()) {
+        Some(key) => ring.iter().skip(key).map(|(p, _)| share(p)).collect(),
+        None => Vec::new(),
     }
 }
 

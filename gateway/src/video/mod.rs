@@ -24,6 +24,7 @@ pub mod capture;
 pub mod detect;
 pub mod detect_cli;
 pub mod evidence;
+pub mod live;
 pub mod main_stream;
 pub mod motion;
 pub mod track;
@@ -124,6 +125,23 @@ pub struct CameraStats {
     pub clip_ring_bytes: AtomicU64,
     /// Gauge: bytes of packets in the main stream's clip ring (cameras with a `sub_url`).
     pub main_ring_bytes: AtomicU64,
+    /// The live view of the camera's streams, fed by its capture threads and watched through
+    /// the console; here because these counters are what the console already holds of each
+    /// camera, and they outlive a camera's restarts, so a viewer stays connected across one.
+    pub live: CameraLive,
+}
+
+/// A camera's live feeds: the analysed stream's and, with a `sub_url`, the main stream's.
+#[derive(Debug, Default)]
+pub struct CameraLive {
+    pub analysed: Arc<live::LiveFeed>,
+    pub main: Arc<live::LiveFeed>,
+}
+
+impl CameraLive {
+    fn feeds(&self) -> [&live::LiveFeed; 2] {
+        [&self.analysed, &self.main]
+    }
 }
 
 /// Each analysed camera's id and counters.
@@ -150,6 +168,12 @@ pub struct StatsSnapshot {
     pub main_packets: u64,
     pub clip_ring_bytes: u64,
     pub main_ring_bytes: u64,
+    /// Live view: viewers now, fragments remuxed, viewers that fell behind and skipped ahead,
+    /// viewers dropped for not reading.
+    pub live_viewers: u64,
+    pub live_fragments: u64,
+    pub live_skips: u64,
+    pub live_dropped: u64,
 }
 
 impl CameraStats {
@@ -168,6 +192,10 @@ impl CameraStats {
             main_packets: g(&self.main_packets),
             clip_ring_bytes: g(&self.clip_ring_bytes),
             main_ring_bytes: g(&self.main_ring_bytes),
+            live_viewers: self.live.feeds().iter().map(|f| f.viewers() as u64).sum(),
+            live_fragments: self.live.feeds().iter().map(|f| g(&f.fragments)).sum(),
+            live_skips: self.live.feeds().iter().map(|f| g(&f.skips)).sum(),
+            live_dropped: self.live.feeds().iter().map(|f| g(&f.dropped)).sum(),
         }
     }
 }
@@ -411,7 +439,8 @@ impl CameraJobs {
         let health = Arc::new(HealthReporter::new(camera, config, outputs.alerts.clone()));
         let (main, main_link) =
             MainStream::for_camera(camera, &options, &capture_options, &health, &stats);
-        let recorder = ClipRecorder::for_clips(options.clip_pre_s, options.clip_post_s);
+        let recorder = ClipRecorder::for_clips(options.clip_pre_s, options.clip_post_s)
+            .with_live(stats.live.analysed.clone());
         let clip_mp4 = recorder.mp4_hint();
         let capture = CaptureJob {
             source: camera.analysis_source(),
@@ -532,7 +561,8 @@ impl MainStream {
         };
         let (tx, rx) = crossbeam_channel::bounded::<Evidence>(8);
         let ready = Arc::new(AtomicBool::new(false));
-        let recorder = ClipRecorder::for_clips(options.clip_pre_s, options.clip_post_s);
+        let recorder = ClipRecorder::for_clips(options.clip_pre_s, options.clip_post_s)
+            .with_live(stats.live.main.clone());
         let mp4 = recorder.mp4_hint();
         let reader = MainStream {
             source,
