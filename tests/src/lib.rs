@@ -1,9 +1,11 @@
 //! Helpers shared by the end-to-end scenarios: locate the built binaries, start a gateway
 //! as a real child process, read its JSON log lines, signal it.
 
+pub mod browser;
 pub mod cluster;
 pub mod fleet;
 pub mod http;
+pub mod live;
 pub mod memory;
 pub mod mqtt;
 pub mod sim;

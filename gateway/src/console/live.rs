@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -66,7 +67,7 @@ pub(crate) async fn live_socket(
     Query(query): Query<LiveQuery>,
     Extension(token): Extension<SessionToken>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     // A page of another origin must not open a socket with the staff's cookie.
     if let Some(why) = super::origin::cross_origin(&Method::POST, &headers) {
@@ -82,6 +83,11 @@ pub(crate) async fn live_socket(
             true => refused(StatusCode::SERVICE_UNAVAILABLE, "camera not running"),
             false => refused(StatusCode::NOT_FOUND, "no such camera"),
         };
+    };
+    // Refusals above come first: a request that is not a WebSocket upgrade learns only then.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
     };
     let viewer = (total_viewers(&state) < MAX_VIEWERS_TOTAL)
         .then(|| feed.watch(MAX_VIEWERS_PER_STREAM))

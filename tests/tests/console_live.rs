@@ -1,0 +1,427 @@
+//! The live view of the station console: the real gateway reading real RTSP cameras
+//! (`sim camera`, GStreamer's RTSP server), headless Chromium over WebDriver playing the
+//! camera's own H.264 packets as fragmented MP4 (Media Source Extensions), and WebSocket
+//! viewers from Rust.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::browser::{Browser, WAIT};
+use e2e::live::{self, Received};
+use e2e::sim::{start_camera, start_dual_camera};
+use e2e::{http, write_config, Gateway};
+use serde_json::{json, Value};
+use simulators::process::{self, ChildGuard};
+
+/// The console login of these scenarios: the demo's duty officer.
+const STAFF: &str = r#"
+[[console.staff]]
+username = "duty"
+display_name = "Duty officer"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZaTelU1nfxz3/8UfuGG6UrIxQfDFnKLoYXNk"
+role = "admin"
+
+[[locations.areas]]
+id = "square"
+name = "广场"
+kind = "other"
+"#;
+const PASSWORD: &str = "shouwang-demo";
+/// The dual camera's RTSP login (handed to `sim camera` in its environment).
+const CAMERA_USER: &str = "admin";
+const CAMERA_PASSWORD: &str = "live-view-1";
+
+fn free_port() -> u16 {
+    process::free_port().expect("a free loopback port")
+}
+
+/// A camera analysed at 1 frame/s (the live view shows every frame regardless).
+fn camera_toml(id: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[cameras]]\nid = \"{id}\"\nurl = \"{url}\"\n{extra}location = {{ area = \"square\" }}\nanalyse_fps = 1\n\n"
+    )
+}
+
+/// A running gateway with cameras, and its console.
+struct Site {
+    gw: Gateway,
+    console: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn start(cameras: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &format!("{STAFF}\n{cameras}"));
+        let mut gw = Gateway::start(&config, &dir.path().join("data"));
+        let ready = gw.wait_for_message("gateway ready", Duration::from_secs(30));
+        let console = ready["console"].as_str().unwrap().to_owned();
+        Site {
+            gw,
+            console,
+            _dir: dir,
+        }
+    }
+
+    fn cookie(&self) -> String {
+        live::login(&self.console, "duty", PASSWORD)
+    }
+
+    /// Waits until every camera of `ids` has decoded frames.
+    fn wait_decoding(&self, cookie: &str, ids: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let decoding = ids.iter().all(|id| {
+                live::camera_stats(&self.console, cookie, id)["decoded"]
+                    .as_u64()
+                    .is_some_and(|n| n > 0)
+            });
+            if decoding {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cameras {ids:?} not decoding: {}\n{}",
+                live::cameras(&self.console, cookie),
+                self.gw.seen.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Logs the browser in as the duty officer.
+fn browser_login(b: &Browser, base: &str) {
+    b.goto(&format!("{base}/login"));
+    b.type_into("#username", "duty");
+    b.type_into("#password", PASSWORD);
+    b.click("#login", "login form");
+    b.wait_for("#live.ok", "the console after login");
+}
+
+/// Polls the page until `script` returns something other than null (up to `wait`).
+fn wait_script(b: &Browser, script: &str, wait: Duration, what: &str) -> Value {
+    let deadline = Instant::now() + wait;
+    loop {
+        let v = b.script(script);
+        if !v.is_null() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            let html = b.script("return document.body.outerHTML");
+            panic!("{what}: nothing within {wait:?}; page:\n{html}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The page's view of one camera tile.
+fn tile_js(id: &str) -> String {
+    format!(
+        "const s = window.__live && window.__live['{id}'];
+         const f = document.querySelector(\"figure.tile[data-camera='{id}']\");
+         if (!f) return null;
+         const v = f.querySelector('video');
+         return {{ state: f.dataset.state, first: s ? s.firstFrameMs : null, mime: s ? s.mime : null,
+                  t: v.currentTime, ready: v.readyState, msg: f.querySelector('.msg').textContent,
+                  note: f.querySelector('.note').textContent,
+                  playable: s && s.mime ? MediaSource.isTypeSupported(s.mime) : null }};"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_live_view_of_a_camera_plays_in_the_browser_within_two_seconds() {
+    let browser = tokio::task::spawn_blocking(Browser::start).await.unwrap();
+    let port = free_port();
+    let _camera = start_camera(port);
+    let site = Site::start(&camera_toml(
+        "cam-square",
+        &format!("rtsp://127.0.0.1:{port}/cam0"),
+        "",
+    ));
+    let base = format!("http://{}", site.console);
+    tokio::task::spawn_blocking(move || {
+        site.wait_decoding(&site.cookie(), &["cam-square"]);
+        browser_login(&browser, &base);
+        browser.goto(&format!("{base}/live?camera=cam-square"));
+        let js = format!(
+            "const r = (function(){{ {} }})(); return r && r.first !== null ? r : null;",
+            tile_js("cam-square")
+        );
+        let first = wait_script(&browser, &js, WAIT, "the first live frame");
+        let first_ms = first["first"].as_f64().unwrap();
+        eprintln!("first live frame {first_ms:.0} ms after navigation: {first}");
+        assert!(
+            first_ms <= 2000.0,
+            "the first frame showed {first_ms:.0} ms after the page was opened (more than 2 s)"
+        );
+        assert!(first["ready"].as_u64().unwrap() >= 2, "{first}");
+        assert!(
+            first["mime"].as_str().unwrap().contains("avc1."),
+            "the camera's own H.264: {first}"
+        );
+        // It goes on playing: currentTime advances by a second or more.
+        let t0 = first["t"].as_f64().unwrap();
+        let js = format!(
+            "const r = (function(){{ {} }})(); return r && r.t > {t0} + 1.0 ? r : null;",
+            tile_js("cam-square")
+        );
+        let later = wait_script(&browser, &js, Duration::from_secs(10), "playback");
+        assert_eq!(later["state"], "playing", "{later}");
+        // Chinese first, English by the console's language switch.
+        assert_eq!(
+            browser.script("return document.documentElement.lang;"),
+            json!("zh-CN")
+        );
+        assert_eq!(
+            browser.script("return document.querySelector('[data-t=back]').textContent;"),
+            json!("返回值班台")
+        );
+        browser.click("#lang", "the language switch");
+        assert_eq!(
+            browser.script("return document.querySelector('[data-t=back]').textContent;"),
+            json!("Back to the console")
+        );
+        drop(site);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grid_shows_every_camera_and_h265_gets_a_message_where_the_browser_cannot_play_it() {
+    let browser = tokio::task::spawn_blocking(Browser::start).await.unwrap();
+    let (single, dual) = (free_port(), free_port());
+    let _cameras: [ChildGuard; 2] = [
+        start_camera(single),
+        start_dual_camera(dual, CAMERA_USER, CAMERA_PASSWORD),
+    ];
+    let login = format!("username = \"{CAMERA_USER}\"\npassword = \"{CAMERA_PASSWORD}\"\n");
+    let channel = |n: u32| format!("rtsp://127.0.0.1:{dual}/Streaming/Channels/{n}");
+    let cameras = [
+        camera_toml("cam-a", &format!("rtsp://127.0.0.1:{single}/cam0"), ""),
+        camera_toml(
+            "cam-dual",
+            &channel(101),
+            &format!("sub_url = \"{}\"\n{login}", channel(102)),
+        ),
+        camera_toml("cam-h265", &channel(101), &login),
+    ];
+    let site = Site::start(&cameras.concat());
+    let base = format!("http://{}", site.console);
+    tokio::task::spawn_blocking(move || {
+        site.wait_decoding(&site.cookie(), &["cam-a", "cam-dual", "cam-h265"]);
+        browser_login(&browser, &base);
+        browser.goto(&format!("{base}/live"));
+        let ids = browser.script(
+            "return [...document.querySelectorAll('figure.tile')].map(f => f.dataset.camera);",
+        );
+        assert_eq!(
+            ids,
+            json!(["cam-a", "cam-dual", "cam-h265"]),
+            "one tile per camera"
+        );
+        // H.264 (cam-a, and cam-dual's analysed sub-stream) plays in the grid.
+        for id in ["cam-a", "cam-dual"] {
+            let js = format!(
+                "const r = (function(){{ {} }})(); return r && r.state === 'playing' ? r : null;",
+                tile_js(id)
+            );
+            wait_script(&browser, &js, WAIT, &format!("{id} playing in the grid"));
+        }
+        // H.265 only: plays where the browser can, else a message (never a black box).
+        let js = format!(
+            "const r = (function(){{ {} }})(); return r && r.mime ? r : null;",
+            tile_js("cam-h265")
+        );
+        let h265 = wait_script(&browser, &js, WAIT, "cam-h265 started");
+        assert!(h265["mime"].as_str().unwrap().contains("hvc1."), "{h265}");
+        let expect = if h265["playable"] == true {
+            "playing"
+        } else {
+            "unsupported"
+        };
+        let js = format!(
+            "const r = (function(){{ {} }})(); return r && r.state === '{expect}' ? r : null;",
+            tile_js("cam-h265")
+        );
+        let shown = wait_script(&browser, &js, WAIT, "cam-h265's tile");
+        if expect == "unsupported" {
+            let msg = shown["msg"].as_str().unwrap();
+            assert!(msg.contains("H.265") && msg.contains("浏览器"), "{shown}");
+            browser.click("#lang", "the language switch");
+            let en = browser.script(&format!(
+                "return (function(){{ {} }})().msg;",
+                tile_js("cam-h265")
+            ));
+            assert!(
+                en.as_str()
+                    .unwrap()
+                    .contains("This browser cannot play H.265"),
+                "{en}"
+            );
+            browser.click("#lang", "the language switch");
+        }
+        // One camera large: the main stream (H.265 here), else the sub-stream with a note.
+        browser.goto(&format!("{base}/live?camera=cam-dual"));
+        let js = format!(
+            "const r = (function(){{ {} }})(); return r && r.state === 'playing' ? r : null;",
+            tile_js("cam-dual")
+        );
+        let one = wait_script(&browser, &js, WAIT, "cam-dual large");
+        let tiles = browser.script("return document.querySelectorAll('figure.tile').length;");
+        assert_eq!(tiles, json!(1));
+        if expect == "unsupported" {
+            assert!(one["note"].as_str().unwrap().contains("子码流"), "{one}");
+            assert!(one["mime"].as_str().unwrap().contains("avc1."), "{one}");
+        }
+        drop(site);
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn the_live_view_needs_a_session_and_its_own_origin() {
+    let site = Site::start("");
+    let c = site.console.as_str();
+    let upgrade = [
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    let path = "/api/cameras/cam-square/live";
+    let anonymous = http::request(c, "GET", path, &upgrade, "");
+    assert_eq!(anonymous.status, 401, "{}", anonymous.raw);
+    let forged = [&upgrade[..], &["Cookie: shouwang_session=forged"]].concat();
+    assert_eq!(http::request(c, "GET", path, &forged, "").status, 401);
+    let page = http::request(c, "GET", "/live", &[], "");
+    assert_eq!(page.status, 303, "{}", page.raw);
+    assert_eq!(page.header("location"), Some("/login"));
+    let cookie = format!("Cookie: {}", site.cookie());
+    let staff = [&upgrade[..], &[cookie.as_str()]].concat();
+    let other_site = [&staff[..], &["Origin: http://evil.example"]].concat();
+    assert_eq!(http::request(c, "GET", path, &other_site, "").status, 403);
+    let unknown = http::request(c, "GET", "/api/cameras/nope/live", &staff, "");
+    assert_eq!(unknown.status, 404, "{}", unknown.raw);
+    let page = http::request(c, "GET", "/live", &[cookie.as_str()], "");
+    assert_eq!(page.status, 200);
+    assert!(page.body().contains("<video") || page.body().contains("\"video\""));
+}
+
+/// Receives on `viewer` until its first fragment after the init segment.
+async fn started(viewer: &mut live::Viewer) -> Value {
+    let mut start = Value::Null;
+    loop {
+        match viewer.next(Duration::from_secs(20)).await {
+            Some(Received::Control(v)) if v["type"] == "start" => start = v,
+            Some(Received::Control(v)) => panic!("unexpected {v}"),
+            Some(Received::Media(m)) if &m[4..8] == b"moof" && !start.is_null() => return start,
+            Some(Received::Media(_)) => {}
+            None => panic!("the live view closed before playing"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_viewers_share_one_demux_and_one_that_never_reads_stalls_nobody() {
+    let port = free_port();
+    let _camera = start_camera(port);
+    let site = Site::start(&camera_toml(
+        "cam-square",
+        &format!("rtsp://127.0.0.1:{port}/cam0"),
+        "",
+    ));
+    let cookie = site.cookie();
+    site.wait_decoding(&cookie, &["cam-square"]);
+    let console = site.console.clone();
+    let stats = move |cookie: String| {
+        let console = console.clone();
+        tokio::task::spawn_blocking(move || live::camera_stats(&console, &cookie, "cam-square"))
+    };
+    assert_eq!(
+        live::established_on(port),
+        1,
+        "the gateway's one RTSP session"
+    );
+    let before = stats(cookie.clone()).await.unwrap();
+
+    // Eight viewers, each playing; one more that never reads (a small receive buffer, so
+    // its socket fills at once).
+    let mut viewers = Vec::new();
+    for _ in 0..8 {
+        let mut v = live::connect(&site.console, Some(&cookie), "cam-square", None)
+            .await
+            .expect("a viewer connects");
+        let start = started(&mut v).await;
+        assert!(start["mime"].as_str().unwrap().contains("avc1."), "{start}");
+        viewers.push(v);
+    }
+    let stalled = live::connect(&site.console, Some(&cookie), "cam-square", Some(4096))
+        .await
+        .expect("the stalled viewer connects");
+    let counts: Vec<Arc<AtomicU64>> = (0..8).map(|_| Arc::default()).collect();
+    let readers: Vec<_> = viewers
+        .into_iter()
+        .zip(counts.iter().cloned())
+        .map(|(mut v, n)| {
+            tokio::spawn(async move {
+                while let Some(m) = v.next(Duration::from_secs(30)).await {
+                    if matches!(m, Received::Media(_)) {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // For the stall timeout and more: every reader keeps getting frames, the camera keeps
+    // being read once and analysed.
+    let snapshot = |c: &[Arc<AtomicU64>]| -> Vec<u64> {
+        c.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+    };
+    let mut last = snapshot(&counts);
+    let mut analysed = before["analysed"].as_u64().unwrap();
+    let started_at = Instant::now();
+    let mut dropped = false;
+    while started_at.elapsed() < Duration::from_secs(60)
+        && !(dropped && started_at.elapsed() > Duration::from_secs(15))
+    {
+        // The scenario's pace: five seconds of live video between looks.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = snapshot(&counts);
+        for (i, (a, b)) in last.iter().zip(&now).enumerate() {
+            assert!(
+                b - a >= 25,
+                "viewer {i} got {} fragments in 5 s (stalled by the one that never reads?)",
+                b - a
+            );
+        }
+        last = now;
+        let st = stats(cookie.clone()).await.unwrap();
+        let a = st["analysed"].as_u64().unwrap();
+        assert!(a > analysed, "frames analysed stopped at {a}: {st}");
+        analysed = a;
+        assert_eq!(st["reconnects"], before["reconnects"], "{st}");
+        assert_eq!(
+            live::established_on(port),
+            1,
+            "still one RTSP session with 9 viewers"
+        );
+        dropped = st["live_dropped"].as_u64().unwrap_or(0) >= 1;
+        let viewers_now = st["live_viewers"].as_u64().unwrap();
+        assert!(viewers_now == 9 || (dropped && viewers_now == 8), "{st}");
+        eprintln!("after {:?}: {st}", started_at.elapsed());
+    }
+    assert!(
+        dropped,
+        "the viewer that never reads was dropped within 60 s"
+    );
+    drop(stalled);
+    for r in readers {
+        r.abort();
+    }
+    drop(site);
+}
