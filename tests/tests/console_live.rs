@@ -144,6 +144,11 @@ async fn the_live_view_of_a_camera_plays_in_the_browser_within_two_seconds() {
     tokio::task::spawn_blocking(move || {
         site.wait_decoding(&site.cookie(), &["cam-square"]);
         browser_login(&browser, &base);
+        // The console links to the live view.
+        let link = browser.script(
+            "const a = document.querySelector('a[href=\"/live\"]'); return a ? a.textContent : null;",
+        );
+        assert_eq!(link, json!("实时画面"), "the console's link to /live");
         browser.goto(&format!("{base}/live?camera=cam-square"));
         let js = format!(
             "const r = (function(){{ {} }})(); return r && r.first !== null ? r : null;",

@@ -307,7 +307,11 @@ impl Viewer {
                 Err(RecvError::Lagged(_)) => {
                     self.feed.skips.fetch_add(1, Ordering::Relaxed);
                     self.need_key = true;
-                    self.resume_from_backlog();
+                    // A session start may be among what was lost.
+                    self.resync();
+                    if self.pending.is_empty() {
+                        self.resume_from_backlog();
+                    }
                 }
                 Err(RecvError::Closed) => return None,
             }
@@ -375,6 +379,8 @@ pub struct LiveTap {
     /// After a muxer error: start again only at a keyframe (not from the ring, which holds
     /// the packet that failed).
     wait_key: bool,
+    /// Viewers were told this session's codec cannot be played (told once per session).
+    told_unsupported: bool,
 }
 
 impl LiveTap {
@@ -384,6 +390,7 @@ impl LiveTap {
             stream: None,
             muxer: None,
             wait_key: false,
+            told_unsupported: false,
         }
     }
 
@@ -392,12 +399,14 @@ impl LiveTap {
         self.restart();
         self.stream = Some((params.clone(), time_base));
         self.wait_key = false;
+        self.told_unsupported = false;
     }
 
     /// The stream ended or its timestamps went back: the muxer (which refuses decreasing
     /// timestamps) starts again from the ring's next keyframe; viewers get a new session.
     pub fn restart(&mut self) {
         self.muxer = None;
+        self.told_unsupported = false;
         self.feed.idle();
     }
 
@@ -428,7 +437,10 @@ impl LiveTap {
             return;
         };
         if !mp4_capable(params.id()) {
-            self.feed.unsupported(codec_name(params.id()));
+            if !self.told_unsupported {
+                self.told_unsupported = true;
+                self.feed.unsupported(codec_name(params.id()));
+            }
             return;
         }
         if self.wait_key && !packet.is_key() {

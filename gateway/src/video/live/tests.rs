@@ -297,3 +297,23 @@ fn the_capture_side_muxes_only_while_someone_watches_and_a_late_viewer_starts_on
         "the ring's GOP, then live: {frames} frames, {live} live"
     );
 }
+
+#[tokio::test]
+async fn a_viewer_that_lost_the_start_of_a_session_in_a_lag_resyncs_to_it() {
+    let feed = Arc::new(LiveFeed::default());
+    let mut v = feed.watch(4).unwrap();
+    // The muxer starts and runs on while the viewer reads nothing: its `Start` is lost.
+    let session = feed.begin(init(), vec![(frag(0, true), true)]).unwrap();
+    let total = FEED_CAPACITY as u64 * 2;
+    for i in 1..=total {
+        let key = i % 25 == 0;
+        feed.publish(session, frag(i, key), key);
+    }
+    assert_eq!(next_data(&mut v).await, format!("init:{session}"));
+    assert_eq!(
+        next_data(&mut v).await,
+        "125:true",
+        "from the latest keyframe"
+    );
+    assert_eq!(next_data(&mut v).await, "126:false");
+}
