@@ -7,6 +7,7 @@
 //!           ├─ /, /api/* (session cookie) ─▶ read-only SQLite (alerts, outbox)
 //!           │                              ─▶ AlertBus::{acknowledge,resolve} ─▶ alert task
 //!           ├─ /api/events (SSE) ◀── broadcast of committed alert events (ends with the session)
+//!           ├─ /live, /api/cameras/{id}/live (WebSocket) ◀── the cameras' live feeds (see [`live`])
 //!           └─ /r/{token}… resident pages (see crate::residents), here or on a listener
 //!              of their own (`[residents] bind`)
 //! ```

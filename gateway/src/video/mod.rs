@@ -4,6 +4,7 @@
 //! capture thread (Inputs stage)                    analysis thread (Processing stage)
 //! capture → motion → letterbox ─(Frame, cap. 1)─▶ detect → track → zones → evidence ─(AlertInput)─▶ alerts
 //!    ▲  packet ring for clips    ◀─(ClipRequest)──────────────────────────┘
+//!    │   └─ live tap (fMP4, only while watched) ─▶ LiveFeed ─▶ console viewers
 //!    └─ watchdog: reconnect with backoff, camera_down / resolved ─(AlertInput)─▶ alerts
 //! ```
 //!
@@ -174,6 +175,8 @@ pub struct StatsSnapshot {
     pub live_fragments: u64,
     pub live_skips: u64,
     pub live_dropped: u64,
+    /// Live remux errors (each restarts the live view at the next keyframe).
+    pub live_errors: u64,
 }
 
 impl CameraStats {
@@ -196,6 +199,7 @@ impl CameraStats {
             live_fragments: self.live.feeds().iter().map(|f| g(&f.fragments)).sum(),
             live_skips: self.live.feeds().iter().map(|f| g(&f.skips)).sum(),
             live_dropped: self.live.feeds().iter().map(|f| g(&f.dropped)).sum(),
+            live_errors: self.live.feeds().iter().map(|f| g(&f.errors)).sum(),
         }
     }
 }
