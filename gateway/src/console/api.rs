@@ -96,7 +96,7 @@ async fn request_timeout(req: Request, next: Next) -> Response {
 }
 
 /// An API error: status and a JSON `{ "error": … }`.
-pub(crate) struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -129,7 +129,7 @@ impl From<LifecycleError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub(crate) fn session_of(state: &State, headers: &HeaderMap) -> Option<(String, Session)> {
+fn session_of(state: &State, headers: &HeaderMap) -> Option<(String, Session)> {
     let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
     let token = auth::token_from_cookies(cookies)?;
     let s = state.auth.session(token, Instant::now())?;
@@ -166,8 +166,13 @@ async fn with_db<T: Send + 'static>(
 }
 
 async fn console_page(AxState(state): AxState<St>, headers: HeaderMap) -> Response {
-    match session_of(&state, &headers) {
-        Some(_) => Html(pages::CONSOLE).into_response(),
+    staff_page(&state, &headers, pages::CONSOLE)
+}
+
+/// A staff page, or a redirect to the login page without a session.
+pub(crate) fn staff_page(state: &State, headers: &HeaderMap, page: &'static str) -> Response {
+    match session_of(state, headers) {
+        Some(_) => Html(page).into_response(),
         None => Redirect::to("/login").into_response(),
     }
 }

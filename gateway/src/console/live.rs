@@ -21,13 +21,13 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::{Extension, Json};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::api::{session_end, session_of, SessionToken};
+use super::api::{session_end, staff_page, ApiError, SessionToken};
 use super::{pages, State};
 use crate::video::live::{LiveFeed, LiveItem, Viewer};
 
@@ -43,10 +43,7 @@ type St = Arc<State>;
 
 /// `GET /live`: the page, or the login page without a session.
 pub(crate) async fn live_page(AxState(state): AxState<St>, headers: HeaderMap) -> Response {
-    match session_of(&state, &headers) {
-        Some(_) => Html(pages::LIVE).into_response(),
-        None => Redirect::to("/login").into_response(),
-    }
+    staff_page(&state, &headers, pages::LIVE)
 }
 
 #[derive(Deserialize)]
@@ -57,7 +54,7 @@ pub(crate) struct LiveQuery {
 }
 
 fn refused(status: StatusCode, why: &str) -> Response {
-    (status, Json(json!({ "error": why }))).into_response()
+    ApiError(status, why.to_owned()).into_response()
 }
 
 /// `GET /api/cameras/{id}/live`: the WebSocket of one camera stream.

@@ -562,22 +562,7 @@ pub fn write_clip(
     let tmp = partial(path);
     let mp4 = path.extension().is_some_and(|e| e == "mp4");
     let mut out = format::output(&tmp)?;
-    {
-        let mut stream = out.add_stream(encoder::find(codec::Id::None))?;
-        stream.set_parameters(params.clone());
-        // `hvc1` (parameter sets in the sample entry) is the HEVC tag Apple's players
-        // require in MP4; Chromium plays both. Any other: the muxer chooses.
-        let tag = match (mp4, params.id()) {
-            (true, codec::Id::HEVC) => u32::from_le_bytes(*b"hvc1"),
-            _ => 0,
-        };
-        // SAFETY: the stream's codecpar was just allocated by FFmpeg; clearing (or setting)
-        // the codec tag is the standard remux recipe.
-        unsafe {
-            (*stream.parameters().as_mut_ptr()).codec_tag = tag;
-        }
-        stream.set_time_base(tb);
-    }
+    add_remux_stream(&mut out, params, tb, mp4)?;
     if mp4 {
         let mut opts = ffmpeg::Dictionary::new();
         opts.set("movflags", "+frag_keyframe+empty_moov+default_base_moof");
@@ -587,19 +572,48 @@ pub fn write_clip(
     }
     let out_tb = out.stream(0).map(|s| s.time_base()).unwrap_or(tb);
     for p in packets {
-        let mut q = share(p);
-        let dts = p.dts().map(|v| v - first);
-        let pts = p.pts().map(|v| v - first).or(dts);
-        q.set_dts(dts);
-        q.set_pts(pts);
-        q.rescale_ts(tb, out_tb);
-        q.set_position(-1);
-        q.set_stream(0);
-        q.write_interleaved(&mut out)?;
+        rebased(p, first, tb, out_tb).write_interleaved(&mut out)?;
     }
     out.write_trailer()?;
     drop(out);
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Adds the one stream of a remux (no re-encoding) of `params` in time base `tb` to `out`;
+/// in MP4 (`mp4`), HEVC is tagged `hvc1` (parameter sets in the sample entry: the tag
+/// Apple's players require; Chromium plays both), any other codec as the muxer chooses.
+pub(super) fn add_remux_stream(
+    out: &mut format::context::Output,
+    params: &codec::Parameters,
+    tb: Rational,
+    mp4: bool,
+) -> Result<(), ffmpeg::Error> {
+    let mut stream = out.add_stream(encoder::find(codec::Id::None))?;
+    stream.set_parameters(params.clone());
+    let tag = match (mp4, params.id()) {
+        (true, codec::Id::HEVC) => u32::from_le_bytes(*b"hvc1"),
+        _ => 0,
+    };
+    // SAFETY: the stream's codecpar was just allocated by FFmpeg; clearing (or setting)
+    // the codec tag is the standard remux recipe.
+    unsafe {
+        (*stream.parameters().as_mut_ptr()).codec_tag = tag;
+    }
+    stream.set_time_base(tb);
+    Ok(())
+}
+
+/// A new reference to `p` for stream 0 of a remux: timestamps less `first` (the remux
+/// starts at zero), from `tb` to the output's `out_tb`.
+pub(super) fn rebased(p: &Packet, first: i64, tb: Rational, out_tb: Rational) -> Packet {
+    let mut q = share(p);
+    let dts = p.dts().map(|v| v - first);
+    q.set_dts(dts);
+    q.set_pts(p.pts().map(|v| v - first).or(dts));
+    q.rescale_ts(tb, out_tb);
+    q.set_position(-1);
+    q.set_stream(0);
+    q
 }
 
 /// What one retention pass removed.

@@ -23,11 +23,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use ffmpeg::{codec, encoder, format, Packet, Rational};
+use ffmpeg::{codec, format, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 use tokio::sync::broadcast;
 
-use super::evidence::{mp4_capable, share};
+use super::evidence::{add_remux_stream, mp4_capable, rebased};
 use super::worth_logging;
 
 /// Errors of the live remuxer (counted and logged; the muxer restarts at the next keyframe).
@@ -542,22 +542,7 @@ impl Muxer {
         let sink = Sink::default();
         let io = format::context::StreamIo::from_write(sink.clone())?;
         let mut out = format::output_to_stream(io, None, Some("mp4"))?;
-        {
-            let mut stream = out.add_stream(encoder::find(codec::Id::None))?;
-            stream.set_parameters(params.clone());
-            // `hvc1` (parameter sets in the sample entry), as the clips and Safari want;
-            // any other codec: the muxer chooses.
-            let tag = match params.id() {
-                codec::Id::HEVC => u32::from_le_bytes(*b"hvc1"),
-                _ => 0,
-            };
-            // SAFETY: the stream's codecpar was just allocated by FFmpeg; setting the codec
-            // tag is the standard remux recipe (as in evidence::write_clip).
-            unsafe {
-                (*stream.parameters().as_mut_ptr()).codec_tag = tag;
-            }
-            stream.set_time_base(tb);
-        }
+        add_remux_stream(&mut out, params, tb, true)?;
         let mut opts = ffmpeg::Dictionary::new();
         // Every frame its own fragment; moov first and empty (MSE init segment); offsets
         // relative to each moof, as MSE requires.
@@ -598,14 +583,7 @@ impl Muxer {
     pub fn write(&mut self, packet: &Packet) -> Result<Option<(Bytes, bool)>, LiveError> {
         let ts = packet.dts().or(packet.pts()).ok_or(LiveError::Untimed)?;
         let first = *self.first.get_or_insert(ts);
-        let mut q = share(packet);
-        let dts = packet.dts().map(|v| v - first);
-        q.set_dts(dts);
-        q.set_pts(packet.pts().map(|v| v - first).or(dts));
-        q.rescale_ts(self.tb_in, self.tb_out);
-        q.set_position(-1);
-        q.set_stream(0);
-        q.write(&mut self.out)?;
+        rebased(packet, first, self.tb_in, self.tb_out).write(&mut self.out)?;
         let data = self.sink.take();
         let key = std::mem::replace(&mut self.prev_key, packet.is_key());
         Ok((!data.is_empty()).then_some((data, key)))
