@@ -430,3 +430,48 @@ async fn eight_viewers_share_one_demux_and_one_that_never_reads_stalls_nobody() 
     }
     drop(site);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_stays_connected_across_a_camera_restart_and_plays_its_new_session() {
+    let port = free_port();
+    let camera = start_camera(port);
+    let site = Site::start(&camera_toml(
+        "cam-square",
+        &format!("rtsp://127.0.0.1:{port}/cam0"),
+        "",
+    ));
+    let cookie = site.cookie();
+    site.wait_decoding(&cookie, &["cam-square"]);
+    let mut viewer = live::connect(&site.console, Some(&cookie), "cam-square", None)
+        .await
+        .expect("a viewer connects");
+    let first = started(&mut viewer).await;
+
+    // The camera dies outright (SIGKILL) and comes back on the same port.
+    let mut killed = camera;
+    let _ = killed.0.kill();
+    drop(killed);
+    let _camera = start_camera(port);
+    // The same socket: the rest of the old session, then a new `start` and its frames.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let restarted = loop {
+        assert!(Instant::now() < deadline, "no new live session within 60 s");
+        match viewer.next(Duration::from_secs(60)).await {
+            Some(Received::Control(v)) if v["type"] == "start" => break v,
+            Some(_) => {}
+            None => panic!("the live view closed when the camera restarted"),
+        }
+    };
+    assert_eq!(restarted["mime"], first["mime"], "{restarted}");
+    let mut media = 0;
+    while media < 10 {
+        match viewer.next(Duration::from_secs(20)).await {
+            Some(Received::Media(_)) => media += 1,
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("the live view closed after the restart"),
+        }
+    }
+    let stats = live::camera_stats(&site.console, &cookie, "cam-square");
+    assert!(stats["reconnects"].as_u64().unwrap() >= 1, "{stats}");
+    drop(site);
+}
