@@ -130,6 +130,16 @@ fn tile_js(id: &str) -> String {
     )
 }
 
+/// Waits (up to `wait`) until camera `id`'s tile `r` makes the JS condition `until` true;
+/// returns the tile's view.
+fn wait_tile(b: &Browser, id: &str, until: &str, wait: Duration) -> Value {
+    let js = format!(
+        "const r = (function(){{ {} }})(); return r && ({until}) ? r : null;",
+        tile_js(id)
+    );
+    wait_script(b, &js, wait, &format!("{id}: {until}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_live_view_of_a_camera_plays_in_the_browser_within_two_seconds() {
     let browser = tokio::task::spawn_blocking(Browser::start).await.unwrap();
@@ -150,11 +160,7 @@ async fn the_live_view_of_a_camera_plays_in_the_browser_within_two_seconds() {
         );
         assert_eq!(link, json!("实时画面"), "the console's link to /live");
         browser.goto(&format!("{base}/live?camera=cam-square"));
-        let js = format!(
-            "const r = (function(){{ {} }})(); return r && r.first !== null ? r : null;",
-            tile_js("cam-square")
-        );
-        let first = wait_script(&browser, &js, WAIT, "the first live frame");
+        let first = wait_tile(&browser, "cam-square", "r.first !== null", WAIT);
         let first_ms = first["first"].as_f64().unwrap();
         eprintln!("first live frame {first_ms:.0} ms after navigation: {first}");
         assert!(
@@ -168,11 +174,8 @@ async fn the_live_view_of_a_camera_plays_in_the_browser_within_two_seconds() {
         );
         // It goes on playing: currentTime advances by a second or more.
         let t0 = first["t"].as_f64().unwrap();
-        let js = format!(
-            "const r = (function(){{ {} }})(); return r && r.t > {t0} + 1.0 ? r : null;",
-            tile_js("cam-square")
-        );
-        let later = wait_script(&browser, &js, Duration::from_secs(10), "playback");
+        let advanced = format!("r.t > {t0} + 1.0");
+        let later = wait_tile(&browser, "cam-square", &advanced, Duration::from_secs(10));
         assert_eq!(later["state"], "playing", "{later}");
         // Chinese first, English by the console's language switch.
         assert_eq!(
@@ -229,52 +232,36 @@ async fn the_grid_shows_every_camera_and_h265_gets_a_message_where_the_browser_c
         );
         // H.264 (cam-a, and cam-dual's analysed sub-stream) plays in the grid.
         for id in ["cam-a", "cam-dual"] {
-            let js = format!(
-                "const r = (function(){{ {} }})(); return r && r.state === 'playing' ? r : null;",
-                tile_js(id)
-            );
-            wait_script(&browser, &js, WAIT, &format!("{id} playing in the grid"));
+            wait_tile(&browser, id, "r.state === 'playing'", WAIT);
         }
         // H.265 only: plays where the browser can, else a message (never a black box).
-        let js = format!(
-            "const r = (function(){{ {} }})(); return r && r.mime ? r : null;",
-            tile_js("cam-h265")
-        );
-        let h265 = wait_script(&browser, &js, WAIT, "cam-h265 started");
+        let h265 = wait_tile(&browser, "cam-h265", "r.mime", WAIT);
         assert!(h265["mime"].as_str().unwrap().contains("hvc1."), "{h265}");
         let expect = if h265["playable"] == true {
             "playing"
         } else {
             "unsupported"
         };
-        let js = format!(
-            "const r = (function(){{ {} }})(); return r && r.state === '{expect}' ? r : null;",
-            tile_js("cam-h265")
+        let shown = wait_tile(
+            &browser,
+            "cam-h265",
+            &format!("r.state === '{expect}'"),
+            WAIT,
         );
-        let shown = wait_script(&browser, &js, WAIT, "cam-h265's tile");
         if expect == "unsupported" {
             let msg = shown["msg"].as_str().unwrap();
             assert!(msg.contains("H.265") && msg.contains("浏览器"), "{shown}");
             browser.click("#lang", "the language switch");
-            let en = browser.script(&format!(
-                "return (function(){{ {} }})().msg;",
-                tile_js("cam-h265")
-            ));
+            let en = wait_tile(&browser, "cam-h265", "r.msg.includes('This browser')", WAIT);
             assert!(
-                en.as_str()
-                    .unwrap()
-                    .contains("This browser cannot play H.265"),
+                en["msg"].as_str().unwrap().contains("cannot play H.265"),
                 "{en}"
             );
             browser.click("#lang", "the language switch");
         }
         // One camera large: the main stream (H.265 here), else the sub-stream with a note.
         browser.goto(&format!("{base}/live?camera=cam-dual"));
-        let js = format!(
-            "const r = (function(){{ {} }})(); return r && r.state === 'playing' ? r : null;",
-            tile_js("cam-dual")
-        );
-        let one = wait_script(&browser, &js, WAIT, "cam-dual large");
+        let one = wait_tile(&browser, "cam-dual", "r.state === 'playing'", WAIT);
         let tiles = browser.script("return document.querySelectorAll('figure.tile').length;");
         assert_eq!(tiles, json!(1));
         if expect == "unsupported" {
@@ -355,39 +342,14 @@ async fn eight_viewers_share_one_demux_and_one_that_never_reads_stalls_nobody() 
 
     // Eight viewers, each playing; one more that never reads (a small receive buffer, so
     // its socket fills at once).
-    let mut viewers = Vec::new();
-    for _ in 0..8 {
-        let mut v = live::connect(&site.console, Some(&cookie), "cam-square", None)
-            .await
-            .expect("a viewer connects");
-        let start = started(&mut v).await;
-        assert!(start["mime"].as_str().unwrap().contains("avc1."), "{start}");
-        viewers.push(v);
-    }
+    let readers = Readers::spawn(playing_viewers(&site.console, &cookie, 8).await);
     let stalled = live::connect(&site.console, Some(&cookie), "cam-square", Some(4096))
         .await
         .expect("the stalled viewer connects");
-    let counts: Vec<Arc<AtomicU64>> = (0..8).map(|_| Arc::default()).collect();
-    let readers: Vec<_> = viewers
-        .into_iter()
-        .zip(counts.iter().cloned())
-        .map(|(mut v, n)| {
-            tokio::spawn(async move {
-                while let Some(m) = v.next(Duration::from_secs(30)).await {
-                    if matches!(m, Received::Media(_)) {
-                        n.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
 
     // For the stall timeout and more: every reader keeps getting frames, the camera keeps
     // being read once and analysed.
-    let snapshot = |c: &[Arc<AtomicU64>]| -> Vec<u64> {
-        c.iter().map(|n| n.load(Ordering::Relaxed)).collect()
-    };
-    let mut last = snapshot(&counts);
+    let mut last = readers.counts();
     let mut analysed = before["analysed"].as_u64().unwrap();
     let started_at = Instant::now();
     let mut dropped = false;
@@ -396,12 +358,12 @@ async fn eight_viewers_share_one_demux_and_one_that_never_reads_stalls_nobody() 
     {
         // The scenario's pace: five seconds of live video between looks.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let now = snapshot(&counts);
+        let now = readers.counts();
         for (i, (a, b)) in last.iter().zip(&now).enumerate() {
+            let got = b - a;
             assert!(
-                b - a >= 25,
-                "viewer {i} got {} fragments in 5 s (stalled by the one that never reads?)",
-                b - a
+                got >= 25,
+                "viewer {i} got {got} fragments in 5 s (stalled by the one that never reads?)"
             );
         }
         last = now;
@@ -425,10 +387,64 @@ async fn eight_viewers_share_one_demux_and_one_that_never_reads_stalls_nobody() 
         "the viewer that never reads was dropped within 60 s"
     );
     drop(stalled);
-    for r in readers {
-        r.abort();
-    }
+    drop(readers);
     drop(site);
+}
+
+/// `n` viewers of cam-square, each past its init segment and first fragment.
+async fn playing_viewers(console: &str, cookie: &str, n: usize) -> Vec<live::Viewer> {
+    let mut viewers = Vec::new();
+    for _ in 0..n {
+        let mut v = live::connect(console, Some(cookie), "cam-square", None)
+            .await
+            .expect("a viewer connects");
+        let start = started(&mut v).await;
+        assert!(start["mime"].as_str().unwrap().contains("avc1."), "{start}");
+        viewers.push(v);
+    }
+    viewers
+}
+
+/// Viewers read on their own tasks, counting what they receive; stopped on drop.
+struct Readers {
+    counts: Vec<Arc<AtomicU64>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Readers {
+    fn spawn(viewers: Vec<live::Viewer>) -> Readers {
+        let counts: Vec<Arc<AtomicU64>> = viewers.iter().map(|_| Arc::default()).collect();
+        let tasks = viewers
+            .into_iter()
+            .zip(counts.iter().cloned())
+            .map(|(mut v, n)| {
+                tokio::spawn(async move {
+                    while let Some(m) = v.next(Duration::from_secs(30)).await {
+                        if matches!(m, Received::Media(_)) {
+                            n.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Readers { counts, tasks }
+    }
+
+    /// Media messages each viewer has received so far.
+    fn counts(&self) -> Vec<u64> {
+        self.counts
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
