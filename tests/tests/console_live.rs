@@ -448,7 +448,7 @@ impl Drop for Readers {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_viewer_stays_connected_across_a_camera_restart_and_plays_its_new_session() {
+async fn a_viewer_stays_connected_across_a_camera_restart_and_is_closed_at_logout() {
     let port = free_port();
     let camera = start_camera(port);
     let site = Site::start(&camera_toml(
@@ -489,5 +489,17 @@ async fn a_viewer_stays_connected_across_a_camera_restart_and_plays_its_new_sess
     }
     let stats = live::camera_stats(&site.console, &cookie, "cam-square");
     assert!(stats["reconnects"].as_u64().unwrap() >= 1, "{stats}");
+
+    // Logging out ends the live view, as it ends the alert event stream.
+    let header = format!("Cookie: {cookie}");
+    let out = http::request(&site.console, "POST", "/logout", &[&header], "");
+    assert_eq!(out.status, 204, "{}", out.raw);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while viewer.next(Duration::from_secs(10)).await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the live view outlived the session"
+        );
+    }
     drop(site);
 }
