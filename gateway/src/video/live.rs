@@ -13,7 +13,9 @@
 //! someone watches; a first viewer gets the clip ring's latest GOP at once (the picture
 //! starts on a keyframe without waiting for the next one), then every frame as its own
 //! fragment (`frag_every_frame`: a fragment leaves when the next frame arrives, one frame
-//! interval of latency). The camera thread never waits for a viewer: the broadcast drops
+//! interval of latency — the muxer takes a frame's duration from the next timestamp; a
+//! guessed duration that came out long would make it rewrite that next timestamp). The
+//! camera thread never waits for a viewer: the broadcast drops
 //! what a slow viewer has not taken ([`FEED_CAPACITY`]); that viewer then skips to the next
 //! keyframe ([`Viewer::next`]). The console drops a viewer whose socket does not drain.
 
