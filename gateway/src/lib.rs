@@ -109,6 +109,7 @@ pub mod os;
 pub mod outbox;
 pub mod publish;
 pub mod reading;
+pub mod reload;
 pub mod reserve;
 pub mod residents;
 pub mod rules;

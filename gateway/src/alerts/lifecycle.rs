@@ -108,6 +108,39 @@ impl Lifecycle {
         Ok(me)
     }
 
+    /// Switches to a reloaded `config` (linkage, escalation and confirmation times, device
+    /// and camera details of new alerts). Returns the active alerts whose device or camera is
+    /// no longer configured (or a device whose kind changed): the caller resolves them, with
+    /// the reason, through the ordinary path.
+    pub fn reconfigure(&mut self, config: Arc<Config>) -> Vec<(Source, AlertKind)> {
+        let escalate = Duration::from_secs(config.rules.timing.escalate_after_s.into());
+        self.escalate_after = chrono::Duration::from_std(escalate).unwrap_or(chrono::Duration::MAX);
+        self.actuator_timeout =
+            chrono::Duration::seconds(config.rules.timing.actuator_confirm_s.into());
+        let gone = |source: &Source| match source {
+            Source::Device(id) => {
+                let old = self.config.devices.iter().find(|d| &d.id == id);
+                let new = config.devices.iter().find(|d| &d.id == id);
+                match (old, new) {
+                    (_, None) => true,
+                    (Some(o), Some(n)) => o.kind != n.kind,
+                    (None, Some(_)) => false,
+                }
+            }
+            Source::Camera(id) => !config.cameras.iter().any(|c| &c.id == id && c.enabled),
+            Source::Gateway(_) => false,
+        };
+        let mut removed: Vec<(Source, AlertKind)> = self
+            .active
+            .values()
+            .filter(|a| gone(&a.source))
+            .map(|a| (a.source.clone(), a.kind))
+            .collect();
+        removed.sort_by_key(|(s, k)| (s.key(), k.as_str()));
+        self.config = config;
+        removed
+    }
+
     /// Sends actuator commands (linkage) to `sink` from now on.
     pub fn set_command_sink(&mut self, sink: tokio::sync::mpsc::Sender<Command>) {
         self.commands = Some(sink);
@@ -398,10 +431,10 @@ impl Lifecycle {
         let (key, alert) = self.active_by_id(id)?;
         let kind = key.1;
         let device = match &alert.source {
-            Source::Device(d) => self.config.devices.iter().position(|x| &x.id == d),
+            Source::Device(d) => Some(d.clone()),
             Source::Camera(_) | Source::Gateway(_) => None,
         };
-        let still_reported = match (device, &self.rules) {
+        let still_reported = match (&device, &self.rules) {
             (Some(d), Some(rules)) => rules.still_reported(d, kind),
             _ => false,
         };
@@ -663,13 +696,13 @@ escalate_after_s = 180
         let first = l.on_signal(&raise, t(0)).unwrap().unwrap();
 
         // The sensor still reports the gas: no all-clear, a reset that promises a new alert.
-        rx.set_reporting(0, AlertKind::Gas, true);
+        rx.set_reporting("b2-u3-gas", AlertKind::Gas, true);
         let resolved = l.resolve(&first.id, "duty", t(10)).unwrap();
         assert!(resolved.still_reported);
         let reset = rx.try_recv().expect("the rules are told");
         assert_eq!(
             (reset.device, reset.kind, reset.level, reset.still_reported),
-            (0, AlertKind::Gas, Level::Red, true)
+            ("b2-u3-gas".to_owned(), AlertKind::Gas, Level::Red, true)
         );
         let second = l.on_signal(&raise, t(11)).unwrap().unwrap();
         assert_eq!(second.continues.as_deref(), Some(first.id.as_str()));
@@ -680,7 +713,7 @@ escalate_after_s = 180
         assert_eq!(third.continues.as_deref(), Some(first.id.as_str()));
 
         // The sensor reads normal: an ordinary resolve, and the next alert is a new hazard.
-        rx.set_reporting(0, AlertKind::Gas, false);
+        rx.set_reporting("b2-u3-gas", AlertKind::Gas, false);
         let resolved = l.resolve(&third.id, "duty", t(30)).unwrap();
         assert!(!resolved.still_reported);
         assert!(!rx.try_recv().expect("the rules are told").still_reported);

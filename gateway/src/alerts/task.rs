@@ -70,6 +70,9 @@ pub enum AlertInput {
     Probe(Probe),
     /// Everything a device-log message caused is in (see "Commit marks" above).
     Handled(Mark),
+    /// The configuration was reloaded; signals after this carry its device indexes. The
+    /// alerts of devices and cameras it no longer has are resolved (see [`crate::reload`]).
+    Reload(Arc<edge_config::Config>),
 }
 
 /// An input that changes alerts without a person behind it, so it can wait and be retried.
@@ -170,7 +173,13 @@ pub struct AlertTask {
     /// Marks held back while events are deferred: the newest per log (so bounded by the
     /// number of devices however long the database refuses writes).
     waiting_marks: HashMap<usize, Mark>,
+    /// The configuration in force, shared with the supervisor: a task restarted after a
+    /// reload must start on the reloaded configuration, not the one of the process start.
+    config: Option<Arc<std::sync::Mutex<Arc<edge_config::Config>>>>,
 }
+
+/// Why an alert was resolved because a reload removed its source.
+pub const REMOVED_BY_RELOAD: &str = "config reload: no longer configured";
 
 /// Runs `task` until `stop` is cancelled, then handles what is already queued at that
 /// moment and returns, whether or not senders are still alive. Every committed alert event is
@@ -268,7 +277,17 @@ impl AlertTask {
             self_test: None,
             gate: None,
             waiting_marks: HashMap::new(),
+            config: None,
         }
+    }
+
+    /// Keeps `cell` up to date with the configuration in force (see [`AlertInput::Reload`]).
+    pub fn with_config_cell(
+        mut self,
+        cell: Arc<std::sync::Mutex<Arc<edge_config::Config>>>,
+    ) -> Self {
+        self.config = Some(cell);
+        self
     }
 
     /// Tells `gate` of every device-log message whose consequences are committed.
@@ -347,6 +366,7 @@ impl AlertTask {
             AlertInput::Tick => return self.tick(at),
             AlertInput::Probe(probe) => return self.probe(probe),
             AlertInput::Handled(mark) => return self.handled(mark),
+            AlertInput::Reload(config) => return self.reload(config, at),
             AlertInput::Acknowledge { id, by, reply } => {
                 let result = self.lifecycle.acknowledge(&id, &by, at);
                 return self.reply(result, reply);
@@ -357,6 +377,20 @@ impl AlertTask {
             }
         };
         self.defer(trigger, at);
+        self.retry_deferred();
+    }
+
+    /// Switches the lifecycle to a reloaded configuration and resolves the alerts of what it
+    /// removed, in order with every other event.
+    fn reload(&mut self, config: Arc<edge_config::Config>, at: DateTime<Utc>) {
+        if let Some(cell) = &self.config {
+            *cell.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        }
+        for (source, kind) in self.lifecycle.reconfigure(config) {
+            tracing::info!(source = %source.key(), kind = %kind, "alert resolved: its source left the configuration");
+            let by = REMOVED_BY_RELOAD.to_owned();
+            self.defer(Trigger::ResolveSource { source, kind, by }, at);
+        }
         self.retry_deferred();
     }
 

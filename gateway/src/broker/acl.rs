@@ -225,6 +225,39 @@ impl AccessRules {
     }
 }
 
+/// The logins and rules in force together: a reload replaces both at once.
+pub struct Access {
+    pub logins: Logins,
+    pub rules: AccessRules,
+}
+
+/// The access in force, replaced whole by a config reload. A connection takes its principal
+/// and grants once, at CONNECT: a reload changes what new connections may do, and leaves
+/// connections of unchanged devices as they are.
+pub struct AccessSwitch(std::sync::RwLock<std::sync::Arc<Access>>);
+
+impl AccessSwitch {
+    pub fn new(access: Access) -> Self {
+        AccessSwitch(std::sync::RwLock::new(std::sync::Arc::new(access)))
+    }
+
+    /// The access in force now.
+    pub fn current(&self) -> std::sync::Arc<Access> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `access` in force for every CONNECT from now on.
+    pub fn replace(&self, access: Access) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(access);
+    }
+}
+
+impl std::fmt::Debug for AccessSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessSwitch")
+    }
+}
+
 /// Why a CONNECT's login was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginRefusal {

@@ -543,7 +543,7 @@ pub(crate) fn alert_stream(
 async fn devices(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value>> {
     let active = with_db(&state, store::active_by_device).await?;
     let ingest = state.deps.ingest.snapshot();
-    let rows = super::devices::rows(&state.deps.board, &ingest, &state.deps.config, &active);
+    let rows = super::devices::rows(&state.deps.board, &ingest, &state.config(), &active);
     Ok(Json(json!({ "devices": rows })))
 }
 

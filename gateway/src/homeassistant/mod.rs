@@ -502,8 +502,8 @@ impl Publisher {
         let board = s.board.snapshot();
         state::announced_devices(&self.config)
             .into_iter()
-            .map(|(i, id, kind)| {
-                let seen = board.get(i).cloned().unwrap_or_default();
+            .map(|(_, id, kind)| {
+                let seen = board.get(&id).cloned().unwrap_or_default();
                 let owner = Owner::Device {
                     id: id.clone(),
                     kind,
@@ -522,6 +522,7 @@ impl Publisher {
             .filter(|c| c.enabled)
             .map(|c| {
                 let counts = running
+                    .as_ref()
                     .and_then(|cams| cams.iter().find(|(id, _)| id == &c.id))
                     .map(|(_, st)| {
                         (

@@ -95,7 +95,7 @@ impl Collector for MetricsSources {
         encode_database(&mut out, &self.db_path, link.quota_bytes)?;
         encode_uplink(&mut out, &link)?;
         if let Some(cameras) = s.cameras.get() {
-            encode_cameras(&mut out, cameras)?;
+            encode_cameras(&mut out, &cameras)?;
         }
         if let Some(h) = &s.health {
             encode_health(&mut out, &h.snapshot())?;

@@ -51,7 +51,7 @@ fn busy(dir: &Path) -> MetricsSources {
     camera.decoded.store(10, Ordering::Relaxed);
     camera.analysed.store(4, Ordering::Relaxed);
     let cameras: crate::video::CameraSlot = Arc::default();
-    cameras.set(vec![("gate-cam".to_owned(), camera)]).unwrap();
+    cameras.set(vec![("gate-cam".to_owned(), camera)]);
     let health = Arc::new(Health::default());
     health.set_self_test(
         SelfTestSnapshot {

@@ -39,7 +39,7 @@ use crate::supervise::{Health, Severity};
 use crate::uplink::{now_ms, UplinkStatus};
 
 pub use file::StatusFile;
-pub use report::{status_report, StatusReport};
+pub use report::{gateway_alive, status_report, StatusReport};
 
 /// File name of the status snapshot in the data directory.
 pub const STATUS_FILE: &str = "status.json";

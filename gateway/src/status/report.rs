@@ -94,7 +94,7 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, StatusError> {
 
 /// Whether process `pid` exists and is a gateway (its command name says so, so that a pid
 /// reused by another program after a reboot does not count). Linux only; elsewhere `false`.
-pub(super) fn gateway_alive(pid: u32) -> bool {
+pub fn gateway_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .is_ok_and(|comm| comm.trim_end() == env!("CARGO_PKG_NAME"))
 }

@@ -130,8 +130,24 @@ pub struct CameraStats {
 pub type Cameras = Vec<(String, Arc<CameraStats>)>;
 
 /// Where the cameras' counters are published once the cameras run (they start after the
-/// stages that report them).
-pub type CameraSlot = Arc<std::sync::OnceLock<Cameras>>;
+/// stages that report them), and again whenever a reload changes the cameras.
+pub type CameraSlot = Arc<CameraList>;
+
+/// The running cameras' ids and counters, replaced whole when the set changes.
+#[derive(Debug, Default)]
+pub struct CameraList(std::sync::RwLock<Option<Cameras>>);
+
+impl CameraList {
+    /// The cameras running now; `None` before any camera was started.
+    pub fn get(&self) -> Option<Cameras> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Publishes the cameras running now.
+    pub fn set(&self, cameras: Cameras) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(cameras);
+    }
+}
 
 /// A copy of [`CameraStats`] at one moment (readable back, e.g. from a status file; fields
 /// missing in older files read as 0).
@@ -1057,8 +1073,10 @@ fn sanitize(id: &str) -> String {
 
 /// The running cameras, for the daemon and console.
 pub struct VideoHandle {
-    /// `(camera id, counters)` of every running camera.
+    /// `(camera id, counters)` of every camera running at start.
     pub cameras: Vec<(String, Arc<CameraStats>)>,
+    /// Starts and stops cameras when a reload changes them (`None`: no camera runs).
+    pub control: Option<Arc<VideoControl>>,
 }
 
 /// Loads the detector once and starts every enabled camera: capture threads in the Inputs
@@ -1072,10 +1090,10 @@ pub fn spawn(
     alerts: AlertBus,
     data_dir: &Path,
 ) -> Result<VideoHandle, VideoError> {
-    let cameras: Vec<&Camera> = config.cameras.iter().filter(|c| c.enabled).collect();
-    if cameras.is_empty() {
+    if config.cameras.iter().all(|c| !c.enabled) {
         return Ok(VideoHandle {
             cameras: Vec::new(),
+            control: None,
         });
     }
     capture::init_ffmpeg()?;
@@ -1087,51 +1105,150 @@ pub fn spawn(
         retention_bytes: config.storage.quota_mb.saturating_mul(1 << 20) / 4,
         ..PipelineOptions::default()
     };
-    let mut handle = VideoHandle {
-        cameras: Vec::new(),
+    let control = VideoControl {
+        stages: stages.clone(),
+        detector,
+        options,
+        alerts,
+        running: Mutex::new(Vec::new()),
+        published: std::sync::OnceLock::new(),
     };
-    for camera in cameras {
+    for camera in config.cameras.iter().filter(|c| c.enabled) {
+        control.start(camera, &config)?;
+    }
+    Ok(VideoHandle {
+        cameras: control.cameras(),
+        control: Some(Arc::new(control)),
+    })
+}
+
+/// The camera pipelines of one gateway: what starts one, and the ones running.
+pub struct VideoControl {
+    stages: Stages,
+    /// One model for every camera (loaded once; inference is serialised by its lock).
+    detector: SharedDetector,
+    options: PipelineOptions,
+    alerts: AlertBus,
+    /// Running cameras with the token that retires each. A std mutex: held only to push,
+    /// remove or copy entries, by the reload task and start-up.
+    running: Mutex<Vec<RunningCamera>>,
+    /// Where the list is published for status, metrics and Home Assistant.
+    published: std::sync::OnceLock<CameraSlot>,
+}
+
+/// One running camera: its configuration (to tell a change), counters, and retirement.
+struct RunningCamera {
+    camera: Camera,
+    stats: Arc<CameraStats>,
+    retire: tokio_util::sync::CancellationToken,
+}
+
+impl VideoControl {
+    /// The running cameras' ids and counters.
+    pub fn cameras(&self) -> Cameras {
+        self.lock()
+            .iter()
+            .map(|r| (r.camera.id.clone(), r.stats.clone()))
+            .collect()
+    }
+
+    /// Publishes the running cameras to `slot` now and after every reload.
+    pub fn publish_to(&self, slot: CameraSlot) {
+        slot.set(self.cameras());
+        let _ = self.published.set(slot);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<RunningCamera>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the enabled cameras of a reloaded `config`: a running camera that is gone,
+    /// disabled or configured differently stops; one not running starts; every other camera
+    /// runs on untouched (same pipeline, same counters). Returns notes for the reload's
+    /// outcome (a camera that failed to start).
+    pub fn reconfigure(&self, config: &Arc<Config>) -> Vec<String> {
+        let wanted: Vec<&Camera> = config.cameras.iter().filter(|c| c.enabled).collect();
+        let same = |a: &Camera, b: &Camera| {
+            serde_json::to_value(a)
+                .ok()
+                .zip(serde_json::to_value(b).ok())
+                .is_some_and(|(a, b)| a == b)
+        };
+        let mut running = self.lock();
+        running.retain(|r| {
+            let keep = wanted.iter().any(|c| same(c, &r.camera));
+            if !keep {
+                tracing::info!(camera = %r.camera.id, "camera stopped by a reload");
+                r.retire.cancel();
+            }
+            keep
+        });
+        let start: Vec<&Camera> = wanted
+            .into_iter()
+            .filter(|c| !running.iter().any(|r| r.camera.id == c.id))
+            .collect();
+        drop(running);
+        let mut notes = Vec::new();
+        for camera in start {
+            if let Err(e) = self.start(camera, config) {
+                notes.push(format!("camera {} did not start: {e}", camera.id));
+            }
+        }
+        if let Some(slot) = self.published.get() {
+            slot.set(self.cameras());
+        }
+        notes
+    }
+
+    /// Starts `camera`, supervised: a camera whose capture or analysis ends or panics
+    /// outside shutdown is a fault, and starts again with its counters.
+    fn start(&self, camera: &Camera, config: &Arc<Config>) -> Result<(), VideoError> {
         let outputs = Outputs {
-            alerts: Some(alerts.clone()),
+            alerts: Some(self.alerts.clone()),
             reports: None,
         };
         let jobs = CameraJobs::new(
             camera,
-            &config,
-            detector.clone(),
+            config,
+            self.detector.clone(),
             outputs.clone(),
-            options.clone(),
+            self.options.clone(),
         )?;
         let stats = jobs.stats.clone();
-        handle.cameras.push((camera.id.clone(), stats.clone()));
         tracing::info!(camera = %camera.id, url = %camera.shown_url(), sub_url = camera.sub_url.as_deref().map(edge_config::redact_url), fps = camera.analyse_fps, "camera started");
-        // Supervised: a camera whose capture or analysis ends or panics outside shutdown is
-        // a fault, and starts again with its counters.
         let mut first = Some(jobs);
-        let (camera, config, detector, options) = (
+        let (cam, config, detector, options) = (
             camera.clone(),
             config.clone(),
-            detector.clone(),
-            options.clone(),
+            self.detector.clone(),
+            self.options.clone(),
         );
+        let run_stats = stats.clone();
         let name = format!("camera:{}", camera.id);
-        stages.supervise_blocking(Stage::Inputs, name, Severity::Degraded, move |token| {
-            let jobs = match first.take() {
-                Some(jobs) => jobs,
-                None => CameraJobs::with_stats(
-                    &camera,
-                    &config,
-                    detector.clone(),
-                    outputs.clone(),
-                    options.clone(),
-                    stats.clone(),
-                )
-                .map_err(|e| e.to_string())?,
-            };
-            jobs.run(token).map(drop).map_err(|e| e.to_string())
+        let retire =
+            self.stages
+                .supervise_blocking(Stage::Inputs, name, Severity::Degraded, move |token| {
+                    let jobs = match first.take() {
+                        Some(jobs) => jobs,
+                        None => CameraJobs::with_stats(
+                            &cam,
+                            &config,
+                            detector.clone(),
+                            outputs.clone(),
+                            options.clone(),
+                            run_stats.clone(),
+                        )
+                        .map_err(|e| e.to_string())?,
+                    };
+                    jobs.run(token).map(drop).map_err(|e| e.to_string())
+                });
+        self.lock().push(RunningCamera {
+            camera: camera.clone(),
+            stats,
+            retire,
         });
+        Ok(())
     }
-    Ok(handle)
 }
 
 #[cfg(test)]
