@@ -312,6 +312,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reload_that_removes_a_staff_member_ends_their_sessions_and_refuses_their_login() {
+        let auth = Auth::new(console(5));
+        let now = Instant::now();
+        let (token, _) = auth
+            .login("duty", "shouwang-demo", HERE, now)
+            .await
+            .unwrap();
+        let (_, ended) = auth.live(&token, now).unwrap();
+        // Unchanged staff keep their sessions.
+        auth.set_staff(console(5).staff);
+        assert!(auth.session(&token, now).is_some());
+        // Removed: the session and its streams end, and the login is refused.
+        auth.set_staff(Vec::new());
+        assert_eq!(auth.session(&token, now), None);
+        assert!(ended.is_cancelled());
+        assert_eq!(
+            auth.login("duty", "shouwang-demo", HERE, now)
+                .await
+                .unwrap_err(),
+            LoginRefused::BadCredentials
+        );
+        // Back with another role: a new login works; a changed role ends the old session.
+        auth.set_staff(console(5).staff);
+        let (token, _) = auth
+            .login("duty", "shouwang-demo", HERE, now)
+            .await
+            .unwrap();
+        let mut demoted = console(5).staff;
+        demoted[0].role = Role::Staff;
+        auth.set_staff(demoted);
+        assert_eq!(auth.session(&token, now), None);
+    }
+
+    #[tokio::test]
     async fn failures_throttle_the_address_that_made_them_not_the_account() {
         let auth = Auth::new(console(3));
         let now = Instant::now();

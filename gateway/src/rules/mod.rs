@@ -601,6 +601,43 @@ clear_hold_s = 30
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_reload_that_renumbers_devices_keeps_each_ones_state_by_id_and_applies_new_thresholds(
+    ) {
+        let t0 = Instant::now();
+        let (mut e, resets) = engine(t0);
+        let s = Duration::from_secs(1);
+        assert_eq!(
+            changes(&e.on_reading(&gas(t0, 45.0))),
+            [Change::Raise(Level::Red)]
+        );
+        // A smoke detector inserted before the gas detector (now index 1), and a lower
+        // low-alarm threshold.
+        let text = CONFIG.replace(
+            "[[devices]]\nid = \"gas-1\"",
+            "[[devices]]\nid = \"smoke-0\"\nkind = \"smoke\"\nlocation = { building = \"b2\", unit = \"u3\" }\n\n[[devices]]\nid = \"gas-1\"",
+        ) + "\n[rules.gas]\nlow_lel_pct = 5.0\nhigh_lel_pct = 25.0\n";
+        let reloaded = edge_config::parse(&text, "t.toml", Path::new(".")).expect("valid config");
+        e.reconfigure(Arc::new(reloaded), t0 + s);
+        let at_one = |at, lel| Reading {
+            device: 1,
+            ..gas(at, lel)
+        };
+        // Still the same hazard: no new raise for the gas detector at its new index …
+        assert!(e.on_reading(&at_one(t0 + 2 * s, 45.0)).is_empty());
+        assert!(resets.still_reported(GAS_ID, AlertKind::Gas));
+        // … which clears through the new threshold's band (7 %LEL is above the new 5).
+        assert_eq!(
+            changes(&e.on_reading(&at_one(t0 + 3 * s, 7.0))),
+            [Change::Update(Level::Orange)]
+        );
+        let cleared = e.on_reading(&at_one(t0 + 4 * s, 0.0));
+        assert!(cleared.is_empty());
+        let signals = e.on_tick(t0 + 40 * s);
+        assert_eq!(changes(&signals), [Change::Clear]);
+        assert_eq!(signals[0].device, 1, "signals carry the new numbering");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_staff_resolve_while_the_gas_persists_raises_a_new_alert_with_its_evidence() {
         let t0 = Instant::now();
         let (mut e, mut resets) = engine(t0);
