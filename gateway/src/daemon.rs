@@ -90,6 +90,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
             uplink: running.uplink.clone(),
             health: running.health.clone(),
             cameras: running.cameras.clone(),
+            live: live_config.clone(),
         },
         running.events.subscribe(),
         &life,
