@@ -17,6 +17,7 @@
 //! supervise (stage health) → faults ─(AlertBus)─▶ alerts
 //! every stage's snapshot ─▶ status ─▶ status.json ─▶ `gateway status`, console
 //! alerts ─(commit marks)─▶ broker::gate ─▶ the sensor's PUBACK
+//! reload ─(config, in band)─▶ ingest ─▶ rules ─▶ alerts;  reload ─▶ broker logins, cameras, console
 //! ```
 //!
 //! The daemon adds the cameras, the console and the resident notices to what the topology
@@ -48,6 +49,10 @@
 //! - [`doctor`] — `gateway doctor`: the installer's commissioning report (config, ports,
 //!   ONNX Runtime, cameras, devices heard, upstream), each problem with its fix.
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
+//! - [`reload`] — `SIGHUP` / `gateway reload`: the file re-read and validated, compared with
+//!   the running config, applied in band on the alarm path (ingest → rules → alert task) and
+//!   to the broker's logins, the cameras, console staff, resident notices and Home Assistant;
+//!   restart-only keys named; the outcome in `reload.json`.
 //! - [`service`] — the service manager's protocol (systemd `Type=notify`): `READY=1`, and
 //!   watchdog pings only while the self-test passes, so systemd restarts a wedged gateway.
 //! - [`os`] — process-wide start-up settings: a private umask, the open-file limit raised.
