@@ -430,3 +430,49 @@ async fn a_changed_camera_restarts_alone_and_a_removed_one_stops() {
         |c| !c.contains_key("cam-b") && c.get("cam-a").is_some_and(|a| a.0 > a_now),
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_building_a_display_login_and_a_detector_added_by_reload_get_resident_notices() {
+    let site = Site::start(SITE);
+    let b9 = r#"
+[[locations.buildings]]
+id = "b9"
+name = "9号楼"
+floors = 6
+[[locations.buildings.units]]
+id = "u1"
+name = "1单元"
+
+[[broker.readers]]
+username = "b9-display"
+password = "display-secret"
+topics = ["residents/b9/#"]
+
+[[devices]]
+id = "b9-gas"
+kind = "gas"
+location = { building = "b9", unit = "u1", floor = 2, room = "201" }
+"#;
+    site.rewrite(&format!("{SITE}\n{b9}"));
+    let (code, outcome) = site.reload();
+    assert_eq!(code, 0, "{outcome}");
+    assert_eq!(
+        strings(&outcome["applied"]),
+        [
+            "device b9-gas added",
+            "locations changed",
+            "broker readers changed"
+        ]
+    );
+    // The new login works at once, and its grant is the new building's notices.
+    let mut options = rumqttc::MqttOptions::new("b9-lobby", "127.0.0.1", site.broker.port());
+    options.set_credentials("b9-display", "display-secret");
+    let mut display = Mqtt::connect_with(options).await;
+    display.subscribe("residents/b9/u1/alerts").await;
+    let gas = Mqtt::connect(site.broker, "b9-gas").await;
+    gas.publish("sensors/b9-gas/state", r#"{"gas_lel_pct":30}"#)
+        .await;
+    let notice = display.collect(1, WAIT, |v| !v.is_null()).await;
+    assert_eq!(notice.len(), 1, "a notice for the new building's unit");
+    assert_eq!(notice[0]["kind"], "gas");
+}
