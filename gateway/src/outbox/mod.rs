@@ -209,10 +209,12 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-pub use drain::{pending_rows, Delivery, Outbox, OutboxRow};
+pub use drain::{pending_rows, pending_rows_of, Delivery, Outbox, OutboxRow};
 pub use quota::{enforce_quota, recount_bytes, stats, OutboxStats, QuotaReport};
 pub use schema::{configure_connection, migrate, BUSY_TIMEOUT, SCHEMA_VERSION};
-pub use write::{commit_with, enqueue, enqueue_batch, Durability};
+pub use write::{
+    commit_with, enqueue, enqueue_batch, register_destinations, Destination, Durability,
+};
 
 /// Bytes accounted per row on top of payload and key: rowid, integer
 /// columns, record header, cell pointer and the drain-index entry. An
@@ -603,6 +605,9 @@ pub enum OutboxError {
 
     #[error("unknown alert level {0:?} (expected red, orange, yellow or blue)")]
     UnknownLevel(String),
+
+    #[error("no outbox destination takes the {stream:?} stream")]
+    NoDestination { stream: Stream },
 }
 
 /// Saturating conversion for counters stored as SQLite integers.
