@@ -41,6 +41,13 @@ pub(crate) fn resolve(config: &mut Config) -> Vec<(KeyPath, String)> {
             &up.password_file,
         );
     }
+    if let Some(up) = &mut config.station_link {
+        fill(
+            KeyPath::of("station_link.password_file"),
+            &mut up.password,
+            &up.password_file,
+        );
+    }
     if let Some(ext) = &mut config.broker.external {
         let at = KeyPath::of("broker.external.password_file");
         fill(at, &mut ext.password, &ext.password_file);

@@ -104,6 +104,8 @@ pub struct Running {
     pub events: EventFeed,
     /// Live uplink state and counters (also written to `status.json` every second).
     pub uplink: Arc<crate::uplink::UplinkStatus>,
+    /// The street station link's, when `[station_link]` is configured.
+    pub station_link: Option<Arc<crate::uplink::UplinkStatus>>,
     /// Every supervised stage's state and the self-test.
     pub health: Arc<Health>,
     /// Set once the cameras run, so that `status.json` carries their counters.
@@ -138,6 +140,8 @@ pub fn start_with_reserve(
     let (mut broker, options) = connect(&config, &ingest)?;
     let broker_addr = broker.as_ref().map(EmbeddedBroker::local_addr);
     let restored = Restored::load(&config, db_path)?;
+    // Before the alert task can commit anything: every alert gets its station copy.
+    crate::uplink::register_destinations(&config, db_path)?;
 
     let (reading_tx, reading_rx) = mpsc::channel::<Ingested>(READINGS_CAPACITY);
     let (input_tx, input_rx) = mpsc::channel::<AlertInput>(ALERT_INPUT_CAPACITY);
@@ -161,9 +165,12 @@ pub fn start_with_reserve(
     // Outbox: housekeeping (quota, buffer_full), the uplink, and status.json.
     let events = events_tx.subscribe();
     let uplink = crate::uplink::start(&config, db_path, stages, &bus, events)?;
+    let station_link =
+        crate::uplink::start_station(&config, db_path, stages, &bus, events_tx.subscribe())?;
     let cameras: crate::video::CameraSlot = Arc::default();
     let sources = status::StatusSources {
         link: uplink.clone(),
+        station_link: station_link.clone(),
         ingest: Some(ingest.stats.clone()),
         alert_store: Some(alert_stats.clone()),
         reserve: reserve.clone(),
@@ -199,6 +206,7 @@ pub fn start_with_reserve(
         alert_inputs: bus,
         events: EventFeed::new(&events_tx),
         uplink,
+        station_link,
         health,
         cameras,
         reload,

@@ -62,6 +62,11 @@ pub struct Config {
     /// `[uplink]`: the upstream MQTT connection; absent = no upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<Uplink>,
+    /// `[station_link]`: a compound's second upstream, its street police station's gateway
+    /// (same keys as `[uplink]`; alerts only, from a durable outbox copy of their own, so
+    /// the station hears the compound while the platform is unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station_link: Option<Uplink>,
     /// `[console]`: the duty staff's web console.
     #[serde(default)]
     pub console: Console,

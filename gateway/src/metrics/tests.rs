@@ -17,6 +17,7 @@ fn bare(dir: &Path) -> MetricsSources {
     MetricsSources {
         status: StatusSources {
             link: Arc::new(UplinkStatus::new(None)),
+            station_link: None,
             ingest: None,
             alert_store: None,
             reserve: None,
