@@ -69,6 +69,7 @@ fn busy(dir: &Path) -> MetricsSources {
     MetricsSources {
         status: StatusSources {
             link,
+            station_link: None,
             ingest: Some(ingest),
             alert_store: Some(Arc::default()),
             reserve: Some(Arc::new(crate::reserve::Reserve::ensure(dir, 4096))),
