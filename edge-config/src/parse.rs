@@ -185,7 +185,7 @@ fn deserialize_all(
 }
 
 /// Top-level sections of the file.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "site",
     "locations",
     "broker",
@@ -195,6 +195,7 @@ const SECTIONS: [&str; 11] = [
     "detector",
     "uplink",
     "station_link",
+    "compounds",
     "console",
     "storage",
 ];

@@ -39,6 +39,9 @@ pub(crate) fn relative_paths(config: &mut Config, base: &Path, spans: &SpanTree)
             join(base, &mut tls.ca);
         }
     }
+    for c in &mut config.compounds {
+        join_opt(base, &mut c.password_file);
+    }
     for up in config
         .uplink
         .iter_mut()

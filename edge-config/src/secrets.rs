@@ -52,6 +52,10 @@ pub(crate) fn resolve(config: &mut Config) -> Vec<(KeyPath, String)> {
         let at = KeyPath::of("broker.external.password_file");
         fill(at, &mut ext.password, &ext.password_file);
     }
+    for (i, c) in config.compounds.iter_mut().enumerate() {
+        let at = KeyPath::of("compounds").index(i).key("password_file");
+        fill(at, &mut c.password, &c.password_file);
+    }
     for (i, r) in config.broker.readers.iter_mut().enumerate() {
         let at = KeyPath::of("broker.readers").index(i).key("password_file");
         fill(at, &mut r.password, &r.password_file);

@@ -86,14 +86,38 @@ pub struct Migration {
 }
 
 /// Every schema step, oldest first (see [Schema versions](self#schema-versions)).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    what: "alerts, alert_events, alerts_meta, resident_links (the schema before versioning)",
-    sql: SCHEMA_V1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        what: "alerts, alert_events, alerts_meta, resident_links (the schema before versioning)",
+        sql: SCHEMA_V1,
+    },
+    Migration {
+        version: 2,
+        what: "remote_alerts: a street station's copy of its compounds' alerts",
+        sql: SCHEMA_V2,
+    },
+];
 
 /// The schema version this gateway writes: the last of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Version 2: a street station's compounds' alert events (see `alerts::remote`).
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS remote_alerts (
+    id TEXT PRIMARY KEY,
+    compound TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    level TEXT NOT NULL,
+    state TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS remote_alerts_by_compound ON remote_alerts (compound, active, updated_at);
+";
 
 /// Version 1, exactly as the alert store and resident links created it before versioning.
 const SCHEMA_V1: &str = "

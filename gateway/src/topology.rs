@@ -685,6 +685,10 @@ async fn run_rules(
                     }
                     lock(engine).on_reading(&r)
                 }
+                Some(Ingested::Remote(r)) => {
+                    if out.send(AlertInput::Remote(r)).await.is_err() { return gone(); }
+                    Vec::new()
+                }
                 Some(Ingested::Reload(config)) => {
                     // Every signal of the old device numbering has been sent: the alert
                     // task switches when this reaches it, in order.

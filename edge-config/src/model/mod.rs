@@ -12,8 +12,8 @@ mod rules;
 mod uplink;
 
 pub use broker::{
-    Broker, BrokerMode, BrokerReader, CaTls, ExternalBroker, ServerTls, DEFAULT_BROKER_BIND,
-    DEFAULT_BROKER_TLS_PORT,
+    Broker, BrokerMode, BrokerReader, CaTls, Compound, ExternalBroker, ServerTls,
+    DEFAULT_BROKER_BIND, DEFAULT_BROKER_TLS_PORT,
 };
 pub(crate) use camera::{parsed_userinfo, userinfo};
 pub use camera::{
@@ -62,6 +62,10 @@ pub struct Config {
     /// `[uplink]`: the upstream MQTT connection; absent = no upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<Uplink>,
+    /// `[[compounds]]`: on a street station's gateway, the compound gateways that forward
+    /// their alerts to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compounds: Vec<Compound>,
     /// `[station_link]`: a compound's second upstream, its street police station's gateway
     /// (same keys as `[uplink]`; alerts only, from a durable outbox copy of their own, so
     /// the station hears the compound while the platform is unreachable).

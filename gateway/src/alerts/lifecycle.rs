@@ -167,6 +167,29 @@ impl Lifecycle {
         &self.store
     }
 
+    /// Stores a compound's alert event (street station; see [`super::remote`]).
+    pub fn record_remote(
+        &mut self,
+        compound: &str,
+        event: &super::remote::RemoteEvent,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.store.record_remote(compound, event, at)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Queues a command for the actuators' publisher (never waits); false when there is no
+    /// room or no publisher.
+    pub fn send_command(&self, command: Command) -> bool {
+        self.commands
+            .as_ref()
+            .is_some_and(|sink| sink.try_send(command).is_ok())
+    }
+
     /// Commits a self-test probe (see [`AlertStore::record_probe`]).
     pub fn record_probe(&mut self, nonce: u64) -> Result<(), StoreError> {
         self.store.record_probe(nonce)

@@ -104,6 +104,19 @@ impl AlertStore {
         Ok(seq)
     }
 
+    /// Commits a compound's alert event (street station) with `synchronous=FULL`; whether it
+    /// changed anything (see [`super::remote`]).
+    pub fn record_remote(
+        &mut self,
+        compound: &str,
+        event: &super::remote::RemoteEvent,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        outbox::commit_with(&mut self.conn, Durability::Full, |tx| {
+            super::remote::store(tx, compound, event, at).map_err(StoreError::from)
+        })
+    }
+
     /// Commits a self-test probe's nonce (`alerts_meta.self_test_nonce`) the way an alert
     /// event is committed (`synchronous=FULL`), so a completed round trip proves the writer
     /// can still record an alarm. No alert, event or outbox row is made.

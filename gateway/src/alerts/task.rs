@@ -73,6 +73,16 @@ pub enum AlertInput {
     /// The configuration was reloaded; signals after this carry its device indexes. The
     /// alerts of devices and cameras it no longer has are resolved (see [`crate::reload`]).
     Reload(Arc<edge_config::Config>),
+    /// A compound's alert event or heartbeat (street station; see [`super::remote`]).
+    Remote(crate::reading::Remote),
+    /// Staff at the station acknowledge a compound's alert: the acknowledgement goes back
+    /// to the compound (`shouwang/{compound}/commands/ack`), whose next event shows it.
+    /// Replies with the compound's id.
+    RemoteAck {
+        id: String,
+        by: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// An input that changes alerts without a person behind it, so it can wait and be retried.
@@ -97,6 +107,11 @@ pub enum Trigger {
     },
     /// An actuator reported its state (confirms linkage actions).
     ActuatorState { device: String, state: String },
+    /// A compound's alert event, checked, to store (street station).
+    RemoteAlert {
+        compound: String,
+        event: super::remote::RemoteEvent,
+    },
 }
 
 impl From<Trigger> for AlertInput {
@@ -118,6 +133,8 @@ pub struct AlertTaskStats {
     deferred: AtomicU64,
     failures_total: AtomicU64,
     dropped_total: AtomicU64,
+    /// Compound alert events refused as malformed (street station).
+    pub remote_rejected: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -176,6 +193,8 @@ pub struct AlertTask {
     /// The configuration in force, shared with the supervisor: a task restarted after a
     /// reload must start on the reloaded configuration, not the one of the process start.
     config: Option<Arc<std::sync::Mutex<Arc<edge_config::Config>>>>,
+    /// When each compound was last heard (street station).
+    liveness: super::remote::Liveness,
 }
 
 /// Why an alert was resolved because a reload removed its source.
@@ -267,6 +286,7 @@ impl AlertTask {
         published: broadcast::Sender<Alert>,
         stats: Arc<AlertTaskStats>,
     ) -> Self {
+        let lifecycle_config = &lifecycle.config().clone();
         AlertTask {
             lifecycle,
             published,
@@ -278,6 +298,7 @@ impl AlertTask {
             gate: None,
             waiting_marks: HashMap::new(),
             config: None,
+            liveness: super::remote::Liveness::new(lifecycle_config, Utc::now()),
         }
     }
 
@@ -367,6 +388,11 @@ impl AlertTask {
             AlertInput::Probe(probe) => return self.probe(probe),
             AlertInput::Handled(mark) => return self.handled(mark),
             AlertInput::Reload(config) => return self.reload(config, at),
+            AlertInput::Remote(remote) => return self.remote(remote, at),
+            AlertInput::RemoteAck { id, by, reply } => {
+                let _ = reply.send(self.remote_ack(&id, &by));
+                return;
+            }
             AlertInput::Acknowledge { id, by, reply } => {
                 let result = self.lifecycle.acknowledge(&id, &by, at);
                 return self.reply(result, reply);
@@ -394,7 +420,88 @@ impl AlertTask {
         self.retry_deferred();
     }
 
+    /// A compound's message: it is alive; an alert event is stored (in order with every
+    /// other event, retried like them while the database refuses writes).
+    fn remote(&mut self, r: crate::reading::Remote, at: DateTime<Utc>) {
+        use super::remote::{LivenessChange, RemoteEvent};
+        if let Some(LivenessChange::Heard { compound }) = self.liveness.heard(&r.compound, at) {
+            tracing::info!(compound = %compound, "compound heard again");
+            let by = "compound heard again".to_owned();
+            let source = super::remote::offline_source(&compound);
+            let kind = AlertKind::CompoundOffline;
+            self.defer(Trigger::ResolveSource { source, kind, by }, at);
+        }
+        if r.kind == crate::reading::RemoteKind::Alert {
+            match RemoteEvent::parse(&r.compound, &r.payload) {
+                Ok(event) => self.defer(
+                    Trigger::RemoteAlert {
+                        compound: r.compound,
+                        event,
+                    },
+                    at,
+                ),
+                Err(why) => {
+                    self.stats.remote_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(compound = %r.compound, reason = %why, "compound alert event refused");
+                }
+            }
+        }
+        self.retry_deferred();
+    }
+
+    /// Sends a station acknowledgement of compound alert `id` back to its compound.
+    fn remote_ack(&mut self, id: &str, by: &str) -> Result<String, String> {
+        let found = super::remote::compound_of(self.lifecycle.store().connection(), id)
+            .map_err(|e| format!("cannot read the compounds' alerts: {e}"))?;
+        let Some((compound, active)) = found else {
+            return Err(format!("no compound alert {id}"));
+        };
+        if !active {
+            return Err(format!("alert {id} of {compound} is resolved"));
+        }
+        let command = super::linkage::Command {
+            topic: format!("shouwang/{compound}/commands/ack"),
+            payload: serde_json::json!({ "id": id, "by": by })
+                .to_string()
+                .into_bytes(),
+        };
+        if !self.lifecycle.send_command(command) {
+            return Err("the command publisher is busy; try again".to_owned());
+        }
+        tracing::info!(compound = %compound, id, by, "station acknowledgement sent to the compound");
+        Ok(compound)
+    }
+
+    /// Compounds silent for too long get their `compound_offline` alert.
+    fn compounds_tick(&mut self, at: DateTime<Utc>) {
+        let config = self.lifecycle.config().clone();
+        for change in self.liveness.tick(&config, at) {
+            if let super::remote::LivenessChange::Silent {
+                compound,
+                name,
+                silent_s,
+            } = change
+            {
+                tracing::warn!(compound = %compound, silent_s, "compound silent: raising compound_offline");
+                self.defer(
+                    Trigger::Raise {
+                        source: super::remote::offline_source(&compound),
+                        location: Location {
+                            label: name,
+                            ..Location::default()
+                        },
+                        kind: AlertKind::CompoundOffline,
+                        level: Level::Orange,
+                        readings: serde_json::json!({ "compound": compound, "silent_s": silent_s }),
+                    },
+                    at,
+                );
+            }
+        }
+    }
+
     fn tick(&mut self, at: DateTime<Utc>) {
+        self.compounds_tick(at);
         self.lifecycle.flush_rule_resets();
         self.retry_deferred();
         match self.lifecycle.on_tick(at) {
@@ -546,6 +653,12 @@ fn attempt(
         ),
         Trigger::ResolveSource { source, kind, by } => {
             single(lifecycle.resolve_source(source, *kind, by, at))
+        }
+        Trigger::RemoteAlert { compound, event } => {
+            match lifecycle.record_remote(compound, event, at) {
+                Ok(_) => (Vec::new(), None),
+                Err(e) => (Vec::new(), Some(e)),
+            }
         }
         Trigger::ActuatorState { device, state } => {
             match lifecycle.on_actuator_state(device, state, at) {

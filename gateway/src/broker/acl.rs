@@ -198,6 +198,23 @@ impl AccessRules {
                 },
             );
         }
+        // A compound gateway (street station): its own alerts and heartbeat in, its own
+        // commands (staff acknowledgements) out; nothing of any other site's.
+        for c in &config.compounds {
+            users.insert(
+                c.username.clone(),
+                Grants {
+                    publish: vec![
+                        format!("shouwang/{}/alerts", c.id),
+                        format!("shouwang/{}/heartbeat", c.id),
+                    ],
+                    read: vec![format!("shouwang/{}/commands/#", c.id)],
+                    deny_read: vec![RESIDENT_TOPICS.to_owned()],
+                    max_connections: LOGIN_CONNECTION_HEADROOM,
+                    ..Grants::default()
+                },
+            );
+        }
         for g in users.values_mut() {
             g.publish.sort();
             g.publish.dedup();

@@ -49,6 +49,10 @@ pub const API_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/health"),
     ("GET", "/api/stats/response-times"),
     ("GET", "/api/residents/links"),
+    ("GET", "/compounds"),
+    ("GET", "/api/compounds"),
+    ("GET", "/api/compounds/alerts"),
+    ("POST", "/api/compounds/alerts/{id}/ack"),
 ];
 
 pub(crate) fn routes(state: St) -> Router {
@@ -68,6 +72,7 @@ pub(crate) fn routes(state: St) -> Router {
         .route("/api/health", get(health))
         .route("/api/stats/response-times", get(response_times))
         .route("/api/residents/links", get(resident_links))
+        .merge(super::compounds::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_session,

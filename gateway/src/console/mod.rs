@@ -20,6 +20,7 @@
 pub mod api;
 pub mod auth;
 pub mod checker;
+mod compounds;
 pub mod devices;
 pub mod origin;
 pub mod pages;

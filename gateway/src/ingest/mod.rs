@@ -73,6 +73,35 @@ pub struct Ingest {
     /// Devices are read through the embedded broker's in-process links (their filters are
     /// [`Router::device_filters`]), not through a client of an external broker.
     local: bool,
+    /// A street station's compounds: topic → (compound id, what it carries). Their topics
+    /// are on the device link like a device's (a log each, PUBACK after commit).
+    compounds: std::collections::HashMap<String, (String, crate::reading::RemoteKind)>,
+}
+
+/// Largest compound message accepted (an alert event with its readings and evidence).
+pub const MAX_REMOTE_BYTES: usize = 64 * 1024;
+
+/// The topics of `config`'s compounds.
+fn compound_topics(
+    config: &Config,
+) -> std::collections::HashMap<String, (String, crate::reading::RemoteKind)> {
+    use crate::reading::RemoteKind;
+    config
+        .compounds
+        .iter()
+        .flat_map(|c| {
+            [
+                (
+                    format!("shouwang/{}/alerts", c.id),
+                    (c.id.clone(), RemoteKind::Alert),
+                ),
+                (
+                    format!("shouwang/{}/heartbeat", c.id),
+                    (c.id.clone(), RemoteKind::Heartbeat),
+                ),
+            ]
+        })
+        .collect()
 }
 
 /// What ingest hands to the rules.
@@ -92,6 +121,8 @@ pub enum Ingested {
     /// The configuration was reloaded: readings after this carry its device indexes (see
     /// [`crate::reload`]). The rules switch on it and pass it on to the alert task.
     Reload(Arc<Config>),
+    /// A compound gateway's alert event or heartbeat (street station), for the alert task.
+    Remote(crate::reading::Remote),
 }
 
 /// The role of the embedded broker's in-process link that reads every device topic.
@@ -110,6 +141,7 @@ impl Ingest {
         Ingest {
             subscribed: subscribed.into_iter().collect(),
             local,
+            compounds: compound_topics(&config),
             router,
             specs: config.devices.iter().map(Spec::for_device).collect(),
             throttle: Throttle::new(config.devices.len()),
@@ -131,6 +163,7 @@ impl Ingest {
     /// Topic filters to subscribe to.
     pub fn subscriptions(&self) -> Vec<SubscribeFilter> {
         let mut topics = self.router.subscriptions();
+        topics.extend(self.compound_filters());
         topics.extend(self.self_test.as_ref().map(|s| s.topic().to_owned()));
         topics
             .into_iter()
@@ -144,6 +177,7 @@ impl Ingest {
     pub fn local_subscribers(&self) -> Vec<LocalSubscriber> {
         let mut device_filters = self.router.device_filters();
         device_filters.extend(self.self_test.as_ref().map(|s| s.topic().to_owned()));
+        device_filters.extend(self.compound_filters());
         vec![
             LocalSubscriber {
                 role: DEVICES_LINK.to_owned(),
@@ -163,6 +197,9 @@ impl Ingest {
     /// Handles one publish of any kind: a self-test probe, or a sensor message through
     /// [`Ingest::handle`] (rejections are counted there).
     pub fn ingest(&mut self, topic: &str, payload: &[u8], now: Instant) -> Option<Ingested> {
+        if let Some((compound, kind)) = self.compounds.get(topic) {
+            return self.remote(topic, compound.clone(), *kind, payload);
+        }
         if let Some(st) = self.self_test.as_ref().filter(|s| s.topic() == topic) {
             let probe = st.accept(payload);
             if probe.is_none() {
@@ -174,6 +211,42 @@ impl Ingest {
             .ok()
             .flatten()
             .map(Ingested::Reading)
+    }
+
+    /// The compounds' topics, sorted.
+    fn compound_filters(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.compounds.keys().cloned().collect();
+        t.sort();
+        t
+    }
+
+    /// A compound's message, if it is a JSON object of sane size (else counted under the
+    /// compound's id).
+    fn remote(
+        &self,
+        topic: &str,
+        compound: String,
+        kind: crate::reading::RemoteKind,
+        payload: &[u8],
+    ) -> Option<Ingested> {
+        let reject = |reason| {
+            self.stats.reject(Some(&compound), reason, topic);
+            None
+        };
+        if payload.len() > MAX_REMOTE_BYTES {
+            return reject(Reject::Oversized);
+        }
+        match serde_json::from_slice::<serde_json::Value>(payload) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(_) => return reject(Reject::NotAnObject),
+            Err(_) => return reject(Reject::InvalidJson),
+        }
+        self.stats.accept();
+        Some(Ingested::Remote(crate::reading::Remote {
+            compound,
+            kind,
+            payload: payload.to_vec(),
+        }))
     }
 
     /// The gate over this ingest's device logs, which holds sensors' PUBACKs until the
@@ -189,6 +262,7 @@ impl Ingest {
     /// probe's.
     fn on_device_link(&self, topic: &str) -> bool {
         self.router.route(topic).is_some()
+            || self.compounds.contains_key(topic)
             || self.self_test.as_ref().is_some_and(|s| s.topic() == topic)
     }
 

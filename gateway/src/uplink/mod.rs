@@ -200,6 +200,9 @@ pub struct LinkSettings {
     pub idle_poll: Duration,
     /// TCP + TLS + CONNACK must complete within this time.
     pub connect_timeout: Duration,
+    /// Publish `{prefix}/{site}/heartbeat` this often while connected (the station link:
+    /// the station tells a silent compound from a quiet one).
+    pub heartbeat: Option<Duration>,
 }
 
 impl std::fmt::Debug for LinkSettings {
@@ -274,6 +277,7 @@ impl LinkSettings {
             backoff_max: Duration::from_secs(u64::from(up.outbox.retry_backoff_max_s.max(1))),
             idle_poll: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(5),
+            heartbeat: None,
         })
     }
 
@@ -346,6 +350,10 @@ impl SharedOutbox {
 /// The outbox destination of the street station link.
 pub const STATION_DEST: u8 = 1;
 
+/// How often the station link says it is alive; a station raises `compound_offline` after
+/// `offline_after_s` (90 s by default: a fault shows within 100 s) without one.
+pub const STATION_HEARTBEAT: Duration = Duration::from_secs(20);
+
 /// Registers the outbox's destinations for `config` (the platform, and the street station
 /// when `[station_link]` is configured): call before any alert can be committed, so every
 /// alert gets its station copy.
@@ -376,9 +384,10 @@ pub fn start_station(
     alert_inputs: &AlertBus,
     events: broadcast::Receiver<Alert>,
 ) -> Result<Option<Arc<UplinkStatus>>, UplinkError> {
-    let Some(settings) = LinkSettings::station_from_config(config)? else {
+    let Some(mut settings) = LinkSettings::station_from_config(config)? else {
         return Ok(None);
     };
+    settings.heartbeat = Some(STATION_HEARTBEAT);
     let outbox = SharedOutbox::new(Outbox::open(db_path)?.for_destination(STATION_DEST));
     let status = Arc::new(UplinkStatus::new(Some(&settings)));
     tracing::info!(
