@@ -491,3 +491,13 @@ fn an_empty_or_misspelt_home_assistant_setting_is_refused_at_its_key() {
         ["11:1 homeassistant.discovery_prefix"]
     );
 }
+
+#[test]
+fn unknown_linked_cameras_are_each_reported_where_they_are_named() {
+    check("33-linked-camera-unknown.toml");
+}
+
+#[test]
+fn response_targets_are_in_range_and_keyed_by_alert_kinds() {
+    check("34-response-targets.toml");
+}
