@@ -65,6 +65,14 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     if let Some(v) = &video {
         let _ = running.cameras.set(v.cameras.clone());
     }
+    // Sensor alarm → camera evidence (issue 16): the cameras that see a device.
+    crate::video::linked::spawn(
+        config.clone(),
+        video.as_ref().map(|v| v.linked.clone()).unwrap_or_default(),
+        running.events.clone(),
+        running.alert_inputs.clone(),
+        &life,
+    );
     if running.broker_addr.is_some() {
         crate::residents::spawn_publisher(
             config.clone(),

@@ -94,6 +94,13 @@ pub enum Trigger {
     },
     /// An actuator reported its state (confirms linkage actions).
     ActuatorState { device: String, state: String },
+    /// Evidence gathered for an alert after its commit (the snapshot and clip of the cameras
+    /// that see a sensor, see `video::linked`): merged into its readings if it is still
+    /// active; nothing else about it changes.
+    AttachEvidence {
+        id: String,
+        evidence: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 impl From<Trigger> for AlertInput {
@@ -512,6 +519,9 @@ fn attempt(
         ),
         Trigger::ResolveSource { source, kind, by } => {
             single(lifecycle.resolve_source(source, *kind, by, at))
+        }
+        Trigger::AttachEvidence { id, evidence } => {
+            single(lifecycle.attach_evidence(id, evidence, at))
         }
         Trigger::ActuatorState { device, state } => {
             match lifecycle.on_actuator_state(device, state, at) {
