@@ -22,6 +22,7 @@ pub mod auth;
 pub mod checker;
 pub mod devices;
 pub mod origin;
+pub mod overview;
 pub mod pages;
 pub mod resident_pages;
 pub mod serve;
