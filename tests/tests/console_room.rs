@@ -627,6 +627,56 @@ async fn a_smoke_alarm_in_the_charging_shed_shows_the_shed_cameras_snapshot_and_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_smoke_alarm_whose_camera_is_down_shows_at_once_and_then_says_it_has_no_evidence() {
+    // Nothing listens on the camera's port: the camera is down from the start.
+    let port = free_port();
+    let body = format!(
+        "{}\n[[cameras]]\nid = \"shed-cam\"\nurl = \"rtsp://127.0.0.1:{port}/cam0\"\nlocation = {{ area = \"charging-shed\" }}\n",
+        site("[\"shed-cam\"]")
+    );
+    let room = Room::start(body, 1366, 768).await;
+    room.sensor("shed-smoke", r#"{"smoke":true}"#).await;
+    room.steps(|b| {
+        let id = alert_row(
+            b,
+            "tr.alert[data-kind='smoke']",
+            "the smoke alarm did not appear",
+        );
+        // The alarm came before the camera's time to answer was over: it did not wait.
+        let first = b.script(&format!(
+            "const a=alerts.get('{id}');return [a.event, a.readings.linked_cameras===undefined];"
+        ));
+        assert_eq!(
+            first,
+            json!(["raised", true]),
+            "the alarm waited for the camera"
+        );
+        b.click(&format!("tr.alert[data-id='{id}']"), "opening the alarm");
+        b.wait_for(
+            "#detail.open p.linked[data-camera='shed-cam'] span.no",
+            "the alarm does not say its camera gave no evidence",
+        );
+        assert_eq!(
+            b.script("return document.querySelector('#detail p.linked span.no').textContent;"),
+            json!("无联动证据：摄像头无响应（离线？）")
+        );
+        assert_eq!(
+            b.script(&format!(
+                "const a=alerts.get('{id}');return [a.state, a.level, !!a.readings.snapshot];"
+            )),
+            json!(["raised", "red", false]),
+            "the alarm is otherwise as it was"
+        );
+        b.wait_for(
+            "#detail a.live[href='/live?camera=shed-cam']",
+            "the live view link is there all the same",
+        );
+    })
+    .await;
+    drop(room);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_site_overview_colours_the_building_of_a_smoke_alarm_red_and_not_the_other() {
     let room = Room::start(site("[]"), 1366, 768).await;
     room.steps(|b| {
@@ -746,6 +796,21 @@ async fn a_new_red_alert_plays_the_alarm_sound_until_it_is_acknowledged_then_sto
             b.script(&format!("return document.querySelector(\"tr.alert[data-id='{id}']\").classList.contains('pinned');")),
             json!(false),
             "an acknowledged alert is no longer pinned"
+        );
+        // Acknowledged within the minute: the response figures count it as met.
+        let v = b.script(
+            "const x=new XMLHttpRequest();x.open('GET','/api/stats/response-times',false);x.send();return JSON.parse(x.responseText);",
+        );
+        assert_eq!(v["targets"]["ack_within_s"], 60);
+        assert_eq!(v["targets"]["resolve_within_min"]["smoke"], 10);
+        assert_eq!(v["targets"]["resolve_within_min"]["gas"], 15);
+        let smoke = &v["against_targets"]["last_24h"]["smoke"];
+        assert_eq!(smoke["acknowledge"]["met"], 1, "{v}");
+        assert_eq!(smoke["resolve"]["pending"], 1, "{v}");
+        b.click("nav button[data-page='stats']", "the response times page");
+        b.wait_true(
+            "const r=document.querySelector(\"#stats tr[data-kind='smoke'][data-period='last_24h'] .met\");return !!r&&r.textContent==='✓ 1';",
+            "the response times page shows the acknowledgement met",
         );
     })
     .await;

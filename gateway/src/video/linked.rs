@@ -97,6 +97,18 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+impl LinkedError {
+    /// A stable name of the reason (the console shows it in the staff's language).
+    pub fn code(&self) -> &'static str {
+        match self {
+            LinkedError::NotRunning => "not_running",
+            LinkedError::Busy => "busy",
+            LinkedError::NoAnswer(_) => "no_answer",
+            LinkedError::Nothing => "nothing",
+        }
+    }
+}
+
 impl Registry {
     /// Makes `camera`'s analysis thread reachable through `queue`.
     pub fn register(&self, camera: &str, queue: Sender<LinkedRequest>) {
@@ -185,7 +197,8 @@ pub async fn gather(
             }
             Err(e) => {
                 tracing::warn!(camera = %camera, alert = %alert.id, error = %e, "no linked evidence from this camera");
-                entries.push(json!({ "camera": camera, "error": e.to_string() }));
+                entries
+                    .push(json!({ "camera": camera, "error": e.to_string(), "reason": e.code() }));
             }
         }
     }
@@ -430,6 +443,7 @@ location = { area = "shed" }
             linked["error"].as_str().unwrap().contains("did not answer"),
             "{linked}"
         );
+        assert_eq!(linked["reason"], "no_answer");
         assert!(updated.readings.get("snapshot").is_none());
         assert_eq!(
             updated.readings["causes"], raised.readings["causes"],
