@@ -17,6 +17,7 @@
 //! supervise (stage health) → faults ─(AlertBus)─▶ alerts
 //! every stage's snapshot ─▶ status ─▶ status.json ─▶ `gateway status`, console
 //! alerts ─(commit marks)─▶ broker::gate ─▶ the sensor's PUBACK
+//! alerts ─(committed events)─▶ video::linked ─▶ cameras (snapshot, clip) ─(AlertBus)─▶ alerts
 //! ```
 //!
 //! The daemon adds the cameras, the console and the resident notices to what the topology

@@ -598,7 +598,8 @@ async fn a_smoke_alarm_in_the_charging_shed_shows_the_shed_cameras_snapshot_and_
             "const v=document.getElementById('evidence-clip');return v.currentTime>window.__t0+0.5;",
             "the clip does not play",
         );
-        b.script("document.querySelectorAll('tr.fresh').forEach(r=>r.classList.remove('fresh'));return null;");
+        b.script("document.querySelectorAll('tr.fresh').forEach(r=>r.classList.remove('fresh'));\
+                  const d=document.getElementById('detail');d.scrollTop=document.getElementById('evidence-img').offsetTop-60;window.scrollTo(0,0);return null;");
         save_screenshot(b, "room-evidence.png");
     })
     .await;

@@ -5,6 +5,7 @@
 //! capture → motion → letterbox ─(Frame, cap. 1)─▶ detect → track → zones → evidence ─(AlertInput)─▶ alerts
 //!    ▲  packet ring for clips    ◀─(ClipRequest)──────────────────────────┘
 //!    └─ watchdog: reconnect with backoff, camera_down / resolved ─(AlertInput)─▶ alerts
+//! sensor alarms (committed) ─▶ linked ─(LinkedRequest)─▶ analysis: evidence at its next frame
 //! ```
 //!
 //! A camera with a `sub_url` is analysed on its sub-stream while a third thread reads its
