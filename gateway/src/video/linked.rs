@@ -513,4 +513,42 @@ location = { area = "shed" }
         .await;
         assert_eq!(got["linked_cameras"][0]["error"], "camera not running");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_alarms_on_a_down_camera_keeps_its_queue_bounded_and_the_rest_hear_busy_at_once(
+    ) {
+        let registry = Registry::default();
+        let (queue, unserved) = crossbeam_channel::bounded(QUEUE);
+        registry.register("shed-cam", queue);
+        let started = tokio::time::Instant::now();
+        let asks = (0..QUEUE + 6).map(|i| {
+            let registry = registry.clone();
+            async move {
+                let answer = registry
+                    .ask("shed-cam", &format!("smoke-{i}"), ANSWER_WITHIN)
+                    .await;
+                (answer, started.elapsed())
+            }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let busy: Vec<_> = answers
+            .iter()
+            .filter(|(a, _)| *a == Err(LinkedError::Busy))
+            .collect();
+        assert_eq!(busy.len(), 6, "{answers:?}");
+        assert!(
+            busy.iter().all(|(_, t)| t.is_zero()),
+            "busy is said at once"
+        );
+        let waited = answers
+            .iter()
+            .filter(|(a, _)| *a == Err(LinkedError::NoAnswer(ANSWER_WITHIN)))
+            .count();
+        assert_eq!(waited, QUEUE);
+        assert_eq!(
+            unserved.len(),
+            QUEUE,
+            "never more requests queued than its bound"
+        );
+    }
 }
