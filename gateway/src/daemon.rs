@@ -72,6 +72,14 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     // The configuration in force for the stages that need no ordering (console, resident
     // notices); the alarm path gets reloads in band (see `reload`).
     let (live, live_config) = tokio::sync::watch::channel(config.clone());
+    // Sensor alarm → camera evidence (issue 16): the cameras that see a device.
+    crate::video::linked::spawn(
+        live_config.clone(),
+        video.as_ref().map(|v| v.linked.clone()).unwrap_or_default(),
+        running.events.clone(),
+        running.alert_inputs.clone(),
+        &life,
+    );
     if running.broker_addr.is_some() {
         crate::residents::spawn_publisher(
             live_config.clone(),

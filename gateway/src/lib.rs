@@ -18,6 +18,7 @@
 //! every stage's snapshot ─▶ status ─▶ status.json ─▶ `gateway status`, console
 //! alerts ─(commit marks)─▶ broker::gate ─▶ the sensor's PUBACK
 //! reload ─(config, in band)─▶ ingest ─▶ rules ─▶ alerts;  reload ─▶ broker logins, cameras, console
+//! alerts ─(committed events)─▶ video::linked ─▶ cameras (snapshot, clip) ─(AlertBus)─▶ alerts
 //! ```
 //!
 //! The daemon adds the cameras, the console and the resident notices to what the topology

@@ -101,6 +101,29 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [AlertKind; 19] = [
+        AlertKind::Smoke,
+        AlertKind::Heat,
+        AlertKind::WaterLeak,
+        AlertKind::Gas,
+        AlertKind::CarbonMonoxide,
+        AlertKind::SmartPlug,
+        AlertKind::EbikeBattery,
+        AlertKind::Sos,
+        AlertKind::DeviceOffline,
+        AlertKind::BatteryLow,
+        AlertKind::Tamper,
+        AlertKind::BatteryRemoved,
+        AlertKind::CameraDown,
+        AlertKind::BufferFull,
+        AlertKind::GatewayFault,
+        AlertKind::EbikeEntry,
+        AlertKind::Crowd,
+        AlertKind::Intrusion,
+        AlertKind::Loitering,
+    ];
+
     /// The name as written in the configuration, e.g. `water_leak`.
     pub fn as_str(self) -> &'static str {
         match self {

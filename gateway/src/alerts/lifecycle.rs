@@ -61,6 +61,27 @@ pub struct PartialCommit {
     pub error: StoreError,
 }
 
+/// Readings keys that evidence attached after the commit adds (see
+/// [`Lifecycle::attach_evidence`]); a later update of the alert keeps them.
+pub const ATTACHED_KEYS: [&str; 4] = ["linked_cameras", "snapshot", "clip", "evidence_camera"];
+
+/// `new` readings, keeping what was attached to `old` after its commit (a sensor's next
+/// reading must not drop the cameras' snapshot); an alert without attached evidence (a
+/// camera's own, whose readings carry fresh evidence) takes `new` as it is.
+fn keep_attached(old: &serde_json::Value, mut new: serde_json::Value) -> serde_json::Value {
+    if old.get("linked_cameras").is_none() {
+        return new;
+    }
+    if let Some(fresh) = new.as_object_mut() {
+        for key in ATTACHED_KEYS {
+            if let (Some(v), false) = (old.get(key), fresh.contains_key(key)) {
+                fresh.insert(key.to_owned(), v.clone());
+            }
+        }
+    }
+    new
+}
+
 /// Formats a time as the alert JSON does: RFC 3339, milliseconds, UTC.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -234,7 +255,7 @@ impl Lifecycle {
                 let mut a = current.clone();
                 let rose = level > a.level;
                 a.level = level;
-                a.readings = readings;
+                a.readings = keep_attached(&a.readings, readings);
                 match a.state {
                     AlertState::Raised => a.state = AlertState::Updated,
                     // The acknowledgement covered the lower level only.
@@ -277,6 +298,31 @@ impl Lifecycle {
                 tracing::error!(error = %e, "actuator command not sent; the action will time out");
             }
         }
+    }
+
+    /// Merges `evidence` into the readings of the active alert `id` (an `updated` event);
+    /// `None` when that alert is no longer active (the evidence is then not recorded).
+    pub fn attach_evidence(
+        &mut self,
+        id: &str,
+        evidence: &serde_json::Map<String, serde_json::Value>,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Alert>, StoreError> {
+        let Some((key, alert)) = self.active.iter().find(|(_, a)| a.id == id) else {
+            tracing::info!(id, "evidence for an alert no longer active is not attached");
+            return Ok(None);
+        };
+        let (key, mut alert) = (key.clone(), alert.clone());
+        if !alert.readings.is_object() {
+            alert.readings = serde_json::json!({ "value": alert.readings });
+        }
+        if let Some(readings) = alert.readings.as_object_mut() {
+            readings.extend(evidence.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        alert.updated_at = at;
+        self.store.record(&mut alert, EventKind::Updated)?;
+        self.active.insert(key, alert.clone());
+        Ok(Some(alert))
     }
 
     /// An actuator reported its state: confirms matching pending actions.

@@ -112,6 +112,13 @@ pub enum Trigger {
         compound: String,
         event: super::remote::RemoteEvent,
     },
+    /// Evidence gathered for an alert after its commit (the snapshot and clip of the cameras
+    /// that see a sensor, see `video::linked`): merged into its readings if it is still
+    /// active; nothing else about it changes.
+    AttachEvidence {
+        id: String,
+        evidence: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 impl From<Trigger> for AlertInput {
@@ -659,6 +666,9 @@ fn attempt(
                 Ok(_) => (Vec::new(), None),
                 Err(e) => (Vec::new(), Some(e)),
             }
+        }
+        Trigger::AttachEvidence { id, evidence } => {
+            single(lifecycle.attach_evidence(id, evidence, at))
         }
         Trigger::ActuatorState { device, state } => {
             match lifecycle.on_actuator_state(device, state, at) {

@@ -23,6 +23,7 @@ pub mod checker;
 mod compounds;
 pub mod devices;
 pub mod origin;
+pub mod overview;
 pub mod pages;
 pub mod resident_pages;
 pub mod serve;

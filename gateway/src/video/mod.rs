@@ -5,6 +5,7 @@
 //! capture → motion → letterbox ─(Frame, cap. 1)─▶ detect → track → zones → evidence ─(AlertInput)─▶ alerts
 //!    ▲  packet ring for clips    ◀─(ClipRequest)──────────────────────────┘
 //!    └─ watchdog: reconnect with backoff, camera_down / resolved ─(AlertInput)─▶ alerts
+//! sensor alarms (committed) ─▶ linked ─(LinkedRequest)─▶ analysis: evidence at its next frame
 //! ```
 //!
 //! A camera with a `sub_url` is analysed on its sub-stream while a third thread reads its
@@ -24,6 +25,7 @@ pub mod capture;
 pub mod detect;
 pub mod detect_cli;
 pub mod evidence;
+pub mod linked;
 pub mod main_stream;
 pub mod motion;
 pub mod track;
@@ -345,6 +347,9 @@ pub struct PipelineOptions {
     /// Write the latest frame with reported detections, boxes drawn, to this JPEG (the CLI).
     pub annotate: Option<PathBuf>,
     pub tracker: TrackerOptions,
+    /// Where the camera's queue for sensor-linked evidence requests is registered (see
+    /// [`linked`]); `None` = no such requests (the CLI, tests).
+    pub linked: Option<linked::Registry>,
 }
 
 impl Default for PipelineOptions {
@@ -361,6 +366,7 @@ impl Default for PipelineOptions {
             report_min_score: 0.3,
             annotate: None,
             tracker: TrackerOptions::default(),
+            linked: None,
         }
     }
 }
@@ -422,6 +428,10 @@ impl CameraJobs {
             });
         let (frame_tx, frame_rx) = crossbeam_channel::bounded::<Frame>(1);
         let (clip_tx, clip_rx) = crossbeam_channel::bounded::<ClipRequest>(8);
+        let (linked_tx, linked_rx) = crossbeam_channel::bounded(linked::QUEUE);
+        if let Some(registry) = &options.linked {
+            registry.register(&camera.id, linked_tx);
+        }
         let mut capture_options = options.capture.clone();
         capture_options.analyse_fps = camera.analyse_fps;
         let health = Arc::new(HealthReporter::new(camera, config, outputs.alerts.clone()));
@@ -461,6 +471,7 @@ impl CameraJobs {
             frames: frame_rx,
             clips: clip_tx,
             clip_mp4,
+            linked: linked_rx,
             main: main_link,
             detector,
             tracker: Tracker::new(options.tracker),
@@ -718,6 +729,9 @@ struct AnalysisJob {
     clips: Sender<ClipRequest>,
     /// Whether the analysed stream's clips are MP4 (its codec, set by the capture thread).
     clip_mp4: Arc<AtomicBool>,
+    /// Sensor-linked evidence requests, served at the next analysed frame (never waited
+    /// for: a camera without frames leaves them to their asker's timeout).
+    linked: Receiver<linked::LinkedRequest>,
     /// The main-stream reader's requests and whether it has a picture (cameras with a
     /// `sub_url`); evidence comes from the analysed stream otherwise.
     main: Option<MainLink>,
@@ -816,7 +830,28 @@ impl AnalysisJob {
             };
             let _ = tx.send(report);
         }
+        self.serve_linked(&frame);
         self.prune();
+    }
+
+    /// Answers the sensor-linked evidence requests waiting: a snapshot of this frame (no
+    /// boxes) and a clip, like a rule's own evidence.
+    fn serve_linked(&mut self, frame: &Frame) {
+        while let Ok(req) = self.linked.try_recv() {
+            if Instant::now() > req.deadline {
+                continue;
+            }
+            let gathered = match self.options.evidence_dir.clone() {
+                Some(dir) => {
+                    let base = self.evidence_base(&dir, &format!("linked-{}", req.name));
+                    self.gather_evidence(&base, Vec::new(), frame)
+                }
+                None => linked::Gathered::default(),
+            };
+            tracing::info!(camera = %self.camera, request = %req.name, snapshot = ?gathered.snapshot, "linked evidence recorded");
+            // The asker may have given up: the files stay with the camera's evidence.
+            let _ = req.reply.send(gathered);
+        }
     }
 
     /// Updates the in-view gauges from the confirmed tracks (COCO 0 person; 1 bicycle and
@@ -923,15 +958,40 @@ impl AnalysisJob {
         frame: &Frame,
         readings: &mut serde_json::Value,
     ) {
-        let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3f");
-        let base = dir.join(sanitize(&self.camera)).join(format!(
-            "{stamp}-{}-{}",
-            edge.kind.as_str(),
-            frame.seq
-        ));
-        let jpg = base.with_extension("jpg");
+        let base = self.evidence_base(dir, &format!("{}-{}", edge.kind.as_str(), frame.seq));
         let min_hits = self.tracker.options().min_hits;
         let marks = evidence_marks(edge, self.tracker.tracks(), min_hits);
+        let got = self.gather_evidence(&base, marks, frame);
+        if let Some(stream) = got.stream {
+            readings["evidence_stream"] = serde_json::json!(stream);
+        }
+        if let Some(jpg) = got.snapshot {
+            readings["snapshot"] = serde_json::json!(jpg);
+        }
+        if let Some(clip) = got.clip {
+            readings["clip"] = serde_json::json!(clip);
+        }
+    }
+
+    /// `<dir>/<camera>/<time>-<what>`: the evidence files' path without extension. No `.`
+    /// in it: the extension is set on it (a `.` in the milliseconds made two alerts of the
+    /// same second share one file name).
+    fn evidence_base(&self, dir: &std::path::Path, what: &str) -> PathBuf {
+        let stamp = Utc::now().format("%Y%m%dT%H%M%S-%3f");
+        dir.join(sanitize(&self.camera))
+            .join(format!("{stamp}-{}", sanitize(what)))
+    }
+
+    /// A snapshot of `frame` with `marks` and an event clip at `base`: what was written or
+    /// asked for.
+    fn gather_evidence(
+        &mut self,
+        base: &std::path::Path,
+        marks: Vec<Mark>,
+        frame: &Frame,
+    ) -> linked::Gathered {
+        let mut got = linked::Gathered::default();
+        let jpg = base.with_extension("jpg");
         // A camera with a sub-stream takes its evidence from the main stream while that
         // has a picture, else from the analysed frame and stream.
         let main = self
@@ -940,8 +1000,7 @@ impl AnalysisJob {
             .filter(|(_, ready, _)| ready.load(Ordering::Relaxed))
             .map(|(tx, _, mp4)| (tx.clone(), mp4.load(Ordering::Relaxed)));
         if self.main.is_some() {
-            readings["evidence_stream"] =
-                serde_json::json!(if main.is_some() { "main" } else { "sub" });
+            got.stream = Some(if main.is_some() { "main" } else { "sub" });
         }
         let request = SnapshotRequest {
             path: jpg.clone(),
@@ -949,12 +1008,12 @@ impl AnalysisJob {
             analysed: frame.image.clone(),
         };
         if self.snapshot(main.as_ref().map(|(tx, _)| tx), request) {
-            readings["snapshot"] = serde_json::json!(jpg);
+            got.snapshot = Some(jpg);
         }
-        let analysed_clip = evidence::clip_path(&base, self.clip_mp4.load(Ordering::Relaxed));
+        let analysed_clip = evidence::clip_path(base, self.clip_mp4.load(Ordering::Relaxed));
         let sent = match &main {
             Some((tx, mp4)) => {
-                let path = evidence::clip_path(&base, *mp4);
+                let path = evidence::clip_path(base, *mp4);
                 match tx.try_send(Evidence::Clip(ClipRequest { path: path.clone() })) {
                     Ok(()) => Ok(path),
                     Err(_) => self.send_clip(analysed_clip),
@@ -963,11 +1022,12 @@ impl AnalysisJob {
             None => self.send_clip(analysed_clip),
         };
         match sent {
-            Ok(path) => readings["clip"] = serde_json::json!(path),
+            Ok(path) => got.clip = Some(path),
             Err(_) => {
                 tracing::warn!(camera = %self.camera, "clip request dropped (capture busy or stopped)")
             }
         }
+        got
     }
 
     /// Asks the capture thread for a clip at `path`; the path once asked.
@@ -1077,6 +1137,8 @@ pub struct VideoHandle {
     pub cameras: Vec<(String, Arc<CameraStats>)>,
     /// Starts and stops cameras when a reload changes them (`None`: no camera runs).
     pub control: Option<Arc<VideoControl>>,
+    /// The running cameras' queues for sensor-linked evidence (see [`linked`]).
+    pub linked: linked::Registry,
 }
 
 /// Loads the detector once and starts every enabled camera: capture threads in the Inputs
@@ -1094,14 +1156,17 @@ pub fn spawn(
         return Ok(VideoHandle {
             cameras: Vec::new(),
             control: None,
+            linked: linked::Registry::default(),
         });
     }
     capture::init_ffmpeg()?;
     let detector: SharedDetector = Arc::new(Mutex::new(Box::new(OrtDetector::from_config(
         &config.detector,
     )?)));
+    let registry = linked::Registry::default();
     let options = PipelineOptions {
         evidence_dir: Some(data_dir.join("evidence")),
+        linked: Some(registry.clone()),
         retention_bytes: config.storage.quota_mb.saturating_mul(1 << 20) / 4,
         ..PipelineOptions::default()
     };
@@ -1119,6 +1184,7 @@ pub fn spawn(
     Ok(VideoHandle {
         cameras: control.cameras(),
         control: Some(Arc::new(control)),
+        linked: registry,
     })
 }
 
