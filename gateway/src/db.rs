@@ -346,7 +346,8 @@ INSERT INTO resident_links VALUES ('b1', 'u1', x'00', '2026-01-01T00:00:00.000Z'
     }
 
     #[test]
-    fn a_database_from_before_schema_versions_opens_as_version_1_with_its_rows_intact() {
+    fn a_database_from_before_schema_versions_migrates_to_the_current_version_with_its_rows_intact()
+    {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         {
@@ -357,7 +358,12 @@ INSERT INTO resident_links VALUES ('b1', 'u1', x'00', '2026-01-01T00:00:00.000Z'
         let version: u32 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            count(&conn, "remote_alerts"),
+            0,
+            "version 2's table is there"
+        );
         assert_eq!(count(&conn, "alerts"), 1);
         assert_eq!(count(&conn, "alert_events"), 1);
         assert_eq!(count(&conn, "resident_links"), 1);
@@ -369,7 +375,11 @@ INSERT INTO resident_links VALUES ('b1', 'u1', x'00', '2026-01-01T00:00:00.000Z'
             )
             .unwrap();
         assert_eq!(next_seq, 2, "the sequence goes on where it was");
-        assert_eq!(migrate(&conn).unwrap(), 1, "a second open finds version 1");
+        assert_eq!(
+            migrate(&conn).unwrap(),
+            SCHEMA_VERSION,
+            "a second open finds the current version"
+        );
         let store = crate::alerts::AlertStore::open(&path);
         assert!(store.is_ok(), "the alert store opens it: {:?}", store.err());
     }
