@@ -94,7 +94,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        what: "remote_alerts: a street station's copy of its compounds' alerts",
+        what: "remote_alerts, remote_compounds: a street station's copy of its compounds' alerts and their last heartbeat",
         sql: SCHEMA_V2,
     },
 ];
@@ -117,6 +117,11 @@ CREATE TABLE IF NOT EXISTS remote_alerts (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS remote_alerts_by_compound ON remote_alerts (compound, active, updated_at);
+CREATE TABLE IF NOT EXISTS remote_compounds (
+    compound TEXT PRIMARY KEY,
+    heartbeat_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
 ";
 
 /// Version 1, exactly as the alert store and resident links created it before versioning.

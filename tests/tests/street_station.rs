@@ -266,6 +266,20 @@ async fn a_station_hears_its_compounds_with_the_platform_cut_and_the_platform_ge
             .ok_or_else(|| "not yet".to_owned())
     })
     .await;
+    // Compound health: both linked and beating, A's red alert counted on its tile.
+    let r = http::request(&station.console, "GET", "/api/compounds", &[&cookie], "");
+    let health: Value = serde_json::from_str(r.body()).unwrap();
+    let tiles = health["compounds"].as_array().unwrap();
+    assert_eq!(tiles.len(), 2, "{health}");
+    for t in tiles {
+        assert_eq!(t["link"], "online", "{t}");
+        assert!(
+            t["last_heartbeat"].is_string(),
+            "a heartbeat on record: {t}"
+        );
+    }
+    assert_eq!(tiles[0]["name"], "幸福里小区");
+    assert_eq!(tiles[0]["active"]["red"], 1, "{health}");
     let all = station_alerts(&station.console, &cookie);
     let a_alert = all.iter().find(|a| a["id"] == id.as_str()).unwrap();
     assert_eq!(

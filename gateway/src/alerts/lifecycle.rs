@@ -198,6 +198,16 @@ impl Lifecycle {
         self.store.record_remote(compound, event, at)
     }
 
+    /// Records a compound's heartbeat (street station).
+    pub fn record_heartbeat(
+        &mut self,
+        compound: &str,
+        body: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.store.record_heartbeat(compound, body, at)
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &Arc<Config> {
         &self.config

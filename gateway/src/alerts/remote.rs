@@ -135,6 +135,39 @@ pub fn store(
     Ok(n > 0)
 }
 
+/// Records `compound`'s heartbeat (its link's own figures, e.g. `unacknowledged`) at `at`.
+pub fn store_heartbeat(
+    conn: &Connection,
+    compound: &str,
+    body: &Value,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO remote_compounds (compound, heartbeat_at, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (compound) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, body = excluded.body",
+        params![compound, timestamp(at), body.to_string()],
+    )?;
+    Ok(())
+}
+
+/// Each compound's last heartbeat: when, and what it said.
+pub fn heartbeats(conn: &Connection) -> rusqlite::Result<HashMap<String, (String, Value)>> {
+    let mut stmt = conn.prepare("SELECT compound, heartbeat_at, body FROM remote_compounds")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (c, at, body) = row?;
+        out.insert(c, (at, serde_json::from_str(&body).unwrap_or(Value::Null)));
+    }
+    Ok(out)
+}
+
 /// The compound whose alert `id` is, and whether it is still active there.
 pub fn compound_of(conn: &Connection, id: &str) -> rusqlite::Result<Option<(String, bool)>> {
     conn.query_row(

@@ -117,6 +117,19 @@ impl AlertStore {
         })
     }
 
+    /// Records a compound's heartbeat (street station; `synchronous=NORMAL`: a lost one only
+    /// shows an older time until the next, 20 s later).
+    pub fn record_heartbeat(
+        &mut self,
+        compound: &str,
+        body: &serde_json::Value,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        outbox::commit_with(&mut self.conn, Durability::Normal, |tx| {
+            super::remote::store_heartbeat(tx, compound, body, at).map_err(StoreError::from)
+        })
+    }
+
     /// Commits a self-test probe's nonce (`alerts_meta.self_test_nonce`) the way an alert
     /// event is committed (`synchronous=FULL`), so a completed round trip proves the writer
     /// can still record an alarm. No alert, event or outbox row is made.

@@ -112,6 +112,11 @@ pub enum Trigger {
         compound: String,
         event: super::remote::RemoteEvent,
     },
+    /// A compound's heartbeat, to show its link's figures at the station.
+    RemoteHeartbeat {
+        compound: String,
+        body: serde_json::Value,
+    },
     /// Evidence gathered for an alert after its commit (the snapshot and clip of the cameras
     /// that see a sensor, see `video::linked`): merged into its readings if it is still
     /// active; nothing else about it changes.
@@ -438,6 +443,11 @@ impl AlertTask {
             let kind = AlertKind::CompoundOffline;
             self.defer(Trigger::ResolveSource { source, kind, by }, at);
         }
+        if r.kind == crate::reading::RemoteKind::Heartbeat {
+            let body = serde_json::from_slice(&r.payload).unwrap_or(serde_json::Value::Null);
+            let compound = r.compound.clone();
+            self.defer(Trigger::RemoteHeartbeat { compound, body }, at);
+        }
         if r.kind == crate::reading::RemoteKind::Alert {
             match RemoteEvent::parse(&r.compound, &r.payload) {
                 Ok(event) => self.defer(
@@ -660,6 +670,12 @@ fn attempt(
         ),
         Trigger::ResolveSource { source, kind, by } => {
             single(lifecycle.resolve_source(source, *kind, by, at))
+        }
+        Trigger::RemoteHeartbeat { compound, body } => {
+            match lifecycle.record_heartbeat(compound, body, at) {
+                Ok(()) => (Vec::new(), None),
+                Err(e) => (Vec::new(), Some(e)),
+            }
         }
         Trigger::RemoteAlert { compound, event } => {
             match lifecycle.record_remote(compound, event, at) {

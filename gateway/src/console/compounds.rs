@@ -64,6 +64,7 @@ async fn compounds(AxState(state): AxState<St>) -> Response {
     let ids: Vec<String> = config.compounds.iter().map(|c| c.id.clone()).collect();
     let found = read(&state, move |conn| {
         let counts = remote::active_counts(conn)?;
+        let beats = remote::heartbeats(conn)?;
         let mut offline = Vec::new();
         for id in &ids {
             let key = remote::offline_source(id).key();
@@ -76,10 +77,10 @@ async fn compounds(AxState(state): AxState<St>) -> Response {
                 .optional()?;
             offline.push(silent);
         }
-        Ok((counts, offline))
+        Ok((counts, offline, beats))
     })
     .await;
-    let (counts, offline) = match found {
+    let (counts, offline, beats) = match found {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -88,7 +89,10 @@ async fn compounds(AxState(state): AxState<St>) -> Response {
         .iter()
         .zip(offline)
         .map(|(c, silent_since)| {
+            let beat = beats.get(&c.id);
             json!({
+                "last_heartbeat": beat.map(|b| b.0.clone()),
+                "unacknowledged": beat.and_then(|b| b.1.get("unacknowledged").cloned()),
                 "id": c.id,
                 "name": c.name,
                 "link": if silent_since.is_some() { "offline" } else { "online" },
