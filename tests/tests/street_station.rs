@@ -20,12 +20,18 @@ const DUTY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2hvdXdhbmctZGVtby1zYQ$p
 
 /// A site's `[site]`, listeners on loopback (`broker_port` for the embedded broker) and body.
 fn site_config(dir: &Path, id: &str, kind: &str, broker_port: u16, body: &str) -> PathBuf {
+    site_config_on(dir, id, kind, (broker_port, 0), body)
+}
+
+/// [`site_config`] with the console on `ports.1` too.
+fn site_config_on(dir: &Path, id: &str, kind: &str, ports: (u16, u16), body: &str) -> PathBuf {
+    let (broker_port, console_port) = ports;
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("gateway.toml");
     std::fs::write(
         &path,
         format!(
-            "[site]\nid = \"{id}\"\nname = \"{id} 名\"\nkind = \"{kind}\"\n\n[broker]\nbind = \"127.0.0.1:{broker_port}\"\n\n[console]\nbind = \"127.0.0.1:0\"\n\n{body}\n"
+            "[site]\nid = \"{id}\"\nname = \"{id} 名\"\nkind = \"{kind}\"\n\n[broker]\nbind = \"127.0.0.1:{broker_port}\"\n\n[console]\nbind = \"127.0.0.1:{console_port}\"\n\n{body}\n"
         ),
     )
     .unwrap();
@@ -350,4 +356,137 @@ async fn a_station_hears_its_compounds_with_the_platform_cut_and_the_platform_ge
     let missing: Vec<_> = want.difference(&got).collect();
     assert!(missing.is_empty(), "missing at the platform: {missing:?}");
     a.drain_log();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compounds_snapshot_is_fetched_only_when_the_station_looks_and_only_with_its_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let (station_port, a_console_port, camera_port) = (free_port(), free_port(), free_port());
+    let _camera = e2e::sim::start_camera(camera_port);
+    let station_body = format!(
+        "[[compounds]]\nid = \"compound-a\"\nname = \"幸福里小区\"\nusername = \"compound-a-link\"\npassword = \"compound-a-secret\"\nevidence_url = \"http://127.0.0.1:{a_console_port}\"\n\n[[console.staff]]\nusername = \"duty\"\ndisplay_name = \"张警官\"\npassword_hash = \"{DUTY_HASH}\"\nrole = \"admin\"\n"
+    );
+    let config = site_config(
+        &dir.path().join("station"),
+        "station-1",
+        "street_station",
+        station_port,
+        &station_body,
+    );
+    let mut station = Gateway::start(&config, &dir.path().join("station").join("data"));
+    let console = station.wait_for_message("gateway ready", Duration::from_secs(30))["console"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Compound A watches a square with a camera whose all-day intrusion rule fires on the
+    // people walking through the footage.
+    let a_body = format!(
+        r#"
+[[locations.areas]]
+id = "square"
+name = "广场"
+kind = "other"
+
+[[cameras]]
+id = "cam-square"
+url = "rtsp://127.0.0.1:{camera_port}/cam0"
+location = {{ area = "square" }}
+analyse_fps = 2
+[[cameras.zones]]
+id = "all"
+polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+[[cameras.rules]]
+kind = "intrusion"
+zone = "all"
+window = {{ from = "00:00", to = "00:00" }}
+level = "orange"
+
+[station_link]
+host = "127.0.0.1"
+port = {station_port}
+username = "compound-a-link"
+password = "compound-a-secret"
+keep_alive_s = 5
+"#
+    );
+    let a_dir = dir.path().join("a");
+    let config = site_config_on(
+        &a_dir,
+        "compound-a",
+        "compound",
+        (0, a_console_port),
+        &a_body,
+    );
+    let mut a = Gateway::start(&config, &a_dir.join("data"));
+    a.wait_ready();
+    let cookie = login(&console);
+    let intrusion = e2e::eventually(
+        Duration::from_secs(90),
+        "A's intrusion alert with its snapshot at the station",
+        || {
+            station_alerts(&console, &cookie)
+                .into_iter()
+                .find(|e| e["kind"] == "intrusion" && e["readings"]["snapshot"].is_string())
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    )
+    .await;
+    let id = intrusion["id"].as_str().unwrap();
+
+    // The station console shows it: fetched from A when asked, a JPEG.
+    let r = http::request(
+        &console,
+        "GET",
+        &format!("/api/compounds/alerts/{id}/snapshot"),
+        &[&cookie],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", &r.raw[..r.raw.len().min(300)]);
+    assert_eq!(r.header("content-type"), Some("image/jpeg"));
+    let jpeg = raw_body(
+        &console,
+        &format!("/api/compounds/alerts/{id}/snapshot"),
+        &cookie,
+    );
+    assert!(jpeg.len() > 1000, "{} bytes", jpeg.len());
+    assert_eq!(&jpeg[..3], [0xFF, 0xD8, 0xFF], "a JPEG");
+    // Nothing was copied to the station.
+    let station_evidence = dir.path().join("station").join("data").join("evidence");
+    let copied = std::fs::read_dir(&station_evidence)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(copied, 0, "no evidence stored at the station");
+    // Not without the staff session at the station, and not from A without its login.
+    let anonymous = http::request(
+        &console,
+        "GET",
+        &format!("/api/compounds/alerts/{id}/snapshot"),
+        &[],
+        "",
+    );
+    assert_eq!(anonymous.status, 401);
+    let a_console = format!("127.0.0.1:{a_console_port}");
+    let path = format!("/station/alerts/{id}/snapshot");
+    assert_eq!(http::request(&a_console, "GET", &path, &[], "").status, 401);
+    let wrong = "Authorization: Basic Y29tcG91bmQtYS1saW5rOndyb25n"; // compound-a-link:wrong
+    assert_eq!(
+        http::request(&a_console, "GET", &path, &[wrong], "").status,
+        401
+    );
+    station.drain_log();
+}
+
+/// The body of `GET path` as bytes (the text helper would mangle a JPEG).
+fn raw_body(addr: &str, path: &str, cookie: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{cookie}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    all.split_off(at)
 }

@@ -125,6 +125,11 @@ pub struct Compound {
     /// File holding the password (its first line). Not with `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// The compound gateway's console, e.g. `http://10.20.0.5:8080`: the station fetches an
+    /// alert's snapshot or clip from there (`/station/alerts/{id}/…`, with this compound's
+    /// login) only when someone looks. Absent: no evidence from this compound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_url: Option<String>,
     /// Silent this long (no heartbeat, no alert), the compound is `compound_offline`.
     /// Default 90 (its link beats every 20 s; a fault shows within 100 s).
     #[serde(default = "default_offline_after_s")]

@@ -92,6 +92,24 @@ fn check_compounds(config: &Config, p: &mut Problems) {
             (Some(_), None) => {}
         }
         p.range(at.key("offline_after_s"), c.offline_after_s, 30, 3600);
+        if let Some(url) = &c.evidence_url {
+            let ok = url
+                .strip_prefix("http://")
+                .map(|rest| rest.trim_end_matches('/'))
+                .is_some_and(|hp| {
+                    !hp.is_empty()
+                        && !hp.contains('/')
+                        && hp.rsplit_once(':').is_some_and(|(h, p)| {
+                            !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                        })
+                });
+            if !ok {
+                p.push(
+                    at.key("evidence_url"),
+                    "write the compound console's address as http://HOST:PORT, e.g. \"http://10.20.0.5:8080\"",
+                );
+            }
+        }
     }
     let list = config.compounds.iter().enumerate();
     p.unique(

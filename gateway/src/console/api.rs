@@ -53,6 +53,8 @@ pub const API_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/compounds"),
     ("GET", "/api/compounds/alerts"),
     ("POST", "/api/compounds/alerts/{id}/ack"),
+    ("GET", "/api/compounds/alerts/{id}/snapshot"),
+    ("GET", "/api/compounds/alerts/{id}/clip"),
     // The command room (issue 16): see `overview`.
     ("GET", "/api/site"),
     ("GET", "/api/alarm.wav"),
@@ -86,6 +88,7 @@ pub(crate) fn routes(state: St) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/login", get(login_page).post(login))
         .route("/", get(console_page))
+        .merge(super::compounds::station_routes())
         .merge(guarded)
         .layer(middleware::from_fn(super::origin::same_origin_only))
         .layer(middleware::from_fn(request_timeout))
@@ -443,7 +446,7 @@ async fn resolve(
 }
 
 /// Serves an evidence file named in the alert's readings, only from `<data_dir>/evidence`.
-async fn evidence(
+pub(super) async fn evidence(
     state: St,
     id: String,
     key: &'static str,
@@ -509,7 +512,7 @@ async fn clip(
 }
 
 /// Clips are MP4 where the camera's codec allows (see `video::evidence`), else Matroska.
-fn clip_mime(path: &str) -> &'static str {
+pub(super) fn clip_mime(path: &str) -> &'static str {
     if path.ends_with(".mp4") {
         "video/mp4"
     } else {
