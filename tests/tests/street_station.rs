@@ -84,6 +84,7 @@ id = "compound-b"
 name = "和平苑"
 username = "compound-b-link"
 password = "compound-b-secret"
+forward = true
 
 [[console.staff]]
 username = "duty"
@@ -343,18 +344,37 @@ async fn a_station_hears_its_compounds_with_the_platform_cut_and_the_platform_ge
         .chain(recorded(&dir.path().join("b").join("data")))
         .chain(recorded(&dir.path().join("station").join("data")))
         .collect();
+    let b_events: std::collections::BTreeSet<(String, u64)> =
+        recorded(&dir.path().join("b").join("data"))
+            .into_iter()
+            .collect();
     let mut got = std::collections::BTreeSet::new();
+    // B is forwarded by the station too (`forward = true`): the same events, unchanged, on
+    // the station's stream.
+    let mut via_station = std::collections::BTreeSet::new();
+    let mut a_via_station = 0;
     let deadline = Instant::now() + WAIT;
-    while !want.is_subset(&got) && Instant::now() < deadline {
+    while !(want.is_subset(&got) && b_events.is_subset(&via_station)) && Instant::now() < deadline {
         if let Some(m) = at_platform.next(Duration::from_millis(500)).await {
             let v = m.json();
             if let (Some(id), Some(seq)) = (v["id"].as_str(), v["seq"].as_u64()) {
                 got.insert((id.to_owned(), seq));
+                if m.topic == "shouwang/station-1/alerts" && v["site"] == "compound-b" {
+                    via_station.insert((id.to_owned(), seq));
+                }
+                if m.topic == "shouwang/station-1/alerts" && v["site"] == "compound-a" {
+                    a_via_station += 1;
+                }
             }
         }
     }
     let missing: Vec<_> = want.difference(&got).collect();
     assert!(missing.is_empty(), "missing at the platform: {missing:?}");
+    assert_eq!(
+        via_station, b_events,
+        "B's events through the station, unchanged"
+    );
+    assert_eq!(a_via_station, 0, "A is not forwarded (no `forward`)");
     a.drain_log();
 }
 

@@ -130,6 +130,11 @@ pub struct Compound {
     /// login) only when someone looks. Absent: no evidence from this compound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence_url: Option<String>,
+    /// Forward this compound's alert events upstream with the station's own (one aggregated
+    /// stream on the station's `[uplink]`, the events unchanged: the platform deduplicates by
+    /// `id` + `seq` when the compound also reaches it directly). Default false.
+    #[serde(default)]
+    pub forward: bool,
     /// Silent this long (no heartbeat, no alert), the compound is `compound_offline`.
     /// Default 90 (its link beats every 20 s; a fault shows within 100 s).
     #[serde(default = "default_offline_after_s")]

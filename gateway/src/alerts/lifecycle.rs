@@ -195,7 +195,12 @@ impl Lifecycle {
         event: &super::remote::RemoteEvent,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.store.record_remote(compound, event, at)
+        let forward = self
+            .config
+            .compounds
+            .iter()
+            .any(|c| c.id == compound && c.forward);
+        self.store.record_remote(compound, event, at, forward)
     }
 
     /// Records a compound's heartbeat (street station).

@@ -106,14 +106,35 @@ impl AlertStore {
 
     /// Commits a compound's alert event (street station) with `synchronous=FULL`; whether it
     /// changed anything (see [`super::remote`]).
+    ///
+    /// With `forward`, a new event also goes into the outbox for the station's upstreams, in
+    /// the same transaction: unchanged, with the compound's `seq`.
     pub fn record_remote(
         &mut self,
         compound: &str,
         event: &super::remote::RemoteEvent,
         at: chrono::DateTime<chrono::Utc>,
+        forward: bool,
     ) -> Result<bool, StoreError> {
         outbox::commit_with(&mut self.conn, Durability::Full, |tx| {
-            super::remote::store(tx, compound, event, at).map_err(StoreError::from)
+            let new = super::remote::store(tx, compound, event, at)?;
+            if new && forward {
+                let level = match event.level.as_str() {
+                    "red" => Level::Red,
+                    "orange" => Level::Orange,
+                    "yellow" => Level::Yellow,
+                    _ => Level::Blue,
+                };
+                let msg = NewMessage::alert(
+                    class_of(level),
+                    ulid::Ulid::generate().to_string(),
+                    event.seq,
+                    event.body.to_string(),
+                    at.timestamp_millis(),
+                );
+                outbox::enqueue(tx, &msg)?;
+            }
+            Ok::<bool, StoreError>(new)
         })
     }
 
