@@ -68,7 +68,10 @@
 //! - [`reading`] — the decoded reading, the neutral type between ingest and rules.
 //! - [`rules`] — hazard rules as state machines with debounce, hysteresis and clear-hold.
 //! - [`alerts`] — the alert model, lifecycle (escalation, linkage), its SQLite store, the
-//!   alert task (the single writer of alert events) and the typed [`alerts::AlertBus`] into it.
+//!   alert task (the single writer of alert events) and the typed [`alerts::AlertBus`] into it;
+//!   on a street station, its compounds' alert events and liveness ([`alerts::remote`]), which
+//!   reach it over the compounds' `[station_link]` like sensor messages (broker log, ingest,
+//!   rules, commit gate).
 //! - [`publish`] / [`telemetry`] — retained local alert topics; durable telemetry batches.
 //! - [`db`] — the single SQLite (WAL) database: every connection opened there, who writes
 //!   what, the versioned schema migrations (`PRAGMA user_version`; a newer file is refused).

@@ -510,3 +510,90 @@ fn raw_body(addr: &str, path: &str, cookie: &str) -> Vec<u8> {
     let at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     all.split_off(at)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compound_that_dies_is_a_compound_offline_fault_at_the_station_and_clears_when_it_returns(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let station_port = free_port();
+    let station_body = format!(
+        "[[compounds]]\nid = \"compound-a\"\nname = \"幸福里小区\"\nusername = \"compound-a-link\"\npassword = \"compound-a-secret\"\noffline_after_s = 30\n\n[[console.staff]]\nusername = \"duty\"\ndisplay_name = \"张警官\"\npassword_hash = \"{DUTY_HASH}\"\nrole = \"admin\"\n"
+    );
+    let config = site_config(
+        &dir.path().join("station"),
+        "station-1",
+        "street_station",
+        station_port,
+        &station_body,
+    );
+    let mut station = Gateway::start(&config, &dir.path().join("station").join("data"));
+    let console = station.wait_for_message("gateway ready", Duration::from_secs(30))["console"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a_body = format!(
+        "[station_link]\nhost = \"127.0.0.1\"\nport = {station_port}\nusername = \"compound-a-link\"\npassword = \"compound-a-secret\"\nkeep_alive_s = 5\n\n[station_link.outbox]\nretry_backoff_max_s = 1\n"
+    );
+    let a_dir = dir.path().join("a");
+    let a_config = site_config(&a_dir, "compound-a", "compound", 0, &a_body);
+    let mut a = Gateway::start(&a_config, &a_dir.join("data"));
+    a.wait_ready();
+    let cookie = login(&console);
+    let tile = || {
+        let r = http::request(&console, "GET", "/api/compounds", &[&cookie], "");
+        let v: Value = serde_json::from_str(r.body()).unwrap_or(Value::Null);
+        v["compounds"][0].clone()
+    };
+    e2e::eventually(WAIT, "A's heartbeat at the station", || {
+        let t = tile();
+        t["last_heartbeat"]
+            .is_string()
+            .then_some(())
+            .ok_or(t.to_string())
+    })
+    .await;
+    let offline_alert = || {
+        let r = http::request(&console, "GET", "/api/alerts", &[&cookie], "");
+        let v: Value = serde_json::from_str(r.body()).unwrap_or(Value::Null);
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["kind"] == "compound_offline")
+            .cloned()
+    };
+
+    // The compound's box loses power.
+    a.signal(libc::SIGKILL);
+    let died = Instant::now();
+    let alert = e2e::eventually(
+        Duration::from_secs(60),
+        "compound_offline at the station",
+        || {
+            offline_alert()
+                .filter(|a| a["state"] != "resolved")
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    )
+    .await;
+    let after = died.elapsed();
+    eprintln!("compound killed → compound_offline: {after:?}");
+    assert!(
+        after < Duration::from_secs(45),
+        "a fault within the limit and a tick: {after:?}"
+    );
+    assert_eq!(alert["level"], "orange");
+    assert_eq!(alert["location"]["label"], "幸福里小区");
+    assert_eq!(tile()["link"], "offline");
+
+    // Back: its first heartbeat resolves the fault.
+    let mut a = Gateway::start(&a_config, &a_dir.join("data"));
+    a.wait_ready();
+    e2e::eventually(WAIT, "compound_offline resolved", || {
+        offline_alert()
+            .filter(|a| a["state"] == "resolved")
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+    assert_eq!(tile()["link"], "online");
+    station.drain_log();
+}
