@@ -27,7 +27,7 @@
 //!
 //! # CONNECT
 //!
-//! The login is checked here ([`Logins`]): a refused one gets a CONNACK with a refusal code
+//! The login is checked here ([`super::acl::Logins`]): a refused one gets a CONNACK with a refusal code
 //! and the connection is closed. The client then needs a slot: sensors and other clients
 //! share `max_connections`, each login at most its [`Grants::max_connections`], and
 //! `reserved` more are kept for the gateway's own clients, which nothing else can take. The
