@@ -186,6 +186,16 @@ fn a_scrape_is_valid_prometheus_text_with_every_stages_counters() {
     );
     let alarm = [("class", "alarm")];
     assert_eq!(v("shouwang_outbox_backlog_rows", &alarm), Some(1.0));
+    let alarm_bytes = v("shouwang_outbox_backlog_bytes", &alarm).unwrap();
+    assert_eq!(
+        Some(alarm_bytes),
+        v("shouwang_outbox_bytes", &[]),
+        "the one alarm row is all the bytes"
+    );
+    assert_eq!(
+        v("shouwang_outbox_backlog_bytes", &[("class", "telemetry")]),
+        Some(0.0)
+    );
     assert!(v("shouwang_outbox_oldest_undelivered_age_seconds", &[]).unwrap() > 1e6);
     let cam = [("camera", "gate-cam")];
     assert_eq!(v("shouwang_camera_frames_decoded_total", &cam), Some(10.0));

@@ -223,7 +223,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 pub use drain::{pending_rows, pending_rows_of, Delivery, Outbox, OutboxRow};
-pub use quota::{enforce_quota, recount_bytes, stats, OutboxStats, QuotaReport};
+pub use quota::{bytes_by_class, enforce_quota, recount_bytes, stats, OutboxStats, QuotaReport};
 pub use schema::{configure_connection, migrate, BUSY_TIMEOUT, SCHEMA_VERSION};
 pub use write::{
     commit_with, enqueue, enqueue_batch, register_destinations, Destination, Durability,

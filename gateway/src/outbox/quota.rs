@@ -194,6 +194,21 @@ fn destination_backlogs(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Accounted bytes of the undelivered rows per class (reads every row: for a metrics
+/// scrape, not per message).
+pub fn bytes_by_class(conn: &Connection) -> Result<ClassCounts, OutboxError> {
+    let mut out = ClassCounts::default();
+    let mut stmt =
+        conn.prepare("SELECT class, COALESCE(SUM(size), 0) FROM outbox GROUP BY class")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        if let Some(class) = Class::from_code(row.get(0)?) {
+            *out.get_mut(class) += to_u64(row.get(1)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Recomputes the accounted bytes from the rows (a full scan). For checks
 /// and tests; the triggers keep `outbox_meta.bytes` equal to this.
 pub fn recount_bytes(conn: &Connection) -> Result<u64, OutboxError> {
