@@ -185,7 +185,7 @@ fn deserialize_all(
 }
 
 /// Top-level sections of the file.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 12] = [
     "site",
     "locations",
     "broker",
@@ -194,6 +194,8 @@ const SECTIONS: [&str; 10] = [
     "cameras",
     "detector",
     "uplink",
+    "station_link",
+    "compounds",
     "console",
     "storage",
 ];

@@ -39,7 +39,14 @@ pub(crate) fn relative_paths(config: &mut Config, base: &Path, spans: &SpanTree)
             join(base, &mut tls.ca);
         }
     }
-    if let Some(up) = &mut config.uplink {
+    for c in &mut config.compounds {
+        join_opt(base, &mut c.password_file);
+    }
+    for up in config
+        .uplink
+        .iter_mut()
+        .chain(config.station_link.iter_mut())
+    {
         join_opt(base, &mut up.password_file);
         if let Some(tls) = &mut up.tls {
             join_opt(base, &mut tls.ca);

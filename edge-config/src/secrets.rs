@@ -41,9 +41,20 @@ pub(crate) fn resolve(config: &mut Config) -> Vec<(KeyPath, String)> {
             &up.password_file,
         );
     }
+    if let Some(up) = &mut config.station_link {
+        fill(
+            KeyPath::of("station_link.password_file"),
+            &mut up.password,
+            &up.password_file,
+        );
+    }
     if let Some(ext) = &mut config.broker.external {
         let at = KeyPath::of("broker.external.password_file");
         fill(at, &mut ext.password, &ext.password_file);
+    }
+    for (i, c) in config.compounds.iter_mut().enumerate() {
+        let at = KeyPath::of("compounds").index(i).key("password_file");
+        fill(at, &mut c.password, &c.password_file);
     }
     for (i, r) in config.broker.readers.iter_mut().enumerate() {
         let at = KeyPath::of("broker.readers").index(i).key("password_file");

@@ -491,3 +491,25 @@ fn an_empty_or_misspelt_home_assistant_setting_is_refused_at_its_key() {
         ["11:1 homeassistant.discovery_prefix"]
     );
 }
+
+// ---- street station (issue 19) ----
+
+#[test]
+fn a_stations_compounds_need_their_own_ids_logins_and_passwords() {
+    check("35-compounds.toml");
+}
+
+#[test]
+fn a_station_link_to_the_platforms_broker_is_refused() {
+    check("36-station-link-is-the-platform.toml");
+}
+
+#[test]
+fn unknown_linked_cameras_are_each_reported_where_they_are_named() {
+    check("33-linked-camera-unknown.toml");
+}
+
+#[test]
+fn response_targets_are_in_range_and_keyed_by_alert_kinds() {
+    check("34-response-targets.toml");
+}

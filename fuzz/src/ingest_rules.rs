@@ -265,7 +265,7 @@ impl Alerts {
 
     /// A staff resolve of the `pick`-th raised alert, if it is still open, as the alert task
     /// sends it.
-    fn resolve(&mut self, pick: u8, resets: &mut ResetSender) {
+    fn resolve(&mut self, config: &Config, pick: u8, resets: &mut ResetSender) {
         if self.raised.is_empty() {
             return;
         }
@@ -273,11 +273,13 @@ impl Alerts {
         let Some(level) = self.open.remove(&(device, kind)) else {
             return;
         };
+        let id = config.devices[device].id.clone();
+        let still_reported = resets.still_reported(&id, kind);
         resets.send(RuleReset {
-            device,
+            device: id,
             kind,
             level,
-            still_reported: resets.still_reported(device, kind),
+            still_reported,
         });
     }
 }
@@ -315,7 +317,7 @@ pub fn run(data: &[u8]) {
                     alerts.apply(&engine.on_reading(&reading));
                 }
             }
-            Record::Resolve { pick } => alerts.resolve(pick, &mut resets),
+            Record::Resolve { pick } => alerts.resolve(&site.config, pick, &mut resets),
             Record::Tick => {}
         }
         alerts.apply(&engine.on_tick(now));

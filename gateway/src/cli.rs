@@ -46,6 +46,12 @@ pub enum Command {
         after_help = "Examples:\n  gateway status --data-dir /var/lib/shouwang\n  gateway status --config /etc/shouwang/gateway.toml --json"
     )]
     Status(StatusArgs),
+    /// Re-read the running gateway's configuration file without a restart (like SIGHUP)
+    /// and print what changed, what was refused and what needs a restart.
+    #[command(
+        after_help = "Examples:\n  gateway reload --data-dir /var/lib/shouwang\n  gateway reload --data-dir /var/lib/shouwang --json\n\nExit status: 0 applied (or nothing to apply), 78 the file is invalid (nothing changed), 1 no gateway or no answer."
+    )]
+    Reload(ReloadArgs),
     /// Commissioning report: config, ports, ONNX Runtime and model, cameras, devices heard,
     /// upstream; each problem with its fix. Exit 0 ok, 1 a check failed, 78 invalid config.
     #[command(
@@ -85,6 +91,19 @@ pub struct StatusArgs {
     /// Or the configuration file, whose `storage.data_dir` is used.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The running gateway's data directory.
+    #[arg(long)]
+    pub data_dir: std::path::PathBuf,
+    /// How long to wait for the gateway's answer, in seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "N")]
+    pub timeout_s: f64,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -21,6 +21,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// The whole ordered shutdown must finish within this time.
     pub shutdown_deadline: Duration,
+    /// The configuration file, re-read on SIGHUP (`None`: nothing to reload from).
+    pub config_file: Option<PathBuf>,
 }
 
 /// Why the daemon could not start or stopped.
@@ -41,6 +43,8 @@ pub enum DaemonError {
     Console(#[from] crate::console::ConsoleError),
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Reload(#[from] crate::reload::ReloadError),
     #[error("shutdown deadline passed with stages still running: {0:?}")]
     ShutdownTimedOut(Vec<Stage>),
 }
@@ -62,12 +66,23 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let running = topology::start_with_reserve(config.clone(), &db_path, &life, Some(reserve))?;
     let video = start_video(&config, &life, &running, &options.data_dir).await;
-    if let Some(v) = &video {
-        let _ = running.cameras.set(v.cameras.clone());
+    if let Some(control) = video.as_ref().and_then(|v| v.control.as_ref()) {
+        control.publish_to(running.cameras.clone());
     }
+    // The configuration in force for the stages that need no ordering (console, resident
+    // notices); the alarm path gets reloads in band (see `reload`).
+    let (live, live_config) = tokio::sync::watch::channel(config.clone());
+    // Sensor alarm → camera evidence (issue 16): the cameras that see a device.
+    crate::video::linked::spawn(
+        live_config.clone(),
+        video.as_ref().map(|v| v.linked.clone()).unwrap_or_default(),
+        running.events.clone(),
+        running.alert_inputs.clone(),
+        &life,
+    );
     if running.broker_addr.is_some() {
         crate::residents::spawn_publisher(
-            config.clone(),
+            live_config.clone(),
             running.internal_options.clone(),
             running.events.subscribe(),
             &life,
@@ -83,6 +98,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
             uplink: running.uplink.clone(),
             health: running.health.clone(),
             cameras: running.cameras.clone(),
+            live: live_config.clone(),
         },
         running.events.subscribe(),
         &life,
@@ -105,8 +121,19 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
             reserve: running.reserve.clone(),
             health: Some(running.health.clone()),
         },
+        live_config,
         &life,
     )?;
+    if let Some(file) = &options.config_file {
+        let targets = crate::reload::Targets {
+            alarm_path: running.reload.clone(),
+            live,
+            access: running.broker.as_ref().and_then(|b| b.access_reloader()),
+            video: video.as_ref().and_then(|v| v.control.clone()),
+        };
+        let (file, dir) = (file.clone(), options.data_dir.clone());
+        crate::reload::spawn(&life, file, dir, config.clone(), targets)?;
+    }
 
     // ---- /metrics (issue 15): Prometheus on `[metrics] bind`, off unless configured ----
     crate::metrics::start(

@@ -86,14 +86,43 @@ pub struct Migration {
 }
 
 /// Every schema step, oldest first (see [Schema versions](self#schema-versions)).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    what: "alerts, alert_events, alerts_meta, resident_links (the schema before versioning)",
-    sql: SCHEMA_V1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        what: "alerts, alert_events, alerts_meta, resident_links (the schema before versioning)",
+        sql: SCHEMA_V1,
+    },
+    Migration {
+        version: 2,
+        what: "remote_alerts, remote_compounds: a street station's copy of its compounds' alerts and their last heartbeat",
+        sql: SCHEMA_V2,
+    },
+];
 
 /// The schema version this gateway writes: the last of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Version 2: a street station's compounds' alert events (see `alerts::remote`).
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS remote_alerts (
+    id TEXT PRIMARY KEY,
+    compound TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    level TEXT NOT NULL,
+    state TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS remote_alerts_by_compound ON remote_alerts (compound, active, updated_at);
+CREATE TABLE IF NOT EXISTS remote_compounds (
+    compound TEXT PRIMARY KEY,
+    heartbeat_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+";
 
 /// Version 1, exactly as the alert store and resident links created it before versioning.
 const SCHEMA_V1: &str = "
@@ -322,7 +351,8 @@ INSERT INTO resident_links VALUES ('b1', 'u1', x'00', '2026-01-01T00:00:00.000Z'
     }
 
     #[test]
-    fn a_database_from_before_schema_versions_opens_as_version_1_with_its_rows_intact() {
+    fn a_database_from_before_schema_versions_migrates_to_the_current_version_with_its_rows_intact()
+    {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         {
@@ -333,7 +363,12 @@ INSERT INTO resident_links VALUES ('b1', 'u1', x'00', '2026-01-01T00:00:00.000Z'
         let version: u32 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            count(&conn, "remote_alerts"),
+            0,
+            "version 2's table is there"
+        );
         assert_eq!(count(&conn, "alerts"), 1);
         assert_eq!(count(&conn, "alert_events"), 1);
         assert_eq!(count(&conn, "resident_links"), 1);
@@ -345,7 +380,11 @@ INSERT INTO resident_links VALUES ('b1', 'u1', x'00', '2026-01-01T00:00:00.000Z'
             )
             .unwrap();
         assert_eq!(next_seq, 2, "the sequence goes on where it was");
-        assert_eq!(migrate(&conn).unwrap(), 1, "a second open finds version 1");
+        assert_eq!(
+            migrate(&conn).unwrap(),
+            SCHEMA_VERSION,
+            "a second open finds the current version"
+        );
         let store = crate::alerts::AlertStore::open(&path);
         assert!(store.is_ok(), "the alert store opens it: {:?}", store.err());
     }

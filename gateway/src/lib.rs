@@ -17,6 +17,8 @@
 //! supervise (stage health) → faults ─(AlertBus)─▶ alerts
 //! every stage's snapshot ─▶ status ─▶ status.json ─▶ `gateway status`, console
 //! alerts ─(commit marks)─▶ broker::gate ─▶ the sensor's PUBACK
+//! reload ─(config, in band)─▶ ingest ─▶ rules ─▶ alerts;  reload ─▶ broker logins, cameras, console
+//! alerts ─(committed events)─▶ video::linked ─▶ cameras (snapshot, clip) ─(AlertBus)─▶ alerts
 //! ```
 //!
 //! The daemon adds the cameras, the console and the resident notices to what the topology
@@ -48,6 +50,10 @@
 //! - [`doctor`] — `gateway doctor`: the installer's commissioning report (config, ports,
 //!   ONNX Runtime, cameras, devices heard, upstream), each problem with its fix.
 //! - [`daemon`] — `gateway run`: data directory lock, database, stages, readiness, shutdown.
+//! - [`reload`] — `SIGHUP` / `gateway reload`: the file re-read and validated, compared with
+//!   the running config, applied in band on the alarm path (ingest → rules → alert task) and
+//!   to the broker's logins, the cameras, console staff, resident notices and Home Assistant;
+//!   restart-only keys named; the outcome in `reload.json`.
 //! - [`service`] — the service manager's protocol (systemd `Type=notify`): `READY=1`, and
 //!   watchdog pings only while the self-test passes, so systemd restarts a wedged gateway.
 //! - [`os`] — process-wide start-up settings: a private umask, the open-file limit raised.
@@ -62,7 +68,10 @@
 //! - [`reading`] — the decoded reading, the neutral type between ingest and rules.
 //! - [`rules`] — hazard rules as state machines with debounce, hysteresis and clear-hold.
 //! - [`alerts`] — the alert model, lifecycle (escalation, linkage), its SQLite store, the
-//!   alert task (the single writer of alert events) and the typed [`alerts::AlertBus`] into it.
+//!   alert task (the single writer of alert events) and the typed [`alerts::AlertBus`] into it;
+//!   on a street station, its compounds' alert events and liveness ([`alerts::remote`]), which
+//!   reach it over the compounds' `[station_link]` like sensor messages (broker log, ingest,
+//!   rules, commit gate).
 //! - [`publish`] / [`telemetry`] — retained local alert topics; durable telemetry batches.
 //! - [`db`] — the single SQLite (WAL) database: every connection opened there, who writes
 //!   what, the versioned schema migrations (`PRAGMA user_version`; a newer file is refused).
@@ -109,6 +118,7 @@ pub mod os;
 pub mod outbox;
 pub mod publish;
 pub mod reading;
+pub mod reload;
 pub mod reserve;
 pub mod residents;
 pub mod rules;

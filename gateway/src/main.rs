@@ -19,6 +19,11 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Config(ConfigCommand::Check { file }) => check(&file),
         Command::Status(args) => status(args),
+        Command::Reload(args) => gateway::reload::cli::main(
+            &args.data_dir,
+            Duration::from_secs_f64(args.timeout_s.max(0.1)),
+            args.json,
+        ),
         Command::Doctor(args) => gateway::doctor::main(&args),
         Command::Residents(cmd) => gateway::residents::cli::run(&cmd),
         Command::Detect(args) => match gateway::video::detect_cli::run(&args) {
@@ -114,6 +119,7 @@ fn run(args: RunArgs) -> ExitCode {
             .data_dir
             .unwrap_or_else(|| config.storage.data_dir.clone()),
         shutdown_deadline: Duration::from_secs_f64(args.shutdown_deadline_s.max(0.1)),
+        config_file: Some(args.config.clone()),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

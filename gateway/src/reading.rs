@@ -127,3 +127,24 @@ pub struct Decoded {
     /// `Some(false)` for an `offline` availability message.
     pub online: Option<bool>,
 }
+
+/// A message from a compound gateway to its street station (`[[compounds]]`): one of its
+/// alert events, or its link's heartbeat. Ingest checks size and shape; the alert task
+/// stores it (see `alerts::remote`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// The compound's site id (from the topic, which only its login may publish on).
+    pub compound: String,
+    pub kind: RemoteKind,
+    /// A JSON object.
+    pub payload: Vec<u8>,
+}
+
+/// What a compound sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteKind {
+    /// `shouwang/{compound}/alerts`: one alert event, as its platform gets it.
+    Alert,
+    /// `shouwang/{compound}/heartbeat`: its station link is up.
+    Heartbeat,
+}

@@ -106,26 +106,31 @@ impl Lifecycle {
     /// Runs `start` as the supervised stage `name` of `stage`: started again (with backoff)
     /// whenever it returns, fails or panics before shutdown, each time a fault (see
     /// [`crate::supervise`]). `start` gets the stage token; what must survive a restart
-    /// (channels, counters) lives in what it captures.
+    /// (channels, counters) lives in what it captures. Returns the task's own token (a
+    /// child of the stage's): cancelling it retires the task for good, without a fault
+    /// (a camera removed by a config reload).
     pub fn supervise<F, Fut>(
         &self,
         stage: Stage,
         name: impl Into<String>,
         severity: Severity,
         start: F,
-    ) where
+    ) -> CancellationToken
+    where
         F: FnMut(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = StageResult> + Send + 'static,
     {
+        let own = self.token(stage).child_token();
         let supervisor = crate::supervise::supervise(
             name.into(),
             severity,
             self.health.clone(),
-            self.token(stage),
+            own.clone(),
             self.token(Stage::Inputs),
             start,
         );
         self.trackers[stage.index()].spawn(supervisor);
+        own
     }
 
     /// [`Self::supervise`] for a blocking loop (e.g. a SQLite writer), run on the blocking pool.
@@ -135,7 +140,8 @@ impl Lifecycle {
         name: impl Into<String>,
         severity: Severity,
         start: F,
-    ) where
+    ) -> CancellationToken
+    where
         F: FnMut(CancellationToken) -> StageResult + Send + 'static,
     {
         // The closure is shared with each run's blocking thread; a panic poisons the mutex,
@@ -154,7 +160,7 @@ impl Lifecycle {
                     Err(e) => e.to_string(),
                 })?
             }
-        });
+        })
     }
 
     /// Runs a blocking closure (e.g. a SQLite writer loop) as a task of a stage.

@@ -104,10 +104,15 @@ pub struct Running {
     pub events: EventFeed,
     /// Live uplink state and counters (also written to `status.json` every second).
     pub uplink: Arc<crate::uplink::UplinkStatus>,
+    /// The street station link's, when `[station_link]` is configured.
+    pub station_link: Option<Arc<crate::uplink::UplinkStatus>>,
     /// Every supervised stage's state and the self-test.
     pub health: Arc<Health>,
     /// Set once the cameras run, so that `status.json` carries their counters.
     pub cameras: crate::video::CameraSlot,
+    /// A reloaded configuration sent here reaches ingest, which passes it down the alarm
+    /// path in order (ingest → rules → alert task; see [`crate::reload`]).
+    pub reload: tokio::sync::watch::Sender<Arc<Config>>,
 }
 
 /// Starts broker, ingest, rules, alerts and local publication as tasks of `stages`.
@@ -135,6 +140,8 @@ pub fn start_with_reserve(
     let (mut broker, options) = connect(&config, &ingest)?;
     let broker_addr = broker.as_ref().map(EmbeddedBroker::local_addr);
     let restored = Restored::load(&config, db_path)?;
+    // Before the alert task can commit anything: every alert gets its station copy.
+    crate::uplink::register_destinations(&config, db_path)?;
 
     let (reading_tx, reading_rx) = mpsc::channel::<Ingested>(READINGS_CAPACITY);
     let (input_tx, input_rx) = mpsc::channel::<AlertInput>(ALERT_INPUT_CAPACITY);
@@ -158,9 +165,12 @@ pub fn start_with_reserve(
     // Outbox: housekeeping (quota, buffer_full), the uplink, and status.json.
     let events = events_tx.subscribe();
     let uplink = crate::uplink::start(&config, db_path, stages, &bus, events)?;
-    let cameras = Arc::new(std::sync::OnceLock::new());
+    let station_link =
+        crate::uplink::start_station(&config, db_path, stages, &bus, events_tx.subscribe())?;
+    let cameras: crate::video::CameraSlot = Arc::default();
     let sources = status::StatusSources {
         link: uplink.clone(),
+        station_link: station_link.clone(),
         ingest: Some(ingest.stats.clone()),
         alert_store: Some(alert_stats.clone()),
         reserve: reserve.clone(),
@@ -173,7 +183,15 @@ pub fn start_with_reserve(
     // Inputs: ingest (in-process links on the embedded broker, a client on an external one)
     // and the self-test's probes, through the listener sensors use.
     let (ingest_stats, device_board) = (ingest.stats.clone(), ingest.board.clone());
-    spawn_ingest(stages, ingest, broker.as_mut(), &options, reading_tx);
+    let (reload, reloads) = tokio::sync::watch::channel(config.clone());
+    spawn_ingest(
+        stages,
+        ingest,
+        broker.as_mut(),
+        &options,
+        reading_tx,
+        reloads,
+    );
     spawn_self_test_probe(stages, &options, self_test);
 
     Ok(Running {
@@ -188,8 +206,10 @@ pub fn start_with_reserve(
         alert_inputs: bus,
         events: EventFeed::new(&events_tx),
         uplink,
+        station_link,
         health,
         cameras,
+        reload,
     })
 }
 
@@ -220,7 +240,7 @@ fn spawn_processing(
     let alert_stats = Arc::new(AlertTaskStats::default());
     let parts = AlertTaskParts {
         first: Some(restored.lifecycle),
-        config: config.clone(),
+        config: Arc::new(std::sync::Mutex::new(config.clone())),
         db_path: db_path.to_owned(),
         commands: restored.commands,
         published: p.events.clone(),
@@ -233,7 +253,7 @@ fn spawn_processing(
     let producers = AlertProducers::new();
     spawn_alert_task(stages, parts, p.inputs, producers.stopped.clone());
     let telemetry_stats = Arc::new(TelemetryStats::default());
-    let sink = spawn_telemetry(stages, config, db_path, &telemetry_stats, &reserve)?;
+    let sink = spawn_telemetry(stages, db_path, &telemetry_stats, &reserve)?;
     let rules = RulesParts {
         engine: restored.engine,
         readings: p.readings,
@@ -340,7 +360,9 @@ struct AlertTaskParts {
     /// The lifecycle built at start-up (its active alerts were used to restore the rules);
     /// a restart reloads one from the database.
     first: Option<Lifecycle>,
-    config: Arc<Config>,
+    /// The configuration in force: the task updates it on a reload, a restarted task
+    /// starts from it.
+    config: Arc<std::sync::Mutex<Arc<Config>>>,
     db_path: std::path::PathBuf,
     commands: mpsc::Sender<Command>,
     published: broadcast::Sender<crate::alerts::Alert>,
@@ -359,8 +381,12 @@ impl AlertTaskParts {
             Some(l) => l,
             None => {
                 let store = AlertStore::open(&self.db_path).map_err(|e| e.to_string())?;
-                let mut l =
-                    Lifecycle::new(self.config.clone(), store).map_err(|e| e.to_string())?;
+                let config = self
+                    .config
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let mut l = Lifecycle::new(config, store).map_err(|e| e.to_string())?;
                 l.set_command_sink(self.commands.clone());
                 l.set_rule_resets(self.resets.handle());
                 l
@@ -370,7 +396,8 @@ impl AlertTaskParts {
             AlertTask::new(lifecycle, self.published.clone(), self.stats.clone())
                 .with_reserve(self.reserve.clone())
                 .with_self_test(Some(self.self_test.clone()))
-                .with_commit_gate(self.gate.clone()),
+                .with_commit_gate(self.gate.clone())
+                .with_config_cell(self.config.clone()),
         )
     }
 }
@@ -421,7 +448,6 @@ fn spawn_alert_task(
 
 fn spawn_telemetry(
     stages: &Stages,
-    config: &Arc<Config>,
     db_path: &Path,
     stats: &Arc<TelemetryStats>,
     reserve: &Option<Arc<Reserve>>,
@@ -452,7 +478,6 @@ fn spawn_telemetry(
     Ok(TelemetrySink {
         tx,
         stats: stats.clone(),
-        config: config.clone(),
     })
 }
 
@@ -553,34 +578,43 @@ fn spawn_ingest(
     broker: Option<&mut EmbeddedBroker>,
     options: &MqttOptions,
     out: mpsc::Sender<Ingested>,
+    reloads: ingest::Reloads,
 ) {
     let specs = ingest.local_subscribers();
     let ingest = Arc::new(tokio::sync::Mutex::new(ingest));
+    let reloads = Arc::new(tokio::sync::Mutex::new(reloads));
     match broker {
         Some(b) => {
             let first = b
                 .take_local_link(ingest::DEVICES_LINK)
-                .zip(b.take_local_link(ingest::WATCH_LINK));
+                .zip(b.take_local_link(ingest::WATCH_LINK))
+                .map(|(devices, watch)| ingest::Links {
+                    devices,
+                    watch,
+                    extra: Vec::new(),
+                });
             // The links outlive a crash of the stage (nothing waiting in the broker's logs is
             // lost); only a link the router dropped is replaced, by fresh ones.
             let links = Arc::new(tokio::sync::Mutex::new(first));
             let factory = b.link_factory();
             stages.supervise(Stage::Inputs, "ingest", Severity::AlarmPath, move |token| {
                 let (ingest, out, links) = (ingest.clone(), out.clone(), links.clone());
-                let (factory, specs) = (factory.clone(), specs.clone());
+                let (factory, specs, reloads) = (factory.clone(), specs.clone(), reloads.clone());
                 async move {
-                    let mut links = links.lock_owned().await;
-                    let (devices, watch) = match links.as_mut() {
-                        Some(l) => l,
-                        None => links.insert((
-                            factory.attach(&specs[0]).map_err(|e| e.to_string())?,
-                            factory.attach(&specs[1]).map_err(|e| e.to_string())?,
-                        )),
-                    };
+                    let mut slot = links.lock_owned().await;
                     let mut ingest = ingest.lock_owned().await;
-                    let result = ingest::run_local(&mut ingest, devices, watch, &out, token).await;
+                    let links = match slot.as_mut() {
+                        Some(l) => l,
+                        None => slot.insert(
+                            attach_links(&factory, &specs, &ingest).map_err(|e| e.to_string())?,
+                        ),
+                    };
+                    let mut reloads = reloads.lock_owned().await;
+                    let result =
+                        ingest::run_local(&mut ingest, links, &factory, &mut reloads, &out, token)
+                            .await;
                     if let Err(ingest::IngestError::Link(_)) = &result {
-                        *links = None;
+                        *slot = None;
                     }
                     result.map_err(|e| e.to_string())
                 }
@@ -590,16 +624,41 @@ fn spawn_ingest(
             let options = options.clone();
             stages.supervise(Stage::Inputs, "ingest", Severity::AlarmPath, move |token| {
                 let (client, events) = client(&options, options.client_id().as_str());
-                let (ingest, out) = (ingest.clone(), out.clone());
+                let (ingest, out, reloads) = (ingest.clone(), out.clone(), reloads.clone());
                 async move {
                     let mut ingest = ingest.lock_owned().await;
-                    ingest::run(&mut ingest, client, events, &out, token)
+                    let mut reloads = reloads.lock_owned().await;
+                    ingest::run(&mut ingest, client, events, &mut reloads, &out, token)
                         .await
                         .map_err(|e| e.to_string())
                 }
             });
         }
     }
+}
+
+/// Fresh links for a restarted ingest: the device and watch links of `specs`, and one link
+/// for the device filters reloads added since the start.
+fn attach_links(
+    factory: &broker::LinkFactory,
+    specs: &[broker::LocalSubscriber],
+    ingest: &Ingest,
+) -> Result<ingest::Links, broker::LocalLinkError> {
+    let extra = ingest.extra_filters(&specs[0].filters);
+    let mut links = ingest::Links {
+        devices: factory.attach(&specs[0])?,
+        watch: factory.attach(&specs[1])?,
+        extra: Vec::new(),
+    };
+    if !extra.is_empty() {
+        links.extra.push(factory.attach(&broker::LocalSubscriber {
+            role: ingest::RELOAD_LINK.to_owned(),
+            client_id: internal_client_id(ingest::RELOAD_LINK),
+            filters: extra,
+            per_device: true,
+        })?);
+    }
+    Ok(links)
 }
 
 /// The rules stage: applies readings, ticks once a second, forwards edges (and self-test
@@ -619,11 +678,23 @@ async fn run_rules(
         let signals = tokio::select! {
             item = readings.recv() => match item {
                 Some(Ingested::Reading(r)) => {
-                    telemetry.offer(&r);
-                    if let Some(state) = telemetry.actuator_state(&r) {
+                    let config = lock(engine).config().clone();
+                    telemetry.offer(&config, &r);
+                    if let Some(state) = TelemetrySink::actuator_state(&config, &r) {
                         if out.send(state).await.is_err() { return gone(); }
                     }
                     lock(engine).on_reading(&r)
+                }
+                Some(Ingested::Remote(r)) => {
+                    if out.send(AlertInput::Remote(r)).await.is_err() { return gone(); }
+                    Vec::new()
+                }
+                Some(Ingested::Reload(config)) => {
+                    // Every signal of the old device numbering has been sent: the alert
+                    // task switches when this reaches it, in order.
+                    lock(engine).reconfigure(config.clone(), Instant::now());
+                    if out.send(AlertInput::Reload(config)).await.is_err() { return gone(); }
+                    Vec::new()
                 }
                 Some(Ingested::Probe(p)) => {
                     if out.send(AlertInput::Probe(p)).await.is_err() { return gone(); }
@@ -688,13 +759,12 @@ async fn run_commands(
 struct TelemetrySink {
     tx: mpsc::Sender<telemetry::Record>,
     stats: Arc<TelemetryStats>,
-    config: Arc<Config>,
 }
 
 impl TelemetrySink {
     /// An actuator's state report, as an input for the alert task (linkage confirmation).
-    fn actuator_state(&self, r: &Reading) -> Option<AlertInput> {
-        let device = self.config.devices.get(r.device)?;
+    fn actuator_state(config: &Config, r: &Reading) -> Option<AlertInput> {
+        let device = config.devices.get(r.device)?;
         let state = r.decoded.values.state.clone()?;
         device.kind.takes_commands().then(|| {
             Trigger::ActuatorState {
@@ -705,11 +775,11 @@ impl TelemetrySink {
         })
     }
 
-    fn offer(&self, r: &Reading) {
-        let Some(device) = self.config.devices.get(r.device) else {
+    fn offer(&self, config: &Config, r: &Reading) {
+        let Some(device) = config.devices.get(r.device) else {
             return;
         };
-        let record = telemetry::Record::new(&self.config.site.id, &device.id, r);
+        let record = telemetry::Record::new(&config.site.id, &device.id, r);
         if self.tx.try_send(record).is_err() {
             self.stats
                 .dropped

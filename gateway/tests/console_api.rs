@@ -105,8 +105,9 @@ impl Site {
         let life = Lifecycle::new();
         let running = topology::start(config.clone(), &db, &life).unwrap();
         let broker = running.broker_addr.unwrap();
+        let (_reload, live) = tokio::sync::watch::channel(config.clone());
         residents::spawn_publisher(
-            config.clone(),
+            live.clone(),
             running.internal_options.clone(),
             running.events.subscribe(),
             &life,
@@ -125,6 +126,7 @@ impl Site {
                 health: Some(running.health.clone()),
                 reserve: running.reserve.clone(),
             },
+            live,
             &life,
         )
         .unwrap();

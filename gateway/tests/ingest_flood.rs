@@ -139,7 +139,12 @@ async fn a_smoke_alarm_survives_a_flood_that_overruns_the_broker_logs_while_inge
     // The gateway's ingest, started only now, still gets the alarm from its own log.
     let (tx, mut rx) = mpsc::channel::<Ingested>(10_000);
     let token = CancellationToken::new();
-    let task = tokio::spawn(run_local(ingest, devices, watch, tx, token.clone()));
+    let task = tokio::spawn(run_local(
+        ingest,
+        (devices, watch, broker.link_factory()),
+        tx,
+        token.clone(),
+    ));
     let mut readings = Vec::new();
     while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(800), rx.recv()).await {
         if let Ingested::Reading(r) = r {
@@ -210,12 +215,18 @@ fn config_with_smokes(n: usize) -> Arc<Config> {
 /// Runs the ingest on its links as the gateway's supervisor would, until `token` is cancelled.
 async fn run_local(
     mut ingest: Ingest,
-    mut devices: LocalLink,
-    mut watch: LocalLink,
+    (devices, watch, factory): (LocalLink, LocalLink, gateway::broker::LinkFactory),
     out: mpsc::Sender<Ingested>,
     token: CancellationToken,
 ) {
-    ingest::run_local(&mut ingest, &mut devices, &mut watch, &out, token)
+    let mut links = ingest::Links {
+        devices,
+        watch,
+        extra: Vec::new(),
+    };
+    // Nobody reloads here: the sender is kept so the receiver stays quiet.
+    let (_reload, mut reloads) = tokio::sync::watch::channel(ingest.config().clone());
+    ingest::run_local(&mut ingest, &mut links, &factory, &mut reloads, &out, token)
         .await
         .expect("links stay up");
 }
@@ -235,7 +246,8 @@ async fn alarms_during_a_flood_on(flood_topic: &'static str) -> gateway::ingest:
     let w = broker.take_local_link(watch).unwrap();
     let (tx, mut rx) = mpsc::channel::<Ingested>(1_000);
     let token = CancellationToken::new();
-    let task = tokio::spawn(run_local(ingest, d, w, tx, token.clone()));
+    let links = (d, w, broker.link_factory());
+    let task = tokio::spawn(run_local(ingest, links, tx, token.clone()));
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (flooder, mut flood_events) = broker.async_client("flooder", 10_000);

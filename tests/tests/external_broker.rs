@@ -131,3 +131,53 @@ async fn sensors_on_an_external_mosquitto_raise_alerts_there_even_after_it_resta
     assert_eq!(resolved.len(), 1, "the clear after the restart was heard");
     assert_eq!(resolved[0]["id"], smoke[0]["id"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_added_by_reload_on_its_own_topic_is_subscribed_and_alarms() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start(dir.path());
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config(&upstream)).unwrap();
+    let data = dir.path().join("data");
+    let mut gateway = Gateway::start(&path, &data);
+    gateway.wait_for_message("gateway ready", Duration::from_secs(30));
+    wait_for_nth(&mut gateway, "ingest subscribed", 1);
+    let mut watch = client(&upstream, "w-reload").await;
+    watch.subscribe("shouwang/test-site/alerts/#").await;
+    let sensors = client(&upstream, "sensors-reload").await;
+
+    // A legacy gas detector on a topic outside the sensor families: nobody reads it yet.
+    let legacy = "[[devices]]\nid = \"legacy-gas\"\nkind = \"gas\"\ntopic = \"plant/boiler-room/gas\"\nlocation = { building = \"b1\", floor = 1 }\n";
+    std::fs::write(&path, format!("{}\n{legacy}", config(&upstream))).unwrap();
+    let out = std::process::Command::new(e2e::bin("gateway"))
+        .args(["reload", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("device legacy-gas added"), "{text}");
+    // The gateway subscribes the new topic on its running connection (no reconnect).
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut raised_gas = Vec::new();
+    while raised_gas.is_empty() && std::time::Instant::now() < deadline {
+        sensors
+            .publish("plant/boiler-room/gas", r#"{"gas_lel_pct":40}"#)
+            .await;
+        raised_gas = watch
+            .collect(1, Duration::from_millis(500), raised("gas"))
+            .await;
+    }
+    assert_eq!(raised_gas.len(), 1, "the reloaded device alarms");
+    assert_eq!(raised_gas[0]["source"]["id"], "legacy-gas");
+    gateway.drain_log();
+    let subscribed = gateway
+        .seen
+        .iter()
+        .filter(|l| l.contains("\"ingest subscribed\""))
+        .count();
+    assert_eq!(
+        subscribed, 1,
+        "no reconnect: the same session subscribed the new topic"
+    );
+}

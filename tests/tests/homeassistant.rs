@@ -557,6 +557,56 @@ async fn restarting_without_a_device_clears_its_configs_when_home_assistant_come
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_reload_without_a_device_clears_its_entities_at_once_and_keeps_the_others() {
+    let site = start("");
+    let all = expected(&[]);
+    let mut ha = Mqtt::connect(site.broker, "ha-r1").await;
+    ha.subscribe(&format!("{PREFIX}/+/{NODE}/+/config")).await;
+    let got = gather(&mut ha, has_all(&all)).await;
+    assert_eq!(announced(&got).len(), all.len());
+    let body = format!("{DEVICES}\n{}\n", uplink()).replace(
+        "[[devices]]\nid = \"b1-heat\"\nkind = \"heat\"\nlocation = { building = \"b1\", floor = 3 }\n",
+        "",
+    );
+    assert!(!body.contains("b1-heat"));
+    write_config(site.dir.path(), &body);
+    let out = std::process::Command::new(e2e::bin("gateway"))
+        .args(["reload", "--data-dir"])
+        .arg(&site.data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // No restart, no birth message: the running gateway clears the heat detector's
+    // entities as soon as the reload is applied.
+    let heat: BTreeSet<String> = all
+        .iter()
+        .filter(|(_, o)| o.starts_with("device_b1-heat_"))
+        .map(|(c, o)| config_topic(c, o))
+        .collect();
+    assert_eq!(heat.len(), 3);
+    let cleared = gather(&mut ha, |g| {
+        heat.iter().all(|t| g.get(t).is_some_and(Vec::is_empty))
+    })
+    .await;
+    for t in &heat {
+        assert_eq!(cleared.get(t).map(Vec::len), Some(0), "{t} cleared");
+    }
+    let remaining = retained(
+        site.broker,
+        "ha-r2",
+        &format!("{PREFIX}/#"),
+        has_all(&expected(&["b1-heat"])),
+    )
+    .await;
+    let keys: BTreeSet<_> = announced(&remaining).into_keys().collect();
+    assert_eq!(keys, expected(&["b1-heat"]), "the others stay");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn forged_configs_and_states_under_the_gateways_topics_change_nothing_it_publishes() {
     let site = start("");
     let want = expected(&[]);

@@ -102,6 +102,49 @@ pub struct BrokerReader {
     pub topics: Vec<String>,
 }
 
+/// `[[compounds]]` (a street station's gateway): a compound gateway whose `[station_link]`
+/// forwards its alerts here. It logs in to the embedded broker with its own credentials and
+/// may publish only under `shouwang/{id}/` (`alerts`, `heartbeat`) and read only its own
+/// `shouwang/{id}/commands/#` (staff acknowledgements going back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compound {
+    /// The compound gateway's `site.id`.
+    pub id: String,
+    /// Shown on the station console, e.g. "幸福里小区".
+    pub name: String,
+    /// The compound gateway's login (its `[station_link] username`).
+    pub username: String,
+    /// Password (shown as `********` when serialized). Not with `password_file`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
+    pub password: Option<String>,
+    /// File holding the password (its first line). Not with `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// The compound gateway's console, e.g. `http://10.20.0.5:8080`: the station fetches an
+    /// alert's snapshot or clip from there (`/station/alerts/{id}/…`, with this compound's
+    /// login) only when someone looks. Absent: no evidence from this compound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_url: Option<String>,
+    /// Forward this compound's alert events upstream with the station's own (one aggregated
+    /// stream on the station's `[uplink]`, the events unchanged: the platform deduplicates by
+    /// `id` + `seq` when the compound also reaches it directly). Default false.
+    #[serde(default)]
+    pub forward: bool,
+    /// Silent this long (no heartbeat, no alert), the compound is `compound_offline`.
+    /// Default 90 (its link beats every 20 s; a fault shows within 100 s).
+    #[serde(default = "default_offline_after_s")]
+    pub offline_after_s: u32,
+}
+
+fn default_offline_after_s() -> u32 {
+    90
+}
+
 /// Which broker the sensors use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

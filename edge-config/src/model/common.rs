@@ -87,6 +87,9 @@ pub enum AlertKind {
     /// A stage of the gateway itself stopped or stopped working (red when the alarm path is
     /// affected): the panel's *fault* signal.
     GatewayFault,
+    /// A street station no longer hears one of its compounds (no heartbeat and no alert
+    /// for `offline_after_s`): that compound's alarms may not be reaching the station.
+    CompoundOffline,
     /// Camera: an e-bike entering a lobby or lift.
     EbikeEntry,
     /// Camera: too many people in a zone for too long.
@@ -98,6 +101,29 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [AlertKind; 19] = [
+        AlertKind::Smoke,
+        AlertKind::Heat,
+        AlertKind::WaterLeak,
+        AlertKind::Gas,
+        AlertKind::CarbonMonoxide,
+        AlertKind::SmartPlug,
+        AlertKind::EbikeBattery,
+        AlertKind::Sos,
+        AlertKind::DeviceOffline,
+        AlertKind::BatteryLow,
+        AlertKind::Tamper,
+        AlertKind::BatteryRemoved,
+        AlertKind::CameraDown,
+        AlertKind::BufferFull,
+        AlertKind::GatewayFault,
+        AlertKind::EbikeEntry,
+        AlertKind::Crowd,
+        AlertKind::Intrusion,
+        AlertKind::Loitering,
+    ];
+
     /// The name as written in the configuration, e.g. `water_leak`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -116,6 +142,7 @@ impl AlertKind {
             AlertKind::CameraDown => "camera_down",
             AlertKind::BufferFull => "buffer_full",
             AlertKind::GatewayFault => "gateway_fault",
+            AlertKind::CompoundOffline => "compound_offline",
             AlertKind::EbikeEntry => "ebike_entry",
             AlertKind::Crowd => "crowd",
             AlertKind::Intrusion => "intrusion",

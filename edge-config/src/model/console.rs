@@ -1,7 +1,8 @@
 //! `[console]`: the duty staff's web console.
 
-use super::redact_required;
+use super::{redact_required, AlertKind};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 /// `[console]`.
@@ -19,6 +20,8 @@ pub struct Console {
     pub lockout_after_failures: u32,
     /// `[[console.staff]]`: who may log in.
     pub staff: Vec<Staff>,
+    /// `[console.response]`: the response-time targets the console measures staff against.
+    pub response: ResponseTargets,
 }
 
 impl Default for Console {
@@ -28,6 +31,7 @@ impl Default for Console {
             session_timeout_min: 480,
             lockout_after_failures: 5,
             staff: Vec::new(),
+            response: ResponseTargets::default(),
         }
     }
 }
@@ -65,4 +69,44 @@ pub enum Role {
     Staff,
     /// Also manage accounts and settings.
     Admin,
+}
+
+/// `[console.response]`: how fast the duty staff should answer ("135": acknowledge within a
+/// minute). The console pins unacknowledged alerts with a running timer against
+/// `ack_within_s` and shows, per alert kind, how many alerts met or missed each target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseTargets {
+    /// Seconds within which an alert should be acknowledged (10..=3600). Default 60.
+    pub ack_within_s: u32,
+    /// Minutes within which an alert should be resolved, per alert kind, with `default` for
+    /// the kinds not listed (each 1..=1440), e.g. `{ default = 15, smoke = 10 }`. Default
+    /// `{ default = 15 }`.
+    pub resolve_within_min: BTreeMap<String, u32>,
+}
+
+/// `resolve_within_min` for a kind not listed and without `default`.
+pub const DEFAULT_RESOLVE_WITHIN_MIN: u32 = 15;
+
+impl Default for ResponseTargets {
+    fn default() -> Self {
+        Self {
+            ack_within_s: 60,
+            resolve_within_min: BTreeMap::from([(
+                "default".to_owned(),
+                DEFAULT_RESOLVE_WITHIN_MIN,
+            )]),
+        }
+    }
+}
+
+impl ResponseTargets {
+    /// The resolve target of `kind` in minutes: its own entry, else `default`, else 15.
+    pub fn resolve_within_min(&self, kind: AlertKind) -> u32 {
+        self.resolve_within_min
+            .get(kind.as_str())
+            .or_else(|| self.resolve_within_min.get("default"))
+            .copied()
+            .unwrap_or(DEFAULT_RESOLVE_WITHIN_MIN)
+    }
 }

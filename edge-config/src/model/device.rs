@@ -61,6 +61,12 @@ pub struct Device {
     /// `switch_off` linkage with `own_plug = true` cuts that plug on a battery alert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plug: Option<String>,
+    /// Cameras (`[[cameras]]` ids) that see this device, e.g. `["shed-cam"]`: a smoke, heat,
+    /// gas, SOS or e-bike battery alarm of it gets a snapshot and a short clip from each
+    /// (联动抓拍), attached to the alert. Default: its area's `cameras`, else its
+    /// building's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cameras: Vec<String>,
 }
 
 impl Device {

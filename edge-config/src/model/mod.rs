@@ -12,15 +12,15 @@ mod rules;
 mod uplink;
 
 pub use broker::{
-    Broker, BrokerMode, BrokerReader, CaTls, ExternalBroker, ServerTls, DEFAULT_BROKER_BIND,
-    DEFAULT_BROKER_TLS_PORT,
+    Broker, BrokerMode, BrokerReader, CaTls, Compound, ExternalBroker, ServerTls,
+    DEFAULT_BROKER_BIND, DEFAULT_BROKER_TLS_PORT,
 };
 pub(crate) use camera::{parsed_userinfo, userinfo};
 pub use camera::{
     redact_url, Camera, CameraRule, CameraRuleKind, CameraSource, Mask, Zone, COCO_CLASSES,
 };
 pub use common::{AlertKind, HhMm, Level, LocationRef, Point, TimeWindow};
-pub use console::{Console, Role, Staff};
+pub use console::{Console, ResponseTargets, Role, Staff, DEFAULT_RESOLVE_WITHIN_MIN};
 pub use device::{Device, DeviceKind, Field, FieldType, PayloadFormat, Thresholds};
 pub use homeassistant::HomeAssistant;
 pub use metrics::{Metrics, DEFAULT_METRICS_BIND};
@@ -62,6 +62,15 @@ pub struct Config {
     /// `[uplink]`: the upstream MQTT connection; absent = no upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<Uplink>,
+    /// `[[compounds]]`: on a street station's gateway, the compound gateways that forward
+    /// their alerts to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compounds: Vec<Compound>,
+    /// `[station_link]`: a compound's second upstream, its street police station's gateway
+    /// (same keys as `[uplink]`; alerts only, from a durable outbox copy of their own, so
+    /// the station hears the compound while the platform is unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station_link: Option<Uplink>,
     /// `[console]`: the duty staff's web console.
     #[serde(default)]
     pub console: Console,
@@ -135,6 +144,20 @@ impl Config {
             Some(ids) if !ids.is_empty() => ids.iter().filter_map(|id| self.building(id)).collect(),
             _ => self.building_of(loc).into_iter().collect(),
         }
+    }
+
+    /// The cameras that see `device`: its own `cameras`, else its area's, else its
+    /// building's (see [`Device::cameras`]).
+    pub fn cameras_seeing<'a>(&'a self, device: &'a Device) -> &'a [String] {
+        if !device.cameras.is_empty() {
+            return &device.cameras;
+        }
+        let area = device.location.area.as_deref().and_then(|a| self.area(a));
+        if let Some(area) = area.filter(|a| !a.cameras.is_empty()) {
+            return &area.cameras;
+        }
+        self.building_of(&device.location)
+            .map_or(&[], |b| b.cameras.as_slice())
     }
 
     /// Whether the embedded broker accepts clients without a login: no device has a
@@ -280,6 +303,11 @@ pub struct Building {
     /// `[[locations.buildings.units]]`: stairwell units (单元).
     #[serde(default)]
     pub units: Vec<Unit>,
+    /// Cameras (`[[cameras]]` ids) that see this building: a smoke, heat, gas, SOS or e-bike
+    /// battery alarm of a device here gets a snapshot and a clip from each, unless the
+    /// device or its area names cameras of its own. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cameras: Vec<String>,
 }
 
 impl Building {
@@ -325,6 +353,11 @@ pub struct Area {
     /// charging shed warns its nearest buildings. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warns: Vec<String>,
+    /// Cameras (`[[cameras]]` ids) that see this area, e.g. the charging shed's camera: a
+    /// smoke, heat, gas, SOS or e-bike battery alarm of a device here gets a snapshot and a
+    /// clip from each, unless the device names cameras of its own. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cameras: Vec<String>,
 }
 
 /// The kind of a named area.

@@ -38,9 +38,89 @@ pub(super) fn check_broker(config: &Config, p: &mut Problems) {
             }
             check_readers(config, p);
             check_logins(config, p);
+            check_compounds(config, p);
         }
-        BrokerMode::External => check_external(config, p),
+        BrokerMode::External => {
+            check_external(config, p);
+            if !config.compounds.is_empty() {
+                p.push(
+                    KeyPath::of("compounds"),
+                    "compounds log in to the gateway's own broker: they need broker.mode = \"embedded\"",
+                );
+            }
+        }
     }
+}
+
+/// `[[compounds]]`: site ids (not this gateway's), names, one password source, logins of
+/// their own (no device's or reader's), unique.
+fn check_compounds(config: &Config, p: &mut Problems) {
+    let at = KeyPath::of("compounds");
+    let taken: std::collections::HashSet<&str> = config
+        .devices
+        .iter()
+        .filter_map(|d| d.username.as_deref())
+        .chain(config.broker.readers.iter().map(|r| r.username.as_str()))
+        .collect();
+    for (i, c) in config.compounds.iter().enumerate() {
+        let at = at.index(i);
+        p.id(at.key("id"), &c.id);
+        if c.id == config.site.id {
+            p.push(
+                at.key("id"),
+                "a compound's id is its own site.id, not this gateway's",
+            );
+        }
+        p.not_blank(at.key("name"), &c.name, "\"幸福里小区\"");
+        p.not_blank(at.key("username"), &c.username, "\"compound-xingfuli\"");
+        if taken.contains(c.username.as_str()) {
+            p.push(
+                at.key("username"),
+                "this login is a device's or a reader's; give the compound one of its own",
+            );
+        }
+        match (&c.password, &c.password_file) {
+            (Some(_), Some(_)) => p.push(
+                at.key("password_file"),
+                "set either `password` or `password_file`, not both",
+            ),
+            (None, None) => p.push(
+                at.clone(),
+                "a compound needs password = \"…\" or password_file = \"…\"",
+            ),
+            (None, Some(file)) => p.file(at.key("password_file"), file),
+            (Some(_), None) => {}
+        }
+        p.range(at.key("offline_after_s"), c.offline_after_s, 30, 3600);
+        if let Some(url) = &c.evidence_url {
+            let ok = url
+                .strip_prefix("http://")
+                .map(|rest| rest.trim_end_matches('/'))
+                .is_some_and(|hp| {
+                    !hp.is_empty()
+                        && !hp.contains('/')
+                        && hp.rsplit_once(':').is_some_and(|(h, p)| {
+                            !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                        })
+                });
+            if !ok {
+                p.push(
+                    at.key("evidence_url"),
+                    "write the compound console's address as http://HOST:PORT, e.g. \"http://10.20.0.5:8080\"",
+                );
+            }
+        }
+    }
+    let list = config.compounds.iter().enumerate();
+    p.unique(
+        "compound id",
+        list.clone()
+            .map(|(i, c)| (at.index(i).key("id"), c.id.as_str())),
+    );
+    p.unique(
+        "compound username",
+        list.map(|(i, c)| (at.index(i).key("username"), c.username.as_str())),
+    );
 }
 
 /// `[[broker.readers]]`: a name, one password source, valid filters.

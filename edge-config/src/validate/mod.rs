@@ -5,6 +5,7 @@
 mod cameras;
 mod devices;
 mod homeassistant;
+mod linked;
 mod metrics;
 mod places;
 mod rules;
@@ -32,6 +33,8 @@ pub(crate) fn validate(config: &Config) -> Vec<(KeyPath, String)> {
     services::check_supervision(config, &mut p);
     metrics::check_metrics(config, &mut p);
     homeassistant::check_homeassistant(config, &mut p);
+    linked::check_linked_cameras(config, &mut p);
+    linked::check_response(config, &mut p);
     p.0
 }
 

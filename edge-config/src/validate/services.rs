@@ -23,8 +23,26 @@ pub(super) fn check_detector(config: &Config, p: &mut Problems) {
 }
 
 pub(super) fn check_uplink(config: &Config, p: &mut Problems) {
-    let Some(up) = &config.uplink else { return };
-    let at = KeyPath::of("uplink");
+    if let Some(up) = &config.uplink {
+        check_upstream(up, KeyPath::of("uplink"), p);
+    }
+    if let Some(up) = &config.station_link {
+        check_upstream(up, KeyPath::of("station_link"), p);
+        let same = config
+            .uplink
+            .as_ref()
+            .is_some_and(|u| u.endpoints().iter().any(|e| up.endpoints().contains(e)));
+        if same {
+            p.push(
+                KeyPath::of("station_link.host"),
+                "the station link points at the platform's broker; write the street station gateway's address",
+            );
+        }
+    }
+}
+
+/// One upstream's keys (`[uplink]` or `[station_link]`) at `at`.
+fn check_upstream(up: &Uplink, at: KeyPath, p: &mut Problems) {
     check_uplink_hosts(up, &at, p);
     if up.port == Some(0) {
         p.push(

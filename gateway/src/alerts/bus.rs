@@ -104,6 +104,20 @@ impl AlertBus {
             .await
     }
 
+    /// Staff at a street station acknowledge compound alert `id`: sent back to its compound;
+    /// the compound's id, or why not.
+    pub async fn remote_acknowledge(&self, id: String, by: String) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        self.send(AlertInput::RemoteAck { id, by, reply })
+            .await
+            .map_err(|_| "the alert task has stopped".to_owned())?;
+        match tokio::time::timeout(ACTION_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the alert task dropped the action".to_owned()),
+            Err(_) => Err("no answer from the alert task in time".to_owned()),
+        }
+    }
+
     /// A staff member resolves alert `id`.
     pub async fn resolve(&self, id: String, by: String) -> Result<Alert, ActionError> {
         self.act(|reply| AlertInput::Resolve { id, by, reply })

@@ -61,6 +61,27 @@ pub struct PartialCommit {
     pub error: StoreError,
 }
 
+/// Readings keys that evidence attached after the commit adds (see
+/// [`Lifecycle::attach_evidence`]); a later update of the alert keeps them.
+pub const ATTACHED_KEYS: [&str; 4] = ["linked_cameras", "snapshot", "clip", "evidence_camera"];
+
+/// `new` readings, keeping what was attached to `old` after its commit (a sensor's next
+/// reading must not drop the cameras' snapshot); an alert without attached evidence (a
+/// camera's own, whose readings carry fresh evidence) takes `new` as it is.
+fn keep_attached(old: &serde_json::Value, mut new: serde_json::Value) -> serde_json::Value {
+    if old.get("linked_cameras").is_none() {
+        return new;
+    }
+    if let Some(fresh) = new.as_object_mut() {
+        for key in ATTACHED_KEYS {
+            if let (Some(v), false) = (old.get(key), fresh.contains_key(key)) {
+                fresh.insert(key.to_owned(), v.clone());
+            }
+        }
+    }
+    new
+}
+
 /// Formats a time as the alert JSON does: RFC 3339, milliseconds, UTC.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -108,6 +129,39 @@ impl Lifecycle {
         Ok(me)
     }
 
+    /// Switches to a reloaded `config` (linkage, escalation and confirmation times, device
+    /// and camera details of new alerts). Returns the active alerts whose device or camera is
+    /// no longer configured (or a device whose kind changed): the caller resolves them, with
+    /// the reason, through the ordinary path.
+    pub fn reconfigure(&mut self, config: Arc<Config>) -> Vec<(Source, AlertKind)> {
+        let escalate = Duration::from_secs(config.rules.timing.escalate_after_s.into());
+        self.escalate_after = chrono::Duration::from_std(escalate).unwrap_or(chrono::Duration::MAX);
+        self.actuator_timeout =
+            chrono::Duration::seconds(config.rules.timing.actuator_confirm_s.into());
+        let gone = |source: &Source| match source {
+            Source::Device(id) => {
+                let old = self.config.devices.iter().find(|d| &d.id == id);
+                let new = config.devices.iter().find(|d| &d.id == id);
+                match (old, new) {
+                    (_, None) => true,
+                    (Some(o), Some(n)) => o.kind != n.kind,
+                    (None, Some(_)) => false,
+                }
+            }
+            Source::Camera(id) => !config.cameras.iter().any(|c| &c.id == id && c.enabled),
+            Source::Gateway(_) => false,
+        };
+        let mut removed: Vec<(Source, AlertKind)> = self
+            .active
+            .values()
+            .filter(|a| gone(&a.source))
+            .map(|a| (a.source.clone(), a.kind))
+            .collect();
+        removed.sort_by_key(|(s, k)| (s.key(), k.as_str()));
+        self.config = config;
+        removed
+    }
+
     /// Sends actuator commands (linkage) to `sink` from now on.
     pub fn set_command_sink(&mut self, sink: tokio::sync::mpsc::Sender<Command>) {
         self.commands = Some(sink);
@@ -132,6 +186,44 @@ impl Lifecycle {
 
     pub fn store(&self) -> &AlertStore {
         &self.store
+    }
+
+    /// Stores a compound's alert event (street station; see [`super::remote`]).
+    pub fn record_remote(
+        &mut self,
+        compound: &str,
+        event: &super::remote::RemoteEvent,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let forward = self
+            .config
+            .compounds
+            .iter()
+            .any(|c| c.id == compound && c.forward);
+        self.store.record_remote(compound, event, at, forward)
+    }
+
+    /// Records a compound's heartbeat (street station).
+    pub fn record_heartbeat(
+        &mut self,
+        compound: &str,
+        body: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.store.record_heartbeat(compound, body, at)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Queues a command for the actuators' publisher (never waits); false when there is no
+    /// room or no publisher.
+    pub fn send_command(&self, command: Command) -> bool {
+        self.commands
+            .as_ref()
+            .is_some_and(|sink| sink.try_send(command).is_ok())
     }
 
     /// Commits a self-test probe (see [`AlertStore::record_probe`]).
@@ -178,7 +270,7 @@ impl Lifecycle {
                 let mut a = current.clone();
                 let rose = level > a.level;
                 a.level = level;
-                a.readings = readings;
+                a.readings = keep_attached(&a.readings, readings);
                 match a.state {
                     AlertState::Raised => a.state = AlertState::Updated,
                     // The acknowledgement covered the lower level only.
@@ -221,6 +313,31 @@ impl Lifecycle {
                 tracing::error!(error = %e, "actuator command not sent; the action will time out");
             }
         }
+    }
+
+    /// Merges `evidence` into the readings of the active alert `id` (an `updated` event);
+    /// `None` when that alert is no longer active (the evidence is then not recorded).
+    pub fn attach_evidence(
+        &mut self,
+        id: &str,
+        evidence: &serde_json::Map<String, serde_json::Value>,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Alert>, StoreError> {
+        let Some((key, alert)) = self.active.iter().find(|(_, a)| a.id == id) else {
+            tracing::info!(id, "evidence for an alert no longer active is not attached");
+            return Ok(None);
+        };
+        let (key, mut alert) = (key.clone(), alert.clone());
+        if !alert.readings.is_object() {
+            alert.readings = serde_json::json!({ "value": alert.readings });
+        }
+        if let Some(readings) = alert.readings.as_object_mut() {
+            readings.extend(evidence.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        alert.updated_at = at;
+        self.store.record(&mut alert, EventKind::Updated)?;
+        self.active.insert(key, alert.clone());
+        Ok(Some(alert))
     }
 
     /// An actuator reported its state: confirms matching pending actions.
@@ -398,10 +515,10 @@ impl Lifecycle {
         let (key, alert) = self.active_by_id(id)?;
         let kind = key.1;
         let device = match &alert.source {
-            Source::Device(d) => self.config.devices.iter().position(|x| &x.id == d),
+            Source::Device(d) => Some(d.clone()),
             Source::Camera(_) | Source::Gateway(_) => None,
         };
-        let still_reported = match (device, &self.rules) {
+        let still_reported = match (&device, &self.rules) {
             (Some(d), Some(rules)) => rules.still_reported(d, kind),
             _ => false,
         };
@@ -663,13 +780,13 @@ escalate_after_s = 180
         let first = l.on_signal(&raise, t(0)).unwrap().unwrap();
 
         // The sensor still reports the gas: no all-clear, a reset that promises a new alert.
-        rx.set_reporting(0, AlertKind::Gas, true);
+        rx.set_reporting("b2-u3-gas", AlertKind::Gas, true);
         let resolved = l.resolve(&first.id, "duty", t(10)).unwrap();
         assert!(resolved.still_reported);
         let reset = rx.try_recv().expect("the rules are told");
         assert_eq!(
             (reset.device, reset.kind, reset.level, reset.still_reported),
-            (0, AlertKind::Gas, Level::Red, true)
+            ("b2-u3-gas".to_owned(), AlertKind::Gas, Level::Red, true)
         );
         let second = l.on_signal(&raise, t(11)).unwrap().unwrap();
         assert_eq!(second.continues.as_deref(), Some(first.id.as_str()));
@@ -680,7 +797,7 @@ escalate_after_s = 180
         assert_eq!(third.continues.as_deref(), Some(first.id.as_str()));
 
         // The sensor reads normal: an ordinary resolve, and the next alert is a new hazard.
-        rx.set_reporting(0, AlertKind::Gas, false);
+        rx.set_reporting("b2-u3-gas", AlertKind::Gas, false);
         let resolved = l.resolve(&third.id, "duty", t(30)).unwrap();
         assert!(!resolved.still_reported);
         assert!(!rx.try_recv().expect("the rules are told").still_reported);

@@ -40,6 +40,7 @@ fn title(kind: AlertKind) -> (&'static str, &'static str) {
         AlertKind::CameraDown => ("摄像头断流", "Camera stream down"),
         AlertKind::BufferFull => ("上报缓存已满", "Upload buffer full"),
         AlertKind::GatewayFault => ("网关故障", "Gateway fault"),
+        AlertKind::CompoundOffline => ("小区网关失联", "Compound gateway silent"),
         AlertKind::EbikeEntry => ("电动车进入楼内", "E-bike entering the building"),
         AlertKind::Crowd => ("人员聚集", "Crowd gathering"),
         AlertKind::Intrusion => ("夜间闯入", "Intrusion"),
@@ -97,6 +98,10 @@ fn advice(kind: AlertKind) -> (&'static str, &'static str) {
         AlertKind::GatewayFault => (
             "网关部分功能失效，报警可能无法送达：立即检查网关，必要时人工巡查。",
             "Part of the gateway is not working and alarms may not get through: check the gateway now and patrol in person if needed.",
+        ),
+        AlertKind::CompoundOffline => (
+            "该小区的报警可能无法送达警务站：联系小区物业检查网关和网络，必要时派人巡查。",
+            "This compound's alarms may not reach the station: call its property office to check the gateway and network, and patrol if needed.",
         ),
         AlertKind::EbikeEntry => (
             "电动车禁止进入楼道和电梯，请劝离。",

@@ -7,6 +7,7 @@ pub mod lifecycle;
 pub mod linkage;
 pub mod messages;
 pub mod model;
+pub mod remote;
 pub mod store;
 pub mod task;
 

@@ -104,6 +104,53 @@ impl AlertStore {
         Ok(seq)
     }
 
+    /// Commits a compound's alert event (street station) with `synchronous=FULL`; whether it
+    /// changed anything (see [`super::remote`]).
+    ///
+    /// With `forward`, a new event also goes into the outbox for the station's upstreams, in
+    /// the same transaction: unchanged, with the compound's `seq`.
+    pub fn record_remote(
+        &mut self,
+        compound: &str,
+        event: &super::remote::RemoteEvent,
+        at: chrono::DateTime<chrono::Utc>,
+        forward: bool,
+    ) -> Result<bool, StoreError> {
+        outbox::commit_with(&mut self.conn, Durability::Full, |tx| {
+            let new = super::remote::store(tx, compound, event, at)?;
+            if new && forward {
+                let level = match event.level.as_str() {
+                    "red" => Level::Red,
+                    "orange" => Level::Orange,
+                    "yellow" => Level::Yellow,
+                    _ => Level::Blue,
+                };
+                let msg = NewMessage::alert(
+                    class_of(level),
+                    ulid::Ulid::generate().to_string(),
+                    event.seq,
+                    event.body.to_string(),
+                    at.timestamp_millis(),
+                );
+                outbox::enqueue(tx, &msg)?;
+            }
+            Ok::<bool, StoreError>(new)
+        })
+    }
+
+    /// Records a compound's heartbeat (street station; `synchronous=NORMAL`: a lost one only
+    /// shows an older time until the next, 20 s later).
+    pub fn record_heartbeat(
+        &mut self,
+        compound: &str,
+        body: &serde_json::Value,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        outbox::commit_with(&mut self.conn, Durability::Normal, |tx| {
+            super::remote::store_heartbeat(tx, compound, body, at).map_err(StoreError::from)
+        })
+    }
+
     /// Commits a self-test probe's nonce (`alerts_meta.self_test_nonce`) the way an alert
     /// event is committed (`synchronous=FULL`), so a completed round trip proves the writer
     /// can still record an alarm. No alert, event or outbox row is made.

@@ -70,6 +70,19 @@ pub enum AlertInput {
     Probe(Probe),
     /// Everything a device-log message caused is in (see "Commit marks" above).
     Handled(Mark),
+    /// The configuration was reloaded; signals after this carry its device indexes. The
+    /// alerts of devices and cameras it no longer has are resolved (see [`crate::reload`]).
+    Reload(Arc<edge_config::Config>),
+    /// A compound's alert event or heartbeat (street station; see [`super::remote`]).
+    Remote(crate::reading::Remote),
+    /// Staff at the station acknowledge a compound's alert: the acknowledgement goes back
+    /// to the compound (`shouwang/{compound}/commands/ack`), whose next event shows it.
+    /// Replies with the compound's id.
+    RemoteAck {
+        id: String,
+        by: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// An input that changes alerts without a person behind it, so it can wait and be retried.
@@ -94,6 +107,23 @@ pub enum Trigger {
     },
     /// An actuator reported its state (confirms linkage actions).
     ActuatorState { device: String, state: String },
+    /// A compound's alert event, checked, to store (street station).
+    RemoteAlert {
+        compound: String,
+        event: super::remote::RemoteEvent,
+    },
+    /// A compound's heartbeat, to show its link's figures at the station.
+    RemoteHeartbeat {
+        compound: String,
+        body: serde_json::Value,
+    },
+    /// Evidence gathered for an alert after its commit (the snapshot and clip of the cameras
+    /// that see a sensor, see `video::linked`): merged into its readings if it is still
+    /// active; nothing else about it changes.
+    AttachEvidence {
+        id: String,
+        evidence: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 impl From<Trigger> for AlertInput {
@@ -115,6 +145,8 @@ pub struct AlertTaskStats {
     deferred: AtomicU64,
     failures_total: AtomicU64,
     dropped_total: AtomicU64,
+    /// Compound alert events refused as malformed (street station).
+    pub remote_rejected: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -170,7 +202,15 @@ pub struct AlertTask {
     /// Marks held back while events are deferred: the newest per log (so bounded by the
     /// number of devices however long the database refuses writes).
     waiting_marks: HashMap<usize, Mark>,
+    /// The configuration in force, shared with the supervisor: a task restarted after a
+    /// reload must start on the reloaded configuration, not the one of the process start.
+    config: Option<Arc<std::sync::Mutex<Arc<edge_config::Config>>>>,
+    /// When each compound was last heard (street station).
+    liveness: super::remote::Liveness,
 }
+
+/// Why an alert was resolved because a reload removed its source.
+pub const REMOVED_BY_RELOAD: &str = "config reload: no longer configured";
 
 /// Runs `task` until `stop` is cancelled, then handles what is already queued at that
 /// moment and returns, whether or not senders are still alive. Every committed alert event is
@@ -258,6 +298,7 @@ impl AlertTask {
         published: broadcast::Sender<Alert>,
         stats: Arc<AlertTaskStats>,
     ) -> Self {
+        let lifecycle_config = &lifecycle.config().clone();
         AlertTask {
             lifecycle,
             published,
@@ -268,7 +309,18 @@ impl AlertTask {
             self_test: None,
             gate: None,
             waiting_marks: HashMap::new(),
+            config: None,
+            liveness: super::remote::Liveness::new(lifecycle_config, Utc::now()),
         }
+    }
+
+    /// Keeps `cell` up to date with the configuration in force (see [`AlertInput::Reload`]).
+    pub fn with_config_cell(
+        mut self,
+        cell: Arc<std::sync::Mutex<Arc<edge_config::Config>>>,
+    ) -> Self {
+        self.config = Some(cell);
+        self
     }
 
     /// Tells `gate` of every device-log message whose consequences are committed.
@@ -347,6 +399,12 @@ impl AlertTask {
             AlertInput::Tick => return self.tick(at),
             AlertInput::Probe(probe) => return self.probe(probe),
             AlertInput::Handled(mark) => return self.handled(mark),
+            AlertInput::Reload(config) => return self.reload(config, at),
+            AlertInput::Remote(remote) => return self.remote(remote, at),
+            AlertInput::RemoteAck { id, by, reply } => {
+                let _ = reply.send(self.remote_ack(&id, &by));
+                return;
+            }
             AlertInput::Acknowledge { id, by, reply } => {
                 let result = self.lifecycle.acknowledge(&id, &by, at);
                 return self.reply(result, reply);
@@ -360,7 +418,107 @@ impl AlertTask {
         self.retry_deferred();
     }
 
+    /// Switches the lifecycle to a reloaded configuration and resolves the alerts of what it
+    /// removed, in order with every other event.
+    fn reload(&mut self, config: Arc<edge_config::Config>, at: DateTime<Utc>) {
+        if let Some(cell) = &self.config {
+            *cell.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        }
+        for (source, kind) in self.lifecycle.reconfigure(config) {
+            tracing::info!(source = %source.key(), kind = %kind, "alert resolved: its source left the configuration");
+            let by = REMOVED_BY_RELOAD.to_owned();
+            self.defer(Trigger::ResolveSource { source, kind, by }, at);
+        }
+        self.retry_deferred();
+    }
+
+    /// A compound's message: it is alive; an alert event is stored (in order with every
+    /// other event, retried like them while the database refuses writes).
+    fn remote(&mut self, r: crate::reading::Remote, at: DateTime<Utc>) {
+        use super::remote::{LivenessChange, RemoteEvent};
+        if let Some(LivenessChange::Heard { compound }) = self.liveness.heard(&r.compound, at) {
+            tracing::info!(compound = %compound, "compound heard again");
+            let by = "compound heard again".to_owned();
+            let source = super::remote::offline_source(&compound);
+            let kind = AlertKind::CompoundOffline;
+            self.defer(Trigger::ResolveSource { source, kind, by }, at);
+        }
+        if r.kind == crate::reading::RemoteKind::Heartbeat {
+            let body = serde_json::from_slice(&r.payload).unwrap_or(serde_json::Value::Null);
+            let compound = r.compound.clone();
+            self.defer(Trigger::RemoteHeartbeat { compound, body }, at);
+        }
+        if r.kind == crate::reading::RemoteKind::Alert {
+            match RemoteEvent::parse(&r.compound, &r.payload) {
+                Ok(event) => self.defer(
+                    Trigger::RemoteAlert {
+                        compound: r.compound,
+                        event,
+                    },
+                    at,
+                ),
+                Err(why) => {
+                    self.stats.remote_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(compound = %r.compound, reason = %why, "compound alert event refused");
+                }
+            }
+        }
+        self.retry_deferred();
+    }
+
+    /// Sends a station acknowledgement of compound alert `id` back to its compound.
+    fn remote_ack(&mut self, id: &str, by: &str) -> Result<String, String> {
+        let found = super::remote::compound_of(self.lifecycle.store().connection(), id)
+            .map_err(|e| format!("cannot read the compounds' alerts: {e}"))?;
+        let Some((compound, active)) = found else {
+            return Err(format!("no compound alert {id}"));
+        };
+        if !active {
+            return Err(format!("alert {id} of {compound} is resolved"));
+        }
+        let command = super::linkage::Command {
+            topic: format!("shouwang/{compound}/commands/ack"),
+            payload: serde_json::json!({ "id": id, "by": by })
+                .to_string()
+                .into_bytes(),
+        };
+        if !self.lifecycle.send_command(command) {
+            return Err("the command publisher is busy; try again".to_owned());
+        }
+        tracing::info!(compound = %compound, id, by, "station acknowledgement sent to the compound");
+        Ok(compound)
+    }
+
+    /// Compounds silent for too long get their `compound_offline` alert.
+    fn compounds_tick(&mut self, at: DateTime<Utc>) {
+        let config = self.lifecycle.config().clone();
+        for change in self.liveness.tick(&config, at) {
+            if let super::remote::LivenessChange::Silent {
+                compound,
+                name,
+                silent_s,
+            } = change
+            {
+                tracing::warn!(compound = %compound, silent_s, "compound silent: raising compound_offline");
+                self.defer(
+                    Trigger::Raise {
+                        source: super::remote::offline_source(&compound),
+                        location: Location {
+                            label: name,
+                            ..Location::default()
+                        },
+                        kind: AlertKind::CompoundOffline,
+                        level: Level::Orange,
+                        readings: serde_json::json!({ "compound": compound, "silent_s": silent_s }),
+                    },
+                    at,
+                );
+            }
+        }
+    }
+
     fn tick(&mut self, at: DateTime<Utc>) {
+        self.compounds_tick(at);
         self.lifecycle.flush_rule_resets();
         self.retry_deferred();
         match self.lifecycle.on_tick(at) {
@@ -512,6 +670,21 @@ fn attempt(
         ),
         Trigger::ResolveSource { source, kind, by } => {
             single(lifecycle.resolve_source(source, *kind, by, at))
+        }
+        Trigger::RemoteHeartbeat { compound, body } => {
+            match lifecycle.record_heartbeat(compound, body, at) {
+                Ok(()) => (Vec::new(), None),
+                Err(e) => (Vec::new(), Some(e)),
+            }
+        }
+        Trigger::RemoteAlert { compound, event } => {
+            match lifecycle.record_remote(compound, event, at) {
+                Ok(_) => (Vec::new(), None),
+                Err(e) => (Vec::new(), Some(e)),
+            }
+        }
+        Trigger::AttachEvidence { id, evidence } => {
+            single(lifecycle.attach_evidence(id, evidence, at))
         }
         Trigger::ActuatorState { device, state } => {
             match lifecycle.on_actuator_state(device, state, at) {

@@ -198,6 +198,23 @@ impl AccessRules {
                 },
             );
         }
+        // A compound gateway (street station): its own alerts and heartbeat in, its own
+        // commands (staff acknowledgements) out; nothing of any other site's.
+        for c in &config.compounds {
+            users.insert(
+                c.username.clone(),
+                Grants {
+                    publish: vec![
+                        format!("shouwang/{}/alerts", c.id),
+                        format!("shouwang/{}/heartbeat", c.id),
+                    ],
+                    read: vec![format!("shouwang/{}/commands/#", c.id)],
+                    deny_read: vec![RESIDENT_TOPICS.to_owned()],
+                    max_connections: LOGIN_CONNECTION_HEADROOM,
+                    ..Grants::default()
+                },
+            );
+        }
         for g in users.values_mut() {
             g.publish.sort();
             g.publish.dedup();
@@ -222,6 +239,39 @@ impl AccessRules {
             Principal::User(u) => Some(self.users.get(u).unwrap_or(&self.other_users)),
             Principal::Anonymous => Some(&self.anonymous),
         }
+    }
+}
+
+/// The logins and rules in force together: a reload replaces both at once.
+pub struct Access {
+    pub logins: Logins,
+    pub rules: AccessRules,
+}
+
+/// The access in force, replaced whole by a config reload. A connection takes its principal
+/// and grants once, at CONNECT: a reload changes what new connections may do, and leaves
+/// connections of unchanged devices as they are.
+pub struct AccessSwitch(std::sync::RwLock<std::sync::Arc<Access>>);
+
+impl AccessSwitch {
+    pub fn new(access: Access) -> Self {
+        AccessSwitch(std::sync::RwLock::new(std::sync::Arc::new(access)))
+    }
+
+    /// The access in force now.
+    pub fn current(&self) -> std::sync::Arc<Access> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `access` in force for every CONNECT from now on.
+    pub fn replace(&self, access: Access) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(access);
+    }
+}
+
+impl std::fmt::Debug for AccessSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessSwitch")
     }
 }
 

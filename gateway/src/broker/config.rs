@@ -59,5 +59,9 @@ fn logins(config: &Config) -> HashMap<String, String> {
         .readers
         .iter()
         .filter_map(|r| Some((r.username.clone(), r.password.clone()?)));
-    devices.chain(readers).collect()
+    let compounds = config
+        .compounds
+        .iter()
+        .filter_map(|c| Some((c.username.clone(), c.password.clone()?)));
+    devices.chain(readers).chain(compounds).collect()
 }

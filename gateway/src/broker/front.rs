@@ -27,7 +27,7 @@
 //!
 //! # CONNECT
 //!
-//! The login is checked here ([`Logins`]): a refused one gets a CONNACK with a refusal code
+//! The login is checked here ([`super::acl::Logins`]): a refused one gets a CONNACK with a refusal code
 //! and the connection is closed. The client then needs a slot: sensors and other clients
 //! share `max_connections`, each login at most its [`Grants::max_connections`], and
 //! `reserved` more are kept for the gateway's own clients, which nothing else can take. The
@@ -79,7 +79,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
-use super::acl::{AccessRules, Grants, LoginRefusal, Logins, Principal};
+use super::acl::{AccessSwitch, Grants, LoginRefusal, Principal};
 use super::gate::{CommitGate, HOLD_MAX};
 
 /// Time from accept to a complete CONNECT (TLS handshake included).
@@ -303,8 +303,8 @@ fn shown(topic: &str) -> String {
 /// What the front enforces; see the [module docs](self).
 #[derive(Debug)]
 pub struct FrontSettings {
-    pub logins: Logins,
-    pub rules: AccessRules,
+    /// Logins and topic rules; a config reload replaces them (see [`AccessSwitch`]).
+    pub access: Arc<AccessSwitch>,
     /// The gateway's login, also the only one rumqttd accepts.
     pub internal: (String, String),
     /// Connections of clients other than the gateway's own.
@@ -846,7 +846,8 @@ async fn session(
     let presented = login
         .as_ref()
         .map(|l| (l.username.as_str(), l.password.as_str()));
-    let principal = match shared.settings.logins.authenticate(presented) {
+    let access = shared.settings.access.current();
+    let principal = match access.logins.authenticate(presented) {
         Ok(p) => p,
         Err(why) => {
             if let Some(n) = count(&shared.stats.refused_login) {
@@ -857,7 +858,7 @@ async fn session(
             return refuse(&mut io, info.dialect, Refusal::Login(why)).await;
         }
     };
-    let grants = shared.settings.rules.grants(&principal).cloned();
+    let grants = access.rules.grants(&principal).cloned();
     if let Some(w) = will.as_mut() {
         if !will_allowed(shared, info, peer, &principal, grants.as_ref(), w) {
             return refuse(&mut io, info.dialect, Refusal::Will).await;

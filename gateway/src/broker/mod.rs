@@ -383,6 +383,8 @@ pub struct EmbeddedBroker {
     links: LinkFactory,
     /// Shared with the front and the alert task (see [`gate`]).
     commit_gate: Option<Arc<CommitGate>>,
+    /// The front's logins and rules, replaced by a config reload.
+    access: Arc<acl::AccessSwitch>,
 }
 
 /// Builds rumqttd's in-process links; holds the router's sender (rumqttd does not name its
@@ -500,6 +502,7 @@ impl EmbeddedBroker {
 
         let internal = (user.clone(), password.clone());
         let front_settings = front_settings(&settings, internal, max_packet_bytes);
+        let access = front_settings.access.clone();
         let (front, addrs) = start_front(front_settings, publics, &listeners)?;
         probe(&addrs, (&user, &password))?;
 
@@ -515,6 +518,15 @@ impl EmbeddedBroker {
             local_links,
             links,
             commit_gate: settings.commit_gate.clone(),
+            access,
+        })
+    }
+
+    /// Where a config reload puts new logins and topic rules in force.
+    pub fn access_reloader(&self) -> Option<AccessReloader> {
+        Some(AccessReloader {
+            switch: self.access.clone(),
+            internal: self.internal.clone()?,
         })
     }
 
@@ -788,6 +800,34 @@ fn topic_shape(topic: &str) -> String {
         .join("/")
 }
 
+/// Puts a reloaded configuration's logins and topic rules in force on the front.
+#[derive(Clone)]
+pub struct AccessReloader {
+    switch: Arc<acl::AccessSwitch>,
+    internal: (String, String),
+}
+
+impl AccessReloader {
+    /// The logins and rules of `config` for every CONNECT from now on; connections already
+    /// open keep what they were granted at theirs (unchanged devices stay connected).
+    pub fn apply(&self, config: &edge_config::Config) {
+        let settings = BrokerSettings::from_config(config);
+        self.switch.replace(access_of(&settings, &self.internal));
+    }
+}
+
+/// The logins and rules of `settings`, with the gateway's own login `internal`.
+fn access_of(settings: &BrokerSettings, internal: &(String, String)) -> acl::Access {
+    acl::Access {
+        logins: acl::Logins::new(
+            (&internal.0, &internal.1),
+            &settings.credentials,
+            settings.credentials.is_empty() || settings.allow_anonymous,
+        ),
+        rules: settings.access.clone(),
+    }
+}
+
 /// What the front enforces, from the settings; `internal` is the gateway's login.
 fn front_settings(
     settings: &BrokerSettings,
@@ -795,12 +835,7 @@ fn front_settings(
     max_packet_bytes: usize,
 ) -> front::FrontSettings {
     front::FrontSettings {
-        logins: acl::Logins::new(
-            (&internal.0, &internal.1),
-            &settings.credentials,
-            settings.credentials.is_empty() || settings.allow_anonymous,
-        ),
-        rules: settings.access.clone(),
+        access: Arc::new(acl::AccessSwitch::new(access_of(settings, &internal))),
         internal,
         max_connections: settings.max_connections,
         reserved: RESERVED_CONNECTIONS,

@@ -50,6 +50,15 @@ pub const API_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/health"),
     ("GET", "/api/stats/response-times"),
     ("GET", "/api/residents/links"),
+    ("GET", "/compounds"),
+    ("GET", "/api/compounds"),
+    ("GET", "/api/compounds/alerts"),
+    ("POST", "/api/compounds/alerts/{id}/ack"),
+    ("GET", "/api/compounds/alerts/{id}/snapshot"),
+    ("GET", "/api/compounds/alerts/{id}/clip"),
+    // The command room (issue 16): see `overview`.
+    ("GET", "/api/site"),
+    ("GET", "/api/alarm.wav"),
 ];
 
 pub(crate) fn routes(state: St) -> Router {
@@ -70,6 +79,9 @@ pub(crate) fn routes(state: St) -> Router {
         .route("/api/health", get(health))
         .route("/api/stats/response-times", get(response_times))
         .route("/api/residents/links", get(resident_links))
+        .merge(super::compounds::routes())
+        .route("/api/site", get(super::overview::site))
+        .route("/api/alarm.wav", get(super::overview::alarm_wav))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_session,
@@ -79,6 +91,7 @@ pub(crate) fn routes(state: St) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/", get(console_page))
         .route("/live", get(super::live::live_page))
+        .merge(super::compounds::station_routes())
         .merge(guarded)
         .layer(middleware::from_fn(super::origin::same_origin_only))
         .layer(middleware::from_fn(request_timeout))
@@ -441,17 +454,25 @@ async fn resolve(
 }
 
 /// Serves an evidence file named in the alert's readings, only from `<data_dir>/evidence`.
-async fn evidence(
+pub(super) async fn evidence(
     state: St,
     id: String,
     key: &'static str,
+    camera: Option<String>,
     mime: fn(&str) -> &'static str,
 ) -> Response {
     let alert = match find(&state, id).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let Some(path) = alert.readings.get(key).and_then(|v| v.as_str()) else {
+    let named = match &camera {
+        Some(c) => alert.readings["linked_cameras"]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["camera"] == c.as_str()))
+            .and_then(|e| e.get(key)),
+        None => alert.readings.get(key),
+    };
+    let Some(path) = named.and_then(|v| v.as_str()) else {
         return ApiError(StatusCode::NOT_FOUND, format!("this alert has no {key}")).into_response();
     };
     let root = state.deps.data_dir.join("evidence");
@@ -464,22 +485,42 @@ async fn evidence(
             return ApiError(StatusCode::NOT_FOUND, format!("{key} not available")).into_response()
         }
     };
+    // Evidence files never change once written: the list's thumbnails are fetched once.
+    let headers = [
+        (header::CONTENT_TYPE, mime(path)),
+        (header::CACHE_CONTROL, "private, max-age=3600"),
+    ];
     match tokio::fs::read(&file).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, mime(path))], bytes).into_response(),
+        Ok(bytes) => (headers, bytes).into_response(),
         Err(_) => ApiError(StatusCode::NOT_FOUND, format!("{key} not available")).into_response(),
     }
 }
 
-async fn snapshot(AxState(state): AxState<St>, Path(id): Path<String>) -> Response {
-    evidence(state, id, "snapshot", |_| "image/jpeg").await
+/// `?camera=ID`: the evidence of one of the cameras linked to a sensor alert (its
+/// `linked_cameras`) instead of the first.
+#[derive(Debug, Default, Deserialize)]
+struct EvidenceQuery {
+    camera: Option<String>,
 }
 
-async fn clip(AxState(state): AxState<St>, Path(id): Path<String>) -> Response {
-    evidence(state, id, "clip", clip_mime).await
+async fn snapshot(
+    AxState(state): AxState<St>,
+    Path(id): Path<String>,
+    Query(q): Query<EvidenceQuery>,
+) -> Response {
+    evidence(state, id, "snapshot", q.camera, |_| "image/jpeg").await
+}
+
+async fn clip(
+    AxState(state): AxState<St>,
+    Path(id): Path<String>,
+    Query(q): Query<EvidenceQuery>,
+) -> Response {
+    evidence(state, id, "clip", q.camera, clip_mime).await
 }
 
 /// Clips are MP4 where the camera's codec allows (see `video::evidence`), else Matroska.
-fn clip_mime(path: &str) -> &'static str {
+pub(super) fn clip_mime(path: &str) -> &'static str {
     if path.ends_with(".mp4") {
         "video/mp4"
     } else {
@@ -551,7 +592,7 @@ pub(crate) fn alert_stream(
 async fn devices(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Value>> {
     let active = with_db(&state, store::active_by_device).await?;
     let ingest = state.deps.ingest.snapshot();
-    let rows = super::devices::rows(&state.deps.board, &ingest, &state.deps.config, &active);
+    let rows = super::devices::rows(&state.deps.board, &ingest, &state.config(), &active);
     Ok(Json(json!({ "devices": rows })))
 }
 
@@ -646,9 +687,15 @@ async fn response_times(AxState(state): AxState<St>) -> ApiResult<Json<serde_jso
         .filter(|a| a.raised_at >= day)
         .cloned()
         .collect();
+    let targets = &state.deps.config.console.response;
     Ok(Json(json!({
         "last_24h": store::response_times(&last_day),
         "last_7d": store::response_times(&alerts),
+        "targets": super::overview::targets_json(targets),
+        "against_targets": {
+            "last_24h": super::overview::against_targets(&last_day, targets, now),
+            "last_7d": super::overview::against_targets(&alerts, targets, now),
+        },
     })))
 }
 

@@ -64,7 +64,8 @@ struct Live {
 
 /// Sessions and failed-login state of one console.
 pub struct Auth {
-    console: Console,
+    /// The staff list in force (replaced by a reload; see [`Auth::set_staff`]).
+    staff: Mutex<Vec<edge_config::Staff>>,
     timeout: Duration,
     sessions: Mutex<HashMap<[u8; 32], Live>>,
     throttle: Throttle,
@@ -104,7 +105,7 @@ impl Auth {
         let timeout = Duration::from_secs(u64::from(console.session_timeout_min.max(1)) * 60);
         Auth {
             throttle: Throttle::new(console.lockout_after_failures),
-            console,
+            staff: Mutex::new(console.staff),
             timeout,
             sessions: Mutex::new(HashMap::new()),
             checker: Checker::start(),
@@ -132,8 +133,10 @@ impl Auth {
         if let Some(left) = self.throttle.wait_left(username, from, now) {
             return Err(LoginRefused::Throttled(left));
         }
-        let staff = self.console.staff(username);
-        let hash = staff.map_or(DUMMY_HASH, |s| s.password_hash.as_str());
+        let staff = self.staff_member(username);
+        let hash = staff
+            .as_ref()
+            .map_or(DUMMY_HASH, |s| s.password_hash.as_str());
         let ok = self
             .checker
             .verify(from, password, hash)
@@ -171,6 +174,48 @@ impl Auth {
             );
         }
         Ok((token, session))
+    }
+
+    /// The staff member `username`, if configured.
+    fn staff_member(&self, username: &str) -> Option<edge_config::Staff> {
+        let staff = self.staff.lock().unwrap_or_else(|e| e.into_inner());
+        staff.iter().find(|s| s.username == username).cloned()
+    }
+
+    /// Puts a reloaded staff list in force: logins check it from now on, and the sessions
+    /// of anyone removed, or whose password or role changed, end (with their streams).
+    pub fn set_staff(&self, staff: Vec<edge_config::Staff>) {
+        let still = |s: &Session| {
+            staff.iter().any(|n| {
+                n.username == s.username
+                    && n.role == s.role
+                    && Some(&n.password_hash) == self.hash_of(&s.username).as_ref()
+            })
+        };
+        let ended: Vec<String> = match self.sessions.lock() {
+            Ok(mut sessions) => {
+                let mut ended = Vec::new();
+                sessions.retain(|_, live| {
+                    let keep = still(&live.session);
+                    if !keep {
+                        live.ended.cancel();
+                        ended.push(live.session.username.clone());
+                    }
+                    keep
+                });
+                ended
+            }
+            Err(_) => Vec::new(),
+        };
+        *self.staff.lock().unwrap_or_else(|e| e.into_inner()) = staff;
+        for user in ended {
+            tracing::info!(user = %log_name(&user), "console session ended: staff entry changed by a reload");
+        }
+    }
+
+    /// The password hash of `username` in the staff list in force.
+    fn hash_of(&self, username: &str) -> Option<String> {
+        self.staff_member(username).map(|s| s.password_hash)
     }
 
     /// The live session of a token, if any.
@@ -264,6 +309,40 @@ mod tests {
         auth.logout(&token);
         assert_eq!(auth.session(&token, now), None);
         assert!(ended.is_cancelled(), "streams of the session end with it");
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_removes_a_staff_member_ends_their_sessions_and_refuses_their_login() {
+        let auth = Auth::new(console(5));
+        let now = Instant::now();
+        let (token, _) = auth
+            .login("duty", "shouwang-demo", HERE, now)
+            .await
+            .unwrap();
+        let (_, ended) = auth.live(&token, now).unwrap();
+        // Unchanged staff keep their sessions.
+        auth.set_staff(console(5).staff);
+        assert!(auth.session(&token, now).is_some());
+        // Removed: the session and its streams end, and the login is refused.
+        auth.set_staff(Vec::new());
+        assert_eq!(auth.session(&token, now), None);
+        assert!(ended.is_cancelled());
+        assert_eq!(
+            auth.login("duty", "shouwang-demo", HERE, now)
+                .await
+                .unwrap_err(),
+            LoginRefused::BadCredentials
+        );
+        // Back with another role: a new login works; a changed role ends the old session.
+        auth.set_staff(console(5).staff);
+        let (token, _) = auth
+            .login("duty", "shouwang-demo", HERE, now)
+            .await
+            .unwrap();
+        let mut demoted = console(5).staff;
+        demoted[0].role = Role::Staff;
+        auth.set_staff(demoted);
+        assert_eq!(auth.session(&token, now), None);
     }
 
     #[tokio::test]

@@ -42,9 +42,8 @@ pub fn rows(
     config
         .devices
         .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let s = seen.get(i).cloned().unwrap_or_default();
+        .map(|d| {
+            let s = seen.get(&d.id).cloned().unwrap_or_default();
             let alerts = active.get(&d.id).cloned().unwrap_or_default();
             let offline = edge_config::AlertKind::DeviceOffline.as_str();
             let offline_alert = alerts

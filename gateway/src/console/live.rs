@@ -75,7 +75,7 @@ pub(crate) async fn live_socket(
         return refused(StatusCode::UNAUTHORIZED, "log in first");
     };
     let Some(feed) = feed_of(&state, &id, query.stream.as_deref() == Some("main")) else {
-        let configured = state.deps.config.cameras.iter().any(|c| c.id == id);
+        let configured = state.config().cameras.iter().any(|c| c.id == id);
         return match configured {
             true => refused(StatusCode::SERVICE_UNAVAILABLE, "camera not running"),
             false => refused(StatusCode::NOT_FOUND, "no such camera"),
@@ -105,8 +105,7 @@ pub(crate) async fn live_socket(
 fn feed_of(state: &State, id: &str, main: bool) -> Option<Arc<LiveFeed>> {
     let (_, stats) = state.deps.cameras.iter().find(|(cid, _)| cid == id)?;
     let has_main = state
-        .deps
-        .config
+        .config()
         .cameras
         .iter()
         .any(|c| c.id == id && c.sub_url.is_some());

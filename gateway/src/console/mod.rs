@@ -21,9 +21,11 @@
 pub mod api;
 pub mod auth;
 pub mod checker;
+mod compounds;
 pub mod devices;
 pub mod live;
 pub mod origin;
+pub mod overview;
 pub mod pages;
 pub mod resident_pages;
 pub mod serve;
@@ -112,12 +114,25 @@ pub(crate) struct State {
     /// Cancelled when the console stops: ends the SSE streams.
     pub stop: CancellationToken,
     pub db_path: PathBuf,
+    /// The configuration in force (a reload replaces it; see [`crate::reload`]).
+    pub live: tokio::sync::watch::Receiver<Arc<Config>>,
+}
+
+impl State {
+    /// The configuration in force now (devices, locations, staff after a reload).
+    pub fn config(&self) -> Arc<Config> {
+        self.live.borrow().clone()
+    }
 }
 
 /// Binds `config.console.bind` (and `config.residents.bind` when set), logs the real
 /// addresses and serves the console and the resident pages as supervised tasks of the
 /// Inputs stage until shutdown.
-pub fn spawn(deps: ConsoleDeps, stages: &Stages) -> Result<ConsoleHandle, ConsoleError> {
+pub fn spawn(
+    deps: ConsoleDeps,
+    live: tokio::sync::watch::Receiver<Arc<Config>>,
+    stages: &Stages,
+) -> Result<ConsoleHandle, ConsoleError> {
     let console_listener = bind(deps.config.console.bind)?;
     let residents_listener = deps.config.residents.bind.map(bind).transpose()?;
     let local_addr = local(&console_listener, deps.config.console.bind)?;
@@ -132,7 +147,9 @@ pub fn spawn(deps: ConsoleDeps, stages: &Stages) -> Result<ConsoleHandle, Consol
         stop: token.child_token(),
         db_path: deps.data_dir.join(crate::db::FILE_NAME),
         deps,
+        live,
     });
+    spawn_staff_follower(stages, &state);
     let sampler = state.clone();
     stages.supervise(
         Stage::Inputs,
@@ -169,6 +186,22 @@ pub fn spawn(deps: ConsoleDeps, stages: &Stages) -> Result<ConsoleHandle, Consol
         local_addr,
         residents_addr,
     })
+}
+
+/// Follows reloads of `[[console.staff]]`: logins use the new list at once, and the
+/// sessions of staff removed (or whose password or role changed) end.
+fn spawn_staff_follower(stages: &Stages, state: &Arc<State>) {
+    let (state, mut live) = (state.clone(), state.live.clone());
+    stages.spawn(Stage::Inputs, move |token| async move {
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                changed = live.changed() => if changed.is_err() { break },
+            }
+            let staff = live.borrow_and_update().console.staff.clone();
+            state.auth.set_staff(staff);
+        }
+    });
 }
 
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ConsoleError> {
@@ -224,6 +257,7 @@ pub fn test_router(deps: ConsoleDeps) -> axum::Router {
         fps: Mutex::new(Default::default()),
         stop: CancellationToken::new(),
         db_path: deps.data_dir.join(crate::db::FILE_NAME),
+        live: tokio::sync::watch::channel(deps.config.clone()).1,
         deps,
     }))
 }

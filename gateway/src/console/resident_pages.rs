@@ -55,7 +55,7 @@ async fn current(AxState(state): AxState<St>, Path(token): Path<String>) -> Resp
         return not_found();
     };
     let db = state.db_path.clone();
-    let config = state.deps.config.clone();
+    let config = state.config();
     let unit_name = label(&config, &b, &u);
     let (query_config, building) = (config.clone(), b.clone());
     let alerts = tokio::task::spawn_blocking(move || {
@@ -122,7 +122,7 @@ async fn events(AxState(state): AxState<St>, Path(token): Path<String>) -> Respo
             }
         })
     };
-    let config = state.deps.config.clone();
+    let config = state.config();
     let mut filter = Filter::default();
     let rx = state.deps.events.resubscribe();
     let keep =

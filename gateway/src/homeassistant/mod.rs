@@ -111,6 +111,9 @@ pub struct Sources {
     pub uplink: Arc<UplinkStatus>,
     pub health: Arc<Health>,
     pub cameras: CameraSlot,
+    /// The configuration in force: a reload re-announces (entities of removed devices and
+    /// cameras cleared, new ones announced).
+    pub live: tokio::sync::watch::Receiver<Arc<Config>>,
 }
 
 /// Starts the Home Assistant publisher as a supervised stage (if enabled). `events`: the
@@ -268,16 +271,10 @@ struct Publisher {
 
 impl Publisher {
     fn new(s: &Sources, naming: Naming, client: AsyncClient) -> Self {
-        let entities = discovery::entities(&s.config);
-        let configs = entities
-            .iter()
-            .map(|e| {
-                let payload = discovery::config_payload(&s.config, &naming, e);
-                (naming.config_topic(e), payload.to_string().into_bytes())
-            })
-            .collect();
+        let config = s.live.borrow().clone();
+        let (entities, configs) = Self::entities_of(&config, &naming);
         Publisher {
-            config: s.config.clone(),
+            config,
             naming,
             client,
             book: AlertBook::default(),
@@ -290,6 +287,28 @@ impl Publisher {
             failures: 0,
             backlog: None,
         }
+    }
+
+    /// The entities of `config` and their config payloads by topic.
+    fn entities_of(config: &Config, naming: &Naming) -> (Vec<Entity>, HashMap<String, Vec<u8>>) {
+        let entities = discovery::entities(config);
+        let configs = entities
+            .iter()
+            .map(|e| {
+                let payload = discovery::config_payload(config, naming, e);
+                (naming.config_topic(e), payload.to_string().into_bytes())
+            })
+            .collect();
+        (entities, configs)
+    }
+
+    /// A reload: announces the entities of `config`, clearing those it no longer has.
+    async fn reconfigure(&mut self, s: &Sources, config: Arc<Config>) {
+        let announced: BTreeSet<String> = self.configs.keys().cloned().collect();
+        (self.entities, self.configs) = Self::entities_of(&config, &self.naming);
+        self.config = config;
+        self.remember(&announced);
+        self.announce(s).await;
     }
 
     /// Publishes `payload` retained (QoS 1); a refused publish is logged and counted.
@@ -334,9 +353,15 @@ impl Publisher {
         let period = Duration::from_secs(u64::from(s.config.homeassistant.readings_interval_s));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut live = s.live.clone();
+        live.mark_unchanged();
         loop {
             tokio::select! {
                 _ = token.cancelled() => return Ok(()),
+                Ok(()) = live.changed() => {
+                    let config = live.borrow_and_update().clone();
+                    self.reconfigure(s, config).await;
+                }
                 e = events.recv() => match e {
                     Ok(alert) => self.on_event(s, &alert).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -502,8 +527,8 @@ impl Publisher {
         let board = s.board.snapshot();
         state::announced_devices(&self.config)
             .into_iter()
-            .map(|(i, id, kind)| {
-                let seen = board.get(i).cloned().unwrap_or_default();
+            .map(|(_, id, kind)| {
+                let seen = board.get(&id).cloned().unwrap_or_default();
                 let owner = Owner::Device {
                     id: id.clone(),
                     kind,
@@ -522,6 +547,7 @@ impl Publisher {
             .filter(|c| c.enabled)
             .map(|c| {
                 let counts = running
+                    .as_ref()
                     .and_then(|cams| cams.iter().find(|(id, _)| id == &c.id))
                     .map(|(_, st)| {
                         (

@@ -4,6 +4,7 @@
 //! board needs no subscriber of its own on the broker: it works with the embedded broker and
 //! an external one alike, and a flood costs the broker nothing extra.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -21,18 +22,24 @@ pub struct Seen {
     pub available: Option<bool>,
 }
 
-/// Last-seen state per device, indexed like `Config::devices`.
+/// Last-seen state per device; recorded by device index (as ingest routes), read by id.
 #[derive(Debug)]
 pub struct DeviceBoard {
     /// One lock for all devices: taken for a few field copies per accepted message and by
-    /// the console's reads, never across an await.
-    seen: Mutex<Vec<Seen>>,
+    /// the console's reads, never across an await. The ids travel with the states so that a
+    /// reader never pairs one configuration's devices with another's (a reload renumbers).
+    seen: Mutex<Vec<(String, Seen)>>,
 }
 
 impl DeviceBoard {
-    pub fn new(devices: usize) -> Self {
+    /// An empty board for the devices of `ids`, in configuration order.
+    pub fn new<'a>(ids: impl IntoIterator<Item = &'a str>) -> Self {
         DeviceBoard {
-            seen: Mutex::new(vec![Seen::default(); devices]),
+            seen: Mutex::new(
+                ids.into_iter()
+                    .map(|id| (id.to_owned(), Seen::default()))
+                    .collect(),
+            ),
         }
     }
 
@@ -41,7 +48,7 @@ impl DeviceBoard {
         let Ok(mut seen) = self.seen.lock() else {
             return;
         };
-        let Some(s) = seen.get_mut(device) else {
+        let Some((_, s)) = seen.get_mut(device) else {
             return;
         };
         s.at = Some(at);
@@ -49,9 +56,25 @@ impl DeviceBoard {
         s.available = decoded.online.or(Some(true));
     }
 
-    /// A copy of every device's state, indexed like `Config::devices`.
-    pub fn snapshot(&self) -> Vec<Seen> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    /// Renumbers the board for a reloaded configuration's devices (`ids`, in order): each
+    /// device still configured keeps what it said, a new one starts unseen.
+    pub fn reconfigure<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        let mut old: HashMap<String, Seen> = std::mem::take(&mut *seen).into_iter().collect();
+        *seen = ids
+            .into_iter()
+            .map(|id| (id.to_owned(), old.remove(id).unwrap_or_default()))
+            .collect();
+    }
+
+    /// A copy of every device's state, by device id.
+    pub fn snapshot(&self) -> HashMap<String, Seen> {
+        self.seen
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -61,7 +84,7 @@ mod tests {
 
     #[test]
     fn later_messages_update_their_fields_and_keep_the_others() {
-        let board = DeviceBoard::new(2);
+        let board = DeviceBoard::new(["a", "b"]);
         let at = Utc::now();
         let first = Decoded {
             values: Values {
@@ -84,9 +107,16 @@ mod tests {
         board.record(1, &second, at);
         board.record(7, &first, at); // out of range: ignored
         let s = board.snapshot();
-        assert_eq!(s[1].values.temperature_c, Some(22.5));
-        assert_eq!(s[1].values.battery_pct, Some(80.0));
-        assert_eq!(s[1].available, Some(false));
-        assert_eq!(s[0].at, None);
+        assert_eq!(s["b"].values.temperature_c, Some(22.5));
+        assert_eq!(s["b"].values.battery_pct, Some(80.0));
+        assert_eq!(s["b"].available, Some(false));
+        assert_eq!(s["a"].at, None);
+        // A reload that drops "a" and puts "c" first keeps what "b" said, by id.
+        board.reconfigure(["c", "b"]);
+        board.record(0, &first, at);
+        let s = board.snapshot();
+        assert_eq!(s["b"].values.temperature_c, Some(22.5));
+        assert_eq!(s["c"].values.temperature_c, Some(21.0));
+        assert!(!s.contains_key("a"));
     }
 }

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    internal_client_id, CommitGate, LocalLink, LocalPublish, LocalSubscriber, Mark,
+    internal_client_id, CommitGate, LinkFactory, LocalLink, LocalPublish, LocalSubscriber, Mark,
 };
 use crate::reading::Reading;
 use crate::selftest::{Probe, SelfTest};
@@ -65,6 +65,43 @@ pub struct Ingest {
     pub board: Arc<DeviceBoard>,
     /// The end-to-end self-test whose probes ingest lets through (see [`crate::selftest`]).
     self_test: Option<Arc<SelfTest>>,
+    /// Every topic filter subscribed for devices so far, on any link or connection: a
+    /// reload subscribes only filters not in here (a filter subscribed twice would deliver
+    /// each message twice). Filters of removed devices stay subscribed; their messages are
+    /// no longer routed to a device.
+    subscribed: std::collections::HashSet<String>,
+    /// Devices are read through the embedded broker's in-process links (their filters are
+    /// [`Router::device_filters`]), not through a client of an external broker.
+    local: bool,
+    /// A street station's compounds: topic → (compound id, what it carries). Their topics
+    /// are on the device link like a device's (a log each, PUBACK after commit).
+    compounds: std::collections::HashMap<String, (String, crate::reading::RemoteKind)>,
+}
+
+/// Largest compound message accepted (an alert event with its readings and evidence).
+pub const MAX_REMOTE_BYTES: usize = 64 * 1024;
+
+/// The topics of `config`'s compounds.
+fn compound_topics(
+    config: &Config,
+) -> std::collections::HashMap<String, (String, crate::reading::RemoteKind)> {
+    use crate::reading::RemoteKind;
+    config
+        .compounds
+        .iter()
+        .flat_map(|c| {
+            [
+                (
+                    format!("shouwang/{}/alerts", c.id),
+                    (c.id.clone(), RemoteKind::Alert),
+                ),
+                (
+                    format!("shouwang/{}/heartbeat", c.id),
+                    (c.id.clone(), RemoteKind::Heartbeat),
+                ),
+            ]
+        })
+        .collect()
 }
 
 /// What ingest hands to the rules.
@@ -81,6 +118,11 @@ pub enum Ingested {
     /// it committed once everything before it is, which releases its PUBACK (see
     /// `broker::gate`). Sent after the message's reading, on the same ordered path.
     Handled(Mark),
+    /// The configuration was reloaded: readings after this carry its device indexes (see
+    /// [`crate::reload`]). The rules switch on it and pass it on to the alert task.
+    Reload(Arc<Config>),
+    /// A compound gateway's alert event or heartbeat (street station), for the alert task.
+    Remote(crate::reading::Remote),
 }
 
 /// The role of the embedded broker's in-process link that reads every device topic.
@@ -90,12 +132,23 @@ pub const WATCH_LINK: &str = "ingest-watch";
 
 impl Ingest {
     pub fn new(config: Arc<Config>) -> Self {
+        let router = Router::new(&config);
+        let local = config.broker.mode == edge_config::BrokerMode::Embedded;
+        let subscribed = match local {
+            true => router.device_filters(),
+            false => router.subscriptions(),
+        };
         Ingest {
-            router: Router::new(&config),
+            subscribed: subscribed.into_iter().collect(),
+            local,
+            compounds: compound_topics(&config),
+            router,
             specs: config.devices.iter().map(Spec::for_device).collect(),
             throttle: Throttle::new(config.devices.len()),
             stats: Arc::new(IngestStats::default()),
-            board: Arc::new(DeviceBoard::new(config.devices.len())),
+            board: Arc::new(DeviceBoard::new(
+                config.devices.iter().map(|d| d.id.as_str()),
+            )),
             self_test: None,
             config,
         }
@@ -110,6 +163,7 @@ impl Ingest {
     /// Topic filters to subscribe to.
     pub fn subscriptions(&self) -> Vec<SubscribeFilter> {
         let mut topics = self.router.subscriptions();
+        topics.extend(self.compound_filters());
         topics.extend(self.self_test.as_ref().map(|s| s.topic().to_owned()));
         topics
             .into_iter()
@@ -123,6 +177,7 @@ impl Ingest {
     pub fn local_subscribers(&self) -> Vec<LocalSubscriber> {
         let mut device_filters = self.router.device_filters();
         device_filters.extend(self.self_test.as_ref().map(|s| s.topic().to_owned()));
+        device_filters.extend(self.compound_filters());
         vec![
             LocalSubscriber {
                 role: DEVICES_LINK.to_owned(),
@@ -142,6 +197,9 @@ impl Ingest {
     /// Handles one publish of any kind: a self-test probe, or a sensor message through
     /// [`Ingest::handle`] (rejections are counted there).
     pub fn ingest(&mut self, topic: &str, payload: &[u8], now: Instant) -> Option<Ingested> {
+        if let Some((compound, kind)) = self.compounds.get(topic) {
+            return self.remote(topic, compound.clone(), *kind, payload);
+        }
         if let Some(st) = self.self_test.as_ref().filter(|s| s.topic() == topic) {
             let probe = st.accept(payload);
             if probe.is_none() {
@@ -153,6 +211,42 @@ impl Ingest {
             .ok()
             .flatten()
             .map(Ingested::Reading)
+    }
+
+    /// The compounds' topics, sorted.
+    fn compound_filters(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.compounds.keys().cloned().collect();
+        t.sort();
+        t
+    }
+
+    /// A compound's message, if it is a JSON object of sane size (else counted under the
+    /// compound's id).
+    fn remote(
+        &self,
+        topic: &str,
+        compound: String,
+        kind: crate::reading::RemoteKind,
+        payload: &[u8],
+    ) -> Option<Ingested> {
+        let reject = |reason| {
+            self.stats.reject(Some(&compound), reason, topic);
+            None
+        };
+        if payload.len() > MAX_REMOTE_BYTES {
+            return reject(Reject::Oversized);
+        }
+        match serde_json::from_slice::<serde_json::Value>(payload) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(_) => return reject(Reject::NotAnObject),
+            Err(_) => return reject(Reject::InvalidJson),
+        }
+        self.stats.accept();
+        Some(Ingested::Remote(crate::reading::Remote {
+            compound,
+            kind,
+            payload: payload.to_vec(),
+        }))
     }
 
     /// The gate over this ingest's device logs, which holds sensors' PUBACKs until the
@@ -168,6 +262,7 @@ impl Ingest {
     /// probe's.
     fn on_device_link(&self, topic: &str) -> bool {
         self.router.route(topic).is_some()
+            || self.compounds.contains_key(topic)
             || self.self_test.as_ref().is_some_and(|s| s.topic() == topic)
     }
 
@@ -188,6 +283,60 @@ impl Ingest {
             router: self.router.clone(),
             stats: self.stats.clone(),
         }
+    }
+
+    /// The configuration ingest routes by.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Switches to a reloaded `config`: routes, decoders, throttle buckets and the devices
+    /// board follow the new device list (state kept by id). Returns the topic filters the
+    /// new devices need that nothing subscribed yet — subscribe them before the next read.
+    /// Send [`Ingested::Reload`] downstream right after: every reading before it carries the
+    /// old configuration's device indexes, every one after the new one's.
+    pub fn reconfigure(&mut self, config: Arc<Config>) -> Vec<String> {
+        let old: std::collections::HashMap<&str, usize> = self
+            .config
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.as_str(), i))
+            .collect();
+        let from: Vec<Option<usize>> = config
+            .devices
+            .iter()
+            .map(|d| old.get(d.id.as_str()).copied())
+            .collect();
+        self.throttle.remap(&from);
+        self.board
+            .reconfigure(config.devices.iter().map(|d| d.id.as_str()));
+        self.router = Router::new(&config);
+        self.specs = config.devices.iter().map(Spec::for_device).collect();
+        self.config = config;
+        let wanted = if self.local {
+            self.router.device_filters()
+        } else {
+            self.router.subscriptions()
+        };
+        wanted
+            .into_iter()
+            .filter(|f| self.subscribed.insert(f.clone()))
+            .collect()
+    }
+
+    /// Device filters subscribed beyond the device link's first ones (by reloads): a
+    /// re-attached set of links subscribes them on a link of their own.
+    pub fn extra_filters(&self, first: &[String]) -> Vec<String> {
+        let first: std::collections::HashSet<&String> = first.iter().collect();
+        let mut extra: Vec<String> = self
+            .subscribed
+            .iter()
+            .filter(|f| !first.contains(f))
+            .cloned()
+            .collect();
+        extra.sort();
+        extra
     }
 
     /// Handles one publish; `Ok` carries the reading to hand to the rules. `Ok(None)` for
@@ -236,26 +385,50 @@ impl Ingest {
     }
 }
 
+/// The embedded broker's in-process links ingest reads: the device link its filters were
+/// first subscribed on (the one the commit gate knows), the watch link, and one more link
+/// per reload that added device filters.
+pub struct Links {
+    pub devices: LocalLink,
+    pub watch: LocalLink,
+    /// Links of filters added by reloads. Their logs are not in the commit gate: their
+    /// messages carry no mark, and the front does not hold their PUBACKs until a restart
+    /// puts them on the device link (the reload's outcome says so).
+    pub extra: Vec<LocalLink>,
+}
+
+/// Where a reload reaches ingest: the latest configuration (see [`crate::reload`]).
+pub type Reloads = tokio::sync::watch::Receiver<Arc<Config>>;
+
 /// Runs ingest on the embedded broker's in-process links until `token` is cancelled, or a
 /// link fails (the router dropped it): then it returns the error, and its supervisor attaches
-/// new links and runs it again.
+/// new links and runs it again. A reload in `reloads` is applied between two messages: new
+/// device filters get a link of their own from `factory`.
 ///
-/// The two links are read by two loops joined in one future, never by a `select!` over both:
-/// a link's read may be waiting to tell the router it drained its buffer, and dropping that
-/// wait whenever the other link had data would starve it (a flood keeps the watch link busy).
+/// The watch link is read by a loop of its own, joined with the device loop in one future,
+/// never by a `select!` over both: a link's read may be waiting to tell the router it drained
+/// its buffer, and dropping that wait whenever the other link had data would starve it (a
+/// flood keeps the watch link busy).
 pub async fn run_local(
     ingest: &mut Ingest,
-    devices: &mut LocalLink,
-    watch: &mut LocalLink,
+    links: &mut Links,
+    factory: &LinkFactory,
+    reloads: &mut Reloads,
     out: &mpsc::Sender<Ingested>,
     token: CancellationToken,
 ) -> Result<(), IngestError> {
     let watcher = ingest.watcher();
+    let watch = &mut links.watch;
+    let mut device_links = DeviceLinks {
+        first: &mut links.devices,
+        extra: &mut links.extra,
+        factory,
+    };
     // Either loop ending (a failed link, or shutdown) ends the other.
     let stop = token.child_token();
     let (devices, watch) = tokio::join!(
         async {
-            let r = read_devices(ingest, devices, out, &stop).await;
+            let r = read_devices(ingest, &mut device_links, reloads, out, &stop).await;
             stop.cancel();
             r
         },
@@ -266,6 +439,54 @@ pub async fn run_local(
         },
     );
     devices.and(watch)
+}
+
+/// The device links of one run, and where a reload gets a new one.
+struct DeviceLinks<'a> {
+    first: &'a mut LocalLink,
+    extra: &'a mut Vec<LocalLink>,
+    factory: &'a LinkFactory,
+}
+
+impl DeviceLinks<'_> {
+    /// The next publish of any device link (marks only from the first: see [`Links`]).
+    async fn next(&mut self) -> Result<LocalPublish, crate::broker::LocalLinkError> {
+        if self.extra.is_empty() {
+            return self.first.next().await;
+        }
+        let extra =
+            futures_util::future::select_all(self.extra.iter_mut().map(|l| Box::pin(l.next())));
+        tokio::select! {
+            p = self.first.next() => p,
+            (p, _, _) = extra => p.map(|p| LocalPublish { mark: None, ..p }),
+        }
+    }
+
+    /// Subscribes `filters` on a new link of their own.
+    fn add(&mut self, filters: Vec<String>) -> Result<(), crate::broker::LocalLinkError> {
+        if filters.is_empty() {
+            return Ok(());
+        }
+        let spec = LocalSubscriber {
+            role: RELOAD_LINK.to_owned(),
+            client_id: internal_client_id(RELOAD_LINK),
+            filters,
+            per_device: true,
+        };
+        self.extra.push(self.factory.attach(&spec)?);
+        Ok(())
+    }
+}
+
+/// The role of the in-process links of device filters added by reloads.
+pub const RELOAD_LINK: &str = "ingest-reload";
+
+/// The next configuration a reload published; never resolves once nobody can reload.
+async fn next_reload(reloads: &mut Reloads) -> Arc<Config> {
+    match reloads.changed().await {
+        Ok(()) => reloads.borrow_and_update().clone(),
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// Why ingest stopped before it was asked to.
@@ -279,19 +500,30 @@ pub enum IngestError {
     RulesGone,
 }
 
-/// The device link: every publish goes through [`Ingest::ingest`]. A crash (a panic in a
-/// step) leaves the link intact for the restarted stage: only the message being handled is
-/// lost, none of those waiting in the broker's log.
+/// The device links: every publish goes through [`Ingest::ingest`]. A crash (a panic in a
+/// step) leaves the links intact for the restarted stage: only the message being handled is
+/// lost, none of those waiting in the broker's logs.
 async fn read_devices(
     ingest: &mut Ingest,
-    link: &mut LocalLink,
+    links: &mut DeviceLinks<'_>,
+    reloads: &mut Reloads,
     out: &mpsc::Sender<Ingested>,
     token: &CancellationToken,
 ) -> Result<(), IngestError> {
     loop {
         fault_point("ingest").await;
-        let Some(publish) = next_or_stop(link, token).await? else {
-            return Ok(());
+        let publish = tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            config = next_reload(reloads) => {
+                let filters = ingest.reconfigure(config.clone());
+                links.add(filters)?;
+                out.send(Ingested::Reload(config)).await.map_err(|_| IngestError::RulesGone)?;
+                continue;
+            }
+            p = links.next() => p.map_err(|e| {
+                tracing::error!(error = %e, "ingest link to the embedded broker failed");
+                IngestError::Link(e)
+            })?,
         };
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             continue;
@@ -364,15 +596,28 @@ pub async fn run(
     ingest: &mut Ingest,
     client: AsyncClient,
     mut events: EventLoop,
+    reloads: &mut Reloads,
     out: &mpsc::Sender<Ingested>,
     token: CancellationToken,
 ) -> Result<(), IngestError> {
-    let subscriptions = ingest.subscriptions();
+    let mut subscriptions = ingest.subscriptions();
     // SUBACKs still to come for this connection's SUBSCRIBE packets.
     let mut unacknowledged = 0usize;
     loop {
         let event = tokio::select! {
             _ = token.cancelled() => break,
+            config = next_reload(reloads) => {
+                let added = ingest.reconfigure(config.clone());
+                subscriptions = ingest.subscriptions();
+                let added: Vec<_> = added.into_iter().map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce)).collect();
+                for chunk in added.chunks(SUBSCRIBE_CHUNK) {
+                    if let Err(e) = client.subscribe_many(chunk.to_vec()).await {
+                        tracing::error!(error = %e, "ingest subscribe failed");
+                    }
+                }
+                out.send(Ingested::Reload(config)).await.map_err(|_| IngestError::RulesGone)?;
+                continue;
+            }
             event = events.poll() => event,
         };
         match event {

@@ -107,6 +107,32 @@ impl Throttle {
         }
     }
 
+    /// Renumbers the buckets for a reloaded configuration: `from[i]` is the old index of new
+    /// device `i` (`None` for a new device, which starts with a full bucket), so a flooding
+    /// device cannot refill its bucket by a reload.
+    pub fn remap(&mut self, from: &[Option<usize>]) {
+        let fresh = Bucket {
+            tokens: BURST,
+            last: None,
+        };
+        self.buckets = from
+            .iter()
+            .map(|o| {
+                o.and_then(|i| self.buckets.get(i))
+                    .copied()
+                    .unwrap_or(fresh)
+            })
+            .collect();
+        self.known = from
+            .iter()
+            .map(|o| {
+                o.and_then(|i| self.known.get(i))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+    }
+
     /// Whether a valid message of `device` may pass: always when it changes the device's
     /// hazard state, otherwise when the bucket has a token. An admitted message becomes the
     /// device's known state.

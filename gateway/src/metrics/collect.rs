@@ -46,6 +46,8 @@ pub struct MetricsSources {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DatabaseView {
     pub outbox: OutboxStats,
+    /// Undelivered bytes per class.
+    pub bytes_by_class: crate::outbox::ClassCounts,
     /// Active (unresolved) alerts per level, in [`LEVELS`] order.
     pub active: [u64; 4],
 }
@@ -57,6 +59,7 @@ pub fn read_database(path: &Path) -> std::result::Result<DatabaseView, MetricsEr
         source,
     })?;
     let outbox = crate::outbox::stats(&conn)?;
+    let bytes_by_class = crate::outbox::bytes_by_class(&conn)?;
     let mut active = [0u64; 4];
     let mut stmt = conn
         .prepare("SELECT level, COUNT(*) FROM alerts WHERE active = 1 GROUP BY level")
@@ -70,7 +73,11 @@ pub fn read_database(path: &Path) -> std::result::Result<DatabaseView, MetricsEr
             active[i] = u64::try_from(n).unwrap_or(0);
         }
     }
-    Ok(DatabaseView { outbox, active })
+    Ok(DatabaseView {
+        outbox,
+        bytes_by_class,
+        active,
+    })
 }
 
 impl Collector for MetricsSources {
@@ -95,7 +102,7 @@ impl Collector for MetricsSources {
         encode_database(&mut out, &self.db_path, link.quota_bytes)?;
         encode_uplink(&mut out, &link)?;
         if let Some(cameras) = s.cameras.get() {
-            encode_cameras(&mut out, cameras)?;
+            encode_cameras(&mut out, &cameras)?;
         }
         if let Some(h) = &s.health {
             encode_health(&mut out, &h.snapshot())?;
@@ -214,10 +221,15 @@ fn encode_database(out: &mut Out, path: &Path, quota_bytes: u64) -> Result {
         "Alerts not yet resolved, by level.",
         &active,
     )?;
-    encode_outbox(out, &view.outbox, quota_bytes)
+    encode_outbox(out, &view.outbox, &view.bytes_by_class, quota_bytes)
 }
 
-fn encode_outbox(out: &mut Out, o: &OutboxStats, quota_bytes: u64) -> Result {
+fn encode_outbox(
+    out: &mut Out,
+    o: &OutboxStats,
+    bytes: &crate::outbox::ClassCounts,
+    quota_bytes: u64,
+) -> Result {
     let by_class = |f: &dyn Fn(Class) -> u64| -> Vec<(Label, f64)> {
         Class::DRAIN_ORDER
             .iter()
@@ -233,6 +245,11 @@ fn encode_outbox(out: &mut Out, o: &OutboxStats, quota_bytes: u64) -> Result {
         "shouwang_outbox_bytes",
         "Bytes the undelivered rows take, as the disk quota counts them.",
         o.bytes as f64,
+    )?;
+    out.gauges(
+        "shouwang_outbox_backlog_bytes",
+        "Bytes of the undelivered rows, by class (as the disk quota counts them).",
+        &by_class(&|c| bytes.get(c)),
     )?;
     out.gauge(
         "shouwang_outbox_quota_bytes",

@@ -69,6 +69,7 @@ impl MetricsSources {
         MetricsSources {
             status: crate::status::StatusSources {
                 link: running.uplink.clone(),
+                station_link: running.station_link.clone(),
                 ingest: Some(running.ingest_stats.clone()),
                 alert_store: Some(running.alert_stats.clone()),
                 reserve: running.reserve.clone(),

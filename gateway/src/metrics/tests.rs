@@ -17,6 +17,7 @@ fn bare(dir: &Path) -> MetricsSources {
     MetricsSources {
         status: StatusSources {
             link: Arc::new(UplinkStatus::new(None)),
+            station_link: None,
             ingest: None,
             alert_store: None,
             reserve: None,
@@ -51,7 +52,7 @@ fn busy(dir: &Path) -> MetricsSources {
     camera.decoded.store(10, Ordering::Relaxed);
     camera.analysed.store(4, Ordering::Relaxed);
     let cameras: crate::video::CameraSlot = Arc::default();
-    cameras.set(vec![("gate-cam".to_owned(), camera)]).unwrap();
+    cameras.set(vec![("gate-cam".to_owned(), camera)]);
     let health = Arc::new(Health::default());
     health.set_self_test(
         SelfTestSnapshot {
@@ -68,6 +69,7 @@ fn busy(dir: &Path) -> MetricsSources {
     MetricsSources {
         status: StatusSources {
             link,
+            station_link: None,
             ingest: Some(ingest),
             alert_store: Some(Arc::default()),
             reserve: Some(Arc::new(crate::reserve::Reserve::ensure(dir, 4096))),
@@ -184,6 +186,16 @@ fn a_scrape_is_valid_prometheus_text_with_every_stages_counters() {
     );
     let alarm = [("class", "alarm")];
     assert_eq!(v("shouwang_outbox_backlog_rows", &alarm), Some(1.0));
+    let alarm_bytes = v("shouwang_outbox_backlog_bytes", &alarm).unwrap();
+    assert_eq!(
+        Some(alarm_bytes),
+        v("shouwang_outbox_bytes", &[]),
+        "the one alarm row is all the bytes"
+    );
+    assert_eq!(
+        v("shouwang_outbox_backlog_bytes", &[("class", "telemetry")]),
+        Some(0.0)
+    );
     assert!(v("shouwang_outbox_oldest_undelivered_age_seconds", &[]).unwrap() > 1e6);
     let cam = [("camera", "gate-cam")];
     assert_eq!(v("shouwang_camera_frames_decoded_total", &cam), Some(10.0));

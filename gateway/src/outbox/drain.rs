@@ -33,9 +33,9 @@ pub enum Delivery {
     AlreadyGone,
 }
 
-/// Row ids in drain order (class priority, then seq, then id), walked on the
-/// covering `outbox_drain` index without a sort.
-const DRAIN_IDS: &str = "SELECT id FROM outbox ORDER BY class, seq, id";
+/// Row ids of one destination in drain order (class priority, then seq, then id), walked
+/// on the covering `outbox_dest_drain` index without a sort.
+const DRAIN_IDS: &str = "SELECT id FROM outbox WHERE dest = ?1 ORDER BY class, seq, id";
 
 const ROW_BY_ID: &str =
     "SELECT class, stream, seq, created_at_ms, msg_key, payload FROM outbox WHERE id = ?1";
@@ -52,6 +52,16 @@ pub fn pending_rows(
     limit: usize,
     exclude: &HashSet<RowId>,
 ) -> Result<Vec<OutboxRow>, OutboxError> {
+    pending_rows_of(conn, 0, limit, exclude)
+}
+
+/// [`pending_rows`] of destination `dest` (0: the platform).
+pub fn pending_rows_of(
+    conn: &Connection,
+    dest: u8,
+    limit: usize,
+    exclude: &HashSet<RowId>,
+) -> Result<Vec<OutboxRow>, OutboxError> {
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -59,7 +69,7 @@ pub fn pending_rows(
         let mut ids = Vec::with_capacity(limit.min(1024));
         {
             let mut scan = conn.prepare(DRAIN_IDS)?;
-            let mut rows = scan.query([])?;
+            let mut rows = scan.query([dest])?;
             while let Some(row) = rows.next()? {
                 let id = RowId(row.get(0)?);
                 if !exclude.contains(&id) {
@@ -129,6 +139,9 @@ pub struct Outbox {
     /// and buy nothing. May contain ids of rows evicted meanwhile; those
     /// leave the set on ack (as `AlreadyGone`) or on requeue.
     inflight: HashSet<RowId>,
+    /// The destination whose rows this drains (0: the platform); each upstream link owns
+    /// an `Outbox` of its own, so one that is down holds back none of the others.
+    dest: u8,
 }
 
 impl Outbox {
@@ -145,7 +158,14 @@ impl Outbox {
         Ok(Self {
             conn,
             inflight: HashSet::new(),
+            dest: 0,
         })
+    }
+
+    /// Drains destination `dest` instead of the platform's rows.
+    pub fn for_destination(mut self, dest: u8) -> Self {
+        self.dest = dest;
+        self
     }
 
     /// The drain connection, for read-only helpers such as [`super::stats`].
@@ -157,7 +177,7 @@ impl Outbox {
     /// they are not handed out again until acked or requeued. Rows that were
     /// requeued come before newer rows of their class.
     pub fn next_batch(&mut self, limit: usize) -> Result<Vec<OutboxRow>, OutboxError> {
-        let rows = pending_rows(&self.conn, limit, &self.inflight)?;
+        let rows = pending_rows_of(&self.conn, self.dest, limit, &self.inflight)?;
         self.inflight.extend(rows.iter().map(|row| row.id));
         Ok(rows)
     }
@@ -261,8 +281,11 @@ mod tests {
         let outbox = Outbox::open(dir.path().join("plan.db")).expect("open");
         let conn = outbox.connection();
 
-        let drain = plan(conn, DRAIN_IDS);
-        assert!(drain.contains("COVERING INDEX outbox_drain"), "{drain}");
+        let drain = plan(conn, &DRAIN_IDS.replace("?1", "1"));
+        assert!(
+            drain.contains("COVERING INDEX outbox_dest_drain"),
+            "{drain}"
+        );
         assert!(!drain.contains("TEMP B-TREE"), "{drain}");
 
         let evict = plan(

@@ -59,9 +59,12 @@
 //!     created_at_ms INTEGER NOT NULL,  -- ms since the Unix epoch
 //!     size          INTEGER NOT NULL,  -- accounted bytes (see Disk quota)
 //!     msg_key       TEXT    NOT NULL,  -- ULID the platform de-duplicates on
-//!     payload       BLOB    NOT NULL   -- the JSON published upstream
+//!     payload       BLOB    NOT NULL,  -- the JSON published upstream
+//!     dest          INTEGER NOT NULL DEFAULT 0  -- v2: which upstream (0 platform, 1 station)
 //! );
-//! CREATE INDEX outbox_drain ON outbox (class, seq);  -- + implicit rowid
+//! CREATE INDEX outbox_drain ON outbox (class, seq);  -- + implicit rowid (quota eviction)
+//! CREATE INDEX outbox_dest_drain ON outbox (dest, class, seq);  -- v2: each upstream's drain
+//! CREATE TABLE outbox_dest (dest INTEGER PRIMARY KEY, name TEXT, streams INTEGER);  -- v2
 //! CREATE TABLE outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 //! -- AFTER INSERT / AFTER DELETE triggers keep outbox_meta.bytes = SUM(size)
 //! ```
@@ -76,6 +79,16 @@
 //! buys a guarantee the uplink depends on: a row id is never reused, so a
 //! late or duplicate PUBACK for a row that was already acked or evicted can
 //! never delete a newer row that happened to get the same id.
+//!
+//! # Destinations (version 2)
+//!
+//! A compound may forward to two upstreams, its platform and its street station
+//! (`[station_link]`). Each message is stored once per registered destination that takes its
+//! stream ([`register_destinations`]; the platform, destination 0, always takes every stream),
+//! in the same transaction, and each upstream link owns an [`Outbox`] of its destination
+//! ([`Outbox::for_destination`]): its own drain order, in-flight set and acks, so a station
+//! that is down holds back nothing of the platform's and the other way round. The quota counts
+//! every copy. Rows of a destination no longer registered are deleted at the next start.
 //!
 //! # Row states
 //!
@@ -209,10 +222,12 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-pub use drain::{pending_rows, Delivery, Outbox, OutboxRow};
-pub use quota::{enforce_quota, recount_bytes, stats, OutboxStats, QuotaReport};
+pub use drain::{pending_rows, pending_rows_of, Delivery, Outbox, OutboxRow};
+pub use quota::{bytes_by_class, enforce_quota, recount_bytes, stats, OutboxStats, QuotaReport};
 pub use schema::{configure_connection, migrate, BUSY_TIMEOUT, SCHEMA_VERSION};
-pub use write::{commit_with, enqueue, enqueue_batch, Durability};
+pub use write::{
+    commit_with, enqueue, enqueue_batch, register_destinations, Destination, Durability,
+};
 
 /// Bytes accounted per row on top of payload and key: rowid, integer
 /// columns, record header, cell pointer and the drain-index entry. An
@@ -603,6 +618,9 @@ pub enum OutboxError {
 
     #[error("unknown alert level {0:?} (expected red, orange, yellow or blue)")]
     UnknownLevel(String),
+
+    #[error("no outbox destination takes the {stream:?} stream")]
+    NoDestination { stream: Stream },
 }
 
 /// Saturating conversion for counters stored as SQLite integers.

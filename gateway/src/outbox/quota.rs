@@ -42,6 +42,10 @@ pub struct OutboxStats {
     pub requeued_total: u64,
     /// Acks for rows that no longer existed (duplicate PUBACKs, evicted rows).
     pub acks_for_missing_rows: u64,
+    /// Undelivered rows per destination beyond the platform (e.g. the street station),
+    /// by name; empty when the platform is the only one.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub backlog_by_destination: std::collections::BTreeMap<String, u64>,
 }
 
 fn evicted_counter(class: Class) -> Option<&'static str> {
@@ -149,6 +153,7 @@ pub fn stats(conn: &Connection) -> Result<OutboxStats, OutboxError> {
                 }
             }
         }
+        let backlog_by_destination = destination_backlogs(conn)?;
         let oldest_undelivered_ms = conn
             .query_row(
                 "SELECT created_at_ms FROM outbox ORDER BY id LIMIT 1",
@@ -172,8 +177,36 @@ pub fn stats(conn: &Connection) -> Result<OutboxStats, OutboxError> {
             evicted_by_class,
             requeued_total: read_counter(conn, META_REQUEUED)?,
             acks_for_missing_rows: read_counter(conn, META_ACKS_MISSING)?,
+            backlog_by_destination,
         })
     })
+}
+
+/// Undelivered rows of each destination other than the platform, by name.
+fn destination_backlogs(
+    conn: &Connection,
+) -> Result<std::collections::BTreeMap<String, u64>, OutboxError> {
+    let mut stmt = conn.prepare(
+        "SELECT d.name, (SELECT COUNT(*) FROM outbox o WHERE o.dest = d.dest)
+         FROM outbox_dest d WHERE d.dest <> 0",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?))))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Accounted bytes of the undelivered rows per class (reads every row: for a metrics
+/// scrape, not per message).
+pub fn bytes_by_class(conn: &Connection) -> Result<ClassCounts, OutboxError> {
+    let mut out = ClassCounts::default();
+    let mut stmt =
+        conn.prepare("SELECT class, COALESCE(SUM(size), 0) FROM outbox GROUP BY class")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        if let Some(class) = Class::from_code(row.get(0)?) {
+            *out.get_mut(class) += to_u64(row.get(1)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Recomputes the accounted bytes from the rows (a full scan). For checks

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use super::{to_u64, OutboxError};
 
 /// Version of the outbox tables, stored in `outbox_meta.schema_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection configured by [`configure_connection`] waits for
 /// SQLite's write lock (held by the other side's transaction) before failing
@@ -63,6 +63,22 @@ INSERT OR IGNORE INTO outbox_meta (name, value) VALUES
 /// evictions are fine with NORMAL, see the module docs).
 ///
 /// Must be called outside a transaction.
+/// Version 2: destinations. Every message is stored once per registered destination that
+/// takes its stream (`outbox_dest`), and each destination drains its own rows (`dest`): an
+/// upstream that is down holds back none of the others. Rows of version 1 belong to the
+/// platform (destination 0).
+const CREATE_V2: &str = "
+ALTER TABLE outbox ADD COLUMN dest INTEGER NOT NULL DEFAULT 0 CHECK (dest >= 0);
+CREATE INDEX IF NOT EXISTS outbox_dest_drain ON outbox (dest, class, seq);
+CREATE TABLE IF NOT EXISTS outbox_dest (
+    dest    INTEGER PRIMARY KEY,
+    name    TEXT    NOT NULL,
+    streams INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO outbox_dest (dest, name, streams) VALUES (0, 'platform', 3);
+UPDATE outbox_meta SET value = 2 WHERE name = 'schema_version';
+";
+
 pub fn configure_connection(conn: &Connection) -> Result<(), OutboxError> {
     if !conn.is_autocommit() {
         return Err(OutboxError::TransactionAlreadyOpen);
@@ -102,6 +118,14 @@ pub fn migrate(conn: &Connection) -> Result<(), OutboxError> {
             }
         }
         conn.execute_batch(CREATE_V1)?;
+        let version: i64 = conn.query_row(
+            "SELECT value FROM outbox_meta WHERE name = ?1",
+            [META_SCHEMA_VERSION],
+            |row| row.get(0),
+        )?;
+        if version < 2 {
+            conn.execute_batch(CREATE_V2)?;
+        }
         Ok(())
     })
 }

@@ -115,8 +115,15 @@ where
 }
 
 const INSERT: &str =
-    "INSERT INTO outbox (class, stream, seq, created_at_ms, size, msg_key, payload)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    "INSERT INTO outbox (class, stream, seq, created_at_ms, size, msg_key, payload, dest)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// The registered destinations as (dest, streams bit mask), in order.
+fn destinations(conn: &Connection) -> Result<Vec<(i64, i64)>, OutboxError> {
+    let mut stmt = conn.prepare("SELECT dest, streams FROM outbox_dest ORDER BY dest")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
 
 /// Adds one message to the outbox inside the caller's transaction, so that
 /// it commits or rolls back together with the caller's other writes (the
@@ -129,8 +136,9 @@ const INSERT: &str =
 pub fn enqueue(tx: &Transaction<'_>, msg: &NewMessage) -> Result<RowId, OutboxError> {
     msg.validate()?;
     check_durability(tx, std::slice::from_ref(msg))?;
+    let dests = destinations(tx)?;
     let mut insert = tx.prepare(INSERT)?;
-    insert_one(&mut insert, msg)
+    insert_one(&mut insert, &dests, msg)
 }
 
 /// Adds many messages (typically telemetry) in the caller's transaction;
@@ -146,9 +154,10 @@ pub fn enqueue_batch(tx: &Transaction<'_>, msgs: &[NewMessage]) -> Result<Vec<Ro
         return Ok(Vec::new());
     }
     check_durability(tx, msgs)?;
+    let dests = destinations(tx)?;
     let mut insert = tx.prepare(INSERT)?;
     msgs.iter()
-        .map(|msg| insert_one(&mut insert, msg))
+        .map(|msg| insert_one(&mut insert, &dests, msg))
         .collect()
 }
 
@@ -171,7 +180,13 @@ fn check_durability(conn: &Connection, msgs: &[NewMessage]) -> Result<(), Outbox
     })
 }
 
-fn insert_one(insert: &mut Statement<'_>, msg: &NewMessage) -> Result<RowId, OutboxError> {
+/// Inserts `msg` once for each destination that takes its stream; returns the row of the
+/// first (the platform's, destination 0, when it takes the stream).
+fn insert_one(
+    insert: &mut Statement<'_>,
+    dests: &[(i64, i64)],
+    msg: &NewMessage,
+) -> Result<RowId, OutboxError> {
     // validate() guarantees seq fits in i64; map instead of unwrap regardless.
     let seq = match msg.seq {
         Some(seq) => Some(i64::try_from(seq).map_err(|_| OutboxError::InvalidMessage {
@@ -181,14 +196,61 @@ fn insert_one(insert: &mut Statement<'_>, msg: &NewMessage) -> Result<RowId, Out
         None => None,
     };
     let size = i64::try_from(msg.accounted_size()).unwrap_or(i64::MAX);
-    let id = insert.insert(params![
-        msg.class.code(),
-        msg.stream.code(),
-        seq,
-        msg.created_at_ms,
-        size,
-        msg.key,
-        msg.payload,
-    ])?;
-    Ok(RowId(id))
+    let stream = msg.stream.code();
+    let mut first = None;
+    for (dest, _) in dests.iter().filter(|(_, s)| (s >> stream) & 1 == 1) {
+        let id = insert.insert(params![
+            msg.class.code(),
+            stream,
+            seq,
+            msg.created_at_ms,
+            size,
+            msg.key,
+            msg.payload,
+            dest,
+        ])?;
+        first.get_or_insert(RowId(id));
+    }
+    first.ok_or(OutboxError::NoDestination { stream: msg.stream })
+}
+
+/// An upstream the outbox keeps rows for (see [`register_destinations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// Its number in the `dest` column; 0 is the platform.
+    pub dest: u8,
+    /// For logs and status (`platform`, `station`).
+    pub name: String,
+    /// The streams it takes.
+    pub streams: Vec<super::Stream>,
+}
+
+/// Makes `dests` the outbox's destinations: messages enqueued from now on are stored once
+/// for each one that takes their stream. The platform (destination 0, every stream) is
+/// always one of them, whatever `dests` says: an alert always has a row to be stored in. Rows of a destination no longer registered (a
+/// station link removed from the config) are deleted, counted and logged: nobody would
+/// ever deliver them, and their alarm rows would fill the quota for good. Returns how
+/// many rows were deleted.
+pub fn register_destinations(conn: &Connection, dests: &[Destination]) -> Result<u64, OutboxError> {
+    super::schema::in_write_tx(conn, |conn| {
+        conn.execute("DELETE FROM outbox_dest", [])?;
+        let mut add =
+            conn.prepare("INSERT INTO outbox_dest (dest, name, streams) VALUES (?1, ?2, ?3)")?;
+        add.execute(params![0, "platform", 3])?;
+        for d in dests.iter().filter(|d| d.dest != 0) {
+            let mask: i64 = d.streams.iter().map(|s| 1_i64 << s.code()).sum();
+            add.execute(params![d.dest, d.name, mask])?;
+        }
+        let orphans = conn.execute(
+            "DELETE FROM outbox WHERE dest NOT IN (SELECT dest FROM outbox_dest)",
+            [],
+        )?;
+        if orphans > 0 {
+            tracing::warn!(
+                rows = orphans,
+                "outbox: rows of an upstream no longer configured deleted"
+            );
+        }
+        Ok(orphans as u64)
+    })
 }

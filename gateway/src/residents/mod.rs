@@ -234,7 +234,7 @@ impl Filter {
 
 /// Publishes resident notices on the sensor broker (QoS 1) until the events channel closes.
 pub fn spawn_publisher(
-    config: Arc<Config>,
+    config: tokio::sync::watch::Receiver<Arc<Config>>,
     options: MqttOptions,
     events: broadcast::Receiver<Alert>,
     stages: &Stages,
@@ -251,7 +251,7 @@ pub fn spawn_publisher(
             let (config, events, filter) = (config.clone(), events.clone(), filter.clone());
             async move {
                 let mut events = events.lock_owned().await;
-                publish_notices(&config, client, event_loop, &mut events, &filter).await;
+                publish_notices(config, client, event_loop, &mut events, &filter).await;
                 Ok(())
             }
         },
@@ -260,7 +260,7 @@ pub fn spawn_publisher(
 
 /// Publishes resident notices until the alert events channel closes.
 async fn publish_notices(
-    config: &Config,
+    config: tokio::sync::watch::Receiver<Arc<Config>>,
     client: AsyncClient,
     mut event_loop: rumqttc::EventLoop,
     events: &mut broadcast::Receiver<Alert>,
@@ -298,7 +298,9 @@ async fn publish_notices(
         let Ok(payload) = serde_json::to_vec(&notice(&alert)) else {
             continue;
         };
-        for topic in topics(config, &alert) {
+        // The buildings and units in force (a reload may have changed them).
+        let config = config.borrow().clone();
+        for topic in topics(&config, &alert) {
             if let Err(e) = client
                 .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
                 .await

@@ -93,12 +93,55 @@ impl Engine {
     /// Takes staff resolves from `resets` from now on (applied before each reading and tick)
     /// and records there which conditions the sensors report.
     pub fn set_resets(&mut self, resets: ResetReceiver) {
-        for (i, d) in self.devices.iter().enumerate() {
+        for (device, d) in self.config.devices.iter().zip(&self.devices) {
             for (kind, cond) in &d.conditions {
-                resets.set_reporting(i, *kind, cond.reports());
+                resets.set_reporting(&device.id, *kind, cond.reports());
             }
         }
         self.resets = Some(resets);
+    }
+
+    /// The configuration the engine runs on.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Switches to `config` (a reload): readings from now on carry its device indexes. Each
+    /// device that is still configured with the same kind keeps its state (conditions,
+    /// timers, latest values), found by id; a new device starts as if just seen; a removed
+    /// one (or one whose kind changed) is forgotten — the alert task resolves its alerts.
+    /// Thresholds are read from the configuration on every evaluation, so a changed one
+    /// takes effect with the next reading or tick.
+    pub fn reconfigure(&mut self, config: Arc<Config>, now: Instant) {
+        let mut old: HashMap<String, (edge_config::DeviceKind, DeviceState)> = self
+            .config
+            .devices
+            .iter()
+            .map(|d| (d.id.clone(), d.kind))
+            .zip(std::mem::take(&mut self.devices))
+            .map(|((id, kind), state)| (id, (kind, state)))
+            .collect();
+        self.devices = config
+            .devices
+            .iter()
+            .map(|d| match old.remove(&d.id) {
+                Some((kind, state)) if kind == d.kind => state,
+                _ => DeviceState {
+                    last_seen: Some(now),
+                    ..DeviceState::default()
+                },
+            })
+            .collect();
+        if let Some(r) = &self.resets {
+            let keep: std::collections::HashSet<&str> = config
+                .devices
+                .iter()
+                .filter(|d| !old.contains_key(&d.id))
+                .map(|d| d.id.as_str())
+                .collect();
+            r.retain_devices(&keep);
+        }
+        self.config = config;
     }
 
     /// Applies the staff resolves that arrived: a condition whose sensor still reports the
@@ -109,9 +152,10 @@ impl Engine {
             resets.extend(std::iter::from_fn(|| rx.try_recv()));
         }
         for r in resets {
-            let Some(state) = self.devices.get_mut(r.device) else {
+            let Some(device) = self.config.devices.iter().position(|d| d.id == r.device) else {
                 continue;
             };
+            let state = &mut self.devices[device];
             let Some(cond) = state.conditions.get_mut(&r.kind) else {
                 continue;
             };
@@ -120,20 +164,20 @@ impl Engine {
             tracing::info!(device = r.device, kind = %r.kind, raise = change.is_some(), "rule reset by a staff resolve");
             if let Some(change) = change {
                 out.push(Signal {
-                    device: r.device,
+                    device,
                     kind: r.kind,
                     change,
                     causes: state.causes.get(&r.kind).cloned().unwrap_or_default(),
                     values: state.values.clone(),
                 });
             }
-            self.note_reporting(r.device, r.kind, reports);
+            self.note_reporting(device, r.kind, reports);
         }
     }
 
     fn note_reporting(&self, device: usize, kind: AlertKind, reports: bool) {
-        if let Some(r) = &self.resets {
-            r.set_reporting(device, kind, reports);
+        if let (Some(r), Some(d)) = (&self.resets, self.config.devices.get(device)) {
+            r.set_reporting(&d.id, kind, reports);
         }
     }
 
@@ -183,7 +227,7 @@ impl Engine {
                 let change = cond.tick(now);
                 if cond.reports() != reported {
                     if let Some(r) = &self.resets {
-                        r.set_reporting(i, *kind, cond.reports());
+                        r.set_reporting(&self.config.devices[i].id, *kind, cond.reports());
                     }
                 }
                 if let Some(change) = change {
@@ -517,6 +561,8 @@ debounce_s = 0
 clear_hold_s = 30
 "#;
 
+    const GAS_ID: &str = "gas-1";
+
     fn engine(t0: Instant) -> (Engine, ResetSender) {
         let config = edge_config::parse(CONFIG, "t.toml", Path::new(".")).expect("valid config");
         let mut e = Engine::new(Arc::new(config), t0);
@@ -547,11 +593,48 @@ clear_hold_s = 30
 
     fn reset_gas(still_reported: bool) -> RuleReset {
         RuleReset {
-            device: 0,
+            device: GAS_ID.to_owned(),
             kind: AlertKind::Gas,
             level: Level::Red,
             still_reported,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_that_renumbers_devices_keeps_each_ones_state_by_id_and_applies_new_thresholds(
+    ) {
+        let t0 = Instant::now();
+        let (mut e, resets) = engine(t0);
+        let s = Duration::from_secs(1);
+        assert_eq!(
+            changes(&e.on_reading(&gas(t0, 45.0))),
+            [Change::Raise(Level::Red)]
+        );
+        // A smoke detector inserted before the gas detector (now index 1), and a lower
+        // low-alarm threshold.
+        let text = CONFIG.replace(
+            "[[devices]]\nid = \"gas-1\"",
+            "[[devices]]\nid = \"smoke-0\"\nkind = \"smoke\"\nlocation = { building = \"b2\", unit = \"u3\" }\n\n[[devices]]\nid = \"gas-1\"",
+        ) + "\n[rules.gas]\nlow_lel_pct = 5.0\nhigh_lel_pct = 25.0\n";
+        let reloaded = edge_config::parse(&text, "t.toml", Path::new(".")).expect("valid config");
+        e.reconfigure(Arc::new(reloaded), t0 + s);
+        let at_one = |at, lel| Reading {
+            device: 1,
+            ..gas(at, lel)
+        };
+        // Still the same hazard: no new raise for the gas detector at its new index …
+        assert!(e.on_reading(&at_one(t0 + 2 * s, 45.0)).is_empty());
+        assert!(resets.still_reported(GAS_ID, AlertKind::Gas));
+        // … which clears through the new threshold's band (7 %LEL is above the new 5).
+        assert_eq!(
+            changes(&e.on_reading(&at_one(t0 + 3 * s, 7.0))),
+            [Change::Update(Level::Orange)]
+        );
+        let cleared = e.on_reading(&at_one(t0 + 4 * s, 0.0));
+        assert!(cleared.is_empty());
+        let signals = e.on_tick(t0 + 40 * s);
+        assert_eq!(changes(&signals), [Change::Clear]);
+        assert_eq!(signals[0].device, 1, "signals carry the new numbering");
     }
 
     #[tokio::test(start_paused = true)]
@@ -563,7 +646,7 @@ clear_hold_s = 30
             changes(&e.on_reading(&gas(t0, 45.0))),
             [Change::Raise(Level::Red)]
         );
-        assert!(resets.still_reported(0, AlertKind::Gas));
+        assert!(resets.still_reported(GAS_ID, AlertKind::Gas));
         assert!(e.on_reading(&gas(t0 + s, 45.0)).is_empty());
 
         resets.send(reset_gas(true));
@@ -578,7 +661,7 @@ clear_hold_s = 30
         // The new alert follows the sensor: nothing while it persists, a clear once it is gone.
         assert!(e.on_reading(&gas(t0 + 3 * s, 45.0)).is_empty());
         assert!(e.on_reading(&gas(t0 + 4 * s, 0.0)).is_empty());
-        assert!(!resets.still_reported(0, AlertKind::Gas));
+        assert!(!resets.still_reported(GAS_ID, AlertKind::Gas));
         assert_eq!(changes(&e.on_tick(t0 + 34 * s)), [Change::Clear]);
     }
 
@@ -589,7 +672,7 @@ clear_hold_s = 30
         let s = Duration::from_secs(1);
         e.on_reading(&gas(t0, 45.0));
         e.on_reading(&gas(t0 + s, 0.0));
-        assert!(!resets.still_reported(0, AlertKind::Gas));
+        assert!(!resets.still_reported(GAS_ID, AlertKind::Gas));
         resets.send(reset_gas(false));
         assert!(e.on_tick(t0 + 2 * s).is_empty());
         assert!(

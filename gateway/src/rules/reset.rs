@@ -29,10 +29,11 @@ use tokio::sync::mpsc;
 pub const RESETS_CAPACITY: usize = 64;
 
 /// A staff member resolved the active alert of (device, kind) by hand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleReset {
-    /// Index of the device in `Config::devices`.
-    pub device: usize,
+    /// The device's id (not its index: a config reload may renumber devices while the
+    /// reset is on its way).
+    pub device: String,
     pub kind: AlertKind,
     /// The level of the resolved alert.
     pub level: Level,
@@ -43,11 +44,11 @@ pub struct RuleReset {
 
 /// The (device, kind) conditions whose sensor currently reports the hazard.
 #[derive(Debug, Default)]
-struct Reporting(Mutex<HashSet<(usize, AlertKind)>>);
+struct Reporting(Mutex<HashSet<(String, AlertKind)>>);
 
 impl Reporting {
     /// The set; a panic elsewhere while holding the lock leaves a set still worth reading.
-    fn lock(&self) -> MutexGuard<'_, HashSet<(usize, AlertKind)>> {
+    fn lock(&self) -> MutexGuard<'_, HashSet<(String, AlertKind)>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -100,8 +101,8 @@ impl ResetSender {
 
     /// Whether the sensor of `device` currently reports `kind` (its condition is active or
     /// pending in the rules).
-    pub fn still_reported(&self, device: usize, kind: AlertKind) -> bool {
-        self.reporting.lock().contains(&(device, kind))
+    pub fn still_reported(&self, device: &str, kind: AlertKind) -> bool {
+        self.reporting.lock().contains(&(device.to_owned(), kind))
     }
 
     /// Sends `reset` after any that wait; keeps it if the channel is full.
@@ -112,7 +113,7 @@ impl ResetSender {
 
     /// Hands waiting resets to the channel, in order, until it is full.
     pub fn flush(&mut self) {
-        while let Some(reset) = self.waiting.front().copied() {
+        while let Some(reset) = self.waiting.front().cloned() {
             match self.tx.try_send(reset) {
                 Ok(()) => {
                     self.waiting.pop_front();
@@ -146,13 +147,20 @@ impl ResetReceiver {
     }
 
     /// Records whether the sensor of `device` reports `kind` now.
-    pub fn set_reporting(&self, device: usize, kind: AlertKind, on: bool) {
+    pub fn set_reporting(&self, device: &str, kind: AlertKind, on: bool) {
         let mut set = self.reporting.lock();
         if on {
-            set.insert((device, kind));
+            set.insert((device.to_owned(), kind));
         } else {
-            set.remove(&(device, kind));
+            set.remove(&(device.to_owned(), kind));
         }
+    }
+
+    /// Forgets what was recorded of devices outside `keep` (removed by a config reload).
+    pub fn retain_devices(&self, keep: &std::collections::HashSet<&str>) {
+        self.reporting
+            .lock()
+            .retain(|(device, _)| keep.contains(device.as_str()));
     }
 }
 
@@ -162,7 +170,7 @@ mod tests {
 
     fn reset(device: usize) -> RuleReset {
         RuleReset {
-            device,
+            device: device.to_string(),
             kind: AlertKind::Gas,
             level: Level::Red,
             still_reported: false,
@@ -178,12 +186,12 @@ mod tests {
         assert_eq!(tx.waiting(), 10);
         let mut got = Vec::new();
         while let Some(r) = rx.try_recv() {
-            got.push(r.device);
+            got.push(r.device.parse::<usize>().unwrap());
         }
         tx.flush();
         assert_eq!(tx.waiting(), 0);
         while let Some(r) = rx.try_recv() {
-            got.push(r.device);
+            got.push(r.device.parse::<usize>().unwrap());
         }
         assert_eq!(got, (0..RESETS_CAPACITY + 10).collect::<Vec<_>>());
     }
@@ -191,11 +199,11 @@ mod tests {
     #[test]
     fn the_sender_sees_what_the_rules_record_and_a_stopped_rules_stage_drops_resets() {
         let (mut tx, rx) = channel();
-        rx.set_reporting(3, AlertKind::Gas, true);
-        assert!(tx.still_reported(3, AlertKind::Gas));
-        assert!(!tx.still_reported(3, AlertKind::Smoke));
-        rx.set_reporting(3, AlertKind::Gas, false);
-        assert!(!tx.still_reported(3, AlertKind::Gas));
+        rx.set_reporting("3", AlertKind::Gas, true);
+        assert!(tx.still_reported("3", AlertKind::Gas));
+        assert!(!tx.still_reported("3", AlertKind::Smoke));
+        rx.set_reporting("3", AlertKind::Gas, false);
+        assert!(!tx.still_reported("3", AlertKind::Gas));
         drop(rx);
         tx.send(reset(1));
         assert_eq!(tx.waiting(), 0);

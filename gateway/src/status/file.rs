@@ -21,6 +21,9 @@ pub struct StatusFile {
     pub pid: u32,
     pub updated_at_ms: i64,
     pub link: LinkSnapshot,
+    /// The street station link (`[station_link]`), when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station_link: Option<LinkSnapshot>,
     /// Sensor ingest counters (top [`super::STATUS_TOP_DEVICES`] devices by rejections); absent in
     /// files from older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -39,7 +39,7 @@ use crate::supervise::{Health, Severity};
 use crate::uplink::{now_ms, UplinkStatus};
 
 pub use file::StatusFile;
-pub use report::{status_report, StatusReport};
+pub use report::{gateway_alive, status_report, StatusReport};
 
 /// File name of the status snapshot in the data directory.
 pub const STATUS_FILE: &str = "status.json";
@@ -78,6 +78,8 @@ pub enum StatusError {
 pub struct StatusSources {
     /// The uplink's link state and counters (`disabled` without `[uplink]`).
     pub link: Arc<UplinkStatus>,
+    /// The street station link's, when `[station_link]` is configured.
+    pub station_link: Option<Arc<UplinkStatus>>,
     pub ingest: Option<Arc<IngestStats>>,
     pub alert_store: Option<Arc<AlertTaskStats>>,
     pub reserve: Option<Arc<Reserve>>,
@@ -97,6 +99,7 @@ impl StatusSources {
             pid: std::process::id(),
             updated_at_ms: now_ms(),
             link: self.link.snapshot(),
+            station_link: self.station_link.as_ref().map(|s| s.snapshot()),
             ingest: self
                 .ingest
                 .as_ref()

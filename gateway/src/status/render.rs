@@ -166,6 +166,20 @@ impl StatusReport {
         let (Some(link), true) = (&self.link, self.running) else {
             return writeln!(f, "uplink:      unknown (daemon not running)");
         };
+        self.fmt_one_link(f, now, "uplink:     ", link)?;
+        if let Some(station) = &self.station_link {
+            self.fmt_one_link(f, now, "station:    ", station)?;
+        }
+        Ok(())
+    }
+
+    fn fmt_one_link(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        now: i64,
+        label: &str,
+        link: &crate::uplink::LinkSnapshot,
+    ) -> fmt::Result {
         let target = match (&link.host, link.port) {
             (Some(h), Some(p)) => format!(" {h}:{p}"),
             _ => String::new(),
@@ -174,7 +188,7 @@ impl StatusReport {
         if let Some(at) = link.retry_at_ms {
             line.push_str(&format!(", next attempt in {}", ago(at - now)));
         }
-        writeln!(f, "uplink:      {line}")?;
+        writeln!(f, "{label} {line}")?;
         if let Some(e) = &link.last_error {
             writeln!(f, "last error:  {e}")?;
         }

@@ -29,6 +29,9 @@ pub struct StatusReport {
     pub status_updated_at_ms: Option<i64>,
     /// The link as last reported (absent when there is no status file).
     pub link: Option<LinkSnapshot>,
+    /// The running daemon's street station link, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station_link: Option<LinkSnapshot>,
     /// Backlog, bytes, delivered/evicted/requeued counters: always read from the database.
     pub outbox: OutboxStats,
     /// Age of the oldest undelivered row, seconds.
@@ -84,6 +87,7 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, StatusError> {
         stages: live.and_then(|f| f.health.as_ref().map(|h| h.stages.clone())),
         self_test: live.and_then(|f| f.health.as_ref().and_then(|h| h.self_test.clone())),
         cameras: live.map(|f| f.cameras.clone()).unwrap_or_default(),
+        station_link: live.and_then(|f| f.station_link.clone()),
         link: file.map(|f| f.link),
         oldest_undelivered_age_s: stats
             .oldest_undelivered_ms
@@ -94,7 +98,7 @@ pub fn status_report(data_dir: &Path) -> Result<StatusReport, StatusError> {
 
 /// Whether process `pid` exists and is a gateway (its command name says so, so that a pid
 /// reused by another program after a reboot does not count). Linux only; elsewhere `false`.
-pub(super) fn gateway_alive(pid: u32) -> bool {
+pub fn gateway_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .is_ok_and(|comm| comm.trim_end() == env!("CARGO_PKG_NAME"))
 }
@@ -112,6 +116,7 @@ mod tests {
     /// A status file written `age_ms` ago by process `pid`, with no link and no counters.
     fn status_file(pid: u32, age_ms: i64) -> StatusFile {
         StatusFile {
+            station_link: None,
             pid,
             updated_at_ms: now_ms() - age_ms,
             link: UplinkStatus::new(None).snapshot(),

@@ -240,6 +240,11 @@ impl Link {
         let mut d = Drain::new(&s);
         let mut idle_timer = tokio::time::interval(s.idle_poll);
         idle_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The station link says it is alive (QoS 0, not from the outbox): the station
+        // raises `compound_offline` when these stop.
+        let mut heartbeat =
+            tokio::time::interval(s.heartbeat.unwrap_or(std::time::Duration::from_secs(3600)));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             crate::supervise::fault_point("uplink").await;
             if d.stopping.is_none() {
@@ -279,11 +284,28 @@ impl Link {
                 }
                 _ = wake(&mut self.wake), if d.idle => d.idle = false,
                 _ = idle_timer.tick(), if d.idle => d.idle = false,
+                _ = heartbeat.tick(), if s.heartbeat.is_some() && d.stopping.is_none() => {
+                    self.send_heartbeat(client, w);
+                }
                 _ = tokio::time::sleep(grace_left), if d.stopping.is_some() => {}
             }
         };
         self.finish_jobs(&mut d).await;
         end
+    }
+
+    /// Publishes `{prefix}/{site}/heartbeat` (QoS 0) with the backlog still to send.
+    fn send_heartbeat(&self, client: &AsyncClient, w: &Window) {
+        let s = &self.settings;
+        let payload = serde_json::json!({
+            "site": s.site,
+            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "unacknowledged": w.inflight() + w.ready.len(),
+        });
+        let topic = format!("{}/{}/heartbeat", s.topic_prefix, s.site);
+        if let Err(e) = client.try_publish(topic, QoS::AtMostOnce, false, payload.to_string()) {
+            tracing::debug!(error = %e, "heartbeat not queued");
+        }
     }
 
     /// Hands ready rows to the client while the in-flight window has room.
@@ -329,6 +351,8 @@ impl Link {
     ) -> Option<End> {
         let qos2 = self.settings.qos == QoS::ExactlyOnce;
         match event {
+            // QoS 0 (a heartbeat) has packet id 0 and no row; rows are QoS 1 or 2 (1..).
+            Ok(Event::Outgoing(Outgoing::Publish(0))) => {}
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                 if let Some(row) = w.queued.pop_front() {
                     w.by_pkid.insert(pkid, row);

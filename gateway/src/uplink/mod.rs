@@ -200,6 +200,9 @@ pub struct LinkSettings {
     pub idle_poll: Duration,
     /// TCP + TLS + CONNACK must complete within this time.
     pub connect_timeout: Duration,
+    /// Publish `{prefix}/{site}/heartbeat` this often while connected (the station link:
+    /// the station tells a silent compound from a quiet one).
+    pub heartbeat: Option<Duration>,
 }
 
 impl std::fmt::Debug for LinkSettings {
@@ -223,9 +226,25 @@ impl LinkSettings {
     /// Reads the TLS files now, so a broken file is a start-up error (edge-config has read
     /// the password file).
     pub fn from_config(config: &Config) -> Result<Option<LinkSettings>, UplinkError> {
-        let Some(up) = config.uplink.as_ref().filter(|u| u.enabled) else {
-            return Ok(None);
-        };
+        match config.uplink.as_ref().filter(|u| u.enabled) {
+            Some(up) => Self::from_upstream(config, up).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Resolves `[station_link]` the same way; `Ok(None)` when absent or disabled.
+    pub fn station_from_config(config: &Config) -> Result<Option<LinkSettings>, UplinkError> {
+        match config.station_link.as_ref().filter(|u| u.enabled) {
+            Some(up) => Self::from_upstream(config, up).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The settings of one upstream section of `config`.
+    fn from_upstream(
+        config: &Config,
+        up: &edge_config::Uplink,
+    ) -> Result<LinkSettings, UplinkError> {
         // edge-config has read `password_file` into `password` already.
         let credentials = up
             .username
@@ -237,7 +256,7 @@ impl LinkSettings {
             .first()
             .cloned()
             .unwrap_or_else(|| (up.host.clone(), up.port()));
-        Ok(Some(LinkSettings {
+        Ok(LinkSettings {
             host,
             port,
             endpoints,
@@ -258,7 +277,8 @@ impl LinkSettings {
             backoff_max: Duration::from_secs(u64::from(up.outbox.retry_backoff_max_s.max(1))),
             idle_poll: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(5),
-        }))
+            heartbeat: None,
+        })
     }
 
     /// Moves to the endpoint after the current one (wrapping); true when that completes a
@@ -325,6 +345,71 @@ impl SharedOutbox {
             f(&mut outbox).map_err(UplinkError::from)
         })
     }
+}
+
+/// The outbox destination of the street station link.
+pub const STATION_DEST: u8 = 1;
+
+/// How often the station link says it is alive; a station raises `compound_offline` after
+/// `offline_after_s` (90 s by default: a fault shows within 100 s) without one.
+pub const STATION_HEARTBEAT: Duration = Duration::from_secs(20);
+
+/// Registers the outbox's destinations for `config` (the platform, and the street station
+/// when `[station_link]` is configured): call before any alert can be committed, so every
+/// alert gets its station copy.
+pub fn register_destinations(config: &Config, db_path: &Path) -> Result<(), UplinkError> {
+    let outbox = Outbox::open(db_path)?;
+    let station =
+        config
+            .station_link
+            .as_ref()
+            .filter(|s| s.enabled)
+            .map(|_| crate::outbox::Destination {
+                dest: STATION_DEST,
+                name: "station".to_owned(),
+                streams: vec![crate::outbox::Stream::Alerts],
+            });
+    crate::outbox::register_destinations(outbox.connection(), station.as_slice())?;
+    Ok(())
+}
+
+/// Starts the link to the street station (`[station_link]`), if configured: the same link as
+/// the platform's, draining the station's own outbox rows (alerts only), so a station that is
+/// down holds back nothing of the platform's and the other way round. Staff at the station
+/// acknowledge through it (`{prefix}/{site}/commands/ack` on the station's broker).
+pub fn start_station(
+    config: &Config,
+    db_path: &Path,
+    stages: &Stages,
+    alert_inputs: &AlertBus,
+    events: broadcast::Receiver<Alert>,
+) -> Result<Option<Arc<UplinkStatus>>, UplinkError> {
+    let Some(mut settings) = LinkSettings::station_from_config(config)? else {
+        return Ok(None);
+    };
+    settings.heartbeat = Some(STATION_HEARTBEAT);
+    let outbox = SharedOutbox::new(Outbox::open(db_path)?.for_destination(STATION_DEST));
+    let status = Arc::new(UplinkStatus::new(Some(&settings)));
+    tracing::info!(
+        host = %settings.host, port = settings.port, tls = settings.tls.is_some(),
+        client_id = %settings.client_id, "station link starting"
+    );
+    let (link_status, commands) = (status.clone(), alert_inputs.downgrade());
+    stages.supervise(
+        Stage::Outbox,
+        "station_link",
+        Severity::AlarmPath,
+        move |token| {
+            let link = Link::new(settings.clone(), outbox.clone(), link_status.clone())
+                .with_commands(commands.clone())
+                .with_wake(events.resubscribe());
+            async move {
+                link.run(token).await;
+                Ok(())
+            }
+        },
+    );
+    Ok(Some(status))
 }
 
 /// Starts the outbox housekeeping (quota, `buffer_full`) and, when `[uplink]` is

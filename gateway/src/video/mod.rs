@@ -6,6 +6,7 @@
 //!    ▲  packet ring for clips    ◀─(ClipRequest)──────────────────────────┘
 //!    │   └─ live tap (fMP4, only while watched) ─▶ LiveFeed ─▶ console viewers
 //!    └─ watchdog: reconnect with backoff, camera_down / resolved ─(AlertInput)─▶ alerts
+//! sensor alarms (committed) ─▶ linked ─(LinkedRequest)─▶ analysis: evidence at its next frame
 //! ```
 //!
 //! A camera with a `sub_url` is analysed on its sub-stream while a third thread reads its
@@ -25,6 +26,7 @@ pub mod capture;
 pub mod detect;
 pub mod detect_cli;
 pub mod evidence;
+pub mod linked;
 pub mod live;
 pub mod main_stream;
 pub mod motion;
@@ -149,8 +151,24 @@ impl CameraLive {
 pub type Cameras = Vec<(String, Arc<CameraStats>)>;
 
 /// Where the cameras' counters are published once the cameras run (they start after the
-/// stages that report them).
-pub type CameraSlot = Arc<std::sync::OnceLock<Cameras>>;
+/// stages that report them), and again whenever a reload changes the cameras.
+pub type CameraSlot = Arc<CameraList>;
+
+/// The running cameras' ids and counters, replaced whole when the set changes.
+#[derive(Debug, Default)]
+pub struct CameraList(std::sync::RwLock<Option<Cameras>>);
+
+impl CameraList {
+    /// The cameras running now; `None` before any camera was started.
+    pub fn get(&self) -> Option<Cameras> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Publishes the cameras running now.
+    pub fn set(&self, cameras: Cameras) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(cameras);
+    }
+}
 
 /// A copy of [`CameraStats`] at one moment (readable back, e.g. from a status file; fields
 /// missing in older files read as 0).
@@ -361,6 +379,9 @@ pub struct PipelineOptions {
     /// Write the latest frame with reported detections, boxes drawn, to this JPEG (the CLI).
     pub annotate: Option<PathBuf>,
     pub tracker: TrackerOptions,
+    /// Where the camera's queue for sensor-linked evidence requests is registered (see
+    /// [`linked`]); `None` = no such requests (the CLI, tests).
+    pub linked: Option<linked::Registry>,
 }
 
 impl Default for PipelineOptions {
@@ -377,6 +398,7 @@ impl Default for PipelineOptions {
             report_min_score: 0.3,
             annotate: None,
             tracker: TrackerOptions::default(),
+            linked: None,
         }
     }
 }
@@ -438,6 +460,10 @@ impl CameraJobs {
             });
         let (frame_tx, frame_rx) = crossbeam_channel::bounded::<Frame>(1);
         let (clip_tx, clip_rx) = crossbeam_channel::bounded::<ClipRequest>(8);
+        let (linked_tx, linked_rx) = crossbeam_channel::bounded(linked::QUEUE);
+        if let Some(registry) = &options.linked {
+            registry.register(&camera.id, linked_tx);
+        }
         let mut capture_options = options.capture.clone();
         capture_options.analyse_fps = camera.analyse_fps;
         let health = Arc::new(HealthReporter::new(camera, config, outputs.alerts.clone()));
@@ -478,6 +504,7 @@ impl CameraJobs {
             frames: frame_rx,
             clips: clip_tx,
             clip_mp4,
+            linked: linked_rx,
             main: main_link,
             detector,
             tracker: Tracker::new(options.tracker),
@@ -736,6 +763,9 @@ struct AnalysisJob {
     clips: Sender<ClipRequest>,
     /// Whether the analysed stream's clips are MP4 (its codec, set by the capture thread).
     clip_mp4: Arc<AtomicBool>,
+    /// Sensor-linked evidence requests, served at the next analysed frame (never waited
+    /// for: a camera without frames leaves them to their asker's timeout).
+    linked: Receiver<linked::LinkedRequest>,
     /// The main-stream reader's requests and whether it has a picture (cameras with a
     /// `sub_url`); evidence comes from the analysed stream otherwise.
     main: Option<MainLink>,
@@ -834,7 +864,28 @@ impl AnalysisJob {
             };
             let _ = tx.send(report);
         }
+        self.serve_linked(&frame);
         self.prune();
+    }
+
+    /// Answers the sensor-linked evidence requests waiting: a snapshot of this frame (no
+    /// boxes) and a clip, like a rule's own evidence.
+    fn serve_linked(&mut self, frame: &Frame) {
+        while let Ok(req) = self.linked.try_recv() {
+            if Instant::now() > req.deadline {
+                continue;
+            }
+            let gathered = match self.options.evidence_dir.clone() {
+                Some(dir) => {
+                    let base = self.evidence_base(&dir, &format!("linked-{}", req.name));
+                    self.gather_evidence(&base, Vec::new(), frame)
+                }
+                None => linked::Gathered::default(),
+            };
+            tracing::info!(camera = %self.camera, request = %req.name, snapshot = ?gathered.snapshot, "linked evidence recorded");
+            // The asker may have given up: the files stay with the camera's evidence.
+            let _ = req.reply.send(gathered);
+        }
     }
 
     /// Updates the in-view gauges from the confirmed tracks (COCO 0 person; 1 bicycle and
@@ -941,15 +992,40 @@ impl AnalysisJob {
         frame: &Frame,
         readings: &mut serde_json::Value,
     ) {
-        let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3f");
-        let base = dir.join(sanitize(&self.camera)).join(format!(
-            "{stamp}-{}-{}",
-            edge.kind.as_str(),
-            frame.seq
-        ));
-        let jpg = base.with_extension("jpg");
+        let base = self.evidence_base(dir, &format!("{}-{}", edge.kind.as_str(), frame.seq));
         let min_hits = self.tracker.options().min_hits;
         let marks = evidence_marks(edge, self.tracker.tracks(), min_hits);
+        let got = self.gather_evidence(&base, marks, frame);
+        if let Some(stream) = got.stream {
+            readings["evidence_stream"] = serde_json::json!(stream);
+        }
+        if let Some(jpg) = got.snapshot {
+            readings["snapshot"] = serde_json::json!(jpg);
+        }
+        if let Some(clip) = got.clip {
+            readings["clip"] = serde_json::json!(clip);
+        }
+    }
+
+    /// `<dir>/<camera>/<time>-<what>`: the evidence files' path without extension. No `.`
+    /// in it: the extension is set on it (a `.` in the milliseconds made two alerts of the
+    /// same second share one file name).
+    fn evidence_base(&self, dir: &std::path::Path, what: &str) -> PathBuf {
+        let stamp = Utc::now().format("%Y%m%dT%H%M%S-%3f");
+        dir.join(sanitize(&self.camera))
+            .join(format!("{stamp}-{}", sanitize(what)))
+    }
+
+    /// A snapshot of `frame` with `marks` and an event clip at `base`: what was written or
+    /// asked for.
+    fn gather_evidence(
+        &mut self,
+        base: &std::path::Path,
+        marks: Vec<Mark>,
+        frame: &Frame,
+    ) -> linked::Gathered {
+        let mut got = linked::Gathered::default();
+        let jpg = base.with_extension("jpg");
         // A camera with a sub-stream takes its evidence from the main stream while that
         // has a picture, else from the analysed frame and stream.
         let main = self
@@ -958,8 +1034,7 @@ impl AnalysisJob {
             .filter(|(_, ready, _)| ready.load(Ordering::Relaxed))
             .map(|(tx, _, mp4)| (tx.clone(), mp4.load(Ordering::Relaxed)));
         if self.main.is_some() {
-            readings["evidence_stream"] =
-                serde_json::json!(if main.is_some() { "main" } else { "sub" });
+            got.stream = Some(if main.is_some() { "main" } else { "sub" });
         }
         let request = SnapshotRequest {
             path: jpg.clone(),
@@ -967,12 +1042,12 @@ impl AnalysisJob {
             analysed: frame.image.clone(),
         };
         if self.snapshot(main.as_ref().map(|(tx, _)| tx), request) {
-            readings["snapshot"] = serde_json::json!(jpg);
+            got.snapshot = Some(jpg);
         }
-        let analysed_clip = evidence::clip_path(&base, self.clip_mp4.load(Ordering::Relaxed));
+        let analysed_clip = evidence::clip_path(base, self.clip_mp4.load(Ordering::Relaxed));
         let sent = match &main {
             Some((tx, mp4)) => {
-                let path = evidence::clip_path(&base, *mp4);
+                let path = evidence::clip_path(base, *mp4);
                 match tx.try_send(Evidence::Clip(ClipRequest { path: path.clone() })) {
                     Ok(()) => Ok(path),
                     Err(_) => self.send_clip(analysed_clip),
@@ -981,11 +1056,12 @@ impl AnalysisJob {
             None => self.send_clip(analysed_clip),
         };
         match sent {
-            Ok(path) => readings["clip"] = serde_json::json!(path),
+            Ok(path) => got.clip = Some(path),
             Err(_) => {
                 tracing::warn!(camera = %self.camera, "clip request dropped (capture busy or stopped)")
             }
         }
+        got
     }
 
     /// Asks the capture thread for a clip at `path`; the path once asked.
@@ -1091,8 +1167,12 @@ fn sanitize(id: &str) -> String {
 
 /// The running cameras, for the daemon and console.
 pub struct VideoHandle {
-    /// `(camera id, counters)` of every running camera.
+    /// `(camera id, counters)` of every camera running at start.
     pub cameras: Vec<(String, Arc<CameraStats>)>,
+    /// Starts and stops cameras when a reload changes them (`None`: no camera runs).
+    pub control: Option<Arc<VideoControl>>,
+    /// The running cameras' queues for sensor-linked evidence (see [`linked`]).
+    pub linked: linked::Registry,
 }
 
 /// Loads the detector once and starts every enabled camera: capture threads in the Inputs
@@ -1106,66 +1186,169 @@ pub fn spawn(
     alerts: AlertBus,
     data_dir: &Path,
 ) -> Result<VideoHandle, VideoError> {
-    let cameras: Vec<&Camera> = config.cameras.iter().filter(|c| c.enabled).collect();
-    if cameras.is_empty() {
+    if config.cameras.iter().all(|c| !c.enabled) {
         return Ok(VideoHandle {
             cameras: Vec::new(),
+            control: None,
+            linked: linked::Registry::default(),
         });
     }
     capture::init_ffmpeg()?;
     let detector: SharedDetector = Arc::new(Mutex::new(Box::new(OrtDetector::from_config(
         &config.detector,
     )?)));
+    let registry = linked::Registry::default();
     let options = PipelineOptions {
         evidence_dir: Some(data_dir.join("evidence")),
+        linked: Some(registry.clone()),
         retention_bytes: config.storage.quota_mb.saturating_mul(1 << 20) / 4,
         ..PipelineOptions::default()
     };
-    let mut handle = VideoHandle {
-        cameras: Vec::new(),
+    let control = VideoControl {
+        stages: stages.clone(),
+        detector,
+        options,
+        alerts,
+        running: Mutex::new(Vec::new()),
+        published: std::sync::OnceLock::new(),
     };
-    for camera in cameras {
+    for camera in config.cameras.iter().filter(|c| c.enabled) {
+        control.start(camera, &config)?;
+    }
+    Ok(VideoHandle {
+        cameras: control.cameras(),
+        control: Some(Arc::new(control)),
+        linked: registry,
+    })
+}
+
+/// The camera pipelines of one gateway: what starts one, and the ones running.
+pub struct VideoControl {
+    stages: Stages,
+    /// One model for every camera (loaded once; inference is serialised by its lock).
+    detector: SharedDetector,
+    options: PipelineOptions,
+    alerts: AlertBus,
+    /// Running cameras with the token that retires each. A std mutex: held only to push,
+    /// remove or copy entries, by the reload task and start-up.
+    running: Mutex<Vec<RunningCamera>>,
+    /// Where the list is published for status, metrics and Home Assistant.
+    published: std::sync::OnceLock<CameraSlot>,
+}
+
+/// One running camera: its configuration (to tell a change), counters, and retirement.
+struct RunningCamera {
+    camera: Camera,
+    stats: Arc<CameraStats>,
+    retire: tokio_util::sync::CancellationToken,
+}
+
+impl VideoControl {
+    /// The running cameras' ids and counters.
+    pub fn cameras(&self) -> Cameras {
+        self.lock()
+            .iter()
+            .map(|r| (r.camera.id.clone(), r.stats.clone()))
+            .collect()
+    }
+
+    /// Publishes the running cameras to `slot` now and after every reload.
+    pub fn publish_to(&self, slot: CameraSlot) {
+        slot.set(self.cameras());
+        let _ = self.published.set(slot);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<RunningCamera>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the enabled cameras of a reloaded `config`: a running camera that is gone,
+    /// disabled or configured differently stops; one not running starts; every other camera
+    /// runs on untouched (same pipeline, same counters). Returns notes for the reload's
+    /// outcome (a camera that failed to start).
+    pub fn reconfigure(&self, config: &Arc<Config>) -> Vec<String> {
+        let wanted: Vec<&Camera> = config.cameras.iter().filter(|c| c.enabled).collect();
+        let same = |a: &Camera, b: &Camera| {
+            serde_json::to_value(a)
+                .ok()
+                .zip(serde_json::to_value(b).ok())
+                .is_some_and(|(a, b)| a == b)
+        };
+        let mut running = self.lock();
+        running.retain(|r| {
+            let keep = wanted.iter().any(|c| same(c, &r.camera));
+            if !keep {
+                tracing::info!(camera = %r.camera.id, "camera stopped by a reload");
+                r.retire.cancel();
+            }
+            keep
+        });
+        let start: Vec<&Camera> = wanted
+            .into_iter()
+            .filter(|c| !running.iter().any(|r| r.camera.id == c.id))
+            .collect();
+        drop(running);
+        let mut notes = Vec::new();
+        for camera in start {
+            if let Err(e) = self.start(camera, config) {
+                notes.push(format!("camera {} did not start: {e}", camera.id));
+            }
+        }
+        if let Some(slot) = self.published.get() {
+            slot.set(self.cameras());
+        }
+        notes
+    }
+
+    /// Starts `camera`, supervised: a camera whose capture or analysis ends or panics
+    /// outside shutdown is a fault, and starts again with its counters.
+    fn start(&self, camera: &Camera, config: &Arc<Config>) -> Result<(), VideoError> {
         let outputs = Outputs {
-            alerts: Some(alerts.clone()),
+            alerts: Some(self.alerts.clone()),
             reports: None,
         };
         let jobs = CameraJobs::new(
             camera,
-            &config,
-            detector.clone(),
+            config,
+            self.detector.clone(),
             outputs.clone(),
-            options.clone(),
+            self.options.clone(),
         )?;
         let stats = jobs.stats.clone();
-        handle.cameras.push((camera.id.clone(), stats.clone()));
         tracing::info!(camera = %camera.id, url = %camera.shown_url(), sub_url = camera.sub_url.as_deref().map(edge_config::redact_url), fps = camera.analyse_fps, "camera started");
-        // Supervised: a camera whose capture or analysis ends or panics outside shutdown is
-        // a fault, and starts again with its counters.
         let mut first = Some(jobs);
-        let (camera, config, detector, options) = (
+        let (cam, config, detector, options) = (
             camera.clone(),
             config.clone(),
-            detector.clone(),
-            options.clone(),
+            self.detector.clone(),
+            self.options.clone(),
         );
+        let run_stats = stats.clone();
         let name = format!("camera:{}", camera.id);
-        stages.supervise_blocking(Stage::Inputs, name, Severity::Degraded, move |token| {
-            let jobs = match first.take() {
-                Some(jobs) => jobs,
-                None => CameraJobs::with_stats(
-                    &camera,
-                    &config,
-                    detector.clone(),
-                    outputs.clone(),
-                    options.clone(),
-                    stats.clone(),
-                )
-                .map_err(|e| e.to_string())?,
-            };
-            jobs.run(token).map(drop).map_err(|e| e.to_string())
+        let retire =
+            self.stages
+                .supervise_blocking(Stage::Inputs, name, Severity::Degraded, move |token| {
+                    let jobs = match first.take() {
+                        Some(jobs) => jobs,
+                        None => CameraJobs::with_stats(
+                            &cam,
+                            &config,
+                            detector.clone(),
+                            outputs.clone(),
+                            options.clone(),
+                            run_stats.clone(),
+                        )
+                        .map_err(|e| e.to_string())?,
+                    };
+                    jobs.run(token).map(drop).map_err(|e| e.to_string())
+                });
+        self.lock().push(RunningCamera {
+            camera: camera.clone(),
+            stats,
+            retire,
         });
+        Ok(())
     }
-    Ok(handle)
 }
 
 #[cfg(test)]
