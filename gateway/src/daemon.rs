@@ -111,10 +111,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
             alert_inputs: running.alert_inputs.clone(),
             events: Arc::new(running.events.subscribe()),
             uplink: running.uplink.clone(),
-            cameras: video
-                .as_ref()
-                .map(|v| v.cameras.clone())
-                .unwrap_or_default(),
+            cameras: running.cameras.clone(),
             board: running.device_board.clone(),
             ingest: running.ingest_stats.clone(),
             alert_store: running.alert_stats.clone(),

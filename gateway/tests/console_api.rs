@@ -119,7 +119,7 @@ impl Site {
                 alert_inputs: running.alert_inputs.clone(),
                 events: Arc::new(running.events.subscribe()),
                 uplink: running.uplink.clone(),
-                cameras: Vec::new(),
+                cameras: Default::default(),
                 board: running.device_board.clone(),
                 ingest: running.ingest_stats.clone(),
                 alert_store: running.alert_stats.clone(),

@@ -366,7 +366,8 @@ async fn a_changed_camera_restarts_alone_and_a_removed_one_stops() {
     let free = || simulators::process::free_port().expect("a free loopback port");
     let (pa, pb) = (free(), free());
     let _sims = (e2e::sim::start_camera(pa), e2e::sim::start_camera(pb));
-    let area = "[[locations.areas]]\nid = \"square\"\nname = \"广场\"\nkind = \"other\"\n";
+    // The duty officer (password "shouwang-demo"): the console's cameras panel is checked too.
+    let area = "[[locations.areas]]\nid = \"square\"\nname = \"广场\"\nkind = \"other\"\n\n[[console.staff]]\nusername = \"duty\"\ndisplay_name = \"Duty\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2hvdXdhbmctZGVtby1zYQ$pMAMAJaZaTelU1nfxz3/8UfuGG6UrIxQfDFnKLoYXNk\"\nrole = \"admin\"\n";
     let body = |a_fps| {
         format!(
             "{area}{}{}",
@@ -429,6 +430,43 @@ async fn a_changed_camera_restarts_alone_and_a_removed_one_stops() {
         |_| {},
         |c| !c.contains_key("cam-b") && c.get("cam-a").is_some_and(|a| a.0 > a_now),
     );
+    // The console follows: only cam-a, running, with its new pipeline's counters.
+    let console = site
+        .gateway
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "gateway ready")
+        .and_then(|v| v["console"].as_str().map(str::to_owned))
+        .expect("the readiness line names the console");
+    let body = serde_json::json!({ "username": "duty", "password": "shouwang-demo" }).to_string();
+    let login = e2e::http::request(
+        &console,
+        "POST",
+        "/login",
+        &["Content-Type: application/json"],
+        &body,
+    );
+    let cookie = format!(
+        "Cookie: {}",
+        login
+            .header("set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+    );
+    let panel: Value = serde_json::from_str(
+        e2e::http::request(&console, "GET", "/api/cameras", &[&cookie], "").body(),
+    )
+    .unwrap();
+    let listed: Vec<(&str, &str)> = panel["cameras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["id"].as_str().unwrap(), c["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, [("cam-a", "running")], "{panel}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -599,15 +599,13 @@ async fn devices(AxState(state): AxState<St>) -> ApiResult<Json<serde_json::Valu
 async fn cameras(AxState(state): AxState<St>) -> Json<serde_json::Value> {
     let fps = state.fps.lock().map(|f| f.clone()).unwrap_or_default();
     let evidence = state.deps.data_dir.join("evidence");
+    let running = state.cameras();
     let rows: Vec<_> = state
-        .deps
-        .config
+        .config()
         .cameras
         .iter()
         .map(|c| {
-            let stats = state
-                .deps
-                .cameras
+            let stats = running
                 .iter()
                 .find(|(id, _)| *id == c.id)
                 .map(|(_, s)| s.snapshot());

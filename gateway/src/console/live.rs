@@ -103,7 +103,8 @@ pub(crate) async fn live_socket(
 /// The feed of camera `id`: its main stream's when asked and it has one, else the
 /// analysed stream's; `None` when the camera is not running.
 fn feed_of(state: &State, id: &str, main: bool) -> Option<Arc<LiveFeed>> {
-    let (_, stats) = state.deps.cameras.iter().find(|(cid, _)| cid == id)?;
+    let cameras = state.cameras();
+    let (_, stats) = cameras.iter().find(|(cid, _)| cid == id)?;
     let has_main = state
         .config()
         .cameras
@@ -117,8 +118,7 @@ fn feed_of(state: &State, id: &str, main: bool) -> Option<Arc<LiveFeed>> {
 
 fn total_viewers(state: &State) -> usize {
     state
-        .deps
-        .cameras
+        .cameras()
         .iter()
         .map(|(_, s)| s.live.analysed.viewers() + s.live.main.viewers())
         .sum()

@@ -45,7 +45,6 @@ use crate::alerts::Alert;
 use crate::shutdown::{Lifecycle as Stages, Stage};
 use crate::supervise::Severity;
 use crate::uplink::UplinkStatus;
-use crate::video::CameraStats;
 
 /// Errors of the console.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +78,8 @@ pub struct ConsoleDeps {
     pub events: Arc<broadcast::Receiver<Alert>>,
     pub uplink: Arc<UplinkStatus>,
     /// `(camera id, counters)` of the analysed cameras (empty without video).
-    pub cameras: Vec<(String, Arc<CameraStats>)>,
+    /// Kept up to date by the cameras (a reload starts and stops them), read per request.
+    pub cameras: crate::video::CameraSlot,
     /// What every device last said, kept by ingest.
     pub board: Arc<DeviceBoard>,
     /// Ingest's accepted/rejected counters (rejections per device on the devices panel).
@@ -122,6 +122,11 @@ impl State {
     /// The configuration in force now (devices, locations, staff after a reload).
     pub fn config(&self) -> Arc<Config> {
         self.live.borrow().clone()
+    }
+
+    /// `(camera id, counters)` of the cameras running now (none without video).
+    pub fn cameras(&self) -> crate::video::Cameras {
+        self.deps.cameras.get().unwrap_or_default()
     }
 }
 
@@ -271,7 +276,7 @@ async fn sample_fps(state: Arc<State>) {
             _ = tick.tick() => {}
         }
         let now = std::time::Instant::now();
-        for (id, stats) in &state.deps.cameras {
+        for (id, stats) in &state.cameras() {
             let analysed = stats.snapshot().analysed;
             if let Some((t, n)) = last.insert(id.clone(), (now, analysed)) {
                 let dt = (now - t).as_secs_f64();
