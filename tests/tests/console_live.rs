@@ -259,6 +259,12 @@ async fn the_grid_shows_every_camera_and_h265_gets_a_message_where_the_browser_c
             );
             browser.click("#lang", "the language switch");
         }
+        // With SHOUWANG_SCREENSHOT=1: the grid, in zh-CN, for the README.
+        if std::env::var("SHOUWANG_SCREENSHOT").as_deref() == Ok("1") {
+            let out = e2e::workspace_root().join("docs").join("live-grid.png");
+            std::fs::write(&out, browser.screenshot_png()).unwrap();
+            eprintln!("wrote {}", out.display());
+        }
         // One camera large: the main stream (H.265 here), else the sub-stream with a note.
         browser.goto(&format!("{base}/live?camera=cam-dual"));
         let one = wait_tile(&browser, "cam-dual", "r.state === 'playing'", WAIT);
