@@ -141,6 +141,12 @@ pub struct Browser {
 
 impl Browser {
     pub fn start() -> Browser {
+        Self::start_with(1400, 880, &[])
+    }
+
+    /// [`Browser::start`] with a window of `width`×`height` and `extra` Chromium flags (e.g.
+    /// `--autoplay-policy=no-user-gesture-required` for the alarm sound).
+    pub fn start_with(width: u32, height: u32, extra: &[&str]) -> Browser {
         let chromium = find_program(&["chromium", "chromium-browser"]).unwrap_or_else(|| {
             panic!("Chromium is not installed: run `./x deps` (it installs Debian's chromium and chromium-driver)")
         });
@@ -178,7 +184,9 @@ impl Browser {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let args = [
+        let window = format!("--window-size={width},{height}");
+        let profile_dir = format!("--user-data-dir={}", browser.profile.path().display());
+        let mut args = vec![
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -189,9 +197,10 @@ impl Browser {
             "--disable-sync",
             "--disable-dev-shm-usage",
             "--lang=en-US",
-            "--window-size=1400,880",
-            &format!("--user-data-dir={}", browser.profile.path().display()),
+            &window,
+            &profile_dir,
         ];
+        args.extend_from_slice(extra);
         let caps = json!({
             "capabilities": {
                 "alwaysMatch": {
