@@ -514,3 +514,48 @@ location = { building = "b9", unit = "u1", floor = 2, room = "201" }
     assert_eq!(notice.len(), 1, "a notice for the new building's unit");
     assert_eq!(notice[0]["kind"], "gas");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_stage_that_crashes_is_a_fault_restarted_and_the_next_reload_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), SITE);
+    let (data, faults) = (dir.path().join("data"), dir.path().join("faults"));
+    std::fs::create_dir_all(&faults).unwrap();
+    let mut command = Command::new(bin("gateway"));
+    command
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .env(gateway::supervise::FAULT_INJECTION_ENV, &faults);
+    let mut gateway = Gateway::spawn(command);
+    gateway.wait_ready();
+    e2e::eventually(WAIT, "status.json", || {
+        data.join("status.json")
+            .exists()
+            .then_some(())
+            .ok_or_else(|| "no status yet".to_owned())
+    })
+    .await;
+    // The next reload panics inside the stage: no outcome, the stage is a fault.
+    std::fs::write(faults.join("reload.panic"), "").unwrap();
+    let out = Command::new(bin("gateway"))
+        .args(["reload", "--timeout-s", "2", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "no answer from a crashed stage");
+    let failed = gateway.wait_for_message("gateway stage failed; restarting it", WAIT);
+    assert_eq!(failed["stage"], "reload");
+    // Restarted with its state: the next reload applies.
+    write_config(dir.path(), &format!("{SITE}\n{GAS}"));
+    let (code, outcome) = e2e::eventually(WAIT, "a reload after the restart", || {
+        let (code, outcome) = reload(&data);
+        (outcome["result"] == "applied")
+            .then(|| (code, outcome.clone()))
+            .ok_or(outcome.to_string())
+    })
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(strings(&outcome["applied"]), ["device b1-gas added"]);
+}

@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::shutdown::{Lifecycle, Stage};
+use crate::supervise::Severity;
 pub use diff::ConfigDiff;
 
 /// The outcome file, in the data directory.
@@ -126,24 +127,38 @@ pub fn spawn(
     targets: Targets,
 ) -> Result<(), ReloadError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = signal(SignalKind::hangup()).map_err(ReloadError::Signal)?;
-    life.spawn(Stage::Inputs, move |token| async move {
-        let mut reloader = Reloader {
+    let hangups = signal(SignalKind::hangup()).map_err(ReloadError::Signal)?;
+    // Supervised like every stage: the signal stream and the reloader (the configuration in
+    // force, the outcome count) outlive a crash of the task, which is a fault until it runs
+    // again.
+    let state = Arc::new(tokio::sync::Mutex::new((
+        hangups,
+        Reloader {
             file,
             data_dir,
             running,
             targets,
             seq: 0,
-        };
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                got = hangups.recv() => if got.is_none() { break },
-            }
-            let outcome = reloader.reload().await;
-            log(&outcome);
-            if let Err(e) = reloader.write(&outcome) {
-                tracing::error!(error = %e, "reload outcome not written");
+        },
+    )));
+    life.supervise(Stage::Inputs, "reload", Severity::Degraded, move |token| {
+        let state = state.clone();
+        async move {
+            let mut guard = state.lock().await;
+            let (hangups, reloader) = &mut *guard;
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return Ok(()),
+                    got = hangups.recv() => if got.is_none() {
+                        return Err("the SIGHUP stream ended".to_owned());
+                    },
+                }
+                crate::supervise::fault_point("reload").await;
+                let outcome = reloader.reload().await;
+                log(&outcome);
+                if let Err(e) = reloader.write(&outcome) {
+                    tracing::error!(error = %e, "reload outcome not written");
+                }
             }
         }
     });
