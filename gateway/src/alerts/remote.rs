@@ -250,6 +250,17 @@ pub enum LivenessChange {
     },
 }
 
+impl LivenessChange {
+    /// The compound it is about.
+    pub fn compound(&self) -> &str {
+        match self {
+            LivenessChange::Silent { compound, .. } | LivenessChange::Heard { compound } => {
+                compound
+            }
+        }
+    }
+}
+
 impl Liveness {
     /// Every compound of `config`, heard at `now`.
     pub fn new(config: &Config, now: DateTime<Utc>) -> Self {
@@ -292,7 +303,8 @@ impl Liveness {
                 });
             }
         }
-        out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        // In compound order, whatever the map's: the alerts are raised in a stable order.
+        out.sort_by(|a, b| a.compound().cmp(b.compound()));
         out
     }
 }
