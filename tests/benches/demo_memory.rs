@@ -14,7 +14,7 @@
 //!
 //! Run: `cargo build --release -p gateway -p simulators && cargo bench -p e2e --bench demo_memory`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use e2e::memory::{self, DemoSite};
@@ -31,12 +31,15 @@ fn mb(kib: u64) -> String {
 }
 
 /// One demo run: RSS samples through the warm-up, then the breakdown; the final RSS (KiB).
-fn run(gateway: &PathBuf, cameras: usize, warmup: Duration, every: Duration) -> u64 {
+fn run(gateway: &Path, cameras: usize, warmup: Duration, every: Duration) -> u64 {
     println!("\n## {cameras} camera(s), warm-up {warmup:?}");
     let started = Instant::now();
     let site = DemoSite::start(gateway, cameras);
     let pid = site.pid();
-    println!("gateway ready after {:.1} s (pid {pid})", started.elapsed().as_secs_f64());
+    println!(
+        "gateway ready after {:.1} s (pid {pid})",
+        started.elapsed().as_secs_f64()
+    );
     let ready = Instant::now();
     let mut samples = Vec::new();
     while ready.elapsed() < warmup {
@@ -50,6 +53,9 @@ fn run(gateway: &PathBuf, cameras: usize, warmup: Duration, every: Duration) -> 
         .map(|(s, kib)| format!("{s}s {}", mb(*kib)))
         .collect();
     println!("RSS (MB): {}", line.join(", "));
+    if let Some(cameras) = site.status().get("cameras") {
+        println!("cameras in status.json: {cameras}");
+    }
     let counters = site.camera_counters();
     for (id, decoded, analysed) in &counters {
         println!("camera {id}: decoded {decoded}, analysed {analysed}");
@@ -76,7 +82,7 @@ fn run(gateway: &PathBuf, cameras: usize, warmup: Duration, every: Duration) -> 
 fn breakdown(pid: u32) {
     let kinds = memory::smaps_by_kind(pid);
     let mut rows: Vec<_> = kinds.iter().collect();
-    rows.sort_by(|a, b| b.1.rss.cmp(&a.1.rss));
+    rows.sort_by_key(|(_, r)| std::cmp::Reverse(r.rss));
     println!("| mappings | resident MB | of which anonymous MB | count |");
     println!("|---|---:|---:|---:|");
     for (kind, r) in rows {
@@ -95,6 +101,20 @@ fn breakdown(pid: u32) {
         mb(anon),
         mb(total - anon)
     );
+    let files = memory::files_by_rss(pid);
+    let top: Vec<String> = files
+        .iter()
+        .take(15)
+        .map(|(path, r)| {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            format!("{name} {} MB", mb(r.rss))
+        })
+        .collect();
+    println!(
+        "largest mapped files ({} in all): {}",
+        files.len(),
+        top.join(", ")
+    );
     let threads = memory::threads_by_name(pid);
     let list: Vec<String> = threads.iter().map(|(n, c)| format!("{n} ×{c}")).collect();
     println!(
@@ -107,15 +127,19 @@ fn breakdown(pid: u32) {
 fn main() {
     let warmup = Duration::from_secs_f64(env_f64("DEMO_MEM_WARMUP_S", 60.0));
     let every = Duration::from_secs_f64(env_f64("DEMO_MEM_SAMPLE_S", 5.0));
-    let gateway = std::env::var_os("DEMO_MEM_GATEWAY")
-        .map_or_else(|| e2e::bin("gateway"), PathBuf::from);
+    let gateway =
+        std::env::var_os("DEMO_MEM_GATEWAY").map_or_else(|| e2e::bin("gateway"), PathBuf::from);
     let counts: Vec<usize> = std::env::var("DEMO_MEM_CAMERAS")
         .unwrap_or_else(|_| "4".into())
         .split(',')
         .map(|c| c.trim().parse().expect("DEMO_MEM_CAMERAS: counts 0 to 4"))
         .collect();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("gateway: {}; load average at start: {}", gateway.display(), load.trim());
+    println!(
+        "gateway: {}; load average at start: {}",
+        gateway.display(),
+        load.trim()
+    );
     let mut results = Vec::new();
     for cameras in counts {
         results.push((cameras, run(&gateway, cameras, warmup, every)));
@@ -126,7 +150,10 @@ fn main() {
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at the end: {}", load.trim());
-    if let Some(limit) = std::env::var("DEMO_MEM_LIMIT_MB").ok().and_then(|v| v.parse::<f64>().ok()) {
+    if let Some(limit) = std::env::var("DEMO_MEM_LIMIT_MB")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
         let over = results
             .iter()
             .filter(|(c, rss)| *c == 4 && *rss as f64 / 1024.0 > limit)

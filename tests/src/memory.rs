@@ -88,22 +88,26 @@ impl DemoSite {
 
     /// Each camera's `decoded` and `analysed` counters from the gateway's `status.json`.
     pub fn camera_counters(&self) -> Vec<(String, u64, u64)> {
-        let text =
-            std::fs::read_to_string(self.data_dir.join("status.json")).unwrap_or_default();
-        let status: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        let Some(cameras) = status["cameras"].as_array() else {
+        let status = self.status();
+        let Some(cameras) = status["cameras"].as_object() else {
             return Vec::new();
         };
         cameras
             .iter()
-            .map(|c| {
+            .map(|(id, c)| {
                 (
-                    c[0].as_str().unwrap_or_default().to_owned(),
-                    c[1]["decoded"].as_u64().unwrap_or(0),
-                    c[1]["analysed"].as_u64().unwrap_or(0),
+                    id.clone(),
+                    c["decoded"].as_u64().unwrap_or(0),
+                    c["analysed"].as_u64().unwrap_or(0),
                 )
             })
             .collect()
+    }
+
+    /// `status.json` as the gateway wrote it last (`null` when unreadable).
+    pub fn status(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.data_dir.join("status.json")).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_default()
     }
 }
 
@@ -145,7 +149,10 @@ fn demo_config(dir: &Path, rtsp: u16, uplink: u16, cameras: usize) -> PathBuf {
     let mut seen = 0;
     for line in text.lines() {
         let line = line
-            .replace("rtsp://127.0.0.1:8554/", &format!("rtsp://127.0.0.1:{rtsp}/"))
+            .replace(
+                "rtsp://127.0.0.1:8554/",
+                &format!("rtsp://127.0.0.1:{rtsp}/"),
+            )
             .replace("port = 1884", &format!("port = {uplink}"));
         out.push_str(&line);
         out.push('\n');
@@ -206,7 +213,10 @@ pub fn smaps_by_kind(pid: u32) -> BTreeMap<String, Resident> {
             let guard_below = previous.0 == header.start && previous.1;
             let kind = kind_of(&header, &exe, guard_below);
             out.entry(kind.clone()).or_default().mappings += 1;
-            previous = (header.end, header.path.is_empty() && header.perms.starts_with("---"));
+            previous = (
+                header.end,
+                header.path.is_empty() && header.perms.starts_with("---"),
+            );
             current = Some(kind);
             continue;
         }
@@ -224,6 +234,35 @@ pub fn smaps_by_kind(pid: u32) -> BTreeMap<String, Resident> {
             entry.anon += kib();
         }
     }
+    out
+}
+
+/// Resident KiB of each mapped file of `pid` (libraries, the executable), largest first.
+pub fn files_by_rss(pid: u32) -> Vec<(String, Resident)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by_path: BTreeMap<String, Resident> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(m) = Mapping::parse(line) {
+            current = m.path.starts_with('/').then_some(m.path);
+            if let Some(path) = &current {
+                by_path.entry(path.clone()).or_default().mappings += 1;
+            }
+            continue;
+        }
+        let (Some(path), Some(value)) = (&current, line.split_whitespace().nth(1)) else {
+            continue;
+        };
+        let kib = value.parse::<u64>().unwrap_or(0);
+        let entry = by_path.entry(path.clone()).or_default();
+        if line.starts_with("Rss:") {
+            entry.rss += kib;
+        } else if line.starts_with("Anonymous:") {
+            entry.anon += kib;
+        }
+    }
+    let mut out: Vec<_> = by_path.into_iter().collect();
+    out.sort_by_key(|(_, r)| std::cmp::Reverse(r.rss));
     out
 }
 
@@ -266,7 +305,7 @@ pub fn kind_of(m: &Mapping, exe: &str, guard_below: bool) -> String {
         "[heap]" => "heap: main arena (brk)",
         "[stack]" => "main thread stack",
         p if p.starts_with('[') => "kernel ([vdso], [vvar], ...)",
-        "" if m.start % ARENA_HEAP_ALIGN == 0 => "heap: malloc thread arenas",
+        "" if m.start.is_multiple_of(ARENA_HEAP_ALIGN) => "heap: malloc thread arenas",
         "" if guard_below => "thread stacks",
         "" => "anon: large mmap'd allocations",
         p if p == exe => "gateway executable",
@@ -324,7 +363,10 @@ mod tests {
         assert_eq!(kind(&mapping(0x7f00_0000_1000, ""), true), "thread stacks");
         let big = mapping(0x7f00_0000_1000, "");
         assert_eq!(kind(&big, false), "anon: large mmap'd allocations");
-        assert_eq!(kind(&mapping(0x1000, "[heap]"), false), "heap: main arena (brk)");
+        assert_eq!(
+            kind(&mapping(0x1000, "[heap]"), false),
+            "heap: main arena (brk)"
+        );
         let line = "7f12a0000000-7f12a4000000 rw-p 00000000 00:00 0 ";
         assert_eq!(
             Mapping::parse(line).map(|m| (m.start, m.end, m.path)),

@@ -692,14 +692,21 @@ mod tests {
         let mut recorder = recording(5.0, ring_budget(5.0, ASSUMED_MAX_BITRATE));
         for i in 0..30 * 15 {
             let key = i % 15 == 0;
-            recorder.push(&packet(if key { 40_000 } else { 15_000 }, key), Some(i as f64 / 15.0));
+            recorder.push(
+                &packet(if key { 40_000 } else { 15_000 }, key),
+                Some(i as f64 / 15.0),
+            );
         }
         let now = recorder.last_t.unwrap();
         let oldest = recorder.ring.front().unwrap().1;
         assert!(now - oldest >= 5.0, "covers pre_s: {oldest}..{now}");
         assert!(now - oldest < 6.0, "at most one GOP more: {oldest}..{now}");
         assert!(recorder.ring.front().unwrap().0.is_key());
-        assert!(recorder.ring_bytes() < 1_700_000, "{}", recorder.ring_bytes());
+        assert!(
+            recorder.ring_bytes() < 1_700_000,
+            "{}",
+            recorder.ring_bytes()
+        );
     }
 
     #[test]
