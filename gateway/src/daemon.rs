@@ -174,9 +174,13 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Files created from now on are private; the open-file limit is raised to its hard limit.
+/// Files created from now on are private; the open-file limit is raised to its hard limit;
+/// the allocator gives large blocks back ([`crate::os::bound_malloc`]).
 fn harden_process() {
     crate::os::private_umask();
+    if !crate::os::bound_malloc() {
+        tracing::warn!("cannot bound the allocator (mallopt refused)");
+    }
     match crate::os::raise_fd_limit() {
         Ok(l) if l.before != l.now => {
             tracing::info!(before = l.before, now = l.now, "open file limit raised")

@@ -764,13 +764,17 @@ fn count_decode_error(stats: &CameraStats, source: &CameraSource, e: &ffmpeg::Er
     }
 }
 
-/// swscale contexts, rebuilt when the decoded size or format changes.
+/// swscale contexts and their output frames, rebuilt when the decoded size or format
+/// changes.
 #[derive(Default)]
 struct Converter {
     key: Option<(Pixel, u32, u32, u32)>,
     bgr: Option<scaling::Context>,
     grey: Option<scaling::Context>,
     grey_size: (u32, u32),
+    /// The conversions' output frames, kept from frame to frame (swscale allocates an empty
+    /// one at each call): a full-size BGR frame is allocated once per size, not per frame.
+    outputs: Option<(ffmpeg::frame::Video, ffmpeg::frame::Video)>,
 }
 
 impl Converter {
@@ -797,24 +801,26 @@ impl Converter {
             );
             self.grey_size = (gw, gh);
             self.key = Some(key);
+            self.outputs = None;
         }
         let (Some(bgr), Some(grey)) = (self.bgr.as_mut(), self.grey.as_mut()) else {
             return Err(CaptureError::Scale(ffmpeg::Error::Bug));
         };
-        let mut out = ffmpeg::frame::Video::empty();
-        bgr.run(frame, &mut out).map_err(CaptureError::Scale)?;
+        let (out, small) = self
+            .outputs
+            .get_or_insert_with(|| (ffmpeg::frame::Video::empty(), ffmpeg::frame::Video::empty()));
+        bgr.run(frame, out).map_err(CaptureError::Scale)?;
         let image = BgrImage {
             width: w,
             height: h,
-            data: tight(&out, w as usize * 3, h as usize),
+            data: tight(out, w as usize * 3, h as usize),
         };
-        let mut small = ffmpeg::frame::Video::empty();
-        grey.run(frame, &mut small).map_err(CaptureError::Scale)?;
+        grey.run(frame, small).map_err(CaptureError::Scale)?;
         let (gw, gh) = self.grey_size;
         let grey = GreyImage {
             width: gw,
             height: gh,
-            data: tight(&small, gw as usize, gh as usize),
+            data: tight(small, gw as usize, gh as usize),
         };
         Ok((image, grey))
     }

@@ -431,6 +431,12 @@ impl OrtDetector {
             .map_err(|e| model_err(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| model_err(e.to_string()))?
+            // No memory pattern: the pattern plans one block for every intermediate tensor
+            // of a run, kept beside the CPU arena (which stays: it reuses those tensors'
+            // memory from run to run). Measured on the demo, one camera: 105.8 → 101.6 MB
+            // RSS, the inference unchanged (README, "Memory").
+            .with_memory_pattern(false)
+            .map_err(|e| model_err(e.to_string()))?
             .commit_from_file(model)
             .map_err(|e| model_err(e.to_string()))?;
         let input_name = session
