@@ -180,26 +180,27 @@ async fn sustained(
     rows
 }
 
+/// Where alerts appear: the gateway's local alert topics, or the glue script's.
+const GATEWAY_ALERTS: &str = "shouwang/bench/alerts/#";
+const GLUE_ALERTS: &str = "glue/alerts/#";
+
 async fn alarm_latency(
     addr: std::net::SocketAddr,
     config: &edge_config::Config,
-    first: usize,
-    count: usize,
+    (first, count): (usize, usize),
     flood: bool,
+    alerts: &str,
 ) -> (Duration, Duration, usize) {
     let (watch, watch_loop) = client(addr, &format!("latency-watch-{first}"));
     let (tx, mut rx) = mpsc::unbounded_channel();
     spawn_loop(watch_loop, Some(tx));
-    watch
-        .subscribe("shouwang/bench/alerts/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    watch.subscribe(alerts, QoS::AtLeastOnce).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (sensor, sensor_loop) = client(addr, &format!("latency-sensor-{first}"));
     spawn_loop(sensor_loop, None);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if flood {
-        let (f, fl) = client(addr, "flooder");
+        let (f, fl) = client(addr, &format!("flooder-{first}"));
         spawn_loop(fl, None);
         let stop = stop.clone();
         // The simulators' `flood` scenario traffic for one device, replayed at full speed.
@@ -261,6 +262,30 @@ async fn alarm_latency(
     (pct(0.5), pct(0.99), lost)
 }
 
+/// The glue-script peer (`benches/peers/glue.py` on a Debian mosquitto) through the same two
+/// alarm phases: (p50, p99, lost) idle, then while one device floods.
+async fn glue_peer(dir: &Path, config: &edge_config::Config) -> [(Duration, Duration, usize); 2] {
+    let broker = support::PlainMosquitto::start(dir);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/glue.py");
+    let mut child = std::process::Command::new(support::debian_python())
+        .arg(&script)
+        .args(["127.0.0.1", &broker.port.to_string()])
+        .arg(dir.join("glue.db"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the glue script (python3-paho-mqtt: ./x deps)");
+    let mut ready = String::new();
+    let stdout = child.stdout.take().expect("piped stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready", "the glue script did not start");
+    let addr = broker.addr();
+    let idle = alarm_latency(addr, config, (0, SMOKES / 2), false, GLUE_ALERTS).await;
+    let flood = alarm_latency(addr, config, (SMOKES / 2, SMOKES / 2), true, GLUE_ALERTS).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    [idle, flood]
+}
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -280,9 +305,11 @@ fn main() {
         eprintln!("new-topic cost…");
         let (same_topic, new_topic) = new_topic_cost(addr).await;
         eprintln!("alarm latency…");
-        let (idle_p50, idle_p99, idle_lost) = alarm_latency(addr, &config, 0, SMOKES / 2, false).await;
+        let (idle_p50, idle_p99, idle_lost) = alarm_latency(addr, &config, (0, SMOKES / 2), false, GATEWAY_ALERTS).await;
         eprintln!("alarm latency under flood…");
-        let (flood_p50, flood_p99, flood_lost) = alarm_latency(addr, &config, SMOKES / 2, SMOKES / 2, true).await;
+        let (flood_p50, flood_p99, flood_lost) = alarm_latency(addr, &config, (SMOKES / 2, SMOKES / 2), true, GATEWAY_ALERTS).await;
+        eprintln!("the glue script (mosquitto + Python + SQLite FULL), same alarms…");
+        let glue = glue_peer(dir.path(), &config).await;
         let stats = running.ingest_stats.snapshot();
         println!("## ingest benchmark ({} cores)", std::thread::available_parallelism().map_or(0, |n| n.get()));
         println!("| measure | result |");
@@ -295,6 +322,10 @@ fn main() {
         println!("| highest lossless sustained ingest / raw routing | {:.2} |", best / raw);
         println!("| alarm latency, publish → local alert, idle: p50 / p99 (lost of {}) | {:.1} ms / {:.1} ms ({idle_lost}) |", SMOKES / 2, ms(idle_p50), ms(idle_p99));
         println!("| alarm latency while one device floods: p50 / p99 (lost of {}) | {:.1} ms / {:.1} ms ({flood_lost}) |", SMOKES / 2, ms(flood_p50), ms(flood_p99));
+        let ratio = |gw: Duration, peer: Duration| peer.as_secs_f64() / gw.as_secs_f64();
+        println!("| glue script, idle: p50 / p99 (lost of {}) | {:.1} ms / {:.1} ms ({}) |", SMOKES / 2, ms(glue[0].0), ms(glue[0].1), glue[0].2);
+        println!("| glue script while one device floods: p50 / p99 (lost of {}) | {:.1} ms / {:.1} ms ({}) |", SMOKES / 2, ms(glue[1].0), ms(glue[1].1), glue[1].2);
+        println!("| glue script p99 / gateway p99 (above 1: the gateway is faster), idle / flood | {:.2} / {:.2} |", ratio(idle_p99, glue[0].1), ratio(flood_p99, glue[1].1));
         println!("| flood messages throttled (counted rejections) | {} |", stats.rejected_by_reason.get("throttled").copied().unwrap_or(0));
         println!("| flood messages dropped by the broker from the flooder's own log (counted) | {} |", stats.rejected_by_reason.get("broker_overrun").copied().unwrap_or(0));
         println!("| publish → subscriber p50 with {} device topics subscribed: same topic / never-seen topic | {:.2} ms / {:.2} ms |", config.devices.len() * 2, ms(same_topic), ms(new_topic));

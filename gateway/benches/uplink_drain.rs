@@ -139,7 +139,7 @@ fn messages(from: u64, n: u64) -> Vec<NewMessage> {
 fn seed(db: &Path) -> f64 {
     drop(Outbox::open(db).unwrap());
     let mut conn = rusqlite::Connection::open(db).unwrap();
-    outbox::configure_connection(&conn).unwrap();
+    outbox::configure_connection(&mut conn).unwrap();
     let msgs = messages(1, ROWS);
     let t = Instant::now();
     for chunk in msgs.chunks(1000) {
@@ -155,7 +155,7 @@ fn seed(db: &Path) -> f64 {
 fn single_inserts(db: &Path) -> f64 {
     drop(Outbox::open(db).unwrap());
     let mut conn = rusqlite::Connection::open(db).unwrap();
-    outbox::configure_connection(&conn).unwrap();
+    outbox::configure_connection(&mut conn).unwrap();
     let msgs = messages(1, 2000);
     let t = Instant::now();
     for m in &msgs {

@@ -5,7 +5,10 @@
 //! - the whole pipeline's frames/s (decode + motion + letterbox + detect + track + zones),
 //!   detector on every frame;
 //! - CPU time on a static scene (one vtest frame repeated for 20 s) with motion gating on
-//!   vs off.
+//!   vs off;
+//! - the peer, in the same run: a Frigate-style Python pipeline (`benches/peers/frigate_style.py`:
+//!   ffmpeg subprocess + numpy + onnxruntime's Python package, same model, same threads, the
+//!   detector on every frame), and the whole pipeline's ratio to it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,6 +89,38 @@ fn pipeline(url: &Path, detector: SharedDetector, gating: bool) -> (StatsSnapsho
     (stats, t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0)
 }
 
+/// The Frigate-style Python peer on the first [`SECONDS`] of `video`: frames/s, or why it
+/// could not run (its packages come from `./x deps`).
+fn python_peer(video: &Path, threads: usize) -> Result<f64, String> {
+    let script = root().join("gateway/benches/peers/frigate_style.py");
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(video)
+        .arg(SECONDS.to_string())
+        .arg(root().join("models/yolox_nano.onnx"))
+        .arg(threads.to_string())
+        .env("PYTHONPATH", root().join("vendor/python"))
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let (frames, secs) = (
+        v["frames"].as_f64().unwrap_or(0.0),
+        v["seconds"].as_f64().unwrap_or(0.0),
+    );
+    if frames < 1.0 || secs <= 0.0 {
+        return Err(format!("the peer analysed nothing: {v}"));
+    }
+    Ok(frames / secs)
+}
+
 fn main() {
     let vtest = root().join("vendor/footage/vtest.avi");
     capture::init_ffmpeg().unwrap();
@@ -149,6 +184,8 @@ fn main() {
     let (s, wall, _) = pipeline(&vtest, shared.clone(), false);
     let pipe_fps = s.analysed as f64 / wall;
 
+    let peer_fps = python_peer(&vtest, threads);
+
     // Static scene: one frame of vtest repeated.
     let dir = tempfile::tempdir().unwrap();
     let still = dir.path().join("still.png");
@@ -175,6 +212,10 @@ fn main() {
     println!("  capture (decode+swscale) {capture_ms:5.2} ms/frame, letterbox {letterbox_ms:5.2} ms/frame");
     println!("  raw ORT inference      {raw_fps:7.1} frames/s");
     println!("  whole pipeline         {pipe_fps:7.1} frames/s  ({:.2} x raw; decode+motion+letterbox+detect+track+zones)", pipe_fps / raw_fps);
+    match &peer_fps {
+        Ok(fps) => println!("  Frigate-style Python   {fps:7.1} frames/s  (whole pipeline = {:.2} x the peer; ffmpeg subprocess + numpy + onnxruntime, {threads} threads)", pipe_fps / fps),
+        Err(e) => println!("  Frigate-style Python   not measured: {e}"),
+    }
     println!("static scene, 20 s at 10 fps analysed as fast as possible:");
     println!(
         "  motion gating on       detector runs {:3}/{:3}, CPU {on_cpu:5.2} s, wall {on_wall:5.2} s -> {:4.1} % of one core in real time",

@@ -3,7 +3,7 @@
 //!
 //! Every connection is opened here, by [`open_writer`] or [`open_reader`], with one set of
 //! pragmas: WAL (readers never block the writer and the writer never blocks readers), a 5 s
-//! busy timeout (writers take turns), `synchronous=NORMAL` as the baseline that alarm
+//! busy timeout with fine-grained retries (writers take turns; see [`busy_pause`]), `synchronous=NORMAL` as the baseline that alarm
 //! transactions raise to FULL for themselves ([`crate::outbox::commit_with`]), foreign keys on.
 //!
 //! # Who writes what
@@ -219,6 +219,39 @@ pub const FILE_NAME: &str = "shouwang.db";
 
 /// How long a connection waits for another writer's transaction.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// First pause of [`busy_wait`]; each next one doubles up to [`BUSY_PAUSE_MAX`].
+const BUSY_PAUSE_MIN: std::time::Duration = std::time::Duration::from_micros(20);
+const BUSY_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The pause before try `attempt + 1` of a statement another writer keeps busy, `None` once
+/// the pauses so far add up to [`BUSY_TIMEOUT`].
+///
+/// SQLite's own handler (what `busy_timeout` installs) sleeps 1, 2, 5, 10 … ms between tries.
+/// The writers' transactions take tens of microseconds (telemetry batches commit with
+/// `synchronous=NORMAL`, no fsync), and a smoke reading reaches the telemetry writer and the
+/// alert task together: their commits met on nearly every alarm, and the alarm's FULL commit
+/// slept a whole millisecond or more each time (issue 18, the idle alarm latency). These
+/// pauses start at 20 µs and double to 1 ms, for the same total.
+pub fn busy_pause(attempt: u32) -> Option<std::time::Duration> {
+    let pause = |n: u32| {
+        BUSY_PAUSE_MIN
+            .saturating_mul(1 << n.min(16))
+            .min(BUSY_PAUSE_MAX)
+    };
+    let waited: std::time::Duration = (0..attempt).map(pause).sum();
+    (waited < BUSY_TIMEOUT).then(|| pause(attempt))
+}
+
+/// The busy handler of every connection: see [`busy_pause`].
+fn busy_wait(attempt: i32) -> bool {
+    match busy_pause(attempt.max(0) as u32) {
+        Some(pause) => {
+            std::thread::sleep(pause);
+            true
+        }
+        None => false,
+    }
+}
 
 /// Opens (creating if needed) the database with the gateway's pragmas and brings its
 /// schema up to date ([`migrate`]): the daemon's own connection, held from start to the
@@ -252,25 +285,25 @@ fn restrict_files(path: &Path) -> std::io::Result<()> {
 
 /// A read-write connection with the gateway's pragmas (see the [module docs](self)).
 pub fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    configure(&conn)?;
+    let mut conn = Connection::open(path)?;
+    configure(&mut conn)?;
     Ok(conn)
 }
 
 /// A read-only connection (no WAL change, no schema work): readers never write.
 pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_handler(Some(busy_wait))?;
     Ok(conn)
 }
 
 /// The gateway's pragmas on a read-write connection; returns the journal mode SQLite
 /// actually set (a file system without shared memory may refuse WAL).
-pub fn configure(conn: &Connection) -> rusqlite::Result<String> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+pub fn configure(conn: &mut Connection) -> rusqlite::Result<String> {
+    conn.busy_handler(Some(busy_wait))?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -292,6 +325,41 @@ pub fn close(conn: Connection, path: &Path) -> Result<(), DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_retries_start_at_tens_of_microseconds_and_give_up_after_the_busy_timeout() {
+        let us = |a| busy_pause(a).map(|p| p.as_micros());
+        assert_eq!((us(0), us(1), us(2)), (Some(20), Some(40), Some(80)));
+        assert_eq!(us(50), Some(1000), "pauses level off at 1 ms");
+        let tries = (0..).take_while(|&a| busy_pause(a).is_some()).count() as u32;
+        let total: std::time::Duration = (0..tries).filter_map(busy_pause).sum();
+        assert!(total >= BUSY_TIMEOUT, "gave up after {total:?}");
+        assert!(
+            total < BUSY_TIMEOUT + BUSY_PAUSE_MAX * 2,
+            "waited {total:?}"
+        );
+    }
+
+    #[test]
+    fn a_writer_waits_for_another_writers_transaction_and_then_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let a = open(&path).unwrap();
+        let mut b = open_writer(&path).unwrap();
+        let (held, release) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let tx = b
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            held.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            tx.commit().unwrap();
+        });
+        release.recv().unwrap();
+        a.execute_batch("BEGIN IMMEDIATE; CREATE TABLE t (x); COMMIT")
+            .expect("the handler retried until the other writer committed");
+        holder.join().unwrap();
+    }
 
     #[test]
     fn database_opens_in_wal_mode_and_closes_with_an_empty_wal() {

@@ -28,6 +28,15 @@ use crate::rules::Reading;
 
 /// Most rows committed in one transaction.
 pub const BATCH: usize = 1000;
+/// How long the writer gathers readings after the first of a batch before it commits.
+///
+/// The reading that raises an alarm reaches this writer and the alert task at the same
+/// moment. Committing at once, the two transactions met on nearly every alarm, and the
+/// alarm's `synchronous=FULL` commit waited for the telemetry writer's lock (issue 18). The
+/// alert task starts its transaction well within this pause, so the telemetry commit comes
+/// after it; a reading is durable a few milliseconds later, which nothing waits for (the
+/// sensor's PUBACK does not wait for telemetry), and batches get larger under load.
+pub const GATHER: std::time::Duration = std::time::Duration::from_millis(4);
 
 /// One reading as sent upstream on `{prefix}/{site}/telemetry`.
 #[derive(Debug, Clone, Serialize)]
@@ -75,8 +84,8 @@ pub enum TelemetryError {
 
 /// Opens the writer's own connection (WAL: it writes beside the alert store).
 pub fn open(db_path: &Path) -> Result<Connection, TelemetryError> {
-    let conn = crate::db::open_writer(db_path)?;
-    outbox::configure_connection(&conn)?;
+    let mut conn = crate::db::open_writer(db_path)?;
+    outbox::configure_connection(&mut conn)?;
     outbox::migrate(&conn)?;
     Ok(conn)
 }
@@ -94,11 +103,10 @@ pub fn run(
     let mut failures = FailureLog::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
+        gather(rx, &mut batch);
+        if batch.len() < BATCH {
+            std::thread::sleep(GATHER);
+            gather(rx, &mut batch);
         }
         let n = batch.len() as u64;
         if reserve.as_ref().is_some_and(|r| r.released()) {
@@ -119,6 +127,16 @@ pub fn run(
         crate::supervise::fault_point_blocking("telemetry");
     }
     tracing::info!("telemetry writer stopped");
+}
+
+/// Adds what is queued to `batch`, up to [`BATCH`] rows.
+fn gather(rx: &mut mpsc::Receiver<Record>, batch: &mut Vec<Record>) {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
 }
 
 /// Logs failed batches at most once per [`FAILURE_LOG_EVERY`] (a full disk fails every batch).

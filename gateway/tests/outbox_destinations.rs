@@ -50,7 +50,7 @@ fn each_destination_drains_its_own_copy_in_the_same_order_and_one_down_holds_bac
     outbox::register_destinations(platform.connection(), &[station()]).unwrap();
     let mut station_side = Outbox::open(&path).unwrap().for_destination(1);
     let mut store = Connection::open(&path).unwrap();
-    outbox::configure_connection(&store).unwrap();
+    outbox::configure_connection(&mut store).unwrap();
     for seq in 1..=5 {
         put(&mut store, alarm(seq));
     }
@@ -87,7 +87,7 @@ fn a_station_removed_from_the_config_leaves_no_rows_behind_and_the_platform_keep
     let platform = Outbox::open(&path).unwrap();
     outbox::register_destinations(platform.connection(), &[station()]).unwrap();
     let mut store = Connection::open(&path).unwrap();
-    outbox::configure_connection(&store).unwrap();
+    outbox::configure_connection(&mut store).unwrap();
     for seq in 1..=3 {
         put(&mut store, alarm(seq));
     }

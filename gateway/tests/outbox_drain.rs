@@ -41,8 +41,8 @@ fn fixture() -> Fixture {
     let dir = TempDir::new().expect("tempdir");
     let path = dir.path().join("gateway.db");
     let outbox = Outbox::open(&path).expect("open outbox");
-    let store = Connection::open(&path).expect("open store");
-    outbox::configure_connection(&store).expect("configure");
+    let mut store = Connection::open(&path).expect("open store");
+    outbox::configure_connection(&mut store).expect("configure");
     Fixture {
         _dir: dir,
         store,

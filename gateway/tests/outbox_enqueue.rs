@@ -28,8 +28,8 @@ fn telemetry(n: u64) -> NewMessage {
 /// The alert store's connection: configured, migrated, with a scratch
 /// `alerts` table standing in for the alert records.
 fn open_store(dir: &TempDir) -> Connection {
-    let conn = Connection::open(dir.path().join("gateway.db")).expect("open");
-    outbox::configure_connection(&conn).expect("configure");
+    let mut conn = Connection::open(dir.path().join("gateway.db")).expect("open");
+    outbox::configure_connection(&mut conn).expect("configure");
     outbox::migrate(&conn).expect("migrate");
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY, body TEXT NOT NULL)",
@@ -266,7 +266,7 @@ fn migrate_refuses_a_schema_from_a_newer_build() {
 fn migrate_inside_the_callers_transaction_rolls_back_with_it() {
     let dir = TempDir::new().expect("tempdir");
     let mut conn = Connection::open(dir.path().join("fresh.db")).expect("open");
-    outbox::configure_connection(&conn).expect("configure");
+    outbox::configure_connection(&mut conn).expect("configure");
     let tx = conn.transaction().expect("begin");
     outbox::migrate(&tx).expect("migrate in tx");
     tx.rollback().expect("rollback");

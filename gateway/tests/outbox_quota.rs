@@ -25,8 +25,8 @@ fn message(class: Class, n: u64) -> NewMessage {
 }
 
 fn open_store(path: &Path) -> Connection {
-    let conn = Connection::open(path).expect("open");
-    outbox::configure_connection(&conn).expect("configure");
+    let mut conn = Connection::open(path).expect("open");
+    outbox::configure_connection(&mut conn).expect("configure");
     outbox::migrate(&conn).expect("migrate");
     conn
 }

@@ -26,8 +26,8 @@ fn message(i: u64) -> NewMessage {
 }
 
 fn open_store(path: &Path) -> Connection {
-    let conn = Connection::open(path).expect("open store");
-    outbox::configure_connection(&conn).expect("configure");
+    let mut conn = Connection::open(path).expect("open store");
+    outbox::configure_connection(&mut conn).expect("configure");
     outbox::migrate(&conn).expect("migrate");
     conn.execute_batch("CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY)")
         .expect("alerts table");

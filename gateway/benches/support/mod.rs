@@ -74,3 +74,63 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// A Debian mosquitto on a free loopback port, anonymous, no persistence: the broker of a
+/// peer (the glue script). Killed on drop.
+pub struct PlainMosquitto {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl PlainMosquitto {
+    pub fn start(dir: &std::path::Path) -> PlainMosquitto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let root = std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false);
+        let conf = format!(
+            "{}set_tcp_nodelay true\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n",
+            if root { "user root\n" } else { "" }
+        );
+        let path = dir.join("peer-mosquitto.conf");
+        std::fs::write(&path, conf).expect("write mosquitto.conf");
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (./x deps)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PlainMosquitto { child, port }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for PlainMosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's Python (with its dist-packages: python3-paho-mqtt, python3-numpy), not whatever
+/// `python3` a developer's PATH finds first.
+pub fn debian_python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}

@@ -76,8 +76,8 @@ impl AlertStore {
         Self::from_connection(conn)
     }
 
-    pub fn from_connection(conn: Connection) -> Result<Self, StoreError> {
-        outbox::configure_connection(&conn)?;
+    pub fn from_connection(mut conn: Connection) -> Result<Self, StoreError> {
+        outbox::configure_connection(&mut conn)?;
         crate::db::migrate(&conn)?;
         outbox::migrate(&conn)?;
         Ok(AlertStore { conn })

@@ -152,8 +152,8 @@ impl Outbox {
     }
 
     /// Uses an already opened connection; configures it and migrates.
-    pub fn from_connection(conn: Connection) -> Result<Self, OutboxError> {
-        schema::configure_connection(&conn)?;
+    pub fn from_connection(mut conn: Connection) -> Result<Self, OutboxError> {
+        schema::configure_connection(&mut conn)?;
         schema::migrate(&conn)?;
         Ok(Self {
             conn,

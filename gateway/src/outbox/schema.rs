@@ -79,7 +79,7 @@ INSERT OR IGNORE INTO outbox_dest (dest, name, streams) VALUES (0, 'platform', 3
 UPDATE outbox_meta SET value = 2 WHERE name = 'schema_version';
 ";
 
-pub fn configure_connection(conn: &Connection) -> Result<(), OutboxError> {
+pub fn configure_connection(conn: &mut Connection) -> Result<(), OutboxError> {
     if !conn.is_autocommit() {
         return Err(OutboxError::TransactionAlreadyOpen);
     }
