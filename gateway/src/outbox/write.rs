@@ -120,7 +120,7 @@ const INSERT: &str =
 
 /// The registered destinations as (dest, streams bit mask), in order.
 fn destinations(conn: &Connection) -> Result<Vec<(i64, i64)>, OutboxError> {
-    let mut stmt = conn.prepare("SELECT dest, streams FROM outbox_dest ORDER BY dest")?;
+    let mut stmt = conn.prepare_cached("SELECT dest, streams FROM outbox_dest ORDER BY dest")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -137,7 +137,7 @@ pub fn enqueue(tx: &Transaction<'_>, msg: &NewMessage) -> Result<RowId, OutboxEr
     msg.validate()?;
     check_durability(tx, std::slice::from_ref(msg))?;
     let dests = destinations(tx)?;
-    let mut insert = tx.prepare(INSERT)?;
+    let mut insert = tx.prepare_cached(INSERT)?;
     insert_one(&mut insert, &dests, msg)
 }
 
