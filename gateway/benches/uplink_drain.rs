@@ -297,16 +297,46 @@ fn main() {
         "outbox insert, 1 row per FULL commit (alert path): {single:>10.0} rows/s"
     ));
     let mut seeded = Vec::new();
-    for (tls, window) in [(false, 64), (false, 512), (true, 64), (true, 512)] {
-        let db = dir.path().join(format!("drain-{tls}-{window}.db"));
+    let mut plain = std::collections::HashMap::new();
+    let runs = [
+        (false, 64, false),
+        (false, 512, false),
+        (true, 64, false),
+        (true, 512, false),
+        (false, 64, true),
+        (false, 512, true),
+    ];
+    for (tls, window, busy) in runs {
+        let db = dir.path().join(format!("drain-{tls}-{window}-{busy}.db"));
         let rate = seed(&db);
         seeded.push(rate);
+        // "Another process busy on one core": a shell spinning, for the raw publisher and
+        // the drain alike.
+        let spinner = busy.then(|| {
+            Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .expect("sh")
+        });
         let raw = runtime.block_on(raw_publisher(m.plain, window));
         let (drained, left) = runtime.block_on(drain(&m, &db, tls, window));
+        if let Some(mut s) = spinner {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
         assert_eq!(left, 0, "rows left after the drain");
+        let vs_plain = match (tls, plain.get(&window)) {
+            (true, Some(p)) => format!(", {:.2} x the plain drain", drained / p),
+            _ => String::new(),
+        };
+        if !tls && !busy {
+            plain.insert(window, drained);
+        }
         line(format!(
-            "window {window:>3}, {}: raw rumqttc QoS 1 accept {raw:>8.0} msg/s (plain TCP) | uplink drain {drained:>8.0} msg/s",
+            "window {window:>3}, {}{}: raw rumqttc QoS 1 accept {raw:>8.0} msg/s (plain TCP) | uplink drain {drained:>8.0} msg/s = {:.2} x raw{vs_plain}",
             if tls { "TLS+password" } else { "TCP+password" },
+            if busy { ", one core busy" } else { "" },
+            drained / raw,
         ));
     }
     let insert = seeded.iter().sum::<f64>() / seeded.len() as f64;
