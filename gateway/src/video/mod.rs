@@ -26,6 +26,7 @@ pub mod capture;
 pub mod detect;
 pub mod detect_cli;
 pub mod evidence;
+pub mod latency;
 pub mod linked;
 pub mod live;
 pub mod main_stream;
@@ -103,6 +104,17 @@ pub struct CameraStats {
     pub detected: AtomicU64,
     /// Sampled frames dropped because the analysis was busy.
     pub dropped: AtomicU64,
+    /// Video packets sent to the decoder (with [`Self::decoded`]: how many frames the idle
+    /// decode mode left undecoded).
+    pub packets: AtomicU64,
+    /// Gauge: the decoder's mode now ([`capture::DecodeMode`] as 0 every frame, 1 reference
+    /// frames only, 2 keyframes only).
+    pub decode_mode: AtomicU64,
+    /// Gauge: tracks alive after the latest analysed frame (confirmed or not); the capture
+    /// thread keeps decoding every frame while any is.
+    pub tracks: AtomicU64,
+    /// Frame capture → detections available, for frames the detector ran on.
+    pub latency: latency::LatencyHistogram,
     /// Open, read, decode, conversion, inference and evidence errors.
     pub errors: AtomicU64,
     /// Reconnection attempts.
@@ -179,6 +191,8 @@ pub struct StatsSnapshot {
     pub analysed: u64,
     pub detected: u64,
     pub dropped: u64,
+    pub packets: u64,
+    pub decode_mode: u64,
     pub errors: u64,
     pub reconnects: u64,
     pub alerts: u64,
@@ -195,16 +209,25 @@ pub struct StatsSnapshot {
     pub live_dropped: u64,
     /// Live remux errors (each restarts the live view at the next keyframe).
     pub live_errors: u64,
+    /// Detection latency (frame capture → detections available): counts per bucket of
+    /// [`latency::BOUNDS_MS`] (the last bucket: slower), and p50 / p99 since start, ms.
+    pub latency_buckets: [u64; latency::BUCKETS],
+    pub latency_p50_ms: u64,
+    pub latency_p99_ms: u64,
 }
 
 impl CameraStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let buckets = self.latency.counts();
+        let ms = |q| latency::quantile_ms(&buckets, q).map_or(0, |v| v.round() as u64);
         StatsSnapshot {
             decoded: g(&self.decoded),
             analysed: g(&self.analysed),
             detected: g(&self.detected),
             dropped: g(&self.dropped),
+            packets: g(&self.packets),
+            decode_mode: g(&self.decode_mode),
             errors: g(&self.errors),
             reconnects: g(&self.reconnects),
             alerts: g(&self.alerts),
@@ -218,6 +241,9 @@ impl CameraStats {
             live_skips: self.live.feeds().iter().map(|f| g(&f.skips)).sum(),
             live_dropped: self.live.feeds().iter().map(|f| g(&f.dropped)).sum(),
             live_errors: self.live.feeds().iter().map(|f| g(&f.errors)).sum(),
+            latency_buckets: buckets,
+            latency_p50_ms: ms(0.5),
+            latency_p99_ms: ms(0.99),
         }
     }
 }
@@ -328,6 +354,8 @@ pub type SharedDetector = Arc<Mutex<Box<dyn Detector>>>;
 pub struct Frame {
     pub seq: u64,
     pub t: f64,
+    /// When it was captured ([`Captured::at`]).
+    pub at: Instant,
     pub image: BgrImage,
     /// The detector input, or `None` when motion gating skipped this frame.
     pub input: Option<Prepared>,
@@ -495,6 +523,9 @@ impl CameraJobs {
                 blocking: options.capture.pace == Pace::AsFastAsAnalysed
                     && matches!(camera.analysis_source(), edge_config::CameraSource::File(_)),
                 cancel: CancellationToken::new(),
+                stats: stats.clone(),
+                still_since: None,
+                last_t: 0.0,
             },
         };
         let analysis = AnalysisJob {
@@ -650,7 +681,17 @@ struct CaptureStage {
     /// (deterministic tests and benchmarks); live sources never wait.
     blocking: bool,
     cancel: CancellationToken,
+    /// The camera's counters: the analysis' track gauge tells whether the camera is idle.
+    stats: Arc<CameraStats>,
+    /// Camera time since which motion saw nothing (`None`: it saw something last).
+    still_since: Option<f64>,
+    /// Camera time of the latest frame handed over.
+    last_t: f64,
 }
+
+/// Camera seconds without motion (and without tracks) before a camera counts as idle and
+/// its decoder may skip frames ([`capture::CaptureOptions::idle_decode`]).
+pub const IDLE_AFTER_S: f64 = 2.0;
 
 impl CaptureSink for CaptureStage {
     fn ready(&mut self) -> bool {
@@ -659,6 +700,11 @@ impl CaptureSink for CaptureStage {
 
     fn frame(&mut self, c: Captured) -> bool {
         let motion = self.motion.update(&c.grey);
+        self.last_t = c.t;
+        self.still_since = match motion {
+            Some(_) => None,
+            None => self.still_since.or(Some(c.t)),
+        };
         let full_due = self
             .last_full
             .is_none_or(|last| c.t - last >= self.full_pass_every_s);
@@ -682,6 +728,7 @@ impl CaptureSink for CaptureStage {
         let mut frame = Frame {
             seq: c.seq,
             t: c.t,
+            at: c.at,
             image: c.image,
             input,
         };
@@ -707,6 +754,14 @@ impl CaptureSink for CaptureStage {
         while let Ok(req) = self.clips.try_recv() {
             recorder.request(req);
         }
+    }
+
+    fn idle(&self) -> bool {
+        self.gating
+            && self
+                .still_since
+                .is_some_and(|since| self.last_t - since >= IDLE_AFTER_S)
+            && self.stats.tracks.load(Ordering::Relaxed) == 0
     }
 }
 
@@ -794,6 +849,9 @@ impl AnalysisJob {
     fn analyse(&mut self, frame: Frame) {
         let (w, h) = (frame.image.width, frame.image.height);
         let detections = frame.input.as_ref().and_then(|input| self.infer(input));
+        if detections.is_some() {
+            self.stats.latency.record(frame.at.elapsed());
+        }
         if frame.input.is_none() || detections.is_some() {
             self.stats.analysed.fetch_add(1, Ordering::Relaxed);
         }
@@ -906,6 +964,8 @@ impl AnalysisJob {
             }
         }
         self.stats.persons_in_view.store(persons, Ordering::Relaxed);
+        let alive = self.tracker.tracks().len() as u64;
+        self.stats.tracks.store(alive, Ordering::Relaxed);
         let two = &self.stats.two_wheelers_in_view;
         two.store(two_wheelers, Ordering::Relaxed);
     }
@@ -1199,6 +1259,10 @@ pub fn spawn(
     )?)));
     let registry = linked::Registry::default();
     let options = PipelineOptions {
+        capture: CaptureOptions {
+            idle_decode: idle_decode_from_env(),
+            ..CaptureOptions::default()
+        },
         evidence_dir: Some(data_dir.join("evidence")),
         linked: Some(registry.clone()),
         retention_bytes: config.storage.quota_mb.saturating_mul(1 << 20) / 4,
@@ -1219,6 +1283,21 @@ pub fn spawn(
         cameras: control.cameras(),
         control: Some(Arc::new(control)),
         linked: registry,
+    })
+}
+
+/// The environment variable that chooses what an idle camera's decoder decodes: `all`,
+/// `nonref` (the default) or `key` (see [`capture::DecodeMode`]); for measurements.
+pub const IDLE_DECODE_ENV: &str = "SHOUWANG_IDLE_DECODE";
+
+/// [`IDLE_DECODE_ENV`], or the default when unset; an unknown value is logged and ignored.
+fn idle_decode_from_env() -> capture::DecodeMode {
+    let Ok(value) = std::env::var(IDLE_DECODE_ENV) else {
+        return capture::DecodeMode::default();
+    };
+    capture::DecodeMode::parse(&value).unwrap_or_else(|| {
+        tracing::warn!(%value, "{IDLE_DECODE_ENV} is all, nonref or key; using the default");
+        capture::DecodeMode::default()
     })
 }
 
