@@ -875,6 +875,19 @@ mod tests {
     }
 
     #[test]
+    fn passthrough_serves_only_h264_or_h265_footage_and_only_looping() {
+        let vtest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vendor/footage/vtest.avi");
+        let mut options = CameraOptions::new(vec![Mount::new("/cam0", &vtest)], 0);
+        options.passthrough = true;
+        // vtest.avi is DivX 3: it can only be served re-encoded.
+        let err = serve_with(&options).err();
+        assert!(matches!(err, Some(CameraError::NotEncoded { .. })), "{err:?}");
+        options.looping = false;
+        let err = serve_with(&options).err();
+        assert!(matches!(err, Some(CameraError::PassthroughOnce)), "{err:?}");
+    }
+
+    #[test]
     fn file_paths_are_quoted_for_gst_launch() {
         assert_eq!(quoted(Path::new("/a b/\"c\".mp4")), r#""/a b/\"c\".mp4""#);
     }

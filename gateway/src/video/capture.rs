@@ -936,6 +936,11 @@ pub(super) fn bgr_image(frame: &ffmpeg::frame::Video) -> Result<BgrImage, Captur
 fn tight(frame: &ffmpeg::frame::Video, row: usize, rows: usize) -> Vec<u8> {
     let stride = frame.stride(0);
     let data = frame.data(0);
+    if stride == row {
+        // Packed already (a 1080p BGR row is 5760 bytes, a multiple of FFmpeg's alignment):
+        // one copy instead of one per row.
+        return data[..row * rows].to_vec();
+    }
     let mut out = Vec::with_capacity(row * rows);
     for y in 0..rows {
         out.extend_from_slice(&data[y * stride..y * stride + row]);

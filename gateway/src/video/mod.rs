@@ -31,6 +31,7 @@ pub mod linked;
 pub mod live;
 pub mod main_stream;
 pub mod motion;
+pub mod schedule;
 pub mod track;
 pub mod zones;
 
@@ -410,6 +411,13 @@ pub struct PipelineOptions {
     /// Where the camera's queue for sensor-linked evidence requests is registered (see
     /// [`linked`]); `None` = no such requests (the CLI, tests).
     pub linked: Option<linked::Registry>,
+    /// A live frame that waited longer than this for the shared detector is dropped (and
+    /// counted) instead of detected: the detection latency stays bounded however many
+    /// cameras share the detector. `None` = never.
+    pub max_frame_age: Option<Duration>,
+    /// The cameras' turns at the shared detector, in the order they asked (shared by every
+    /// camera started with clones of these options).
+    pub turns: Arc<schedule::Turnstile>,
 }
 
 impl Default for PipelineOptions {
@@ -427,6 +435,8 @@ impl Default for PipelineOptions {
             annotate: None,
             tracker: TrackerOptions::default(),
             linked: None,
+            max_frame_age: Some(Duration::from_secs(1)),
+            turns: Arc::default(),
         }
     }
 }
@@ -848,7 +858,10 @@ impl AnalysisJob {
 
     fn analyse(&mut self, frame: Frame) {
         let (w, h) = (frame.image.width, frame.image.height);
-        let detections = frame.input.as_ref().and_then(|input| self.infer(input));
+        let detections = frame
+            .input
+            .as_ref()
+            .and_then(|input| self.infer(input, frame.at));
         if detections.is_some() {
             self.stats.latency.record(frame.at.elapsed());
         }
@@ -970,9 +983,18 @@ impl AnalysisJob {
         two.store(two_wheelers, Ordering::Relaxed);
     }
 
-    /// Runs the shared detector; a failure is counted and logged (rate-limited), `None`.
-    fn infer(&self, input: &Prepared) -> Option<Vec<detect::Detection>> {
+    /// Runs the shared detector on a frame captured at `at`; a failure is counted and
+    /// logged (rate-limited), `None`. A live frame that waited for the detector longer than
+    /// [`PipelineOptions::max_frame_age`] is not run: it is counted in `dropped` (`None`) —
+    /// with many cameras on one detector, latency stays bounded and the detector spends its
+    /// time on fresh frames.
+    fn infer(&self, input: &Prepared, at: Instant) -> Option<Vec<detect::Detection>> {
+        let _turn = self.options.turns.enter();
         let result = match self.detector.lock() {
+            Ok(_) if self.stale(at) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
             Ok(mut d) => d.infer(input),
             Err(_) => Err(DetectError::Inference("detector lock poisoned".into())),
         };
@@ -986,6 +1008,16 @@ impl AnalysisJob {
                 None
             }
         }
+    }
+
+    /// Whether a frame captured at `at` is too old to be worth detecting (live sources only:
+    /// files analysed as fast as possible never drop).
+    fn stale(&self, at: Instant) -> bool {
+        self.options.capture.pace == Pace::Realtime
+            && self
+                .options
+                .max_frame_age
+                .is_some_and(|max| at.elapsed() > max)
     }
 
     fn on_edge(&mut self, edge: &RuleEdge, frame: &Frame) {
