@@ -31,7 +31,16 @@ fn clip(dir: &Path, seconds: u32) -> PathBuf {
     );
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i", &graph])
-        .args(["-c:v", "libx264", "-bf", "0", "-g", "30", "-keyint_min", "30"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-bf",
+            "0",
+            "-g",
+            "30",
+            "-keyint_min",
+            "30",
+        ])
         .args(["-sc_threshold", "0", "-pix_fmt", "yuv420p"])
         .arg(&path)
         .status()
@@ -121,11 +130,17 @@ fn a_still_camera_decodes_only_keyframes_and_motion_switches_it_back_within_one_
 
     let (all_reports, all) = run_file(&cfg, DecodeMode::All);
     assert_eq!(all.packets, 180, "{all:?}");
-    assert_eq!(all.decoded, 180, "every frame decoded without skipping: {all:?}");
+    assert_eq!(
+        all.decoded, 180,
+        "every frame decoded without skipping: {all:?}"
+    );
 
     let (reports, idle) = run_file(&cfg, DecodeMode::KeyFrames);
     assert_eq!(idle.packets, 180, "{idle:?}");
-    assert_eq!(idle.errors, 0, "no broken references after a switch: {idle:?}");
+    assert_eq!(
+        idle.errors, 0,
+        "no broken references after a switch: {idle:?}"
+    );
     // Idle from ~2 s (no motion, no track) until the keyframe at 6 s shows the square:
     // of the 60 frames from 2 s to 6 s only the keyframe at 4 s is decoded.
     assert!(
@@ -142,7 +157,11 @@ fn a_still_camera_decodes_only_keyframes_and_motion_switches_it_back_within_one_
     // The keyframe at 6 s shows motion: from there on every sampled frame is analysed
     // again, as without the idle mode.
     let moving = |r: &[FrameReport]| reports_between(r, STILL_S, 12.0);
-    assert_eq!(moving(&reports), moving(&all_reports), "back to every frame at once");
+    assert_eq!(
+        moving(&reports),
+        moving(&all_reports),
+        "back to every frame at once"
+    );
     assert!(moving(&reports) >= 28, "{}", moving(&reports));
     // The detector ran on the moving square and its latency was recorded for each run.
     let recorded: u64 = idle.latency_buckets.iter().sum();
@@ -156,7 +175,11 @@ fn a_still_camera_decodes_only_keyframes_and_motion_switches_it_back_within_one_
 
 /// Runs every camera of `config` in real time on one detector taking `cost` per frame,
 /// with motion gating off (every sampled frame wants the detector).
-fn run_live(config: &Config, cost: Duration, max_frame_age: Option<Duration>) -> Vec<StatsSnapshot> {
+fn run_live(
+    config: &Config,
+    cost: Duration,
+    max_frame_age: Option<Duration>,
+) -> Vec<StatsSnapshot> {
     capture::init_ffmpeg().unwrap();
     let detector = blind(cost);
     let options = PipelineOptions {
@@ -208,16 +231,24 @@ fn sixteen_cameras_on_one_slow_detector_drop_and_count_frames_and_keep_latency_b
     let cfg = config(&clip(dir.path(), 12), 16);
     // 16 cameras × 5 frames/s need 80 inferences a second; at 25 ms each the detector can
     // do 40: about half the frames must be dropped, never queued.
-    let stats = run_live(&cfg, Duration::from_millis(25), Some(Duration::from_secs(1)));
+    let stats = run_live(
+        &cfg,
+        Duration::from_millis(25),
+        Some(Duration::from_secs(1)),
+    );
     let sum = |f: fn(&StatsSnapshot) -> u64| stats.iter().map(f).sum::<u64>();
-    let (analysed, dropped, detected) = (sum(|s| s.analysed), sum(|s| s.dropped), sum(|s| s.detected));
+    let (analysed, dropped, detected) =
+        (sum(|s| s.analysed), sum(|s| s.dropped), sum(|s| s.detected));
     // 12 s at 5 frames/s per camera are sampled; each is analysed or dropped.
     let sampled = analysed + dropped;
     assert!(
         (16 * 55..=16 * 62).contains(&sampled),
         "analysed {analysed} + dropped {dropped}"
     );
-    assert!(dropped > sampled / 4, "frames dropped, not queued: {dropped} of {sampled}");
+    assert!(
+        dropped > sampled / 4,
+        "frames dropped, not queued: {dropped} of {sampled}"
+    );
     assert_eq!(analysed, detected, "every analysed frame ran the detector");
     let buckets = buckets(&stats);
     assert_eq!(buckets.iter().sum::<u64>(), detected);
@@ -235,12 +266,19 @@ fn a_live_frame_that_waited_too_long_for_the_detector_is_dropped_and_counted_not
     let cost = Duration::from_millis(150);
     let unbounded = run_live(&cfg, cost, None);
     let p99 = |s: &[StatsSnapshot]| latency::quantile_ms(&buckets(s), 0.99).unwrap();
-    assert!(p99(&unbounded) > 1500.0, "without a bound frames wait: {}", p99(&unbounded));
+    assert!(
+        p99(&unbounded) > 1500.0,
+        "without a bound frames wait: {}",
+        p99(&unbounded)
+    );
     let bounded = run_live(&cfg, cost, Some(Duration::from_secs(1)));
     // Detected frames waited at most 1 s, plus their own inference.
     assert!(p99(&bounded) <= 1500.0, "p99 {} ms", p99(&bounded));
     let dropped: u64 = bounded.iter().map(|s| s.dropped).sum();
     let detected: u64 = bounded.iter().map(|s| s.detected).sum();
-    assert!(dropped > 0 && detected > 0, "dropped {dropped}, detected {detected}");
+    assert!(
+        dropped > 0 && detected > 0,
+        "dropped {dropped}, detected {detected}"
+    );
     assert_eq!(buckets(&bounded).iter().sum::<u64>(), detected);
 }

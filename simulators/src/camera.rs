@@ -701,9 +701,9 @@ impl Producer {
         offset_s: f64,
     ) -> Result<Producer, CameraError> {
         let pipeline = gst::parse::launch(launch)
-        .map_err(|e| CameraError::Pipeline(e.to_string()))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| CameraError::Pipeline("not a pipeline".to_owned()))?;
+            .map_err(|e| CameraError::Pipeline(e.to_string()))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| CameraError::Pipeline("not a pipeline".to_owned()))?;
         let decode_error = |reason: String| CameraError::Decode {
             path: footage.to_owned(),
             reason,
@@ -741,7 +741,8 @@ impl Producer {
         };
         if offset_s > 0.0 {
             let at = gst::ClockTime::from_nseconds((offset_s * 1e9) as u64);
-            if let Err(e) = pipeline.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, at)
+            if let Err(e) =
+                pipeline.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, at)
             {
                 return fail(&pipeline, format!("cannot start {offset_s} s in: {e}"));
             }
@@ -881,7 +882,10 @@ mod tests {
         options.passthrough = true;
         // vtest.avi is DivX 3: it can only be served re-encoded.
         let err = serve_with(&options).err();
-        assert!(matches!(err, Some(CameraError::NotEncoded { .. })), "{err:?}");
+        assert!(
+            matches!(err, Some(CameraError::NotEncoded { .. })),
+            "{err:?}"
+        );
         options.looping = false;
         let err = serve_with(&options).err();
         assert!(matches!(err, Some(CameraError::PassthroughOnce)), "{err:?}");

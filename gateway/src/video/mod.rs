@@ -1293,6 +1293,7 @@ pub fn spawn(
     let options = PipelineOptions {
         capture: CaptureOptions {
             idle_decode: idle_decode_from_env(),
+            skip_loop_filter: std::env::var(SKIP_LOOP_FILTER_ENV).is_ok_and(|v| v == "1"),
             ..CaptureOptions::default()
         },
         evidence_dir: Some(data_dir.join("evidence")),
@@ -1321,6 +1322,9 @@ pub fn spawn(
 /// The environment variable that chooses what an idle camera's decoder decodes: `all`,
 /// `nonref` (the default) or `key` (see [`capture::DecodeMode`]); for measurements.
 pub const IDLE_DECODE_ENV: &str = "SHOUWANG_IDLE_DECODE";
+
+/// `1` turns [`capture::CaptureOptions::skip_loop_filter`] on; for measurements.
+pub const SKIP_LOOP_FILTER_ENV: &str = "SHOUWANG_SKIP_LOOP_FILTER";
 
 /// [`IDLE_DECODE_ENV`], or the default when unset; an unknown value is logged and ignored.
 fn idle_decode_from_env() -> capture::DecodeMode {

@@ -72,15 +72,18 @@ mod tests {
         let first = gate.enter();
         let mut waiters = Vec::new();
         for i in 0..4 {
-            let (gate, order) = (gate.clone(), order.clone());
+            let (waiter, order) = (gate.clone(), order.clone());
             waiters.push(std::thread::spawn(move || {
-                let _turn = gate.enter();
+                let _turn = waiter.enter();
                 order.lock().unwrap().push(i);
             }));
             // Wait until this one holds its ticket before the next asks.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while gate.queued() < i + 2 {
-                assert!(std::time::Instant::now() < deadline, "waiter {i} never queued");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "waiter {i} never queued"
+                );
                 std::thread::yield_now();
             }
         }
