@@ -2,7 +2,8 @@
 //! FFmpeg, decodes the video stream, samples it to the analysis rate, converts the kept
 //! frames with swscale (full-size BGR for the detector and evidence, a small grey image for
 //! motion) and hands them on. A watchdog reconnects with backoff when the stream fails,
-//! stalls or ends, and reports the camera down / up.
+//! stalls or ends, and reports the camera down / up. While the sink says the camera is idle
+//! the decoder skips frames ([`DecodeMode`]).
 //!
 //! The loop runs on its own thread because every FFmpeg call blocks; an interrupt callback
 //! aborts a blocking read when the stream stalls or the gateway stops.
