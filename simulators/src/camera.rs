@@ -75,6 +75,10 @@ pub enum CameraError {
     BadWidth { path: String, width: u32 },
     #[error("RTSP authentication needs a user name without ':' and a non-empty password")]
     BadAuth,
+    #[error("pass-through serves looping mounts only")]
+    PassthroughOnce,
+    #[error("cannot pass {path} through: {reason}")]
+    NotEncoded { path: PathBuf, reason: String },
 }
 
 /// How a mount is encoded.
@@ -124,6 +128,9 @@ pub struct Mount {
     /// Scale the picture down to this width (even; the height keeps the aspect ratio);
     /// `None` = the footage's size. Looping mounts only.
     pub width: Option<u32>,
+    /// Pass-through mounts: start this many milliseconds into the footage (cameras of one
+    /// file are then not in lockstep).
+    pub offset_ms: u64,
 }
 
 impl Mount {
@@ -134,6 +141,7 @@ impl Mount {
             footage: footage.into(),
             codec: Codec::H264,
             width: None,
+            offset_ms: 0,
         }
     }
 
@@ -202,6 +210,12 @@ pub struct CameraOptions {
     pub fps: u32,
     /// Require this login (RTSP digest authentication) on every mount; `None` = open.
     pub auth: Option<Auth>,
+    /// Serve already-encoded footage (H.264 / H.265 in MP4, Matroska or MPEG-TS) as it is:
+    /// demuxed, parsed and payloaded, never decoded or re-encoded (looping mounts only).
+    /// The stream keeps the file's own size, codec, frame rate and GOP; `codec`, `width`
+    /// and `fps` do not apply. Costs next to nothing, so a benchmark's load generator does
+    /// not compete with what it measures.
+    pub passthrough: bool,
 }
 
 impl CameraOptions {
@@ -213,6 +227,7 @@ impl CameraOptions {
             looping: true,
             fps: 15,
             auth: None,
+            passthrough: false,
         }
     }
 }
@@ -372,6 +387,9 @@ fn check(options: &CameraOptions) -> Result<(), CameraError> {
     if options.mounts.is_empty() {
         return Err(CameraError::NoMounts);
     }
+    if options.passthrough && !options.looping {
+        return Err(CameraError::PassthroughOnce);
+    }
     if !(1..=60).contains(&options.fps) {
         return Err(CameraError::BadFps(options.fps));
     }
@@ -433,7 +451,13 @@ fn factory(
         factory.set_shared(false);
         return Ok((factory, None));
     }
-    let producer = match producers.iter().position(|p| p.footage == m.footage) {
+    if options.passthrough {
+        return passthrough_factory(m, producers);
+    }
+    let producer = match producers
+        .iter()
+        .position(|p| p.footage == m.footage && p.relay.is_none())
+    {
         Some(i) => &producers[i],
         None => {
             producers.push(Producer::start(&m.footage, options.fps)?);
@@ -460,6 +484,87 @@ fn factory(
     ));
     factory.set_shared(true);
     Ok((factory, Some(size)))
+}
+
+/// The media factory of a pass-through mount: its own [`Producer`] (its own start offset)
+/// relays the file's parsed access units into each media's `appsrc`, timestamped anew on
+/// arrival, and the payloader for the file's codec sends them.
+fn passthrough_factory(
+    m: &Mount,
+    producers: &mut Vec<Producer>,
+) -> Result<(RTSPMediaFactory, Option<(i32, i32)>), CameraError> {
+    let producer = Producer::relay(&m.footage, m.offset_ms as f64 / 1000.0)?;
+    let (Some(relay), Some(caps)) = (producer.relay.clone(), producer.caps.clone()) else {
+        return Err(CameraError::Pipeline("pass-through relay".to_owned()));
+    };
+    let payloader = match caps.structure(0).map(|s| s.name().as_str()) {
+        Some("video/x-h264") => "rtph264pay",
+        Some("video/x-h265") => "rtph265pay",
+        other => {
+            return Err(CameraError::NotEncoded {
+                path: m.footage.clone(),
+                reason: format!("{other:?} is not H.264 or H.265"),
+            })
+        }
+    };
+    let factory = RTSPMediaFactory::new();
+    factory.set_launch(&format!(
+        "( appsrc name=relay is-live=true format=time do-timestamp=true \
+         max-bytes=8000000 leaky-type=downstream ! {payloader} name=pay0 pt=96 \
+         config-interval=-1 )"
+    ));
+    factory.set_shared(true);
+    factory.connect_media_configure(move |_, media| {
+        let src = media
+            .element()
+            .downcast::<gst::Bin>()
+            .ok()
+            .and_then(|bin| bin.by_name("relay"));
+        if let Some(src) = src {
+            src.set_property("caps", &caps);
+            relay.add(&src);
+        }
+    });
+    let size = producer.size;
+    producers.push(producer);
+    Ok((factory, Some(size)))
+}
+
+/// Where a pass-through producer's access units go: every live media's `appsrc`.
+#[derive(Default)]
+struct Relay {
+    /// Weak: a media that is gone drops out on the next push. A mutex because media are
+    /// configured on the RTSP thread while the producer pushes from its streaming thread.
+    sources: std::sync::Mutex<Vec<glib::WeakRef<gst::Element>>>,
+}
+
+impl Relay {
+    fn add(&self, src: &gst::Element) {
+        if let Ok(mut sources) = self.sources.lock() {
+            sources.push(src.downgrade());
+        }
+    }
+
+    /// Pushes a copy of `buffer` without timestamps (the `appsrc` stamps its arrival, so a
+    /// loop back to the file's start does not send time back) to every live source.
+    fn push(&self, buffer: &gst::Buffer) {
+        let Ok(mut sources) = self.sources.lock() else {
+            return;
+        };
+        let mut copy = buffer.copy();
+        {
+            let b = copy.make_mut();
+            b.set_pts(gst::ClockTime::NONE);
+            b.set_dts(gst::ClockTime::NONE);
+        }
+        sources.retain(|weak| match weak.upgrade() {
+            Some(src) => {
+                let _ = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&copy]);
+                true
+            }
+            None => false,
+        });
+    }
 }
 
 /// The size of a `size` picture scaled to `width` (even height, aspect kept); never larger.
@@ -543,6 +648,9 @@ struct Producer {
     footage: PathBuf,
     channel: String,
     size: (i32, i32),
+    /// Pass-through producers: where the access units go, and their caps.
+    relay: Option<Arc<Relay>>,
+    caps: Option<gst::Caps>,
     pipeline: gst::Pipeline,
     stopping: Arc<AtomicBool>,
     watcher: Option<JoinHandle<()>>,
@@ -556,14 +664,46 @@ impl Producer {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let pipeline = gst::parse::launch(&format!(
-            "filesrc name=src ! decodebin ! videoconvert ! videorate \
-             ! video/x-raw,format=I420,framerate={fps}/1 \
-             ! intervideosink name=sink channel={channel}"
-        ))
-        .map_err(|e| CameraError::Pipeline(e.to_string()))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| CameraError::Pipeline("not a pipeline".to_owned()))?;
+        Producer::launch(
+            footage,
+            &format!(
+                "filesrc name=src ! decodebin ! videoconvert ! videorate \
+                 ! video/x-raw,format=I420,framerate={fps}/1 \
+                 ! intervideosink name=sink channel={channel}"
+            ),
+            channel,
+            None,
+            0.0,
+        )
+    }
+
+    /// A pass-through producer: the file demuxed and parsed (never decoded) into an
+    /// `appsink` that keeps real time, from `offset_s` seconds in, looping.
+    fn relay(footage: &Path, offset_s: f64) -> Result<Producer, CameraError> {
+        let relay = Arc::new(Relay::default());
+        Producer::launch(
+            footage,
+            "filesrc name=src ! parsebin ! appsink name=sink sync=true emit-signals=true \
+             max-buffers=4",
+            String::new(),
+            Some(relay),
+            offset_s,
+        )
+    }
+
+    /// Prerolls `launch` (a `filesrc name=src` … `name=sink` pipeline) on `footage`, seeks
+    /// to `offset_s`, plays it and loops it at its end.
+    fn launch(
+        footage: &Path,
+        launch: &str,
+        channel: String,
+        relay: Option<Arc<Relay>>,
+        offset_s: f64,
+    ) -> Result<Producer, CameraError> {
+        let pipeline = gst::parse::launch(launch)
+            .map_err(|e| CameraError::Pipeline(e.to_string()))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| CameraError::Pipeline("not a pipeline".to_owned()))?;
         let decode_error = |reason: String| CameraError::Decode {
             path: footage.to_owned(),
             reason,
@@ -587,8 +727,9 @@ impl Producer {
                 bus_error(&pipeline).unwrap_or_else(|| "it does not preroll".to_owned()),
             );
         }
-        let caps = pipeline
-            .by_name("sink")
+        let sink = pipeline.by_name("sink");
+        let caps = sink
+            .as_ref()
             .and_then(|s| s.static_pad("sink"))
             .and_then(|p| p.current_caps());
         let size = caps
@@ -598,6 +739,28 @@ impl Producer {
         let Some(size) = size else {
             return fail(&pipeline, "no video stream".to_owned());
         };
+        if offset_s > 0.0 {
+            let at = gst::ClockTime::from_nseconds((offset_s * 1e9) as u64);
+            if let Err(e) =
+                pipeline.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, at)
+            {
+                return fail(&pipeline, format!("cannot start {offset_s} s in: {e}"));
+            }
+            let _ = pipeline.state(gst::ClockTime::from_seconds(10));
+        }
+        if let (Some(relay), Some(sink)) = (&relay, &sink) {
+            let relay = relay.clone();
+            sink.connect("new-sample", false, move |args| {
+                let sample = args
+                    .first()
+                    .and_then(|v| v.get::<gst::Element>().ok())
+                    .and_then(|s| s.emit_by_name::<Option<gst::Sample>>("pull-sample", &[]));
+                if let Some(buffer) = sample.as_ref().and_then(|s| s.buffer_owned()) {
+                    relay.push(&buffer);
+                }
+                Some(gst::FlowReturn::Ok.to_value())
+            });
+        }
         if pipeline.set_state(gst::State::Playing).is_err() {
             return fail(
                 &pipeline,
@@ -617,6 +780,8 @@ impl Producer {
             footage: footage.to_owned(),
             channel,
             size,
+            relay,
+            caps,
             pipeline,
             stopping,
             watcher: Some(watcher),
@@ -708,6 +873,22 @@ mod tests {
         std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
         let err = serve(vec![Mount::new("/cam0", &junk)], 0).err();
         assert!(matches!(err, Some(CameraError::Decode { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn passthrough_serves_only_h264_or_h265_footage_and_only_looping() {
+        let vtest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vendor/footage/vtest.avi");
+        let mut options = CameraOptions::new(vec![Mount::new("/cam0", &vtest)], 0);
+        options.passthrough = true;
+        // vtest.avi is DivX 3: it can only be served re-encoded.
+        let err = serve_with(&options).err();
+        assert!(
+            matches!(err, Some(CameraError::NotEncoded { .. })),
+            "{err:?}"
+        );
+        options.looping = false;
+        let err = serve_with(&options).err();
+        assert!(matches!(err, Some(CameraError::PassthroughOnce)), "{err:?}");
     }
 
     #[test]

@@ -110,6 +110,20 @@ struct CameraArgs {
     /// A file whose first line is the --user's password (instead of SIM_CAMERA_PASSWORD).
     #[arg(long, value_name = "FILE", requires = "user")]
     password_file: Option<PathBuf>,
+    /// Serve already-encoded footage (H.264/H.265 in .mp4, .mkv or .ts) without decoding
+    /// or re-encoding it: the file's own size, codec, frame rate and GOP (--codec and --fps
+    /// do not apply). Needs --loop. For benchmarks: the simulator then costs next to nothing.
+    #[arg(long, requires = "looping")]
+    passthrough: bool,
+    /// With --passthrough: mount N starts N × S seconds into its file, so cameras showing
+    /// one file are not in lockstep.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "S",
+        requires = "passthrough"
+    )]
+    stagger: f64,
 }
 
 fn parse_codec(s: &str) -> Result<simulators::camera::Codec, String> {
@@ -438,8 +452,9 @@ async fn camera_cmd(args: CameraArgs) -> Result<()> {
     let auth = camera_auth(&args)?;
     let mut mounts = Mount::numbered(&args.footage);
     mounts.extend(args.mount);
-    for m in &mut mounts {
+    for (i, m) in mounts.iter_mut().enumerate() {
         m.codec = args.codec;
+        m.offset_ms = (i as f64 * args.stagger.max(0.0) * 1000.0) as u64;
     }
     if !args.dual.is_empty() && !args.looping {
         return Err(anyhow!("--dual cameras are live: add --loop"));
@@ -463,6 +478,7 @@ async fn camera_cmd(args: CameraArgs) -> Result<()> {
         looping: args.looping,
         fps: args.fps,
         auth,
+        passthrough: args.passthrough,
     };
     let server = camera::serve_with(&options)?;
     if let Some(auth) = &options.auth {
@@ -476,12 +492,15 @@ async fn camera_cmd(args: CameraArgs) -> Result<()> {
             .size
             .map(|(w, h)| format!(", {w}x{h}"))
             .unwrap_or_default();
+        let coding = if options.passthrough {
+            "as encoded".to_owned()
+        } else {
+            format!("{} {} fps", m.codec.label(), options.fps)
+        };
         println!(
-            "camera ready: {} ({}{size}, {} {} fps{})",
+            "camera ready: {} ({}{size}, {coding}{})",
             m.url,
             m.footage.display(),
-            m.codec.label(),
-            options.fps,
             if options.looping { ", looping" } else { "" }
         );
     }

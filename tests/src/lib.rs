@@ -2,6 +2,7 @@
 //! as a real child process, read its JSON log lines, signal it.
 
 pub mod browser;
+pub mod cameras;
 pub mod cluster;
 pub mod fleet;
 pub mod http;

@@ -21,15 +21,29 @@
 //! runs on each camera's capture thread, outside the lock.
 //! Motion gates the detector: it runs only when something moves, on the moving region, plus
 //! a periodic full-frame pass.
+//!
+//! Many cameras on one box (issue 18, `cargo bench -p e2e --bench cameras_per_box`):
+//! - an idle camera (no motion for [`IDLE_AFTER_S`], no track alive) lets its decoder skip
+//!   frames ([`capture::DecodeMode`]: non-reference frames by default, keyframes only with
+//!   `SHOUWANG_IDLE_DECODE=key`); the first frame that shows motion switches it back before
+//!   the next packet is decoded;
+//! - cameras take turns at the shared detector in the order they asked
+//!   ([`schedule::Turnstile`]; the model's batch is fixed at 1, so no batching), and a live
+//!   frame that waited longer than [`PipelineOptions::max_frame_age`] is dropped and counted
+//!   instead of detected late;
+//! - each camera measures its detection latency, capture → detections available, in a
+//!   bounded histogram ([`latency`]), shown in `status.json`.
 
 pub mod capture;
 pub mod detect;
 pub mod detect_cli;
 pub mod evidence;
+pub mod latency;
 pub mod linked;
 pub mod live;
 pub mod main_stream;
 pub mod motion;
+pub mod schedule;
 pub mod track;
 pub mod zones;
 
@@ -103,6 +117,17 @@ pub struct CameraStats {
     pub detected: AtomicU64,
     /// Sampled frames dropped because the analysis was busy.
     pub dropped: AtomicU64,
+    /// Video packets sent to the decoder (with [`Self::decoded`]: how many frames the idle
+    /// decode mode left undecoded).
+    pub packets: AtomicU64,
+    /// Gauge: the decoder's mode now ([`capture::DecodeMode`] as 0 every frame, 1 reference
+    /// frames only, 2 keyframes only).
+    pub decode_mode: AtomicU64,
+    /// Gauge: tracks alive after the latest analysed frame (confirmed or not); the capture
+    /// thread keeps decoding every frame while any is.
+    pub tracks: AtomicU64,
+    /// Frame capture → detections available, for frames the detector ran on.
+    pub latency: latency::LatencyHistogram,
     /// Open, read, decode, conversion, inference and evidence errors.
     pub errors: AtomicU64,
     /// Reconnection attempts.
@@ -179,6 +204,8 @@ pub struct StatsSnapshot {
     pub analysed: u64,
     pub detected: u64,
     pub dropped: u64,
+    pub packets: u64,
+    pub decode_mode: u64,
     pub errors: u64,
     pub reconnects: u64,
     pub alerts: u64,
@@ -195,16 +222,25 @@ pub struct StatsSnapshot {
     pub live_dropped: u64,
     /// Live remux errors (each restarts the live view at the next keyframe).
     pub live_errors: u64,
+    /// Detection latency (frame capture → detections available): counts per bucket of
+    /// [`latency::BOUNDS_MS`] (the last bucket: slower), and p50 / p99 since start, ms.
+    pub latency_buckets: [u64; latency::BUCKETS],
+    pub latency_p50_ms: u64,
+    pub latency_p99_ms: u64,
 }
 
 impl CameraStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let buckets = self.latency.counts();
+        let ms = |q| latency::quantile_ms(&buckets, q).map_or(0, |v| v.round() as u64);
         StatsSnapshot {
             decoded: g(&self.decoded),
             analysed: g(&self.analysed),
             detected: g(&self.detected),
             dropped: g(&self.dropped),
+            packets: g(&self.packets),
+            decode_mode: g(&self.decode_mode),
             errors: g(&self.errors),
             reconnects: g(&self.reconnects),
             alerts: g(&self.alerts),
@@ -218,6 +254,9 @@ impl CameraStats {
             live_skips: self.live.feeds().iter().map(|f| g(&f.skips)).sum(),
             live_dropped: self.live.feeds().iter().map(|f| g(&f.dropped)).sum(),
             live_errors: self.live.feeds().iter().map(|f| g(&f.errors)).sum(),
+            latency_buckets: buckets,
+            latency_p50_ms: ms(0.5),
+            latency_p99_ms: ms(0.99),
         }
     }
 }
@@ -328,6 +367,8 @@ pub type SharedDetector = Arc<Mutex<Box<dyn Detector>>>;
 pub struct Frame {
     pub seq: u64,
     pub t: f64,
+    /// When it was captured ([`Captured::at`]).
+    pub at: Instant,
     pub image: BgrImage,
     /// The detector input, or `None` when motion gating skipped this frame.
     pub input: Option<Prepared>,
@@ -382,6 +423,14 @@ pub struct PipelineOptions {
     /// Where the camera's queue for sensor-linked evidence requests is registered (see
     /// [`linked`]); `None` = no such requests (the CLI, tests).
     pub linked: Option<linked::Registry>,
+    /// A live frame that waited longer than this for the shared detector is dropped (and
+    /// counted) instead of detected: the detection latency stays bounded however many
+    /// cameras share the detector. `None` = never. Default 0.5 s: half of the 1 s latency
+    /// goal, the other half left to the inference itself on a busy box.
+    pub max_frame_age: Option<Duration>,
+    /// The cameras' turns at the shared detector, in the order they asked (shared by every
+    /// camera started with clones of these options).
+    pub turns: Arc<schedule::Turnstile>,
 }
 
 impl Default for PipelineOptions {
@@ -399,6 +448,8 @@ impl Default for PipelineOptions {
             annotate: None,
             tracker: TrackerOptions::default(),
             linked: None,
+            max_frame_age: Some(Duration::from_millis(500)),
+            turns: Arc::default(),
         }
     }
 }
@@ -495,6 +546,9 @@ impl CameraJobs {
                 blocking: options.capture.pace == Pace::AsFastAsAnalysed
                     && matches!(camera.analysis_source(), edge_config::CameraSource::File(_)),
                 cancel: CancellationToken::new(),
+                stats: stats.clone(),
+                still_since: None,
+                last_t: 0.0,
             },
         };
         let analysis = AnalysisJob {
@@ -650,7 +704,17 @@ struct CaptureStage {
     /// (deterministic tests and benchmarks); live sources never wait.
     blocking: bool,
     cancel: CancellationToken,
+    /// The camera's counters: the analysis' track gauge tells whether the camera is idle.
+    stats: Arc<CameraStats>,
+    /// Camera time since which motion saw nothing (`None`: it saw something last).
+    still_since: Option<f64>,
+    /// Camera time of the latest frame handed over.
+    last_t: f64,
 }
+
+/// Camera seconds without motion (and without tracks) before a camera counts as idle and
+/// its decoder may skip frames ([`capture::CaptureOptions::idle_decode`]).
+pub const IDLE_AFTER_S: f64 = 2.0;
 
 impl CaptureSink for CaptureStage {
     fn ready(&mut self) -> bool {
@@ -659,6 +723,11 @@ impl CaptureSink for CaptureStage {
 
     fn frame(&mut self, c: Captured) -> bool {
         let motion = self.motion.update(&c.grey);
+        self.last_t = c.t;
+        self.still_since = match motion {
+            Some(_) => None,
+            None => self.still_since.or(Some(c.t)),
+        };
         let full_due = self
             .last_full
             .is_none_or(|last| c.t - last >= self.full_pass_every_s);
@@ -682,6 +751,7 @@ impl CaptureSink for CaptureStage {
         let mut frame = Frame {
             seq: c.seq,
             t: c.t,
+            at: c.at,
             image: c.image,
             input,
         };
@@ -707,6 +777,14 @@ impl CaptureSink for CaptureStage {
         while let Ok(req) = self.clips.try_recv() {
             recorder.request(req);
         }
+    }
+
+    fn idle(&self) -> bool {
+        self.gating
+            && self
+                .still_since
+                .is_some_and(|since| self.last_t - since >= IDLE_AFTER_S)
+            && self.stats.tracks.load(Ordering::Relaxed) == 0
     }
 }
 
@@ -793,7 +871,13 @@ impl AnalysisJob {
 
     fn analyse(&mut self, frame: Frame) {
         let (w, h) = (frame.image.width, frame.image.height);
-        let detections = frame.input.as_ref().and_then(|input| self.infer(input));
+        let detections = frame
+            .input
+            .as_ref()
+            .and_then(|input| self.infer(input, frame.at));
+        if detections.is_some() {
+            self.stats.latency.record(frame.at.elapsed());
+        }
         if frame.input.is_none() || detections.is_some() {
             self.stats.analysed.fetch_add(1, Ordering::Relaxed);
         }
@@ -906,13 +990,24 @@ impl AnalysisJob {
             }
         }
         self.stats.persons_in_view.store(persons, Ordering::Relaxed);
+        let alive = self.tracker.tracks().len() as u64;
+        self.stats.tracks.store(alive, Ordering::Relaxed);
         let two = &self.stats.two_wheelers_in_view;
         two.store(two_wheelers, Ordering::Relaxed);
     }
 
-    /// Runs the shared detector; a failure is counted and logged (rate-limited), `None`.
-    fn infer(&self, input: &Prepared) -> Option<Vec<detect::Detection>> {
+    /// Runs the shared detector on a frame captured at `at`; a failure is counted and
+    /// logged (rate-limited), `None`. A live frame that waited for the detector longer than
+    /// [`PipelineOptions::max_frame_age`] is not run: it is counted in `dropped` (`None`) —
+    /// with many cameras on one detector, latency stays bounded and the detector spends its
+    /// time on fresh frames.
+    fn infer(&self, input: &Prepared, at: Instant) -> Option<Vec<detect::Detection>> {
+        let _turn = self.options.turns.enter();
         let result = match self.detector.lock() {
+            Ok(_) if self.stale(at) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
             Ok(mut d) => d.infer(input),
             Err(_) => Err(DetectError::Inference("detector lock poisoned".into())),
         };
@@ -926,6 +1021,16 @@ impl AnalysisJob {
                 None
             }
         }
+    }
+
+    /// Whether a frame captured at `at` is too old to be worth detecting (live sources only:
+    /// files analysed as fast as possible never drop).
+    fn stale(&self, at: Instant) -> bool {
+        self.options.capture.pace == Pace::Realtime
+            && self
+                .options
+                .max_frame_age
+                .is_some_and(|max| at.elapsed() > max)
     }
 
     fn on_edge(&mut self, edge: &RuleEdge, frame: &Frame) {
@@ -1199,6 +1304,11 @@ pub fn spawn(
     )?)));
     let registry = linked::Registry::default();
     let options = PipelineOptions {
+        capture: CaptureOptions {
+            idle_decode: idle_decode_from_env(),
+            skip_loop_filter: std::env::var(SKIP_LOOP_FILTER_ENV).is_ok_and(|v| v == "1"),
+            ..CaptureOptions::default()
+        },
         evidence_dir: Some(data_dir.join("evidence")),
         linked: Some(registry.clone()),
         retention_bytes: config.storage.quota_mb.saturating_mul(1 << 20) / 4,
@@ -1219,6 +1329,24 @@ pub fn spawn(
         cameras: control.cameras(),
         control: Some(Arc::new(control)),
         linked: registry,
+    })
+}
+
+/// The environment variable that chooses what an idle camera's decoder decodes: `all`,
+/// `nonref` (the default) or `key` (see [`capture::DecodeMode`]); for measurements.
+pub const IDLE_DECODE_ENV: &str = "SHOUWANG_IDLE_DECODE";
+
+/// `1` turns [`capture::CaptureOptions::skip_loop_filter`] on; for measurements.
+pub const SKIP_LOOP_FILTER_ENV: &str = "SHOUWANG_SKIP_LOOP_FILTER";
+
+/// [`IDLE_DECODE_ENV`], or the default when unset; an unknown value is logged and ignored.
+fn idle_decode_from_env() -> capture::DecodeMode {
+    let Ok(value) = std::env::var(IDLE_DECODE_ENV) else {
+        return capture::DecodeMode::default();
+    };
+    capture::DecodeMode::parse(&value).unwrap_or_else(|| {
+        tracing::warn!(%value, "{IDLE_DECODE_ENV} is all, nonref or key; using the default");
+        capture::DecodeMode::default()
     })
 }
 
