@@ -375,7 +375,28 @@ fn encode_cameras(out: &mut Out, cameras: &crate::video::Cameras) -> Result {
     for (name, help, f) in families {
         out.counters(name, help, &each(f))?;
     }
-    Ok(())
+    let latency: Vec<_> = cameras
+        .iter()
+        .map(|(id, s)| {
+            let counts = s.latency.counts();
+            let buckets = counts
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let le = crate::video::latency::BOUNDS_MS
+                        .get(i)
+                        .map_or(f64::INFINITY, |ms| *ms as f64 / 1000.0);
+                    (le, n)
+                })
+                .collect();
+            ([("camera", id.as_str())], s.latency.sum_seconds(), buckets)
+        })
+        .collect();
+    out.histograms(
+        "shouwang_detection_latency_seconds",
+        "Frame decoded to its detections available, per camera (frames motion gating sent to no detection are not counted).",
+        &latency,
+    )
 }
 
 fn encode_health(out: &mut Out, h: &HealthSnapshot) -> Result {

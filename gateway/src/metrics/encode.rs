@@ -7,6 +7,9 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
+/// One histogram of a family: its labels, its sum, and (upper bound, count) per bucket.
+pub(super) type Histogram<S> = (S, f64, Vec<(f64, u64)>);
+
 /// One label: `(name, value)`.
 pub(super) type Label<'a> = [(&'static str, &'a str); 1];
 
@@ -55,6 +58,31 @@ impl Out<'_> {
             .encode_descriptor(name, help, None, MetricType::Counter)?;
         for (labels, value) in series {
             ConstCounter::new(*value).encode(m.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// A histogram family: per label set, its sum, and its counts per bucket (not
+    /// cumulative) with each bucket's upper bound (the last one `+Inf`); nothing at all when
+    /// `series` is empty.
+    pub fn histograms<S: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: &[Histogram<S>],
+    ) -> Result {
+        if series.is_empty() {
+            return Ok(());
+        }
+        let mut m = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (labels, sum, buckets) in series {
+            let count = buckets.iter().map(|(_, n)| n).sum();
+            m.encode_family(labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    *sum, count, buckets, None,
+                )?;
         }
         Ok(())
     }

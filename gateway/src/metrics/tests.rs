@@ -51,6 +51,9 @@ fn busy(dir: &Path) -> MetricsSources {
     let camera = Arc::new(CameraStats::default());
     camera.decoded.store(10, Ordering::Relaxed);
     camera.analysed.store(4, Ordering::Relaxed);
+    camera.latency.record(Duration::from_millis(30));
+    camera.latency.record(Duration::from_millis(30));
+    camera.latency.record(Duration::from_millis(1200));
     let cameras: crate::video::CameraSlot = Arc::default();
     cameras.set(vec![("gate-cam".to_owned(), camera)]);
     let health = Arc::new(Health::default());
@@ -101,6 +104,25 @@ fn value(parsed: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
             _ => None,
         })
+}
+
+/// The (upper bound, cumulative count) buckets of the histogram `name` whose labels include
+/// `labels`.
+fn histogram(
+    parsed: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Vec<(f64, f64)> {
+    let sample = parsed
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no histogram {name} {labels:?}"));
+    match &sample.value {
+        prometheus_parse::Value::Histogram(h) => h.iter().map(|b| (b.less_than, b.count)).collect(),
+        other => panic!("{name} is not a histogram: {other:?}"),
+    }
 }
 
 /// The metric names of the sample lines of `text` (`_bucket`, `_sum`, `_count` included).
@@ -200,6 +222,17 @@ fn a_scrape_is_valid_prometheus_text_with_every_stages_counters() {
     let cam = [("camera", "gate-cam")];
     assert_eq!(v("shouwang_camera_frames_decoded_total", &cam), Some(10.0));
     assert_eq!(v("shouwang_camera_frames_analysed_total", &cam), Some(4.0));
+    let buckets = histogram(&parsed, "shouwang_detection_latency_seconds", &cam);
+    let at = |le: f64| buckets.iter().find(|b| b.0 == le).map(|b| b.1);
+    assert_eq!(at(0.035), Some(2.0), "two frames took 30 ms");
+    assert_eq!(at(1.0), Some(2.0));
+    assert_eq!(
+        at(1.5),
+        Some(3.0),
+        "cumulative: the 1.2 s frame from 1.5 s on"
+    );
+    assert_eq!(at(f64::INFINITY), Some(3.0));
+    assert!(text.contains("shouwang_detection_latency_seconds_sum{camera=\"gate-cam\"} 1.26"));
     assert_eq!(v("shouwang_selftest_round_trip_seconds", &[]), Some(0.012));
     assert_eq!(v("shouwang_disk_reserve_held", &[]), Some(1.0));
     assert_eq!(v("shouwang_database_readable", &[]), Some(1.0));

@@ -26,6 +26,8 @@ pub struct LatencyHistogram {
     /// Counts per bucket; atomics because the analysis thread records while status and
     /// metrics read.
     counts: [AtomicU64; BUCKETS],
+    /// Sum of all latencies recorded, in microseconds (a Prometheus histogram's `_sum`).
+    sum_us: AtomicU64,
 }
 
 impl LatencyHistogram {
@@ -37,6 +39,13 @@ impl LatencyHistogram {
             .position(|&b| ms <= b as f64)
             .unwrap_or(BOUNDS_MS.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Sum of all latencies recorded, in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
     }
 
     /// The counts per bucket now.
