@@ -175,10 +175,21 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
 }
 
 /// Files created from now on are private; the open-file limit is raised to its hard limit;
-/// the allocator gives large blocks back ([`crate::os::bound_malloc`]).
+/// the allocator gives large blocks back ([`crate::os::bound_malloc`]) unless
+/// `SHOUWANG_MALLOC=glibc` asks for glibc's defaults (to compare the two).
 fn harden_process() {
     crate::os::private_umask();
-    if !crate::os::bound_malloc() {
+    let mode = crate::os::MallocMode::from_env().unwrap_or_else(|value| {
+        tracing::warn!(
+            value,
+            "unknown {} (bounded or glibc): bounded",
+            crate::os::MALLOC_ENV
+        );
+        crate::os::MallocMode::Bounded
+    });
+    if crate::os::bound_malloc(mode) {
+        tracing::info!(?mode, "allocator");
+    } else {
         tracing::warn!("cannot bound the allocator (mallopt refused)");
     }
     match crate::os::raise_fd_limit() {

@@ -27,6 +27,39 @@ pub const MMAP_THRESHOLD: i32 = 128 << 10;
 /// See [`MMAP_THRESHOLD`].
 pub const ARENA_MAX: i32 = 2;
 
+/// The environment variable that chooses the allocator settings at start-up
+/// ([`MallocMode`]): unset or `bounded` (the default), or `glibc` for glibc's own defaults
+/// (which then still honour `GLIBC_TUNABLES` and `MALLOC_ARENA_MAX`), so the two can be
+/// compared — memory and CPU per frame — on the same build.
+pub const MALLOC_ENV: &str = "SHOUWANG_MALLOC";
+
+/// How [`bound_malloc`] sets up glibc's allocator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MallocMode {
+    /// [`MMAP_THRESHOLD`] and [`ARENA_MAX`] (the default).
+    Bounded,
+    /// glibc left as it starts: a dynamic mmap threshold, 8 arenas per core, and whatever
+    /// `GLIBC_TUNABLES` / `MALLOC_*` variables say.
+    Glibc,
+}
+
+impl MallocMode {
+    /// The mode [`MALLOC_ENV`] names (`None` for an unknown value).
+    pub fn parse(value: Option<&str>) -> Option<MallocMode> {
+        match value.map(str::trim) {
+            None | Some("") | Some("bounded") => Some(MallocMode::Bounded),
+            Some("glibc") => Some(MallocMode::Glibc),
+            Some(_) => None,
+        }
+    }
+
+    /// The mode this process was started with; an unknown value falls back to the default.
+    pub fn from_env() -> Result<MallocMode, String> {
+        let value = std::env::var(MALLOC_ENV).ok();
+        MallocMode::parse(value.as_deref()).ok_or_else(|| value.unwrap_or_default())
+    }
+}
+
 /// Bounds glibc's allocator for a long-running process whose threads pass large buffers
 /// to each other (a camera's frames are allocated on its capture thread and freed on its
 /// analysis thread): a fixed mmap threshold ([`MMAP_THRESHOLD`]; glibc's default raises it
@@ -34,8 +67,12 @@ pub const ARENA_MAX: i32 = 2;
 /// arena heap that fragments and is rarely trimmed) and at most [`ARENA_MAX`] arenas (the
 /// default is 8 per core, one per busy thread, each keeping its own free memory).
 /// Measured on the demo compound (4 cameras): 151 → 123 MB RSS (README, "Memory").
-/// Returns whether glibc took both settings.
-pub fn bound_malloc() -> bool {
+/// [`MallocMode::Glibc`] leaves glibc as it is. Returns whether glibc took both settings
+/// (always `true` for [`MallocMode::Glibc`]).
+pub fn bound_malloc(mode: MallocMode) -> bool {
+    if mode == MallocMode::Glibc {
+        return true;
+    }
     // SAFETY: mallopt(3) only changes the allocator's tunables; it is safe to call at any
     // time, from any thread.
     unsafe {
@@ -95,6 +132,19 @@ pub fn restrict(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_allocator_mode_is_bounded_unless_glibc_is_asked_for() {
+        assert_eq!(MallocMode::parse(None), Some(MallocMode::Bounded));
+        assert_eq!(MallocMode::parse(Some("")), Some(MallocMode::Bounded));
+        assert_eq!(
+            MallocMode::parse(Some("bounded")),
+            Some(MallocMode::Bounded)
+        );
+        assert_eq!(MallocMode::parse(Some(" glibc ")), Some(MallocMode::Glibc));
+        assert_eq!(MallocMode::parse(Some("jemalloc")), None);
+        assert!(bound_malloc(MallocMode::Glibc));
+    }
 
     #[test]
     fn the_fd_limit_is_raised_to_the_hard_limit() {

@@ -12,6 +12,14 @@
 //! build to compare with), `DEMO_MEM_LIMIT_MB` (exit non-zero when the 4-camera RSS after
 //! the warm-up is above it).
 //!
+//! The gateway inherits the environment: `SHOUWANG_MALLOC=glibc` runs it with glibc's own
+//! allocator settings instead of the bounded ones (`gateway::os::MallocMode`), and with it
+//! `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=N:glibc.malloc.arena_max=M` tries other
+//! bounds without a rebuild. For where the heap goes, point `DEMO_MEM_GATEWAY` at a script
+//! that runs `exec heaptrack -o FILE target/release/gateway "$@"` (the RSS figures are then
+//! the script's, ignore them) and read `heaptrack_print -f FILE.zst --flamegraph-cost-type
+//! leaked -F OUT`: what was still allocated when the demo stopped, by call stack.
+//!
 //! Run: `cargo build --release -p gateway -p simulators && cargo bench -p e2e --bench demo_memory`
 
 use std::path::{Path, PathBuf};

@@ -317,10 +317,31 @@ pub fn kind_of(m: &Mapping, exe: &str, guard_below: bool) -> String {
             "FFmpeg libraries (and their codecs)"
         }
         p if p.ends_with(".db") || p.ends_with("-shm") || p.ends_with("-wal") => "SQLite files",
-        p if p.contains(".so") => "other shared libraries",
+        p if is_runtime_library(p) => "C and C++ runtime (libc, libm, libstdc++, ...)",
+        // The gateway links FFmpeg, the C runtime and (at run time) ONNX Runtime, which needs
+        // only the C and C++ runtime: every other library is there because Debian's FFmpeg
+        // links it (codecs, TLS, fonts, XML, ...), mapped and relocated even if never called.
+        p if p.contains(".so") => "libraries Debian's FFmpeg links",
         _ => "other files",
     };
     kind.to_owned()
+}
+
+/// The C and C++ runtime libraries (what the gateway and ONNX Runtime link besides FFmpeg).
+fn is_runtime_library(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    [
+        "libc.so",
+        "libm.so",
+        "libdl.so",
+        "libpthread.so",
+        "librt.so",
+        "libgcc_s.so",
+        "libstdc++.so",
+        "ld-linux",
+    ]
+    .iter()
+    .any(|l| name.starts_with(l))
 }
 
 /// The process's threads, counted by name (`/proc/PID/task/*/comm`).
@@ -358,6 +379,13 @@ mod tests {
         assert_eq!(kind(&ort, false), "ONNX Runtime library");
         let avcodec = mapping(0x1000, "/usr/lib/x86_64-linux-gnu/libavcodec.so.59");
         assert_eq!(kind(&avcodec, false), "FFmpeg libraries (and their codecs)");
+        let libc = mapping(0x1000, "/usr/lib/x86_64-linux-gnu/libc.so.6");
+        assert_eq!(
+            kind(&libc, false),
+            "C and C++ runtime (libc, libm, libstdc++, ...)"
+        );
+        let rsvg = mapping(0x1000, "/usr/lib/x86_64-linux-gnu/librsvg-2.so.2.48.0");
+        assert_eq!(kind(&rsvg, false), "libraries Debian's FFmpeg links");
         let arena = mapping(0x7f00_0000_0000 + 3 * ARENA_HEAP_ALIGN, "");
         assert_eq!(kind(&arena, false), "heap: malloc thread arenas");
         assert_eq!(kind(&mapping(0x7f00_0000_1000, ""), true), "thread stacks");
