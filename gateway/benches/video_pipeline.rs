@@ -127,7 +127,8 @@ fn main() {
     let threads: usize = std::env::var("INTRA_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+        // The gateway's own default (`[detector] intra_threads`).
+        .unwrap_or(edge_config::Detector::default().intra_threads as usize);
     let env = detect::runtime(Some(&root().join("vendor/onnxruntime/libonnxruntime.so")))
         .expect("ONNX Runtime (./x deps)");
     let mut raw =
