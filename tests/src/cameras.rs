@@ -8,7 +8,7 @@
 //! patch of grass from vtest's first frame, looped) shows what an idle camera costs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use simulators::process::{self, ChildGuard};
@@ -140,17 +140,7 @@ pub fn serve(footage: &Path, n: usize, stagger_s: f64) -> (ChildGuard, u16) {
     for _ in 0..n {
         sim.arg("--footage").arg(footage);
     }
-    let mut camera = ChildGuard(
-        sim.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sim camera"),
-    );
-    let refused = process::wait_listening(&[port], Duration::from_secs(60), || {
-        process::is_running(&mut camera.0)
-    });
-    assert!(refused.is_none(), "sim camera did not listen on {port}");
+    let camera = crate::sim::spawn_camera_within(sim, port, Duration::from_secs(60));
     (camera, port)
 }
 

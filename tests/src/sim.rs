@@ -302,7 +302,12 @@ pub fn footage(name: &str) -> PathBuf {
 
 /// Runs a `sim camera` command (output discarded), stopped on drop; returns once `port`
 /// accepts connections, and fails if the camera exits first.
-pub fn spawn_camera(mut sim: Command, port: u16) -> ChildGuard {
+pub fn spawn_camera(sim: Command, port: u16) -> ChildGuard {
+    spawn_camera_within(sim, port, Duration::from_secs(10))
+}
+
+/// [`spawn_camera`], waiting up to `timeout` for the port (16 mounts take longer).
+pub fn spawn_camera_within(mut sim: Command, port: u16, timeout: Duration) -> ChildGuard {
     let mut camera = ChildGuard(
         sim.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -310,9 +315,7 @@ pub fn spawn_camera(mut sim: Command, port: u16) -> ChildGuard {
             .spawn()
             .expect("start sim camera"),
     );
-    let refused = process::wait_listening(&[port], Duration::from_secs(10), || {
-        process::is_running(&mut camera.0)
-    });
+    let refused = process::wait_listening(&[port], timeout, || process::is_running(&mut camera.0));
     assert!(refused.is_none(), "sim camera did not listen on {port}");
     camera
 }
