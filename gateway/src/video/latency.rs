@@ -16,10 +16,6 @@ pub const BOUNDS_MS: [u64; 18] = [
 /// Number of buckets: one per bound and one above the last.
 pub const BUCKETS: usize = BOUNDS_MS.len() + 1;
 
-/// Errors of the latency module (none can happen: a duration always lands in a bucket).
-#[derive(Debug, thiserror::Error)]
-pub enum LatencyError {}
-
 /// A histogram of detection latencies.
 #[derive(Debug, Default)]
 pub struct LatencyHistogram {

@@ -10,10 +10,6 @@
 
 use std::sync::{Condvar, Mutex};
 
-/// Errors of the scheduler (none: a poisoned lock is taken over, the counters stay valid).
-#[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {}
-
 /// A FIFO ticket lock.
 #[derive(Debug, Default)]
 pub struct Turnstile {
