@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use edge_config::Config;
 use gateway::video::capture::{self, CaptureOptions, DecodeMode, Pace};
-use gateway::video::detect::{DetectError, Detection, Detector, InputSpec, Prepared};
+use gateway::video::detect::{DetectError, Detection, Detector, InputShape, InputSpec, Prepared};
 use gateway::video::{
     latency, CameraJobs, FrameReport, Outputs, PipelineOptions, SharedDetector, StatsSnapshot,
 };
@@ -63,6 +63,7 @@ impl Detector for Blind {
             width: 64,
             height: 64,
             pad: 114.0,
+            shape: InputShape::Fixed,
         }
     }
     fn infer(&mut self, _input: &Prepared) -> Result<Vec<Detection>, DetectError> {

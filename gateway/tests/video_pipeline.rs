@@ -12,7 +12,9 @@ use edge_config::{Camera, Config};
 use gateway::alerts::task::AlertInput;
 use gateway::alerts::{AlertStore, EventKind, Lifecycle, Source};
 use gateway::video::capture::{self, CaptureOptions, Pace};
-use gateway::video::detect::{DetectError, Detection, Detector, InputSpec, OrtDetector, Prepared};
+use gateway::video::detect::{
+    DetectError, Detection, Detector, InputShape, InputSpec, OrtDetector, Prepared,
+};
 use gateway::video::{
     CameraJobs, FrameReport, Outputs, PipelineOptions, SharedDetector, StatsSnapshot,
 };
@@ -348,6 +350,7 @@ impl Detector for Blind {
             width: 64,
             height: 64,
             pad: 114.0,
+            shape: InputShape::Fixed,
         }
     }
     fn infer(&mut self, _input: &Prepared) -> Result<Vec<Detection>, DetectError> {
@@ -569,5 +572,82 @@ fn a_camera_decoded_but_not_analysed_raises_camera_down_until_analysis_resumes()
         ),
         (250, 25, 25, 1),
         "{stats:?}"
+    );
+}
+
+/// One frame of `clip` at `at` seconds as a BGR image, decoded by the ffmpeg CLI.
+fn bgr_frame(clip: &Path, at: f64, width: u32, height: u32) -> gateway::video::BgrImage {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", &at.to_string(), "-i"])
+        .arg(clip)
+        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"])
+        .output()
+        .expect("ffmpeg is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), (width * height * 3) as usize);
+    gateway::video::BgrImage {
+        width,
+        height,
+        data: out.stdout,
+    }
+}
+
+/// Issue 18, rectangle inference: a frame wider than tall runs on a rectangle whose sides
+/// are multiples of 32 (bikes.mp4 2.35:1 → 416 × 192, vtest 4:3 → 416 × 320) instead of
+/// the model's 416 × 416 square, and finds the same objects, at the same places, with the
+/// same scores (within what the missing padding changes).
+#[test]
+fn wide_frames_run_on_a_rectangle_and_find_what_the_square_input_finds() {
+    let env =
+        gateway::video::detect::runtime(Some(&root().join("vendor/onnxruntime/libonnxruntime.so")))
+            .expect("ONNX Runtime (./x deps)");
+    let model = root().join("models/yolox_nano.onnx");
+    let mut rect = OrtDetector::load_as(&env, &model, 1, true).unwrap();
+    let mut square = OrtDetector::load_as(&env, &model, 1, false).unwrap();
+    assert!(
+        rect.runs_on_rectangles(),
+        "yolox_nano's graph is size-agnostic"
+    );
+    assert!(!square.runs_on_rectangles());
+    let mut compared = 0;
+    for (clip, at, size, rect_side) in [
+        ("bikes.mp4", 1.0, (640, 272), (416, 192)),
+        ("bikes.mp4", 4.0, (640, 272), (416, 192)),
+        ("bikes.mp4", 7.0, (640, 272), (416, 192)),
+        ("vtest.avi", 5.0, (768, 576), (416, 320)),
+        ("vtest.avi", 40.0, (768, 576), (416, 320)),
+    ] {
+        let image = bgr_frame(&footage(clip), at, size.0, size.1);
+        let p = gateway::video::detect::letterbox(&image, None, rect.input_spec());
+        assert_eq!((p.spec.width, p.spec.height), rect_side, "{clip}");
+        let confident = |d: &Vec<Detection>| -> Vec<Detection> {
+            d.iter().filter(|d| d.score >= 0.4).cloned().collect()
+        };
+        let on_rect = rect.detect(&image, None).unwrap();
+        let on_square = square.detect(&image, None).unwrap();
+        compared += confident(&on_square).len();
+        for (a, b, which) in [
+            (&on_square, &on_rect, "square → rectangle"),
+            (&on_rect, &on_square, "rectangle → square"),
+        ] {
+            for d in confident(a) {
+                let twin = b
+                    .iter()
+                    .filter(|e| e.class == d.class)
+                    .max_by(|x, y| x.bbox.iou(&d.bbox).total_cmp(&y.bbox.iou(&d.bbox)));
+                let found = twin.is_some_and(|e| {
+                    e.bbox.iou(&d.bbox) >= 0.8 && (e.score - d.score).abs() <= 0.15
+                });
+                assert!(found, "{clip} {which}: {d:?} has no twin in {b:?}");
+            }
+        }
+    }
+    assert!(
+        compared >= 8,
+        "the frames have objects to compare ({compared})"
     );
 }

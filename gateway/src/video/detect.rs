@@ -4,6 +4,10 @@
 //! capture thread while the detector (shared by every camera, model loaded once) is busy
 //! with another frame; [`Detector::infer`] only runs the model and decodes its output.
 //!
+//! A model whose graph takes any size (YOLOX) runs on rectangles: [`InputShape::Rect`] pads a
+//! 16:9 frame only to the next multiple of 32 (416 × 256 instead of 416 × 416), 37 % less
+//! inference for the same pixels ([`super::onnx_shape`]; measured in the README, issue 18).
+//!
 //! ONNX Runtime is a shared library loaded at run time with `ort::init_from` (never
 //! `ort::init()`, which panics when the library is missing): a gateway without it still
 //! starts, and its camera pipeline reports itself unavailable with [`DetectError::Runtime`].
@@ -16,7 +20,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::BgrImage;
+use super::{onnx_shape, BgrImage};
 
 /// The 80 COCO class names, in the model's output order.
 pub use edge_config::COCO_CLASSES as LABELS;
@@ -118,10 +122,23 @@ pub struct Region {
 /// What a detector wants as input.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InputSpec {
+    /// The input's width (its largest, for [`InputShape::Rect`]).
     pub width: u32,
+    /// The input's height (its largest, for [`InputShape::Rect`]).
     pub height: u32,
     /// Padding value of the letterbox.
     pub pad: f32,
+    pub shape: InputShape,
+}
+
+/// Which input sizes a model takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputShape {
+    /// Exactly [`InputSpec::width`] × [`InputSpec::height`]: padding fills the rest.
+    Fixed,
+    /// Any size up to that whose sides are multiples of `multiple` (the model's largest
+    /// stride): the letterbox pads only to the next multiple.
+    Rect { multiple: u32 },
 }
 
 /// A letterboxed input tensor (NCHW, BGR, raw 0..255) and how to map boxes back.
@@ -170,6 +187,16 @@ pub fn letterbox(image: &BgrImage, region: Option<Region>, spec: InputSpec) -> P
         .min(spec.height as f32 / r.height.max(1) as f32);
     let nw = ((r.width as f32 * ratio).round() as usize).clamp(1, tw);
     let nh = ((r.height as f32 * ratio).round() as usize).clamp(1, th);
+    let (tw, th) = match spec.shape {
+        InputShape::Fixed => (tw, th),
+        InputShape::Rect { multiple } => {
+            let m = multiple.max(1) as usize;
+            (
+                nw.next_multiple_of(m).min(tw),
+                nh.next_multiple_of(m).min(th),
+            )
+        }
+    };
     let plane = tw * th;
     let mut tensor = vec![spec.pad; 3 * plane];
     let stride = image.width as usize * 3;
@@ -218,7 +245,11 @@ pub fn letterbox(image: &BgrImage, region: Option<Region>, spec: InputSpec) -> P
     }
     Prepared {
         tensor,
-        spec,
+        spec: InputSpec {
+            width: tw as u32,
+            height: th as u32,
+            ..spec
+        },
         ratio,
         origin: (r.x as f32, r.y as f32),
     }
@@ -407,12 +438,36 @@ pub struct OrtDetector {
     output_name: String,
 }
 
+/// `0` makes every detector pad its input to the model's square ([`InputShape::Fixed`]);
+/// for measurements.
+pub const RECT_INFERENCE_ENV: &str = "SHOUWANG_RECT_INFERENCE";
+
+/// YOLOX's largest stride: the sides of a rectangle input are multiples of it.
+const MAX_STRIDE: u32 = 32;
+
+/// The model's declared input (yolox_nano: `[1, 3, 416, 416]`).
+const MODEL_SIDE: u32 = 416;
+
 impl OrtDetector {
-    /// Loads the model (once) and warms it up with one inference on a padded frame.
+    /// Loads the model (once) and warms it up with one inference on a padded frame. The model
+    /// runs on rectangles when its graph allows it (probed here: a 16:9 input and the full
+    /// square must both run and decode); otherwise, or with [`RECT_INFERENCE_ENV`] `=0`, on
+    /// its square input.
     pub fn load(
         runtime: &Environment,
         model: &Path,
         intra_threads: usize,
+    ) -> Result<Self, DetectError> {
+        let rect = std::env::var(RECT_INFERENCE_ENV).as_deref() != Ok("0");
+        Self::load_as(runtime, model, intra_threads, rect)
+    }
+
+    /// [`OrtDetector::load`], trying rectangles only when `rect` is set.
+    pub fn load_as(
+        runtime: &Environment,
+        model: &Path,
+        intra_threads: usize,
+        rect: bool,
     ) -> Result<Self, DetectError> {
         let model_err = |reason: String| DetectError::Model {
             path: model.to_path_buf(),
@@ -421,24 +476,48 @@ impl OrtDetector {
         if !model.is_file() {
             return Err(model_err("file not found (run `./x deps`)".into()));
         }
-        let session = Session::builder(runtime)
-            .map_err(|e| model_err(e.to_string()))?
-            .with_intra_threads(intra_threads.max(1))
-            .map_err(|e| model_err(e.to_string()))?
-            // Idle inference threads sleep instead of spinning: the capture threads need
-            // those cores between frames (and an idle gateway should idle).
-            .with_intra_op_spinning(false)
-            .map_err(|e| model_err(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| model_err(e.to_string()))?
-            // No memory pattern: the pattern plans one block for every intermediate tensor
-            // of a run, kept beside the CPU arena (which stays: it reuses those tensors'
-            // memory from run to run). Measured on the demo, one camera: 105.8 → 101.6 MB
-            // RSS, the inference unchanged (README, "Memory").
-            .with_memory_pattern(false)
-            .map_err(|e| model_err(e.to_string()))?
-            .commit_from_file(model)
-            .map_err(|e| model_err(e.to_string()))?;
+        let bytes = std::fs::read(model).map_err(|e| model_err(e.to_string()))?;
+        let name = model
+            .file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        if rect {
+            match Self::rect(runtime, &bytes, intra_threads, &name) {
+                Ok(me) => return Ok(me),
+                Err(reason) => tracing::warn!(
+                    model = %model.display(), %reason,
+                    "the model does not run on rectangles: every frame is padded to its square"
+                ),
+            }
+        }
+        let session = session(runtime, intra_threads, &bytes).map_err(model_err)?;
+        let mut me = Self::new(name, session, InputShape::Fixed);
+        me.warm_up(MODEL_SIDE, MODEL_SIDE)?;
+        Ok(me)
+    }
+
+    /// The model with free spatial dimensions, probed.
+    fn rect(
+        runtime: &Environment,
+        bytes: &[u8],
+        intra_threads: usize,
+        name: &str,
+    ) -> Result<Self, String> {
+        let freed = onnx_shape::free_spatial_dims(bytes).map_err(|e| e.to_string())?;
+        let session = session(runtime, intra_threads, &freed)?;
+        let shape = InputShape::Rect {
+            multiple: MAX_STRIDE,
+        };
+        let mut me = Self::new(name.to_owned(), session, shape);
+        let probe = |w, h| format!("probe at {w}x{h}");
+        me.warm_up(MODEL_SIDE, 256)
+            .map_err(|e| format!("{}: {e}", probe(MODEL_SIDE, 256)))?;
+        me.warm_up(MODEL_SIDE, MODEL_SIDE)
+            .map_err(|e| format!("{}: {e}", probe(MODEL_SIDE, MODEL_SIDE)))?;
+        tracing::info!(model = %name, "the detector runs on rectangles (sides multiples of 32)");
+        Ok(me)
+    }
+
+    fn new(name: String, session: Session, shape: InputShape) -> Self {
         let input_name = session
             .inputs()
             .first()
@@ -449,28 +528,38 @@ impl OrtDetector {
             .first()
             .map(|o| o.name().to_string())
             .unwrap_or_else(|| "output".into());
-        let name = model
-            .file_stem()
-            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-        let mut me = OrtDetector {
+        OrtDetector {
             name,
             session,
             spec: InputSpec {
-                width: 416,
-                height: 416,
+                width: MODEL_SIDE,
+                height: MODEL_SIDE,
                 pad: 114.0,
+                shape,
             },
             input_name,
             output_name,
-        };
+        }
+    }
+
+    /// One inference on a padded `width × height` input; its output must decode.
+    fn warm_up(&mut self, width: u32, height: u32) -> Result<(), DetectError> {
         let warm = Prepared {
-            tensor: vec![114.0; 3 * 416 * 416],
-            spec: me.spec,
+            tensor: vec![self.spec.pad; 3 * width as usize * height as usize],
+            spec: InputSpec {
+                width,
+                height,
+                ..self.spec
+            },
             ratio: 1.0,
             origin: (0.0, 0.0),
         };
-        me.infer(&warm)?;
-        Ok(me)
+        self.infer(&warm).map(drop)
+    }
+
+    /// Whether the model runs on rectangles ([`InputShape::Rect`]).
+    pub fn runs_on_rectangles(&self) -> bool {
+        matches!(self.spec.shape, InputShape::Rect { .. })
     }
 
     /// Runtime + model from the `[detector]` section.
@@ -511,6 +600,28 @@ impl OrtDetector {
             .map_err(|e| DetectError::Output(e.to_string()))?;
         read(data)
     }
+}
+
+/// A session of `model` (ONNX bytes) with the gateway's settings.
+fn session(runtime: &Environment, intra_threads: usize, model: &[u8]) -> Result<Session, String> {
+    Session::builder(runtime)
+        .map_err(|e| e.to_string())?
+        .with_intra_threads(intra_threads.max(1))
+        .map_err(|e| e.to_string())?
+        // Idle inference threads sleep instead of spinning: the capture threads need
+        // those cores between frames (and an idle gateway should idle).
+        .with_intra_op_spinning(false)
+        .map_err(|e| e.to_string())?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| e.to_string())?
+        // No memory pattern: the pattern plans one block for every intermediate tensor
+        // of a run, kept beside the CPU arena (which stays: it reuses those tensors'
+        // memory from run to run). Measured on the demo, one camera: 105.8 → 101.6 MB
+        // RSS, the inference unchanged (README, "Memory").
+        .with_memory_pattern(false)
+        .map_err(|e| e.to_string())?
+        .commit_from_memory(model)
+        .map_err(|e| e.to_string())
 }
 
 impl Detector for OrtDetector {
@@ -573,6 +684,7 @@ mod tests {
             width: 8,
             height: 8,
             pad: 114.0,
+            shape: InputShape::Fixed,
         };
         let p = letterbox(&image, None, spec);
         assert_eq!(p.ratio, 2.0);
@@ -582,11 +694,59 @@ mod tests {
     }
 
     #[test]
+    fn a_wide_frame_on_a_rectangle_model_is_padded_only_to_the_next_multiple_of_32() {
+        let image = BgrImage {
+            width: 1920,
+            height: 1080,
+            data: vec![10; 1920 * 1080 * 3],
+        };
+        let spec = InputSpec {
+            width: 416,
+            height: 416,
+            pad: 114.0,
+            shape: InputShape::Rect { multiple: 32 },
+        };
+        let p = letterbox(&image, None, spec);
+        // 1080 × 416/1920 = 234 rows of picture, padded to 256 (not 416).
+        assert_eq!((p.spec.width, p.spec.height), (416, 256));
+        assert_eq!(p.tensor.len(), 3 * 416 * 256);
+        assert_eq!(p.spec.shape, spec.shape);
+        assert_eq!(p.tensor[233 * 416], 10.0, "row 233 is still picture");
+        assert_eq!(p.tensor[234 * 416], 114.0, "row 234 is padding");
+        let square = letterbox(
+            &image,
+            None,
+            InputSpec {
+                shape: InputShape::Fixed,
+                ..spec
+            },
+        );
+        assert_eq!(square.tensor.len(), 3 * 416 * 416);
+        assert_eq!(
+            square.ratio, p.ratio,
+            "same scale: boxes map back the same way"
+        );
+        // A tall crop: the width is what gets padded.
+        let tall = letterbox(
+            &image,
+            Some(Region {
+                x: 0,
+                y: 0,
+                width: 500,
+                height: 1000,
+            }),
+            spec,
+        );
+        assert_eq!((tall.spec.width, tall.spec.height), (224, 416));
+    }
+
+    #[test]
     fn a_yolox_row_decodes_to_a_box_in_source_pixels() {
         let spec = InputSpec {
             width: 32,
             height: 32,
             pad: 114.0,
+            shape: InputShape::Fixed,
         };
         // Grid: 4x4 (stride 8) + 2x2 (16) + 1x1 (32) = 21 rows of 5 + 2 classes.
         let mut out = vec![0.0f32; 21 * 7];

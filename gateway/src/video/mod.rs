@@ -43,6 +43,7 @@ pub mod linked;
 pub mod live;
 pub mod main_stream;
 pub mod motion;
+pub mod onnx_shape;
 pub mod schedule;
 pub mod track;
 pub mod zones;
@@ -64,7 +65,7 @@ use crate::alerts::{Location, Source};
 use crate::shutdown::{Lifecycle as Stages, Stage};
 use crate::supervise::Severity;
 use capture::{CaptureError, CaptureOptions, CaptureSink, Captured, Pace};
-use detect::{DetectError, Detector, InputSpec, OrtDetector, Prepared};
+use detect::{DetectError, Detector, InputShape, InputSpec, OrtDetector, Prepared};
 use evidence::{ClipRecorder, ClipRequest, Mark};
 use main_stream::{Evidence, MainStream, SnapshotRequest};
 use motion::MotionDetector;
@@ -508,6 +509,7 @@ impl CameraJobs {
                 width: 416,
                 height: 416,
                 pad: 114.0,
+                shape: InputShape::Fixed,
             });
         let (frame_tx, frame_rx) = crossbeam_channel::bounded::<Frame>(1);
         let (clip_tx, clip_rx) = crossbeam_channel::bounded::<ClipRequest>(8);
