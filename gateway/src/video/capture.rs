@@ -166,6 +166,11 @@ pub trait CaptureSink {
     fn status(&mut self, down: Option<String>);
     /// Called for every packet, so clip requests are served between packets.
     fn poll_clips(&mut self, recorder: &mut ClipRecorder, t: f64);
+    /// An empty buffer for the next frame's BGR image: a spare from a frame already
+    /// analysed ([`super::spares`]), or a new one.
+    fn spare_image(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
     /// Whether nothing moves and nothing is tracked: the decoder may skip frames
     /// ([`CaptureOptions::idle_decode`]) until this turns `false`.
     fn idle(&self) -> bool {
@@ -498,7 +503,11 @@ impl Run<'_> {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let (image, grey) = match s.converter.convert(decoded, self.options.motion_width) {
+        let spare = self.sink.spare_image();
+        let converted = s
+            .converter
+            .convert(decoded, self.options.motion_width, spare);
+        let (image, grey) = match converted {
             Ok(x) => x,
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -876,6 +885,7 @@ impl Converter {
         &mut self,
         frame: &ffmpeg::frame::Video,
         motion_width: u32,
+        spare: Vec<u8>,
     ) -> Result<(BgrImage, GreyImage), CaptureError> {
         let (w, h, f) = (frame.width(), frame.height(), frame.format());
         if w == 0 || h == 0 {
@@ -907,14 +917,14 @@ impl Converter {
         let image = BgrImage {
             width: w,
             height: h,
-            data: tight(out, w as usize * 3, h as usize),
+            data: tight(out, w as usize * 3, h as usize, spare),
         };
         grey.run(frame, small).map_err(CaptureError::Scale)?;
         let (gw, gh) = self.grey_size;
         let grey = GreyImage {
             width: gw,
             height: gh,
-            data: tight(small, gw as usize, gh as usize),
+            data: tight(small, gw as usize, gh as usize, Vec::new()),
         };
         Ok((image, grey))
     }
@@ -941,20 +951,23 @@ pub(super) fn bgr_image(frame: &ffmpeg::frame::Video) -> Result<BgrImage, Captur
     Ok(BgrImage {
         width: w,
         height: h,
-        data: tight(&out, w as usize * 3, h as usize),
+        data: tight(&out, w as usize * 3, h as usize, Vec::new()),
     })
 }
 
-/// Copies plane 0 without its row padding.
-fn tight(frame: &ffmpeg::frame::Video, row: usize, rows: usize) -> Vec<u8> {
+/// Copies plane 0 without its row padding into `out` (emptied first; a spare buffer keeps
+/// its allocation).
+fn tight(frame: &ffmpeg::frame::Video, row: usize, rows: usize, mut out: Vec<u8>) -> Vec<u8> {
+    out.clear();
     let stride = frame.stride(0);
     let data = frame.data(0);
     if stride == row {
         // Packed already (a 1080p BGR row is 5760 bytes, a multiple of FFmpeg's alignment):
         // one copy instead of one per row.
-        return data[..row * rows].to_vec();
+        out.extend_from_slice(&data[..row * rows]);
+        return out;
     }
-    let mut out = Vec::with_capacity(row * rows);
+    out.reserve(row * rows);
     for y in 0..rows {
         out.extend_from_slice(&data[y * stride..y * stride + row]);
     }

@@ -175,6 +175,17 @@ pub trait Detector: Send {
 /// Aspect-preserving bilinear resize of `region` of `image` into the model input, placed at
 /// the top-left and padded (the YOLOX convention, models/yolox_nano.toml).
 pub fn letterbox(image: &BgrImage, region: Option<Region>, spec: InputSpec) -> Prepared {
+    letterbox_into(image, region, spec, Vec::new())
+}
+
+/// [`letterbox`] into `buffer` (a spare from an earlier frame: no allocation when it is
+/// large enough).
+pub fn letterbox_into(
+    image: &BgrImage,
+    region: Option<Region>,
+    spec: InputSpec,
+    buffer: Vec<f32>,
+) -> Prepared {
     let full = Region {
         x: 0,
         y: 0,
@@ -198,7 +209,9 @@ pub fn letterbox(image: &BgrImage, region: Option<Region>, spec: InputSpec) -> P
         }
     };
     let plane = tw * th;
-    let mut tensor = vec![spec.pad; 3 * plane];
+    let mut tensor = buffer;
+    tensor.clear();
+    tensor.resize(3 * plane, spec.pad);
     let stride = image.width as usize * 3;
     let (x_max, y_max) = ((r.x + r.width - 1) as f32, (r.y + r.height - 1) as f32);
     let xs = horizontal_taps(&r, ratio, nw, x_max);

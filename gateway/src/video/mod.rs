@@ -45,6 +45,7 @@ pub mod main_stream;
 pub mod motion;
 pub mod onnx_shape;
 pub mod schedule;
+pub mod spares;
 pub mod track;
 pub mod zones;
 
@@ -512,6 +513,7 @@ impl CameraJobs {
                 shape: InputShape::Fixed,
             });
         let (frame_tx, frame_rx) = crossbeam_channel::bounded::<Frame>(1);
+        let spares = spares::Spares::default();
         let (clip_tx, clip_rx) = crossbeam_channel::bounded::<ClipRequest>(8);
         let (linked_tx, linked_rx) = crossbeam_channel::bounded(linked::QUEUE);
         if let Some(registry) = &options.linked {
@@ -551,6 +553,7 @@ impl CameraJobs {
                 stats: stats.clone(),
                 still_since: None,
                 last_t: 0.0,
+                spares: spares.clone(),
             },
         };
         let analysis = AnalysisJob {
@@ -569,6 +572,7 @@ impl CameraJobs {
             stats: stats.clone(),
             options,
             last_prune: None,
+            spares,
         };
         Ok(CameraJobs {
             stats,
@@ -712,6 +716,8 @@ struct CaptureStage {
     still_since: Option<f64>,
     /// Camera time of the latest frame handed over.
     last_t: f64,
+    /// Buffers of frames the analysis is done with: the next frame is converted into them.
+    spares: spares::Spares,
 }
 
 /// Camera seconds without motion (and without tracks) before a camera counts as idle and
@@ -735,7 +741,12 @@ impl CaptureSink for CaptureStage {
             .is_none_or(|last| c.t - last >= self.full_pass_every_s);
         let input = if !self.gating || full_due {
             self.last_full = Some(c.t);
-            Some(detect::letterbox(&c.image, None, self.spec))
+            Some(detect::letterbox_into(
+                &c.image,
+                None,
+                self.spec,
+                self.spares.tensor(),
+            ))
         } else {
             motion.map(|m| {
                 let region = motion::region_for(
@@ -747,7 +758,7 @@ impl CaptureSink for CaptureStage {
                 if region.is_none() {
                     self.last_full = Some(c.t);
                 }
-                detect::letterbox(&c.image, region, self.spec)
+                detect::letterbox_into(&c.image, region, self.spec, self.spares.tensor())
             })
         };
         let mut frame = Frame {
@@ -779,6 +790,10 @@ impl CaptureSink for CaptureStage {
         while let Ok(req) = self.clips.try_recv() {
             recorder.request(req);
         }
+    }
+
+    fn spare_image(&mut self) -> Vec<u8> {
+        self.spares.image()
     }
 
     fn idle(&self) -> bool {
@@ -856,6 +871,8 @@ struct AnalysisJob {
     stats: Arc<CameraStats>,
     options: PipelineOptions,
     last_prune: Option<Instant>,
+    /// Where each analysed frame's buffers go back to the capture thread.
+    spares: spares::Spares,
 }
 
 impl AnalysisJob {
@@ -952,6 +969,7 @@ impl AnalysisJob {
         }
         self.serve_linked(&frame);
         self.prune();
+        self.spares.give(frame);
     }
 
     /// Answers the sensor-linked evidence requests waiting: a snapshot of this frame (no

@@ -43,6 +43,9 @@ const SHAPE_DIM: u64 = 1;
 const DIM_PARAM: u64 = 2;
 const LEN: u8 = 2;
 
+/// Rewrites one nested message's bytes.
+type Rewrite<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>, ShapeError>;
+
 /// The model with its first input's height and width and its first output's row count made
 /// symbolic, and its `value_info` dropped (see the module docs).
 pub fn free_spatial_dims(model: &[u8]) -> Result<Vec<u8>, ShapeError> {
@@ -103,7 +106,7 @@ fn rewrite_value_info(info: &[u8], symbols: &[(usize, &str)]) -> Result<Vec<u8>,
 fn nested(
     msg: &[u8],
     number: u64,
-    inner: &dyn Fn(&[u8]) -> Result<Vec<u8>, ShapeError>,
+    inner: Rewrite,
     what: &'static str,
 ) -> Result<Vec<u8>, ShapeError> {
     let mut found = false;
