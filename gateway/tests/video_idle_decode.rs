@@ -8,16 +8,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edge_config::Config;
 use gateway::video::capture::{self, CaptureOptions, DecodeMode, Pace};
-use gateway::video::detect::{DetectError, Detection, Detector, InputShape, InputSpec, Prepared};
-use gateway::video::{
-    latency, CameraJobs, FrameReport, Outputs, PipelineOptions, SharedDetector, StatsSnapshot,
-};
+use gateway::video::{latency, CameraJobs, FrameReport, Outputs, PipelineOptions, StatsSnapshot};
 use tokio_util::sync::CancellationToken;
+
+#[path = "support/blind.rs"]
+mod blind;
+use blind::blind;
 
 /// Seconds of still picture before the square starts moving.
 const STILL_S: f64 = 6.0;
@@ -47,33 +47,6 @@ fn clip(dir: &Path, seconds: u32) -> PathBuf {
         .expect("ffmpeg CLI (./x deps)");
     assert!(status.success());
     path
-}
-
-/// A detector that sees nothing, taking `cost` per inference (the scenario's load).
-struct Blind {
-    cost: Duration,
-}
-
-impl Detector for Blind {
-    fn name(&self) -> &str {
-        "blind"
-    }
-    fn input_spec(&self) -> InputSpec {
-        InputSpec {
-            width: 64,
-            height: 64,
-            pad: 114.0,
-            shape: InputShape::Fixed,
-        }
-    }
-    fn infer(&mut self, _input: &Prepared) -> Result<Vec<Detection>, DetectError> {
-        std::thread::sleep(self.cost);
-        Ok(Vec::new())
-    }
-}
-
-fn blind(cost: Duration) -> SharedDetector {
-    Arc::new(Mutex::new(Box::new(Blind { cost })))
 }
 
 fn config(clip: &Path, cameras: usize) -> Config {

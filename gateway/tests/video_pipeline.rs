@@ -7,18 +7,21 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use edge_config::{Camera, Config};
 use gateway::alerts::task::AlertInput;
 use gateway::alerts::{AlertStore, EventKind, Lifecycle, Source};
 use gateway::video::capture::{self, CaptureOptions, Pace};
-use gateway::video::detect::{
-    DetectError, Detection, Detector, InputShape, InputSpec, OrtDetector, Prepared,
-};
+use gateway::video::detect::{DetectError, Detection, Detector, InputSpec, OrtDetector, Prepared};
 use gateway::video::{
     CameraJobs, FrameReport, Outputs, PipelineOptions, SharedDetector, StatsSnapshot,
 };
 use tokio_util::sync::CancellationToken;
+
+#[path = "support/blind.rs"]
+mod blind;
+use blind::{blind, Blind};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -338,35 +341,11 @@ min_duration_s = 2
     );
 }
 
-/// A detector that never sees anything: corrupt-input tests need no model.
-struct Blind;
-
-impl Detector for Blind {
-    fn name(&self) -> &str {
-        "blind"
-    }
-    fn input_spec(&self) -> InputSpec {
-        InputSpec {
-            width: 64,
-            height: 64,
-            pad: 114.0,
-            shape: InputShape::Fixed,
-        }
-    }
-    fn infer(&mut self, _input: &Prepared) -> Result<Vec<Detection>, DetectError> {
-        Ok(Vec::new())
-    }
-}
-
-fn blind() -> SharedDetector {
-    Arc::new(Mutex::new(Box::new(Blind)))
-}
-
 fn run_blind(path: &Path) -> StatsSnapshot {
     let cfg = config(&camera_toml(path, 5.0, ""));
     let mut o = options(1000.0, None);
     o.capture.max_seconds = None;
-    run(&cfg.cameras[0], &cfg, blind(), None, o).1
+    run(&cfg.cameras[0], &cfg, blind(Duration::ZERO), None, o).1
 }
 
 #[test]
@@ -515,7 +494,10 @@ impl Detector for FailsAtFirst {
         "fails-at-first"
     }
     fn input_spec(&self) -> InputSpec {
-        Blind.input_spec()
+        Blind {
+            cost: Duration::ZERO,
+        }
+        .input_spec()
     }
     fn infer(&mut self, _input: &Prepared) -> Result<Vec<Detection>, DetectError> {
         if self.failures > 0 {

@@ -463,8 +463,8 @@ const MODEL_SIDE: u32 = 416;
 
 impl OrtDetector {
     /// Loads the model (once) and warms it up with one inference on a padded frame. The model
-    /// runs on rectangles when its graph allows it (probed here: a 16:9 input and the full
-    /// square must both run and decode); otherwise, or with [`RECT_INFERENCE_ENV`] `=0`, on
+    /// runs on rectangles when its graph allows it (probed here: a 16:9 input must run and
+    /// decode); otherwise, or with [`RECT_INFERENCE_ENV`] `=0`, on
     /// its square input.
     pub fn load(
         runtime: &Environment,
@@ -521,11 +521,10 @@ impl OrtDetector {
             multiple: MAX_STRIDE,
         };
         let mut me = Self::new(name.to_owned(), session, shape);
-        let probe = |w, h| format!("probe at {w}x{h}");
+        // One 16:9 probe (the square is the model's own declared input, and running it
+        // here would grow ONNX Runtime's arena to the square's size on every box).
         me.warm_up(MODEL_SIDE, 256)
-            .map_err(|e| format!("{}: {e}", probe(MODEL_SIDE, 256)))?;
-        me.warm_up(MODEL_SIDE, MODEL_SIDE)
-            .map_err(|e| format!("{}: {e}", probe(MODEL_SIDE, MODEL_SIDE)))?;
+            .map_err(|e| format!("probe at {MODEL_SIDE}x256: {e}"))?;
         tracing::info!(model = %name, "the detector runs on rectangles (sides multiples of 32)");
         Ok(me)
     }
