@@ -46,7 +46,12 @@ impl CaptureSink for Collect {
         true
     }
     fn frame(&mut self, frame: Captured) -> bool {
-        self.0.push(frame.image);
+        self.0.push(
+            frame
+                .picture
+                .bgr()
+                .expect("a decoded frame converts to BGR"),
+        );
         true
     }
     fn status(&mut self, _down: Option<String>) {}

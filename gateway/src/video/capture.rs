@@ -21,7 +21,8 @@ use ffmpeg_next as ffmpeg;
 use tokio_util::sync::CancellationToken;
 
 use super::evidence::ClipRecorder;
-use super::{worth_logging, BgrImage, CameraStats, GreyImage};
+use super::picture::{self, Picture, PictureError};
+use super::{worth_logging, CameraStats, GreyImage};
 
 /// Errors of one capture session (each is counted and logged, then retried or ended).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,8 @@ pub enum CaptureError {
     Stalled(Duration),
     #[error("colour conversion: {0}")]
     Scale(ffmpeg::Error),
+    #[error(transparent)]
+    Picture(#[from] PictureError),
 }
 
 /// How a file source is paced.
@@ -151,7 +154,8 @@ pub struct Captured {
     /// When the frame was captured: it left the decoder (files paced in real time: when it
     /// was due). Detection latency is measured from here.
     pub at: Instant,
-    pub image: BgrImage,
+    /// The decoded frame itself (no conversion: see [`super::picture`]).
+    pub picture: Picture,
     pub grey: GreyImage,
 }
 
@@ -166,11 +170,6 @@ pub trait CaptureSink {
     fn status(&mut self, down: Option<String>);
     /// Called for every packet, so clip requests are served between packets.
     fn poll_clips(&mut self, recorder: &mut ClipRecorder, t: f64);
-    /// An empty buffer for the next frame's BGR image: a spare from a frame already
-    /// analysed ([`super::spares`]), or a new one.
-    fn spare_image(&mut self) -> Vec<u8> {
-        Vec::new()
-    }
     /// Whether nothing moves and nothing is tracked: the decoder may skip frames
     /// ([`CaptureOptions::idle_decode`]) until this turns `false`.
     fn idle(&self) -> bool {
@@ -503,11 +502,7 @@ impl Run<'_> {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let spare = self.sink.spare_image();
-        let converted = s
-            .converter
-            .convert(decoded, self.options.motion_width, spare);
-        let (image, grey) = match converted {
+        let (picture, grey) = match s.converter.convert(decoded, self.options.motion_width) {
             Ok(x) => x,
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -520,7 +515,7 @@ impl Run<'_> {
             seq: self.seq,
             t,
             at,
-            image,
+            picture,
             grey,
         };
         (!self.sink.frame(frame)).then_some(End::SinkGone)
@@ -867,111 +862,52 @@ fn count_decode_error(stats: &CameraStats, source: &CameraSource, e: &ffmpeg::Er
     }
 }
 
-/// swscale contexts and their output frames, rebuilt when the decoded size or format
-/// changes.
+/// The motion image's swscale context and output frame, rebuilt when the decoded size or
+/// format changes. The full picture is not converted here ([`super::picture`]).
 #[derive(Default)]
 struct Converter {
     key: Option<(Pixel, u32, u32, u32)>,
-    bgr: Option<scaling::Context>,
     grey: Option<scaling::Context>,
     grey_size: (u32, u32),
-    /// The conversions' output frames, kept from frame to frame (swscale allocates an empty
-    /// one at each call): a full-size BGR frame is allocated once per size, not per frame.
-    outputs: Option<(ffmpeg::frame::Video, ffmpeg::frame::Video)>,
+    /// The conversion's output frame, kept from frame to frame (swscale allocates an empty
+    /// one at each call).
+    small: Option<ffmpeg::frame::Video>,
 }
 
 impl Converter {
+    /// The frame shared as a [`Picture`] and its small grey image for motion.
     fn convert(
         &mut self,
         frame: &ffmpeg::frame::Video,
         motion_width: u32,
-        spare: Vec<u8>,
-    ) -> Result<(BgrImage, GreyImage), CaptureError> {
+    ) -> Result<(Picture, GreyImage), CaptureError> {
+        let picture = Picture::share(frame)?;
         let (w, h, f) = (frame.width(), frame.height(), frame.format());
-        if w == 0 || h == 0 {
-            return Err(CaptureError::Scale(ffmpeg::Error::InvalidData));
-        }
         let key = (f, w, h, motion_width);
         if self.key != Some(key) {
             let gw = motion_width.clamp(16, w.max(16));
             let gh = ((h as u64 * gw as u64 / w as u64) as u32).max(8);
-            self.bgr = Some(
-                scaling::Context::get(f, w, h, Pixel::BGR24, w, h, scaling::Flags::BILINEAR)
-                    .map_err(CaptureError::Scale)?,
-            );
             self.grey = Some(
                 scaling::Context::get(f, w, h, Pixel::GRAY8, gw, gh, scaling::Flags::AREA)
                     .map_err(CaptureError::Scale)?,
             );
             self.grey_size = (gw, gh);
             self.key = Some(key);
-            self.outputs = None;
+            self.small = None;
         }
-        let (Some(bgr), Some(grey)) = (self.bgr.as_mut(), self.grey.as_mut()) else {
+        let Some(grey) = self.grey.as_mut() else {
             return Err(CaptureError::Scale(ffmpeg::Error::Bug));
         };
-        let (out, small) = self
-            .outputs
-            .get_or_insert_with(|| (ffmpeg::frame::Video::empty(), ffmpeg::frame::Video::empty()));
-        bgr.run(frame, out).map_err(CaptureError::Scale)?;
-        let image = BgrImage {
-            width: w,
-            height: h,
-            data: tight(out, w as usize * 3, h as usize, spare),
-        };
+        let small = self.small.get_or_insert_with(ffmpeg::frame::Video::empty);
         grey.run(frame, small).map_err(CaptureError::Scale)?;
         let (gw, gh) = self.grey_size;
         let grey = GreyImage {
             width: gw,
             height: gh,
-            data: tight(small, gw as usize, gh as usize, Vec::new()),
+            data: picture::tight(small, gw as usize, gh as usize),
         };
-        Ok((image, grey))
+        Ok((picture, grey))
     }
-}
-
-/// A decoded frame as a full-size BGR image (evidence from a stream that is not analysed).
-pub(super) fn bgr_image(frame: &ffmpeg::frame::Video) -> Result<BgrImage, CaptureError> {
-    let (w, h) = (frame.width(), frame.height());
-    if w == 0 || h == 0 {
-        return Err(CaptureError::Scale(ffmpeg::Error::InvalidData));
-    }
-    let mut out = ffmpeg::frame::Video::empty();
-    scaling::Context::get(
-        frame.format(),
-        w,
-        h,
-        Pixel::BGR24,
-        w,
-        h,
-        scaling::Flags::BILINEAR,
-    )
-    .and_then(|mut ctx| ctx.run(frame, &mut out))
-    .map_err(CaptureError::Scale)?;
-    Ok(BgrImage {
-        width: w,
-        height: h,
-        data: tight(&out, w as usize * 3, h as usize, Vec::new()),
-    })
-}
-
-/// Copies plane 0 without its row padding into `out` (emptied first; a spare buffer keeps
-/// its allocation).
-fn tight(frame: &ffmpeg::frame::Video, row: usize, rows: usize, mut out: Vec<u8>) -> Vec<u8> {
-    out.clear();
-    let stride = frame.stride(0);
-    let data = frame.data(0);
-    if stride == row {
-        // Packed already (a 1080p BGR row is 5760 bytes, a multiple of FFmpeg's alignment):
-        // one copy instead of one per row.
-        out.extend_from_slice(&data[..row * rows]);
-        return out;
-    }
-    out.reserve(row * rows);
-    for y in 0..rows {
-        out.extend_from_slice(&data[y * stride..y * stride + row]);
-    }
-    out
 }
 
 #[cfg(test)]

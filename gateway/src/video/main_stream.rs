@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::capture::{self, Activity, CaptureError, CaptureOptions, Next};
 use super::evidence::{self, ClipRecorder, ClipRequest, Mark};
+use super::picture;
 use super::{BgrImage, CameraStats, HealthReporter, StreamRole};
 
 /// A snapshot of the main stream for a rule that triggered on the sub-stream.
@@ -222,7 +223,7 @@ impl MainStream {
                 "main stream (nothing decoded)".into(),
             ));
         }
-        capture::bgr_image(&last)
+        Ok(picture::bgr_image(&last)?)
     }
 }
 

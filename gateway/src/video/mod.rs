@@ -44,6 +44,7 @@ pub mod live;
 pub mod main_stream;
 pub mod motion;
 pub mod onnx_shape;
+pub mod picture;
 pub mod schedule;
 pub mod spares;
 pub mod track;
@@ -371,7 +372,8 @@ pub struct Frame {
     pub t: f64,
     /// When it was captured ([`Captured::at`]).
     pub at: Instant,
-    pub image: BgrImage,
+    /// The decoded frame, converted to BGR only for evidence ([`picture`]).
+    pub picture: picture::Picture,
     /// The detector input, or `None` when motion gating skipped this frame.
     pub input: Option<Prepared>,
 }
@@ -554,6 +556,7 @@ impl CameraJobs {
                 still_since: None,
                 last_t: 0.0,
                 spares: spares.clone(),
+                letterbox: picture::Letterbox::default(),
             },
         };
         let analysis = AnalysisJob {
@@ -716,8 +719,32 @@ struct CaptureStage {
     still_since: Option<f64>,
     /// Camera time of the latest frame handed over.
     last_t: f64,
-    /// Buffers of frames the analysis is done with: the next frame is converted into them.
+    /// Detector inputs the analysis is done with: the next input is made into them.
     spares: spares::Spares,
+    /// Makes the detector input straight from the decoded frame (its swscale context).
+    letterbox: picture::Letterbox,
+}
+
+impl CaptureStage {
+    /// The detector input for `region` of the picture (all of it when `None`); a failure is
+    /// counted and logged, and the frame goes on without detection.
+    fn prepare(
+        &mut self,
+        picture: &picture::Picture,
+        region: Option<detect::Region>,
+    ) -> Option<Prepared> {
+        let buffer = self.spares.tensor();
+        match self.letterbox.prepare(picture, region, self.spec, buffer) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if worth_logging(n) {
+                    tracing::warn!(error = %e, errors = n, "detector input not made");
+                }
+                None
+            }
+        }
+    }
 }
 
 /// Camera seconds without motion (and without tracks) before a camera counts as idle and
@@ -741,31 +768,26 @@ impl CaptureSink for CaptureStage {
             .is_none_or(|last| c.t - last >= self.full_pass_every_s);
         let input = if !self.gating || full_due {
             self.last_full = Some(c.t);
-            Some(detect::letterbox_into(
-                &c.image,
-                None,
-                self.spec,
-                self.spares.tensor(),
-            ))
+            self.prepare(&c.picture, None)
         } else {
-            motion.map(|m| {
+            motion.and_then(|m| {
                 let region = motion::region_for(
                     &m,
-                    c.image.width,
-                    c.image.height,
+                    c.picture.width(),
+                    c.picture.height(),
                     (self.spec.width, self.spec.height),
                 );
                 if region.is_none() {
                     self.last_full = Some(c.t);
                 }
-                detect::letterbox_into(&c.image, region, self.spec, self.spares.tensor())
+                self.prepare(&c.picture, region)
             })
         };
         let mut frame = Frame {
             seq: c.seq,
             t: c.t,
             at: c.at,
-            image: c.image,
+            picture: c.picture,
             input,
         };
         loop {
@@ -790,10 +812,6 @@ impl CaptureSink for CaptureStage {
         while let Ok(req) = self.clips.try_recv() {
             recorder.request(req);
         }
-    }
-
-    fn spare_image(&mut self) -> Vec<u8> {
-        self.spares.image()
     }
 
     fn idle(&self) -> bool {
@@ -889,7 +907,7 @@ impl AnalysisJob {
     }
 
     fn analyse(&mut self, frame: Frame) {
-        let (w, h) = (frame.image.width, frame.image.height);
+        let (w, h) = (frame.picture.width(), frame.picture.height());
         let detections = frame
             .input
             .as_ref()
@@ -951,7 +969,14 @@ impl AnalysisJob {
                     highlight: false,
                 })
                 .collect();
-            if let Err(e) = evidence::snapshot(&frame.image, &marks, path) {
+            let written = frame
+                .picture
+                .bgr()
+                .map_err(|e| e.to_string())
+                .and_then(|image| {
+                    evidence::snapshot(&image, &marks, path).map_err(|e| e.to_string())
+                });
+            if let Err(e) = written {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "annotated frame not written");
             }
@@ -1161,13 +1186,21 @@ impl AnalysisJob {
         if self.main.is_some() {
             got.stream = Some(if main.is_some() { "main" } else { "sub" });
         }
-        let request = SnapshotRequest {
-            path: jpg.clone(),
-            marks,
-            analysed: frame.image.clone(),
-        };
-        if self.snapshot(main.as_ref().map(|(tx, _)| tx), request) {
-            got.snapshot = Some(jpg);
+        match frame.picture.bgr() {
+            Ok(analysed) => {
+                let request = SnapshotRequest {
+                    path: jpg.clone(),
+                    marks,
+                    analysed,
+                };
+                if self.snapshot(main.as_ref().map(|(tx, _)| tx), request) {
+                    got.snapshot = Some(jpg);
+                }
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(camera = %self.camera, error = %e, "snapshot failed");
+            }
         }
         let analysed_clip = evidence::clip_path(base, self.clip_mp4.load(Ordering::Relaxed));
         let sent = match &main {
