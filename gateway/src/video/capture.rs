@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use edge_config::CameraSource;
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
-use ffmpeg::{codec, format, media, Dictionary, Packet, Rational};
+use ffmpeg::{format, media, Dictionary, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 use tokio_util::sync::CancellationToken;
 
 use super::evidence::ClipRecorder;
+use super::hwdec;
 use super::{worth_logging, BgrImage, CameraStats, GreyImage};
 
 /// Errors of one capture session (each is counted and logged, then retried or ended).
@@ -79,6 +80,8 @@ pub struct CaptureOptions {
     /// (H.264) and 8 % (H.265) less decode time at 1080p, at the price of blockier
     /// pictures (for the detector and the analysed stream's snapshots). Off by default.
     pub skip_loop_filter: bool,
+    /// Hardware decoding of the analysed stream ([`hwdec`]; software by default).
+    pub hwaccel: hwdec::HwRequest,
 }
 
 /// What the decoder decodes (FFmpeg's `AVCodecContext.skip_frame`).
@@ -138,6 +141,7 @@ impl Default for CaptureOptions {
             motion_width: 160,
             idle_decode: DecodeMode::default(),
             skip_loop_filter: false,
+            hwaccel: hwdec::HwRequest::default(),
         }
     }
 }
@@ -188,6 +192,8 @@ enum End {
     Cancelled,
     SinkGone,
     Limit,
+    /// The hardware decoder failed: the next session, at once, decodes in software.
+    HwFallback,
     Failed(CaptureError),
 }
 
@@ -217,6 +223,7 @@ pub fn run(
         recorder.end_session();
         match end {
             End::Cancelled | End::SinkGone | End::Limit => return,
+            End::HwFallback => continue,
             End::Eof if run.clock.file => {
                 if !options.loop_files || run.seq == 0 {
                     // A file that ends (or never yields a frame) is not a camera outage.
@@ -322,9 +329,12 @@ impl Run<'_> {
         let (index, time_base, rate) =
             (stream.index(), stream.time_base(), stream.avg_frame_rate());
         let params = stream.parameters();
-        let context = codec::context::Context::from_parameters(params.clone())
+        let (camera, hw_state) = (name(self.source), &self.stats.decoder);
+        let hwdec::Opened {
+            mut decoder,
+            mut frames,
+        } = hwdec::open(&params, &self.options.hwaccel, hw_state, &camera)
             .map_err(CaptureError::Decoder)?;
-        let mut decoder = context.decoder().video().map_err(CaptureError::Decoder)?;
         if self.options.skip_loop_filter {
             decoder.skip_loop_filter(ffmpeg::Discard::All);
         }
@@ -382,10 +392,20 @@ impl Run<'_> {
                         break;
                     }
                 }
-                if let Some(end) = self.frame(&decoded, &mut state) {
+                let frame = match frames.system(&decoded, hw_state, &camera) {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        count_decode_error(self.stats, self.source, &e);
+                        continue;
+                    }
+                };
+                if let Some(end) = self.frame(frame, &mut state) {
                     return Ok(end);
                 }
                 self.decode_mode(&mut decoder, &mut mode);
+            }
+            if frames.give_up(hw_state, &camera) {
+                return Ok(End::HwFallback);
             }
             if eof {
                 return Ok(End::Eof);
@@ -852,6 +872,7 @@ pub(super) fn open(
 }
 
 fn count_decode_error(stats: &CameraStats, source: &CameraSource, e: &ffmpeg::Error) {
+    stats.decoder.decode_error();
     let n = stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
     if worth_logging(n) {
         tracing::warn!(source = %name(source), error = %e, errors = n, "decode error");
