@@ -109,6 +109,7 @@ impl HwAccel {
     /// The VAAPI device used when `hwaccel_device` is not set.
     pub const DEFAULT_VAAPI_DEVICE: &'static str = "/dev/dri/renderD128";
 
+    /// Whether hardware decoding is off (the default).
     pub fn is_off(&self) -> bool {
         *self == HwAccel::Off
     }
