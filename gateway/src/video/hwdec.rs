@@ -270,7 +270,7 @@ fn open_vaapi(
 ) -> Result<ffmpeg::decoder::Video, HwError> {
     let backend = Backend::Vaapi;
     let codec = ffmpeg::decoder::find(params.id())
-        .filter(|c| supports_vaapi(c))
+        .filter(supports_vaapi)
         .ok_or(HwError::NoDecoder {
             backend,
             codec: params.id(),
