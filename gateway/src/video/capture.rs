@@ -329,12 +329,16 @@ impl Run<'_> {
         let (index, time_base, rate) =
             (stream.index(), stream.time_base(), stream.avg_frame_rate());
         let params = stream.parameters();
-        let (camera, hw_state) = (name(self.source), &self.stats.decoder);
         let hwdec::Opened {
             mut decoder,
             mut frames,
-        } = hwdec::open(&params, &self.options.hwaccel, hw_state, &camera)
-            .map_err(CaptureError::Decoder)?;
+        } = hwdec::open(
+            &params,
+            &self.options.hwaccel,
+            &self.stats.decoder,
+            name(self.source),
+        )
+        .map_err(CaptureError::Decoder)?;
         if self.options.skip_loop_filter {
             decoder.skip_loop_filter(ffmpeg::Discard::All);
         }
@@ -380,37 +384,55 @@ impl Run<'_> {
                     Read::Cancelled => return Ok(End::Cancelled),
                 }
             }
-            loop {
-                match decoder.receive_frame(&mut decoded) {
-                    Ok(()) => {}
-                    Err(ffmpeg::Error::Eof) => return Ok(End::Eof),
-                    Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => {
-                        break
-                    }
-                    Err(e) => {
-                        count_decode_error(self.stats, self.source, &e);
-                        break;
-                    }
-                }
-                let frame = match frames.system(&decoded, hw_state, &camera) {
-                    Ok(frame) => frame,
-                    Err(e) => {
-                        count_decode_error(self.stats, self.source, &e);
-                        continue;
-                    }
-                };
-                if let Some(end) = self.frame(frame, &mut state) {
-                    return Ok(end);
-                }
-                self.decode_mode(&mut decoder, &mut mode);
-            }
-            if frames.give_up(hw_state, &camera) {
-                return Ok(End::HwFallback);
+            let decoding = (&mut decoder, &mut frames, &mut decoded);
+            if let Some(end) = self.receive(decoding, &mut mode, &mut state) {
+                return Ok(end);
             }
             if eof {
                 return Ok(End::Eof);
             }
         }
+    }
+
+    /// Takes every frame the decoder has ready (in system memory) to [`Self::frame`];
+    /// `Some` ends the session, also when its hardware decoder gives up.
+    fn receive(
+        &mut self,
+        (decoder, frames, decoded): (
+            &mut ffmpeg::decoder::Video,
+            &mut hwdec::SystemFrames,
+            &mut ffmpeg::frame::Video,
+        ),
+        mode: &mut DecodeMode,
+        state: &mut SessionState,
+    ) -> Option<End> {
+        loop {
+            match decoder.receive_frame(decoded) {
+                Ok(()) => {}
+                Err(ffmpeg::Error::Eof) => return Some(End::Eof),
+                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => {
+                    break
+                }
+                Err(e) => {
+                    count_decode_error(self.stats, self.source, &e);
+                    break;
+                }
+            }
+            let frame = match frames.system(decoded, &self.stats.decoder) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    count_decode_error(self.stats, self.source, &e);
+                    continue;
+                }
+            };
+            if let Some(end) = self.frame(frame, state) {
+                return Some(end);
+            }
+            self.decode_mode(decoder, mode);
+        }
+        frames
+            .give_up(&self.stats.decoder)
+            .then_some(End::HwFallback)
     }
 
     /// Switches the decoder to [`CaptureOptions::idle_decode`] while the sink is idle, back

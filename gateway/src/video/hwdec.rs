@@ -187,8 +187,8 @@ impl DecoderState {
 
     /// Hardware is given up for good: logged once (a camera falls back once), counted,
     /// shown.
-    fn fall_back(&self, camera: &str, requested: HwAccel, reason: String) {
-        tracing::warn!(%camera, hwaccel = requested.as_str(), %reason, "hardware decoding unavailable: decoding in software");
+    fn fall_back(&self, source: &str, requested: HwAccel, reason: String) {
+        tracing::warn!(%source, hwaccel = requested.as_str(), %reason, "hardware decoding unavailable: decoding in software");
         let mut st = self.lock();
         st.requested = requested;
         st.in_use = Backend::Software;
@@ -211,40 +211,38 @@ pub struct Opened {
 }
 
 /// Opens the decoder `request` asks for, else a software one; only a software decoder that
-/// cannot open is an error (the camera cannot be decoded at all). `camera` names the
-/// camera in logs.
+/// cannot open is an error (the camera cannot be decoded at all). `source` names the
+/// camera's stream in logs (its password redacted).
 pub fn open(
     params: &ffmpeg::codec::Parameters,
     request: &HwRequest,
     state: &DecoderState,
-    camera: &str,
+    source: String,
 ) -> Result<Opened, ffmpeg::Error> {
     if request.accel != HwAccel::Off && !state.given_up() {
         let mut reasons = Vec::new();
         for &backend in request.candidates() {
             match open_hardware(backend, params, request) {
                 Ok(decoder) => {
-                    tracing::info!(%camera, decoder = %backend, "hardware decoding");
+                    tracing::info!(%source, decoder = %backend, "hardware decoding");
                     state.using(request.accel, backend);
                     return Ok(Opened {
                         decoder,
-                        frames: SystemFrames::new(backend),
+                        frames: SystemFrames::new(backend, source),
                     });
                 }
                 Err(e) => reasons.push(e.to_string()),
             }
         }
-        state.fall_back(camera, request.accel, reasons.join("; "));
+        state.fall_back(&source, request.accel, reasons.join("; "));
     }
     let decoder = ffmpeg::codec::context::Context::from_parameters(params.clone())?
         .decoder()
         .video()?;
-    let mut st = state.lock();
-    st.requested = request.accel;
-    st.in_use = Backend::Software;
+    state.using(request.accel, Backend::Software);
     Ok(Opened {
         decoder,
-        frames: SystemFrames::new(Backend::Software),
+        frames: SystemFrames::new(Backend::Software, source),
     })
 }
 
@@ -457,6 +455,8 @@ impl Drop for HwDevice {
 /// frames from failures for the fallback.
 pub struct SystemFrames {
     backend: Backend,
+    /// The camera's stream, for logs (password redacted).
+    source: String,
     /// The frame VAAPI surfaces are copied into (the AVFrame is reused; its buffers are
     /// those the transfer allocates, released at the next frame).
     transfer: ffmpeg::frame::Video,
@@ -465,9 +465,10 @@ pub struct SystemFrames {
 }
 
 impl SystemFrames {
-    fn new(backend: Backend) -> Self {
+    fn new(backend: Backend, source: String) -> Self {
         SystemFrames {
             backend,
+            source,
             transfer: ffmpeg::frame::Video::empty(),
             noted_software: false,
         }
@@ -485,7 +486,6 @@ impl SystemFrames {
         &'f mut self,
         decoded: &'f ffmpeg::frame::Video,
         state: &DecoderState,
-        camera: &str,
     ) -> Result<&'f ffmpeg::frame::Video, ffmpeg::Error> {
         let frame = if decoded.format() == Pixel::VAAPI {
             self.transfer_from(decoded)?;
@@ -495,7 +495,7 @@ impl SystemFrames {
                 // FFmpeg's get_format fell back to software (the device refused the profile).
                 self.noted_software = true;
                 let reason = HwError::SoftwareFormat(decoded.format()).to_string();
-                state.fall_back(camera, state.status().requested, reason);
+                state.fall_back(&self.source, state.status().requested, reason);
             }
             decoded
         };
@@ -526,7 +526,7 @@ impl SystemFrames {
 
     /// After a decode error: whether this hardware session gives up (the camera then
     /// decodes in software from its next session on; the reason is logged and shown).
-    pub fn give_up(&self, state: &DecoderState, camera: &str) -> bool {
+    pub fn give_up(&self, state: &DecoderState) -> bool {
         let count = state.errors_in_row.load(Ordering::Relaxed);
         if !gives_up(self.backend, count) || state.given_up() {
             return false;
@@ -535,7 +535,7 @@ impl SystemFrames {
             backend: self.backend,
             count,
         };
-        state.fall_back(camera, state.status().requested, reason.to_string());
+        state.fall_back(&self.source, state.status().requested, reason.to_string());
         true
     }
 }
@@ -559,23 +559,23 @@ mod tests {
     fn a_good_frame_resets_the_run_of_errors_and_the_fallback_is_counted_once() {
         let state = DecoderState::default();
         state.using(HwAccel::Vaapi, Backend::Vaapi);
-        let frames = SystemFrames::new(Backend::Vaapi);
+        let frames = SystemFrames::new(Backend::Vaapi, "cam.mp4".into());
         for _ in 0..MAX_ERRORS_IN_ROW - 1 {
             state.decode_error();
-            assert!(!frames.give_up(&state, "cam"));
+            assert!(!frames.give_up(&state));
         }
         state.good_frame();
         for _ in 0..MAX_ERRORS_IN_ROW - 1 {
             state.decode_error();
         }
         assert!(
-            !frames.give_up(&state, "cam"),
+            !frames.give_up(&state),
             "errors interrupted by a good frame"
         );
         state.decode_error();
-        assert!(frames.give_up(&state, "cam"));
+        assert!(frames.give_up(&state));
         state.decode_error();
-        assert!(!frames.give_up(&state, "cam"), "given up once");
+        assert!(!frames.give_up(&state), "given up once");
         let status = state.status();
         assert_eq!(
             (status.requested, status.in_use, status.fallbacks),
