@@ -513,3 +513,15 @@ fn unknown_linked_cameras_are_each_reported_where_they_are_named() {
 fn response_targets_are_in_range_and_keyed_by_alert_kinds() {
     check("34-response-targets.toml");
 }
+
+// ---- hardware decoding (issue 18) ----
+
+#[test]
+fn an_unknown_camera_hwaccel_is_reported_at_its_value_with_the_closest_choice() {
+    check("37-camera-hwaccel-unknown.toml");
+}
+
+#[test]
+fn a_hwaccel_device_is_refused_without_vaapi_or_as_a_relative_path() {
+    check("38-camera-hwaccel-device.toml");
+}

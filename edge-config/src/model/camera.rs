@@ -63,6 +63,17 @@ pub struct Camera {
     /// Whether the camera is analysed. Default true.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Hardware video decoding of the analysed stream: `off` (the default,
+    /// software), `auto` (VAAPI, then V4L2 M2M, else software), `vaapi` or
+    /// `v4l2m2m`. Whatever is asked, a camera whose hardware decoder cannot
+    /// be opened, or fails, is decoded in software; `gateway status` says
+    /// which decoder runs and why it fell back.
+    #[serde(default, skip_serializing_if = "HwAccel::is_off")]
+    pub hwaccel: HwAccel,
+    /// The VAAPI device (`vaapi` and `auto` only). Default
+    /// `/dev/dri/renderD128`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hwaccel_device: Option<PathBuf>,
     /// `[[cameras.zones]]`: named regions the rules refer to.
     #[serde(default)]
     pub zones: Vec<Zone>,
@@ -76,6 +87,47 @@ pub struct Camera {
 
 fn default_fps() -> f64 {
     5.0
+}
+
+/// `hwaccel`: how a camera's analysed stream is decoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HwAccel {
+    /// Software (FFmpeg's own decoders).
+    #[default]
+    Off,
+    /// VAAPI if its device opens, else V4L2 M2M, else software.
+    Auto,
+    /// VAAPI (Intel / AMD GPUs) on `hwaccel_device`, else software.
+    Vaapi,
+    /// A V4L2 memory-to-memory decoder (Raspberry Pi, Rockchip, …), else
+    /// software.
+    V4l2m2m,
+}
+
+impl HwAccel {
+    /// The VAAPI device used when `hwaccel_device` is not set.
+    pub const DEFAULT_VAAPI_DEVICE: &'static str = "/dev/dri/renderD128";
+
+    /// Whether hardware decoding is off (the default).
+    pub fn is_off(&self) -> bool {
+        *self == HwAccel::Off
+    }
+
+    /// The name as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HwAccel::Off => "off",
+            HwAccel::Auto => "auto",
+            HwAccel::Vaapi => "vaapi",
+            HwAccel::V4l2m2m => "v4l2m2m",
+        }
+    }
+
+    /// Whether this choice opens a VAAPI device (and so reads `hwaccel_device`).
+    pub fn uses_vaapi(self) -> bool {
+        matches!(self, HwAccel::Auto | HwAccel::Vaapi)
+    }
 }
 
 fn default_true() -> bool {
@@ -113,6 +165,14 @@ impl Camera {
     /// `sub_url` is set): snapshots and clips come from it.
     pub fn evidence_source(&self) -> Option<CameraSource> {
         self.sub_url.as_ref().map(|_| self.source())
+    }
+
+    /// The VAAPI device `hwaccel` opens: `hwaccel_device`, else
+    /// [`HwAccel::DEFAULT_VAAPI_DEVICE`].
+    pub fn vaapi_device(&self) -> PathBuf {
+        self.hwaccel_device
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(HwAccel::DEFAULT_VAAPI_DEVICE))
     }
 
     /// `url` as shown anywhere (password replaced by `***`).

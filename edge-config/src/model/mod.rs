@@ -17,7 +17,7 @@ pub use broker::{
 };
 pub(crate) use camera::{parsed_userinfo, userinfo};
 pub use camera::{
-    redact_url, Camera, CameraRule, CameraRuleKind, CameraSource, Mask, Zone, COCO_CLASSES,
+    redact_url, Camera, CameraRule, CameraRuleKind, CameraSource, HwAccel, Mask, Zone, COCO_CLASSES,
 };
 pub use common::{AlertKind, HhMm, Level, LocationRef, Point, TimeWindow};
 pub use console::{Console, ResponseTargets, Role, Staff, DEFAULT_RESOLVE_WITHIN_MIN};

@@ -34,6 +34,7 @@ fn check_camera(config: &Config, cam: &Camera, at: KeyPath, p: &mut Problems) {
     check_streams(cam, &at, p);
     check_location(config, &cam.location, &at.key("location"), p);
     p.range(at.key("analyse_fps"), cam.analyse_fps, 0.1, 30.0);
+    check_hwaccel(cam, &at, p);
     for (j, z) in cam.zones.iter().enumerate() {
         let here = at.key("zones").index(j);
         p.id(here.key("id"), &z.id);
@@ -51,6 +52,29 @@ fn check_camera(config: &Config, cam: &Camera, at: KeyPath, p: &mut Problems) {
     }
     for (j, r) in cam.rules.iter().enumerate() {
         check_rule(cam, r, at.key("rules").index(j), p);
+    }
+}
+
+/// `hwaccel_device` names a device node, and only where a VAAPI device is opened.
+fn check_hwaccel(cam: &Camera, at: &KeyPath, p: &mut Problems) {
+    let Some(device) = &cam.hwaccel_device else {
+        return;
+    };
+    let here = at.key("hwaccel_device");
+    if !cam.hwaccel.uses_vaapi() {
+        p.push(
+            here,
+            format!(
+                "hwaccel_device is the VAAPI device, used with hwaccel = \"vaapi\" or \"auto\" \
+                 (this camera has hwaccel = \"{}\"); remove it or change hwaccel",
+                cam.hwaccel.as_str()
+            ),
+        );
+    } else if !device.is_absolute() {
+        p.push(
+            here,
+            "hwaccel_device must be an absolute device path, e.g. \"/dev/dri/renderD128\"",
+        );
     }
 }
 

@@ -609,7 +609,7 @@ async fn cameras(AxState(state): AxState<St>) -> Json<serde_json::Value> {
                 .iter()
                 .find(|(id, _)| *id == c.id)
                 .map(|(_, s)| s.snapshot());
-            let status = match (c.enabled, stats) {
+            let status = match (c.enabled, &stats) {
                 (false, _) => "disabled",
                 (true, None) => "unavailable",
                 (true, Some(_)) => "running",

@@ -226,6 +226,12 @@ impl StatusReport {
                 c.reconnects,
                 c.errors
             )?;
+            if !c.decoder.requested.is_off() {
+                let d = &c.decoder;
+                let why = d.fallback.as_deref().map(|r| format!(" ({r})"));
+                let why = why.unwrap_or_default();
+                writeln!(f, "camera {id}: decoder {}{why}", d.in_use)?;
+            }
         }
         Ok(())
     }

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use edge_config::CameraSource;
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
-use ffmpeg::{codec, format, media, Dictionary, Packet, Rational};
+use ffmpeg::{format, media, Dictionary, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 use tokio_util::sync::CancellationToken;
 
 use super::evidence::ClipRecorder;
+use super::hwdec;
 use super::picture::{self, Picture, PictureError};
 use super::{worth_logging, CameraStats, GreyImage};
 
@@ -82,6 +83,8 @@ pub struct CaptureOptions {
     /// (H.264) and 8 % (H.265) less decode time at 1080p, at the price of blockier
     /// pictures (for the detector and the analysed stream's snapshots). Off by default.
     pub skip_loop_filter: bool,
+    /// Hardware decoding of the analysed stream ([`hwdec`]; software by default).
+    pub hwaccel: hwdec::HwRequest,
 }
 
 /// What the decoder decodes (FFmpeg's `AVCodecContext.skip_frame`).
@@ -141,6 +144,7 @@ impl Default for CaptureOptions {
             motion_width: 160,
             idle_decode: DecodeMode::default(),
             skip_loop_filter: false,
+            hwaccel: hwdec::HwRequest::default(),
         }
     }
 }
@@ -192,6 +196,8 @@ enum End {
     Cancelled,
     SinkGone,
     Limit,
+    /// The hardware decoder failed: the next session, at once, decodes in software.
+    HwFallback,
     Failed(CaptureError),
 }
 
@@ -221,6 +227,7 @@ pub fn run(
         recorder.end_session();
         match end {
             End::Cancelled | End::SinkGone | End::Limit => return,
+            End::HwFallback => continue,
             End::Eof if run.clock.file => {
                 if !options.loop_files || run.seq == 0 {
                     // A file that ends (or never yields a frame) is not a camera outage.
@@ -326,9 +333,16 @@ impl Run<'_> {
         let (index, time_base, rate) =
             (stream.index(), stream.time_base(), stream.avg_frame_rate());
         let params = stream.parameters();
-        let context = codec::context::Context::from_parameters(params.clone())
-            .map_err(CaptureError::Decoder)?;
-        let mut decoder = context.decoder().video().map_err(CaptureError::Decoder)?;
+        let hwdec::Opened {
+            mut decoder,
+            mut frames,
+        } = hwdec::open(
+            &params,
+            &self.options.hwaccel,
+            &self.stats.decoder,
+            name(self.source),
+        )
+        .map_err(CaptureError::Decoder)?;
         if self.options.skip_loop_filter {
             decoder.skip_loop_filter(ffmpeg::Discard::All);
         }
@@ -374,27 +388,55 @@ impl Run<'_> {
                     Read::Cancelled => return Ok(End::Cancelled),
                 }
             }
-            loop {
-                match decoder.receive_frame(&mut decoded) {
-                    Ok(()) => {}
-                    Err(ffmpeg::Error::Eof) => return Ok(End::Eof),
-                    Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => {
-                        break
-                    }
-                    Err(e) => {
-                        count_decode_error(self.stats, self.source, &e);
-                        break;
-                    }
-                }
-                if let Some(end) = self.frame(&decoded, &mut state) {
-                    return Ok(end);
-                }
-                self.decode_mode(&mut decoder, &mut mode);
+            let decoding = (&mut decoder, &mut frames, &mut decoded);
+            if let Some(end) = self.receive(decoding, &mut mode, &mut state) {
+                return Ok(end);
             }
             if eof {
                 return Ok(End::Eof);
             }
         }
+    }
+
+    /// Takes every frame the decoder has ready (in system memory) to [`Self::frame`];
+    /// `Some` ends the session, also when its hardware decoder gives up.
+    fn receive(
+        &mut self,
+        (decoder, frames, decoded): (
+            &mut ffmpeg::decoder::Video,
+            &mut hwdec::SystemFrames,
+            &mut ffmpeg::frame::Video,
+        ),
+        mode: &mut DecodeMode,
+        state: &mut SessionState,
+    ) -> Option<End> {
+        loop {
+            match decoder.receive_frame(decoded) {
+                Ok(()) => {}
+                Err(ffmpeg::Error::Eof) => return Some(End::Eof),
+                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => {
+                    break
+                }
+                Err(e) => {
+                    count_decode_error(self.stats, self.source, &e);
+                    break;
+                }
+            }
+            let frame = match frames.system(decoded, &self.stats.decoder) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    count_decode_error(self.stats, self.source, &e);
+                    continue;
+                }
+            };
+            if let Some(end) = self.frame(frame, state) {
+                return Some(end);
+            }
+            self.decode_mode(decoder, mode);
+        }
+        frames
+            .give_up(&self.stats.decoder)
+            .then_some(End::HwFallback)
     }
 
     /// Switches the decoder to [`CaptureOptions::idle_decode`] while the sink is idle, back
@@ -856,6 +898,7 @@ pub(super) fn open(
 }
 
 fn count_decode_error(stats: &CameraStats, source: &CameraSource, e: &ffmpeg::Error) {
+    stats.decoder.decode_error();
     let n = stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
     if worth_logging(n) {
         tracing::warn!(source = %name(source), error = %e, errors = n, "decode error");

@@ -38,6 +38,7 @@ pub mod capture;
 pub mod detect;
 pub mod detect_cli;
 pub mod evidence;
+pub mod hwdec;
 pub mod latency;
 pub mod linked;
 pub mod live;
@@ -160,6 +161,9 @@ pub struct CameraStats {
     /// the console; here because these counters are what the console already holds of each
     /// camera, and they outlive a camera's restarts, so a viewer stays connected across one.
     pub live: CameraLive,
+    /// The decoder of the analysed stream (hardware or software, and why it fell back),
+    /// kept here because it outlives the capture's sessions and the camera's restarts.
+    pub decoder: hwdec::DecoderState,
 }
 
 /// A camera's live feeds: the analysed stream's and, with a `sub_url`, the main stream's.
@@ -200,7 +204,7 @@ impl CameraList {
 
 /// A copy of [`CameraStats`] at one moment (readable back, e.g. from a status file; fields
 /// missing in older files read as 0).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StatsSnapshot {
     pub decoded: u64,
@@ -230,6 +234,8 @@ pub struct StatsSnapshot {
     pub latency_buckets: [u64; latency::BUCKETS],
     pub latency_p50_ms: u64,
     pub latency_p99_ms: u64,
+    /// The analysed stream's decoder: hardware or software, and why it fell back.
+    pub decoder: hwdec::DecoderStatus,
 }
 
 impl CameraStats {
@@ -260,6 +266,7 @@ impl CameraStats {
             latency_buckets: buckets,
             latency_p50_ms: ms(0.5),
             latency_p99_ms: ms(0.99),
+            decoder: self.decoder.status(),
         }
     }
 }
@@ -523,6 +530,7 @@ impl CameraJobs {
         }
         let mut capture_options = options.capture.clone();
         capture_options.analyse_fps = camera.analyse_fps;
+        capture_options.hwaccel = hwdec::HwRequest::for_camera(camera);
         let health = Arc::new(HealthReporter::new(camera, config, outputs.alerts.clone()));
         let (main, main_link) =
             MainStream::for_camera(camera, &options, &capture_options, &health, &stats);
