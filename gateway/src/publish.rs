@@ -11,8 +11,15 @@
 //! empty retained payload would delete an active alert's topic), and a failed publish is not
 //! followed by the clear. Failures are logged and counted ([`PublishCounts`]); the alert is
 //! in the store either way.
+//!
+//! On the embedded broker the events go to the router in process ([`Bus::Router`],
+//! `broker::publisher`): no TCP, no front, no second MQTT parse on the alarm path; with an
+//! external broker, through an MQTT client ([`Bus::Client`]).
 
 use rumqttc::{AsyncClient, QoS};
+
+use crate::broker::local::LocalLinkError;
+use crate::broker::publisher::LocalPublisher;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -31,6 +38,9 @@ pub enum PublishError {
         id: String,
         source: rumqttc::ClientError,
     },
+    /// The in-process link to the router failed: the publisher needs a new one.
+    #[error("alert {id}: publish failed: {source}")]
+    Router { id: String, source: LocalLinkError },
 }
 
 /// Local publication failures since start.
@@ -46,7 +56,7 @@ impl PublishCounts {
     fn count(&mut self, e: &PublishError) {
         match e {
             PublishError::Encode { .. } => self.encode_failures += 1,
-            PublishError::Client { .. } => self.publish_failures += 1,
+            PublishError::Client { .. } | PublishError::Router { .. } => self.publish_failures += 1,
         }
     }
 }
@@ -90,8 +100,37 @@ pub fn topic(site: &str, id: &str) -> String {
     format!("shouwang/{site}/alerts/{id}")
 }
 
+/// Where alert events are published.
+pub enum Bus {
+    /// The embedded broker's router, in process.
+    Router(LocalPublisher),
+    /// An MQTT client (an external broker).
+    Client(AsyncClient),
+}
+
+impl Bus {
+    async fn publish(&mut self, topic: &str, id: &str, p: Publication) -> Result<(), PublishError> {
+        match self {
+            Bus::Router(link) => link
+                .publish(topic, p.retain, p.payload)
+                .await
+                .map_err(|source| PublishError::Router {
+                    id: id.to_owned(),
+                    source,
+                }),
+            Bus::Client(client) => client
+                .publish(topic, QoS::AtLeastOnce, p.retain, p.payload)
+                .await
+                .map_err(|source| PublishError::Client {
+                    id: id.to_owned(),
+                    source,
+                }),
+        }
+    }
+}
+
 /// Publishes one alert event.
-pub async fn publish(client: &AsyncClient, alert: &Alert) -> Result<(), PublishError> {
+pub async fn publish(client: &mut Bus, alert: &Alert) -> Result<(), PublishError> {
     let topic = topic(&alert.site, &alert.id);
     publish_record(
         client,
@@ -105,7 +144,7 @@ pub async fn publish(client: &AsyncClient, alert: &Alert) -> Result<(), PublishE
 
 /// Publishes `record` on `topic` as [`publications`] says, stopping at the first failure.
 async fn publish_record<T: Serialize>(
-    client: &AsyncClient,
+    client: &mut Bus,
     topic: &str,
     id: &str,
     record: &T,
@@ -116,32 +155,27 @@ async fn publish_record<T: Serialize>(
         source,
     })?;
     for p in plan {
-        client
-            .publish(topic, QoS::AtLeastOnce, p.retain, p.payload)
-            .await
-            .map_err(|source| PublishError::Client {
-                id: id.to_owned(),
-                source,
-            })?;
+        client.publish(topic, id, p).await?;
     }
     Ok(())
 }
 
 /// Publishes `republish` (the active alerts, after a restart), then every alert event
-/// received until the channel closes. Returns the failures counted.
+/// received until the channel closes. Returns the failures counted, or the in-process
+/// link's failure (the stage starts again with a new link).
 pub async fn run(
-    client: AsyncClient,
+    mut client: Bus,
     republish: &[Alert],
     events: &mut broadcast::Receiver<Alert>,
-) -> PublishCounts {
+) -> Result<PublishCounts, PublishError> {
     let mut counts = PublishCounts::default();
     for alert in republish {
-        publish_counted(&client, alert, &mut counts).await;
+        publish_counted(&mut client, alert, &mut counts).await?;
     }
     loop {
         match events.recv().await {
             Ok(alert) => {
-                publish_counted(&client, &alert, &mut counts).await;
+                publish_counted(&mut client, &alert, &mut counts).await?;
                 crate::supervise::fault_point("publisher").await;
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -153,18 +187,29 @@ pub async fn run(
             Err(broadcast::error::RecvError::Closed) => break,
         }
     }
-    counts
+    Ok(counts)
 }
 
-async fn publish_counted(client: &AsyncClient, alert: &Alert, counts: &mut PublishCounts) {
-    if let Err(e) = publish(client, alert).await {
-        counts.count(&e);
-        tracing::error!(
-            error = %e,
-            encode_failures = counts.encode_failures,
-            publish_failures = counts.publish_failures,
-            "local alert publication failed"
-        );
+/// Publishes one alert; a failure is counted and logged, and returned when it is the
+/// in-process link's (nothing more can go through it).
+async fn publish_counted(
+    client: &mut Bus,
+    alert: &Alert,
+    counts: &mut PublishCounts,
+) -> Result<(), PublishError> {
+    let Err(e) = publish(client, alert).await else {
+        return Ok(());
+    };
+    counts.count(&e);
+    tracing::error!(
+        error = %e,
+        encode_failures = counts.encode_failures,
+        publish_failures = counts.publish_failures,
+        "local alert publication failed"
+    );
+    match e {
+        PublishError::Router { .. } => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -200,7 +245,14 @@ mod tests {
     ) {
         for resolved in [false, true] {
             let (client, event_loop) = client();
-            let r = publish_record(&client, "t/a", "a", &unencodable(), resolved).await;
+            let r = publish_record(
+                &mut Bus::Client(client),
+                "t/a",
+                "a",
+                &unencodable(),
+                resolved,
+            )
+            .await;
             assert!(matches!(r, Err(PublishError::Encode { .. })), "{r:?}");
             assert_eq!(queued(event_loop), [], "resolved = {resolved}");
         }
@@ -215,8 +267,9 @@ mod tests {
     #[tokio::test]
     async fn only_a_resolved_alert_clears_its_topic_and_only_after_its_final_record() {
         let (client, event_loop) = client();
+        let client = &mut Bus::Client(client);
         publish_record(
-            &client,
+            client,
             "t/a",
             "a",
             &serde_json::json!({"state": "raised"}),
@@ -225,7 +278,7 @@ mod tests {
         .await
         .unwrap();
         publish_record(
-            &client,
+            client,
             "t/a",
             "a",
             &serde_json::json!({"state": "resolved"}),
@@ -248,7 +301,14 @@ mod tests {
     async fn a_failed_publish_sends_nothing_after_it() {
         let (client, event_loop) = client();
         drop(event_loop);
-        let r = publish_record(&client, "t/a", "a", &serde_json::json!({}), true).await;
+        let r = publish_record(
+            &mut Bus::Client(client),
+            "t/a",
+            "a",
+            &serde_json::json!({}),
+            true,
+        )
+        .await;
         assert!(matches!(r, Err(PublishError::Client { .. })), "{r:?}");
     }
 }

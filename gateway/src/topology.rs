@@ -158,6 +158,7 @@ pub fn start_with_reserve(
         reserve: reserve.clone(),
         self_test: self_test.clone(),
         gate: broker.as_ref().and_then(EmbeddedBroker::commit_gate),
+        links: broker.as_ref().map(|b| b.link_factory()),
     };
     let (alert_stats, telemetry_stats) =
         spawn_processing(stages, &config, db_path, &options, processing)?;
@@ -224,6 +225,8 @@ struct ProcessingParts {
     self_test: Arc<SelfTest>,
     /// The embedded broker's commit gate, for the alert task.
     gate: Option<Arc<crate::broker::CommitGate>>,
+    /// The embedded broker's router: alert events are published on it in process.
+    links: Option<crate::broker::LinkFactory>,
 }
 
 /// The processing stage: the alert task (thread), the telemetry writer (thread), rules,
@@ -262,7 +265,11 @@ fn spawn_processing(
         producer: producers.guard.clone(),
     };
     spawn_rules(stages, rules);
-    spawn_local_publisher(stages, options, p.events.subscribe(), restored.republish);
+    let publisher = Publisher {
+        links: p.links,
+        options: options.clone(),
+    };
+    spawn_local_publisher(stages, publisher, p.events.subscribe(), restored.republish);
     spawn_commands(stages, options, restored.command_rx);
     spawn_faults(stages, &stages.health(), &bus, producers.guard);
     Ok((alert_stats, telemetry_stats))
@@ -521,32 +528,50 @@ fn spawn_rules(stages: &Stages, parts: RulesParts) {
     );
 }
 
+/// How the local publisher reaches the broker.
+struct Publisher {
+    /// The embedded broker's router (in process), if the broker is the gateway's own.
+    links: Option<crate::broker::LinkFactory>,
+    /// An external broker's client options otherwise.
+    options: MqttOptions,
+}
+
 fn spawn_local_publisher(
     stages: &Stages,
-    options: &MqttOptions,
+    publisher: Publisher,
     events: broadcast::Receiver<crate::alerts::Alert>,
     republish: Vec<crate::alerts::Alert>,
 ) {
     let events = Arc::new(tokio::sync::Mutex::new(events));
-    let options = options.clone();
     let mut republish = Some(republish);
     stages.supervise(
         Stage::Processing,
         "publisher",
         Severity::Degraded,
         move |_token| {
-            let (client, event_loop) = broker::internal_client(&options, "publisher");
             let (events, republish) = (events.clone(), republish.take().unwrap_or_default());
+            let links = publisher.links.clone();
+            let options = publisher.options.clone();
             async move {
                 let mut events = events.lock_owned().await;
+                if let Some(links) = links {
+                    let link = links.publisher("publisher").map_err(|e| e.to_string())?;
+                    let bus = publish::Bus::Router(link);
+                    publish::run(bus, &republish, &mut events)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    return Ok(());
+                }
+                let (client, event_loop) = broker::internal_client(&options, "publisher");
                 let token = tokio_util::sync::CancellationToken::new();
                 let driver = tokio::spawn(drive(event_loop, token.clone()));
-                publish::run(client, &republish, &mut events).await;
+                let result =
+                    publish::run(publish::Bus::Client(client), &republish, &mut events).await;
                 // Give the last QoS 1 publishes a moment to be acknowledged.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 token.cancel();
                 let _ = driver.await;
-                Ok(())
+                result.map(drop).map_err(|e| e.to_string())
             }
         },
     );

@@ -417,3 +417,121 @@ fn invalid_limits_are_refused_before_anything_starts() {
         Err(BrokerError::InvalidSettings(_))
     ));
 }
+
+/// Every publish a fresh QoS 1 subscriber of `filter` receives within `within`, as
+/// (topic, qos, retain, payload).
+async fn received(
+    broker: &EmbeddedBroker,
+    id: &str,
+    filter: &str,
+    within: Duration,
+) -> Vec<(String, QoS, bool, Vec<u8>)> {
+    let (client, mut event_loop) = broker.async_client(id, 100);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(event) = tokio::time::timeout_at(deadline, event_loop.poll()).await {
+        if let Event::Incoming(Packet::Publish(p)) = event.expect("subscriber connected") {
+            got.push((p.topic, p.qos, p.retain, p.payload.to_vec()));
+        }
+    }
+    got
+}
+
+/// Issue 18: alert events go to the router through an in-process link (no TCP client, no
+/// front) and keep what the TCP client gave them: QoS 1 for QoS 1 subscribers, retained
+/// while active (a console connecting later sees them), cleared by an empty retained
+/// message, and each publish returns only once the router acknowledged it.
+#[tokio::test]
+async fn alerts_published_in_process_reach_live_and_late_subscribers_at_qos_1_and_retained() {
+    let broker = start(BrokerSettings::new(any_port()));
+    let mut link = broker.link_factory().publisher("publisher").unwrap();
+    assert!(link.client_id().starts_with("shouwang-publisher-"));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let live = tokio::spawn({
+        let (client, mut event_loop) = broker.async_client("console-live", 100);
+        async move {
+            client
+                .subscribe("shouwang/t1/alerts/#", QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            let (mut ready, mut got) = (Some(ready_tx), Vec::new());
+            while got.len() < 3 {
+                match event_loop.poll().await.unwrap() {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        let _ = ready.take().map(|r| r.send(()));
+                    }
+                    Event::Incoming(Packet::Publish(p)) => {
+                        got.push((p.topic, p.qos, p.payload.to_vec()))
+                    }
+                    _ => {}
+                }
+            }
+            got
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .expect("SUBACK within 10 s")
+        .unwrap();
+    let raised = br#"{"id":"a1","state":"raised"}"#.to_vec();
+    link.publish("shouwang/t1/alerts/a1", true, raised.clone())
+        .await
+        .expect("acknowledged by the router");
+    link.publish("shouwang/t1/alerts/a2", true, b"{\"id\":\"a2\"}".to_vec())
+        .await
+        .unwrap();
+    let late = received(
+        &broker,
+        "console-late",
+        "shouwang/t1/alerts/#",
+        Duration::from_secs(1),
+    )
+    .await;
+    let mut late_topics: Vec<_> = late
+        .iter()
+        .map(|(t, q, r, _)| (t.clone(), *q, *r))
+        .collect();
+    late_topics.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        late_topics,
+        [
+            ("shouwang/t1/alerts/a1".to_owned(), QoS::AtLeastOnce, true),
+            ("shouwang/t1/alerts/a2".to_owned(), QoS::AtLeastOnce, true),
+        ],
+        "a late subscriber gets the active alerts, retained, at QoS 1"
+    );
+    // a1 resolves: its final record, then the empty retained message that clears it.
+    link.publish(
+        "shouwang/t1/alerts/a1",
+        false,
+        b"{\"state\":\"resolved\"}".to_vec(),
+    )
+    .await
+    .unwrap();
+    link.publish("shouwang/t1/alerts/a1", true, Vec::new())
+        .await
+        .unwrap();
+    let after = received(
+        &broker,
+        "console-after",
+        "shouwang/t1/alerts/#",
+        Duration::from_secs(1),
+    )
+    .await;
+    let topics: Vec<_> = after.iter().map(|(t, ..)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        ["shouwang/t1/alerts/a2"],
+        "a1 cleared, a2 still active"
+    );
+    let live = tokio::time::timeout(Duration::from_secs(5), live)
+        .await
+        .expect("the live subscriber got three publishes")
+        .unwrap();
+    assert_eq!(
+        live[0],
+        ("shouwang/t1/alerts/a1".to_owned(), QoS::AtLeastOnce, raised)
+    );
+    assert!(live.iter().all(|(_, q, _)| *q == QoS::AtLeastOnce));
+}

@@ -58,6 +58,9 @@ pub enum LocalLinkError {
     /// The router disconnected the link (a duplicate client id takes over the session).
     #[error("in-process link {0} was disconnected by the MQTT router")]
     Disconnected(String),
+    /// A publish could not be encoded (a topic or payload MQTT cannot carry).
+    #[error("in-process link {0}: cannot encode a publish: {1}")]
+    Encode(String, String),
 }
 
 impl LocalLinkError {

@@ -162,6 +162,7 @@ pub mod config;
 pub mod front;
 pub mod gate;
 pub mod local;
+pub mod publisher;
 pub use acl::{AccessRules, Grants, Principal};
 pub use front::FrontSnapshot;
 pub use gate::{CommitGate, Mark};
@@ -416,6 +417,13 @@ impl LinkFactory {
         };
         let (tx, rx) = (self.build)(&spec.client_id)?;
         LocalLink::subscribe(&spec, tx, rx, false)
+    }
+
+    /// An in-process publisher (under a fresh unguessable client id for `role`).
+    pub fn publisher(&self, role: &str) -> Result<publisher::LocalPublisher, LocalLinkError> {
+        let client_id = internal_client_id(role);
+        let (tx, rx) = (self.build)(&client_id)?;
+        Ok(publisher::LocalPublisher::new(client_id, tx, rx))
     }
 }
 
