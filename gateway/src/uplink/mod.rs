@@ -65,7 +65,8 @@
 //! SQLite delete (B-tree delete in the table and both drain indexes, the byte-count trigger,
 //! WAL writes and their checkpoints), the read of each row (index walk + rowid lookup + a
 //! copy of the payload) and the hop to the blocking thread. Deleting one row per statement
-//! cost half of the drain's own CPU; one statement per batch of PUBACKs cut that by a third.
+//! cost two fifths of the drain's own CPU; one statement per batch of PUBACKs cut that by a
+//! quarter (see the README, issue 18, Drain).
 //!
 //! # Reconnect and requeue
 //!
