@@ -9,8 +9,18 @@
 //!    connect → last row deleted, over plain TCP and over TLS with a password, with the
 //!    default window (64) and a wider one (512).
 //!
+//! Besides wall-clock msg/s, every publishing phase reports its **CPU time per message**: the
+//! bench process's user + system time (`getrusage(RUSAGE_SELF)`: every thread, the tokio
+//! workers and the SQLite blocking threads alike) and mosquitto's (`/proc/<pid>/stat`), from
+//! the first publish (connect, for the drain) to the last PUBACK (row deleted). On a shared,
+//! noisy machine the CPU ratio drain / raw is the comparable figure; wall clock needs a quiet
+//! one.
+//!
 //! Run: `cargo bench -p gateway --bench uplink_drain` (release build). Needs `mosquitto`,
 //! `mosquitto_passwd` and `mosquitto_pub` (`./x deps`). Figures go in the README.
+//! `UPLINK_DRAIN_QUICK=1` runs only the plain TCP windows (64, 512), without the insert rates
+//! and `mosquitto_pub`; with `UPLINK_DRAIN_ONLY=raw` or `=drain` it runs only that side (for
+//! profiling one side: `perf record -g` on the bench binary).
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -164,8 +174,76 @@ fn single_inserts(db: &Path) -> f64 {
     2000.0 / t.elapsed().as_secs_f64()
 }
 
-/// A plain rumqttc publisher, no store, `window` in flight: msgs/s first publish → last PUBACK.
-async fn raw_publisher(port: u16, window: u16) -> f64 {
+/// CPU time (user + system) of this process and of mosquitto at one instant.
+#[derive(Clone, Copy)]
+struct Cpu {
+    own: Duration,
+    broker: Duration,
+}
+
+impl Cpu {
+    fn now(broker_pid: u32) -> Self {
+        Cpu {
+            own: own_cpu(),
+            broker: process_cpu(broker_pid),
+        }
+    }
+}
+
+/// User + system time of every thread of this process.
+fn own_cpu() -> Duration {
+    // SAFETY: getrusage only writes into the zeroed struct we hand it.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// User + system time of another process, from `/proc/<pid>/stat` (clock ticks).
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// One publishing phase: wall-clock rate and CPU per message.
+#[derive(Clone, Copy)]
+struct Phase {
+    rate: f64,
+    /// This process's CPU µs per message (every thread).
+    own_us: f64,
+    /// mosquitto's CPU µs per message.
+    broker_us: f64,
+}
+
+impl Phase {
+    fn measure(started: Instant, before: Cpu, broker_pid: u32) -> Self {
+        let wall = started.elapsed().as_secs_f64();
+        let after = Cpu::now(broker_pid);
+        let per_msg = |d: Duration| d.as_secs_f64() * 1e6 / ROWS as f64;
+        Phase {
+            rate: ROWS as f64 / wall,
+            own_us: per_msg(after.own.saturating_sub(before.own)),
+            broker_us: per_msg(after.broker.saturating_sub(before.broker)),
+        }
+    }
+}
+
+/// A plain rumqttc publisher, no store, `window` in flight: first publish → last PUBACK.
+async fn raw_publisher(port: u16, window: u16, broker_pid: u32) -> Phase {
     let mut o = MqttOptions::new(format!("raw-{window}"), "127.0.0.1", port);
     o.set_credentials("bench", "bench-pw")
         .set_inflight(window)
@@ -181,6 +259,7 @@ async fn raw_publisher(port: u16, window: u16) -> f64 {
     }
     let topic = "bench/raw/alerts";
     let bodies: Vec<Vec<u8>> = (1..=ROWS).map(payload).collect();
+    let cpu = Cpu::now(broker_pid);
     let t = Instant::now();
     let mut sent = 0_u64;
     let mut acked = 0_u64;
@@ -204,7 +283,7 @@ async fn raw_publisher(port: u16, window: u16) -> f64 {
             Err(e) => panic!("raw publisher: {e}"),
         }
     }
-    ROWS as f64 / t.elapsed().as_secs_f64()
+    Phase::measure(t, cpu, broker_pid)
 }
 
 /// `mosquitto_pub -q 1 -l`: one message per stdin line, QoS 1.
@@ -239,8 +318,8 @@ fn mosquitto_pub(port: u16) -> f64 {
     ROWS as f64 / t.elapsed().as_secs_f64()
 }
 
-/// The uplink draining `ROWS` seeded rows: msgs/s first connect attempt → all rows deleted.
-async fn drain(m: &Mosquitto, db: &Path, tls: bool, window: u16) -> (f64, u64) {
+/// The uplink draining `ROWS` seeded rows: first connect attempt → all rows deleted.
+async fn drain(m: &Mosquitto, db: &Path, tls: bool, window: u16) -> (Phase, u64) {
     let tls_line = if tls {
         format!("tls = {{ ca = \"{}\" }}\n", m.dir.join("ca.pem").display())
     } else {
@@ -262,54 +341,58 @@ async fn drain(m: &Mosquitto, db: &Path, tls: bool, window: u16) -> (f64, u64) {
         status.clone(),
     );
     let token = CancellationToken::new();
+    let broker_pid = m.child.id();
+    let cpu = Cpu::now(broker_pid);
     let t = Instant::now();
     let task = tokio::spawn(link.run(token.clone()));
     while status.acked_total.load(Ordering::Relaxed) < ROWS {
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(t.elapsed() < Duration::from_secs(600), "drain stalled");
     }
-    let rate = ROWS as f64 / t.elapsed().as_secs_f64();
+    let phase = Phase::measure(t, cpu, broker_pid);
     token.cancel();
     let _ = task.await;
     let left = outbox::stats(&rusqlite::Connection::open(db).unwrap())
         .unwrap()
         .backlog_total;
-    (rate, left)
+    (phase, left)
 }
 
 fn main() {
+    let quick = std::env::var_os("UPLINK_DRAIN_QUICK").is_some();
     let dir = tempfile::tempdir().unwrap();
     let m = mosquitto(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut out = String::new();
-    let mut line = |s: String| {
-        println!("{s}");
-        out.push_str(&s);
-        out.push('\n');
-    };
+    let line = |s: String| println!("{s}");
     line(format!(
-        "uplink drain benchmark: {ROWS} rows of {PAYLOAD} B, mosquitto {} on loopback, {} CPUs",
+        "uplink drain benchmark: {ROWS} rows of {PAYLOAD} B, mosquitto {} on loopback, {} CPUs, load {}",
         mosquitto_version(),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average(),
     ));
-    let single = single_inserts(&dir.path().join("single.db"));
-    line(format!(
-        "outbox insert, 1 row per FULL commit (alert path): {single:>10.0} rows/s"
-    ));
+    if !quick {
+        let single = single_inserts(&dir.path().join("single.db"));
+        line(format!(
+            "outbox insert, 1 row per FULL commit (alert path): {single:>10.0} rows/s"
+        ));
+    }
     let mut seeded = Vec::new();
     let mut plain = std::collections::HashMap::new();
-    let runs = [
-        (false, 64, false),
-        (false, 512, false),
-        (true, 64, false),
-        (true, 512, false),
-        (false, 64, true),
-        (false, 512, true),
-    ];
-    for (tls, window, busy) in runs {
+    let runs: &[(bool, u16, bool)] = if quick {
+        &[(false, 64, false), (false, 512, false)]
+    } else {
+        &[
+            (false, 64, false),
+            (false, 512, false),
+            (true, 64, false),
+            (true, 512, false),
+            (false, 64, true),
+            (false, 512, true),
+        ]
+    };
+    for &(tls, window, busy) in runs {
         let db = dir.path().join(format!("drain-{tls}-{window}-{busy}.db"));
-        let rate = seed(&db);
-        seeded.push(rate);
+        seeded.push(seed(&db));
         // "Another process busy on one core": a shell spinning, for the raw publisher and
         // the drain alike.
         let spinner = busy.then(|| {
@@ -318,26 +401,57 @@ fn main() {
                 .spawn()
                 .expect("sh")
         });
-        let raw = runtime.block_on(raw_publisher(m.plain, window));
-        let (drained, left) = runtime.block_on(drain(&m, &db, tls, window));
+        let only = std::env::var("UPLINK_DRAIN_ONLY").unwrap_or_default();
+        let skipped = Phase {
+            rate: f64::NAN,
+            own_us: f64::NAN,
+            broker_us: f64::NAN,
+        };
+        let raw = match only.as_str() {
+            "drain" => skipped,
+            // Spawned, as the link is: the same worker threads and wake-ups.
+            _ => runtime.block_on(async {
+                tokio::spawn(raw_publisher(m.plain, window, m.child.id()))
+                    .await
+                    .expect("raw publisher task")
+            }),
+        };
+        let (drained, left) = match only.as_str() {
+            "raw" => (skipped, 0),
+            _ => runtime.block_on(drain(&m, &db, tls, window)),
+        };
         if let Some(mut s) = spinner {
             let _ = s.kill();
             let _ = s.wait();
         }
         assert_eq!(left, 0, "rows left after the drain");
         let vs_plain = match (tls, plain.get(&window)) {
-            (true, Some(p)) => format!(", {:.2} x the plain drain", drained / p),
+            (true, Some(p)) => format!(", {:.2} x the plain drain", drained.rate / p),
             _ => String::new(),
         };
         if !tls && !busy {
-            plain.insert(window, drained);
+            plain.insert(window, drained.rate);
         }
         line(format!(
-            "window {window:>3}, {}{}: raw rumqttc QoS 1 accept {raw:>8.0} msg/s (plain TCP) | uplink drain {drained:>8.0} msg/s = {:.2} x raw{vs_plain}",
+            "window {window:>3}, {}{}: raw rumqttc QoS 1 accept {:>8.0} msg/s (plain TCP) | uplink drain {:>8.0} msg/s = {:.2} x raw{vs_plain}",
             if tls { "TLS+password" } else { "TCP+password" },
             if busy { ", one core busy" } else { "" },
-            drained / raw,
+            raw.rate,
+            drained.rate,
+            drained.rate / raw.rate,
         ));
+        line(format!(
+            "    CPU per message: raw {:.2} µs + mosquitto {:.2} µs | drain {:.2} µs + mosquitto {:.2} µs | drain / raw (own CPU) {:.2} x, (with mosquitto) {:.2} x",
+            raw.own_us,
+            raw.broker_us,
+            drained.own_us,
+            drained.broker_us,
+            drained.own_us / raw.own_us,
+            (drained.own_us + drained.broker_us) / (raw.own_us + raw.broker_us),
+        ));
+    }
+    if quick {
+        return;
     }
     let insert = seeded.iter().sum::<f64>() / seeded.len() as f64;
     line(format!(
@@ -347,6 +461,14 @@ fn main() {
     line(format!(
         "mosquitto_pub -q 1 -l (plain TCP):          {pub_rate:>10.0} msg/s"
     ));
+}
+
+/// The 1-minute load average, for the record of how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn mosquitto_version() -> String {

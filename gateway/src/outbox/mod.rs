@@ -116,8 +116,10 @@
 //!
 //! # Acknowledgement and retention
 //!
-//! [`Outbox::ack`] deletes the row (one `DELETE … RETURNING`) and counts it in
-//! `delivered_total`. No delivered rows are retained: the alert store keeps
+//! [`Outbox::ack`] deletes the row and counts it in `delivered_total`;
+//! [`Outbox::ack_batch`] deletes many in one transaction with **one** statement
+//! (`DELETE … WHERE id IN (SELECT value FROM json_each(?)) RETURNING id`, the ids as one
+//! JSON array), so SQLite's per-statement work is paid once per batch. No delivered rows are retained: the alert store keeps
 //! alert history, the outbox keeps only what still has to go out, which keeps
 //! the drain index small and the quota accounting exact. Acking is
 //! idempotent: acking a row that no longer exists (a duplicate PUBACK, or a
@@ -127,7 +129,14 @@
 //! The drain connection commits acks with `synchronous=NORMAL` (see
 //! [`configure_connection`]): an ack lost in a power cut only means the row is
 //! sent once more, which the platform de-duplicates on `msg_key`.
-//! [`Outbox::ack_batch`] acks many PUBACKs in one transaction.
+//!
+//! The uplink gathers PUBACKs and acks them in batches (up to a few hundred rows, at most
+//! ~20 ms apart while it is busy, at once when nothing else is in flight; see
+//! [`crate::uplink`]). Between a PUBACK and the commit of its batch the row is still in the
+//! table and in the in-flight set: it is not handed out again, and if the gateway dies
+//! before the commit it is pending again after the restart and re-sent in drain order — the
+//! same at-least-once case as a PUBACK that never came. Nothing is deleted before its
+//! PUBACK, so nothing is lost.
 //!
 //! # Durability
 //!

@@ -190,11 +190,11 @@ pub(crate) fn bump_counter(conn: &Connection, name: &str, delta: u64) -> Result<
         return Ok(());
     }
     let delta = i64::try_from(delta).unwrap_or(i64::MAX);
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO outbox_meta (name, value) VALUES (?1, ?2)
          ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-        rusqlite::params![name, delta],
-    )?;
+    )?
+    .execute(rusqlite::params![name, delta])?;
     Ok(())
 }
 

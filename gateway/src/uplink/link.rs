@@ -1,7 +1,7 @@
 //! The link task: connect, drain the outbox through a bounded in-flight window, match
 //! PUBACKs to rows, reconnect with backoff. See the module docs for the protocol.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,10 +19,20 @@ use super::commands;
 use super::status::UplinkStatus;
 use super::{LinkSettings, SharedOutbox, UplinkError, FLUSH_GRACE};
 use crate::alerts::{Alert, WeakAlertBus};
-use crate::outbox::{Delivery, OutboxRow, RowId, Stream, MAX_PAYLOAD_BYTES};
+use crate::outbox::{Delivery, OutboxError, OutboxRow, RowId, Stream, MAX_PAYLOAD_BYTES};
 
 /// Largest MQTT packet either way: the largest outbox payload plus room for topic and header.
 const MAX_PACKET: usize = MAX_PAYLOAD_BYTES + 64 * 1024;
+
+/// Acknowledged rows are deleted in one transaction once this many have gathered (or with
+/// the next refill, or when nothing else is in flight, or at the next [`ACK_FLUSH_EVERY`]
+/// tick): one delete per few hundred PUBACKs instead of one per handful.
+const ACK_BATCH: usize = 256;
+
+/// The longest an acknowledged row waits for its delete while the link is busy. A row whose
+/// PUBACK came but whose delete was not committed is sent again after a crash (at least
+/// once); this bounds how many that can be.
+const ACK_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The uplink's connection to the platform broker.
 pub struct Link {
@@ -54,22 +64,48 @@ struct Window {
     /// `Outgoing::Publish(pkid)` in the order the requests were queued, so the front of this
     /// queue is the row the next such event belongs to.
     queued: VecDeque<RowId>,
-    /// Published, waiting for PUBACK (PUBCOMP with QoS 2).
-    by_pkid: HashMap<u16, RowId>,
-    /// Acknowledged by the broker, not yet deleted from the outbox.
+    /// Published, waiting for PUBACK (PUBCOMP with QoS 2), indexed by packet id (rumqttc
+    /// numbers them 1..=max_inflight, so this stays as small as the window).
+    by_pkid: Vec<Option<RowId>>,
+    /// How many entries of `by_pkid` are set.
+    published: usize,
+    /// Acknowledged by the broker, not yet deleted from the outbox (they stay in the
+    /// outbox's in-flight set meanwhile, so they are not handed out again; after a crash
+    /// they are sent once more).
     acked: Vec<RowId>,
 }
 
 impl Window {
     fn inflight(&self) -> usize {
-        self.queued.len() + self.by_pkid.len()
+        self.queued.len() + self.published
     }
 
-    /// The broker acknowledged packet `pkid`: its row may be deleted.
-    fn acknowledged(&mut self, pkid: u16) {
-        if let Some(row) = self.by_pkid.remove(&pkid) {
-            self.acked.push(row);
+    /// rumqttc sent the row at the front of `queued` as packet `pkid`.
+    fn sent(&mut self, pkid: u16) {
+        let Some(row) = self.queued.pop_front() else {
+            return;
+        };
+        let slot = usize::from(pkid);
+        if self.by_pkid.len() <= slot {
+            self.by_pkid.resize(slot + 1, None);
         }
+        // A packet id still in use would be a rumqttc collision; the row it replaces stays
+        // in the outbox's in-flight set and is re-sent after the next reconnect.
+        if self.by_pkid[slot].replace(row).is_none() {
+            self.published += 1;
+        }
+    }
+
+    /// The broker acknowledged packet `pkid`: its row may be deleted. False for a packet id
+    /// with no row.
+    fn acknowledged(&mut self, pkid: u16) -> bool {
+        let slot = self.by_pkid.get_mut(usize::from(pkid));
+        let Some(row) = slot.and_then(Option::take) else {
+            return false;
+        };
+        self.published -= 1;
+        self.acked.push(row);
+        true
     }
 }
 
@@ -245,6 +281,8 @@ impl Link {
         let mut heartbeat =
             tokio::time::interval(s.heartbeat.unwrap_or(std::time::Duration::from_secs(3600)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ack_tick = tokio::time::interval(ACK_FLUSH_EVERY);
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             crate::supervise::fault_point("uplink").await;
             if d.stopping.is_none() {
@@ -259,35 +297,24 @@ impl Link {
             if d.flushed_or_out_of_time(w) {
                 break End::Cancelled;
             }
-            let grace_left = d.grace_left();
             tokio::select! {
                 _ = token.cancelled(), if d.stopping.is_none() => d.stopping = Some(Instant::now()),
                 event = events.poll() => if let Some(end) = self.on_event(event, w, commands_topic) {
                     break end;
                 },
-                rows = join(&mut d.fetch), if d.fetch.is_some() => {
-                    d.fetch = None;
-                    match rows {
-                        Ok(rows) => {
-                            d.idle = rows.len() < d.asked;
-                            w.ready.extend(rows);
-                        }
-                        Err(e) => break End::Failed { error: e.to_string(), connected: true },
+                done = join(&mut d.job), if d.job.is_some() => {
+                    d.job = None;
+                    if let Err(error) = self.job_done(done, w, &mut d) {
+                        break End::Failed { error, connected: true };
                     }
                 }
-                outcomes = join(&mut d.ack_job), if d.ack_job.is_some() => {
-                    d.ack_job = None;
-                    match outcomes {
-                        Ok(outcomes) => self.count_acks(&outcomes),
-                        Err(e) => tracing::error!(error = %e, "uplink: cannot delete acknowledged rows; they will be re-sent"),
-                    }
-                }
+                _ = ack_tick.tick(), if !w.acked.is_empty() => d.ack_due = true,
                 _ = wake(&mut self.wake), if d.idle => d.idle = false,
                 _ = idle_timer.tick(), if d.idle => d.idle = false,
                 _ = heartbeat.tick(), if s.heartbeat.is_some() && d.stopping.is_none() => {
                     self.send_heartbeat(client, w);
                 }
-                _ = tokio::time::sleep(grace_left), if d.stopping.is_some() => {}
+                _ = grace_over(d.stopping), if d.stopping.is_some() => {}
             }
         };
         self.finish_jobs(&mut d).await;
@@ -327,19 +354,70 @@ impl Link {
         Ok(())
     }
 
-    /// Starts a refill of ready rows, and the deletion of acknowledged ones, when due.
+    /// Starts one outbox job when one is due: the deletion of acknowledged rows (see
+    /// [`ACK_BATCH`]) and then a refill of ready rows, both in one blocking call.
     fn schedule_jobs(&self, w: &mut Window, d: &mut Drain) {
-        if d.stopping.is_none() && d.fetch.is_none() && !d.idle {
-            let missing = d.prefetch.saturating_sub(w.ready.len());
-            if missing >= d.refill_at {
-                d.asked = missing;
-                d.fetch = Some(self.outbox.spawn(move |o| o.next_batch(missing)));
-            }
+        if d.job.is_some() {
+            return;
         }
-        if d.ack_job.is_none() && !w.acked.is_empty() {
-            let ids = std::mem::take(&mut w.acked);
-            d.ack_job = Some(self.outbox.spawn(move |o| o.ack_batch(&ids)));
+        let missing = d.prefetch.saturating_sub(w.ready.len());
+        let fetch = if d.stopping.is_none() && !d.idle && missing >= d.refill_at {
+            missing
+        } else {
+            0
+        };
+        let flush = !w.acked.is_empty()
+            && (fetch > 0
+                || d.ack_due
+                || w.acked.len() >= ACK_BATCH
+                || w.inflight() == 0
+                || d.stopping.is_some());
+        if fetch == 0 && !flush {
+            return;
         }
+        let ids = if flush {
+            d.ack_due = false;
+            std::mem::take(&mut w.acked)
+        } else {
+            Vec::new()
+        };
+        d.asked = fetch;
+        d.job = Some(self.outbox.spawn(move |o| {
+            // Deletes first: the rows they remove need not be skipped by the read.
+            let acks = match ids.is_empty() {
+                true => Ok(Vec::new()),
+                false => o.ack_batch(&ids),
+            };
+            let rows = match fetch {
+                0 => Ok(Vec::new()),
+                n => o.next_batch(n),
+            };
+            Ok(JobDone { acks, rows })
+        }));
+    }
+
+    /// The outbox job finished: count the deleted rows, queue the rows read. An error
+    /// reading ends the connection; one deleting is logged (those rows are sent again).
+    fn job_done(
+        &self,
+        done: Result<JobDone, UplinkError>,
+        w: &mut Window,
+        d: &mut Drain,
+    ) -> Result<(), String> {
+        let done = done.map_err(|e| e.to_string())?;
+        match done.acks {
+            Ok(outcomes) => self.count_acks(&outcomes),
+            Err(e) => tracing::error!(
+                error = %e,
+                "uplink: cannot delete acknowledged rows; they will be re-sent"
+            ),
+        }
+        let rows = done.rows.map_err(|e| UplinkError::from(e).to_string())?;
+        if d.asked > 0 {
+            d.idle = rows.len() < d.asked;
+        }
+        w.ready.extend(rows);
+        Ok(())
     }
 
     /// One event of the connection; `Some` ends it.
@@ -353,13 +431,9 @@ impl Link {
         match event {
             // QoS 0 (a heartbeat) has packet id 0 and no row; rows are QoS 1 or 2 (1..).
             Ok(Event::Outgoing(Outgoing::Publish(0))) => {}
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                if let Some(row) = w.queued.pop_front() {
-                    w.by_pkid.insert(pkid, row);
-                }
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) if !qos2 => w.acknowledged(ack.pkid),
-            Ok(Event::Incoming(Packet::PubComp(comp))) if qos2 => w.acknowledged(comp.pkid),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => w.sent(pkid),
+            Ok(Event::Incoming(Packet::PubAck(ack))) if !qos2 => self.acknowledged(w, ack.pkid),
+            Ok(Event::Incoming(Packet::PubComp(comp))) if qos2 => self.acknowledged(w, comp.pkid),
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == commands_topic => {
                 self.status.commands_total.fetch_add(1, Ordering::Relaxed);
                 commands::apply_ack(self.commands.as_ref(), &p.topic, &p.payload);
@@ -387,21 +461,35 @@ impl Link {
         None
     }
 
-    /// No job may outlive the connection: requeue must see the final in-flight set.
-    async fn finish_jobs(&self, d: &mut Drain) {
-        if let Some(job) = d.fetch.take() {
-            let _ = job.await;
-        }
-        if let Some(job) = d.ack_job.take() {
-            match job.await {
-                Ok(Ok(outcomes)) => self.count_acks(&outcomes),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "uplink: cannot delete acknowledged rows")
-                }
-                Err(e) => tracing::error!(error = %e, "uplink: ack job failed"),
-            }
+    fn acknowledged(&self, w: &mut Window, pkid: u16) {
+        if w.acknowledged(pkid) {
+            self.status.pubacks_total.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// No job may outlive the connection: requeue must see the final in-flight set. Rows
+    /// the job read are dropped here; requeue makes them pending again.
+    async fn finish_jobs(&self, d: &mut Drain) {
+        let Some(job) = d.job.take() else {
+            return;
+        };
+        match job.await {
+            Ok(Ok(JobDone {
+                acks: Ok(outcomes), ..
+            })) => self.count_acks(&outcomes),
+            Ok(Ok(JobDone { acks: Err(e), .. })) => {
+                tracing::error!(error = %e, "uplink: cannot delete acknowledged rows")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "uplink: outbox job failed"),
+            Err(e) => tracing::error!(error = %e, "uplink: outbox job failed"),
+        }
+    }
+}
+
+/// What one outbox job did: the outcome of deleting acknowledged rows and the rows read.
+struct JobDone {
+    acks: Result<Vec<Delivery>, OutboxError>,
+    rows: Result<Vec<OutboxRow>, OutboxError>,
 }
 
 /// One connection's drain state besides the [`Window`]: the outbox jobs running and whether
@@ -413,10 +501,13 @@ struct Drain {
     refill_at: usize,
     alerts_topic: String,
     telemetry_topic: String,
-    /// At most one outbox read and one outbox delete run at a time (off the async threads).
-    fetch: Option<JoinHandle<Result<Vec<OutboxRow>, UplinkError>>>,
+    /// At most one outbox job runs at a time (off the async threads; the outbox has one
+    /// connection behind a mutex anyway): it deletes acknowledged rows, then reads rows.
+    job: Option<JoinHandle<Result<JobDone, UplinkError>>>,
+    /// Rows the running job reads (0: it only deletes).
     asked: usize,
-    ack_job: Option<JoinHandle<Result<Vec<Delivery>, UplinkError>>>,
+    /// The ack tick fired: delete what has gathered, however few.
+    ack_due: bool,
     /// The last refill came back short: wait for a new alert event or the idle poll.
     idle: bool,
     /// Shutdown asked at: flush acknowledgements for up to [`FLUSH_GRACE`].
@@ -434,9 +525,9 @@ impl Drain {
             refill_at: (prefetch / 2).max(1),
             alerts_topic: Stream::Alerts.topic(&s.topic_prefix, &s.site),
             telemetry_topic: Stream::Telemetry.topic(&s.topic_prefix, &s.site),
-            fetch: None,
+            job: None,
             asked: 0,
-            ack_job: None,
+            ack_due: false,
             idle: false,
             stopping: None,
         }
@@ -446,15 +537,18 @@ impl Drain {
     /// is over.
     fn flushed_or_out_of_time(&self, w: &Window) -> bool {
         self.stopping.is_some_and(|since| {
-            let flushed = w.inflight() == 0 && w.acked.is_empty() && self.ack_job.is_none();
+            let flushed = w.inflight() == 0 && w.acked.is_empty() && self.job.is_none();
             flushed || since.elapsed() >= FLUSH_GRACE
         })
     }
+}
 
-    fn grace_left(&self) -> std::time::Duration {
-        self.stopping
-            .map(|since| FLUSH_GRACE.saturating_sub(since.elapsed()))
-            .unwrap_or(FLUSH_GRACE)
+/// Resolves when the shutdown grace that began at `since` is over. An async fn, so the
+/// timer is only made when the branch is polled, not on every turn of the drain loop.
+async fn grace_over(since: Option<Instant>) {
+    match since {
+        Some(since) => tokio::time::sleep_until(since + FLUSH_GRACE).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -93,7 +93,10 @@ pub struct UplinkStatus {
     pub failures_total: AtomicU64,
     /// Rows handed to the MQTT client (re-sends included).
     pub published_total: AtomicU64,
-    /// PUBACKs (PUBCOMPs for QoS 2) matched to a row.
+    /// PUBACKs (PUBCOMPs for QoS 2) matched to a row, counted as they arrive.
+    pub pubacks_total: AtomicU64,
+    /// Rows deleted from the outbox after their PUBACK: counted when the batched delete is
+    /// committed, so up to one ack batch behind `pubacks_total`.
     pub acked_total: AtomicU64,
     pub commands_total: AtomicU64,
     pub buffer_full: AtomicBool,
@@ -123,6 +126,7 @@ impl UplinkStatus {
             connects_total: AtomicU64::new(0),
             failures_total: AtomicU64::new(0),
             published_total: AtomicU64::new(0),
+            pubacks_total: AtomicU64::new(0),
             acked_total: AtomicU64::new(0),
             commands_total: AtomicU64::new(0),
             buffer_full: AtomicBool::new(false),
