@@ -178,16 +178,7 @@ impl Letterbox {
                 )
             }
         };
-        let whole = r.width == w && r.height == h;
-        let cropped;
-        let source = if whole {
-            &picture.frame
-        } else {
-            cropped = picture.cropped(r)?;
-            &cropped
-        };
-        let small = self.scale(source, nw, nh)?;
-        let tensor = planar(small, (nw, nh), (tw, th), spec.pad, buffer);
+        let tensor = self.swscale(picture, r, (nw, nh), (tw, th), spec.pad, buffer)?;
         Ok(Prepared {
             tensor,
             spec: InputSpec {
@@ -198,6 +189,29 @@ impl Letterbox {
             ratio,
             origin: (r.x as f32, r.y as f32),
         })
+    }
+
+    /// The input made by swscale: the region cropped, scaled to `n` BGR, placed top-left in
+    /// a `t`-sized tensor.
+    fn swscale(
+        &mut self,
+        picture: &Picture,
+        r: Region,
+        n: (u32, u32),
+        t: (u32, u32),
+        pad: f32,
+        buffer: Vec<f32>,
+    ) -> Result<Vec<f32>, PictureError> {
+        let whole = r.width == picture.width() && r.height == picture.height();
+        let cropped;
+        let source = if whole {
+            &picture.frame
+        } else {
+            cropped = picture.cropped(r)?;
+            &cropped
+        };
+        let small = self.scale(source, n.0, n.1)?;
+        Ok(planar(small, n, t, pad, buffer))
     }
 
     /// `source` scaled to `nw × nh` BGR.
@@ -303,29 +317,82 @@ pub(super) mod tests {
 
     /// A `w × h` YUV 4:2:0 frame: left half dark, right half bright, from swscale.
     fn frame(w: u32, h: u32) -> ffmpeg::frame::Video {
+        frame_in(Pixel::YUV420P, w, h, [[40, 40, 40], [200, 200, 200]])
+    }
+
+    /// A `w × h` frame in `format`, its left half BGR `halves[0]`, its right half
+    /// `halves[1]`, converted by swscale.
+    fn frame_in(format: Pixel, w: u32, h: u32, halves: [[u8; 3]; 2]) -> ffmpeg::frame::Video {
         ffmpeg::init().unwrap();
         let mut bgr = ffmpeg::frame::Video::new(Pixel::BGR24, w, h);
         let stride = bgr.stride(0);
         for y in 0..h as usize {
             for x in 0..w as usize {
-                let v = if x < w as usize / 2 { 40 } else { 200 };
-                bgr.data_mut(0)[y * stride + x * 3..][..3].copy_from_slice(&[v, v, v]);
+                let px = halves[usize::from(x >= w as usize / 2)];
+                bgr.data_mut(0)[y * stride + x * 3..][..3].copy_from_slice(&px);
             }
         }
-        let mut yuv = ffmpeg::frame::Video::empty();
-        scaling::Context::get(
-            Pixel::BGR24,
-            w,
-            h,
+        let mut out = ffmpeg::frame::Video::empty();
+        scaling::Context::get(Pixel::BGR24, w, h, format, w, h, scaling::Flags::BILINEAR)
+            .unwrap()
+            .run(&bgr, &mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn every_pixel_format_letterboxes_to_the_colours_of_its_bgr_conversion() {
+        let colours = [[30, 60, 200], [200, 120, 40]];
+        for format in [
             Pixel::YUV420P,
-            w,
-            h,
-            scaling::Flags::BILINEAR,
-        )
-        .unwrap()
-        .run(&bgr, &mut yuv)
-        .unwrap();
-        yuv
+            Pixel::YUVJ420P,
+            Pixel::NV12,
+            Pixel::YUV422P,
+            Pixel::YUV444P,
+        ] {
+            let picture = Picture::share(&frame_in(format, 320, 180, colours)).unwrap();
+            let bgr = picture.bgr().unwrap();
+            let spec = spec(InputShape::Rect { multiple: 32 });
+            let p = Letterbox::default()
+                .prepare(&picture, None, spec, Vec::new())
+                .unwrap();
+            let q = detect::letterbox(&bgr, None, spec);
+            assert_eq!((p.spec, p.ratio), (q.spec, q.ratio), "{format:?}");
+            let (tw, plane) = (p.spec.width as usize, p.tensor.len() / 3);
+            for (y, x) in [(5, 4), (20, 10), (5, 60), (30, 55)] {
+                for c in 0..3 {
+                    let (a, b) = (
+                        p.tensor[c * plane + y * tw + x],
+                        q.tensor[c * plane + y * tw + x],
+                    );
+                    assert!(
+                        (a - b).abs() <= 6.0,
+                        "{format:?} ({y}, {x}) channel {c}: {a} vs {b}"
+                    );
+                }
+            }
+            // Cropped regions too, left half and right half.
+            for (x, want) in [(10, colours[0]), (200, colours[1])] {
+                let r = Region {
+                    x,
+                    y: 11,
+                    width: 101,
+                    height: 99,
+                };
+                let p = Letterbox::default()
+                    .prepare(&picture, Some(r), spec, Vec::new())
+                    .unwrap();
+                let plane = p.tensor.len() / 3;
+                let tw = p.spec.width as usize;
+                for (c, want) in want.iter().enumerate() {
+                    let got = p.tensor[c * plane + 20 * tw + 30];
+                    assert!(
+                        (got - f32::from(*want)).abs() <= 8.0,
+                        "{format:?} region at {x}, channel {c}: {got} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     fn spec(shape: InputShape) -> InputSpec {
