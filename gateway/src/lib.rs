@@ -62,7 +62,8 @@
 //!   uplink; its docs draw each channel with its stage and name the back edges.
 //! - [`broker`] — the embedded MQTT broker (rumqttd) behind a front of its own (TLS, logins,
 //!   topic ACLs, connection and retained limits, PUBACKs held until their commit), its
-//!   in-process links and logs sized as buffers, not stores.
+//!   in-process links (ingest's subscribers, the alert publisher) and logs sized as buffers,
+//!   not stores.
 //! - [`ingest`] — sensor messages in (one broker log per device), decoded readings
 //!   out; rejections counted per reason and device; the devices board.
 //! - [`reading`] — the decoded reading, the neutral type between ingest and rules.
@@ -72,13 +73,16 @@
 //!   on a street station, its compounds' alert events and liveness ([`alerts::remote`]), which
 //!   reach it over the compounds' `[station_link]` like sensor messages (broker log, ingest,
 //!   rules, commit gate).
-//! - [`publish`] / [`telemetry`] — retained local alert topics; durable telemetry batches.
+//! - [`publish`] / [`telemetry`] — retained local alert topics (on the embedded broker's
+//!   router in process); durable telemetry batches.
 //! - [`db`] — the single SQLite (WAL) database: every connection opened there, who writes
 //!   what, the versioned schema migrations (`PRAGMA user_version`; a newer file is refused).
 //! - [`reserve`] — disk space held back so that alarms can still be recorded on a full disk.
 //! - [`outbox`] — the durable store-and-forward queue; its design is at the top of the module.
-//! - [`video`] — camera pipelines: capture (FFmpeg) → motion → detect (ONNX Runtime) → track
-//!   → zones → evidence, into the same alert lifecycle; `gateway detect` for installers.
+//! - [`video`] — camera pipelines: capture (FFmpeg, optional hardware decoding) → motion →
+//!   detect (ONNX Runtime, on rectangles when the model allows) → track → zones → evidence,
+//!   into the same alert lifecycle; frames travel as the decoder's own pictures; `gateway
+//!   detect` for installers.
 //! - [`uplink`] — store-and-forward to the platform's MQTT broker: TLS, backoff, in-flight
 //!   window, quota and `buffer_full`, the link's status snapshot; design at the top of the module.
 //! - [`status`] — the gateway status: every stage's snapshot written to `status.json` each

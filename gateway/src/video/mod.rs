@@ -32,7 +32,13 @@
 //!   frame that waited longer than [`PipelineOptions::max_frame_age`] is dropped and counted
 //!   instead of detected late;
 //! - each camera measures its detection latency, capture → detections available, in a
-//!   bounded histogram ([`latency`]), shown in `status.json`.
+//!   bounded histogram ([`latency`]), shown in `status.json`;
+//! - a sampled frame travels as a new reference to the decoder's own picture
+//!   ([`picture`]): the detector input is made from it by one swscale call, BGR only for
+//!   evidence, and the input's buffer returns to the capture thread ([`spares`]);
+//! - the detector runs on rectangles (a 16:9 frame on 416 × 256, not 416 × 416) when the
+//!   model's graph allows it ([`onnx_shape`]);
+//! - a camera may decode on hardware (VAAPI, V4L2 M2M), falling back to software ([`hwdec`]).
 
 pub mod capture;
 pub mod detect;
