@@ -49,19 +49,7 @@ type Rewrite<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>, ShapeError>;
 /// The model with its first input's height and width and its first output's row count made
 /// symbolic, and its `value_info` dropped (see the module docs).
 pub fn free_spatial_dims(model: &[u8]) -> Result<Vec<u8>, ShapeError> {
-    let mut found = false;
-    let out = rewrite(model, |f, out| {
-        if f.number == MODEL_GRAPH && f.wire == LEN {
-            found = true;
-            put_len(out, MODEL_GRAPH, &rewrite_graph(f.payload)?);
-            return Ok(true);
-        }
-        Ok(false)
-    })?;
-    if !found {
-        return Err(ShapeError::Missing("graph"));
-    }
-    Ok(out)
+    nested(model, MODEL_GRAPH, &rewrite_graph, "graph")
 }
 
 fn rewrite_graph(graph: &[u8]) -> Result<Vec<u8>, ShapeError> {
