@@ -208,6 +208,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(round_trip(link.listen).await.unwrap(), b"ping");
+        // That connection's relay ends once both sides closed (its bytes counted); only then
+        // is `open` below the one connection alive across the cut (else both are cut).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while link.stats.bytes_up.load(Ordering::Relaxed) < 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "first relay never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
 
         // A connection open across the cut is closed by it.
         let mut open = TcpStream::connect(link.listen).await.unwrap();
