@@ -158,7 +158,10 @@ pub fn start_with_reserve(
         reserve: reserve.clone(),
         self_test: self_test.clone(),
         gate: broker.as_ref().and_then(EmbeddedBroker::commit_gate),
-        links: broker.as_ref().map(|b| b.link_factory()),
+        // Off until the in-process link's "Channel recv error" (seen once on a restart on a
+        // full disk: the alert being published then missed its local topic) is understood;
+        // the TCP client has carried every alert so far. `broker::publisher` stays tested.
+        links: None,
     };
     let (alert_stats, telemetry_stats) =
         spawn_processing(stages, &config, db_path, &options, processing)?;
